@@ -1,0 +1,3 @@
+from ffnet_deploy.cli import entry
+
+entry()

@@ -1,0 +1,153 @@
+"""The ``ffnet-deploy`` command line.
+
+The CLI is thin: each command parses options and calls a library function that a Python user can call the same way.
+User errors (:class:`~ffnet_deploy.errors.FFNetDeployError`) print one red line and exit 1; usage errors exit 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ffnet_deploy.errors import FFNetDeployError
+
+app = typer.Typer(
+    name="ffnet-deploy",
+    help="Reparameterize, export, validate and benchmark FFNet checkpoints.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+# Options shared by several commands.
+CheckpointOpt = Annotated[
+    Path | None, typer.Option("--checkpoint", "-c", help="FFNet checkpoint (.pth/.pth.tar), official or fused.")
+]
+VariantOpt = Annotated[
+    str | None, typer.Option("--variant", "-v", help="FFNet variant; detected from the checkpoint when omitted.")
+]
+TrustOpt = Annotated[
+    bool,
+    typer.Option("--trust-checkpoint", help="Unpickle the checkpoint without the weights-only allow-list. "
+                 "Only for files you trust: a malicious pickle runs code."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+
+def emit_json(data: Any) -> None:
+    """Print ``data`` as JSON on stdout (no colour, no wrapping), for ``--json``."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@app.command()
+def models(as_json: JsonOpt = False) -> None:
+    """List the FFNet variants: size, compute, default resolution, and the published reference numbers."""
+    from ffnet_deploy.zoo import describe_variants
+
+    rows = describe_variants()
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table(title="FFNet variants", caption="top-1 and iPhone 12 latency: published in the official FFNet "
+                  "README (reference, not measured here)")
+    for col, justify in [("variant", "left"), ("params (M)", "right"), ("GMACs", "right"), ("resolution", "right"),
+                         ("crop_pct", "right"), ("top-1 %", "right"), ("iPhone 12 ms", "right")]:
+        table.add_column(col, justify=justify)
+    for r in rows:
+        table.add_row(r["variant"], f"{r['params'] / 1e6:.2f}", f"{r['gmacs']:.2f}", str(r["resolution"]),
+                      str(r["crop_pct"]), _fmt(r["top1"]), _fmt(r["iphone12_ms"]))
+    console.print(table)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:g}"
+
+
+@app.command()
+def inspect(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file to describe.")],
+    variant: VariantOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Describe a checkpoint: container, detected variant, parameters, fused or not, sha256."""
+    from ffnet_deploy.zoo import describe_checkpoint
+
+    info = describe_checkpoint(checkpoint, variant, trust=trust_checkpoint)
+    if as_json:
+        emit_json(info)
+        return
+    table = Table(title=f"checkpoint {checkpoint}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for k, v in info.items():
+        table.add_row(k, str(v))
+    console.print(table)
+
+
+@app.command()
+def reparam(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Unfused FFNet checkpoint.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the fused checkpoint.")],
+    variant: VariantOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+    trust_checkpoint: TrustOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fold every BatchNorm, branch, skip and layer scale; write a fused checkpoint that records its variant."""
+    from ffnet_deploy.zoo import reparameterize_checkpoint
+
+    result = reparameterize_checkpoint(checkpoint, output, variant, force=force, trust=trust_checkpoint)
+    if as_json:
+        emit_json(result)
+        return
+    before, after = result["report"]["before"], result["report"]["after"]
+    table = Table(title=f"reparameterized {result['variant']} -> {output}")
+    for col in ("", "before", "after"):
+        table.add_column(col, justify="right" if col else "left")
+    table.add_row("modules", str(before["modules"]), str(after["modules"]))
+    table.add_row("parameters", f"{before['params']:,}", f"{after['params']:,}")
+    table.add_row("ops per forward", str(before["total_ops"]), str(after["total_ops"]))
+    for op in sorted(set(before["ops"]) | set(after["ops"])):
+        table.add_row(f"  {op}", str(before["ops"].get(op, 0)), str(after["ops"].get(op, 0)))
+    table.add_row("max |fused - unfused| / max |unfused|", "", f"{result['max_rel_error']:.2e}")
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point. Returns the exit code (also used by tests)."""
+    import click
+
+    try:
+        rv = app(args=argv, standalone_mode=False, prog_name="ffnet-deploy")
+        return rv if isinstance(rv, int) else 0
+    except FFNetDeployError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        return 1
+    except click.exceptions.Abort:
+        err_console.print("[bold red]aborted[/]")
+        return 1
+    except click.exceptions.ClickException as err:
+        err.show()
+        return err.exit_code
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]")
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,61 @@
+"""User-facing error types.
+
+Every error a user can cause (a bad path, a wrong variant, a missing optional backend, an artifact that fails
+parity) derives from :class:`FFNetDeployError`. The CLI catches exactly this root type and prints its message as
+one line with exit code 1; anything else is a bug and keeps its traceback.
+
+Messages follow one shape: which component failed, what it expected, what it got, and what to do, e.g.
+``onnxruntime | input 'images' expects (1, 3, 256, 256), got (1, 3, 224, 224)``.
+"""
+
+from __future__ import annotations
+
+
+class FFNetDeployError(Exception):
+    """Root of every user error. The CLI prints ``str(err)`` and exits 1."""
+
+
+class ConfigError(FFNetDeployError):
+    """An option or configuration value is invalid (unknown variant, bad resolution, ...)."""
+
+
+class CheckpointError(FFNetDeployError):
+    """A checkpoint cannot be read, is refused as unsafe, or does not match the model."""
+
+
+class MissingDependencyError(FFNetDeployError):
+    """An optional backend is not installed; the message names the extra to install."""
+
+
+class ExportError(FFNetDeployError):
+    """An export could not be produced (backend failure, existing artifact, unwritable output)."""
+
+
+class RuntimeBackendError(FFNetDeployError):
+    """A runtime could not load or run an artifact, or was fed inputs that do not match it."""
+
+
+class ParityError(FFNetDeployError):
+    """An artifact's outputs do not match the PyTorch reference within tolerance."""
+
+
+def require(module: str, extra: str, component: str | None = None):
+    """Import an optional dependency or raise a :class:`MissingDependencyError` that names the extra.
+
+    Args:
+        module: Importable module name, e.g. ``"coremltools"``.
+        extra: The ``ffnet-deploy`` extra that installs it, e.g. ``"coreml"``.
+        component: Who needs it, for the message; defaults to ``extra``.
+
+    Returns:
+        The imported module.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        who = component or extra
+        raise MissingDependencyError(
+            f"{who} needs {module} ({err}): pip install 'ffnet-deploy[{extra}]'"
+        ) from err

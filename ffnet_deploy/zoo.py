@@ -1,0 +1,92 @@
+"""Library functions behind the ``models``, ``inspect`` and ``reparam`` commands.
+
+Each returns plain, JSON-ready data so that the CLI only renders it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ffnet_deploy.checkpoint import inspect_checkpoint, load_ffnet, save_checkpoint, sha256_file
+from ffnet_deploy.errors import CheckpointError
+from ffnet_deploy.model import VARIANTS, count_macs, count_params, create_ffnet
+from ffnet_deploy.reparam import reparam_report, reparameterize_model
+
+
+def describe_variants(include_test: bool = False) -> list[dict]:
+    """One row per variant: parameters, GMACs at the default resolution, and the published reference numbers.
+
+    Parameters and MACs are computed from the model built on the meta device, not copied from the paper.
+    """
+    rows = []
+    for name, cfg in VARIANTS.items():
+        if name == "ffnet_test" and not include_test:
+            continue
+        with torch.device("meta"):
+            model = create_ffnet(name)
+        rows.append({
+            "variant": name,
+            "params": count_params(model),
+            "gmacs": count_macs(model, cfg.resolution) / 1e9,
+            "resolution": cfg.resolution,
+            "crop_pct": cfg.crop_pct,
+            "layer_scale": cfg.layer_scale,
+            "top1": cfg.top1,
+            "iphone12_ms": cfg.iphone12_ms,
+        })
+    return rows
+
+
+def describe_checkpoint(path: str | Path, variant: str | None = None, *, trust: bool = False) -> dict:
+    """Container type, detected variant, parameter count, fused or not, and sha256 of a checkpoint file."""
+    info = inspect_checkpoint(path, variant, trust=trust)
+    return {
+        "path": str(info.path),
+        "container": info.container,
+        "variant": info.variant,
+        "fused": info.fused,
+        "num_classes": info.num_classes,
+        "params": info.num_params,
+        "tensors": len(info.state_dict),
+        "stripped_prefix": info.stripped_prefix,
+        "written_by": "ffnet-deploy " + info.metadata["version"] if info.metadata.get("version") else None,
+        "sha256": sha256_file(path),
+        "size_bytes": Path(path).stat().st_size,
+    }
+
+
+@torch.no_grad()
+def reparameterize_checkpoint(checkpoint: str | Path, output: str | Path, variant: str | None = None, *,
+                              force: bool = False, trust: bool = False, resolution: int | None = None) -> dict:
+    """Load, fuse, verify and save a checkpoint.
+
+    The fused model is checked against the unfused one on a random batch before anything is written.
+
+    Returns:
+        JSON-ready summary: variant, output path, the before/after report and the measured max relative error.
+    """
+    output = Path(output)
+    if output.exists() and not force:
+        raise CheckpointError(f"{output} already exists; pass --force to overwrite it")
+    model = load_ffnet(checkpoint, variant, trust=trust)
+    if model.deploy:
+        raise CheckpointError(f"{checkpoint} is already fused; nothing to reparameterize")
+    fused = reparameterize_model(model)
+    res = resolution or min(model.cfg.resolution, 128)
+    x = torch.randn(2, 3, res, res, generator=torch.Generator().manual_seed(0))
+    ref, out = model(x), fused(x)
+    rel = ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
+    if not rel <= 1e-4:
+        raise CheckpointError(f"reparameterization of {checkpoint} changed the outputs (max rel error {rel:.2e})")
+    source = sha256_file(checkpoint)
+    save_checkpoint(fused, output, source=source)
+    return {
+        "variant": model.cfg.name,
+        "output": str(output),
+        "source_sha256": source,
+        "output_sha256": sha256_file(output),
+        "max_rel_error": rel,
+        "report": reparam_report(model, fused).to_dict(),
+    }

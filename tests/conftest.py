@@ -1,0 +1,87 @@
+"""Shared fixtures: official-format checkpoints with randomized weights, built from the reference key lists.
+
+Nothing is downloaded: checkpoints are made here, in the official layout (timm ``train.py`` containers), with BN
+statistics, affine parameters and layer scales randomized so that every fold is exercised numerically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ffnet_deploy.model import create_ffnet
+
+REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+
+
+def reference_keys(variant: str) -> dict[str, list]:
+    """The official state_dict keys and shapes of ``variant`` (shared/reference/<variant>.keys.json)."""
+    path = REFERENCE_DIR / f"{variant}.keys.json"
+    if not path.exists():
+        pytest.skip(f"reference key list {path} not found (the shared/ folder sits next to the repository)")
+    return json.loads(path.read_text())
+
+
+@torch.no_grad()
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Fill every float tensor with non-trivial values: BN stats and affine, layer scales, weights, biases.
+
+    Weights are scaled by 1/sqrt(fan-in) so activations stay O(1) through deep variants.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for name, t in model.state_dict().items():
+        if not t.dtype.is_floating_point:
+            continue
+        if name.endswith("running_var"):
+            t.copy_(torch.rand(t.shape, generator=g) * 1.5 + 0.5)
+        elif name.endswith("running_mean"):
+            t.copy_(torch.randn(t.shape, generator=g) * 0.2)
+        elif name.endswith("layer_scale"):
+            t.copy_(torch.rand(t.shape, generator=g) * 0.9 + 0.1)
+        elif t.ndim == 1 and (name.endswith("bn.weight") or name == "norm.weight"):
+            t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+        elif t.ndim == 1:
+            t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+        else:
+            t.copy_(torch.randn(t.shape, generator=g) / t[0].numel() ** 0.5)
+    return model
+
+
+def official_state_dict(variant: str, seed: int = 0, num_classes: int = 1000) -> dict[str, torch.Tensor]:
+    """A randomized state_dict with the official keys, in the official order."""
+    model = randomize_(create_ffnet(variant, num_classes=num_classes), seed)
+    return model.state_dict()
+
+
+def write_checkpoint(path: Path, state_dict: dict, container: str = "state_dict", module_prefix: bool = False) -> Path:
+    """Save ``state_dict`` the way training scripts do.
+
+    ``container``: ``"state_dict"`` (official release: timm train.py with epoch, arch, args Namespace),
+    ``"model"``, ``"state_dict_ema"`` or ``"bare"``.
+    """
+    sd = {("module." + k if module_prefix else k): v for k, v in state_dict.items()}
+    if container == "bare":
+        obj = sd
+    else:
+        obj = {"epoch": 299, "arch": "ffnet", container: sd, "version": 2,
+               "args": argparse.Namespace(model="ffnet", lr=1e-3, input_size=[3, 256, 256], drop_path=0.1)}
+    torch.save(obj, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def test_checkpoint(tmp_path_factory) -> Path:
+    """An official-format checkpoint of the tiny ``ffnet_test`` variant."""
+    path = tmp_path_factory.mktemp("ckpt") / "ffnet_test.pth.tar"
+    return write_checkpoint(path, official_state_dict("ffnet_test"))
+
+
+@pytest.fixture(scope="session")
+def ffnet1_checkpoint(tmp_path_factory) -> Path:
+    """An official-format ffnet_1 checkpoint with randomized weights (for the scale tests)."""
+    path = tmp_path_factory.mktemp("ckpt") / "ffnet_1.pth.tar"
+    return write_checkpoint(path, official_state_dict("ffnet_1"))
