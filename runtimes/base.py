@@ -187,6 +187,49 @@ class BaseRunner(ABC):
             raise RuntimeBackendError(f"{self.name} | not active; use it as a context manager or call activate()")
 
 
+def resolve_model_file(path: str | Path, suffixes: tuple[str, ...], component: str = "runtime") -> Path:
+    """Turn an artifact directory or a model file into the model file a runner loads.
+
+    A path whose suffix is one of ``suffixes`` is returned as is (``model.mlpackage`` is itself a directory). For an
+    artifact directory, the manifest's ``artifact.path`` is used when its suffix fits, else the first
+    ``model<suffix>`` found in the directory, in the order of ``suffixes``.
+
+    Args:
+        path: Model file, or artifact directory holding ``manifest.json``.
+        suffixes: Accepted model file suffixes, most preferred first, e.g. ``(".engine", ".onnx")``.
+        component: Who asks, for error messages.
+
+    Raises:
+        RuntimeBackendError: If no model file with an accepted suffix can be found.
+    """
+    import json
+
+    path = Path(path)
+    if path.suffix in suffixes:
+        return path
+    if not path.is_dir():
+        raise RuntimeBackendError(
+            f"{component} | expected a {'/'.join(suffixes)} file or an artifact directory, got {path}"
+        )
+    manifest = path / "manifest.json"
+    if manifest.is_file():
+        try:
+            rel = json.loads(manifest.read_text())["artifact"]["path"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise RuntimeBackendError(f"{component} | {manifest} has no readable artifact.path ({err})") from err
+        candidate = path / rel
+        if candidate.suffix in suffixes and candidate.exists():
+            return candidate
+    for suffix in suffixes:
+        candidate = path / f"model{suffix}"
+        if candidate.exists():
+            return candidate
+    raise RuntimeBackendError(
+        f"{component} | no model file ({', '.join('model' + s for s in suffixes)}) in {path}; "
+        "pass the model file or an artifact directory written by 'ffnet-deploy export'"
+    )
+
+
 RUNTIMES: Registry[type[BaseRunner]] = Registry("runtime")
 
 

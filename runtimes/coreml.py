@@ -1,0 +1,108 @@
+"""The native Core ML runner: ``coremltools.models.MLModel.predict``, which needs macOS.
+
+On Linux use the ``coreml-reference`` runner, which interprets the same ``.mlpackage`` in numpy.
+Image inputs take float pixel arrays (N, C, H, W) in 0-255; each batch item becomes a PIL image because Core ML
+image features are single images.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ffnet_deploy.runtimes._mil_spec import image_channels, input_metas, is_image_feature, output_names
+from ffnet_deploy.runtimes.base import BaseRunner, TensorMeta, register_runtime, resolve_model_file
+
+from ffnet_deploy.errors import ConfigError, RuntimeBackendError, require
+
+COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
+
+
+@register_runtime("coreml")
+class CoreMLRunner(BaseRunner):
+    """Runs a Core ML model with Apple's Core ML framework.
+
+    Args:
+        artifact: ``model.mlpackage`` or an artifact directory.
+        compute_units: ``"ALL"`` (default), ``"CPU_ONLY"``, ``"CPU_AND_GPU"`` or ``"CPU_AND_NE"``.
+        name: Display name.
+    """
+
+    def __init__(self, artifact: str | Path, *, compute_units: str = "ALL", name: str | None = None) -> None:
+        if artifact is None:
+            raise ConfigError("coreml | needs a model.mlpackage or an artifact directory; got None")
+        if compute_units not in COMPUTE_UNITS:
+            raise ConfigError(f"coreml | compute_units must be one of {COMPUTE_UNITS}, got {compute_units!r}")
+        super().__init__(artifact, name=name)
+        self.compute_units = compute_units
+        self.model_path: Path | None = None
+        self.model: Any = None
+        self._spec: Any = None
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        if platform.system() != "Darwin":
+            return "needs macOS for Core ML prediction (use the coreml-reference runner elsewhere)"
+        try:
+            import coremltools  # noqa: F401
+        except ImportError:
+            return "needs coremltools: pip install 'ffnet-deploy[coreml]'"
+        return None
+
+    def _activate(self) -> None:
+        ct = require("coremltools", "coreml", self.name)
+        if platform.system() != "Darwin":
+            raise RuntimeBackendError(
+                f"{self.name} | Core ML prediction needs macOS, this is {platform.system()}; "
+                "use the coreml-reference runner to check the program on Linux"
+            )
+        self.model_path = resolve_model_file(self.artifact, (".mlpackage", ".mlmodel"), self.name)
+        try:
+            units = getattr(ct.ComputeUnit, self.compute_units)
+            self.model = ct.models.MLModel(str(self.model_path), compute_units=units)
+        except Exception as err:  # coremltools raises bare Exceptions
+            raise RuntimeBackendError(f"{self.name} | cannot load {self.model_path}: {err}") from err
+        self._spec = self.model.get_spec()
+
+    def _input_metadata(self) -> list[TensorMeta]:
+        return input_metas(self._spec, self.name)
+
+    def _output_names(self) -> list[str]:
+        return output_names(self._spec)
+
+    def _item_feed(self, feed: dict[str, np.ndarray], i: int) -> dict[str, Any]:
+        from PIL import Image
+
+        item: dict[str, Any] = {}
+        for feature in self._spec.description.input:
+            x = feed[feature.name][i : i + 1]
+            if is_image_feature(feature):
+                pixels = np.clip(np.rint(x[0]), 0, 255).astype(np.uint8)
+                if image_channels(feature) == 1:
+                    item[feature.name] = Image.fromarray(pixels[0], mode="L")
+                else:
+                    item[feature.name] = Image.fromarray(np.transpose(pixels, (1, 2, 0)), mode="RGB")
+            else:
+                item[feature.name] = x
+        return item
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        batch = next(iter(feed.values())).shape[0]
+        results: dict[str, list[np.ndarray]] = {name: [] for name in self._output_names()}
+        for i in range(batch):
+            try:
+                out = self.model.predict(self._item_feed(feed, i))
+            except Exception as err:  # coremltools raises bare Exceptions
+                raise RuntimeBackendError(f"{self.name} | prediction failed: {err}") from err
+            for name in results:
+                value = out[name]
+                if isinstance(value, dict):  # classifier probabilities: label -> probability
+                    value = np.array([value[k] for k in sorted(value)], dtype=np.float32)[None]
+                results[name].append(np.asarray(value))
+        return {name: np.concatenate(vals) if vals[0].ndim else np.stack(vals) for name, vals in results.items()}
+
+    def _deactivate(self) -> None:
+        self.model = None

@@ -1,0 +1,142 @@
+"""The ONNX Runtime runner (CPU execution provider by default).
+
+``extra_outputs`` lists intermediate tensor names (e.g. the manifest's ``block_outputs`` values) to return next to
+the model outputs: they are appended to the graph outputs of an in-memory copy of the model before the session is
+created, which is how ``validate --localize`` reads per-block tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ffnet_deploy.runtimes.base import BaseRunner, TensorMeta, register_runtime, resolve_model_file
+
+from ffnet_deploy.errors import ConfigError, RuntimeBackendError
+
+# ONNX Runtime reports element types as strings.
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
+
+_OPT_LEVELS = ("disabled", "basic", "extended", "all")
+
+
+@register_runtime("onnxruntime")
+class OnnxRuntimeRunner(BaseRunner):
+    """Runs an ONNX model with ONNX Runtime.
+
+    Args:
+        artifact: ``model.onnx`` or an artifact directory.
+        providers: Execution providers in priority order; default ``["CPUExecutionProvider"]``.
+        intra_op_num_threads: Threads per operator; ``None`` lets ONNX Runtime choose.
+        graph_optimization_level: ``"disabled"``, ``"basic"``, ``"extended"`` or ``"all"`` (default).
+        extra_outputs: Intermediate tensor names to return as additional outputs.
+        name: Display name.
+    """
+
+    def __init__(self, artifact: str | Path, *, providers: Sequence[str] | None = None,
+                 intra_op_num_threads: int | None = None, graph_optimization_level: str = "all",
+                 extra_outputs: Sequence[str] = (), name: str | None = None) -> None:
+        if artifact is None:
+            raise ConfigError("onnxruntime | needs a model.onnx file or an artifact directory; got None")
+        if graph_optimization_level not in _OPT_LEVELS:
+            raise ConfigError(
+                f"onnxruntime | graph_optimization_level must be one of {_OPT_LEVELS}, got {graph_optimization_level!r}"
+            )
+        super().__init__(artifact, name=name)
+        self.providers = list(providers) if providers else ["CPUExecutionProvider"]
+        self.intra_op_num_threads = intra_op_num_threads
+        self.graph_optimization_level = graph_optimization_level
+        self.extra_outputs = list(extra_outputs)
+        self.model_path: Path | None = None
+        self.session: Any = None
+
+    def _activate(self) -> None:
+        import onnxruntime as ort
+
+        self.model_path = resolve_model_file(self.artifact, (".onnx",), self.name)
+        options = ort.SessionOptions()
+        if self.intra_op_num_threads is not None:
+            options.intra_op_num_threads = int(self.intra_op_num_threads)
+        options.graph_optimization_level = {
+            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.graph_optimization_level]
+        source: str | bytes = str(self.model_path)
+        if self.extra_outputs:
+            source = self._with_extra_outputs()
+        unknown = [p for p in self.providers if p not in ort.get_available_providers()]
+        if unknown:
+            raise RuntimeBackendError(
+                f"{self.name} | execution providers {unknown} are not available; "
+                f"this onnxruntime build has {ort.get_available_providers()}"
+            )
+        try:
+            self.session = ort.InferenceSession(source, sess_options=options, providers=self.providers)
+        except Exception as err:  # ORT raises its own non-exported exception types
+            raise RuntimeBackendError(f"{self.name} | cannot load {self.model_path}: {err}") from err
+
+    def _with_extra_outputs(self) -> bytes:
+        """The model with ``extra_outputs`` appended to its graph outputs, serialized."""
+        import onnx
+
+        model = onnx.load(str(self.model_path))
+        produced = {out for node in model.graph.node for out in node.output}
+        produced |= {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer}
+        missing = [n for n in self.extra_outputs if n not in produced]
+        if missing:
+            raise RuntimeBackendError(
+                f"{self.name} | extra outputs {missing} are not tensors of {self.model_path}; "
+                "use names from the manifest's block_outputs or the graph"
+            )
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model)
+            known = {vi.name: vi for vi in (*inferred.graph.value_info, *inferred.graph.output)}
+        except Exception:  # shape inference is a nicety; outputs without shapes still work
+            known = {}
+        existing = {o.name for o in model.graph.output}
+        for tensor in self.extra_outputs:
+            if tensor in existing:
+                continue
+            info = onnx.ValueInfoProto()
+            if tensor in known:
+                info.CopyFrom(known[tensor])
+            else:
+                info = onnx.helper.make_empty_tensor_value_info(tensor)
+            model.graph.output.append(info)
+        return model.SerializeToString()
+
+    def _input_metadata(self) -> list[TensorMeta]:
+        metas = []
+        for node in self.session.get_inputs():
+            shape = tuple(d if isinstance(d, int) else None for d in node.shape)
+            if node.type not in _ORT_DTYPES:
+                raise RuntimeBackendError(f"{self.name} | input {node.name!r} has unsupported type {node.type}")
+            metas.append(TensorMeta(node.name, shape, np.dtype(_ORT_DTYPES[node.type])))
+        return metas
+
+    def _output_names(self) -> list[str]:
+        return [o.name for o in self.session.get_outputs()]
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        names = self._output_names()
+        try:
+            values = self.session.run(names, feed)
+        except Exception as err:  # ORT raises its own non-exported exception types
+            raise RuntimeBackendError(f"{self.name} | inference failed: {err}") from err
+        return dict(zip(names, values, strict=True))
+
+    def _deactivate(self) -> None:
+        self.session = None

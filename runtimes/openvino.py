@@ -1,0 +1,137 @@
+"""The OpenVINO runner (CPU by default).
+
+The inference precision is always set explicitly: on CPUs with AMX or AVX512-BF16, OpenVINO's CPU plugin defaults
+to bf16 execution, which would make an "fp32" parity check silently compare bf16 numbers. ``inference_precision``
+defaults to ``"f32"``; ``"bf16"`` and ``"f16"`` select the reduced-precision paths on purpose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ffnet_deploy.runtimes.base import BaseRunner, TensorMeta, register_runtime, resolve_model_file
+
+from ffnet_deploy.errors import ConfigError, RuntimeBackendError, require
+
+PRECISIONS = ("f32", "bf16", "f16")
+
+
+@register_runtime("openvino")
+class OpenVINORunner(BaseRunner):
+    """Runs an OpenVINO IR (``model.xml`` + ``model.bin``) or an ONNX file with OpenVINO.
+
+    Args:
+        artifact: ``model.xml``, ``model.onnx`` or an artifact directory.
+        device: OpenVINO device name, ``"CPU"`` by default.
+        inference_precision: ``"f32"`` (default), ``"bf16"`` or ``"f16"``, passed as the inference precision hint.
+        num_threads: CPU inference threads; ``None`` lets OpenVINO choose.
+        extra_outputs: Intermediate tensor names to return as additional outputs (``model.add_outputs``).
+        name: Display name.
+    """
+
+    def __init__(self, artifact: str | Path, *, device: str = "CPU", inference_precision: str = "f32",
+                 num_threads: int | None = None, extra_outputs: Sequence[str] = (), name: str | None = None) -> None:
+        if artifact is None:
+            raise ConfigError("openvino | needs a model.xml file or an artifact directory; got None")
+        if inference_precision not in PRECISIONS:
+            raise ConfigError(
+                f"openvino | inference_precision must be one of {PRECISIONS}, got {inference_precision!r}"
+            )
+        super().__init__(artifact, name=name)
+        self.device = device
+        self.inference_precision = inference_precision
+        self.num_threads = num_threads
+        self.extra_outputs = list(extra_outputs)
+        self.model_path: Path | None = None
+        self.compiled: Any = None
+        self._request: Any = None
+        self._out_names: list[str] = []
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return "needs openvino: pip install 'ffnet-deploy[openvino]'"
+        return None
+
+    def _activate(self) -> None:
+        ov = require("openvino", "openvino", self.name)
+        import openvino.properties as props
+        import openvino.properties.hint as hints
+
+        self.model_path = resolve_model_file(self.artifact, (".xml", ".onnx"), self.name)
+        core = ov.Core()
+        if self.device not in core.available_devices:
+            raise RuntimeBackendError(
+                f"{self.name} | device {self.device!r} is not available; this machine has {core.available_devices}"
+            )
+        try:
+            model = core.read_model(str(self.model_path))
+        except Exception as err:  # OpenVINO raises RuntimeError subclasses without a public base
+            raise RuntimeBackendError(f"{self.name} | cannot read {self.model_path}: {err}") from err
+        n_model_outputs = len(model.outputs)
+        if self.extra_outputs:
+            known = {name for op in model.get_ops() for out in op.outputs() for name in out.get_names()}
+            missing = [n for n in self.extra_outputs if n not in known]
+            if missing:
+                raise RuntimeBackendError(
+                    f"{self.name} | extra outputs {missing} are not tensors of {self.model_path}; "
+                    "use names from the manifest's block_outputs"
+                )
+            model.add_outputs(list(self.extra_outputs))
+        precision = {"f32": ov.Type.f32, "bf16": ov.Type.bf16, "f16": ov.Type.f16}[self.inference_precision]
+        config: dict[str, Any] = {hints.inference_precision(): precision}
+        if self.num_threads is not None:
+            config[props.inference_num_threads()] = int(self.num_threads)
+        try:
+            self.compiled = core.compile_model(model, self.device, config)
+        except Exception as err:  # OpenVINO raises RuntimeError subclasses without a public base
+            raise RuntimeBackendError(
+                f"{self.name} | cannot compile {self.model_path} for {self.device} "
+                f"with inference precision {self.inference_precision}: {err}"
+            ) from err
+        self._request = self.compiled.create_infer_request()
+        names = []
+        for i, port in enumerate(self.compiled.outputs):
+            if i >= n_model_outputs:
+                # An added output may carry several tensor names; report it under the name that was asked for.
+                names.append(self.extra_outputs[i - n_model_outputs])
+            else:
+                names.append(port.get_any_name() if port.get_names() else f"output_{i}")
+        self._out_names = names
+
+    def actual_inference_precision(self) -> str:
+        """The inference precision the compiled model reports (e.g. ``"f32"``), to prove what actually runs."""
+        self._require_active()
+        import openvino.properties.hint as hints
+
+        return str(self.compiled.get_property(hints.inference_precision())).lower()
+
+    def _input_metadata(self) -> list[TensorMeta]:
+        metas = []
+        for i, port in enumerate(self.compiled.inputs):
+            shape = tuple(None if d.is_dynamic else d.get_length() for d in port.get_partial_shape())
+            name = port.get_any_name() if port.get_names() else f"input_{i}"
+            metas.append(TensorMeta(name, shape, np.dtype(port.get_element_type().to_dtype())))
+        return metas
+
+    def _output_names(self) -> list[str]:
+        return list(self._out_names)
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        inputs = {i: feed[meta.name] for i, meta in enumerate(self._input_metadata())}
+        try:
+            self._request.infer(inputs)
+        except Exception as err:  # OpenVINO raises RuntimeError subclasses without a public base
+            raise RuntimeBackendError(f"{self.name} | inference failed: {err}") from err
+        return {
+            name: self._request.get_output_tensor(i).data.copy() for i, name in enumerate(self._out_names)
+        }
+
+    def _deactivate(self) -> None:
+        self._request = None
+        self.compiled = None

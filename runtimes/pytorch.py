@@ -1,0 +1,111 @@
+"""The PyTorch eager runner: the reference every other runtime is compared against.
+
+It runs an in-memory ``nn.Module`` (``create_runner("torch", None, model=m)``) or loads an FFNet checkpoint with
+:func:`~ffnet_deploy.checkpoint.load_ffnet` (``create_runner("torch", "ffnet_1.pth.tar")``). The input is
+``images`` (N, 3, H, W) float32 and the output ``logits``. ``extra_outputs`` names submodules (``"patch_embed"``,
+``"stages.1.0"``) whose outputs are returned as well, which is what ``validate --localize`` compares block by block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ffnet_deploy.runtimes.base import BaseRunner, TensorMeta, register_runtime
+
+from ffnet_deploy.errors import ConfigError, RuntimeBackendError
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+
+
+@register_runtime("torch")
+class TorchRunner(BaseRunner):
+    """Eager PyTorch on CPU (or any torch device).
+
+    Args:
+        artifact: A checkpoint file for :func:`~ffnet_deploy.checkpoint.load_ffnet`; ``None`` when ``model`` is given.
+        model: An ``nn.Module`` to run as is (it is switched to eval mode, not copied).
+        variant: Variant name for the checkpoint; detected when omitted.
+        trust: Allow arbitrary pickles in the checkpoint (``--trust-checkpoint``).
+        resolution: Input height and width the runner accepts; defaults to ``model.cfg.resolution``. ``0`` accepts
+            any spatial size.
+        device: Torch device string.
+        extra_outputs: Dotted submodule paths whose forward outputs are returned next to ``logits``.
+        name: Display name.
+    """
+
+    def __init__(self, artifact: str | Path | None = None, *, model: Any = None, variant: str | None = None,
+                 trust: bool = False, resolution: int | None = None, device: str = "cpu",
+                 extra_outputs: Sequence[str] = (), name: str | None = None) -> None:
+        if artifact is None and model is None:
+            raise ConfigError("torch | needs a checkpoint path or model=<nn.Module>; got neither")
+        if artifact is not None and model is not None:
+            raise ConfigError("torch | pass either a checkpoint path or model=, not both")
+        super().__init__(artifact, name=name)
+        self._given_model = model
+        self._variant = variant
+        self._trust = trust
+        self._resolution = resolution
+        self._device = device
+        self._extra_outputs = list(extra_outputs)
+        self.model: Any = None
+        self._captured: dict[str, Any] = {}
+        self._hooks: list[Any] = []
+
+    def _activate(self) -> None:
+        import torch
+
+        if self._given_model is not None:
+            model = self._given_model
+        else:
+            from ffnet_deploy.checkpoint import load_ffnet
+
+            model = load_ffnet(self.artifact, self._variant, trust=self._trust)
+        self.model = model.eval().to(self._device)
+        modules = dict(self.model.named_modules())
+        for path in self._extra_outputs:
+            if path not in modules:
+                raise RuntimeBackendError(
+                    f"{self.name} | extra output {path!r} is not a submodule of {type(model).__name__}; "
+                    "use dotted paths such as 'patch_embed' or 'stages.1.0'"
+                )
+            self._hooks.append(modules[path].register_forward_hook(self._capture(path)))
+        self._torch = torch
+
+    def _capture(self, path: str):
+        def hook(_module: Any, _inputs: Any, output: Any) -> None:
+            self._captured[path] = output.detach()
+
+        return hook
+
+    def _input_metadata(self) -> list[TensorMeta]:
+        res = self._resolution
+        if res is None:
+            cfg = getattr(self.model, "cfg", None)
+            res = getattr(cfg, "resolution", 0)
+        hw = (res, res) if res else (None, None)
+        return [TensorMeta(INPUT_NAME, (None, 3, *hw), np.dtype(np.float32))]
+
+    def _output_names(self) -> list[str]:
+        return [OUTPUT_NAME, *self._extra_outputs]
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        torch = self._torch
+        self._captured.clear()
+        with torch.inference_mode():
+            x = torch.from_numpy(feed[INPUT_NAME]).to(self._device)
+            logits = self.model(x)
+        out = {OUTPUT_NAME: logits.float().cpu().numpy()}
+        for path in self._extra_outputs:
+            out[path] = self._captured[path].float().cpu().numpy()
+        return out
+
+    def _deactivate(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+        self._captured.clear()
+        self.model = None

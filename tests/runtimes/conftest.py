@@ -1,0 +1,75 @@
+"""Artifacts of the tiny ``ffnet_test`` variant for the runner tests, built once per session.
+
+They are made directly with the engines' own converters (``torch.onnx.export``, ``openvino.convert_model``,
+``coremltools.convert``) so that runner tests do not depend on the exporters under test elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ffnet_deploy.model import create_ffnet
+from ffnet_deploy.reparam import reparameterize_model
+from tests.conftest import randomize_
+
+RES = 64
+
+
+def fused_test_model(seed: int = 0) -> torch.nn.Module:
+    """A fused, randomized ffnet_test in eval mode."""
+    return reparameterize_model(randomize_(create_ffnet("ffnet_test").eval(), seed)).eval()
+
+
+def torch_logits(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def write_manifest(directory: Path, artifact: str, fmt: str) -> None:
+    """A minimal manifest whose artifact.path points at ``artifact`` (enough for runner path resolution)."""
+    manifest = {"schema": "ffnet-deploy/manifest/1", "format": fmt, "artifact": {"path": artifact, "sha256": None}}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def export_onnx(model: torch.nn.Module, path: Path, res: int = RES) -> Path:
+    """Export with a dynamic batch dimension, input ``images`` and output ``logits``."""
+    torch.onnx.export(
+        model, (torch.zeros(1, 3, res, res),), str(path), input_names=["images"], output_names=["logits"],
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def fused_model() -> torch.nn.Module:
+    return fused_test_model()
+
+
+@pytest.fixture(scope="session")
+def images() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((2, 3, RES, RES)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def onnx_dir(tmp_path_factory, fused_model) -> Path:
+    """An artifact directory holding model.onnx and a manifest."""
+    directory = tmp_path_factory.mktemp("onnx")
+    export_onnx(fused_model, directory / "model.onnx")
+    write_manifest(directory, "model.onnx", "onnx")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def openvino_dir(tmp_path_factory, onnx_dir) -> Path:
+    """An artifact directory holding an fp32 OpenVINO IR converted from the ONNX file, and a manifest."""
+    ov = pytest.importorskip("openvino")
+    directory = tmp_path_factory.mktemp("openvino")
+    model = ov.convert_model(str(onnx_dir / "model.onnx"))
+    ov.save_model(model, str(directory / "model.xml"), compress_to_fp16=False)
+    write_manifest(directory, "model.xml", "openvino")
+    return directory

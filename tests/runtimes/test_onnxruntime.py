@@ -1,0 +1,59 @@
+"""The ONNX Runtime runner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ffnet_deploy.runtimes import create_runner
+
+from ffnet_deploy.errors import ConfigError, RuntimeBackendError
+from tests.runtimes.conftest import torch_logits
+
+
+def test_directory_and_file_give_same_outputs(onnx_dir, fused_model, images):
+    expected = torch_logits(fused_model, images)
+    for artifact in (onnx_dir, onnx_dir / "model.onnx"):
+        with create_runner("onnxruntime", artifact, intra_op_num_threads=1) as runner:
+            assert runner.model_path == onnx_dir / "model.onnx"
+            meta = runner.input_metadata()["images"]
+            assert meta.shape == (None, 3, 64, 64)  # dynamic batch reported as None
+            assert meta.dtype == np.float32
+            out = runner.infer({"images": images})
+        np.testing.assert_allclose(out["logits"], expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("level", ["disabled", "basic", "extended", "all"])
+def test_optimization_levels_agree(onnx_dir, fused_model, images, level):
+    with create_runner("onnxruntime", onnx_dir, graph_optimization_level=level) as runner:
+        out = runner.infer(images)["logits"]
+    np.testing.assert_allclose(out, torch_logits(fused_model, images), rtol=1e-4, atol=1e-4)
+
+
+def test_extra_outputs_return_intermediate_tensors(onnx_dir, fused_model, images):
+    import onnx
+    import torch
+
+    graph = onnx.load(str(onnx_dir / "model.onnx")).graph
+    convs = [n.output[0] for n in graph.node if n.op_type == "Conv"]
+    adds = [n.output[0] for n in graph.node if n.op_type == "Add"]
+    wanted = [adds[0], convs[0]]
+    with create_runner("onnxruntime", onnx_dir, extra_outputs=wanted) as runner:
+        assert runner.output_names() == ["logits", *wanted]
+        out = runner.infer(images)
+    # The first Conv of the graph is the stem conv: its tensor must equal torch's, which proves the extra output is
+    # addressed by name and not by position.
+    with torch.inference_mode():
+        stem = fused_model.patch_embed[0](torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(out[convs[0]], stem, rtol=1e-4, atol=1e-4)
+    assert out[adds[0]].shape[0] == 2 and np.isfinite(out[adds[0]]).all()
+
+
+def test_errors_are_clear(onnx_dir, tmp_path):
+    with pytest.raises(RuntimeBackendError, match="no_such_tensor"):
+        create_runner("onnxruntime", onnx_dir, extra_outputs=["no_such_tensor"]).activate()
+    with pytest.raises(RuntimeBackendError, match="not available"):
+        create_runner("onnxruntime", onnx_dir, providers=["NoSuchExecutionProvider"]).activate()
+    with pytest.raises(ConfigError, match="graph_optimization_level"):
+        create_runner("onnxruntime", onnx_dir, graph_optimization_level="max")
+    with pytest.raises(RuntimeBackendError, match="no model file"):
+        create_runner("onnxruntime", tmp_path).activate()

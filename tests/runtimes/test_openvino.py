@@ -1,0 +1,62 @@
+"""The OpenVINO runner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ffnet_deploy.runtimes import create_runner
+
+from ffnet_deploy.errors import ConfigError, RuntimeBackendError
+from tests.runtimes.conftest import torch_logits
+
+pytest.importorskip("openvino")
+
+
+def test_f32_is_the_default_and_really_runs_f32(openvino_dir, fused_model, images):
+    with create_runner("openvino", openvino_dir, num_threads=1) as runner:
+        assert runner.actual_inference_precision() in ("f32", "<type: 'float32'>")
+        meta = runner.input_metadata()["images"]
+        assert meta.shape == (None, 3, 64, 64)
+        out = runner.infer({"images": images})["logits"]
+    # bf16 execution would miss this by orders of magnitude (about 1e-2 relative).
+    np.testing.assert_allclose(out, torch_logits(fused_model, images), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "f16"])
+def test_reduced_precision_hints_run_and_differ(openvino_dir, fused_model, images, precision):
+    expected = torch_logits(fused_model, images)
+    with create_runner("openvino", openvino_dir, inference_precision=precision) as runner:
+        out = runner.infer(images)["logits"]
+        actual = runner.actual_inference_precision()
+    cos = float(np.sum(out * expected) / np.linalg.norm(out) / np.linalg.norm(expected))
+    assert cos > 0.99
+    if precision == "bf16" or "16" in actual:
+        # When the hint takes effect the result is not bit-exact f32.
+        assert np.abs(out - expected).max() > 1e-6
+
+
+def test_onnx_file_and_extra_outputs(onnx_dir, openvino_dir, images):
+    import onnx
+
+    graph = onnx.load(str(onnx_dir / "model.onnx")).graph
+    # Block outputs (the channel mixer's residual Add) survive OpenVINO's fusions with their ONNX names.
+    names = [n.output[0] for n in graph.node if n.op_type == "Add" and n.name.endswith("channel_mixer/Add")][:2]
+    assert len(names) == 2
+    with create_runner("onnxruntime", onnx_dir, extra_outputs=names) as ref:
+        expected = ref.infer(images)
+    with create_runner("openvino", openvino_dir, extra_outputs=names) as runner:
+        assert runner.output_names()[1:] == names
+        out = runner.infer(images)
+    for name in names:
+        np.testing.assert_allclose(out[name], expected[name], rtol=1e-4, atol=1e-4)
+    with create_runner("openvino", onnx_dir / "model.onnx") as runner:
+        np.testing.assert_allclose(runner.infer(images)["logits"], expected["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_errors_are_clear(openvino_dir):
+    with pytest.raises(ConfigError, match="inference_precision"):
+        create_runner("openvino", openvino_dir, inference_precision="int4")
+    with pytest.raises(RuntimeBackendError, match="GPU"):
+        create_runner("openvino", openvino_dir, device="GPU").activate()
+    with pytest.raises(RuntimeBackendError, match="nope"):
+        create_runner("openvino", openvino_dir, extra_outputs=["nope"]).activate()
