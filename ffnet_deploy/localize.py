@@ -1,0 +1,330 @@
+"""``validate --localize``: find where in the network an artifact's error first grows.
+
+Two methods, chosen by the artifact's runtime:
+
+- **Per FFNet block** (ONNX Runtime, OpenVINO): the manifest's ``block_outputs`` map names the graph tensor that holds
+  the output of ``model.patch_embed`` and of every ``model.stages[S][B]``. The runner returns those tensors as
+  extra outputs; forward hooks on the same modules of the PyTorch reference give the matching activations. Each
+  pair gets an SQNR, and the first block below the threshold is where the artifact stops computing what the model
+  computes. A block is a function of its input only, so this works whether the artifact was reparameterized or not.
+- **Per MIL op** (the coreml-reference interpreter): the Core ML program is run twice through the interpreter's
+  per-op observer, once as it is and once with every op computed in fp32, and each op's output is compared between
+  the two runs. This compares the program *against itself in fp32*: it finds where reduced precision (fp16) loses
+  accuracy, which is the usual Core ML FP16 complaint, but it cannot find a wrong weight, since both runs use the
+  same weights. For wrong weights, localize the ONNX or OpenVINO export of the same checkpoint.
+
+SQNR (signal-to-quantization-noise ratio) of an activation, in dB::
+
+    SQNR = 10 log10( sum(ref^2) / sum((ref - out)^2) )
+
+``inf`` when the two are identical. Healthy fp32 artifacts sit above ~60 dB at every block, fp16 around 40-60 dB,
+int8 around 15-30 dB; a wrong weight drops its block to near or below 0 dB.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ffnet_deploy.errors import FFNetDeployError, RuntimeBackendError
+
+
+def sqnr_db(reference: np.ndarray, output: np.ndarray) -> float:
+    """SQNR of ``output`` against ``reference`` in dB (``inf`` if equal, ``nan`` if anything is non-finite).
+
+    Raises:
+        RuntimeBackendError: If the shapes cannot be matched.
+    """
+    ref = np.asarray(reference, dtype=np.float64)
+    out = np.asarray(output, dtype=np.float64)
+    if out.shape != ref.shape:
+        if out.size != ref.size:
+            raise RuntimeBackendError(f"localize | activation shape {out.shape} does not match reference {ref.shape}")
+        out = out.reshape(ref.shape)
+    if not (np.isfinite(ref).all() and np.isfinite(out).all()):
+        return float("nan")
+    noise = float(((ref - out) ** 2).sum())
+    signal = float((ref**2).sum())
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+@dataclass(frozen=True)
+class LayerSQNR:
+    """SQNR of one block (or MIL op) output."""
+
+    name: str  # "patch_embed", "stages.S.B", or a MIL op name
+    sqnr_db: float  # 10 log10(signal / noise); inf when identical, nan when non-finite
+    tensor: str | None = None  # graph tensor compared (artifact side)
+    shape: tuple[int, ...] | None = None  # activation shape
+    op_type: str | None = None  # MIL op type (Core ML only)
+
+
+@dataclass
+class Localization:
+    """Per-layer SQNR of one artifact and the first layer that falls below the threshold."""
+
+    method: str  # "blocks" (torch activations vs runner extra outputs) or "mil-ops" (program vs itself in fp32)
+    threshold_db: float  # layers below this SQNR are flagged
+    layers: list[LayerSQNR] = field(default_factory=list)  # in execution order
+    samples: int = 0  # images used
+    note: str = ""  # what the comparison can and cannot find
+
+    @property
+    def first_below(self) -> LayerSQNR | None:
+        """The first layer whose SQNR is below the threshold (or non-finite), in execution order."""
+        for layer in self.layers:
+            if math.isnan(layer.sqnr_db) or layer.sqnr_db < self.threshold_db:
+                return layer
+        return None
+
+    @property
+    def largest_drop(self) -> tuple[LayerSQNR, float] | None:
+        """The layer with the largest SQNR fall from the layer before it, with the fall in dB."""
+        best, drop = None, 0.0
+        prev = math.inf
+        for layer in self.layers:
+            cur = layer.sqnr_db
+            if math.isfinite(cur):
+                d = (prev - cur) if math.isfinite(prev) else (math.inf if math.isinf(prev) and prev > 0 else 0.0)
+                if best is None or d > drop:
+                    best, drop = layer, d
+                prev = cur
+        return (best, drop) if best is not None else None
+
+    @property
+    def summary(self) -> str:
+        """One line for tables and failure messages."""
+        first = self.first_below
+        if first is None:
+            return f"no {self._unit} below {self.threshold_db:g} dB SQNR ({len(self.layers)} compared)"
+        kind = f" ({first.op_type})" if first.op_type else ""
+        return f"first {self._unit} below {self.threshold_db:g} dB: {first.name}{kind} at {first.sqnr_db:.1f} dB"
+
+    @property
+    def _unit(self) -> str:
+        return "block" if self.method == "blocks" else "MIL op"
+
+    def to_dict(self) -> dict:
+        first = self.first_below
+        drop = self.largest_drop
+
+        def enc(v: float) -> float | str:
+            return v if math.isfinite(v) else str(v)
+
+        return {
+            "method": self.method,
+            "threshold_db": self.threshold_db,
+            "samples": self.samples,
+            "note": self.note,
+            "first_below": first.name if first else None,
+            "first_below_sqnr_db": enc(first.sqnr_db) if first else None,
+            "largest_drop": {"name": drop[0].name, "drop_db": enc(drop[1])} if drop else None,
+            "summary": self.summary,
+            "layers": [{**asdict(layer), "sqnr_db": enc(layer.sqnr_db),
+                        "shape": list(layer.shape) if layer.shape else None} for layer in self.layers],
+        }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Per-block (ONNX Runtime, OpenVINO)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def block_names(model) -> list[str]:
+    """``["patch_embed", "stages.0.0", ...]``: every FFNet block boundary, in execution order."""
+    return ["patch_embed"] + [f"stages.{s}.{b}" for s, stage in enumerate(model.stages) for b in range(len(stage))]
+
+
+def torch_block_outputs(model, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Run the reference once and capture the output of ``patch_embed`` and every ``stages[S][B]``.
+
+    Args:
+        model: The FFNet reference (fused or not: a block's output is the same function either way).
+        images: Normalized float32 batch ``(B, 3, H, W)``.
+
+    Returns:
+        Activations by block name, as float32 numpy arrays, in execution order.
+    """
+    import torch
+
+    captured: dict[str, np.ndarray] = {}
+    handles = []
+    modules = {"patch_embed": model.patch_embed}
+    for s, stage in enumerate(model.stages):
+        for b, block in enumerate(stage):
+            modules[f"stages.{s}.{b}"] = block
+
+    def hook(name: str):
+        def fn(_module, _inputs, output) -> None:
+            captured[name] = output.detach().float().cpu().numpy()
+
+        return fn
+
+    for name, module in modules.items():
+        handles.append(module.register_forward_hook(hook(name)))
+    try:
+        with torch.inference_mode():
+            model(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: captured[name] for name in modules if name in captured}
+
+
+def localize_blocks(runtime: str, artifact, block_outputs: Mapping[str, str], model, batch, input_range: str,
+                    threshold_db: float, runner_options: Mapping[str, Any] | None = None) -> Localization:
+    """Per-block SQNR of an ONNX/OpenVINO artifact against the PyTorch reference.
+
+    Args:
+        runtime: Runner name (``"onnxruntime"`` or ``"openvino"``); it must accept ``extra_outputs``.
+        artifact: Artifact directory or model file.
+        block_outputs: ``{"stages.S.B": tensor name}`` from the manifest.
+        model: The PyTorch reference.
+        batch: A :class:`ffnet_deploy.data.Batch`; a few images are enough.
+        input_range: What the artifact's input takes (``"normalized"``, ``"0-1"``, ``"0-255"``).
+        threshold_db: Flag blocks below this SQNR.
+        runner_options: Extra runner options.
+
+    Raises:
+        RuntimeBackendError: If the manifest has no block map or the runner cannot expose the tensors.
+    """
+    from ffnet_deploy.runtimes import create_runner
+
+    if not block_outputs:
+        raise RuntimeBackendError(f"localize | {artifact} has no block_outputs in its manifest; re-export it with "
+                                  "'ffnet-deploy export' (per-block localization needs the tensor names)")
+    names = block_names(model)
+    order = [n for n in names if n in block_outputs]
+    missing = [n for n in names if n not in block_outputs]
+    tensors = [block_outputs[n] for n in order]
+    runner = create_runner(runtime, artifact, extra_outputs=tensors, **dict(runner_options or {}))
+    with runner:
+        name, feed, n = _fit_feed(runner, batch, input_range)
+        outs = runner.infer({name: feed})
+    ref = torch_block_outputs(model, batch.images[:n])
+    layers = []
+    for block, tensor in zip(order, tensors, strict=True):
+        if tensor not in outs:
+            raise RuntimeBackendError(f"localize | {runtime} did not return tensor {tensor!r} of block {block}")
+        layers.append(LayerSQNR(block, sqnr_db(ref[block], outs[tensor]), tensor, tuple(ref[block].shape)))
+    note = "artifact block outputs vs PyTorch activations of the same modules"
+    if missing:
+        note += f"; not in the manifest's block_outputs: {', '.join(missing)}"
+    return Localization("blocks", threshold_db, layers, samples=n, note=note)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Per MIL op (coreml-reference)
+# --------------------------------------------------------------------------------------------------------------------
+
+MIL_NOTE = ("Core ML program compared against itself computed in fp32: finds precision loss (fp16), "
+            "not wrong weights")
+
+
+def localize_mil_ops(runtime: str, artifact, batch, input_range: str, threshold_db: float,
+                     runner_options: Mapping[str, Any] | None = None) -> Localization:
+    """Per-MIL-op SQNR of a Core ML program against the same program computed in fp32.
+
+    Uses the coreml-reference interpreter's per-op observer; see the module docstring for what this can find.
+
+    Raises:
+        RuntimeBackendError: If the runner does not offer the observer or the fp32 mode.
+    """
+    from ffnet_deploy.runtimes import create_runner
+
+    options = dict(runner_options or {})
+
+    def run(fp32: bool) -> tuple[list[tuple[str, str | None]], dict[str, np.ndarray]]:
+        order: list[tuple[str, str | None]] = []
+        values: dict[str, np.ndarray] = {}
+
+        def observer(op_name: str, op_type: str | None, value) -> None:
+            if op_name not in values:
+                order.append((op_name, op_type))
+            values[op_name] = np.array(value, dtype=np.float64, copy=True)
+
+        try:
+            runner = create_runner(runtime, artifact, observer=observer, compute_fp32=fp32, **options)
+        except TypeError as err:
+            raise RuntimeBackendError(f"localize | runner {runtime!r} has no per-op observer / fp32 mode ({err})") \
+                from err
+        with runner:
+            name, feed, n = _fit_feed(runner, batch, input_range)
+            runner.infer({name: feed})
+        used.append(n)
+        return order, values
+
+    used: list[int] = []
+    order, as_is = run(False)
+    _, fp32 = run(True)
+    layers = []
+    for op_name, op_type in order:
+        if op_name not in fp32:
+            continue
+        a, b = fp32[op_name], as_is[op_name]
+        if a.size == 0 or a.shape != b.shape or not np.issubdtype(a.dtype, np.floating):
+            continue
+        layers.append(LayerSQNR(op_name, sqnr_db(a, b), op_name, tuple(a.shape), op_type))
+    return Localization("mil-ops", threshold_db, layers, samples=used[0], note=MIL_NOTE)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Dispatch
+# --------------------------------------------------------------------------------------------------------------------
+
+BLOCK_RUNTIMES = ("onnxruntime", "openvino")
+MIL_RUNTIMES = ("coreml-reference", "coreml_reference")
+
+
+def localize_artifact(spec, model, batch, threshold_db: float) -> Localization:
+    """Localize one artifact's error with the method its runtime supports.
+
+    Args:
+        spec: A :class:`ffnet_deploy.parity.ArtifactSpec`.
+        model: The PyTorch reference.
+        batch: A :class:`ffnet_deploy.data.Batch` (a few images are enough).
+        threshold_db: SQNR threshold.
+
+    Raises:
+        FFNetDeployError: If the runtime supports no localization method or the artifact lacks what it needs.
+    """
+    input_range = spec.input_range or "normalized"
+    if spec.runtime in BLOCK_RUNTIMES:
+        return localize_blocks(spec.runtime, spec.path, spec.block_outputs, model, batch, input_range, threshold_db)
+    if spec.runtime in MIL_RUNTIMES:
+        return localize_mil_ops(spec.runtime, spec.path, batch, input_range, threshold_db)
+    raise FFNetDeployError(f"localize | runtime {spec.runtime!r} has no localization; supported: "
+                           f"{', '.join(BLOCK_RUNTIMES + MIL_RUNTIMES[:1])}")
+
+
+def _fit_feed(runner, batch, input_range: str) -> tuple[str, np.ndarray, int]:
+    """``(input name, feed, images used)`` for an active runner: its dtype, and its batch size when fixed."""
+    from ffnet_deploy.data import feed_from_pixels
+
+    meta = next(iter(runner.input_metadata().values()))
+    n = len(batch.names)
+    fixed = meta.shape[0] if meta.shape else None
+    if fixed is not None and fixed != n:
+        if fixed > n:
+            raise RuntimeBackendError(f"localize | the artifact takes batches of {fixed}, only {n} images at hand")
+        n = fixed
+    feed = feed_from_pixels(batch.pixels[:n], batch.images[:n], input_range, meta.dtype)
+    return meta.name, feed, n
+
+
+def format_layers(loc: Localization, limit: int | None = None) -> Sequence[LayerSQNR]:
+    """The layers worth printing: all blocks, or for MIL ops the ones around the first failure."""
+    if loc.method == "blocks" or limit is None or len(loc.layers) <= limit:
+        return loc.layers
+    first = loc.first_below
+    idx = loc.layers.index(first) if first else 0
+    lo = max(0, idx - limit // 2)
+    return loc.layers[lo:lo + limit]
