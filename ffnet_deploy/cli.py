@@ -124,6 +124,60 @@ def reparam(
     console.print(table)
 
 
+@app.command()
+def validate(
+    artifacts: Annotated[list[Path], typer.Argument(help="Artifact directories (with manifest.json) or model files "
+                                                    "(.onnx, .xml, .mlpackage, .engine).")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="The checkpoint the artifacts came from.")],
+    variant: VariantOpt = None,
+    data: Annotated[Path | None, typer.Option("--data", help="ImageFolder: one subfolder per class (labels).")] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="With --data: JSON {folder: index} or lines "
+                                                "'folder index' mapping folders to ImageNet indices.")] = None,
+    images: Annotated[Path | None, typer.Option("--images", help="Folder of images without labels.")] = None,
+    synthetic: Annotated[int | None, typer.Option("--synthetic", help="N random images.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Use at most N inputs.")] = None,
+    batch: Annotated[int, typer.Option("--batch", help="Images per batch.")] = 8,
+    precision_profile: Annotated[str, typer.Option("--precision-profile", help="auto (the manifest's precision), "
+                                                   "fp32, fp16 or int8.")] = "auto",
+    tolerance: Annotated[list[str] | None, typer.Option("--tolerance", help="Override a threshold, repeatable: "
+                         "atol_scale, max_abs_error, min_cosine, min_cosine_worst, min_psnr_db, min_top1_agreement, "
+                         "min_top5_overlap, max_acc_drop, localize_sqnr_db (value or 'none').")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the JSON report here.")] = None,
+    junit_path: Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here.")] = None,
+    localize: Annotated[bool, typer.Option("--localize", help="For failing artifacts, find the first FFNet block "
+                                           "(ONNX/OpenVINO) or MIL op (Core ML) where the error grows.")] = False,
+    runtime: Annotated[str | None, typer.Option("--runtime", help="Runner to use instead of the format's "
+                                                "default.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of --synthetic.")] = 0,
+    trust_checkpoint: TrustOpt = False,
+) -> None:
+    """Prove that artifacts compute what the PyTorch checkpoint computes; exit 1 if any check fails."""
+    import logging
+
+    from ffnet_deploy.data import make_source
+    from ffnet_deploy.parity import parse_tolerance_overrides
+    from ffnet_deploy.parity import validate as run_validation
+    from ffnet_deploy.report import render, write_json, write_junit
+
+    logger = logging.getLogger("ffnet_deploy")
+    if not logger.handlers:
+        from rich.logging import RichHandler
+
+        logger.addHandler(RichHandler(console=err_console, show_time=False, show_path=False))
+        logger.setLevel(logging.WARNING)
+    overrides = parse_tolerance_overrides(tolerance or [])
+    source = make_source(data, images, synthetic, labels_file=labels, limit=limit, seed=seed)
+    report = run_validation(artifacts, checkpoint, variant, source, precision_profile, batch, localize, overrides,
+                            trust=trust_checkpoint, runtime=runtime)
+    render(report, console)
+    if json_path is not None:
+        write_json(report, json_path)
+    if junit_path is not None:
+        write_junit(report, junit_path)
+    report.raise_for_failures()
+    console.print(f"[bold green]all {len(report.artifacts)} artifact(s) passed[/]")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point. Returns the exit code (also used by tests)."""
     import click

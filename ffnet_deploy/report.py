@@ -38,7 +38,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from ffnet_deploy.errors import ConfigError
-from ffnet_deploy.parity import METRIC_NAMES, ValidationReport, format_value, jsonable
+from ffnet_deploy.parity import FORMAT_BY_SUFFIX, METRIC_NAMES, ValidationReport, format_value, jsonable
 
 SCHEMA = "ffnet-deploy/validate-report/1"
 """Identifier and version of the JSON report layout."""
@@ -170,45 +170,74 @@ def _num(v: float | None, spec: str = ".3g") -> str:
     return format(v, spec)
 
 
+def short_name(name: str) -> str:
+    """A compact column title for an artifact path: the directory name, or ``parent/file`` for a model file."""
+    p = Path(name)
+    if p.suffix.lower() in FORMAT_BY_SUFFIX and p.parent.name:
+        return f"{p.parent.name}/{p.name}"
+    return p.name or name
+
+
+# (row title, metric key, number format); the key is also the check name when a profile gates the metric.
+_ROWS = (
+    ("max abs error", "max_abs_error", ".3g"),
+    ("mean abs error", "mean_abs_error", ".3g"),
+    ("max rel error", "max_rel_error", ".3g"),
+    ("cosine (mean)", "cosine_mean", ".6f"),
+    ("cosine (worst)", "cosine_min", ".6f"),
+    ("PSNR dB", "psnr_db", ".1f"),
+    ("top-1 agreement", "top1_agreement", ".2%"),
+    ("top-5 overlap", "top5_overlap", ".2%"),
+    ("top-1 ref %", "ref_top1", ".2f"),
+    ("top-1 artifact %", "top1", ".2f"),
+    ("top-5 ref %", "ref_top5", ".2f"),
+    ("top-5 artifact %", "top5", ".2f"),
+    ("top-1 drop (points)", "acc_drop", "+.2f"),
+)
+
+
 def render(report: ValidationReport, console) -> None:
-    """Print the rich tables: one row per artifact, then the failures, then any localization."""
+    """Print the results table (one column per artifact, one row per metric), failures, and any localization.
+
+    A gated metric shows ``value ≤/≥ threshold`` in green or red; an informational one is dimmed.
+    """
     from rich.table import Table
 
     d = report.data
     skipped = d.get("skipped") or {}
-    caption = (f"{d.get('num_images')} images ({d.get('kind')}, fingerprint {str(d.get('fingerprint'))[:12]}), "
-               f"skipped: {skipped.get('corrupt', 0)} corrupt, {skipped.get('unsupported', 0)} unsupported; "
-               f"reference: {report.reference.get('variant')} @ {report.reference.get('resolution')} "
-               f"fp32 eager PyTorch")
+    caption = (f"{d.get('num_images')} images ({d.get('kind')}, fingerprint {str(d.get('fingerprint'))[:12]}; "
+               f"skipped {skipped.get('corrupt', 0)} corrupt, {skipped.get('unsupported', 0)} unsupported) vs "
+               f"{report.reference.get('variant')} @ {report.reference.get('resolution')}px, fp32 eager PyTorch")
     table = Table(title="ffnet-deploy validate", caption=caption)
-    labeled = any(a.metrics is not None and a.metrics.top1 is not None for a in report.artifacts)
-    cols = ["artifact", "runtime", "prec", "max abs", "mean abs", "max rel", "cos mean", "cos min", "PSNR dB",
-            "top-1 agr", "top-5 ovl"]
-    if labeled:
-        cols += ["top-1 ref/art", "drop"]
-    cols.append("result")
-    for c in cols:
-        table.add_column(c, justify="left" if c in ("artifact", "runtime", "prec", "result") else "right")
+    table.add_column("metric")
     for a in report.artifacts:
-        m = a.metrics
-        failed = {c.name for c in a.failed_checks}
-
-        def cell(name: str, text: str, failed: set[str] = failed) -> str:
-            return f"[red]{text}[/]" if name in failed else text
-
-        if m is None:
-            row = [a.name, a.runtime or "-", a.precision] + ["-"] * (len(cols) - 4)
-        else:
-            row = [a.name, a.runtime or "-", a.precision,
-                   cell("max_abs_error", _num(m.max_abs_error)), _num(m.mean_abs_error), _num(m.max_rel_error),
-                   cell("cosine_mean", _num(m.cosine_mean, ".6f")), cell("cosine_min", _num(m.cosine_min, ".6f")),
-                   cell("psnr_db", _num(m.psnr_db, ".1f")),
-                   cell("top1_agreement", f"{100 * m.top1_agreement:.1f}%"),
-                   cell("top5_overlap", f"{100 * m.top5_overlap:.1f}%")]
-            if labeled:
-                row += [f"{_num(m.ref_top1, '.1f')}/{_num(m.top1, '.1f')}", cell("acc_drop", _num(m.acc_drop, "+.2f"))]
-        row.append("[green]PASS[/]" if a.passed else "[bold red]FAIL[/]")
-        table.add_row(*row)
+        table.add_column(short_name(a.name), justify="right")
+    table.add_row("runtime / precision", *[f"{a.runtime or '-'} / {a.precision}" for a in report.artifacts])
+    labeled = any(a.metrics is not None and a.metrics.top1 is not None for a in report.artifacts)
+    checks = [{c.name: c for c in a.checks} for a in report.artifacts]
+    finite = []
+    for by_name in checks:
+        c = by_name.get("finite")
+        finite.append("-" if c is None else f"[{'green' if c.passed else 'red'}]{int(c.value or 0)}[/]")
+    table.add_row("NaN/Inf values", *finite)
+    for title, key, spec in _ROWS:
+        if not labeled and key in ("ref_top1", "top1", "ref_top5", "top5", "acc_drop"):
+            continue
+        cells = []
+        for a, by_name in zip(report.artifacts, checks, strict=True):
+            if a.metrics is None:
+                cells.append("-")
+                continue
+            value = a.metrics.to_dict().get(key)
+            text = _num(value, spec)
+            check = by_name.get(key)
+            if check is None:
+                cells.append(f"[dim]{text}[/]")
+            else:
+                color = "green" if check.passed else "bold red"
+                cells.append(f"[{color}]{text} {'≤' if check.op == '<=' else '≥'} {_num(check.threshold, spec)}[/]")
+        table.add_row(title, *cells)
+    table.add_row("result", *["[bold green]PASS[/]" if a.passed else "[bold red]FAIL[/]" for a in report.artifacts])
     console.print(table)
     for a in report.artifacts:
         for w in a.warnings:
