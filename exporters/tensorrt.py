@@ -1,0 +1,238 @@
+"""TensorRT export: a TRT-ready ONNX, the exact ``trtexec`` command, and an engine where TensorRT and a GPU exist.
+
+An engine is specific to the GPU and the TensorRT version that built it, so the normal workflow is to export on a
+workstation and build on the device (e.g. a Jetson): the artifact directory then holds ``model.onnx`` and
+``build_engine.sh``, and the export exits 0 with a notice. Where ``tensorrt`` imports and CUDA is available, the
+engine is also built here with the Python API (``model.engine``).
+
+Both paths come from one :class:`TrtBuildPlan`, so the script and the Python build use the same settings:
+precision, optimization profile (only for ``--dynamic-batch``; trtexec refuses shapes for a static model), workspace
+pool limit, persistent timing cache, and DLA core with GPU fallback.
+
+Versions: the commands target TensorRT 10.x, which JetPack 6 ships. TensorRT 11 removed the weak-typing precision
+flags (``--fp16``, ``BuilderFlag.FP16``); FP16 there needs an ONNX converted to mixed precision beforehand, and
+11.x does not support DLA. The Python build detects this and says so instead of failing obscurely. INT8 is meant to
+come from an explicit Q/DQ ONNX (the quantization work); the deprecated implicit calibrator is never used.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from ffnet_deploy.exporters.base import (
+    INPUT_NAME,
+    ExportConfig,
+    ExportedArtifact,
+    Exporter,
+    Log,
+    ParityTarget,
+    io_specs,
+    register_exporter,
+    unwrap,
+)
+from ffnet_deploy.exporters.onnx import PARITY_RTOL_FP32, onnx_details, write_onnx
+from torch import nn
+
+from ffnet_deploy.errors import ConfigError, ExportError
+
+ENGINE_RTOL = {"fp32": 5e-3, "fp16": 5e-2}
+"""Gate tolerance of a GPU engine: TensorRT allows TF32 for FP32 layers by default, FP16 rounds activations."""
+
+DEFAULT_TIMING_CACHE = "timing.cache"
+
+
+@dataclass(frozen=True)
+class TrtBuildPlan:
+    """Everything an engine build needs, shared by the ``trtexec`` script and the Python API build."""
+
+    onnx: str  # ONNX file, relative to the artifact directory
+    engine: str  # engine file to write, relative to the artifact directory
+    precision: str  # "fp32" or "fp16"
+    input_name: str  # network input the profile applies to
+    shapes: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None  # (min, opt, max), None = static
+    workspace_mb: int  # workspace memory pool limit, MiB
+    timing_cache: str  # timing cache file (relative paths are relative to the artifact directory)
+    dla_core: int | None  # DLA core, None = GPU only
+
+    @classmethod
+    def from_config(cls, config: ExportConfig, precision: str) -> TrtBuildPlan:
+        """The plan of an export."""
+        r = config.resolution
+        shapes = None
+        if config.dynamic_batch:
+            lo, opt, hi = config.dynamic_batch
+            shapes = ((lo, 3, r, r), (opt, 3, r, r), (hi, 3, r, r))
+        cache = str(config.trt_timing_cache) if config.trt_timing_cache else DEFAULT_TIMING_CACHE
+        return cls("model.onnx", "model.engine", precision, INPUT_NAME, shapes, config.trt_workspace_mb, cache,
+                   config.trt_dla_core)
+
+    def trtexec_args(self) -> list[str]:
+        """The ``trtexec`` arguments (TensorRT 10.x flag names)."""
+        args = [f"--onnx={self.onnx}", f"--saveEngine={self.engine}"]
+        if self.precision == "fp16":
+            args.append("--fp16")
+        if self.shapes:
+            for flag, shape in zip(("--minShapes", "--optShapes", "--maxShapes"), self.shapes, strict=True):
+                args.append(f"{flag}={self.input_name}:{'x'.join(map(str, shape))}")
+        args.append(f"--memPoolSize=workspace:{self.workspace_mb}M")
+        args.append(f"--timingCacheFile={self.timing_cache}")
+        if self.dla_core is not None:
+            args += [f"--useDLACore={self.dla_core}", "--allowGPUFallback"]
+        return args
+
+    def command(self, trtexec: str = "trtexec") -> str:
+        """The whole command line, shell-quoted."""
+        return shlex.join([trtexec, *self.trtexec_args()])
+
+
+def build_script(plan: TrtBuildPlan, header: str) -> str:
+    """The ``build_engine.sh`` text: runs ``trtexec`` from the artifact directory (``$TRTEXEC`` overrides it)."""
+    args = " \\\n    ".join(shlex.quote(a) for a in plan.trtexec_args())
+    return (
+        "#!/usr/bin/env bash\n"
+        f"# {header}\n"
+        "# Build the TensorRT engine ON THE TARGET DEVICE: an engine is specific to the GPU and TensorRT version.\n"
+        "# Flags are TensorRT 10.x (JetPack 6). TensorRT 11 removed --fp16 and DLA support; see the manifest.\n"
+        "set -euo pipefail\n"
+        'cd "$(dirname "$0")"\n'
+        'TRTEXEC="${TRTEXEC:-trtexec}"\n'
+        f'"$TRTEXEC" \\\n    {args}\n'
+        f'echo "wrote $(pwd)/{plan.engine}"\n'
+    )
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """``None`` when an engine can be built here, else why not (no ``tensorrt`` package, no CUDA GPU)."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "the tensorrt package is not installed (pip install 'ffnet-deploy[tensorrt]')"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is available"
+    return None
+
+
+def build_engine(plan: TrtBuildPlan, workdir: Path, log: Log) -> Path:
+    """Build and serialize the engine with the TensorRT Python API, updating the timing cache file.
+
+    Raises:
+        ExportError: ONNX parse errors, an unsupported precision in this TensorRT version, or a failed build.
+    """
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10+
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(workdir / plan.onnx)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"tensorrt export | the ONNX parser rejected {plan.onnx}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mb << 20)
+    if plan.precision == "fp16":
+        if not hasattr(trt.BuilderFlag, "FP16"):
+            raise ExportError(
+                f"tensorrt export | TensorRT {trt.__version__} removed the FP16 builder flag (strong typing only); "
+                "build FP32 here, or convert the ONNX to mixed precision first, or build with TensorRT 10.x"
+            )
+        config.set_flag(trt.BuilderFlag.FP16)
+    if plan.shapes:
+        profile = builder.create_optimization_profile()
+        profile.set_shape(plan.input_name, *plan.shapes)
+        config.add_optimization_profile(profile)
+    if plan.dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = plan.dla_core
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    cache_path = Path(plan.timing_cache)
+    cache_path = cache_path if cache_path.is_absolute() else workdir / cache_path
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    log(f"building the TensorRT {trt.__version__} engine ({plan.precision})")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError("tensorrt export | build_serialized_network failed; rerun with trtexec --verbose for details")
+    engine = workdir / plan.engine
+    engine.write_bytes(bytes(serialized))
+    _atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
+    return engine
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+@register_exporter("tensorrt")
+class TensorRTExporter(Exporter):
+    """``model.onnx`` + ``build_engine.sh`` (+ ``model.engine`` when TensorRT and a GPU are here)."""
+
+    supported_precisions = ("fp32", "fp16")
+    default_precision = "fp16"
+    requires = (("onnx", "onnx"), ("onnxruntime", "onnx"))  # TensorRT itself is optional: see the module docstring
+    artifact_suffix = ".engine"
+
+    def validate(self, config: ExportConfig) -> None:
+        super().validate(config)
+        if config.trt_dla_core is not None and self.resolve_precision(config) == "fp32":
+            raise ConfigError("tensorrt export | DLA runs FP16 or INT8 only; use --precision fp16 with --dla-core")
+
+    def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log) -> ExportedArtifact:
+        import onnx
+        import onnxruntime
+
+        from ffnet_deploy import __version__
+
+        precision = self.resolve_precision(config)
+        info = write_onnx(model, config, workdir / "model.onnx", log)
+        plan = TrtBuildPlan.from_config(config, precision)
+        script = workdir / "build_engine.sh"
+        header = (f"ffnet-deploy {__version__}: {unwrap(model).cfg.name} {config.resolution}px {precision}, "
+                  f"batch {':'.join(map(str, config.batch_range())) if config.dynamic_batch else config.batch}")
+        script.write_text(build_script(plan, header))
+        script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+        inputs, outputs = io_specs(config, unwrap(model).num_classes)
+        targets = [ParityTarget("onnxruntime", "model.onnx", PARITY_RTOL_FP32)]
+        versions = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+        notices = [info.simplify_note] if info.simplify_note else []
+        details = onnx_details(info, config) | {"trtexec_command": plan.command(), "build_plan": _plan_dict(plan)}
+        reason = tensorrt_unavailable_reason()
+        if reason is None:
+            import tensorrt as trt
+
+            build_engine(plan, workdir, log)
+            versions["tensorrt"] = trt.__version__
+            targets.append(ParityTarget("tensorrt", plan.engine, ENGINE_RTOL[precision]))
+            path, details["engine_built"] = plan.engine, True
+        else:
+            path, details["engine_built"] = plan.onnx, False
+            details["engine_not_built_because"] = reason
+            versions["tensorrt"] = "not installed"
+            notices.append(
+                f"TensorRT engine not built here: {reason}. Copy the artifact directory to the target device and run "
+                f"./build_engine.sh there ({plan.command()})"
+            )
+        return ExportedArtifact(path=path, inputs=inputs, outputs=outputs, backend_versions=versions,
+                                block_outputs=info.block_outputs, parity_targets=targets, details=details,
+                                notices=notices)
+
+
+def _plan_dict(plan: TrtBuildPlan) -> dict:
+    return {
+        "precision": plan.precision,
+        "shapes": None if plan.shapes is None
+        else dict(zip(("min", "opt", "max"), map(list, plan.shapes), strict=True)),
+        "workspace_mb": plan.workspace_mb,
+        "timing_cache": plan.timing_cache,
+        "dla_core": plan.dla_core,
+        "gpu_fallback": plan.dla_core is not None,
+    }
+
