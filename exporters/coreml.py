@@ -18,7 +18,9 @@ types of the program (every convolution and GELU of the network must be there).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import warnings
 from collections import Counter
@@ -42,7 +44,6 @@ from torch import nn
 
 from ffnet_deploy.errors import ConfigError, ExportError
 
-PROBABILITIES_NAME = "probabilities"
 CLASS_LABEL_NAME = "classLabel"
 
 
@@ -99,24 +100,25 @@ class CoreMLExporter(Exporter):
             ml_input = ct.TensorType(name=INPUT_NAME, shape=(batch_dim, 3, r, r), dtype=np.float32)
         kwargs = {}
         if labels:
-            kwargs["classifier_config"] = ct.ClassifierConfig(labels, predicted_feature_name=CLASS_LABEL_NAME,
-                                                              predicted_probabilities_output=PROBABILITIES_NAME)
-            outputs = [ct.TensorType(name=PROBABILITIES_NAME)]
+            # Core ML names the probability dictionary itself ("<predicted feature>_probs"); it is read back below.
+            kwargs["classifier_config"] = ct.ClassifierConfig(labels, predicted_feature_name=CLASS_LABEL_NAME)
+            outputs = None
         else:
             outputs = [ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)]
         log(f"converting with coremltools {ct.__version__} (mlprogram, iOS16, {precision})")
         try:
-            mlmodel = ct.convert(
-                traced,
-                source="pytorch",
-                inputs=[ml_input],
-                outputs=outputs,
-                convert_to="mlprogram",
-                minimum_deployment_target=ct.target.iOS16,
-                compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
-                skip_model_load=True,  # loading compiles the model, which only macOS can do
-                **kwargs,
-            )
+            with _quiet_progress_bars():
+                mlmodel = ct.convert(
+                    traced,
+                    source="pytorch",
+                    inputs=[ml_input],
+                    outputs=outputs,
+                    convert_to="mlprogram",
+                    minimum_deployment_target=ct.target.iOS16,
+                    compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+                    skip_model_load=True,  # loading compiles the model, which only macOS can do
+                    **kwargs,
+                )
         except Exception as err:  # coremltools raises ValueError/RuntimeError/NotImplementedError from its passes
             raise ExportError(f"coreml export | coremltools.convert failed: {str(err).splitlines()[0]}") from err
 
@@ -150,7 +152,7 @@ class CoreMLExporter(Exporter):
         mlmodel.save(str(path))
 
         log("verifying the saved spec (inputs, outputs, op types)")
-        ops = verify_spec(path, config, ffnet, labels is not None)
+        ops, probs_name = verify_spec(path, config, ffnet, labels is not None)
         n = None if config.dynamic_batch else opt
         if config.coreml_input == "image":
             inputs = [TensorSpec(INPUT_NAME, (1, 3, r, r), "image-rgb")]
@@ -158,7 +160,7 @@ class CoreMLExporter(Exporter):
             inputs = [TensorSpec(INPUT_NAME, (n, 3, r, r), "float32")]
         if labels:
             out_specs = [TensorSpec(CLASS_LABEL_NAME, (), "string"),
-                         TensorSpec(PROBABILITIES_NAME, (ffnet.num_classes,), "dict[string,float64]")]
+                         TensorSpec(probs_name, (ffnet.num_classes,), "dict[string,float64]")]
         else:
             out_specs = [TensorSpec(OUTPUT_NAME, (n, ffnet.num_classes), "float32")]
         return ExportedArtifact(
@@ -259,11 +261,11 @@ def mil_op_counts(spec) -> dict[str, int]:
     return dict(sorted(ops.items()))
 
 
-def verify_spec(path: Path, config: ExportConfig, model: nn.Module, classifier: bool) -> dict[str, int]:
+def verify_spec(path: Path, config: ExportConfig, model: nn.Module, classifier: bool) -> tuple[dict[str, int], str]:
     """Load the saved package's spec and check its I/O and op types against the network.
 
     Returns:
-        The program's op counts.
+        The program's op counts, and the name of the class-probability output (``""`` without a classifier).
 
     Raises:
         ExportError: Naming what differs.
@@ -290,7 +292,11 @@ def verify_spec(path: Path, config: ExportConfig, model: nn.Module, classifier: 
     elif kind != "multiArrayType":
         raise ExportError(f"coreml export | input is {kind}, expected a multiArray (tensor) input")
     outputs = [o.name for o in spec.description.output]
-    want = [PROBABILITIES_NAME, CLASS_LABEL_NAME] if classifier else [OUTPUT_NAME]
+    probs = spec.description.predictedProbabilitiesName if classifier else ""
+    if classifier and spec.description.predictedFeatureName != CLASS_LABEL_NAME:
+        raise ExportError(f"coreml export | classifier predicts {spec.description.predictedFeatureName!r}, expected "
+                          f"{CLASS_LABEL_NAME!r}")
+    want = [probs, CLASS_LABEL_NAME] if classifier else [OUTPUT_NAME]
     if sorted(outputs) != sorted(want):
         raise ExportError(f"coreml export | outputs are {outputs}, expected {want}")
     ops = mil_op_counts(spec)
@@ -301,7 +307,19 @@ def verify_spec(path: Path, config: ExportConfig, model: nn.Module, classifier: 
             f"coreml export | the program has {ops.get('conv', 0)} conv and {ops.get('gelu', 0)} gelu ops, the "
             f"network has {convs} and {gelus}"
         )
-    return ops
+    return ops, probs
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars():
+    """Silence coremltools' tqdm bars and conversion warnings, which would tear through the CLI's progress display.
+
+    The bars write to ``sys.stderr`` as it is when they start, so a temporary redirect catches them (tqdm's
+    ``TQDM_DISABLE`` is read once at import, too early to help). Failures still arrive as exceptions.
+    """
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _sha256(path: Path) -> str:

@@ -178,6 +178,82 @@ def validate(
     console.print(f"[bold green]all {len(report.artifacts)} artifact(s) passed[/]")
 
 
+@app.command()
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Artifact directory to create.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="onnx, openvino, coreml or tensorrt.")],
+    checkpoint: CheckpointOpt = None,
+    variant: VariantOpt = None,
+    resolution: Annotated[int | None, typer.Option("--resolution", "-r", help="Input side, a multiple of 32 "
+                                                   "(default: the variant's).")] = None,
+    batch: Annotated[int, typer.Option("--batch", help="Fixed batch size.")] = 1,
+    dynamic_batch: Annotated[str | None, typer.Option("--dynamic-batch", help="Dynamic batch MIN:OPT:MAX "
+                                                      "(e.g. 1:8:32).")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="fp32 or fp16 (default: fp32; fp16 for "
+                                                  "coreml and tensorrt).")] = None,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset, 13-21.")] = 17,
+    no_reparam: Annotated[bool, typer.Option("--no-reparam", help="Export the unfused model.")] = False,
+    include_preprocessing: Annotated[bool, typer.Option("--include-preprocessing", help="Bake ImageNet "
+                                                        "normalization into the ONNX graph.")] = False,
+    input_range: Annotated[str, typer.Option("--input-range", help="With --include-preprocessing: 0-255 (uint8 "
+                                             "input) or 0-1 (float input).")] = "0-255",
+    coreml_input: Annotated[str, typer.Option("--coreml-input", help="Core ML input: image (RGB pixels) or "
+                                              "tensor.")] = "image",
+    labels: Annotated[str | None, typer.Option("--labels", help="Core ML classifier labels: 'imagenet' or a file "
+                                               "with one label per line.")] = None,
+    trt_workspace: Annotated[int, typer.Option("--trt-workspace", help="TensorRT workspace limit, MiB.")] = 4096,
+    dla_core: Annotated[int | None, typer.Option("--dla-core", help="Jetson DLA core (GPU fallback on).")] = None,
+    timing_cache: Annotated[Path | None, typer.Option("--timing-cache", help="Persistent TensorRT timing cache "
+                                                      "file.")] = None,
+    no_simplify: Annotated[bool, typer.Option("--no-simplify", help="Skip onnxsim.")] = False,
+    no_parity: Annotated[bool, typer.Option("--no-parity", help="Skip the export-time parity gate.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
+    trust_checkpoint: TrustOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a checkpoint to ONNX, OpenVINO IR, Core ML or TensorRT, with a manifest and a parity gate."""
+    from ffnet_deploy.export import export as run_export
+    from ffnet_deploy.export import parse_dynamic_batch
+    from ffnet_deploy.exporters.base import ExportConfig
+
+    config = ExportConfig(
+        format=fmt, output=output, resolution=resolution, batch=batch,
+        dynamic_batch=parse_dynamic_batch(dynamic_batch), precision=precision, opset=opset,
+        reparameterize=not no_reparam, include_preprocessing=include_preprocessing, input_range=input_range,
+        simplify=not no_simplify, coreml_input=coreml_input, labels=labels, trt_workspace_mb=trt_workspace,
+        trt_dla_core=dla_core, trt_timing_cache=timing_cache, check_parity=not no_parity, force=force,
+    )
+    with err_console.status(f"exporting to {fmt}...") as status:
+        def progress(message: str) -> None:
+            status.update(message)
+            loud = message.lower().startswith("warning")
+            err_console.print(f"[bold yellow]{message}[/]" if loud else f"[dim]  {message}[/]", highlight=False)
+
+        result = run_export(config, checkpoint, variant, trust=trust_checkpoint, progress=progress)
+    for notice in result.notices:
+        err_console.print(f"[bold yellow]notice:[/] {notice}", highlight=False, soft_wrap=True)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    m = result.manifest
+    table = Table(title=f"exported {m['variant']} -> {result.output}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    table.add_row("format / precision", f"{m['format']} / {m['precision']}")
+    table.add_row("artifact", f"{m['artifact']['path']} (sha256 {m['artifact']['sha256'][:16]}...)")
+    table.add_row("inputs", ", ".join(f"{t['name']} {t['shape']} {t['dtype']}" for t in m["inputs"]))
+    table.add_row("outputs", ", ".join(f"{t['name']} {t['shape']} {t['dtype']}" for t in m["outputs"]))
+    table.add_row("reparameterized", str(m["reparameterized"]))
+    table.add_row("source checkpoint", m["source_checkpoint"]["sha256"][:16] + "..." if m["source_checkpoint"]
+                  else "[yellow]none (random weights)[/]")
+    for check in result.parity:
+        table.add_row("parity", ("[green]pass[/] " if check else "[red]FAIL[/] ") + check.describe())
+    if not result.parity:
+        table.add_row("parity", str(m["parity"].get("skipped")))
+    table.add_row("seconds", f"{result.seconds:.1f}")
+    console.print(table)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point. Returns the exit code (also used by tests)."""
     import click
