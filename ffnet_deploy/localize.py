@@ -87,16 +87,14 @@ class Localization:
 
     @property
     def largest_drop(self) -> tuple[LayerSQNR, float] | None:
-        """The layer with the largest SQNR fall from the layer before it, with the fall in dB."""
-        best, drop = None, 0.0
-        prev = math.inf
+        """The layer with the largest SQNR fall from the previous finite-SQNR layer, with the fall in dB."""
+        best, drop, prev = None, 0.0, None
         for layer in self.layers:
-            cur = layer.sqnr_db
-            if math.isfinite(cur):
-                d = (prev - cur) if math.isfinite(prev) else (math.inf if math.isinf(prev) and prev > 0 else 0.0)
-                if best is None or d > drop:
-                    best, drop = layer, d
-                prev = cur
+            if not math.isfinite(layer.sqnr_db):
+                continue
+            if prev is not None and (best is None or prev - layer.sqnr_db > drop):
+                best, drop = layer, prev - layer.sqnr_db
+            prev = layer.sqnr_db
         return (best, drop) if best is not None else None
 
     @property
@@ -207,8 +205,7 @@ def localize_blocks(runtime: str, artifact, block_outputs: Mapping[str, str], mo
     tensors = [block_outputs[n] for n in order]
     runner = create_runner(runtime, artifact, extra_outputs=tensors, **dict(runner_options or {}))
     with runner:
-        name, feed, n = _fit_feed(runner, batch, input_range)
-        outs = runner.infer({name: feed})
+        outs, n = _run_batch(runner, batch, input_range)
     ref = torch_block_outputs(model, batch.images[:n])
     layers = []
     for block, tensor in zip(order, tensors, strict=True):
@@ -242,14 +239,18 @@ def localize_mil_ops(runtime: str, artifact, batch, input_range: str, threshold_
 
     options = dict(runner_options or {})
 
-    def run(fp32: bool) -> tuple[list[tuple[str, str | None]], dict[str, np.ndarray]]:
+    def run(fp32: bool) -> tuple[list[tuple[str, str | None]], dict[str, list[np.ndarray]], int]:
         order: list[tuple[str, str | None]] = []
-        values: dict[str, np.ndarray] = {}
+        values: dict[str, list[np.ndarray]] = {}
 
         def observer(op_name: str, op_type: str | None, value) -> None:
+            array = np.asarray(value)
+            if array.dtype.kind not in "fc" or array.size == 0:
+                return  # shapes, indices and flags carry no precision loss
             if op_name not in values:
                 order.append((op_name, op_type))
-            values[op_name] = np.array(value, dtype=np.float64, copy=True)
+                values[op_name] = []
+            values[op_name].append(array.astype(np.float64).ravel())  # one entry per chunk the runner ran
 
         try:
             runner = create_runner(runtime, artifact, observer=observer, compute_fp32=fp32, **options)
@@ -257,23 +258,20 @@ def localize_mil_ops(runtime: str, artifact, batch, input_range: str, threshold_
             raise RuntimeBackendError(f"localize | runner {runtime!r} has no per-op observer / fp32 mode ({err})") \
                 from err
         with runner:
-            name, feed, n = _fit_feed(runner, batch, input_range)
-            runner.infer({name: feed})
-        used.append(n)
-        return order, values
+            _, n = _run_batch(runner, batch, input_range)
+        return order, values, n
 
-    used: list[int] = []
-    order, as_is = run(False)
-    _, fp32 = run(True)
+    order, as_is, n = run(False)
+    _, fp32, _ = run(True)
     layers = []
     for op_name, op_type in order:
-        if op_name not in fp32:
+        if op_name not in fp32 or len(fp32[op_name]) != len(as_is[op_name]):
             continue
-        a, b = fp32[op_name], as_is[op_name]
-        if a.size == 0 or a.shape != b.shape or not np.issubdtype(a.dtype, np.floating):
+        a, b = np.concatenate(fp32[op_name]), np.concatenate(as_is[op_name])
+        if a.shape != b.shape:
             continue
-        layers.append(LayerSQNR(op_name, sqnr_db(a, b), op_name, tuple(a.shape), op_type))
-    return Localization("mil-ops", threshold_db, layers, samples=used[0], note=MIL_NOTE)
+        layers.append(LayerSQNR(op_name, sqnr_db(a, b), op_name, None, op_type))
+    return Localization("mil-ops", threshold_db, layers, samples=n, note=MIL_NOTE)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -305,19 +303,23 @@ def localize_artifact(spec, model, batch, threshold_db: float) -> Localization:
                            f"{', '.join(BLOCK_RUNTIMES + MIL_RUNTIMES[:1])}")
 
 
-def _fit_feed(runner, batch, input_range: str) -> tuple[str, np.ndarray, int]:
-    """``(input name, feed, images used)`` for an active runner: its dtype, and its batch size when fixed."""
+def _run_batch(runner, batch, input_range: str) -> tuple[dict[str, np.ndarray], int]:
+    """Run an active runner on a batch; return ``(outputs concatenated over the batch, images used)``.
+
+    An artifact with a fixed batch dimension is run chunk by chunk; images that do not fill a last chunk are left
+    out rather than padded, so every activation compared belongs to a real image.
+    """
     from ffnet_deploy.data import feed_from_pixels
 
     meta = next(iter(runner.input_metadata().values()))
     n = len(batch.names)
-    fixed = meta.shape[0] if meta.shape else None
-    if fixed is not None and fixed != n:
-        if fixed > n:
-            raise RuntimeBackendError(f"localize | the artifact takes batches of {fixed}, only {n} images at hand")
-        n = fixed
+    step = (meta.shape[0] if meta.shape else None) or n
+    if step > n:
+        raise RuntimeBackendError(f"localize | the artifact takes batches of {step}, only {n} images at hand")
+    n -= n % step
     feed = feed_from_pixels(batch.pixels[:n], batch.images[:n], input_range, meta.dtype)
-    return meta.name, feed, n
+    parts = [runner.infer({meta.name: feed[i:i + step]}) for i in range(0, n, step)]
+    return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}, n
 
 
 def format_layers(loc: Localization, limit: int | None = None) -> Sequence[LayerSQNR]:
