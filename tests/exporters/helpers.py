@@ -1,0 +1,35 @@
+"""Shared helpers of the exporter tests: run an export of the tiny variant and read what it wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ffnet_deploy.checkpoint import load_ffnet
+from ffnet_deploy.export import ExportResult, export
+from ffnet_deploy.exporters.base import ExportConfig
+
+
+def run_export(tmp_path: Path, fmt: str, checkpoint: Path | None, name: str | None = None, **options) -> ExportResult:
+    """Export ``checkpoint`` (the ffnet_test fixture, usually) to ``tmp_path/name``."""
+    out = tmp_path / (name or f"{fmt}-artifact")
+    return export(ExportConfig(fmt, out, **options), checkpoint, None if checkpoint else "ffnet_test")
+
+
+def manifest(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text())
+
+
+@torch.no_grad()
+def torch_logits(checkpoint: Path, x: np.ndarray) -> np.ndarray:
+    """Logits of the unfused checkpoint model on normalized input ``x``."""
+    model = load_ffnet(checkpoint)
+    return model(torch.from_numpy(x)).numpy()
+
+
+def max_rel(out: np.ndarray, ref: np.ndarray) -> float:
+    """Max |out - ref| / max |ref|, the parity metric of the acceptance criteria."""
+    return float(np.max(np.abs(out.astype(np.float64) - ref)) / np.max(np.abs(ref)))
