@@ -1,25 +1,92 @@
-"""The numpy reference interpreter for Core ML programs (work in progress: being written in the next commit)."""
+"""``coreml-reference``: run a Core ML program anywhere, with a numpy interpreter of its MIL ops.
+
+Core ML prediction needs macOS, so on Linux CI a ``.mlpackage`` could only be converted, never checked. This runner
+reads the package with coremltools' own readers (spec protobuf and weight blob) and executes the program's main
+function op by op in numpy (see :mod:`ffnet_deploy.runtimes._mil_program`).
+
+What it proves, and what it does not: it checks that the *conversion* is right (the ops, their attributes, the
+weights in the blob, the compression ops that decode them, the fp16 casts and the image preprocessing baked into
+the program). It does not run Apple's kernels, so it says nothing about Core ML's own numerics, the Neural Engine,
+or speed; for those use the ``coreml`` runner on a Mac. Its latency is numpy's, not Core ML's.
+
+Image inputs: for ML programs coremltools turns ``ImageType(scale, bias)`` into ``mul``/``add`` ops at the start of
+the program, and the program's input is a float (1, C, H, W) pixel tensor. The runner therefore takes pixel arrays
+(N, C, H, W) in 0-255 and the program itself applies the scale and bias.
+"""
 
 from __future__ import annotations
 
-from ffnet_deploy.runtimes.base import BaseRunner, register_runtime
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
-from ffnet_deploy.errors import RuntimeBackendError
+import numpy as np
+from ffnet_deploy.runtimes._mil_program import MILProgram, Observer
+from ffnet_deploy.runtimes._mil_spec import input_metas, load_spec, output_names
+from ffnet_deploy.runtimes.base import BaseRunner, TensorMeta, register_runtime, resolve_model_file
+
+from ffnet_deploy.errors import ConfigError
 
 
 @register_runtime("coreml-reference")
 class CoreMLReferenceRunner(BaseRunner):
-    """Placeholder until the interpreter lands; refuses to run."""
+    """Executes a Core ML ML program with the numpy reference interpreter.
+
+    Args:
+        artifact: ``model.mlpackage`` or an artifact directory.
+        compute_fp32: Run every fp16 value and op in float32 (the program's own fp32 twin).
+        observer: Called as ``observer(name, op_type, value)`` for every non-const op output of each run, for
+            per-op error localization.
+        name: Display name.
+    """
+
+    def __init__(self, artifact: str | Path, *, compute_fp32: bool = False, observer: Observer | None = None,
+                 name: str | None = None) -> None:
+        if artifact is None:
+            raise ConfigError("coreml-reference | needs a model.mlpackage or an artifact directory; got None")
+        super().__init__(artifact, name=name)
+        self.compute_fp32 = compute_fp32
+        self.observer = observer
+        self.model_path: Path | None = None
+        self.program: MILProgram | None = None
+        self._spec: Any = None
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        return "the coreml-reference interpreter is not committed yet"
+        try:
+            import coremltools.libmilstoragepython  # noqa: F401
+        except ImportError:
+            return "needs coremltools with its blob storage reader: pip install 'ffnet-deploy[coreml]'"
+        return None
 
     def _activate(self) -> None:
-        raise RuntimeBackendError(f"{self.name} | not implemented yet")
+        self.model_path = resolve_model_file(self.artifact, (".mlpackage",), self.name)
+        self._spec = load_spec(self.model_path, self.name)
+        self.program = MILProgram.load(self.model_path, self._spec)
 
-    def _infer(self, feed):
-        raise RuntimeBackendError(f"{self.name} | not implemented yet")
+    def _input_metadata(self) -> list[TensorMeta]:
+        metas = input_metas(self._spec, self.name)
+        if self.compute_fp32:
+            metas = [TensorMeta(m.name, m.shape, np.dtype(np.float32)) if m.dtype == np.float16 else m for m in metas]
+        return metas
 
-    def _input_metadata(self):
-        return []
+    def _output_names(self) -> list[str]:
+        return output_names(self._spec)
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        assert self.program is not None
+        batch = next(iter(feed.values())).shape[0]
+        # Converted programs usually fix the batch at 1 (and bake it into reshapes): run larger batches item by item.
+        fixed_one = all(shape[:1] == (1,) for _dtype, shape in self.program.inputs.values())
+        chunks = [feed] if not fixed_one or batch == 1 else [
+            {k: v[i : i + 1] for k, v in feed.items()} for i in range(batch)
+        ]
+        runs = [self.program.run(chunk, observer=self.observer, compute_fp32=self.compute_fp32) for chunk in chunks]
+        out: dict[str, np.ndarray] = {}
+        for name in self._output_names():
+            values = [np.asarray(r[name]) for r in runs]
+            out[name] = values[0] if len(values) == 1 else np.concatenate([np.atleast_1d(v) for v in values])
+        return out
+
+    def _deactivate(self) -> None:
+        self.program = None

@@ -73,3 +73,32 @@ def openvino_dir(tmp_path_factory, onnx_dir) -> Path:
     ov.save_model(model, str(directory / "model.xml"), compress_to_fp16=False)
     write_manifest(directory, "model.xml", "openvino")
     return directory
+
+
+def convert_coreml(model: torch.nn.Module, path: Path, *, precision: str = "fp32", image: bool = False,
+                   res: int = RES, target: str = "iOS16", scale: float = 1.0, bias: list[float] | None = None) -> Path:
+    """Convert ``model`` straight with coremltools to an ML program (TensorType, or ImageType with scale/bias)."""
+    ct = pytest.importorskip("coremltools")
+    with torch.no_grad():
+        traced = torch.jit.trace(model, torch.zeros(1, 3, res, res))
+    if image:
+        inputs = [ct.ImageType(name="images", shape=(1, 3, res, res), scale=scale, bias=bias or [0.0, 0.0, 0.0])]
+    else:
+        inputs = [ct.TensorType(name="images", shape=(1, 3, res, res), dtype=np.float32)]
+    mlmodel = ct.convert(
+        traced, inputs=inputs, outputs=[ct.TensorType(name="logits")], convert_to="mlprogram",
+        minimum_deployment_target=getattr(ct.target, target),
+        compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+        skip_model_load=True,
+    )
+    mlmodel.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def coreml_dir(tmp_path_factory, fused_model) -> Path:
+    """An artifact directory holding an fp32 model.mlpackage (tensor input) and a manifest."""
+    directory = tmp_path_factory.mktemp("coreml")
+    convert_coreml(fused_model, directory / "model.mlpackage")
+    write_manifest(directory, "model.mlpackage", "coreml")
+    return directory
