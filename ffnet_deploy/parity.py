@@ -81,7 +81,7 @@ class OutputMetrics:
     max_abs_error: float  # max |out - ref| over finite samples
     mean_abs_error: float  # mean |out - ref| over finite samples
     max_rel_error: float  # max |out - ref| / max(|ref|, 1e-6)
-    reference_range: float  # max(ref) - min(ref) over all samples: the logit range (PSNR peak, fp32 scale)
+    reference_range: float  # max(ref) - min(ref) over samples with a finite reference (PSNR peak, fp32 scale)
     cosine_mean: float  # per-sample cosine similarity, mean over samples
     cosine_min: float  # per-sample cosine similarity, worst sample
     psnr_db: float  # 10 log10(range^2 / MSE) over the whole set
@@ -171,6 +171,10 @@ class MetricAccumulator:
         self.nonfinite += int(out_bad.sum())
         self.nonfinite_reference += int(ref_bad.sum())
         ok = ~(out_bad.any(1) | ref_bad.any(1))
+        ref_ok = ref[~ref_bad.any(1)]
+        if ref_ok.size:  # the logit range describes the reference, whatever the artifact produced
+            self.ref_min = min(self.ref_min, float(ref_ok.min()))
+            self.ref_max = max(self.ref_max, float(ref_ok.max()))
         r, o = ref[ok], out[ok]
         if r.size:
             self.n_finite += r.shape[0]
@@ -179,8 +183,6 @@ class MetricAccumulator:
             self.sum_abs += float(diff.sum())
             self.sum_sq += float((diff**2).sum())
             self.max_rel = max(self.max_rel, float((diff / np.maximum(np.abs(r), _REL_FLOOR)).max()))
-            self.ref_min = min(self.ref_min, float(r.min()))
-            self.ref_max = max(self.ref_max, float(r.max()))
             nr, no = np.linalg.norm(r, axis=1), np.linalg.norm(o, axis=1)
             dot = (r * o).sum(1)
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -217,7 +219,7 @@ class MetricAccumulator:
             raise ParityError("parity | no samples were compared (the data source yielded nothing)")
         nf = self.n_finite
         nan = float("nan")
-        rng = self.ref_max - self.ref_min if nf else nan
+        rng = self.ref_max - self.ref_min if self.ref_max >= self.ref_min else nan
         count = nf * (self.num_classes or 1)
         mse = self.sum_sq / count if nf else nan
         if not nf:
