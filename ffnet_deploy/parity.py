@@ -768,7 +768,9 @@ class _ArtifactRun:
         runner = create_runner(self.spec.runtime, self.spec.path)
         reason = type(runner).unavailable_reason()
         if reason:
-            raise FFNetDeployError(f"{self.spec.runtime} cannot run here: {reason}")
+            hint = ("; to check the ONNX graph the engine is built from, pass --runtime onnxruntime"
+                    if self.spec.format == "tensorrt" else "")
+            raise FFNetDeployError(f"{self.spec.runtime} cannot run here: {reason}{hint}")
         runner.activate()
         self.runner = runner
         meta = runner.input_metadata()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -300,3 +301,52 @@ def test_empty_folder_is_a_clear_error(tmp_path, probe_checkpoint, artifacts, ca
     assert main(["validate", str(artifacts["onnx-fp32"]), "-c", str(probe_checkpoint),
                  "--images", str(tmp_path / "empty")]) == 1
     assert "holds no image files" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Engines this machine may lack
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _tensorrt_reason() -> str | None:
+    from ffnet_deploy.runtimes import RUNTIMES, load_all
+
+    load_all()
+    return RUNTIMES.get("tensorrt").unavailable_reason()
+
+
+def test_tensorrt_artifact_cannot_pass_silently_without_a_gpu(tmp_path_factory, probe_checkpoint, capsys):
+    if _tensorrt_reason() is None:
+        pytest.skip("TensorRT runs on this machine; test_tensorrt_engine_on_gpu covers it")
+    art = exported_artifact(tmp_path_factory, probe_checkpoint, "tensorrt", "fp16")
+    assert main(["validate", str(art), "-c", str(probe_checkpoint), "--synthetic", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "tensorrt cannot run here" in err and "--runtime onnxruntime" in err
+    # The ONNX graph inside the artifact is checked under the artifact's own fp16 profile.
+    assert main(["validate", str(art), "-c", str(probe_checkpoint), "--synthetic", "4",
+                 "--runtime", "onnxruntime"]) == 0
+
+
+@pytest.mark.gpu
+def test_tensorrt_engine_on_gpu(tmp_path_factory, probe_checkpoint, photo_data):
+    reason = _tensorrt_reason()
+    if reason is not None:
+        pytest.skip(f"TensorRT validation {reason}")
+    art = exported_artifact(tmp_path_factory, probe_checkpoint, "tensorrt", "fp16")
+    if not (art / "model.engine").exists():
+        import subprocess
+
+        if shutil.which("trtexec") is None:
+            pytest.skip("needs trtexec on PATH to build model.engine with build_engine.sh")
+        subprocess.run(["bash", str(art / "build_engine.sh")], cwd=art, check=True)
+    assert main(["validate", str(art), "-c", str(probe_checkpoint), "--data", str(photo_data["folder"])]) == 0
+
+
+@pytest.mark.macos
+@pytest.mark.skipif(sys.platform != "darwin", reason="needs macOS: Core ML prediction runs only there")
+def test_core_ml_itself_on_macos(tmp_path, probe_checkpoint, artifacts, photo_data):
+    report = tmp_path / "r.json"
+    paths = [str(artifacts["coreml-fp32"]), str(artifacts["coreml-fp16"])]
+    assert main(["validate", *paths, "-c", str(probe_checkpoint), "--data", str(photo_data["folder"]),
+                 "--json", str(report)]) == 0
+    assert {a["runtime"] for a in json.loads(report.read_text())["artifacts"]} == {"coreml"}
