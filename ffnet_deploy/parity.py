@@ -666,7 +666,7 @@ def resolve_artifact(artifact: str | Path, precision_profile: str = "auto", runt
                         precision=precision, manifest=manifest, input_range=input_range, warnings=warnings)
 
 
-def check_against_reference(spec: ArtifactSpec, variant: str, num_classes: int, resolution: int,
+def check_against_reference(spec: ArtifactSpec, variant: str, num_classes: int, resolution: int | None,
                             checkpoint_sha256: str | None) -> None:
     """Record in ``spec`` where its manifest disagrees with the reference checkpoint."""
     m = spec.manifest
@@ -677,7 +677,7 @@ def check_against_reference(spec: ArtifactSpec, variant: str, num_classes: int, 
                              "validate against the checkpoint the artifact was exported from")
     if m.get("num_classes") not in (None, num_classes):
         spec.problems.append(f"manifest has {m['num_classes']} classes but the checkpoint has {num_classes}")
-    if m.get("resolution") not in (None, resolution):
+    if resolution is not None and m.get("resolution") not in (None, resolution):
         spec.problems.append(f"manifest resolution is {m['resolution']} but validation runs at {resolution}")
     src = m.get("source_checkpoint") or {}
     if checkpoint_sha256 and src.get("sha256") and src["sha256"] != checkpoint_sha256:
@@ -755,6 +755,7 @@ class _ArtifactRun:
         self.input_name: str | None = None
         self.input_dtype = np.float32
         self.fixed_batch: int | None = None
+        self.input_hw: tuple[int, int] | None = None  # fixed spatial size of the input, if the artifact has one
         self.output_name: str | None = None
         self.acc = MetricAccumulator()
 
@@ -781,6 +782,8 @@ class _ArtifactRun:
         if len(m.shape) != 4:
             raise FFNetDeployError(f"{self.spec.runtime} | input {m.name!r} is {m.describe()}, expected (N, 3, H, W)")
         self.fixed_batch = m.shape[0]
+        if m.shape[2] is not None and m.shape[3] is not None:
+            self.input_hw = (int(m.shape[2]), int(m.shape[3]))
         if self.spec.input_range is None:
             # A bare model file: an integer input takes raw pixels, anything else the normalized tensor.
             self.spec.input_range = "0-255" if np.issubdtype(self.input_dtype, np.integer) else "normalized"
@@ -813,6 +816,27 @@ class _ArtifactRun:
                 self.runner.deactivate()
             except FFNetDeployError:
                 pass
+
+
+def _common_resolution(runs: list[_ArtifactRun], default: int) -> int:
+    """The input side every artifact agrees on: manifests first, else fixed square inputs, else ``default``.
+
+    Raises:
+        ConfigError: If the artifacts disagree (they must be validated in separate runs).
+    """
+    sizes: dict[int, list[str]] = {}
+    for run in runs:
+        m = run.spec.manifest or {}
+        side = m.get("resolution")
+        if side is None and run.input_hw is not None and run.input_hw[0] == run.input_hw[1]:
+            side = run.input_hw[0]
+        if side is not None:
+            sizes.setdefault(int(side), []).append(run.spec.name)
+    if len(sizes) > 1:
+        detail = "; ".join(f"{k} px: {', '.join(v)}" for k, v in sorted(sizes.items()))
+        raise ConfigError(f"validate | the artifacts take different input sizes ({detail}); validate them in "
+                          "separate runs")
+    return next(iter(sizes)) if sizes else default
 
 
 def validate(
@@ -878,33 +902,37 @@ def validate(
     model = load_ffnet(checkpoint, variant, trust=trust)
     cfg = model.cfg
     ckpt_sha = sha256_file(checkpoint)
-    resolutions = {int(s.manifest["resolution"]) for s in specs if s.manifest and s.manifest.get("resolution")}
-    if len(resolutions) > 1:
-        raise ConfigError(f"validate | the artifacts were exported at different resolutions {sorted(resolutions)}; "
-                          "validate them in separate runs")
-    resolution = resolutions.pop() if resolutions else cfg.resolution
-    transform = EvalTransform.for_config(cfg, resolution)
     source = source if source is not None else SyntheticSource(32)
 
     runs: list[_ArtifactRun] = []
-    for spec in specs:
-        check_against_reference(spec, cfg.name, model.num_classes, resolution, ckpt_sha)
-        profile = resolve_profile(spec.precision, overrides)
-        result = ArtifactResult(name=spec.name, path=str(spec.path), format=spec.format, runtime=spec.runtime,
-                                precision=spec.precision, profile=profile, manifest=spec.manifest,
-                                warnings=list(spec.warnings), errors=list(spec.problems))
-        run = _ArtifactRun(spec, result)
-        if not result.errors:
-            try:
-                run.start()
-            except FFNetDeployError as err:
-                result.errors.append(f"cannot load: {err}")
-                run.stop()
-        runs.append(run)
-
     first_batch = None
     done = 0
     try:
+        for spec in specs:
+            check_against_reference(spec, cfg.name, model.num_classes, None, ckpt_sha)
+            profile = resolve_profile(spec.precision, overrides)
+            result = ArtifactResult(name=spec.name, path=str(spec.path), format=spec.format, runtime=spec.runtime,
+                                    precision=spec.precision, profile=profile, manifest=spec.manifest,
+                                    warnings=list(spec.warnings), errors=list(spec.problems))
+            run = _ArtifactRun(spec, result)
+            if not result.errors:
+                try:
+                    run.start()
+                except FFNetDeployError as err:
+                    result.errors.append(f"cannot load: {err}")
+                    run.stop()
+            runs.append(run)
+        resolution = _common_resolution(runs, cfg.resolution)
+        for run in runs:
+            if run.spec.manifest and run.spec.manifest.get("resolution") not in (None, resolution):
+                run.result.errors.append(f"manifest resolution {run.spec.manifest['resolution']} differs from the "
+                                         f"{resolution} px input the runtime reports")
+                run.stop()
+        if resolution != cfg.resolution:
+            log.info("validate | running at %d px, the artifacts' input size (%s default: %d px)", resolution,
+                     cfg.name, cfg.resolution)
+        transform = EvalTransform.for_config(cfg, resolution)
+
         for b in source.batches(transform, batch):
             if first_batch is None:
                 first_batch = b

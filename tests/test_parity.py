@@ -30,6 +30,10 @@ from ffnet_deploy.parity import (
     validate,
 )
 
+# Bare model files are made with torch.onnx's TorchScript exporter, which warns that it is deprecated.
+pytestmark = [pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export"),
+              pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning")]
+
 # --------------------------------------------------------------------------------------------------------------------
 # Metrics
 # --------------------------------------------------------------------------------------------------------------------
@@ -311,3 +315,23 @@ def test_validate_rejects_bad_requests(test_checkpoint, bare_onnx):
         validate([bare_onnx], test_checkpoint, tolerances={"nope": 1.0})
     with pytest.raises(ConfigError, match="--batch"):
         validate([bare_onnx], test_checkpoint, batch=0)
+
+
+def test_validate_runs_at_the_artifacts_input_size(tmp_path, test_checkpoint):
+    """A bare model file with a fixed 96 px input (the variant's default is 64) is fed 96 px crops."""
+    path = tmp_path / "r96.onnx"
+    torch.onnx.export(load_ffnet(test_checkpoint), torch.randn(2, 3, 96, 96), str(path), input_names=["images"],
+                      output_names=["logits"], dynamo=False)
+    report = validate([path], test_checkpoint, source=SyntheticSource(4), batch=4)
+    assert report, report.failures()
+    assert report.reference["resolution"] == 96 and report.data["transform"]["resolution"] == 96
+    with pytest.raises(ConfigError, match="different input sizes"):
+        validate([path, _fixed64(tmp_path, test_checkpoint)],
+                 test_checkpoint, source=SyntheticSource(2))
+
+
+def _fixed64(tmp_path, checkpoint):
+    path = tmp_path / "r64.onnx"
+    torch.onnx.export(load_ffnet(checkpoint), torch.randn(1, 3, 64, 64), str(path), input_names=["images"],
+                      output_names=["logits"], dynamo=False)
+    return path
