@@ -254,20 +254,35 @@ def export(
     console.print(table)
 
 
+def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """``(usage-error types, abort types)`` of click, and of the copy of click that newer typer versions vendor."""
+    import importlib
+
+    usage, abort = [], []
+    for name in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage.append(mod.ClickException)
+        if hasattr(mod, "Abort"):
+            abort.append(mod.Abort)
+    return tuple(usage), (typer.Abort, *abort)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point. Returns the exit code (also used by tests)."""
-    import click
-
+    usage_errors, aborts = _click_exception_types()
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="ffnet-deploy")
         return rv if isinstance(rv, int) else 0
     except FFNetDeployError as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         return 1
-    except click.exceptions.Abort:
+    except aborts:
         err_console.print("[bold red]aborted[/]")
         return 1
-    except click.exceptions.ClickException as err:
+    except usage_errors as err:
         err.show()
         return err.exit_code
     except KeyboardInterrupt:
