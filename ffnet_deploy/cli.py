@@ -167,8 +167,13 @@ def validate(
         logger.setLevel(logging.WARNING)
     overrides = parse_tolerance_overrides(tolerance or [])
     source = make_source(data, images, synthetic, labels_file=labels, limit=limit, seed=seed)
-    report = run_validation(artifacts, checkpoint, variant, source, precision_profile, batch, localize, overrides,
-                            trust=trust_checkpoint, runtime=runtime)
+    from rich.progress import Progress
+
+    with Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task("validating", total=len(source.items()))
+        report = run_validation(artifacts, checkpoint, variant, source, precision_profile, batch, localize, overrides,
+                                trust=trust_checkpoint, runtime=runtime,
+                                progress=lambda n: bar.update(task, completed=n))
     render(report, console)
     if json_path is not None:
         write_json(report, json_path)
