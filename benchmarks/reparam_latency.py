@@ -1,0 +1,76 @@
+"""Torch eager latency of a fused (reparameterized) FFNet against the unfused one, as a ratio from one run.
+
+Run: ``python -m ffnet_deploy.benchmarks.reparam_latency [--variant ffnet_1] [--resolution 256] [--threads 2]``.
+Results land in ``benchmarks/results/reparam_latency.{md,json}``. The official fuse gives 1.12x on ffnet_1 (FFNet
+authors' number, quoted by the project's issue), which this compares against.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ffnet_deploy import create_ffnet, reparameterize_model
+from ffnet_deploy.benchmarks.common import interleaved_timing, write_results
+from ffnet_deploy.reparam import reparam_report
+
+
+def run(variant: str = "ffnet_1", resolution: int = 256, batch: int = 1, threads: int = 2, rounds: int = 40,
+        warmup: int = 5, seed: int = 0) -> dict:
+    """Time unfused vs fused eager inference; return JSON-ready results including the speed-up ratio."""
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    model = create_ffnet(variant).eval()
+    fused = reparameterize_model(model)
+    x = torch.randn(batch, 3, resolution, resolution)
+    with torch.inference_mode():
+        err = ((fused(x) - model(x)).abs().max() / model(x).abs().max()).item()
+        timings = interleaved_timing({"unfused": lambda: model(x), "fused": lambda: fused(x)}, warmup=warmup,
+                                     rounds=rounds)
+    report = reparam_report(model, fused).to_dict()
+    return {
+        "variant": variant, "resolution": resolution, "batch": batch, "threads": threads, "rounds": rounds,
+        "timings": timings, "speedup": timings["unfused"]["median_ms"] / timings["fused"]["median_ms"],
+        "max_rel_error": err, "graph": report,
+    }
+
+
+def to_markdown(r: dict) -> str:
+    t = r["timings"]
+    b, a = r["graph"]["before"], r["graph"]["after"]
+    return "\n".join([
+        f"# Reparameterization speed-up, torch eager, {r['variant']} {r['resolution']}x{r['resolution']}, "
+        f"batch {r['batch']}, {r['threads']} threads",
+        "",
+        "| model | median ms | p90 ms | min ms | modules | ops/forward | params |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| unfused | {t['unfused']['median_ms']:.2f} | {t['unfused']['p90_ms']:.2f} | {t['unfused']['min_ms']:.2f} "
+        f"| {b['modules']} | {b['total_ops']} | {b['params']:,} |",
+        f"| fused | {t['fused']['median_ms']:.2f} | {t['fused']['p90_ms']:.2f} | {t['fused']['min_ms']:.2f} "
+        f"| {a['modules']} | {a['total_ops']} | {a['params']:,} |",
+        "",
+        f"**Speed-up (unfused / fused median): {r['speedup']:.2f}x** over {r['rounds']} interleaved rounds "
+        f"(the official fuse: 1.12x). Max relative output difference: {r['max_rel_error']:.1e}.",
+    ])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--variant", default="ffnet_1")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=40)
+    p.add_argument("--no-write", action="store_true", help="print only; do not overwrite benchmarks/results")
+    args = p.parse_args(argv)
+    result = run(args.variant, args.resolution, args.batch, args.threads, args.rounds)
+    md = to_markdown(result)
+    print(md)
+    if not args.no_write:
+        write_results("reparam_latency", md, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
