@@ -90,7 +90,9 @@ class CoreMLExporter(Exporter):
         log("tracing for Core ML (torch.jit.trace)")
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(net, example)
+            # The trace check re-traces and reruns the network (two thirds of the trace time for ffnet_4); the
+            # saved program is verified against the network's structure below instead.
+            traced = torch.jit.trace(net, example, check_trace=False)
 
         if config.coreml_input == "image":
             ml_input = ct.ImageType(name=INPUT_NAME, shape=(1, 3, r, r), scale=1.0 / 255.0,

@@ -1,0 +1,118 @@
+"""Core ML exporter: conversion on Linux, spec verified (inputs, outputs, op types), exact ImageType folding."""
+
+from __future__ import annotations
+
+import json
+
+import coremltools as ct
+import numpy as np
+import pytest
+import torch
+from ffnet_deploy.exporters.base import ExportConfig
+from ffnet_deploy.exporters.coreml import fold_input_std, mil_op_counts
+
+from ffnet_deploy.checkpoint import load_ffnet
+from ffnet_deploy.export import export
+from ffnet_deploy.model import PUBLISHED, create_ffnet
+from ffnet_deploy.reparam import reparameterize_model
+from tests.exporters.helpers import run_export
+
+
+def test_coreml_image_input_spec_and_metadata(tmp_path, test_checkpoint):
+    result = run_export(tmp_path, "coreml", test_checkpoint)
+    m = result.manifest
+    assert m["precision"] == "fp16" and m["artifact"]["path"] == "model.mlpackage"
+    assert m["preprocessing"] == {**m["preprocessing"], "baked": True, "input_range": "0-255"}
+    assert m["parity"]["passed"] is None and "block_outputs" not in m
+    spec = ct.utils.load_spec(str(result.output / "model.mlpackage"))
+    assert spec.WhichOneof("Type") == "mlProgram" and spec.specificationVersion >= 7  # iOS 16
+    (inp,) = spec.description.input
+    assert inp.name == "images" and inp.type.imageType.width == 64 and inp.type.imageType.height == 64
+    assert inp.type.imageType.colorSpace == ct.proto.FeatureTypes_pb2.ImageFeatureType.RGB
+    assert [o.name for o in spec.description.output] == ["logits"]
+    ops = mil_op_counts(spec)
+    assert ops["conv"] == 38 and ops["gelu"] == 11  # every conv and GELU of the fused ffnet_test
+    meta = dict(spec.description.metadata.userDefined)
+    assert meta["variant"] == "ffnet_test" and meta["resolution"] == "64"
+    assert meta["source_checkpoint_sha256"] == m["source_checkpoint"]["sha256"]
+    assert json.loads(meta["preprocessing"])["input_range"] == "0-255"
+    assert spec.description.metadata.license
+    assert spec.description.metadata.versionString == m["versions"]["ffnet_deploy"]
+    # ImageType: scale 1/255, bias -mean; the 1/std is folded into the stem (exporters/coreml.py).
+    assert m["details"]["image_scale"] == pytest.approx(1 / 255) and m["details"]["stem_std_folded"] is True
+    assert m["details"]["image_bias"] == [-0.485, -0.456, -0.406]
+
+
+@torch.no_grad()
+def test_image_preprocessing_folding_is_exact(test_checkpoint):
+    """ImageType computes pixel/255 - mean; the folded stem must then equal the model on normalized input."""
+    model = reparameterize_model(load_ffnet(test_checkpoint))
+    folded = fold_input_std(model, model.cfg.std)
+    pixels = torch.randint(0, 256, (2, 3, 64, 64)).double()
+    mean = torch.tensor(model.cfg.mean).view(1, 3, 1, 1).double()
+    std = torch.tensor(model.cfg.std).view(1, 3, 1, 1).double()
+    expected = model.double()((pixels / 255 - mean) / std)
+    got = folded.double()(pixels * (1 / 255) - mean)
+    # Only float32 rounding of the folded stem weights separates the two (padding borders included).
+    assert ((got - expected).abs().max() / expected.abs().max()).item() < 1e-6
+
+
+def test_coreml_tensor_input_classifier_fp32(tmp_path, test_checkpoint):
+    result = run_export(tmp_path, "coreml", test_checkpoint, coreml_input="tensor", precision="fp32",
+                        labels="imagenet")
+    spec = ct.utils.load_spec(str(result.output / "model.mlpackage"))
+    (inp,) = spec.description.input
+    assert inp.type.WhichOneof("Type") == "multiArrayType" and list(inp.type.multiArrayType.shape) == [1, 3, 64, 64]
+    assert spec.description.predictedFeatureName == "classLabel"
+    assert sorted(o.name for o in spec.description.output) == sorted(["classLabel", "classLabel_probs"])
+    ops = mil_op_counts(spec)
+    assert ops["classify"] == 1 and ops["softmax"] == 1 and "cast" not in ops  # fp32: no fp16 casts
+    assert result.manifest["details"]["classifier"] == {"labels": "imagenet", "count": 1000}
+    assert result.manifest["preprocessing"]["input_range"] == "normalized"
+
+
+def test_coreml_labels_file_and_bad_options(tmp_path, test_checkpoint):
+    from ffnet_deploy.errors import ConfigError
+
+    short = tmp_path / "labels.txt"
+    short.write_text("cat\ndog\n")
+    with pytest.raises(ConfigError, match="2 labels from .* but the model has 1000 classes"):
+        run_export(tmp_path, "coreml", test_checkpoint, labels=str(short))
+    with pytest.raises(ConfigError, match="image input takes one picture"):
+        run_export(tmp_path, "coreml", test_checkpoint, batch=2)
+    with pytest.raises(ConfigError, match="--include-preprocessing is for ONNX"):
+        run_export(tmp_path, "coreml", test_checkpoint, include_preprocessing=True)
+    assert not (tmp_path / "coreml-artifact").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", PUBLISHED)
+def test_coreml_export_every_variant(tmp_path, variant):
+    """Every published architecture converts (random weights; the point is the architecture). Conversion time is
+    dominated by the weights, not the resolution, so the input is 64 px, the smallest that keeps every stage."""
+    result = export(ExportConfig("coreml", tmp_path / variant, resolution=64), None, variant)
+    spec = ct.utils.load_spec(str(result.output / "model.mlpackage"))
+    fused = reparameterize_model(create_ffnet(variant).eval())
+    ops = mil_op_counts(spec)
+    assert ops["conv"] == sum(isinstance(m, torch.nn.Conv2d) for m in fused.modules())
+    assert ops["gelu"] == sum(isinstance(m, torch.nn.GELU) for m in fused.modules())
+    assert spec.description.input[0].type.imageType.width == 64
+    assert result.manifest["variant"] == variant and result.manifest["random_weights"] is True
+
+
+def test_missing_coremltools_names_the_extra(tmp_path, test_checkpoint, monkeypatch):
+    import sys
+
+    from ffnet_deploy.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "coremltools", None)  # simulates an absent package; nothing is mocked
+    with pytest.raises(MissingDependencyError, match=r"pip install 'ffnet-deploy\[coreml\]'"):
+        run_export(tmp_path, "coreml", test_checkpoint)
+    assert not (tmp_path / "coreml-artifact").exists()
+
+
+def test_fp16_output_is_float32(tmp_path, test_checkpoint):
+    spec = ct.utils.load_spec(str(run_export(tmp_path, "coreml", test_checkpoint).output / "model.mlpackage"))
+    array = spec.description.output[0].type.multiArrayType
+    assert array.dataType == ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32
+    assert np.prod(list(array.shape)) == 1000
