@@ -235,11 +235,14 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def erf(x: np.ndarray) -> np.ndarray:
-    """Error function in float64 (Abramowitz & Stegun 7.1.26, absolute error below 1.5e-7)."""
-    x = np.asarray(x, np.float64)
+    """Error function (Abramowitz & Stegun 7.1.26: absolute error below 1.5e-7, about float32's resolution).
+
+    Computed in the input's float precision (float32 for activations); numpy has no erf of its own.
+    """
+    x = np.asarray(x)
     t = 1.0 / (1.0 + 0.3275911 * np.abs(x))
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    return np.sign(x) * (1.0 - poly * np.exp(-x * x))
+    return np.copysign(1.0 - poly * np.exp(-x * x), x)
 
 
 _UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -253,7 +256,7 @@ _UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "rsqrt": lambda x: 1.0 / np.sqrt(x),
     "abs": np.abs,
     "square": np.square,
-    "erf": lambda x: erf(x).astype(np.float32),
+    "erf": erf,
     "relu6": lambda x: np.clip(x, 0, 6),
     "identity": lambda x: x,
     "floor": np.floor,
@@ -274,14 +277,14 @@ for _name in _UNARY:
 
 @kernel("gelu")
 def _gelu(ctx: OpContext) -> np.ndarray:
-    x = np.asarray(ctx.get("x"), np.float64)
+    x = _f32(ctx.get("x"))
     mode = ctx.scalar("mode", "EXACT")
     if mode == "EXACT":
-        y = 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+        y = 0.5 * x * (1.0 + erf(x * np.float32(1 / math.sqrt(2.0))))
     elif mode == "TANH_APPROXIMATION":
-        y = 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+        y = 0.5 * x * (1.0 + np.tanh(np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x**3)))
     elif mode == "SIGMOID_APPROXIMATION":
-        y = x * _sigmoid(1.702 * x)
+        y = x * _sigmoid(np.float32(1.702) * x)
     else:
         raise RuntimeBackendError(f"coreml-reference | gelu mode {mode!r} is unknown")
     return y.astype(np.float32)

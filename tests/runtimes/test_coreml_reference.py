@@ -150,13 +150,27 @@ COMPRESSIONS = {
 }
 
 
+@pytest.fixture(scope="module")
+def plain_packages(tmp_path_factory) -> dict:
+    """Uncompressed fp32 programs of ffnet_test per deployment target (converted lazily, once)."""
+    cache: dict = {}
+
+    def get(target: str):
+        if target not in cache:
+            path = tmp_path_factory.mktemp(f"plain-{target}") / "model.mlpackage"
+            cache[target] = convert_coreml(fused_test_model(), path, target=target)
+        return cache[target]
+
+    return get
+
+
 @pytest.mark.parametrize("case", list(COMPRESSIONS))
-def test_compressed_programs_decode_like_coremltools(tmp_path, images, case):
+def test_compressed_programs_decode_like_coremltools(tmp_path, images, plain_packages, case):
     """The interpreter's decompression must equal coremltools' own ``decompress_weights`` of the same model."""
     import coremltools.optimize.coreml as cto
 
     target, fn, op_config, op_type = COMPRESSIONS[case]
-    plain = convert_coreml(fused_test_model(), tmp_path / "plain.mlpackage", target=target)
+    plain = plain_packages(target)
     compressed = fn(cto)(ct.models.MLModel(str(plain), skip_model_load=True),
                          cto.OptimizationConfig(global_config=op_config(cto)))
     compressed.save(str(tmp_path / "c.mlpackage"))
@@ -221,7 +235,7 @@ def test_ffnet1_acceptance(tmp_path):
             module.momentum = None  # cumulative average over the calibration batch
     calibrated.train()
     with torch.no_grad():
-        calibrated(torch.from_numpy(_photo_crops(4, 256, seed=1)))
+        calibrated(torch.from_numpy(_photo_crops(2, 256, seed=1)))
     fused = reparameterize_model(calibrated.eval()).eval()
     ref = torch_logits(fused, x)
     with create_runner("coreml-reference", convert_coreml(fused, tmp_path / "f16.mlpackage", precision="fp16",
