@@ -244,3 +244,73 @@ def test_ffnet1_acceptance(tmp_path):
     assert np.isfinite(out16).all()
     assert cosine(out16, ref).min() >= 0.9995
     assert (out16.argmax(1) == ref.argmax(1)).all()
+
+
+# -- ops FFNet does not use today, checked against torch on hand-built MIL programs ----------------------------------
+
+
+def _mb_case(name: str):
+    """(MIL body, torch reference) for one op, on input x of shape (1, 4, 9, 9)."""
+    import torch.nn.functional as F
+    from coremltools.converters.mil import Builder as mb
+
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((6, 2, 3, 3)).astype(np.float32)
+    mean, var = rng.standard_normal(4).astype(np.float32), rng.random(4).astype(np.float32) + 0.5
+    gamma, beta = rng.standard_normal(4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    t = torch.from_numpy
+    cases = {
+        "avg_pool_same_excl": (
+            lambda x: mb.avg_pool(x=x, kernel_sizes=[3, 3], strides=[2, 2], pad_type="same",
+                                  exclude_padding_from_average=True),
+            lambda x: F.avg_pool2d(x, 3, 2, padding=1, count_include_pad=False)),
+        "avg_pool_custom_incl": (
+            lambda x: mb.avg_pool(x=x, kernel_sizes=[2, 2], strides=[2, 2], pad_type="custom", pad=[1, 1, 1, 1],
+                                  exclude_padding_from_average=False),
+            lambda x: F.avg_pool2d(x, 2, 2, padding=1, count_include_pad=True)),
+        "max_pool_ceil": (
+            lambda x: mb.max_pool(x=x, kernel_sizes=[2, 2], strides=[2, 2], pad_type="valid", ceil_mode=True),
+            lambda x: F.max_pool2d(x, 2, 2, ceil_mode=True)),
+        "batch_norm_relu_sigmoid_silu": (
+            lambda x: mb.silu(x=mb.sigmoid(x=mb.relu(x=mb.batch_norm(
+                x=x, mean=mean, variance=var, gamma=gamma, beta=beta, epsilon=1e-3)))),
+            lambda x: F.silu(torch.sigmoid(F.relu(F.batch_norm(x, t(mean), t(var), t(gamma), t(beta), eps=1e-3))))),
+        "grouped_dilated_conv": (
+            lambda x: mb.conv(x=x, weight=w, strides=[2, 1], dilations=[2, 1], pad_type="same", groups=2),
+            lambda x: F.conv2d(F.pad(x, (1, 1, 2, 2)), t(w), stride=(2, 1), dilation=(2, 1), groups=2)),
+        "transpose_softmax_concat": (
+            lambda x: mb.concat(values=[mb.softmax(x=mb.transpose(x=x, perm=[0, 2, 3, 1]), axis=-1),
+                                        mb.transpose(x=x, perm=[0, 2, 3, 1])], axis=3),
+            lambda x: torch.cat([torch.softmax(x.permute(0, 2, 3, 1), -1), x.permute(0, 2, 3, 1)], 3)),
+        "squeeze_expand_reduce": (
+            lambda x: mb.expand_dims(x=mb.squeeze(x=mb.reduce_sum(x=x, axes=[2, 3], keep_dims=True), axes=[2, 3]),
+                                     axes=[-1]),
+            lambda x: x.sum((2, 3))[..., None]),
+        "gelu_tanh_and_sigmoid": (
+            lambda x: mb.add(x=mb.gelu(x=x, mode="TANH_APPROXIMATION"), y=mb.gelu(x=x, mode="SIGMOID_APPROXIMATION")),
+            lambda x: F.gelu(x, approximate="tanh") + x * torch.sigmoid(1.702 * x)),
+    }
+    return cases[name]
+
+
+@pytest.mark.parametrize("case", ["avg_pool_same_excl", "avg_pool_custom_incl", "max_pool_ceil",
+                                  "batch_norm_relu_sigmoid_silu", "grouped_dilated_conv", "transpose_softmax_concat",
+                                  "squeeze_expand_reduce", "gelu_tanh_and_sigmoid"])
+def test_more_ops_match_torch(tmp_path, case):
+    from coremltools.converters.mil import Builder as mb
+
+    body, reference = _mb_case(case)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4, 9, 9))], opset_version=ct.target.iOS16)
+    def prog(x):
+        return mb.identity(x=body(x), name="out")
+
+    path = tmp_path / "p.mlpackage"
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
+               compute_precision=ct.precision.FLOAT32, skip_model_load=True).save(str(path))
+    x = np.random.default_rng(1).standard_normal((1, 4, 9, 9)).astype(np.float32)
+    with create_runner("coreml-reference", path) as runner:
+        out = runner.infer({"x": x})["out"]
+    expected = reference(torch.from_numpy(x)).numpy()
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
