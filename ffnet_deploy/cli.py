@@ -228,15 +228,18 @@ def export(
         simplify=not no_simplify, coreml_input=coreml_input, labels=labels, trt_workspace_mb=trt_workspace,
         trt_dla_core=dla_core, trt_timing_cache=timing_cache, check_parity=not no_parity, force=force,
     )
+    from rich.markup import escape
+
     with err_console.status(f"exporting to {fmt}...") as status:
         def progress(message: str) -> None:
             status.update(message)
             loud = message.lower().startswith("warning")
-            err_console.print(f"[bold yellow]{message}[/]" if loud else f"[dim]  {message}[/]", highlight=False)
+            text = escape(message)
+            err_console.print(f"[bold yellow]{text}[/]" if loud else f"[dim]  {text}[/]", highlight=False)
 
         result = run_export(config, checkpoint, variant, trust=trust_checkpoint, progress=progress)
     for notice in result.notices:
-        err_console.print(f"[bold yellow]notice:[/] {notice}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold yellow]notice:[/] {escape(notice)}", highlight=False, soft_wrap=True)
     if as_json:
         emit_json(result.to_dict())
         return
@@ -282,7 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         rv = app(args=argv, standalone_mode=False, prog_name="ffnet-deploy")
         return rv if isinstance(rv, int) else 0
     except FFNetDeployError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        # escape: messages quote extras like "ffnet-deploy[coreml]", which rich would eat as markup
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 1
     except aborts:
         err_console.print("[bold red]aborted[/]")

@@ -1,0 +1,205 @@
+"""The export orchestration (ffnet_deploy/export.py): atomic output, refusals, one-line errors, the parity gate."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from ffnet_deploy.exporters import EXPORTER_MODULES, format_names
+from ffnet_deploy.exporters.base import ExportConfig
+from ffnet_deploy.exporters.onnx import OnnxExporter
+
+from ffnet_deploy.cli import main
+from ffnet_deploy.errors import CheckpointError, ConfigError, ExportError, ParityError
+from ffnet_deploy.export import export, parse_dynamic_batch, remove_stale_workdirs
+from tests.exporters.helpers import manifest, run_export
+
+TESTS = Path(__file__).parent
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_every_registered_format_has_a_test():
+    assert sorted(EXPORTER_MODULES) == format_names()
+    missing = [f for f in format_names() if not (TESTS / f"test_{f}.py").is_file()]
+    assert not missing, f"export formats without tests/exporters/test_<format>.py: {missing}"
+
+
+def test_injected_failure_leaves_nothing(tmp_path, test_checkpoint, monkeypatch):
+    written = []
+
+    def failing(self, model, config, workdir, log):
+        (workdir / "model.onnx").write_bytes(b"half an artifact")
+        written.append(workdir)
+        raise RuntimeError("injected failure mid-export")
+
+    monkeypatch.setattr(OnnxExporter, "export", failing)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run_export(tmp_path, "onnx", test_checkpoint)
+    assert written and not written[0].exists()
+    assert not (tmp_path / "onnx-artifact").exists() and leftovers(tmp_path) == []
+
+
+def test_parity_failure_exits_and_keeps_nothing(tmp_path, test_checkpoint, monkeypatch):
+    import torch
+
+    original = OnnxExporter.export
+
+    def wrong_weights(self, model, config, workdir, log):
+        broken = type(model)(model.cfg, model.num_classes, deploy=True).eval()
+        broken.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            broken.head.bias.add_(1.0)  # a plausible export bug: the artifact computes something else
+        return original(self, broken, config, workdir, log)
+
+    monkeypatch.setattr(OnnxExporter, "export", wrong_weights)
+    with pytest.raises(ParityError, match="onnxruntime on model.onnx: max rel error .* was not kept"):
+        run_export(tmp_path, "onnx", test_checkpoint)
+    assert not (tmp_path / "onnx-artifact").exists() and leftovers(tmp_path) == []
+
+
+SLOW_EXPORT = """
+import sys, time
+from pathlib import Path
+from ffnet_deploy.export import export
+from ffnet_deploy.exporters.base import ExportConfig
+from ffnet_deploy.exporters.onnx import OnnxExporter
+
+original = OnnxExporter.export
+def slow(self, model, config, workdir, log):
+    info = original(self, model, config, workdir, log)
+    Path(sys.argv[2]).write_text(str(workdir))  # tell the test we are midway: the model file is written
+    time.sleep(60)
+    return info
+OnnxExporter.export = slow
+export(ExportConfig("onnx", Path(sys.argv[1])), None, "ffnet_test")
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_export_leaves_no_artifact(tmp_path, sig):
+    out, marker = tmp_path / "out", tmp_path / "midway"
+    script = tmp_path / "slow_export.py"
+    script.write_text(textwrap.dedent(SLOW_EXPORT))
+    proc = subprocess.Popen([sys.executable, str(script), str(out), str(marker)], stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "the export never reached the midway point"
+        time.sleep(0.2)
+    workdir = Path(marker.read_text())
+    assert (workdir / "model.onnx").is_file()  # midway: something was written
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert not out.exists()
+    if sig == signal.SIGTERM:  # the process cleans up after itself
+        assert leftovers(tmp_path) == []
+    else:  # SIGKILL: only the temp dir of a dead process remains, and the next export removes it
+        assert leftovers(tmp_path) == [workdir.name] and workdir.name.startswith(".out.tmp-")
+        export(ExportConfig("onnx", out), None, "ffnet_test")
+        assert (out / "manifest.json").is_file() and leftovers(tmp_path) == []
+
+
+def test_stale_cleanup_spares_live_processes(tmp_path):
+    live = tmp_path / f".out.tmp-{os.getpid()}-abcd"
+    dead = tmp_path / ".out.tmp-999999999-abcd"
+    other = tmp_path / ".other.tmp-999999999-abcd"
+    for d in (live, dead, other):
+        d.mkdir()
+    assert remove_stale_workdirs(tmp_path / "out") == [dead]
+    assert live.exists() and other.exists()
+
+
+def test_existing_artifact_refused_without_force(tmp_path, test_checkpoint):
+    first = run_export(tmp_path, "onnx", test_checkpoint)
+    sha = first.manifest["artifact"]["sha256"]
+    with pytest.raises(ExportError, match="already exists; pass --force"):
+        run_export(tmp_path, "onnx", test_checkpoint)
+    assert manifest(first.output)["artifact"]["sha256"] == sha
+    replaced = run_export(tmp_path, "onnx", test_checkpoint, force=True, dynamic_batch=(1, 1, 2))
+    assert manifest(replaced.output)["batch"] == {"min": 1, "opt": 1, "max": 2} and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"resolution": 100}, ConfigError, r"multiple of 32 .* got 100; try 96"),
+        ({"opset": 12}, ConfigError, r"--opset must be within 13..21"),
+        ({"dynamic_batch": (4, 2, 8)}, ConfigError, r"1 <= MIN <= OPT <= MAX"),
+        ({"batch": 0}, ConfigError, r"--batch must be at least 1"),
+    ],
+)
+def test_bad_options(tmp_path, test_checkpoint, options, error, message):
+    with pytest.raises(error, match=message):
+        run_export(tmp_path, "onnx", test_checkpoint, **options)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_format_lists_valid_ones(tmp_path, test_checkpoint):
+    with pytest.raises(ConfigError, match="unknown export format 'tflite'; choose one of: coreml, onnx, openvino, "
+                                          "tensorrt"):
+        run_export(tmp_path, "tflite", test_checkpoint)
+
+
+def test_checkpoint_variant_mismatch(tmp_path, test_checkpoint):
+    with pytest.raises(CheckpointError, match="does not fit ffnet_1"):
+        export(ExportConfig("onnx", tmp_path / "x"), test_checkpoint, "ffnet_1")
+    assert not (tmp_path / "x").exists()
+
+
+def test_unwritable_output(tmp_path, test_checkpoint):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ExportError, match="cannot create the output folder .*a-file.*choose a writable --output"):
+        export(ExportConfig("onnx", blocker / "sub" / "out"), test_checkpoint)
+
+
+def test_random_weights_are_loud(tmp_path):
+    lines = []
+    result = export(ExportConfig("onnx", tmp_path / "rnd"), None, "ffnet_test", progress=lines.append)
+    assert result.manifest["random_weights"] is True and result.manifest["source_checkpoint"] is None
+    assert any("RANDOM weights" in n for n in result.notices) and lines[0].startswith("WARNING")
+
+
+def test_parse_dynamic_batch():
+    assert parse_dynamic_batch("1:8:32") == (1, 8, 32) and parse_dynamic_batch(None) is None
+    with pytest.raises(ConfigError, match="MIN:OPT:MAX"):
+        parse_dynamic_batch("8")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-f", "tflite"], "unknown export format 'tflite'; choose one of: coreml, onnx, openvino, tensorrt"),
+        (["-f", "onnx", "-r", "250"], "multiple of 32"),
+        (["-f", "onnx", "--dynamic-batch", "1-8"], "--dynamic-batch needs MIN:OPT:MAX"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, capsys, args, message):
+    rc = main(["export", "-v", "ffnet_test", "-o", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err
+    assert rc == 1 and message in err and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [err.strip().splitlines()[-1]]
+
+
+def test_cli_missing_backend(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "coremltools", None)
+    rc = main(["export", "-v", "ffnet_test", "-f", "coreml", "-o", str(tmp_path / "o")])
+    assert rc == 1 and "pip install 'ffnet-deploy[coreml]'" in capsys.readouterr().err
+
+
+def test_cli_export_json(tmp_path, test_checkpoint, capsys):
+    import json
+
+    rc = main(["export", "-c", str(test_checkpoint), "-f", "openvino", "-o", str(tmp_path / "ov"), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert rc == 0 and data["format"] == "openvino" and data["parity"][0]["passed"] is True
+    assert data["manifest"] == manifest(tmp_path / "ov")

@@ -1,0 +1,100 @@
+"""TensorRT exporter: plan, flags and trtexec command on CPU; the TRT-ready ONNX path; a GPU-marked engine build."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ffnet_deploy.exporters.base import ExportConfig
+from ffnet_deploy.exporters.tensorrt import TrtBuildPlan, build_script, tensorrt_unavailable_reason
+from ffnet_deploy.runtimes import create_runner
+
+from ffnet_deploy.errors import ConfigError
+from tests.exporters.helpers import max_rel, run_export, torch_logits
+
+
+def plan(**options) -> TrtBuildPlan:
+    config = ExportConfig("tensorrt", Path("unused"), resolution=256, **options)
+    return TrtBuildPlan.from_config(config, options.get("precision") or "fp16")
+
+
+def test_static_plan_has_no_shape_flags():
+    p = plan(precision="fp32")
+    assert p.shapes is None
+    assert p.trtexec_args() == ["--onnx=model.onnx", "--saveEngine=model.engine",
+                                "--memPoolSize=workspace:4096M", "--timingCacheFile=timing.cache"]
+
+
+def test_dynamic_fp16_dla_plan():
+    p = plan(dynamic_batch=(1, 8, 32), precision="fp16", trt_workspace_mb=1024, trt_dla_core=1,
+             trt_timing_cache=Path("/var/cache/ffnet.cache"))
+    assert p.shapes == ((1, 3, 256, 256), (8, 3, 256, 256), (32, 3, 256, 256))
+    assert p.command() == (
+        "trtexec --onnx=model.onnx --saveEngine=model.engine --fp16 --minShapes=images:1x3x256x256 "
+        "--optShapes=images:8x3x256x256 --maxShapes=images:32x3x256x256 --memPoolSize=workspace:1024M "
+        "--timingCacheFile=/var/cache/ffnet.cache --useDLACore=1 --allowGPUFallback"
+    )
+
+
+def test_build_script_is_valid_bash_running_that_command(tmp_path):
+    p = plan(dynamic_batch=(1, 2, 4))
+    script = tmp_path / "build_engine.sh"
+    script.write_text(build_script(p, "header"))
+    subprocess.run(["bash", "-n", str(script)], check=True)  # syntax check
+    # Run it with a stand-in trtexec that records its arguments: the script must pass exactly the plan's.
+    fake = tmp_path / "fake_trtexec"
+    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > args.txt\n')
+    fake.chmod(0o755)
+    subprocess.run(["bash", str(script)], check=True, env={"TRTEXEC": str(fake), "PATH": "/usr/bin:/bin"},
+                   cwd="/")
+    assert (tmp_path / "args.txt").read_text().split("\n")[:-1] == p.trtexec_args()
+
+
+def test_dla_needs_reduced_precision(tmp_path, test_checkpoint):
+    with pytest.raises(ConfigError, match="DLA runs FP16 or INT8 only"):
+        run_export(tmp_path, "tensorrt", test_checkpoint, precision="fp32", trt_dla_core=0)
+
+
+@pytest.mark.skipif(tensorrt_unavailable_reason() is None, reason="this machine can build engines")
+def test_without_tensorrt_writes_onnx_and_script(tmp_path, test_checkpoint):
+    result = run_export(tmp_path, "tensorrt", test_checkpoint, dynamic_batch=(1, 2, 4))
+    out, m = result.output, result.manifest
+    assert sorted(p.name for p in out.iterdir()) == ["build_engine.sh", "manifest.json", "model.onnx"]
+    assert m["format"] == "tensorrt" and m["precision"] == "fp16" and m["artifact"]["path"] == "model.onnx"
+    assert m["details"]["engine_built"] is False and m["versions"]["tensorrt"] == "not installed"
+    assert any("./build_engine.sh" in n for n in result.notices)
+    assert (out / "build_engine.sh").stat().st_mode & 0o111
+    assert shlex.split(m["details"]["trtexec_command"])[1:] == plan(dynamic_batch=(1, 2, 4)).trtexec_args()[:2] + [
+        "--fp16", "--minShapes=images:1x3x64x64", "--optShapes=images:2x3x64x64", "--maxShapes=images:4x3x64x64",
+        "--memPoolSize=workspace:4096M", "--timingCacheFile=timing.cache"]
+    # The TRT-ready ONNX itself is gated with ONNX Runtime.
+    assert m["parity"]["passed"] is True and [c["runtime"] for c in m["parity"]["checks"]] == ["onnxruntime"]
+    assert "block_outputs" in m
+
+
+def test_cli_exits_zero_without_tensorrt(tmp_path, test_checkpoint, capsys):
+    from ffnet_deploy.cli import main
+
+    rc = main(["export", "-c", str(test_checkpoint), "-f", "tensorrt", "-o", str(tmp_path / "trt"), "--json"])
+    assert rc == 0 and (tmp_path / "trt" / "model.onnx").is_file()
+    if tensorrt_unavailable_reason() is not None:
+        assert "build_engine.sh" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(tensorrt_unavailable_reason() is not None,
+                    reason=f"needs TensorRT and a CUDA GPU: {tensorrt_unavailable_reason()}")
+def test_engine_build_and_run_on_gpu(tmp_path, test_checkpoint):
+    cache = tmp_path / "timing.cache"
+    result = run_export(tmp_path, "tensorrt", test_checkpoint, precision="fp32", dynamic_batch=(1, 2, 4),
+                        trt_timing_cache=cache)
+    out, m = result.output, result.manifest
+    assert (out / "model.engine").is_file() and m["artifact"]["path"] == "model.engine" and cache.is_file()
+    assert [c["runtime"] for c in m["parity"]["checks"]] == ["onnxruntime", "tensorrt"] and m["parity"]["passed"]
+    x = np.random.default_rng(2).standard_normal((3, 3, 64, 64), dtype=np.float32)
+    with create_runner("tensorrt", out) as runner:
+        got = runner.infer({"images": x})["logits"]
+    assert max_rel(got, torch_logits(test_checkpoint, x)) < 5e-3
