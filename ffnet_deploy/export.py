@@ -283,6 +283,10 @@ class ExportInterrupted(ExportError):
     """The export received SIGTERM; the temporary directory was removed."""
 
 
+def _raise_interrupted(signum: int, _frame: object) -> None:
+    raise ExportInterrupted(f"export | interrupted by signal {signum}; no artifact was written")
+
+
 @contextlib.contextmanager
 def _signals_raise() -> Iterator[None]:
     """Turn SIGTERM into an exception while an artifact is being built, so that cleanup runs."""
@@ -290,14 +294,23 @@ def _signals_raise() -> Iterator[None]:
         yield
         return
 
-    def handler(signum, _frame):
-        raise ExportInterrupted(f"export | interrupted by signal {signum}; no artifact was written")
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _default_sigterm_in_forked_child() -> None:
+    # Backends fork helper processes while an export runs (OpenVINO's telemetry sender does). A child that inherited
+    # the handler above would turn its parent's terminate() into an exception somewhere inside library code and
+    # outlive it, hanging interpreter exit; children get the default action instead.
+    if signal.getsignal(signal.SIGTERM) is _raise_interrupted:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_default_sigterm_in_forked_child)
 
 
 # --------------------------------------------------------------------------------------------------------------------
