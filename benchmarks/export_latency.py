@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ffnet_deploy.benchmarks.common import interleaved_timing, write_results
-from ffnet_deploy.exporters.base import ExportConfig
-from ffnet_deploy.runtimes import create_runner
 
+from ffnet_deploy.benchmarks.common import interleaved_timing, write_results
 from ffnet_deploy.export import export
+from ffnet_deploy.exporters.base import ExportConfig
 from ffnet_deploy.model import create_ffnet
+from ffnet_deploy.runtimes import create_runner
 
 
 def plain_onnx_export(model: torch.nn.Module, resolution: int, batch: int, path: Path) -> None:

@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
+from ffnet_deploy.errors import ConfigError, ExportError
 from ffnet_deploy.exporters.base import (
     INPUT_NAME,
     LICENSE_NOTE,
@@ -40,9 +43,6 @@ from ffnet_deploy.exporters.base import (
     register_exporter,
     unwrap,
 )
-from torch import nn
-
-from ffnet_deploy.errors import ConfigError, ExportError
 
 CLASS_LABEL_NAME = "classLabel"
 

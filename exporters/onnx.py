@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
+
+from ffnet_deploy.errors import ExportError
 from ffnet_deploy.exporters.base import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -42,9 +45,6 @@ from ffnet_deploy.exporters.base import (
     register_exporter,
     unwrap,
 )
-from torch import nn
-
-from ffnet_deploy.errors import ExportError
 
 PARITY_RTOL_FP32 = 1e-4
 """Max |artifact - torch| / max |torch| allowed for an FP32 graph run on CPU."""

@@ -12,6 +12,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from torch import nn
+
+from ffnet_deploy.errors import ExportError
 from ffnet_deploy.exporters.base import (
     ExportConfig,
     ExportedArtifact,
@@ -24,9 +27,6 @@ from ffnet_deploy.exporters.base import (
     unwrap,
 )
 from ffnet_deploy.exporters.onnx import PARITY_RTOL_FP32, onnx_details, write_onnx
-from torch import nn
-
-from ffnet_deploy.errors import ExportError
 
 PARITY_RTOL = {"fp32": PARITY_RTOL_FP32, "fp16": 1e-2}
 """Gate tolerance per weight precision: FP16 weights round each weight to 11 significant bits."""

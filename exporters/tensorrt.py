@@ -23,6 +23,9 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
+from ffnet_deploy.errors import ConfigError, ExportError
 from ffnet_deploy.exporters.base import (
     INPUT_NAME,
     ExportConfig,
@@ -35,9 +38,6 @@ from ffnet_deploy.exporters.base import (
     unwrap,
 )
 from ffnet_deploy.exporters.onnx import PARITY_RTOL_FP32, onnx_details, write_onnx
-from torch import nn
-
-from ffnet_deploy.errors import ConfigError, ExportError
 
 ENGINE_RTOL = {"fp32": 5e-3, "fp16": 5e-2}
 """Gate tolerance of a GPU engine: TensorRT allows TF32 for FP32 layers by default, FP16 rounds activations."""

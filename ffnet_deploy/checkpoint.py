@@ -167,7 +167,9 @@ def extract_state_dict(obj: object, prefer_ema: bool = False) -> tuple[str, dict
     tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         keys = ", ".join(list(map(str, obj))[:6])
-        raise CheckpointError(f"checkpoint has no tensors under {'/'.join(CONTAINER_KEYS)} or at top level (keys: {keys})")
+        raise CheckpointError(
+            f"checkpoint has no tensors under {'/'.join(CONTAINER_KEYS)} or at top level (keys: {keys})"
+        )
     prefix = None
     for candidate in ("module.", "model.", "_orig_mod."):
         if all(k.startswith(candidate) for k in tensors):

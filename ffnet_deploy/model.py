@@ -65,7 +65,7 @@ class FFNetConfig:
         for k in (*kernels, self.rep_branch_kernel):
             if k % 2 == 0 or k < 1:
                 raise ConfigError(f"FFNetConfig {self.name!r}: kernel sizes must be odd and positive, got {k}")
-        for prev, cur in zip(self.embed_dims, self.embed_dims[1:]):
+        for prev, cur in zip(self.embed_dims[:-1], self.embed_dims[1:], strict=True):
             if cur % prev:
                 raise ConfigError(
                     f"FFNetConfig {self.name!r}: patch merging is depthwise, so each stage width must be a multiple "
@@ -434,7 +434,9 @@ class PatchMerging(nn.Module):
         super().__init__()
         k = cfg.downsample_kernel
         if deploy:
-            self.proj = nn.Sequential(_deploy_conv(in_dim, out_dim, k, 2, groups=in_dim), _deploy_conv(out_dim, out_dim, 1))
+            self.proj = nn.Sequential(
+                _deploy_conv(in_dim, out_dim, k, 2, groups=in_dim), _deploy_conv(out_dim, out_dim, 1)
+            )
         else:
             self.proj = nn.Sequential(RepDWConv(in_dim, out_dim, k, cfg.rep_branch_kernel, 2), SkipBNConv(out_dim))
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ffnet_deploy.runtimes._mil_ops import KERNELS, OpContext, unpack_bits
 
 from ffnet_deploy.errors import RuntimeBackendError, require
+from ffnet_deploy.runtimes._mil_ops import KERNELS, OpContext, unpack_bits
 
 # MIL DataType enum (MIL.proto) -> numpy dtype, and bit width for sub-byte integer types.
 _DTYPES: dict[int, Any] = {

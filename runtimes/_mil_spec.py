@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ffnet_deploy.runtimes.base import TensorMeta
 
 from ffnet_deploy.errors import RuntimeBackendError, require
+from ffnet_deploy.runtimes.base import TensorMeta
 
 # ArrayFeatureType.ArrayDataType enum values (Core ML FeatureTypes.proto).
 _ARRAY_DTYPES = {65568: np.float32, 65600: np.float64, 65552: np.float16, 131104: np.int32, 131080: np.int8}

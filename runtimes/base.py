@@ -41,7 +41,7 @@ class TensorMeta:
         """Whether ``array`` has this rank and matches every fixed dimension."""
         if array.ndim != len(self.shape):
             return False
-        return all(want is None or want == got for want, got in zip(self.shape, array.shape))
+        return all(want is None or want == got for want, got in zip(self.shape, array.shape, strict=True))
 
     def describe(self) -> str:
         dims = ", ".join("?" if d is None else str(d) for d in self.shape)
@@ -179,7 +179,7 @@ class BaseRunner(ABC):
         """Output names; the default asks for them by running nothing and is meant to be overridden."""
         raise NotImplementedError(f"{type(self).__name__} does not report output names")
 
-    def _deactivate(self) -> None:
+    def _deactivate(self) -> None:  # noqa: B027 - optional hook, deliberately not abstract
         """Release the engine; the default drops nothing."""
 
     def _require_active(self) -> None:

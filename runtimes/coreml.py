@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ffnet_deploy.runtimes._mil_spec import image_channels, input_metas, is_image_feature, output_names
-from ffnet_deploy.runtimes.base import BaseRunner, TensorMeta, register_runtime, resolve_model_file
 
 from ffnet_deploy.errors import ConfigError, RuntimeBackendError, require
+from ffnet_deploy.runtimes._mil_spec import image_channels, input_metas, is_image_feature, output_names
+from ffnet_deploy.runtimes.base import BaseRunner, TensorMeta, register_runtime, resolve_model_file
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 

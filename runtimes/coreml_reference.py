@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.runtimes._mil_program import MILProgram, Observer
 from ffnet_deploy.runtimes._mil_spec import input_metas, load_spec, output_names
 from ffnet_deploy.runtimes.base import BaseRunner, TensorMeta, register_runtime, resolve_model_file
-
-from ffnet_deploy.errors import ConfigError
 
 
 @register_runtime("coreml-reference")

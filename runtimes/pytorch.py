@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ffnet_deploy.runtimes.base import BaseRunner, TensorMeta, register_runtime
 
 from ffnet_deploy.errors import ConfigError, RuntimeBackendError
+from ffnet_deploy.runtimes.base import BaseRunner, TensorMeta, register_runtime
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"

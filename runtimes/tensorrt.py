@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ffnet_deploy.runtimes.base import BaseRunner, TensorMeta, register_runtime, resolve_model_file
 
 from ffnet_deploy.errors import ConfigError, RuntimeBackendError, require
+from ffnet_deploy.runtimes.base import BaseRunner, TensorMeta, register_runtime, resolve_model_file
 
 
 @register_runtime("tensorrt")

@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-from ffnet_deploy.exporters import EXPORTER_MODULES, format_names
-from ffnet_deploy.exporters.base import ExportConfig
-from ffnet_deploy.exporters.onnx import OnnxExporter
 
 from ffnet_deploy.cli import main
 from ffnet_deploy.errors import CheckpointError, ConfigError, ExportError, ParityError
 from ffnet_deploy.export import export, parse_dynamic_batch, remove_stale_workdirs
+from ffnet_deploy.exporters import EXPORTER_MODULES, format_names
+from ffnet_deploy.exporters.base import ExportConfig
+from ffnet_deploy.exporters.onnx import OnnxExporter
 from tests.exporters.helpers import manifest, run_export
 
 TESTS = Path(__file__).parent

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import openvino as ov
 import pytest
-from ffnet_deploy.runtimes import create_runner
 
+from ffnet_deploy.runtimes import create_runner
 from tests.exporters.helpers import max_rel, run_export, torch_logits
 
 

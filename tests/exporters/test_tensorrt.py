@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.exporters.base import ExportConfig
 from ffnet_deploy.exporters.tensorrt import TrtBuildPlan, build_script, tensorrt_unavailable_reason
 from ffnet_deploy.runtimes import create_runner
-
-from ffnet_deploy.errors import ConfigError
 from tests.exporters.helpers import max_rel, run_export, torch_logits
 
 

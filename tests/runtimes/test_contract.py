@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ffnet_deploy.runtimes import RUNNER_MODULES, RUNTIMES, create_runner, load_all
 
 from ffnet_deploy.errors import RuntimeBackendError
+from ffnet_deploy.runtimes import RUNNER_MODULES, RUNTIMES, create_runner, load_all
 from tests.runtimes.conftest import RES, torch_logits
 
 load_all()

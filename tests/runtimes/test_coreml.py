@@ -6,10 +6,10 @@ import platform
 
 import numpy as np
 import pytest
-from ffnet_deploy.runtimes import create_runner
-from ffnet_deploy.runtimes.coreml import CoreMLRunner
 
 from ffnet_deploy.errors import ConfigError, RuntimeBackendError
+from ffnet_deploy.runtimes import create_runner
+from ffnet_deploy.runtimes.coreml import CoreMLRunner
 from tests.runtimes.conftest import torch_logits
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from ffnet_deploy.runtimes import create_runner
 
 from ffnet_deploy.errors import RuntimeBackendError
+from ffnet_deploy.runtimes import create_runner
 from tests.runtimes.conftest import RES, convert_coreml, fused_test_model, torch_logits
 
 ct = pytest.importorskip("coremltools")
@@ -79,10 +79,9 @@ def test_observer_sees_every_op_in_order(coreml_dir, images):
 
 def test_exporter_classifier_artifact_runs(tmp_path, test_checkpoint):
     """The coreml exporter's artifact: ImageType input with the std folded into the stem, plus a classifier tail."""
-    from ffnet_deploy.exporters.base import ExportConfig
-
     from ffnet_deploy.checkpoint import load_ffnet
     from ffnet_deploy.export import export
+    from ffnet_deploy.exporters.base import ExportConfig
 
     model = load_ffnet(test_checkpoint)
     pixels = np.random.default_rng(5).integers(0, 256, (2, 3, RES, RES)).astype(np.float32)

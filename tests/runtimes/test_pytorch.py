@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from ffnet_deploy.runtimes import create_runner
 
 from ffnet_deploy.errors import ConfigError, RuntimeBackendError
+from ffnet_deploy.runtimes import create_runner
 from tests.runtimes.conftest import torch_logits
 
 

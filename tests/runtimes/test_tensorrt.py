@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ffnet_deploy.runtimes import create_runner
-from ffnet_deploy.runtimes.tensorrt import TensorRTRunner
 
 from ffnet_deploy.errors import ConfigError, RuntimeBackendError
+from ffnet_deploy.runtimes import create_runner
+from ffnet_deploy.runtimes.tensorrt import TensorRTRunner
 from tests.runtimes.conftest import torch_logits
 
 
