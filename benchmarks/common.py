@@ -7,6 +7,7 @@ compared.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import statistics
@@ -57,6 +58,30 @@ def command_line() -> str:
     module = sys.modules["__main__"].__spec__
     name = module.name if module is not None else sys.argv[0]
     return shlex.join(["python", "-m", name, *sys.argv[1:]])
+
+
+def standard_parser(description: str, rounds: int) -> argparse.ArgumentParser:
+    """The options every latency benchmark takes: variant, resolution, batch, threads, rounds, --no-write."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--variant", default="ffnet_1")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--no-write", action="store_true", help="print only; do not overwrite benchmarks/results")
+    return p
+
+
+def run_standard(stem: str, description: str, run: Callable[..., dict], to_markdown: Callable[[dict], str],
+                 argv: list[str] | None, rounds: int) -> dict:
+    """Parse the standard options, run, print the Markdown, and write ``<stem>.{md,json}`` unless --no-write."""
+    args = standard_parser(description, rounds).parse_args(argv)
+    result = run(args.variant, args.resolution, args.batch, args.threads, args.rounds)
+    md = to_markdown(result)
+    print(md)
+    if not args.no_write:
+        write_results(stem, md, result)
+    return result
 
 
 def write_results(stem: str, markdown: str, data: dict, results_dir: Path = RESULTS_DIR) -> tuple[Path, Path]:

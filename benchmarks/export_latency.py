@@ -21,7 +21,6 @@ to agree before timing.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import warnings
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ffnet_deploy.benchmarks.common import interleaved_timing, write_results
+from ffnet_deploy.benchmarks.common import interleaved_timing, run_standard
 from ffnet_deploy.export import export
 from ffnet_deploy.exporters.base import ExportConfig
 from ffnet_deploy.model import create_ffnet
@@ -145,20 +144,7 @@ def to_markdown(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--variant", default="ffnet_1")
-    p.add_argument("--resolution", type=int, default=256)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=30)
-    p.add_argument("--no-write", action="store_true", help="print only; do not overwrite benchmarks/results")
-    args = p.parse_args(argv)
-    result = run(args.variant, args.resolution, args.batch, args.threads, args.rounds)
-    md = to_markdown(result)
-    print(md)
-    if not args.no_write:
-        write_results("export_latency", md, result)
-    return result
+    return run_standard("export_latency", __doc__.splitlines()[0], run, to_markdown, argv, rounds=30)
 
 
 if __name__ == "__main__":

@@ -230,17 +230,9 @@ class Exporter(ABC):
         """
 
 
-EXPORTERS: Registry[type[Exporter]] = Registry("export format")
-
-
-def register_exporter(name: str):
-    """Class decorator registering an :class:`Exporter` subclass under ``name``."""
-
-    def deco(cls: type[Exporter]) -> type[Exporter]:
-        cls.format_name = name
-        return EXPORTERS.register(name)(cls)
-
-    return deco
+EXPORTERS: Registry[type[Exporter]] = Registry("export format", name_attr="format_name")
+register_exporter = EXPORTERS.register
+"""Class decorator registering an :class:`Exporter` subclass under a name (stored as ``format_name``)."""
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -19,10 +19,13 @@ class Registry(Generic[T]):
 
     Args:
         kind: What the entries are, for messages (``"export format"``, ``"runtime"``).
+        name_attr: If set, :meth:`register` also stores the registered name on the object under this attribute,
+            so that a registered class knows its own name (e.g. ``"runtime_name"``).
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, name_attr: str | None = None) -> None:
         self.kind = kind
+        self.name_attr = name_attr
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -36,6 +39,8 @@ class Registry(Generic[T]):
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered by {self._entries[name]!r}")
             self._entries[name] = obj
+            if self.name_attr is not None:
+                setattr(obj, self.name_attr, name)
             return obj
 
         return deco

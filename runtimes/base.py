@@ -230,17 +230,9 @@ def resolve_model_file(path: str | Path, suffixes: tuple[str, ...], component: s
     )
 
 
-RUNTIMES: Registry[type[BaseRunner]] = Registry("runtime")
-
-
-def register_runtime(name: str):
-    """Class decorator registering a :class:`BaseRunner` subclass under ``name``."""
-
-    def deco(cls: type[BaseRunner]) -> type[BaseRunner]:
-        cls.runtime_name = name
-        return RUNTIMES.register(name)(cls)
-
-    return deco
+RUNTIMES: Registry[type[BaseRunner]] = Registry("runtime", name_attr="runtime_name")
+register_runtime = RUNTIMES.register
+"""Class decorator registering a :class:`BaseRunner` subclass under a name (stored as ``runtime_name``)."""
 
 
 def create_runner(name: str, artifact: str | Path | None = None, **options: Any) -> BaseRunner:
