@@ -12,6 +12,17 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import logging as _logging
+import sys as _sys
+
+if _sys.platform != "darwin":
+    # coremltools converts fine off macOS but warns at import that its native prediction library is missing
+    # (seven "Failed to load _ML...Proxy" lines). We never predict with it here; drop exactly those lines.
+    _logging.getLogger("coremltools").addFilter(
+        lambda record: not (record.getMessage().startswith("Failed to load _ML")
+                            and "libcoremlpython" in record.getMessage())
+    )
+
 from ffnet_deploy.checkpoint import inspect_checkpoint, load_checkpoint, load_ffnet, save_checkpoint
 from ffnet_deploy.errors import FFNetDeployError
 from ffnet_deploy.model import VARIANTS, FFNet, FFNetConfig, create_ffnet, get_config

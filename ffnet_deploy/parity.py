@@ -757,6 +757,7 @@ class _ArtifactRun:
         self.fixed_batch: int | None = None
         self.input_hw: tuple[int, int] | None = None  # fixed spatial size of the input, if the artifact has one
         self.output_name: str | None = None
+        self.output_is_probs = False  # a classifier's probability output: compared with softmax(reference logits)
         self.acc = MetricAccumulator()
 
     @property
@@ -788,7 +789,15 @@ class _ArtifactRun:
             # A bare model file: an integer input takes raw pixels, anything else the normalized tensor.
             self.spec.input_range = "0-255" if np.issubdtype(self.input_dtype, np.integer) else "normalized"
         outs = runner.output_names()
-        self.output_name = "logits" if "logits" in outs else outs[0]
+        declared = {o["name"]: str(o.get("dtype", "")) for o in (self.spec.manifest or {}).get("outputs", [])}
+        probs = [n for n in outs if declared.get(n, "").startswith("dict") or n.endswith("_probs")]
+        if "logits" in outs:
+            self.output_name = "logits"
+        elif probs:
+            # A Core ML classifier exposes class probabilities (and a string label), not logits.
+            self.output_name, self.output_is_probs = probs[0], True
+        else:
+            self.output_name = outs[0]
 
     def infer(self, batch) -> np.ndarray:
         """Logits for a data batch, chunked/padded to a fixed batch dimension when the artifact has one."""
@@ -816,6 +825,11 @@ class _ArtifactRun:
                 self.runner.deactivate()
             except FFNetDeployError:
                 pass
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
 
 
 def _common_resolution(runs: list[_ArtifactRun], default: int) -> int:
@@ -943,7 +957,7 @@ def validate(
                     continue
                 try:
                     out = run.infer(b)
-                    run.acc.update(ref, out, b.labels)
+                    run.acc.update(_softmax(ref) if run.output_is_probs else ref, out, b.labels)
                 except FFNetDeployError as err:
                     run.result.errors.append(f"inference failed after {run.acc.n} images: {err}")
                     run.stop()

@@ -354,3 +354,17 @@ def test_core_ml_itself_on_macos(tmp_path, probe_checkpoint, artifacts, photo_da
     assert main(["validate", *paths, "-c", str(probe_checkpoint), "--data", str(photo_data["folder"]),
                  "--json", str(report)]) == 0
     assert {a["runtime"] for a in json.loads(report.read_text())["artifacts"]} == {"coreml"}
+
+
+def test_coreml_classifier_is_compared_as_probabilities(tmp_path, probe_checkpoint):
+    """A Core ML classifier exposes a label and class probabilities, not logits: validate compares the probabilities
+    with softmax(reference logits) instead of failing on the string output."""
+    from ffnet_deploy.export import export
+    from ffnet_deploy.exporters.base import ExportConfig
+
+    out = tmp_path / "cml-classifier"
+    export(ExportConfig("coreml", out, precision="fp32", labels="imagenet", check_parity=False), probe_checkpoint)
+    report = tmp_path / "r.json"
+    assert main(["validate", str(out), "-c", str(probe_checkpoint), "--synthetic", "4", "--json", str(report)]) == 0
+    metrics = json.loads(report.read_text())["artifacts"][0]["metrics"]
+    assert metrics["num_samples"] == 4 and metrics["top1_agreement"] == 1.0
