@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ffnet_deploy.parity import environment_info
+from ffnet_deploy.environment import environment_info
 from ffnet_deploy.report import write_atomic
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

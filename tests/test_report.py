@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from ffnet_deploy.environment import environment_info
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.localize import LayerSQNR, Localization
 from ffnet_deploy.parity import (
@@ -17,7 +18,6 @@ from ffnet_deploy.parity import (
     ArtifactResult,
     ValidationReport,
     compare_outputs,
-    environment_info,
     evaluate_checks,
 )
 from ffnet_deploy.report import SCHEMA, junit_tree, render, report_to_dict, short_name, write_json, write_junit

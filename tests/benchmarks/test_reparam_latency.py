@@ -7,7 +7,7 @@ import json
 from ffnet_deploy.benchmarks import common, reparam_latency
 
 
-def test_reparam_benchmark_smoke(tmp_path, monkeypatch):
+def test_reparam_benchmark_smoke(tmp_path):
     result = reparam_latency.run("ffnet_test", resolution=64, rounds=2, warmup=1)
     assert result["max_rel_error"] < 1e-5
     assert result["timings"]["fused"]["samples"] == 2 and result["speedup"] > 0
