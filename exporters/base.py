@@ -145,6 +145,8 @@ class ParityTarget:
     path: str  # file name relative to the artifact directory
     rtol: float  # allowed max |artifact - torch| / max |torch|
     options: dict = field(default_factory=dict)  # runner keyword options
+    output: str | None = None  # output to compare; None: the artifact's first output
+    probabilities: bool = False  # the output holds class probabilities: compare with softmax(torch logits)
 
 
 @dataclass
@@ -267,23 +269,28 @@ class Preprocess(nn.Module):
         return self.model(x.float() * self.a + self.b)
 
 
-def normalize_input(x: np.ndarray, config: ExportConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """Map an artifact input (in ``config``'s input range) to the normalized float32 input PyTorch expects."""
+def normalize_input(x: np.ndarray, config: ExportConfig, mean: tuple[float, ...], std: tuple[float, ...],
+                    input_range: str | None = None) -> np.ndarray:
+    """Map an artifact input to the normalized float32 input PyTorch expects.
+
+    ``input_range`` is what the artifact takes; by default ``config``'s (a format may decide it: Core ML images).
+    """
+    input_range = input_range or config.effective_input_range()
     x = x.astype(np.float64)
-    if config.effective_input_range() == "normalized":
+    if input_range == "normalized":
         return x.astype(np.float32)
-    if config.effective_input_range() == "0-255":
+    if input_range == "0-255":
         x = x / 255.0
     m = np.asarray(mean, np.float64).reshape(1, -1, 1, 1)
     s = np.asarray(std, np.float64).reshape(1, -1, 1, 1)
     return ((x - m) / s).astype(np.float32)
 
 
-def sample_inputs(config: ExportConfig, batch: int, seed: int) -> np.ndarray:
+def sample_inputs(config: ExportConfig, batch: int, seed: int, input_range: str | None = None) -> np.ndarray:
     """A reproducible random input batch in the artifact's input domain (pixels, 0-1 floats or normalized)."""
     rng = np.random.default_rng(seed)
     shape = (batch, 3, config.resolution, config.resolution)
-    rng_range = config.effective_input_range()
+    rng_range = input_range or config.effective_input_range()
     if rng_range == "0-255":
         return rng.integers(0, 256, size=shape, dtype=np.uint8)
     if rng_range == "0-1":

@@ -329,26 +329,37 @@ def run_parity_gate(reference: FFNet, artifact: ExportedArtifact, config: Export
     from ffnet_deploy.runtimes import create_runner
 
     lo, opt, _ = config.batch_range()
-    batches = sorted({lo, opt})
+    fixed = artifact.inputs[0].shape[0]
+    batches = [fixed] if fixed is not None and fixed not in (lo, opt) else sorted({lo, opt})
+    input_range = artifact.input_range or config.effective_input_range()
     cfg = reference.cfg
     feeds, refs = [], []
     for i in range(config.parity_samples):
-        x = sample_inputs(config, batches[i % len(batches)], seed=i)
+        x = sample_inputs(config, batches[i % len(batches)], seed=i, input_range=input_range)
         feeds.append(x)
-        refs.append(reference.eval()(torch.from_numpy(normalize_input(x, config, cfg.mean, cfg.std))).double().numpy())
+        normalized = normalize_input(x, config, cfg.mean, cfg.std, input_range=input_range)
+        refs.append(reference.eval()(torch.from_numpy(normalized)).double().numpy())
     checks = []
     for target in artifact.parity_targets:
         log(f"parity gate: {target.runtime} vs PyTorch on {len(feeds)} inputs")
         check = ParityCheck(target.runtime, target.path, target.rtol)
+        output = target.output or artifact.outputs[0].name
         try:
             with create_runner(target.runtime, workdir / target.path, **target.options) as runner:
                 for x, ref in zip(feeds, refs, strict=True):
-                    out = runner.infer({artifact.inputs[0].name: x})[artifact.outputs[0].name].astype(np.float64)
-                    check.samples.append(compare(out, ref) | {"batch": int(x.shape[0])})
+                    out = np.asarray(runner.infer({artifact.inputs[0].name: x})[output], np.float64)
+                    out = out.reshape(ref.shape) if out.size == ref.size else out
+                    expected = _softmax(ref) if target.probabilities else ref
+                    check.samples.append(compare(out, expected) | {"batch": int(x.shape[0])})
         except Exception as err:  # any runner failure fails the gate with its message
             check.error = str(err).splitlines()[0] if str(err) else type(err).__name__
         checks.append(check)
     return checks
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
 
 
 def compare(out: np.ndarray, ref: np.ndarray) -> dict:

@@ -23,7 +23,8 @@ def test_coreml_image_input_spec_and_metadata(tmp_path, test_checkpoint):
     m = result.manifest
     assert m["precision"] == "fp16" and m["artifact"]["path"] == "model.mlpackage"
     assert m["preprocessing"] == {**m["preprocessing"], "baked": True, "input_range": "0-255"}
-    assert m["parity"]["passed"] is None and "block_outputs" not in m
+    assert m["parity"]["passed"] is True and "block_outputs" not in m
+    assert [c["runtime"] for c in m["parity"]["checks"]] == ["coreml-reference"]
     spec = ct.utils.load_spec(str(result.output / "model.mlpackage"))
     assert spec.WhichOneof("Type") == "mlProgram" and spec.specificationVersion >= 7  # iOS 16
     (inp,) = spec.description.input
@@ -116,3 +117,31 @@ def test_fp16_output_is_float32(tmp_path, test_checkpoint):
     array = spec.description.output[0].type.multiArrayType
     assert array.dataType == ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32
     assert np.prod(list(array.shape)) == 1000
+
+
+@pytest.mark.parametrize("precision,labels", [("fp32", None), ("fp16", "imagenet")])
+def test_parity_gate_runs_the_program_and_refuses_a_wrong_one(tmp_path, test_checkpoint, monkeypatch, precision,
+                                                              labels):
+    """The Core ML gate interprets the saved program (coreml-reference); an artifact computing something else is
+    refused and nothing is kept. With labels the gate compares class probabilities with softmax(torch logits)."""
+    from ffnet_deploy.errors import ParityError
+    from ffnet_deploy.exporters.coreml import CoreMLExporter
+
+    ok = run_export(tmp_path, "coreml", test_checkpoint, name="ok", precision=precision, labels=labels)
+    check = ok.manifest["parity"]["checks"][0]
+    assert check["runtime"] == "coreml-reference" and ok.manifest["parity"]["passed"] is True
+
+    original = CoreMLExporter.export
+
+    def wrong_weights(self, model, config, workdir, log):
+        broken = type(model)(model.cfg, model.num_classes, deploy=True).eval()
+        broken.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            broken.head.weight.mul_(-1.0)  # a plausible export bug: the artifact computes something else
+        return original(self, broken, config, workdir, log)
+
+    monkeypatch.setattr(CoreMLExporter, "export", wrong_weights)
+    with pytest.raises(ParityError, match="coreml-reference on model.mlpackage"):
+        run_export(tmp_path, "coreml", test_checkpoint, name="bad", precision=precision, labels=labels)
+    assert not (tmp_path / "bad").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
