@@ -20,6 +20,7 @@ the exact pixels instead of an un-normalized round trip.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -407,7 +408,8 @@ class ImageFolderSource(DataSource):
     Args:
         root: The folder of class folders.
         labels_file: Optional mapping file, see :func:`read_labels_file`.
-        limit: Use only the first ``limit`` files in sorted (class, path) order.
+        limit: Use only ``limit`` files, taken round-robin over the classes (the first file of every class, then
+            the second, ...), so that a limited run still covers every class.
 
     Raises:
         ConfigError: If the folder is missing, has no class folders or no images, or a class folder is missing
@@ -441,10 +443,13 @@ class ImageFolderSource(DataSource):
             self.label_mapping = "sorted folder names -> 0..K-1"
             log.info("data | no labels file: class folders sorted -> indices 0..%d (ImageNet indices only if the "
                      "folders are all 1000 synsets)", len(classes) - 1)
-        self._files: list[tuple[Path, int]] = []
-        for c in classes:
-            for p in _scan_files(self.root / c, self._scan_skipped):
-                self._files.append((p, self.class_to_idx[c]))
+        per_class = [[(p, self.class_to_idx[c]) for p in _scan_files(self.root / c, self._scan_skipped)]
+                     for c in classes]
+        # Round-robin over classes: a --limit on a class-sorted folder (ImageNet val) would otherwise see only the
+        # first few classes, and its accuracy numbers would describe those alone.
+        self._files: list[tuple[Path, int]] = [
+            item for rank in itertools.zip_longest(*per_class) for item in rank if item is not None
+        ]
         # _scan_files reports names relative to the class folder; that is fine for examples.
         _warn_unsupported(self._scan_skipped, self.root)
         if not self._files:

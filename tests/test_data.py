@@ -126,7 +126,7 @@ def test_imagefolder_streams_batches_with_labels_and_skips(tmp_path, photos, cap
     images = np.concatenate([b.images for b in batches])
     labels = np.concatenate([b.labels for b in batches])
     assert images.shape == (6, 3, 32, 32) and images.dtype == np.float32
-    assert labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert labels.tolist() == [0, 1, 0, 1, 0, 1]  # round-robin over classes
     assert batches[0].pixels.dtype == np.uint8
     np.testing.assert_array_equal(batches[0].images, t.normalize(batches[0].pixels))
     assert batches[0].names[0] == "cat/00.jpg"
@@ -186,6 +186,12 @@ def test_missing_or_empty_folders_are_clear_errors(tmp_path):
     f.write_bytes(b"x")
     with pytest.raises(ConfigError, match="not a folder"):
         ImageDirSource(f)
+
+
+def test_limit_on_an_image_folder_covers_every_class(tmp_path, photos):
+    write_image_folder(tmp_path, photos, per_class=3, classes=("a", "b", "c"))
+    src = ImageFolderSource(tmp_path, limit=4)
+    assert [label for _, label in src.items()] == [0, 1, 2, 0]
 
 
 def test_limit_and_fingerprint(tmp_path, photos):
