@@ -294,11 +294,15 @@ def load_checkpoint(model: FFNet, path: str | Path, *, trust: bool = False, pref
 
 
 def _raise_on_mismatch(model: nn.Module, sd: Mapping[str, torch.Tensor], path: Path) -> None:
-    problem = mismatch_summary(model, sd)
+    problem = mismatch_summary(model, sd, limit=3)
     if problem:
         name = getattr(getattr(model, "cfg", None), "name", type(model).__name__)
         fused = " (fused)" if getattr(model, "deploy", False) else ""
-        raise CheckpointError(f"checkpoint {path} does not fit {name}{fused}: {problem}")
+        try:
+            hint = f". It is a {detect_variant(sd)} checkpoint: pass --variant {detect_variant(sd)} or drop --variant"
+        except CheckpointError:
+            hint = ""
+        raise CheckpointError(f"checkpoint {path} does not fit {name}{fused}: {problem}{hint}")
 
 
 def _load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], path: Path) -> None:

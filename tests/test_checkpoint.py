@@ -92,6 +92,7 @@ def test_wrong_variant_gives_readable_summary(tmp_path):
     msg = str(err.value)
     assert "does not fit ffnet_1" in msg and "missing" in msg and "with another shape" in msg
     assert "patch_embed.0.c.weight: checkpoint (8, 3, 3, 3) vs model (64, 3, 3, 3)" in msg
+    assert msg.endswith("It is a ffnet_test checkpoint: pass --variant ffnet_test or drop --variant")
 
 
 def test_truncated_state_dict_is_refused_with_closest_variant(tmp_path):
