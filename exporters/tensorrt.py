@@ -17,7 +17,6 @@ come from an explicit Q/DQ ONNX (the quantization work); the deprecated implicit
 
 from __future__ import annotations
 
-import os
 import shlex
 import stat
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ffnet_deploy.atomic import write_bytes
 from ffnet_deploy.errors import ConfigError, ExportError
 from ffnet_deploy.exporters.base import (
     INPUT_NAME,
@@ -160,14 +160,8 @@ def build_engine(plan: TrtBuildPlan, workdir: Path, log: Log) -> Path:
         raise ExportError("tensorrt export | build_serialized_network failed; rerun with trtexec --verbose for details")
     engine = workdir / plan.engine
     engine.write_bytes(bytes(serialized))
-    _atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
+    write_bytes(cache_path, bytes(config.get_timing_cache().serialize()), "tensorrt export", ExportError)
     return engine
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 @register_exporter("tensorrt")

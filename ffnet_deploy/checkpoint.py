@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ffnet_deploy.atomic import atomic_path
 from ffnet_deploy.errors import CheckpointError
 from ffnet_deploy.model import VARIANTS, FFNet, create_ffnet, get_config
 
@@ -347,16 +346,6 @@ def save_checkpoint(model: FFNet, path: str | Path, *, source: str | None = None
             "num_classes": model.num_classes, "version": __version__, **({"source_sha256": source} if source else {}),
             **(extra or {})}
     payload = {"state_dict": model.state_dict(), FORMAT_KEY: meta}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise CheckpointError(f"cannot write {path}: {err.strerror}; choose a writable --output") from None
-    os.close(fd)
-    try:
+    with atomic_path(path, "checkpoint", CheckpointError) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

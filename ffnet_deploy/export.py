@@ -40,6 +40,7 @@ from ffnet_deploy.exporters.base import (
     sample_inputs,
 )
 from ffnet_deploy.model import FFNet, create_ffnet
+from ffnet_deploy.parity import softmax
 from ffnet_deploy.reparam import reparameterize_model
 
 MANIFEST_SCHEMA = "ffnet-deploy/manifest/1"
@@ -349,17 +350,12 @@ def run_parity_gate(reference: FFNet, artifact: ExportedArtifact, config: Export
                 for x, ref in zip(feeds, refs, strict=True):
                     out = np.asarray(runner.infer({artifact.inputs[0].name: x})[output], np.float64)
                     out = out.reshape(ref.shape) if out.size == ref.size else out
-                    expected = _softmax(ref) if target.probabilities else ref
+                    expected = softmax(ref) if target.probabilities else ref
                     check.samples.append(compare(out, expected) | {"batch": int(x.shape[0])})
         except Exception as err:  # any runner failure fails the gate with its message
             check.error = str(err).splitlines()[0] if str(err) else type(err).__name__
         checks.append(check)
     return checks
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
 
 
 def compare(out: np.ndarray, ref: np.ndarray) -> dict:

@@ -773,7 +773,8 @@ class _ArtifactRun:
                 pass
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax; the reference for artifacts that output class probabilities (Core ML classifiers)."""
     z = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return z / z.sum(axis=-1, keepdims=True)
 
@@ -903,7 +904,7 @@ def validate(
                     continue
                 try:
                     out = run.infer(b)
-                    run.acc.update(_softmax(ref) if run.output_is_probs else ref, out, b.labels)
+                    run.acc.update(softmax(ref) if run.output_is_probs else ref, out, b.labels)
                 except FFNetDeployError as err:
                     run.result.errors.append(f"inference failed after {run.acc.n} images: {err}")
                     run.stop()

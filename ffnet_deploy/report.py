@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ffnet_deploy.errors import ConfigError
+from ffnet_deploy.atomic import write_text
 from ffnet_deploy.parity import FORMAT_BY_SUFFIX, METRIC_NAMES, ValidationReport, format_value, jsonable
 
 SCHEMA = "ffnet-deploy/validate-report/1"
@@ -61,25 +59,12 @@ def report_to_dict(report: ValidationReport) -> dict:
 
 
 def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename.
+    """Write ``text`` to ``path`` atomically.
 
     Raises:
         ConfigError: If the folder cannot be created or written.
     """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise ConfigError(f"report | cannot write {path}: {err.strerror}; choose a writable path") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, text, "report")
 
 
 def write_json(report: ValidationReport, path: str | Path) -> Path:
