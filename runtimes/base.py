@@ -63,6 +63,7 @@ class BaseRunner(ABC):
     """
 
     runtime_name: str = "base"  # set by @register_runtime
+    requires: tuple[tuple[str, str], ...] = ()  # (importable module, ffnet-deploy extra that installs it)
 
     def __init__(self, artifact: str | Path | None = None, *, name: str | None = None) -> None:
         self.artifact = Path(artifact) if artifact is not None else None
@@ -77,8 +78,16 @@ class BaseRunner(ABC):
     def unavailable_reason(cls) -> str | None:
         """``None`` when this runtime can run on this machine, else one line saying what it needs.
 
-        Subclasses override this for engines that need optional packages or hardware (a GPU, macOS).
+        The default checks that every module in :attr:`requires` imports. Subclasses that also need hardware (a GPU,
+        macOS) extend it.
         """
+        import importlib
+
+        for module, extra in cls.requires:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                return f"needs {module}: pip install 'ffnet-deploy[{extra}]'"
         return None
 
     def activate(self) -> BaseRunner:

@@ -31,6 +31,8 @@ class CoreMLRunner(BaseRunner):
         name: Display name.
     """
 
+    requires = (("coremltools", "coreml"),)
+
     def __init__(self, artifact: str | Path, *, compute_units: str = "ALL", name: str | None = None) -> None:
         if artifact is None:
             raise ConfigError("coreml | needs a model.mlpackage or an artifact directory; got None")
@@ -46,11 +48,7 @@ class CoreMLRunner(BaseRunner):
     def unavailable_reason(cls) -> str | None:
         if platform.system() != "Darwin":
             return "needs macOS for Core ML prediction (use the coreml-reference runner elsewhere)"
-        try:
-            import coremltools  # noqa: F401
-        except ImportError:
-            return "needs coremltools: pip install 'ffnet-deploy[coreml]'"
-        return None
+        return super().unavailable_reason()
 
     def _activate(self) -> None:
         ct = require("coremltools", "coreml", self.name)

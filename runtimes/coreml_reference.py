@@ -40,6 +40,8 @@ class CoreMLReferenceRunner(BaseRunner):
         name: Display name.
     """
 
+    requires = (("coremltools.libmilstoragepython", "coreml"),)
+
     def __init__(self, artifact: str | Path, *, compute_fp32: bool = False, observer: Observer | None = None,
                  name: str | None = None) -> None:
         if artifact is None:
@@ -50,14 +52,6 @@ class CoreMLReferenceRunner(BaseRunner):
         self.model_path: Path | None = None
         self.program: MILProgram | None = None
         self._spec: Any = None
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        try:
-            import coremltools.libmilstoragepython  # noqa: F401
-        except ImportError:
-            return "needs coremltools with its blob storage reader: pip install 'ffnet-deploy[coreml]'"
-        return None
 
     def _activate(self) -> None:
         self.model_path = resolve_model_file(self.artifact, (".mlpackage",), self.name)

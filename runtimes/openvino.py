@@ -32,6 +32,8 @@ class OpenVINORunner(BaseRunner):
         name: Display name.
     """
 
+    requires = (("openvino", "openvino"),)
+
     def __init__(self, artifact: str | Path, *, device: str = "CPU", inference_precision: str = "f32",
                  num_threads: int | None = None, extra_outputs: Sequence[str] = (), name: str | None = None) -> None:
         if artifact is None:
@@ -49,14 +51,6 @@ class OpenVINORunner(BaseRunner):
         self.compiled: Any = None
         self._request: Any = None
         self._out_names: list[str] = []
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        try:
-            import openvino  # noqa: F401
-        except ImportError:
-            return "needs openvino: pip install 'ffnet-deploy[openvino]'"
-        return None
 
     def _activate(self) -> None:
         ov = require("openvino", "openvino", self.name)

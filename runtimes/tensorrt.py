@@ -27,6 +27,8 @@ class TensorRTRunner(BaseRunner):
         name: Display name.
     """
 
+    requires = (("tensorrt", "tensorrt"),)
+
     def __init__(self, artifact: str | Path, *, device: int = 0, name: str | None = None) -> None:
         if artifact is None:
             raise ConfigError("tensorrt | needs a model.engine file or an artifact directory; got None")
@@ -40,10 +42,9 @@ class TensorRTRunner(BaseRunner):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError:
-            return "needs the tensorrt package and an NVIDIA GPU: pip install 'ffnet-deploy[tensorrt]'"
+        missing = super().unavailable_reason()
+        if missing:
+            return f"{missing} (and an NVIDIA GPU)"
         try:
             import torch
 
