@@ -31,7 +31,7 @@ import torch
 from ffnet_deploy.benchmarks.common import interleaved_timing, run_standard
 from ffnet_deploy.export import export
 from ffnet_deploy.exporters.base import ExportConfig
-from ffnet_deploy.model import create_ffnet
+from ffnet_deploy.models.ffnet import create_ffnet
 from ffnet_deploy.runtimes import create_runner
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ffnet_deploy.artifact.manifest import TensorSpec
 from ffnet_deploy.errors import ConfigError, require
 from ffnet_deploy.registry import Registry
 
@@ -123,18 +124,6 @@ class ExportConfig:
     def to_dict(self) -> dict:
         """JSON-ready form (paths as strings)."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One input or output of an artifact, as the manifest records it (``None`` marks a dynamic dimension)."""
-
-    name: str  # tensor name in the artifact
-    shape: tuple[int | None, ...]  # dims, None = dynamic
-    dtype: str  # numpy dtype name, e.g. "float32", "uint8", "float16"
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
 
 @dataclass(frozen=True)
@@ -302,8 +291,8 @@ def io_specs(config: ExportConfig, num_classes: int) -> tuple[list[TensorSpec], 
     """The ``images``/``logits`` specs of a graph export (batch ``None`` when dynamic)."""
     n = None if config.dynamic_batch else config.batch
     r = config.resolution
-    inputs = [TensorSpec(INPUT_NAME, (n, 3, r, r), config.input_dtype().name)]
-    outputs = [TensorSpec(OUTPUT_NAME, (n, num_classes), "float32")]
+    inputs = [TensorSpec(INPUT_NAME, (n, 3, r, r), config.input_dtype().name, "tensor")]
+    outputs = [TensorSpec(OUTPUT_NAME, (n, num_classes), "float32", "logits")]
     return inputs, outputs
 
 

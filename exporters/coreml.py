@@ -76,7 +76,7 @@ class CoreMLExporter(Exporter):
 
     def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log) -> ExportedArtifact:
         ct = self._import_coremltools()
-        from ffnet_deploy import __version__
+        from ffnet_deploy._version import __version__
 
         ffnet = unwrap(model)
         precision = self.resolve_precision(config)
@@ -159,14 +159,14 @@ class CoreMLExporter(Exporter):
         ops, probs_name = verify_spec(path, config, ffnet, labels is not None)
         n = None if config.dynamic_batch else opt
         if config.coreml_input == "image":
-            inputs = [TensorSpec(INPUT_NAME, (1, 3, r, r), "image-rgb")]
+            inputs = [TensorSpec(INPUT_NAME, (1, 3, r, r), "image-rgb", "image")]
         else:
-            inputs = [TensorSpec(INPUT_NAME, (n, 3, r, r), "float32")]
+            inputs = [TensorSpec(INPUT_NAME, (n, 3, r, r), "float32", "tensor")]
         if labels:
-            out_specs = [TensorSpec(CLASS_LABEL_NAME, (), "string"),
-                         TensorSpec(probs_name, (ffnet.num_classes,), "dict[string,float64]")]
+            out_specs = [TensorSpec(CLASS_LABEL_NAME, (), "string", "label"),
+                         TensorSpec(probs_name, (ffnet.num_classes,), "dict[string,float64]", "probabilities")]
         else:
-            out_specs = [TensorSpec(OUTPUT_NAME, (n, ffnet.num_classes), "float32")]
+            out_specs = [TensorSpec(OUTPUT_NAME, (n, ffnet.num_classes), "float32", "logits")]
         return ExportedArtifact(
             path="model.mlpackage",
             inputs=inputs,
@@ -329,6 +329,6 @@ def _quiet_progress_bars():
 
 
 def _sha256(path: Path) -> str:
-    from ffnet_deploy.checkpoint import sha256_file
+    from ffnet_deploy.hashing import sha256_file
 
     return sha256_file(path)

@@ -182,7 +182,7 @@ class TensorRTExporter(Exporter):
         import onnx
         import onnxruntime
 
-        from ffnet_deploy import __version__
+        from ffnet_deploy._version import __version__
 
         precision = self.resolve_precision(config)
         info = write_onnx(model, config, workdir / "model.onnx", log)

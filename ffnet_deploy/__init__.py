@@ -10,8 +10,6 @@ The main entry points::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 import logging as _logging
 import sys as _sys
 
@@ -23,10 +21,11 @@ if _sys.platform != "darwin":
                             and "libcoremlpython" in record.getMessage())
     )
 
-from ffnet_deploy.checkpoint import inspect_checkpoint, load_checkpoint, load_ffnet, save_checkpoint
+from ffnet_deploy._version import __version__
 from ffnet_deploy.errors import FFNetDeployError
-from ffnet_deploy.model import VARIANTS, FFNet, FFNetConfig, create_ffnet, get_config
-from ffnet_deploy.reparam import reparam_report, reparameterize_model
+from ffnet_deploy.models.checkpoint import inspect_checkpoint, load_checkpoint, load_ffnet, save_checkpoint
+from ffnet_deploy.models.ffnet import VARIANTS, FFNet, FFNetConfig, create_ffnet, get_config
+from ffnet_deploy.models.reparam import reparam_report, reparameterize_model
 
 __all__ = [
     "VARIANTS",

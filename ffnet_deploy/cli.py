@@ -52,7 +52,7 @@ def emit_json(data: Any) -> None:
 @app.command()
 def models(as_json: JsonOpt = False) -> None:
     """List the FFNet variants: size, compute, default resolution, and the published reference numbers."""
-    from ffnet_deploy.zoo import describe_variants
+    from ffnet_deploy.models.zoo import describe_variants
 
     rows = describe_variants()
     if as_json:
@@ -81,7 +81,7 @@ def inspect(
     as_json: JsonOpt = False,
 ) -> None:
     """Describe a checkpoint: container, detected variant, parameters, fused or not, sha256."""
-    from ffnet_deploy.zoo import describe_checkpoint
+    from ffnet_deploy.models.zoo import describe_checkpoint
 
     info = describe_checkpoint(checkpoint, variant, trust=trust_checkpoint)
     if as_json:
@@ -105,7 +105,7 @@ def reparam(
     as_json: JsonOpt = False,
 ) -> None:
     """Fold every BatchNorm, branch, skip and layer scale; write a fused checkpoint that records its variant."""
-    from ffnet_deploy.zoo import reparameterize_checkpoint
+    from ffnet_deploy.models.zoo import reparameterize_checkpoint
 
     result = reparameterize_checkpoint(checkpoint, output, variant, force=force, trust=trust_checkpoint)
     if as_json:
@@ -154,10 +154,10 @@ def validate(
     """Prove that artifacts compute what the PyTorch checkpoint computes; exit 1 if any check fails."""
     import logging
 
-    from ffnet_deploy.data import make_source
-    from ffnet_deploy.parity import parse_tolerance_overrides
-    from ffnet_deploy.parity import validate as run_validation
-    from ffnet_deploy.report import render, write_json, write_junit
+    from ffnet_deploy.validate.data import make_source
+    from ffnet_deploy.validate.engine import validate as run_validation
+    from ffnet_deploy.validate.report import render, write_json, write_junit
+    from ffnet_deploy.validate.tolerances import parse_tolerance_overrides
 
     logger = logging.getLogger("ffnet_deploy")
     if not logger.handlers:

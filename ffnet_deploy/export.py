@@ -11,11 +11,9 @@ output removes it once that process is gone.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import platform
-import secrets
 import shutil
 import signal
 import sys
@@ -29,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ffnet_deploy.checkpoint import load_ffnet, sha256_file
+from ffnet_deploy.artifact.workdir import check_output, make_workdir, publish, remove_stale_workdirs
 from ffnet_deploy.errors import ConfigError, ExportError, ParityError
 from ffnet_deploy.exporters import get_exporter
 from ffnet_deploy.exporters.base import (
@@ -39,9 +37,11 @@ from ffnet_deploy.exporters.base import (
     normalize_input,
     sample_inputs,
 )
-from ffnet_deploy.model import FFNet, create_ffnet
-from ffnet_deploy.parity import softmax
-from ffnet_deploy.reparam import reparameterize_model
+from ffnet_deploy.hashing import sha256_file, tree_sha256
+from ffnet_deploy.models.checkpoint import load_ffnet
+from ffnet_deploy.models.ffnet import FFNet, create_ffnet
+from ffnet_deploy.models.reparam import reparameterize_model
+from ffnet_deploy.validate.metrics import softmax
 
 MANIFEST_SCHEMA = "ffnet-deploy/manifest/1"
 MANIFEST_NAME = "manifest.json"
@@ -196,88 +196,8 @@ def _load_model(checkpoint, variant, trust, log: Progress, notices: list[str]) -
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Atomic output
+# Interrupts
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def check_output(output: Path, force: bool) -> None:
-    """Refuse an existing output without ``force`` and an output whose folder cannot be written.
-
-    Raises:
-        ExportError: One message for each case, saying what to do.
-    """
-    if (output.exists() or output.is_symlink()) and not force:
-        raise ExportError(f"export | {output} already exists; pass --force to replace it")
-    parent = output.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ExportError(f"export | cannot create the output folder {parent}: {err.strerror}; choose a writable "
-                          "--output") from None
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ExportError(f"export | cannot write to {parent} (permission denied); choose a writable --output")
-
-
-def make_workdir(output: Path) -> Path:
-    """Create the private temporary directory next to ``output`` that becomes it on success."""
-    path = output.parent / f".{output.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        path.mkdir()
-    except OSError as err:
-        raise ExportError(f"export | cannot create {path}: {err.strerror}; choose a writable --output") from None
-    return path
-
-
-def remove_stale_workdirs(output: Path) -> list[Path]:
-    """Delete temporary directories of earlier exports to ``output`` whose process no longer runs.
-
-    Returns:
-        The directories removed.
-    """
-    removed = []
-    for path in output.parent.glob(f".{output.name}.*-*-*"):
-        kind, _, rest = path.name[len(output.name) + 2:].partition("-")
-        pid = rest.split("-", 1)[0]
-        if kind not in ("tmp", "old") or not pid.isdigit() or _alive(int(pid)):
-            continue
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def publish(workdir: Path, output: Path) -> None:
-    """Rename ``workdir`` to ``output``; an existing ``output`` (``--force``) is moved aside first, then deleted.
-
-    Raises:
-        ExportError: If the rename fails (e.g. another process created ``output`` meanwhile).
-    """
-    old = None
-    if output.exists() or output.is_symlink():
-        old = output.parent / f".{output.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-        os.rename(output, old)
-    try:
-        os.rename(workdir, output)
-    except OSError as err:
-        if old is not None:
-            os.rename(old, output)
-        raise ExportError(f"export | cannot move the finished artifact to {output}: {err.strerror}") from None
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
 
 
 class ExportInterrupted(ExportError):
@@ -378,7 +298,7 @@ def build_manifest(config: ExportConfig, model: FFNet, artifact: ExportedArtifac
                    parity: list[ParityCheck], reparameterized: bool, checkpoint, notices: list[str],
                    seconds: float) -> dict:
     """The ``manifest.json`` content (schema ``ffnet-deploy/manifest/1``)."""
-    from ffnet_deploy import __version__
+    from ffnet_deploy._version import __version__
 
     cfg = model.cfg
     lo, opt, hi = config.batch_range()
@@ -424,17 +344,6 @@ def build_manifest(config: ExportConfig, model: FFNet, artifact: ExportedArtifac
     if artifact.block_outputs is not None:
         manifest["block_outputs"] = artifact.block_outputs
     return manifest
-
-
-def tree_sha256(path: Path) -> str:
-    """SHA-256 of a file, or of a directory (``.mlpackage``) as its sorted relative paths and file contents."""
-    if path.is_file():
-        return sha256_file(path)
-    h = hashlib.sha256()
-    for p in sorted(path.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(path)).encode() + b"\0" + bytes.fromhex(sha256_file(p)))
-    return h.hexdigest()
 
 
 def _write_json(path: Path, data: dict) -> None:

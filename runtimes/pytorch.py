@@ -1,7 +1,7 @@
 """The PyTorch eager runner: the reference every other runtime is compared against.
 
 It runs an in-memory ``nn.Module`` (``create_runner("torch", None, model=m)``) or loads an FFNet checkpoint with
-:func:`~ffnet_deploy.checkpoint.load_ffnet` (``create_runner("torch", "ffnet_1.pth.tar")``). The input is
+:func:`~ffnet_deploy.models.checkpoint.load_ffnet` (``create_runner("torch", "ffnet_1.pth.tar")``). The input is
 ``images`` (N, 3, H, W) float32 and the output ``logits``. ``extra_outputs`` names submodules (``"patch_embed"``,
 ``"stages.1.0"``) whose outputs are returned as well, which is what ``validate --localize`` compares block by block.
 """
@@ -26,7 +26,7 @@ class TorchRunner(BaseRunner):
     """Eager PyTorch on CPU (or any torch device).
 
     Args:
-        artifact: A checkpoint file for :func:`~ffnet_deploy.checkpoint.load_ffnet`; ``None`` when ``model`` is given.
+        artifact: A checkpoint file (:func:`~ffnet_deploy.models.checkpoint.load_ffnet`); ``None`` with ``model``.
         model: An ``nn.Module`` to run as is (it is switched to eval mode, not copied).
         variant: Variant name for the checkpoint; detected when omitted.
         trust: Allow arbitrary pickles in the checkpoint (``--trust-checkpoint``).
@@ -61,7 +61,7 @@ class TorchRunner(BaseRunner):
         if self._given_model is not None:
             model = self._given_model
         else:
-            from ffnet_deploy.checkpoint import load_ffnet
+            from ffnet_deploy.models.checkpoint import load_ffnet
 
             model = load_ffnet(self.artifact, self._variant, trust=self._trust)
         self.model = model.eval().to(self._device)

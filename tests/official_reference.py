@@ -1,6 +1,6 @@
 """An independent, functional FFNet forward pass over an *official-layout* state_dict.
 
-It shares no code with ``ffnet_deploy.model``: the structure is read from the state_dict keys alone, following the
+It shares no code with ``ffnet_deploy.models``: the structure is read from the state_dict keys alone, following the
 semantics of the official implementation (ysj9909/FFNet ``models/ffnet.py``), so that a test comparing the two
 catches a wrong module order, a wrong padding, a missed branch or a misread key. Eval mode only.
 

@@ -11,7 +11,7 @@ import torch
 
 from ffnet_deploy.cli import main
 from tests.conftest import official_state_dict, write_checkpoint
-from tests.test_checkpoint import write_malicious
+from tests.models.test_checkpoint import write_malicious
 
 
 def run(capsys, *argv):

@@ -100,8 +100,8 @@ def probe_checkpoint(tmp_path_factory, photo_data) -> Path:
     """
     import torch
 
-    from ffnet_deploy.data import EvalTransform, ImageFolderSource
-    from ffnet_deploy.model import create_ffnet
+    from ffnet_deploy.models.ffnet import create_ffnet
+    from ffnet_deploy.validate.data import EvalTransform, ImageFolderSource
 
     sd = official_state_dict("ffnet_test")
     model = create_ffnet("ffnet_test").eval()

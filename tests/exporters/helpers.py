@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ffnet_deploy.checkpoint import load_ffnet
 from ffnet_deploy.export import ExportResult, export
 from ffnet_deploy.exporters.base import ExportConfig
+from ffnet_deploy.models.checkpoint import load_ffnet
 
 
 def run_export(tmp_path: Path, fmt: str, checkpoint: Path | None, name: str | None = None, **options) -> ExportResult:

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from ffnet_deploy.checkpoint import load_ffnet
 from ffnet_deploy.export import export
 from ffnet_deploy.exporters.base import ExportConfig
+from ffnet_deploy.models.checkpoint import load_ffnet
 from ffnet_deploy.runtimes import create_runner
 from tests.conftest import official_state_dict, write_checkpoint
 from tests.exporters.helpers import max_rel

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from ffnet_deploy.checkpoint import load_ffnet
 from ffnet_deploy.export import export
 from ffnet_deploy.exporters.base import ExportConfig
 from ffnet_deploy.exporters.coreml import fold_input_std, mil_op_counts
-from ffnet_deploy.model import PUBLISHED, create_ffnet
-from ffnet_deploy.reparam import reparameterize_model
+from ffnet_deploy.models.checkpoint import load_ffnet
+from ffnet_deploy.models.ffnet import PUBLISHED, create_ffnet
+from ffnet_deploy.models.reparam import reparameterize_model
 from tests.exporters.helpers import run_export
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from ffnet_deploy.artifact.workdir import remove_stale_workdirs
 from ffnet_deploy.cli import main
 from ffnet_deploy.errors import CheckpointError, ConfigError, ExportError, ParityError
-from ffnet_deploy.export import export, parse_dynamic_batch, remove_stale_workdirs
+from ffnet_deploy.export import export, parse_dynamic_batch
 from ffnet_deploy.exporters import EXPORTER_MODULES, format_names
 from ffnet_deploy.exporters.base import ExportConfig
 from ffnet_deploy.exporters.onnx import OnnxExporter

@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from ffnet_deploy.checkpoint import load_ffnet
+from ffnet_deploy.models.checkpoint import load_ffnet
 from ffnet_deploy.runtimes import create_runner
 from tests.exporters.helpers import manifest, max_rel, run_export, torch_logits
 

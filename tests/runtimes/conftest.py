@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from ffnet_deploy.model import create_ffnet
-from ffnet_deploy.reparam import reparameterize_model
+from ffnet_deploy.models.ffnet import create_ffnet
+from ffnet_deploy.models.reparam import reparameterize_model
 from tests.conftest import randomize_
 
 RES = 64

@@ -21,7 +21,7 @@ def test_in_memory_model_matches_direct_call(fused_model, images):
 
 
 def test_checkpoint_path_loads_with_load_ffnet(test_checkpoint, images):
-    from ffnet_deploy.checkpoint import load_ffnet
+    from ffnet_deploy.models.checkpoint import load_ffnet
 
     expected = torch_logits(load_ffnet(test_checkpoint), images)
     with create_runner("torch", test_checkpoint) as runner:

@@ -6,8 +6,8 @@ its released checkpoints load with ``strict=True``; the code itself is written f
 Variants are data: one :class:`FFNetConfig` per variant in :data:`VARIANTS`, built by :func:`create_ffnet`.
 
 Every block that structural reparameterization can simplify has one method, ``reparameterize()``, which returns its
-fused replacement and leaves ``self`` untouched. :func:`ffnet_deploy.reparam.reparameterize_model` walks a copy of a
-whole model. ``create_ffnet(..., deploy=True)`` builds the fused structure directly, so fused checkpoints load
+fused replacement and leaves ``self`` untouched. :func:`ffnet_deploy.models.reparam.reparameterize_model` walks a copy
+of a whole model. ``create_ffnet(..., deploy=True)`` builds the fused structure directly, so fused checkpoints load
 strictly.
 """
 
@@ -376,7 +376,7 @@ class ResidualBlock(nn.Module):
     @torch.no_grad()
     def reparameterize(self) -> ResidualBlock:
         """Fuse the branch and fold the layer scale into its last conv (``W' = W * g``, ``b' = b * g``)."""
-        from ffnet_deploy.reparam import reparameterize_children
+        from ffnet_deploy.models.reparam import reparameterize_children
 
         main = reparameterize_children(copy.deepcopy(self.main))
         if self.layer_scale is not None:
@@ -504,7 +504,7 @@ class FFNet(nn.Module):
         The BN is per-channel affine and global average pooling is linear, so ``head(pool(bn(x)))`` equals
         ``head'(pool(x))`` with ``W' = W * s`` and ``b' = b + W @ t``.
         """
-        from ffnet_deploy.reparam import reparameterize_children
+        from ffnet_deploy.models.reparam import reparameterize_children
 
         model = copy.deepcopy(self).eval()
         reparameterize_children(model)

@@ -11,22 +11,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ffnet_deploy.checkpoint import load_ffnet
-from ffnet_deploy.data import SyntheticSource
 from ffnet_deploy.errors import ConfigError, ParityError
-from ffnet_deploy.parity import (
+from ffnet_deploy.models.checkpoint import load_ffnet
+from ffnet_deploy.validate.data import SyntheticSource
+from ffnet_deploy.validate.engine import ArtifactResult, ValidationReport, resolve_artifact, validate
+from ffnet_deploy.validate.metrics import MetricAccumulator, compare_outputs
+from ffnet_deploy.validate.tolerances import (
     FP16,
     FP32,
     INT8,
-    ArtifactResult,
-    MetricAccumulator,
-    ValidationReport,
-    compare_outputs,
     evaluate_checks,
     parse_tolerance_overrides,
-    resolve_artifact,
     resolve_profile,
-    validate,
 )
 
 # Bare model files are made with torch.onnx's TorchScript exporter, which warns that it is deprecated.

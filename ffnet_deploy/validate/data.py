@@ -68,7 +68,7 @@ class EvalTransform:
 
     @classmethod
     def for_config(cls, cfg, resolution: int | None = None) -> EvalTransform:
-        """The transform of an :class:`~ffnet_deploy.model.FFNetConfig` (crop_pct 0.9 for ffnet_1/2, 0.95 for 3/4).
+        """The transform of an :class:`~ffnet_deploy.models.ffnet.FFNetConfig` (crop_pct 0.9 for ffnet_1/2, 0.95 3/4).
 
         Args:
             cfg: The variant's config.

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ffnet_deploy.model import ConvBN, RepDWConv, count_params
+from ffnet_deploy.models.ffnet import ConvBN, RepDWConv, count_params
 
 
 def is_reparameterizable(module: nn.Module) -> bool:
@@ -67,7 +67,7 @@ def reparameterize_model(model: nn.Module) -> nn.Module:
 
 def _is_fused_block(m: nn.Module) -> bool:
     """Blocks that keep a ``reparameterize`` method after fusion but have nothing left to fold."""
-    from ffnet_deploy.model import FFNet, ResidualBlock
+    from ffnet_deploy.models.ffnet import FFNet, ResidualBlock
 
     if isinstance(m, ResidualBlock):
         return m.layer_scale is None

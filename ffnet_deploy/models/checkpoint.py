@@ -12,7 +12,6 @@ The variant is detected from the tensor shapes, so naming it is optional.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from torch import nn
 
 from ffnet_deploy.atomic import atomic_path
 from ffnet_deploy.errors import CheckpointError
-from ffnet_deploy.model import VARIANTS, FFNet, create_ffnet, get_config
+from ffnet_deploy.models.ffnet import VARIANTS, FFNet, create_ffnet, get_config
 
 # Globals a checkpoint may reference beyond torch's own weights-only set. timm-style training scripts store their
 # argparse Namespace under "args"; numpy scalars appear in saved metrics.
@@ -45,15 +44,6 @@ CONTAINER_KEYS = ("state_dict", "model", "state_dict_ema")
 
 FORMAT_KEY = "ffnet_deploy"
 """Key of the metadata block that checkpoints written by this tool carry."""
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 _HARMLESS_MODULES = ("torch", "collections", "argparse", "numpy", "_codecs", "builtins", "copyreg")
@@ -321,7 +311,7 @@ def load_ffnet(path: str | Path, variant: str | None = None, *, trust: bool = Fa
         variant: Variant name; detected from the tensor shapes when omitted.
         trust: Allow arbitrary pickles (``--trust-checkpoint``).
         prefer_ema: Load ``state_dict_ema`` when the checkpoint has both it and ``state_dict``.
-        **overrides: :class:`~ffnet_deploy.model.FFNetConfig` fields to override (e.g. ``resolution=384``).
+        **overrides: :class:`~ffnet_deploy.models.ffnet.FFNetConfig` fields to override (e.g. ``resolution=384``).
 
     Raises:
         CheckpointError: Unreadable, unsafe, or not matching the variant.
@@ -339,7 +329,7 @@ def save_checkpoint(model: FFNet, path: str | Path, *, source: str | None = None
     The metadata records the variant, whether the weights are fused, and the source checkpoint's hash, so that
     :func:`load_ffnet` rebuilds the right structure.
     """
-    from ffnet_deploy import __version__
+    from ffnet_deploy._version import __version__
 
     path = Path(path)
     meta = {"variant": model.cfg.name, "fused": bool(getattr(model, "deploy", False)),

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 
-from ffnet_deploy.checkpoint import inspect_checkpoint, load_ffnet, save_checkpoint, sha256_file
 from ffnet_deploy.errors import CheckpointError
-from ffnet_deploy.model import VARIANTS, count_macs, count_params, create_ffnet
-from ffnet_deploy.reparam import reparam_report, reparameterize_model
+from ffnet_deploy.hashing import sha256_file
+from ffnet_deploy.models.checkpoint import inspect_checkpoint, load_ffnet, save_checkpoint
+from ffnet_deploy.models.ffnet import VARIANTS, count_macs, count_params, create_ffnet
+from ffnet_deploy.models.reparam import reparam_report, reparameterize_model
 
 
 def describe_variants(include_test: bool = False) -> list[dict]:

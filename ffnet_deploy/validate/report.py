@@ -1,4 +1,4 @@
-"""Rendering a :class:`~ffnet_deploy.parity.ValidationReport`: JSON, JUnit XML and a rich table.
+"""Rendering a :class:`~ffnet_deploy.validate.engine.ValidationReport`: JSON, JUnit XML and a rich table.
 
 JSON report (schema ``ffnet-deploy/validate-report/1``)::
 
@@ -36,7 +36,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from ffnet_deploy.atomic import write_text
-from ffnet_deploy.parity import FORMAT_BY_SUFFIX, METRIC_NAMES, ValidationReport, format_value, jsonable
+from ffnet_deploy.validate.engine import FORMAT_BY_SUFFIX, ValidationReport, jsonable
+from ffnet_deploy.validate.metrics import format_value
+from ffnet_deploy.validate.tolerances import METRIC_NAMES
 
 SCHEMA = "ffnet-deploy/validate-report/1"
 """Identifier and version of the JSON report layout."""
@@ -237,7 +239,7 @@ def render_localization(name: str, loc, console, limit: int = 40) -> None:
     """Print one artifact's per-block / per-op SQNR table."""
     from rich.table import Table
 
-    from ffnet_deploy.localize import format_layers
+    from ffnet_deploy.validate.localize import format_layers
 
     first = loc.first_below
     table = Table(title=f"localize {name}: {loc.summary}", caption=loc.note)

@@ -7,7 +7,7 @@ import torch
 
 from ffnet_deploy import VARIANTS, create_ffnet, get_config
 from ffnet_deploy.errors import ConfigError
-from ffnet_deploy.model import PUBLISHED, count_macs, count_params
+from ffnet_deploy.models.ffnet import PUBLISHED, count_macs, count_params
 from tests.conftest import randomize_, reference_keys
 from tests.official_reference import official_forward
 

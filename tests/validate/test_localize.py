@@ -9,10 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
-from ffnet_deploy.checkpoint import load_ffnet
-from ffnet_deploy.data import EvalTransform, SyntheticSource
 from ffnet_deploy.errors import RuntimeBackendError
-from ffnet_deploy.localize import (
+from ffnet_deploy.models.checkpoint import load_ffnet
+from ffnet_deploy.validate.data import EvalTransform, SyntheticSource
+from ffnet_deploy.validate.engine import resolve_artifact
+from ffnet_deploy.validate.localize import (
     LayerSQNR,
     Localization,
     block_names,
@@ -21,7 +22,6 @@ from ffnet_deploy.localize import (
     sqnr_db,
     torch_block_outputs,
 )
-from ffnet_deploy.parity import resolve_artifact
 from tests.test_validate_cli import break_onnx_block, exported_artifact
 
 

@@ -11,16 +11,11 @@ from rich.console import Console
 
 from ffnet_deploy.environment import environment_info
 from ffnet_deploy.errors import ConfigError
-from ffnet_deploy.localize import LayerSQNR, Localization
-from ffnet_deploy.parity import (
-    FP16,
-    FP32,
-    ArtifactResult,
-    ValidationReport,
-    compare_outputs,
-    evaluate_checks,
-)
-from ffnet_deploy.report import SCHEMA, junit_tree, render, report_to_dict, short_name, write_json, write_junit
+from ffnet_deploy.validate.engine import ArtifactResult, ValidationReport
+from ffnet_deploy.validate.localize import LayerSQNR, Localization
+from ffnet_deploy.validate.metrics import compare_outputs
+from ffnet_deploy.validate.report import SCHEMA, junit_tree, render, report_to_dict, short_name, write_json, write_junit
+from ffnet_deploy.validate.tolerances import FP16, FP32, evaluate_checks
 from tests.test_validate_cli import assert_valid_junit
 
 

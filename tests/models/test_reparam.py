@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from ffnet_deploy import create_ffnet, reparameterize_model
-from ffnet_deploy.model import (
+from ffnet_deploy.models.ffnet import (
     PUBLISHED,
     BNConv,
     ChannelMixer,
@@ -22,7 +22,7 @@ from ffnet_deploy.model import (
     TokenMixer,
     get_config,
 )
-from ffnet_deploy.reparam import graph_stats, reparam_report
+from ffnet_deploy.models.reparam import graph_stats, reparam_report
 from tests.conftest import randomize_
 
 RTOL = 1e-5

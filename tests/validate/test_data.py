@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ffnet_deploy.data import (
+from ffnet_deploy.errors import ConfigError
+from ffnet_deploy.models.ffnet import get_config
+from ffnet_deploy.validate.data import (
     EvalTransform,
     ImageDirSource,
     ImageFolderSource,
@@ -21,8 +23,6 @@ from ffnet_deploy.data import (
     make_source,
     read_labels_file,
 )
-from ffnet_deploy.errors import ConfigError
-from ffnet_deploy.model import get_config
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -120,7 +120,7 @@ def test_imagefolder_streams_batches_with_labels_and_skips(tmp_path, photos, cap
     src = ImageFolderSource(tmp_path)
     assert src.class_to_idx == {"cat": 0, "dog": 1}
     t = eval_transform(32, 0.9, MEAN, STD)
-    with caplog.at_level(logging.WARNING, logger="ffnet_deploy.data"):
+    with caplog.at_level(logging.WARNING, logger="ffnet_deploy.validate.data"):
         batches = list(src.batches(t, batch_size=4))
     assert [len(b.names) for b in batches] == [4, 2]
     images = np.concatenate([b.images for b in batches])
