@@ -3,6 +3,11 @@
 Timing on a shared CPU is noisy, so benchmarks report *ratios measured in one run*: the contenders are timed in
 interleaved rounds (A, B, A, B, ...) so that a slow phase of the machine hits both alike, and the medians are
 compared.
+
+Where results go: every benchmark takes ``--out DIR`` and writes ``DIR/<name>.{md,json}``. The default is
+``./benchmarks/results``, relative to the directory the command runs in (in a checkout of this repository, that is
+the committed ``benchmarks/results`` folder). Nothing is ever written into the installed package; ``--no-write``
+prints the Markdown only.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from pathlib import Path
 from ffnet_deploy.atomic import write_text
 from ffnet_deploy.environment import environment_info
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = Path("benchmarks") / "results"
+"""Default ``--out``: relative, so it resolves against the current directory when results are written."""
 
 
 def interleaved_timing(contenders: dict[str, Callable[[], object]], *, warmup: int = 5, rounds: int = 30,
@@ -61,31 +67,53 @@ def command_line() -> str:
 
 
 def standard_parser(description: str, rounds: int) -> argparse.ArgumentParser:
-    """The options every latency benchmark takes: variant, resolution, batch, threads, rounds, --no-write."""
+    """The options every latency benchmark takes: variant, resolution, batch, threads, rounds, --out, --no-write."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--variant", default="ffnet_1")
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=rounds)
-    p.add_argument("--no-write", action="store_true", help="print only; do not overwrite benchmarks/results")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR, metavar="DIR",
+                   help=f"folder for <name>.md and <name>.json (default: ./{RESULTS_DIR.as_posix()})")
+    p.add_argument("--no-write", action="store_true", help="print only; write no result files")
     return p
 
 
 def run_standard(stem: str, description: str, run: Callable[..., dict], to_markdown: Callable[[dict], str],
                  argv: list[str] | None, rounds: int) -> dict:
-    """Parse the standard options, run, print the Markdown, and write ``<stem>.{md,json}`` unless --no-write."""
+    """Parse the standard options, run, print the Markdown, and write ``--out/<stem>.{md,json}`` unless --no-write.
+
+    Args:
+        stem: File name of the results, without suffix.
+        description: ``--help`` text.
+        run: Called as ``run(variant, resolution, batch, threads, rounds)``; returns JSON-ready results.
+        to_markdown: Renders the results.
+        argv: Command-line arguments; ``None`` reads ``sys.argv``.
+        rounds: Default ``--rounds``.
+    """
     args = standard_parser(description, rounds).parse_args(argv)
     result = run(args.variant, args.resolution, args.batch, args.threads, args.rounds)
     md = to_markdown(result)
     print(md)
     if not args.no_write:
-        write_results(stem, md, result)
+        write_results(stem, md, result, results_dir=args.out)
     return result
 
 
-def write_results(stem: str, markdown: str, data: dict, results_dir: Path = RESULTS_DIR) -> tuple[Path, Path]:
-    """Write ``<stem>.md`` and ``<stem>.json`` atomically, both stamped with the command and the environment."""
+def write_results(stem: str, markdown: str, data: dict, results_dir: str | Path = RESULTS_DIR) -> tuple[Path, Path]:
+    """Write ``<stem>.md`` and ``<stem>.json`` atomically, both stamped with the command and the environment.
+
+    Args:
+        stem: File name without suffix.
+        markdown: The rendered results.
+        data: The JSON-ready results.
+        results_dir: Target folder, created if missing; a relative path resolves against the current directory.
+
+    Returns:
+        The paths of the Markdown and JSON files.
+    """
+    results_dir = Path(results_dir)
     env = environment_info()
     cmd = command_line()
     payload = {"command": cmd, "environment": env, **data}

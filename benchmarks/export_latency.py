@@ -1,7 +1,8 @@
 """CPU latency of the reparameterized export against a plain ``torch.onnx.export`` of the unfused model.
 
-Run: ``python -m ffnet_deploy.benchmarks.export_latency [--variant ffnet_1] [--resolution 256] [--threads 2]``.
-Results land in ``benchmarks/results/export_latency.{md,json}``.
+Run: ``python -m ffnet_deploy.benchmarks.export_latency [--variant ffnet_1] [--resolution 256] [--threads 2]
+[--out DIR]``. Results land in ``DIR/export_latency.{md,json}`` (default ``./benchmarks/results``, relative to the
+current directory; see :mod:`ffnet_deploy.benchmarks.common`).
 
 Contenders, each on ONNX Runtime and on OpenVINO (FP32 inference, CPU, ``--threads`` threads):
 
@@ -11,12 +12,15 @@ Contenders, each on ONNX Runtime and on OpenVINO (FP32 inference, CPU, ``--threa
 * ``ffnet-deploy``: ``ffnet-deploy export`` (reparameterized, onnxsim-simplified ONNX; the OpenVINO IR is converted
   from it).
 
-ONNX Runtime sessions are created with thread spinning off (see :class:`_OrtNoSpin`); OpenVINO runs through its
-runner with ``num_threads`` and FP32 inference precision.
+All four run through the project's runners (``create_runner`` with ``threads``). ONNX Runtime's intra-op threads
+spin-wait after each run by default; in an interleaved benchmark they would steal the cores from whichever contender
+runs next (measured here: the second ORT contender looked 1.5x slower than the same graph run first), so the ORT
+runners get :func:`no_spinning` as their ``session_options`` hook. OpenVINO runs with FP32 inference precision.
 
 All four are timed in interleaved rounds within one run, and each runtime's ratio plain / ffnet-deploy of median
-latencies is reported. Weights are random (latency does not depend on them); outputs of the two graphs are checked
-to agree before timing.
+latencies is reported. Weights are random (latency does not depend on them); before timing, each contender's logits
+are compared with the plain graph on ONNX Runtime by :func:`ffnet_deploy.validate.metrics.compare_outputs`, the same
+metrics ``ffnet-deploy validate`` reports.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +38,10 @@ from ffnet_deploy.export import export
 from ffnet_deploy.exporters.base import ExportConfig
 from ffnet_deploy.models.ffnet import create_ffnet
 from ffnet_deploy.runtimes import create_runner
+from ffnet_deploy.validate.metrics import compare_outputs
+
+PARITY_METRICS = ("max_abs_error", "max_rel_error", "cosine_mean", "top1_agreement")
+"""The :class:`~ffnet_deploy.validate.metrics.OutputMetrics` fields the report keeps per contender."""
 
 
 def plain_onnx_export(model: torch.nn.Module, resolution: int, batch: int, path: Path) -> None:
@@ -43,30 +52,9 @@ def plain_onnx_export(model: torch.nn.Module, resolution: int, batch: int, path:
                           opset_version=17, input_names=["images"], output_names=["logits"])
 
 
-class _OrtNoSpin:
-    """An ONNX Runtime session whose worker threads sleep between runs.
-
-    ONNX Runtime's intra-op threads spin-wait after each run by default; in an interleaved benchmark they would
-    steal the cores from whichever contender runs next (measured here: the second ORT contender looked 1.5x slower
-    than the same graph run first). The runners do not expose that switch, so the two ORT contenders use this.
-    """
-
-    def __init__(self, path: Path, threads: int) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def activate(self) -> None:
-        """Nothing to do: the session loads in the constructor."""
-
-    def deactivate(self) -> None:
-        self.session = None
-
-    def infer(self, feed: dict) -> dict:
-        return dict(zip(["logits"], self.session.run(["logits"], feed), strict=True))
+def no_spinning(options: Any) -> None:
+    """``session_options`` hook for ONNX Runtime: worker threads sleep between runs instead of spin-waiting."""
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
 
 def run(variant: str = "ffnet_1", resolution: int = 256, batch: int = 1, threads: int = 2, rounds: int = 30,
@@ -85,40 +73,44 @@ def run(variant: str = "ffnet_1", resolution: int = 256, batch: int = 1, threads
         torch.save({"state_dict": model.state_dict()}, weights)
         artifacts = {}
         for fmt in ("onnx", "openvino"):
-            result = export(ExportConfig(fmt, tmp / fmt, resolution=resolution, batch=batch), weights)
-            artifacts[fmt] = result.output / result.manifest["artifact"]["path"]
+            # The runners take the artifact directory and read its manifest themselves.
+            artifacts[fmt] = export(ExportConfig(fmt, tmp / fmt, resolution=resolution, batch=batch), weights).output
 
         x = np.random.default_rng(seed).standard_normal((batch, 3, resolution, resolution), dtype=np.float32)
         runners = {
-            "onnxruntime/plain": _OrtNoSpin(plain, threads),
-            "onnxruntime/ffnet-deploy": _OrtNoSpin(artifacts["onnx"], threads),
-            "openvino/plain": create_runner("openvino", tmp / "plain.xml", num_threads=threads,
-                                            inference_precision="f32"),
-            "openvino/ffnet-deploy": create_runner("openvino", artifacts["openvino"], num_threads=threads,
+            "onnxruntime/plain": create_runner("onnxruntime", plain, threads=threads, session_options=no_spinning),
+            "onnxruntime/ffnet-deploy": create_runner("onnxruntime", artifacts["onnx"], threads=threads,
+                                                      session_options=no_spinning),
+            "openvino/plain": create_runner("openvino", tmp / "plain.xml", threads=threads, inference_precision="f32"),
+            "openvino/ffnet-deploy": create_runner("openvino", artifacts["openvino"], threads=threads,
                                                    inference_precision="f32"),
         }
-        for r in runners.values():
-            r.activate()
+        onnx_files = {"plain": plain, "ffnet-deploy": runners["onnxruntime/ffnet-deploy"].manifest.model_path}
         try:
+            for r in runners.values():
+                r.activate()
             outputs = {name: r.infer({"images": x})["logits"] for name, r in runners.items()}
-            ref = outputs["onnxruntime/plain"].astype(np.float64)
-            agreement = {name: float(np.max(np.abs(o - ref)) / np.max(np.abs(ref))) for name, o in outputs.items()}
+            ref = outputs["onnxruntime/plain"]
+            parity = {}
+            for name, out in outputs.items():
+                metrics = compare_outputs(ref.reshape(batch, -1), out.reshape(batch, -1))
+                parity[name] = {k: getattr(metrics, k) for k in PARITY_METRICS}
             timings = interleaved_timing({name: (lambda r=r: r.infer({"images": x})) for name, r in runners.items()},
                                          warmup=warmup, rounds=rounds)
         finally:
             for r in runners.values():
-                r.deactivate()
-        node_counts = {}
+                if r.is_active:
+                    r.deactivate()
         import onnx
 
-        for name, path in (("plain", plain), ("ffnet-deploy", artifacts["onnx"])):
-            node_counts[name] = len(onnx.load(str(path), load_external_data=False).graph.node)
+        node_counts = {name: len(onnx.load(str(path), load_external_data=False).graph.node)
+                       for name, path in onnx_files.items()}
     ratios = {rt: timings[f"{rt}/plain"]["median_ms"] / timings[f"{rt}/ffnet-deploy"]["median_ms"]
               for rt in ("onnxruntime", "openvino")}
     return {
         "variant": variant, "resolution": resolution, "batch": batch, "threads": threads, "rounds": rounds,
         "precision": "fp32", "timings": timings, "ratio_plain_over_export": ratios,
-        "max_rel_difference_vs_plain_onnxruntime": agreement, "onnx_nodes": node_counts,
+        "parity_vs_plain_onnxruntime": parity, "onnx_nodes": node_counts,
     }
 
 
@@ -137,9 +129,14 @@ def to_markdown(r: dict) -> str:
         f"**Ratio plain / ffnet-deploy (median latency): ONNX Runtime {ratios['onnxruntime']:.2f}x, "
         f"OpenVINO {ratios['openvino']:.2f}x**, from one run of {r['rounds']} interleaved rounds.",
         "",
-        f"ONNX nodes: plain {r['onnx_nodes']['plain']}, ffnet-deploy {r['onnx_nodes']['ffnet-deploy']}. "
-        "Max relative output difference against the plain graph on ONNX Runtime: "
-        + ", ".join(f"{k} {v:.1e}" for k, v in r["max_rel_difference_vs_plain_onnxruntime"].items()) + ".",
+        f"ONNX nodes: plain {r['onnx_nodes']['plain']}, ffnet-deploy {r['onnx_nodes']['ffnet-deploy']}.",
+        "",
+        "Logits against the plain graph on ONNX Runtime (`compare_outputs`, the metrics of `ffnet-deploy validate`):",
+        "",
+        "| runtime / graph | max abs error | max rel error | cosine (mean) | top-1 agreement |",
+        "|---|---:|---:|---:|---:|",
+        *(f"| {name} | {m['max_abs_error']:.1e} | {m['max_rel_error']:.1e} | {m['cosine_mean']:.6f} "
+          f"| {m['top1_agreement']:.2f} |" for name, m in r["parity_vs_plain_onnxruntime"].items()),
     ])
 
 

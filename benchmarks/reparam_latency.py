@@ -1,7 +1,8 @@
 """Torch eager latency of a fused (reparameterized) FFNet against the unfused one, as a ratio from one run.
 
-Run: ``python -m ffnet_deploy.benchmarks.reparam_latency [--variant ffnet_1] [--resolution 256] [--threads 2]``.
-Results land in ``benchmarks/results/reparam_latency.{md,json}``. The official fuse gives 1.12x on ffnet_1 (FFNet
+Run: ``python -m ffnet_deploy.benchmarks.reparam_latency [--variant ffnet_1] [--resolution 256] [--threads 2]
+[--out DIR]``. Results land in ``DIR/reparam_latency.{md,json}`` (default ``./benchmarks/results``, relative to the
+current directory; see :mod:`ffnet_deploy.benchmarks.common`). The official fuse gives 1.12x on ffnet_1 (FFNet
 authors' number, quoted by the project's issue), which this compares against.
 """
 
@@ -18,14 +19,18 @@ def run(variant: str = "ffnet_1", resolution: int = 256, batch: int = 1, threads
         warmup: int = 5, seed: int = 0) -> dict:
     """Time unfused vs fused eager inference; return JSON-ready results including the speed-up ratio."""
     torch.manual_seed(seed)
-    torch.set_num_threads(threads)
     model = create_ffnet(variant).eval()
     fused = reparameterize_model(model)
     x = torch.randn(batch, 3, resolution, resolution)
-    with torch.inference_mode():
-        err = ((fused(x) - model(x)).abs().max() / model(x).abs().max()).item()
-        timings = interleaved_timing({"unfused": lambda: model(x), "fused": lambda: fused(x)}, warmup=warmup,
-                                     rounds=rounds)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)  # process-wide in torch: restored below so a caller's setting survives
+    try:
+        with torch.inference_mode():
+            err = ((fused(x) - model(x)).abs().max() / model(x).abs().max()).item()
+            timings = interleaved_timing({"unfused": lambda: model(x), "fused": lambda: fused(x)}, warmup=warmup,
+                                         rounds=rounds)
+    finally:
+        torch.set_num_threads(previous)
     report = reparam_report(model, fused).to_dict()
     return {
         "variant": variant, "resolution": resolution, "batch": batch, "threads": threads, "rounds": rounds,

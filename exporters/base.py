@@ -4,6 +4,16 @@ An exporter turns an (already reparameterized) FFNet into one deployable artifac
 nothing about checkpoints, temporary directories, manifests or parity: :func:`ffnet_deploy.export.export` does those
 once for every format. Adding a format means one module that subclasses :class:`Exporter`, decorates it with
 ``@register_exporter("name")``, is listed in :data:`ffnet_deploy.exporters.EXPORTER_MODULES`, and has its test.
+
+Settings come in two parts. :class:`ExportConfig` holds what every format understands (output, resolution, batch,
+precision, preprocessing, parity). Whatever only one format understands lives in that format's own frozen options
+dataclass, a :class:`FormatOptions` subclass declared next to its exporter (``OnnxOptions``, ``CoreMLOptions``, ...)
+and named by the exporter's ``options_class``; it travels in ``ExportConfig.options``::
+
+    ExportConfig("coreml", Path("out"), options=CoreMLOptions(class_labels="imagenet"))
+
+The exporter, not generic code, resolves and validates its options (:meth:`Exporter.resolve_options`), so options
+of another format are refused instead of silently ignored.
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,11 +32,6 @@ from torch import nn
 from ffnet_deploy.artifact.manifest import TensorSpec
 from ffnet_deploy.errors import ConfigError, require
 from ffnet_deploy.registry import Registry
-
-OPSET_RANGE = (13, 21)
-"""ONNX opsets an export may target (inclusive)."""
-
-DEFAULT_OPSET = 17
 
 INPUT_RANGES = ("normalized", "0-1", "0-255")
 """What the artifact's input holds: ImageNet-normalized floats (nothing baked in), 0-1 floats, or uint8 pixels."""
@@ -43,12 +48,64 @@ Log = Callable[[str], None]
 """Progress callback: receives one short human-readable line per step."""
 
 
+def option(default: Any, flag: str) -> Any:
+    """A :class:`FormatOptions` field with its CLI flag, so that messages about the field name the flag."""
+    return field(default=default, metadata={"flag": flag})
+
+
+@dataclass(frozen=True)
+class FormatOptions:
+    """Base class of the per-format options: a frozen dataclass declared next to its exporter.
+
+    Every field has a default (``OnnxOptions()`` is a complete ONNX configuration) and is declared with
+    :func:`option`, which records the CLI flag that sets it. Subclasses set ``format_name`` to the format they
+    configure and override :meth:`validate`. An exporter that consumes another stage's options (OpenVINO and
+    TensorRT start from the ONNX stage) subclasses that stage's options, so its users set them in one flat object.
+    """
+
+    format_name: ClassVar[str] = "base"  # the export format these options configure
+
+    def validate(self) -> None:
+        """Check the values on their own (cross-checks with :class:`ExportConfig` are the exporter's).
+
+        Raises:
+            ConfigError: One line naming the flag, what it needs and what it got.
+        """
+
+    @classmethod
+    def flag(cls, name: str) -> str:
+        """The CLI flag of field ``name`` (``--opset``), or the field name for a field without one."""
+        for f in fields(cls):
+            if f.name == name:
+                return f.metadata.get("flag", name)
+        return name
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (paths as strings)."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+
+    def error(self, message: str) -> ConfigError:
+        """A :class:`ConfigError` prefixed with this format's component name."""
+        return ConfigError(f"{self.format_name} export | {message}")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
 @dataclass(frozen=True)
 class ExportConfig:
-    """Settings of one export. Validation happens in :meth:`validate` and the chosen exporter's checks.
+    """Settings of one export that every format shares, plus the format's own ``options``.
 
     Every field has a default except ``format`` and ``output``, so a Python user writes
-    ``ExportConfig("onnx", Path("out/ffnet_1-onnx"))`` and overrides what they need.
+    ``ExportConfig("onnx", Path("out/ffnet_1-onnx"))`` and overrides what they need; format-specific settings go in
+    ``options``, e.g. ``ExportConfig("tensorrt", out, options=TensorRTOptions(workspace_mb=1024))``. Validation
+    happens in :meth:`validate` (shared fields) and in the chosen exporter (:meth:`Exporter.validate`), which also
+    resolves and checks ``options``.
     """
 
     format: str  # registered exporter name: "onnx", "openvino", "coreml", "tensorrt"
@@ -57,16 +114,10 @@ class ExportConfig:
     batch: int = 1  # fixed batch size (ignored when dynamic_batch is set)
     dynamic_batch: tuple[int, int, int] | None = None  # (min, opt, max) batch for a dynamic batch axis, or None
     precision: str | None = None  # "fp32" | "fp16" | ("int8" later); None = the exporter's default_precision
-    opset: int = DEFAULT_OPSET  # ONNX opset for onnx/openvino/tensorrt, within OPSET_RANGE
     reparameterize: bool = True  # fuse BN, branches and layer scales before export (--no-reparam turns it off)
     include_preprocessing: bool = False  # bake ImageNet mean/std normalization into the ONNX graph
     input_range: str = "0-255"  # with include_preprocessing: "0-255" (uint8 input) or "0-1" (float input)
-    simplify: bool = True  # run onnxsim on ONNX graphs (a failure keeps the unsimplified graph)
-    coreml_input: str = "image"  # Core ML input: "image" (ImageType, the app passes RGB pixels) or "tensor"
-    labels: str | None = None  # Core ML classifier labels: None (no classifier), "imagenet", or a labels file path
-    trt_workspace_mb: int = 4096  # TensorRT builder workspace pool limit, MiB
-    trt_dla_core: int | None = None  # Jetson DLA core (with GPU fallback), or None for GPU only
-    trt_timing_cache: Path | None = None  # persistent TensorRT timing cache file (read and updated), or None
+    options: FormatOptions | None = None  # the format's own options (its exporter's options_class); None = defaults
     check_parity: bool = True  # run the export-time parity gate (ONNX Runtime / OpenVINO on CPU)
     parity_samples: int = 2  # random inputs the parity gate compares
     force: bool = False  # replace an existing artifact directory
@@ -90,8 +141,10 @@ class ExportConfig:
     def validate(self) -> None:
         """Check the format-independent options.
 
+        The format's ``options`` are checked by its exporter (:meth:`Exporter.resolve_options`).
+
         Raises:
-            ConfigError: With one message per problem kind (resolution, batch, opset, input range, ...).
+            ConfigError: With one message per problem kind (resolution, batch, input range, ...).
         """
         if self.resolution is not None and (self.resolution < 32 or self.resolution % 32):
             raise ConfigError(
@@ -106,36 +159,26 @@ class ExportConfig:
             lo, opt, hi = self.dynamic_batch
             if not 1 <= lo <= opt <= hi:
                 raise ConfigError(f"export | --dynamic-batch needs 1 <= MIN <= OPT <= MAX, got {lo}:{opt}:{hi}")
-        if not OPSET_RANGE[0] <= self.opset <= OPSET_RANGE[1]:
-            raise ConfigError(f"export | --opset must be within {OPSET_RANGE[0]}..{OPSET_RANGE[1]}, got {self.opset}")
         if self.input_range not in INPUT_RANGES[1:]:
             raise ConfigError(
                 f"export | --input-range must be '0-255' (uint8) or '0-1' (float), got {self.input_range!r}"
             )
-        if self.coreml_input not in ("image", "tensor"):
-            raise ConfigError(f"export | --coreml-input must be 'image' or 'tensor', got {self.coreml_input!r}")
-        if self.trt_workspace_mb < 1:
-            raise ConfigError(f"export | --trt-workspace must be a positive number of MiB, got {self.trt_workspace_mb}")
-        if self.trt_dla_core is not None and self.trt_dla_core < 0:
-            raise ConfigError(f"export | --dla-core must be >= 0, got {self.trt_dla_core}")
+        if self.options is not None and not isinstance(self.options, FormatOptions):
+            raise ConfigError(f"export | options must be a format's options object such as OnnxOptions, got "
+                              f"{type(self.options).__name__}")
         if self.parity_samples < 1:
             raise ConfigError(f"export | parity_samples must be at least 1, got {self.parity_samples}")
 
     def to_dict(self) -> dict:
-        """JSON-ready form (paths as strings)."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        """JSON-ready form (paths as strings); ``options`` is the format options' own dict, or ``None``.
 
-
-@dataclass(frozen=True)
-class ParityTarget:
-    """A file the export-time parity gate runs on CPU, and how strictly it is compared with PyTorch."""
-
-    runtime: str  # runner name for ffnet_deploy.runtimes.create_runner, e.g. "onnxruntime"
-    path: str  # file name relative to the artifact directory
-    rtol: float  # allowed max |artifact - torch| / max |torch|
-    options: dict = field(default_factory=dict)  # runner keyword options
-    output: str | None = None  # output to compare; None: the artifact's first output
-    probabilities: bool = False  # the output holds class probabilities: compare with softmax(torch logits)
+        The export orchestrator resolves ``options`` (the format defaults when ``None``) before it writes this into
+        the manifest, so a manifest always records every option the export ran with.
+        """
+        # Not dataclasses.asdict: it would turn options into a plain dict without FormatOptions.to_dict's care.
+        out = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if f.name != "options"}
+        out["options"] = None if self.options is None else self.options.to_dict()
+        return out
 
 
 @dataclass
@@ -147,7 +190,6 @@ class ExportedArtifact:
     outputs: list[TensorSpec]  # artifact outputs
     backend_versions: dict[str, str]  # backend package -> version, merged into manifest "versions"
     block_outputs: dict[str, str] | None = None  # "stages.S.B"/"patch_embed" -> graph tensor name (graph formats)
-    parity_targets: list[ParityTarget] = field(default_factory=list)  # what the parity gate runs
     details: dict[str, Any] = field(default_factory=dict)  # format-specific facts for the manifest (gelu, ...)
     notices: list[str] = field(default_factory=list)  # things the user must be told (e.g. engine not built)
     input_range: str | None = None  # what the artifact's input takes, when the format decides it (Core ML image)
@@ -163,10 +205,13 @@ class Exporter(ABC):
 
     Subclasses set the class attributes and implement :meth:`export`. Precision handling is per exporter:
     ``supported_precisions`` lists what a format can produce, so a later ``"int8"`` is one more entry plus the code
-    that handles it, not a change here.
+    that handles it, not a change here. Options are per exporter too: ``options_class`` names the format's
+    :class:`FormatOptions` subclass, and :meth:`resolve_options` turns ``ExportConfig.options`` into a validated
+    instance of it.
     """
 
     format_name: ClassVar[str] = "base"  # set by @register_exporter
+    options_class: ClassVar[type[FormatOptions]] = FormatOptions  # this format's own options dataclass
     supported_precisions: ClassVar[tuple[str, ...]] = ("fp32",)  # precisions this format can produce
     default_precision: ClassVar[str] = "fp32"  # used when ExportConfig.precision is None
     requires: ClassVar[tuple[tuple[str, str], ...]] = ()  # (module, pip extra) the export needs
@@ -195,23 +240,46 @@ class Exporter(ABC):
             )
         return precision
 
+    def resolve_options(self, config: ExportConfig) -> FormatOptions:
+        """``config.options`` checked and validated, or this format's default options when it is ``None``.
+
+        Raises:
+            ConfigError: If the options are another format's (or not options at all), or fail their validation.
+        """
+        options = config.options if config.options is not None else self.options_class()
+        # An exact type match: OpenVINOOptions subclasses OnnxOptions, and neither belongs to the other format.
+        if type(options) is not self.options_class:
+            owner = getattr(type(options), "format_name", None)
+            whose = f" ({owner} export options)" if owner and owner != self.format_name else ""
+            raise ConfigError(
+                f"{self.format_name} export | options are {type(options).__name__}{whose}; --format "
+                f"{self.format_name} takes {self.options_class.__name__}, or None for its defaults"
+            )
+        options.validate()
+        return options
+
     def validate(self, config: ExportConfig) -> None:
-        """Format-specific option checks; the default checks the precision. Overrides call ``super()``.
+        """Format-specific checks: precision and options; overrides add cross-checks and call ``super()``.
 
         Raises:
             ConfigError: For an option this format cannot honour.
         """
         self.resolve_precision(config)
+        self.resolve_options(config)
 
     @abstractmethod
-    def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log) -> ExportedArtifact:
+    def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log, *,
+               source_sha256: str | None = None) -> ExportedArtifact:
         """Write the artifact for ``model`` into ``workdir``.
 
         Args:
             model: The eval-mode FFNet to export (already reparameterized unless ``--no-reparam``).
-            config: Validated settings; ``config.resolution`` is resolved (never ``None``).
+            config: Validated settings; ``config.resolution`` is resolved (never ``None``). Read the format's
+                options through :meth:`resolve_options`: ``config.options`` may be ``None``.
             workdir: An empty, private directory that becomes the artifact directory on success.
             log: Progress callback for one-line step messages.
+            source_sha256: SHA-256 of the source checkpoint, for formats that embed provenance in the model (Core
+                ML metadata); ``None`` for random weights. The model object carries no provenance of its own.
 
         Returns:
             The description of what was written.
@@ -256,35 +324,6 @@ class Preprocess(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.float() * self.a + self.b)
-
-
-def normalize_input(x: np.ndarray, config: ExportConfig, mean: tuple[float, ...], std: tuple[float, ...],
-                    input_range: str | None = None) -> np.ndarray:
-    """Map an artifact input to the normalized float32 input PyTorch expects.
-
-    ``input_range`` is what the artifact takes; by default ``config``'s (a format may decide it: Core ML images).
-    """
-    input_range = input_range or config.effective_input_range()
-    x = x.astype(np.float64)
-    if input_range == "normalized":
-        return x.astype(np.float32)
-    if input_range == "0-255":
-        x = x / 255.0
-    m = np.asarray(mean, np.float64).reshape(1, -1, 1, 1)
-    s = np.asarray(std, np.float64).reshape(1, -1, 1, 1)
-    return ((x - m) / s).astype(np.float32)
-
-
-def sample_inputs(config: ExportConfig, batch: int, seed: int, input_range: str | None = None) -> np.ndarray:
-    """A reproducible random input batch in the artifact's input domain (pixels, 0-1 floats or normalized)."""
-    rng = np.random.default_rng(seed)
-    shape = (batch, 3, config.resolution, config.resolution)
-    rng_range = input_range or config.effective_input_range()
-    if rng_range == "0-255":
-        return rng.integers(0, 256, size=shape, dtype=np.uint8)
-    if rng_range == "0-1":
-        return rng.random(shape, dtype=np.float32)
-    return rng.standard_normal(shape, dtype=np.float32)
 
 
 def io_specs(config: ExportConfig, num_classes: int) -> tuple[list[TensorSpec], list[TensorSpec]]:

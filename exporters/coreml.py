@@ -24,7 +24,9 @@ import io
 import json
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -38,21 +40,40 @@ from ffnet_deploy.exporters.base import (
     ExportConfig,
     ExportedArtifact,
     Exporter,
+    FormatOptions,
     Log,
-    ParityTarget,
     TensorSpec,
+    option,
     register_exporter,
     unwrap,
 )
 
 CLASS_LABEL_NAME = "classLabel"
-PARITY_RTOL = {"fp32": 1e-4, "fp16": 2e-2}  # max |coreml-reference - torch| / max |torch| at export time
+INPUT_KINDS = ("image", "tensor")
+
+
+@dataclass(frozen=True)
+class CoreMLOptions(FormatOptions):
+    """Options of ``--format coreml``."""
+
+    format_name: ClassVar[str] = "coreml"
+
+    input: str = option("image", "--coreml-input")  # "image" (ImageType: the app passes RGB pixels) or "tensor"
+    class_labels: str | Path | None = option(None, "--class-labels")  # classifier: None, "imagenet" or a labels file
+
+    def validate(self) -> None:
+        if self.input not in INPUT_KINDS:
+            raise self.error(f"--coreml-input must be 'image' or 'tensor', got {self.input!r}")
+        if self.class_labels not in (None, "imagenet") and not Path(self.class_labels).is_file():
+            raise self.error(f"--class-labels file {self.class_labels} does not exist; pass a file with one label "
+                             "per line, or 'imagenet'")
 
 
 @register_exporter("coreml")
 class CoreMLExporter(Exporter):
     """``model.mlpackage``: ML Program, iOS 16 deployment target, FP16 (default) or FP32 compute precision."""
 
+    options_class = CoreMLOptions
     supported_precisions = ("fp16", "fp32")
     default_precision = "fp16"
     requires = (("coremltools", "coreml"),)
@@ -65,23 +86,23 @@ class CoreMLExporter(Exporter):
                 "coreml export | --include-preprocessing is for ONNX graphs; Core ML's image input "
                 "(--coreml-input image, the default) already takes RGB pixels"
             )
-        if config.coreml_input == "image" and (config.dynamic_batch or config.batch != 1):
+        if self.resolve_options(config).input == "image" and (config.dynamic_batch or config.batch != 1):
             raise ConfigError(
                 "coreml export | an image input takes one picture per prediction; use --batch 1, or "
                 "--coreml-input tensor for batched or dynamic-batch input"
             )
-        if config.labels not in (None, "imagenet") and not Path(config.labels).is_file():
-            raise ConfigError(f"coreml export | labels file {config.labels} does not exist; pass a file with one "
-                              "label per line, or 'imagenet'")
 
-    def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log) -> ExportedArtifact:
+    def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log, *,
+               source_sha256: str | None = None) -> ExportedArtifact:
         ct = self._import_coremltools()
         from ffnet_deploy._version import __version__
 
         ffnet = unwrap(model)
         precision = self.resolve_precision(config)
-        labels = load_labels(config.labels, ffnet.num_classes) if config.labels else None
-        net: nn.Module = fold_input_std(ffnet, ffnet.cfg.std) if config.coreml_input == "image" else ffnet
+        options = self.resolve_options(config)
+        image = options.input == "image"
+        labels = load_labels(str(options.class_labels), ffnet.num_classes) if options.class_labels else None
+        net: nn.Module = fold_input_std(ffnet, ffnet.cfg.std) if image else ffnet
         if labels:
             net = _WithSoftmax(net)
         net = net.eval()
@@ -96,7 +117,7 @@ class CoreMLExporter(Exporter):
             # saved program is verified against the network's structure below instead.
             traced = torch.jit.trace(net, example, check_trace=False)
 
-        if config.coreml_input == "image":
+        if image:
             ml_input = ct.ImageType(name=INPUT_NAME, shape=(1, 3, r, r), scale=1.0 / 255.0,
                                     bias=[-m for m in ffnet.cfg.mean], color_layout=ct.colorlayout.RGB)
         else:
@@ -127,20 +148,19 @@ class CoreMLExporter(Exporter):
             raise ExportError(f"coreml export | coremltools.convert failed: {str(err).splitlines()[0]}") from err
 
         preprocessing = {
-            "input": config.coreml_input,
-            "input_range": "0-255" if config.coreml_input == "image" else "normalized",
+            "input": options.input,
+            "input_range": "0-255" if image else "normalized",
             "mean": list(ffnet.cfg.mean),
             "std": list(ffnet.cfg.std),
         }
-        info = getattr(ffnet, "checkpoint_info", None)
-        source_sha = _sha256(info.path) if info is not None else "none (random weights)"
+        source_sha = source_sha256 or "none (random weights)"
         mlmodel.author = "ffnet-deploy"
         mlmodel.license = LICENSE_NOTE
         mlmodel.version = __version__
         mlmodel.short_description = f"FFNet {ffnet.cfg.name} ImageNet classifier, {r}x{r}"
         mlmodel.input_description[INPUT_NAME] = (
             f"RGB image {r}x{r}, 0-255 (center-cropped at crop_pct {ffnet.cfg.crop_pct})"
-            if config.coreml_input == "image" else f"ImageNet-normalized float32 (N,3,{r},{r})"
+            if image else f"ImageNet-normalized float32 (N,3,{r},{r})"
         )
         mlmodel.user_defined_metadata.update({
             "variant": ffnet.cfg.name,
@@ -156,9 +176,9 @@ class CoreMLExporter(Exporter):
         mlmodel.save(str(path))
 
         log("verifying the saved spec (inputs, outputs, op types)")
-        ops, probs_name = verify_spec(path, config, ffnet, labels is not None)
+        ops, probs_name = verify_spec(path, config.resolution, image, ffnet, labels is not None)
         n = None if config.dynamic_batch else opt
-        if config.coreml_input == "image":
+        if image:
             inputs = [TensorSpec(INPUT_NAME, (1, 3, r, r), "image-rgb", "image")]
         else:
             inputs = [TensorSpec(INPUT_NAME, (n, 3, r, r), "float32", "tensor")]
@@ -173,23 +193,19 @@ class CoreMLExporter(Exporter):
             outputs=out_specs,
             backend_versions={"coremltools": ct.__version__},
             block_outputs=None,
-            # The numpy interpreter of the saved program checks conversion and weights on any OS (not Apple's
-            # kernels); fp16 compute rounds every activation, hence the looser bound.
-            parity_targets=[ParityTarget("coreml-reference", "model.mlpackage", PARITY_RTOL[precision],
-                                         output=probs_name or OUTPUT_NAME, probabilities=bool(labels))],
             details={
                 "minimum_deployment_target": "iOS16",
                 "compute_precision": precision,
-                "input_type": config.coreml_input,
-                "image_scale": 1.0 / 255.0 if config.coreml_input == "image" else None,
-                "image_bias": [-m for m in ffnet.cfg.mean] if config.coreml_input == "image" else None,
-                "stem_std_folded": config.coreml_input == "image",
-                "classifier": {"labels": config.labels, "count": len(labels)} if labels else None,
+                "input_type": options.input,
+                "image_scale": 1.0 / 255.0 if image else None,
+                "image_bias": [-m for m in ffnet.cfg.mean] if image else None,
+                "stem_std_folded": image,
+                "classifier": {"labels": str(options.class_labels), "count": len(labels)} if labels else None,
                 "mil_op_counts": ops,
                 "user_defined_metadata": dict(mlmodel.user_defined_metadata),
             },
             notices=[],
-            input_range="0-255" if config.coreml_input == "image" else "normalized",
+            input_range="0-255" if image else "normalized",
         )
 
     @staticmethod
@@ -267,8 +283,16 @@ def mil_op_counts(spec) -> dict[str, int]:
     return dict(sorted(ops.items()))
 
 
-def verify_spec(path: Path, config: ExportConfig, model: nn.Module, classifier: bool) -> tuple[dict[str, int], str]:
+def verify_spec(path: Path, resolution: int, image: bool, model: nn.Module,
+                classifier: bool) -> tuple[dict[str, int], str]:
     """Load the saved package's spec and check its I/O and op types against the network.
+
+    Args:
+        path: The saved ``.mlpackage``.
+        resolution: Input side in pixels.
+        image: Whether the input is an ``ImageType`` (else a multiArray tensor).
+        model: The network that was converted (for its conv and GELU counts).
+        classifier: Whether the program is a classifier (class label and probabilities outputs).
 
     Returns:
         The program's op counts, and the name of the class-probability output (``""`` without a classifier).
@@ -287,8 +311,8 @@ def verify_spec(path: Path, config: ExportConfig, model: nn.Module, classifier: 
     if [i.name for i in inputs] != [INPUT_NAME]:
         raise ExportError(f"coreml export | inputs are {[i.name for i in inputs]}, expected ['{INPUT_NAME}']")
     kind = inputs[0].type.WhichOneof("Type")
-    r = config.resolution
-    if config.coreml_input == "image":
+    r = resolution
+    if image:
         img = inputs[0].type.imageType
         rgb = ct.proto.FeatureTypes_pb2.ImageFeatureType.RGB
         if kind != "imageType" or (img.width, img.height) != (r, r) or img.colorSpace != rgb:
@@ -326,9 +350,3 @@ def _quiet_progress_bars():
     with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
-
-def _sha256(path: Path) -> str:
-    from ffnet_deploy.hashing import sha256_file
-
-    return sha256_file(path)

@@ -14,8 +14,16 @@ measures the ONNX Runtime side (:func:`gelu_report`) and records it in the manif
 onnxsim's ``fuse_preceding_mul_into_conv`` folds the GELU's ``* 0.5`` into the next conv and so breaks that fusion;
 it is skipped, and a simplified graph that fuses fewer GELUs than the traced one is rejected.
 
-The graph-writing helpers here are shared with the OpenVINO and TensorRT exporters, which start from this ONNX so
-that tensor names, and with them ``block_outputs``, are the same in every graph format.
+The ONNX graph is a stage of its own, because other formats consume it: :func:`export_onnx_stage` writes it with
+:class:`OnnxOptions` and returns an :class:`OnnxStage` (file, inputs and outputs, ``block_outputs``, manifest
+details, notices). The ONNX exporter publishes the stage as is; the OpenVINO exporter converts ``stage.path`` to IR
+(and keeps the file only with ``--keep-onnx``); the TensorRT exporter ships it as its TRT-ready ONNX. Starting every
+graph format from this one stage keeps tensor names, and with them ``block_outputs``, the same in all of them.
+
+The seam for graph transforms is between the stage and its conversion. A transform such as the INT8 quantizer
+(ONNX in, Q/DQ ONNX out) takes an :class:`OnnxStage` and returns another one, e.g.
+``dataclasses.replace(stage, path=quantized, details=stage.details | {"quantization": ...})``; the consumers read
+only the stage's fields, so it plugs in at the ``# seam`` comment of each exporter without changing the converters.
 """
 
 from __future__ import annotations
@@ -23,8 +31,9 @@ from __future__ import annotations
 import tempfile
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -36,17 +45,26 @@ from ffnet_deploy.exporters.base import (
     ExportConfig,
     ExportedArtifact,
     Exporter,
+    FormatOptions,
     Log,
-    ParityTarget,
     Preprocess,
+    TensorSpec,
     block_key,
     expected_block_keys,
     io_specs,
+    option,
     register_exporter,
     unwrap,
 )
 
-PARITY_RTOL_FP32 = 1e-4
+OPSET_RANGE = (13, 21)
+"""ONNX opsets an export may target (inclusive)."""
+
+DEFAULT_OPSET = 17
+
+STAGE_FILE = "model.onnx"
+"""File name of the ONNX stage inside the directory it is written to."""
+
 """Max |artifact - torch| / max |torch| allowed for an FP32 graph run on CPU."""
 
 TENSORRT_GELU_NOTE = (
@@ -56,16 +74,43 @@ TENSORRT_GELU_NOTE = (
 )
 
 
-@dataclass
-class OnnxGraphInfo:
-    """What :func:`write_onnx` produced and learned about the graph."""
+@dataclass(frozen=True)
+class OnnxOptions(FormatOptions):
+    """Options of the ONNX graph stage: ``--format onnx``, and the start of every format converted from ONNX.
+
+    ``OpenVINOOptions`` and ``TensorRTOptions`` subclass it, so ``OpenVINOOptions(opset=20)`` sets the opset of the
+    ONNX that OpenVINO converts.
+    """
+
+    format_name: ClassVar[str] = "onnx"
+
+    opset: int = option(DEFAULT_OPSET, "--opset")  # ONNX opset, within OPSET_RANGE (20+ writes the Gelu op)
+    simplify: bool = option(True, "--no-simplify")  # run onnxsim (a failure keeps the unsimplified graph)
+
+    def validate(self) -> None:
+        lo, hi = OPSET_RANGE
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not lo <= self.opset <= hi:
+            raise self.error(f"--opset must be an integer within {lo}..{hi}, got {self.opset!r}")
+        if not isinstance(self.simplify, bool):
+            raise self.error(f"simplify must be True or False, got {self.simplify!r}")
+
+    def onnx_options(self) -> OnnxOptions:
+        """Only the ONNX stage's part (a subclass's own fields dropped), as the stage records it."""
+        return OnnxOptions(opset=self.opset, simplify=self.simplify)
+
+
+@dataclass(frozen=True)
+class OnnxStage:
+    """The ONNX graph stage: what :func:`export_onnx_stage` wrote, for whoever consumes it (see the module doc)."""
 
     path: Path  # the written .onnx file
-    simplified: bool  # whether onnxsim's result was kept
-    simplify_note: str | None  # why not, when it was not
-    block_outputs: dict[str, str]  # block key -> tensor name, verified in the final graph
-    op_counts: dict[str, int] = field(default_factory=dict)  # op type -> count in the final graph
-    gelu: dict = field(default_factory=dict)  # see gelu_report
+    options: OnnxOptions  # the options it was written with
+    inputs: list[TensorSpec]  # graph inputs (``images``), batch None when dynamic
+    outputs: list[TensorSpec]  # graph outputs (``logits``)
+    block_outputs: dict[str, str]  # "stages.S.B"/"patch_embed" -> tensor name, verified in the final graph
+    details: dict[str, Any]  # manifest "details" of the graph: opset, exporter, simplified, op_counts, gelu
+    notices: list[str]  # what the user must be told (an onnxsim fallback)
+    versions: dict[str, str]  # onnx, onnxruntime (and onnxsim) versions that produced it
 
 
 def prepare_module(model: nn.Module, config: ExportConfig) -> nn.Module:
@@ -85,7 +130,7 @@ def dummy_input(config: ExportConfig) -> torch.Tensor:
     return torch.zeros(shape, dtype=torch.float32)
 
 
-def torch_onnx_export(module: nn.Module, config: ExportConfig, path: Path) -> None:
+def torch_onnx_export(module: nn.Module, config: ExportConfig, opset: int, path: Path) -> None:
     """Run the TorchScript ONNX exporter with the ``images``/``logits`` names and optional dynamic batch."""
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if config.dynamic_batch else None
     with warnings.catch_warnings():
@@ -98,7 +143,7 @@ def torch_onnx_export(module: nn.Module, config: ExportConfig, path: Path) -> No
                 (dummy_input(config),),
                 str(path),
                 dynamo=False,
-                opset_version=config.opset,
+                opset_version=opset,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
                 dynamic_axes=dynamic_axes,
@@ -191,25 +236,34 @@ def gelu_report(model_proto, opset: int) -> dict:
     }
 
 
-def write_onnx(model: nn.Module, config: ExportConfig, path: Path, log: Log) -> OnnxGraphInfo:
-    """Export ``model`` to ``path``: trace, full check, simplify, map block outputs, check GELU fusion.
+def export_onnx_stage(model: nn.Module, config: ExportConfig, options: OnnxOptions, workdir: Path,
+                      log: Log) -> OnnxStage:
+    """Write the ONNX stage of ``model`` to ``workdir/model.onnx``: trace, full check, simplify, map block outputs,
+    check GELU fusion.
 
     Args:
         model: Eval-mode FFNet (fused or not).
         config: Export settings (resolution resolved).
-        path: Target ``.onnx`` file; its directory must exist.
+        options: The ONNX options (an ``OpenVINOOptions`` or ``TensorRTOptions`` is one too); validated.
+        workdir: An existing directory to write into.
         log: Progress callback.
+
+    Returns:
+        The stage, for the exporter or converter that consumes it.
 
     Raises:
         ExportError: If tracing or the ONNX checker fails, or block outputs cannot be mapped.
     """
     import onnx
+    import onnxruntime
 
+    options = options.onnx_options()
+    path = workdir / STAGE_FILE
     module = prepare_module(model, config)
     keys = expected_block_keys(unwrap(model))
-    log(f"tracing to ONNX (opset {config.opset}, TorchScript exporter)")
+    log(f"tracing to ONNX (opset {options.opset}, TorchScript exporter)")
     try:
-        torch_onnx_export(module, config, path)
+        torch_onnx_export(module, config, options.opset, path)
     except Exception as err:  # the exporter raises many internal types; all mean the same to the user
         raise ExportError(f"onnx export | torch.onnx.export failed: {str(err).splitlines()[0]}") from err
     proto = onnx.load(str(path))
@@ -219,15 +273,15 @@ def write_onnx(model: nn.Module, config: ExportConfig, path: Path, log: Log) -> 
 
     simplified, note = False, None
     log("checking GELU fusion in ONNX Runtime")
-    gelu = gelu_report(proto, config.opset)
-    if config.simplify:
+    gelu = gelu_report(proto, options.opset)
+    if options.simplify:
         log("simplifying with onnxsim")
         try:
             candidate = _simplify(proto)
             candidate_blocks = resolve_block_outputs(candidate.graph, keys)
             if any(name not in _tensor_names(candidate.graph) for name in candidate_blocks.values()):
                 raise RuntimeError("block output tensors missing after simplification")
-            candidate_gelu = gelu_report(candidate, config.opset)
+            candidate_gelu = gelu_report(candidate, options.opset)
             fused, fused_before = (g["onnxruntime"]["fused_gelu_nodes"] for g in (candidate_gelu, gelu))
             if fused < fused_before:
                 raise RuntimeError(f"it broke ONNX Runtime's GELU fusion ({fused} of {fused_before} GELUs fused)")
@@ -246,7 +300,19 @@ def write_onnx(model: nn.Module, config: ExportConfig, path: Path, log: Log) -> 
     if missing:
         raise ExportError(f"onnx export | block outputs {missing[:3]} are not tensors of the final graph")
     ops = dict(sorted(Counter(n.op_type for n in proto.graph.node).items()))
-    return OnnxGraphInfo(path, simplified, note, blocks, ops, gelu)
+    details = {
+        "opset": options.opset,
+        "exporter": "torch.onnx.export(dynamo=False) (TorchScript; module-scoped node names)",
+        "simplified": simplified,
+        "simplify_note": note,
+        "op_counts": ops,
+        "gelu": gelu,
+    }
+    versions = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    if options.simplify:
+        versions["onnxsim"] = _onnxsim_version()
+    inputs, outputs = io_specs(config, unwrap(model).num_classes)
+    return OnnxStage(path, options, inputs, outputs, blocks, details, [note] if note else [], versions)
 
 
 ONNXSIM_SKIPPED = ("fuse_preceding_mul_into_conv",)
@@ -284,42 +350,25 @@ def _tensor_names(graph) -> set[str]:
 class OnnxExporter(Exporter):
     """``model.onnx``: input ``images`` (N,3,H,W), output ``logits``; run by ONNX Runtime, OpenVINO, TensorRT."""
 
+    options_class = OnnxOptions
     supported_precisions = ("fp32",)
     default_precision = "fp32"
-    requires = (("onnx", "onnx"), ("onnxruntime", "onnx"))
+    requires = ()  # onnx and onnxruntime are core dependencies: no extra installs them
     artifact_suffix = ".onnx"
 
-    def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log) -> ExportedArtifact:
-        import onnx
-        import onnxruntime
-
-        info = write_onnx(model, config, workdir / "model.onnx", log)
-        inputs, outputs = io_specs(config, unwrap(model).num_classes)
-        versions = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-        if config.simplify:
-            versions["onnxsim"] = _onnxsim_version()
+    def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log, *,
+               source_sha256: str | None = None) -> ExportedArtifact:
+        stage = export_onnx_stage(model, config, self.resolve_options(config), workdir, log)
+        # seam: a graph transform (the INT8 quantizer's Q/DQ ONNX) turns `stage` into another OnnxStage here.
         return ExportedArtifact(
-            path="model.onnx",
-            inputs=inputs,
-            outputs=outputs,
-            backend_versions=versions,
-            block_outputs=info.block_outputs,
-            parity_targets=[ParityTarget("onnxruntime", "model.onnx", PARITY_RTOL_FP32)],
-            details=onnx_details(info, config),
-            notices=[info.simplify_note] if info.simplify_note else [],
+            path=stage.path.name,
+            inputs=stage.inputs,
+            outputs=stage.outputs,
+            backend_versions=dict(stage.versions),
+            block_outputs=stage.block_outputs,
+            details=dict(stage.details),
+            notices=list(stage.notices),
         )
-
-
-def onnx_details(info: OnnxGraphInfo, config: ExportConfig) -> dict:
-    """The manifest ``details`` block of an ONNX graph."""
-    return {
-        "opset": config.opset,
-        "exporter": "torch.onnx.export(dynamo=False) (TorchScript; module-scoped node names)",
-        "simplified": info.simplified,
-        "simplify_note": info.simplify_note,
-        "op_counts": info.op_counts,
-        "gelu": info.gelu,
-    }
 
 
 def _onnxsim_version() -> str:

@@ -1,7 +1,10 @@
-"""OpenVINO IR export: ``model.xml`` + ``model.bin`` converted from the exported ONNX.
+"""OpenVINO IR export: ``model.xml`` + ``model.bin`` converted from the ONNX stage.
 
-Converting from the ONNX (rather than from the torch module) keeps every tensor name of the ONNX graph, so the
-``images``/``logits`` names and the manifest's ``block_outputs`` are the same in both formats. ``--precision fp16``
+Converting from the ONNX stage (:func:`~ffnet_deploy.exporters.onnx.export_onnx_stage`, rather than from the torch
+module) keeps every tensor name of the ONNX graph, so the ``images``/``logits`` names and the manifest's
+``block_outputs`` are the same in both formats. The stage's ``model.onnx`` is an intermediate: it is removed after
+conversion unless ``--keep-onnx`` (:attr:`OpenVINOOptions.keep_onnx`) keeps it in the artifact directory, where the
+manifest lists it with its sha256 under ``files``. ``--precision fp16``
 stores the weights in FP16 (``ov.save_model(compress_to_fp16=True)``); OpenVINO decompresses them at load time,
 and the inference precision stays the device's choice. After saving, the IR is read back and compiled on CPU to
 check that its input and output names and shapes are the ONNX ones.
@@ -10,7 +13,9 @@ check that its input and output names and shapes are the ONNX ones.
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from torch import nn
 
@@ -20,58 +25,75 @@ from ffnet_deploy.exporters.base import (
     ExportedArtifact,
     Exporter,
     Log,
-    ParityTarget,
     TensorSpec,
-    io_specs,
+    option,
     register_exporter,
-    unwrap,
 )
-from ffnet_deploy.exporters.onnx import PARITY_RTOL_FP32, onnx_details, write_onnx
+from ffnet_deploy.exporters.onnx import OnnxOptions, export_onnx_stage
 
-PARITY_RTOL = {"fp32": PARITY_RTOL_FP32, "fp16": 1e-2}
 """Gate tolerance per weight precision: FP16 weights round each weight to 11 significant bits."""
+
+STAGE_SCRATCH = ".onnx-stage"
+"""Work-directory subfolder of an intermediate ONNX stage (removed after conversion)."""
+
+
+@dataclass(frozen=True)
+class OpenVINOOptions(OnnxOptions):
+    """Options of ``--format openvino``: the ONNX stage's (``opset``, ``simplify``) plus what OpenVINO adds."""
+
+    format_name: ClassVar[str] = "openvino"
+
+    keep_onnx: bool = option(False, "--keep-onnx")  # keep the intermediate model.onnx in the artifact directory
+
+    def validate(self) -> None:
+        super().validate()
+        if not isinstance(self.keep_onnx, bool):
+            raise self.error(f"keep_onnx must be True or False, got {self.keep_onnx!r}")
 
 
 @register_exporter("openvino")
 class OpenVINOExporter(Exporter):
     """``model.xml``/``model.bin`` (OpenVINO IR) with FP32 or FP16-compressed weights."""
 
+    options_class = OpenVINOOptions
     supported_precisions = ("fp32", "fp16")
     default_precision = "fp32"
-    requires = (("openvino", "openvino"), ("onnx", "onnx"))
+    requires = (("openvino", "openvino"),)  # onnx is a core dependency
     artifact_suffix = ".xml"
 
-    def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log) -> ExportedArtifact:
+    def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log, *,
+               source_sha256: str | None = None) -> ExportedArtifact:
         import openvino as ov
 
         precision = self.resolve_precision(config)
-        scratch = workdir / ".onnx-source"
-        scratch.mkdir()
-        info = write_onnx(model, config, scratch / "model.onnx", log)
-        log(f"converting to OpenVINO IR ({precision} weights)")
+        options = self.resolve_options(config)
+        # A kept stage is written straight into the artifact; otherwise into a scratch folder that goes as a whole,
+        # with anything the ONNX writer put beside the graph.
+        stage_dir = workdir if options.keep_onnx else workdir / STAGE_SCRATCH
+        stage_dir.mkdir(exist_ok=True)
         try:
-            ov_model = ov.convert_model(str(info.path))
-            ov.save_model(ov_model, str(workdir / "model.xml"), compress_to_fp16=precision == "fp16")
-        except Exception as err:  # OpenVINO raises its own RuntimeError subclasses
-            raise ExportError(f"openvino export | conversion failed: {str(err).splitlines()[0]}") from err
+            stage = export_onnx_stage(model, config, options, stage_dir, log)
+            # seam: a graph transform (the INT8 quantizer) turns `stage` into another OnnxStage here.
+            log(f"converting to OpenVINO IR ({precision} weights)")
+            try:
+                ov_model = ov.convert_model(str(stage.path))
+                ov.save_model(ov_model, str(workdir / "model.xml"), compress_to_fp16=precision == "fp16")
+            except Exception as err:  # OpenVINO raises its own RuntimeError subclasses
+                raise ExportError(f"openvino export | conversion failed: {str(err).splitlines()[0]}") from err
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            if not options.keep_onnx:
+                shutil.rmtree(stage_dir, ignore_errors=True)
 
-        inputs, outputs = io_specs(config, unwrap(model).num_classes)
         log("checking the IR's inputs and outputs")
-        check_ir(workdir / "model.xml", inputs, outputs, info.block_outputs)
-        details = onnx_details(info, config)
-        details["weights"] = precision
+        check_ir(workdir / "model.xml", stage.inputs, stage.outputs, stage.block_outputs)
         return ExportedArtifact(
             path="model.xml",
-            inputs=inputs,
-            outputs=outputs,
-            backend_versions={"openvino": ov.__version__},
-            block_outputs=info.block_outputs,
-            parity_targets=[ParityTarget("openvino", "model.xml", PARITY_RTOL[precision],
-                                         {"inference_precision": "f32"})],
-            details=details,
-            notices=[info.simplify_note] if info.simplify_note else [],
+            inputs=stage.inputs,
+            outputs=stage.outputs,
+            backend_versions=stage.versions | {"openvino": ov.__version__},
+            block_outputs=stage.block_outputs,
+            details=stage.details | {"weights": precision, "onnx_kept": options.keep_onnx},
+            notices=list(stage.notices),
         )
 
 

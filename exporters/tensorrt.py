@@ -5,9 +5,11 @@ workstation and build on the device (e.g. a Jetson): the artifact directory then
 ``build_engine.sh``, and the export exits 0 with a notice. Where ``tensorrt`` imports and CUDA is available, the
 engine is also built here with the Python API (``model.engine``).
 
-Both paths come from one :class:`TrtBuildPlan`, so the script and the Python build use the same settings:
-precision, optimization profile (only for ``--dynamic-batch``; trtexec refuses shapes for a static model), workspace
-pool limit, persistent timing cache, and DLA core with GPU fallback.
+The ONNX is the ONNX stage (:func:`~ffnet_deploy.exporters.onnx.export_onnx_stage`), written with the ONNX part of
+:class:`TensorRTOptions` and always kept: it is what the device builds from. Both build paths come from one
+:class:`TrtBuildPlan`, so the script and the Python build use the same settings: precision, optimization profile
+(only for ``--dynamic-batch``; trtexec refuses shapes for a static model), workspace pool limit, persistent timing
+cache, and DLA core with GPU fallback.
 
 Versions: the commands target TensorRT 10.x, which JetPack 6 ships. TensorRT 11 removed the weak-typing precision
 flags (``--fp16``, ``BuilderFlag.FP16``); FP16 there needs an ONNX converted to mixed precision beforehand, and
@@ -21,6 +23,7 @@ import shlex
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from torch import nn
 
@@ -32,17 +35,36 @@ from ffnet_deploy.exporters.base import (
     ExportedArtifact,
     Exporter,
     Log,
-    ParityTarget,
-    io_specs,
+    option,
     register_exporter,
     unwrap,
 )
-from ffnet_deploy.exporters.onnx import PARITY_RTOL_FP32, onnx_details, write_onnx
+from ffnet_deploy.exporters.onnx import OnnxOptions, export_onnx_stage
 
-ENGINE_RTOL = {"fp32": 5e-3, "fp16": 5e-2}
 """Gate tolerance of a GPU engine: TensorRT allows TF32 for FP32 layers by default, FP16 rounds activations."""
 
 DEFAULT_TIMING_CACHE = "timing.cache"
+
+
+@dataclass(frozen=True)
+class TensorRTOptions(OnnxOptions):
+    """Options of ``--format tensorrt``: the ONNX stage's (``opset``, ``simplify``) plus the engine build's."""
+
+    format_name: ClassVar[str] = "tensorrt"
+
+    workspace_mb: int = option(4096, "--trt-workspace")  # builder workspace memory pool limit, MiB
+    dla_core: int | None = option(None, "--dla-core")  # Jetson DLA core (with GPU fallback), or None for GPU only
+    timing_cache: Path | None = option(None, "--timing-cache")  # persistent timing cache (read and updated), or None
+
+    def validate(self) -> None:
+        super().validate()
+        if isinstance(self.workspace_mb, bool) or not isinstance(self.workspace_mb, int) or self.workspace_mb < 1:
+            raise self.error(f"--trt-workspace must be a positive number of MiB, got {self.workspace_mb!r}")
+        if self.dla_core is not None and (isinstance(self.dla_core, bool) or not isinstance(self.dla_core, int)
+                                          or self.dla_core < 0):
+            raise self.error(f"--dla-core must be a DLA core number >= 0, got {self.dla_core!r}")
+        if self.timing_cache is not None and Path(self.timing_cache).is_dir():
+            raise self.error(f"--timing-cache must be a file path, got the directory {self.timing_cache}")
 
 
 @dataclass(frozen=True)
@@ -59,16 +81,16 @@ class TrtBuildPlan:
     dla_core: int | None  # DLA core, None = GPU only
 
     @classmethod
-    def from_config(cls, config: ExportConfig, precision: str) -> TrtBuildPlan:
-        """The plan of an export."""
+    def from_config(cls, config: ExportConfig, options: TensorRTOptions, precision: str,
+                    onnx: str = "model.onnx") -> TrtBuildPlan:
+        """The plan of an export whose ONNX stage is ``onnx`` (relative to the artifact directory)."""
         r = config.resolution
         shapes = None
         if config.dynamic_batch:
             lo, opt, hi = config.dynamic_batch
             shapes = ((lo, 3, r, r), (opt, 3, r, r), (hi, 3, r, r))
-        cache = str(config.trt_timing_cache) if config.trt_timing_cache else DEFAULT_TIMING_CACHE
-        return cls("model.onnx", "model.engine", precision, INPUT_NAME, shapes, config.trt_workspace_mb, cache,
-                   config.trt_dla_core)
+        cache = str(options.timing_cache) if options.timing_cache else DEFAULT_TIMING_CACHE
+        return cls(onnx, "model.engine", precision, INPUT_NAME, shapes, options.workspace_mb, cache, options.dla_core)
 
     def trtexec_args(self) -> list[str]:
         """The ``trtexec`` arguments (TensorRT 10.x flag names)."""
@@ -168,43 +190,41 @@ def build_engine(plan: TrtBuildPlan, workdir: Path, log: Log) -> Path:
 class TensorRTExporter(Exporter):
     """``model.onnx`` + ``build_engine.sh`` (+ ``model.engine`` when TensorRT and a GPU are here)."""
 
+    options_class = TensorRTOptions
     supported_precisions = ("fp32", "fp16")
     default_precision = "fp16"
-    requires = (("onnx", "onnx"), ("onnxruntime", "onnx"))  # TensorRT itself is optional: see the module docstring
+    requires = ()  # onnx/onnxruntime are core dependencies; TensorRT itself is optional (module docstring)
     artifact_suffix = ".engine"
 
     def validate(self, config: ExportConfig) -> None:
         super().validate(config)
-        if config.trt_dla_core is not None and self.resolve_precision(config) == "fp32":
+        if self.resolve_options(config).dla_core is not None and self.resolve_precision(config) == "fp32":
             raise ConfigError("tensorrt export | DLA runs FP16 or INT8 only; use --precision fp16 with --dla-core")
 
-    def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log) -> ExportedArtifact:
-        import onnx
-        import onnxruntime
-
+    def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log, *,
+               source_sha256: str | None = None) -> ExportedArtifact:
         from ffnet_deploy._version import __version__
 
         precision = self.resolve_precision(config)
-        info = write_onnx(model, config, workdir / "model.onnx", log)
-        plan = TrtBuildPlan.from_config(config, precision)
+        options = self.resolve_options(config)
+        stage = export_onnx_stage(model, config, options, workdir, log)
+        # seam: a graph transform (the INT8 quantizer's Q/DQ ONNX) turns `stage` into another OnnxStage here.
+        plan = TrtBuildPlan.from_config(config, options, precision, onnx=stage.path.name)
         script = workdir / "build_engine.sh"
         header = (f"ffnet-deploy {__version__}: {unwrap(model).cfg.name} {config.resolution}px {precision}, "
                   f"batch {':'.join(map(str, config.batch_range())) if config.dynamic_batch else config.batch}")
         script.write_text(build_script(plan, header))
         script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
-        inputs, outputs = io_specs(config, unwrap(model).num_classes)
-        targets = [ParityTarget("onnxruntime", "model.onnx", PARITY_RTOL_FP32)]
-        versions = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-        notices = [info.simplify_note] if info.simplify_note else []
-        details = onnx_details(info, config) | {"trtexec_command": plan.command(), "build_plan": _plan_dict(plan)}
+        versions = dict(stage.versions)
+        notices = list(stage.notices)
+        details = stage.details | {"trtexec_command": plan.command(), "build_plan": _plan_dict(plan)}
         reason = tensorrt_unavailable_reason()
         if reason is None:
             import tensorrt as trt
 
             build_engine(plan, workdir, log)
             versions["tensorrt"] = trt.__version__
-            targets.append(ParityTarget("tensorrt", plan.engine, ENGINE_RTOL[precision]))
             path, details["engine_built"] = plan.engine, True
         else:
             path, details["engine_built"] = plan.onnx, False
@@ -214,8 +234,8 @@ class TensorRTExporter(Exporter):
                 f"TensorRT engine not built here: {reason}. Copy the artifact directory to the target device and run "
                 f"./build_engine.sh there ({plan.command()})"
             )
-        return ExportedArtifact(path=path, inputs=inputs, outputs=outputs, backend_versions=versions,
-                                block_outputs=info.block_outputs, parity_targets=targets, details=details,
+        return ExportedArtifact(path=path, inputs=stage.inputs, outputs=stage.outputs, backend_versions=versions,
+                                block_outputs=stage.block_outputs, details=details,
                                 notices=notices)
 
 

@@ -24,7 +24,8 @@ if _sys.platform != "darwin":
 from ffnet_deploy._version import __version__
 from ffnet_deploy.errors import FFNetDeployError
 from ffnet_deploy.models.checkpoint import inspect_checkpoint, load_checkpoint, load_ffnet, save_checkpoint
-from ffnet_deploy.models.ffnet import VARIANTS, FFNet, FFNetConfig, create_ffnet, get_config
+from ffnet_deploy.models.config import VARIANTS, FFNetConfig, get_config
+from ffnet_deploy.models.ffnet import FFNet, create_ffnet
 from ffnet_deploy.models.reparam import reparam_report, reparameterize_model
 
 __all__ = [

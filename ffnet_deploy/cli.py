@@ -120,7 +120,9 @@ def reparam(
     table.add_row("ops per forward", str(before["total_ops"]), str(after["total_ops"]))
     for op in sorted(set(before["ops"]) | set(after["ops"])):
         table.add_row(f"  {op}", str(before["ops"].get(op, 0)), str(after["ops"].get(op, 0)))
-    table.add_row("max |fused - unfused| / max |unfused|", "", f"{result['max_rel_error']:.2e}")
+    parity = result["parity"]
+    table.add_row("max |fused - unfused| (logit range)", "",
+                  f"{parity['max_abs_error']:.2e} ({parity['reference_range']:.3g})")
     console.print(table)
 
 
@@ -131,8 +133,8 @@ def validate(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="The checkpoint the artifacts came from.")],
     variant: VariantOpt = None,
     data: Annotated[Path | None, typer.Option("--data", help="ImageFolder: one subfolder per class (labels).")] = None,
-    labels: Annotated[Path | None, typer.Option("--labels", help="With --data: JSON {folder: index} or lines "
-                                                "'folder index' mapping folders to ImageNet indices.")] = None,
+    label_map: Annotated[Path | None, typer.Option("--label-map", help="With --data: JSON {folder: index} or lines "
+                                                   "'folder index' mapping folders to class indices.")] = None,
     images: Annotated[Path | None, typer.Option("--images", help="Folder of images without labels.")] = None,
     synthetic: Annotated[int | None, typer.Option("--synthetic", help="N random images.")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Use at most N inputs.")] = None,
@@ -142,21 +144,25 @@ def validate(
     tolerance: Annotated[list[str] | None, typer.Option("--tolerance", help="Override a threshold, repeatable: "
                          "atol_scale, max_abs_error, min_cosine, min_cosine_worst, min_psnr_db, min_top1_agreement, "
                          "min_top5_overlap, max_acc_drop, localize_sqnr_db (value or 'none').")] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the JSON report here.")] = None,
-    junit_path: Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here.")] = None,
+    report_path: Annotated[Path | None, typer.Option("--report", help="Write the JSON report to this file.")] = None,
+    junit_path: Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML to this file.")] = None,
+    as_json: JsonOpt = False,
     localize: Annotated[bool, typer.Option("--localize", help="For failing artifacts, find the first FFNet block "
                                            "(ONNX/OpenVINO) or MIL op (Core ML) where the error grows.")] = False,
     runtime: Annotated[str | None, typer.Option("--runtime", help="Runner to use instead of the format's "
                                                 "default.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of --synthetic.")] = 0,
     trust_checkpoint: TrustOpt = False,
-) -> None:
-    """Prove that artifacts compute what the PyTorch checkpoint computes; exit 1 if any check fails."""
+) -> int:
+    """Prove that artifacts compute what the PyTorch checkpoint computes; exit 1 if any check fails.
+
+    With --json the report is printed on stdout (and the exit code still says whether everything passed).
+    """
     import logging
 
     from ffnet_deploy.validate.data import make_source
     from ffnet_deploy.validate.engine import validate as run_validation
-    from ffnet_deploy.validate.report import render, write_json, write_junit
+    from ffnet_deploy.validate.report import render, report_to_dict, write_json, write_junit
     from ffnet_deploy.validate.tolerances import parse_tolerance_overrides
 
     logger = logging.getLogger("ffnet_deploy")
@@ -166,7 +172,7 @@ def validate(
         logger.addHandler(RichHandler(console=err_console, show_time=False, show_path=False))
         logger.setLevel(logging.WARNING)
     overrides = parse_tolerance_overrides(tolerance or [])
-    source = make_source(data, images, synthetic, labels_file=labels, limit=limit, seed=seed)
+    source = make_source(data, images, synthetic, labels_file=label_map, limit=limit, seed=seed)
     from rich.progress import Progress
 
     with Progress(console=err_console, transient=True) as bar:
@@ -174,13 +180,22 @@ def validate(
         report = run_validation(artifacts, checkpoint, variant, source, precision_profile, batch, localize, overrides,
                                 trust=trust_checkpoint, runtime=runtime,
                                 progress=lambda n: bar.update(task, completed=n))
-    render(report, console)
-    if json_path is not None:
-        write_json(report, json_path)
+    if report_path is not None:
+        write_json(report, report_path)
     if junit_path is not None:
         write_junit(report, junit_path)
+    if as_json:
+        emit_json(report_to_dict(report))
+        return 0 if report else 1
+    render(report, console)
     report.raise_for_failures()
     console.print(f"[bold green]all {len(report.artifacts)} artifact(s) passed[/]")
+    return 0
+
+
+_ONNX_PANEL = "ONNX stage options (onnx, openvino, tensorrt)"
+_COREML_PANEL = "Core ML options"
+_TRT_PANEL = "TensorRT options"
 
 
 @app.command()
@@ -196,37 +211,54 @@ def export(
                                                       "(e.g. 1:8:32).")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="fp32 or fp16 (default: fp32; fp16 for "
                                                   "coreml and tensorrt).")] = None,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset, 13-21.")] = 17,
     no_reparam: Annotated[bool, typer.Option("--no-reparam", help="Export the unfused model.")] = False,
     include_preprocessing: Annotated[bool, typer.Option("--include-preprocessing", help="Bake ImageNet "
                                                         "normalization into the ONNX graph.")] = False,
     input_range: Annotated[str, typer.Option("--input-range", help="With --include-preprocessing: 0-255 (uint8 "
                                              "input) or 0-1 (float input).")] = "0-255",
-    coreml_input: Annotated[str, typer.Option("--coreml-input", help="Core ML input: image (RGB pixels) or "
-                                              "tensor.")] = "image",
-    labels: Annotated[str | None, typer.Option("--labels", help="Core ML classifier labels: 'imagenet' or a file "
-                                               "with one label per line.")] = None,
-    trt_workspace: Annotated[int, typer.Option("--trt-workspace", help="TensorRT workspace limit, MiB.")] = 4096,
-    dla_core: Annotated[int | None, typer.Option("--dla-core", help="Jetson DLA core (GPU fallback on).")] = None,
-    timing_cache: Annotated[Path | None, typer.Option("--timing-cache", help="Persistent TensorRT timing cache "
-                                                      "file.")] = None,
-    no_simplify: Annotated[bool, typer.Option("--no-simplify", help="Skip onnxsim.")] = False,
+    # Format options: None (or False) means "not given", so that a flag given to a format that does not take it is
+    # refused by name instead of silently ignored. Defaults live in the formats' options dataclasses.
+    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset, 13-21 (default 17).",
+                                              rich_help_panel=_ONNX_PANEL)] = None,
+    no_simplify: Annotated[bool, typer.Option("--no-simplify", help="Skip onnxsim.",
+                                              rich_help_panel=_ONNX_PANEL)] = False,
+    keep_onnx: Annotated[bool, typer.Option("--keep-onnx", help="Keep the intermediate model.onnx in the artifact "
+                                            "directory.", rich_help_panel="OpenVINO options")] = False,
+    coreml_input: Annotated[str | None, typer.Option("--coreml-input", help="Input type: image (RGB pixels, "
+                                                     "default) or tensor.", rich_help_panel=_COREML_PANEL)] = None,
+    class_labels: Annotated[str | None, typer.Option("--class-labels", help="Make a classifier with these labels: "
+                                                     "'imagenet' or a file with one label per line.",
+                                                     rich_help_panel=_COREML_PANEL)] = None,
+    trt_workspace: Annotated[int | None, typer.Option("--trt-workspace", help="Workspace limit, MiB (default "
+                                                      "4096).", rich_help_panel=_TRT_PANEL)] = None,
+    dla_core: Annotated[int | None, typer.Option("--dla-core", help="Jetson DLA core (GPU fallback on).",
+                                                 rich_help_panel=_TRT_PANEL)] = None,
+    timing_cache: Annotated[Path | None, typer.Option("--timing-cache", help="Persistent timing cache file.",
+                                                      rich_help_panel=_TRT_PANEL)] = None,
     no_parity: Annotated[bool, typer.Option("--no-parity", help="Skip the export-time parity gate.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
     trust_checkpoint: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export a checkpoint to ONNX, OpenVINO IR, Core ML or TensorRT, with a manifest and a parity gate."""
+    """Export a checkpoint to ONNX, OpenVINO IR, Core ML or TensorRT, with a manifest and a parity gate.
+
+    Format options are refused for a format that does not take them (e.g. --dla-core with --format onnx).
+    """
     from ffnet_deploy.export import export as run_export
     from ffnet_deploy.export import parse_dynamic_batch
+    from ffnet_deploy.exporters import build_options
     from ffnet_deploy.exporters.base import ExportConfig
 
+    # Field names of the formats' options dataclasses (OnnxOptions, OpenVINOOptions, CoreMLOptions, TensorRTOptions).
+    given = {"opset": opset, "simplify": False if no_simplify else None, "keep_onnx": True if keep_onnx else None,
+             "input": coreml_input, "class_labels": class_labels, "workspace_mb": trt_workspace,
+             "dla_core": dla_core, "timing_cache": timing_cache}
+    options = build_options(fmt, {k: v for k, v in given.items() if v is not None})
     config = ExportConfig(
         format=fmt, output=output, resolution=resolution, batch=batch,
-        dynamic_batch=parse_dynamic_batch(dynamic_batch), precision=precision, opset=opset,
-        reparameterize=not no_reparam, include_preprocessing=include_preprocessing, input_range=input_range,
-        simplify=not no_simplify, coreml_input=coreml_input, labels=labels, trt_workspace_mb=trt_workspace,
-        trt_dla_core=dla_core, trt_timing_cache=timing_cache, check_parity=not no_parity, force=force,
+        dynamic_batch=parse_dynamic_batch(dynamic_batch), precision=precision, reparameterize=not no_reparam,
+        include_preprocessing=include_preprocessing, input_range=input_range, options=options,
+        check_parity=not no_parity, force=force,
     )
     from rich.markup import escape
 
@@ -244,20 +276,20 @@ def export(
         emit_json(result.to_dict())
         return
     m = result.manifest
-    table = Table(title=f"exported {m['variant']} -> {result.output}", show_header=False)
+    table = Table(title=f"exported {m.variant} -> {result.output}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
-    table.add_row("format / precision", f"{m['format']} / {m['precision']}")
-    table.add_row("artifact", f"{m['artifact']['path']} (sha256 {m['artifact']['sha256'][:16]}...)")
-    table.add_row("inputs", ", ".join(f"{t['name']} {t['shape']} {t['dtype']}" for t in m["inputs"]))
-    table.add_row("outputs", ", ".join(f"{t['name']} {t['shape']} {t['dtype']}" for t in m["outputs"]))
-    table.add_row("reparameterized", str(m["reparameterized"]))
-    table.add_row("source checkpoint", m["source_checkpoint"]["sha256"][:16] + "..." if m["source_checkpoint"]
+    table.add_row("format / precision", f"{m.format} / {m.precision}")
+    table.add_row("artifact", f"{m.artifact.path} (sha256 {m.artifact.sha256[:16]}...)")
+    table.add_row("inputs", ", ".join(f"{t.name} {t.describe()}" for t in m.inputs))
+    table.add_row("outputs", ", ".join(f"{t.name} {t.describe()}" for t in m.outputs))
+    table.add_row("reparameterized", str(m.reparameterized))
+    table.add_row("source checkpoint", m.source_checkpoint.sha256[:16] + "..." if m.source_checkpoint
                   else "[yellow]none (random weights)[/]")
     for check in result.parity:
-        table.add_row("parity", ("[green]pass[/] " if check else "[red]FAIL[/] ") + check.describe())
+        table.add_row("parity", ("[green]pass[/] " if check else "[red]FAIL[/] ") + escape(check.describe()))
     if not result.parity:
-        table.add_row("parity", str(m["parity"].get("skipped")))
+        table.add_row("parity", str(m.parity.get("skipped")))
     table.add_row("seconds", f"{result.seconds:.1f}")
     console.print(table)
 

@@ -35,6 +35,10 @@ class RuntimeBackendError(FFNetDeployError):
     """A runtime could not load or run an artifact, or was fed inputs that do not match it."""
 
 
+class ReparameterizationError(FFNetDeployError):
+    """Structural reparameterization left modules unfused (a BatchNorm, a block without a working fusion rule)."""
+
+
 class ParityError(FFNetDeployError):
     """An artifact's outputs do not match the PyTorch reference within tolerance."""
 

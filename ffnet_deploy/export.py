@@ -1,17 +1,17 @@
 """``ffnet-deploy export``: one function that turns a checkpoint into a verified, atomically written artifact.
 
 :func:`export` does, for every format: validate the options, load the checkpoint (or random weights, loudly),
-reparameterize, build the artifact in a private temporary directory next to the output, run the parity gate on CPU,
-write ``manifest.json``, and rename the directory into place. Any error, ``KeyboardInterrupt`` or SIGTERM removes
-the temporary directory, so the output either exists complete or not at all. A SIGKILL cannot be cleaned up by the
-dying process; its temporary directory is named ``.<output>.tmp-<pid>-<token>`` and the next export to the same
-output removes it once that process is gone.
+reparameterize, build the artifact in a private temporary directory next to the output, write its typed
+``manifest.json`` (:mod:`ffnet_deploy.artifact.manifest`), run the parity gate (the validate engine on synthetic
+pixels, :func:`ffnet_deploy.validate.engine.gate_artifact`), record its result, and rename the directory into place.
+Any error, ``KeyboardInterrupt`` or SIGTERM removes the temporary directory, so the output either exists complete or
+not at all. A SIGKILL cannot be cleaned up by the dying process; its temporary directory is named
+``.<output>.tmp-<pid>-<token>`` and the next export to the same output removes it once that process is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import shutil
@@ -20,13 +20,20 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from ffnet_deploy.artifact.manifest import (
+    MANIFEST_NAME,
+    BatchSpec,
+    FileRef,
+    Manifest,
+    Preprocessing,
+    write_manifest,
+)
 from ffnet_deploy.artifact.workdir import check_output, make_workdir, publish, remove_stale_workdirs
 from ffnet_deploy.errors import ConfigError, ExportError, ParityError
 from ffnet_deploy.exporters import get_exporter
@@ -34,17 +41,13 @@ from ffnet_deploy.exporters.base import (
     LICENSE_NOTE,
     ExportConfig,
     ExportedArtifact,
-    normalize_input,
-    sample_inputs,
 )
 from ffnet_deploy.hashing import sha256_file, tree_sha256
-from ffnet_deploy.models.checkpoint import load_ffnet
+from ffnet_deploy.models.checkpoint import LoadedCheckpoint, open_checkpoint
 from ffnet_deploy.models.ffnet import FFNet, create_ffnet
 from ffnet_deploy.models.reparam import reparameterize_model
-from ffnet_deploy.validate.metrics import softmax
+from ffnet_deploy.validate.engine import ArtifactResult, GateReport, gate_artifact, jsonable
 
-MANIFEST_SCHEMA = "ffnet-deploy/manifest/1"
-MANIFEST_NAME = "manifest.json"
 DEFAULT_RANDOM_VARIANT = "ffnet_1"
 
 RANDOM_WEIGHTS_NOTICE = (
@@ -56,44 +59,13 @@ Progress = Callable[[str], None]
 
 
 @dataclass
-class ParityCheck:
-    """Export-time comparison of one artifact file with PyTorch on a few random inputs. Truthy when it passed."""
-
-    runtime: str  # runner that executed the artifact
-    path: str  # artifact file, relative to the artifact directory
-    rtol: float  # allowed max |artifact - torch| / max |torch|
-    samples: list[dict] = field(default_factory=list)  # per input: batch, max_abs, max_rel, top1_agreement
-    error: str | None = None  # set when the runner could not load or run the artifact
-
-    @property
-    def max_rel(self) -> float:
-        return max((s["max_rel"] for s in self.samples), default=float("inf"))
-
-    @property
-    def passed(self) -> bool:
-        return self.error is None and bool(self.samples) and self.max_rel <= self.rtol
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-    def describe(self) -> str:
-        if self.error:
-            return f"{self.runtime} on {self.path}: {self.error}"
-        return f"{self.runtime} on {self.path}: max rel error {self.max_rel:.2e} (limit {self.rtol:.0e})"
-
-    def to_dict(self) -> dict:
-        return {"runtime": self.runtime, "path": self.path, "rtol": self.rtol, "max_rel": self.max_rel,
-                "passed": self.passed, "error": self.error, "samples": self.samples}
-
-
-@dataclass
 class ExportResult:
     """What :func:`export` wrote and measured."""
 
     output: Path  # the artifact directory
     artifact: Path  # the main model file or package inside it
-    manifest: dict  # the manifest.json content
-    parity: list[ParityCheck]  # the gate's checks (empty when the gate was switched off)
+    manifest: Manifest  # what manifest.json holds
+    parity: list[ArtifactResult]  # the gate's results, one per target it ran (empty when switched off or skipped)
     notices: list[str]  # warnings the user must see (random weights, onnxsim fallback, engine not built)
     seconds: float  # wall time of the whole export
 
@@ -101,14 +73,14 @@ class ExportResult:
         return {
             "output": str(self.output),
             "artifact": str(self.artifact),
-            "format": self.manifest["format"],
-            "precision": self.manifest["precision"],
-            "variant": self.manifest["variant"],
-            "resolution": self.manifest["resolution"],
-            "parity": [p.to_dict() for p in self.parity],
+            "format": self.manifest.format,
+            "precision": self.manifest.precision,
+            "variant": self.manifest.variant,
+            "resolution": self.manifest.resolution,
+            "parity": [jsonable(p.to_dict()) for p in self.parity],
             "notices": self.notices,
             "export_seconds": self.seconds,
-            "manifest": self.manifest,
+            "manifest": self.manifest.to_dict(),
         }
 
 
@@ -117,13 +89,15 @@ class ExportResult:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def export(config: ExportConfig, checkpoint: str | Path | None = None, variant: str | None = None, *,
-           trust: bool = False, progress: Progress | None = None) -> ExportResult:
+def export(config: ExportConfig, checkpoint: str | Path | LoadedCheckpoint | None = None, variant: str | None = None,
+           *, trust: bool = False, progress: Progress | None = None) -> ExportResult:
     """Export an FFNet to ``config.format`` in ``config.output``.
 
     Args:
         config: Export settings; ``resolution=None`` takes the variant's default.
-        checkpoint: FFNet checkpoint (official or fused). ``None`` exports random weights of ``variant``.
+        checkpoint: FFNet checkpoint (official or fused), or one already opened with
+            :func:`~ffnet_deploy.models.checkpoint.open_checkpoint` (not reloaded). ``None`` exports random weights
+            of ``variant``.
         variant: Variant name; detected from the checkpoint when omitted, ``ffnet_1`` for random weights.
         trust: Unpickle the checkpoint without the weights-only allow-list.
         progress: Called with one line per step (the CLI shows them in its progress display).
@@ -149,8 +123,11 @@ def export(config: ExportConfig, checkpoint: str | Path | None = None, variant: 
     check_output(output, config.force)
 
     notices: list[str] = []
-    model = _load_model(checkpoint, variant, trust, log, notices)
-    config = replace(config, output=output, precision=precision, resolution=config.resolution or model.cfg.resolution)
+    loaded = _open(checkpoint, variant, trust, log, notices)
+    model = loaded.model if loaded is not None else create_ffnet(variant or DEFAULT_RANDOM_VARIANT).eval()
+    # Options resolved here (format defaults filled in) so that the manifest records every option the export used.
+    config = replace(config, output=output, precision=precision, resolution=config.resolution or model.cfg.resolution,
+                     options=exporter.resolve_options(config))
 
     if config.reparameterize and not model.deploy:
         log("reparameterizing (folding BatchNorm, RepVGG branches, layer scales)")
@@ -164,35 +141,46 @@ def export(config: ExportConfig, checkpoint: str | Path | None = None, variant: 
         workdir = make_workdir(output)
         try:
             log(f"exporting {model.cfg.name} to {config.format} ({precision}, {config.resolution}px)")
-            artifact = exporter.export(deployable, config, workdir, log)
+            artifact = exporter.export(deployable, config, workdir, log,
+                                       source_sha256=loaded.sha256 if loaded is not None else None)
             notices += artifact.notices
-            parity: list[ParityCheck] = []
-            if config.check_parity and artifact.parity_targets:
-                parity = run_parity_gate(model, artifact, config, workdir, log)
-                failed = [p for p in parity if not p]
-                if failed:
+            manifest = build_manifest(config, model, artifact, workdir, reparameterized, loaded, notices)
+            write_manifest(manifest, workdir)
+            parity: list[ArtifactResult] = []
+            if config.check_parity:
+                gate = run_parity_gate(model, workdir, config, log, notices, decisions=loaded is not None)
+                parity = gate.results
+                if parity and not gate:
                     raise ParityError(
-                        f"export parity gate | {'; '.join(p.describe() for p in failed)}; the artifact does not "
-                        "reproduce PyTorch and was not kept"
+                        f"export parity gate | {'; '.join(r.describe() for r in parity if not r)}; the artifact "
+                        "does not reproduce PyTorch and was not kept"
                     )
-            manifest = build_manifest(config, model, artifact, workdir, parity, reparameterized, checkpoint,
-                                      notices, time.perf_counter() - start)
-            _write_json(workdir / MANIFEST_NAME, manifest)
+                gate_block = gate.to_dict()
+            else:
+                gate_block = {"passed": None, "skipped": "parity gate switched off (--no-parity)"}
+            manifest = manifest.with_updates(
+                parity=gate_block, notices=tuple(notices), files=_file_hashes(workdir),
+                export_seconds=round(time.perf_counter() - start, 3),
+            )
+            write_manifest(manifest, workdir)
             publish(workdir, output)
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
     log(f"wrote {output}")
-    return ExportResult(output, output / artifact.path, manifest, parity, notices, manifest["export_seconds"])
+    manifest = manifest.with_updates(directory=output)
+    return ExportResult(output, output / artifact.path, manifest, parity, notices, manifest.export_seconds)
 
 
-def _load_model(checkpoint, variant, trust, log: Progress, notices: list[str]) -> FFNet:
+def _open(checkpoint, variant, trust, log: Progress, notices: list[str]) -> LoadedCheckpoint | None:
+    if isinstance(checkpoint, LoadedCheckpoint):
+        return checkpoint
     if checkpoint is not None:
         log(f"loading {checkpoint}")
-        return load_ffnet(checkpoint, variant, trust=trust)
+        return open_checkpoint(checkpoint, variant, trust=trust)
     log(f"WARNING: {RANDOM_WEIGHTS_NOTICE}")
     notices.append(RANDOM_WEIGHTS_NOTICE)
-    return create_ffnet(variant or DEFAULT_RANDOM_VARIANT).eval()
+    return None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -235,58 +223,24 @@ if hasattr(os, "register_at_fork"):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Parity gate
+# Parity gate: the validate engine on synthetic pixels
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def run_parity_gate(reference: FFNet, artifact: ExportedArtifact, config: ExportConfig, workdir: Path,
-                    log: Progress) -> list[ParityCheck]:
-    """Run each parity target on CPU and compare its logits with the PyTorch ``reference`` (float32, eval mode).
+def run_parity_gate(reference: FFNet, workdir: Path, config: ExportConfig, log: Progress,
+                    notices: list[str], decisions: bool = True) -> GateReport:
+    """Compare every target of the fresh artifact that runs here with the unfused PyTorch ``reference``.
 
-    Inputs are random in the artifact's own input domain (pixels when preprocessing is baked); the reference sees
-    them normalized. A dynamic-batch export is checked at its min and opt batch.
+    This is :func:`ffnet_deploy.validate.engine.gate_artifact`: the same engine, metrics and tolerance profile
+    (the artifact's precision) as ``ffnet-deploy validate``, fed ``config.parity_samples`` batches of synthetic
+    pixels in the artifact's own input convention.
     """
-    from ffnet_deploy.runtimes import create_runner
-
-    lo, opt, _ = config.batch_range()
-    fixed = artifact.inputs[0].shape[0]
-    batches = [fixed] if fixed is not None and fixed not in (lo, opt) else sorted({lo, opt})
-    input_range = artifact.input_range or config.effective_input_range()
-    cfg = reference.cfg
-    feeds, refs = [], []
-    for i in range(config.parity_samples):
-        x = sample_inputs(config, batches[i % len(batches)], seed=i, input_range=input_range)
-        feeds.append(x)
-        normalized = normalize_input(x, config, cfg.mean, cfg.std, input_range=input_range)
-        refs.append(reference.eval()(torch.from_numpy(normalized)).double().numpy())
-    checks = []
-    for target in artifact.parity_targets:
-        log(f"parity gate: {target.runtime} vs PyTorch on {len(feeds)} inputs")
-        check = ParityCheck(target.runtime, target.path, target.rtol)
-        output = target.output or artifact.outputs[0].name
-        try:
-            with create_runner(target.runtime, workdir / target.path, **target.options) as runner:
-                for x, ref in zip(feeds, refs, strict=True):
-                    out = np.asarray(runner.infer({artifact.inputs[0].name: x})[output], np.float64)
-                    out = out.reshape(ref.shape) if out.size == ref.size else out
-                    expected = softmax(ref) if target.probabilities else ref
-                    check.samples.append(compare(out, expected) | {"batch": int(x.shape[0])})
-        except Exception as err:  # any runner failure fails the gate with its message
-            check.error = str(err).splitlines()[0] if str(err) else type(err).__name__
-        checks.append(check)
-    return checks
-
-
-def compare(out: np.ndarray, ref: np.ndarray) -> dict:
-    """Max absolute error, max error relative to the largest reference logit, and top-1 agreement."""
-    if out.shape != ref.shape:
-        return {"max_abs": float("inf"), "max_rel": float("inf"), "top1_agreement": 0.0,
-                "shape": [list(out.shape), list(ref.shape)]}
-    diff = float(np.max(np.abs(out - ref)))
-    scale = max(float(np.max(np.abs(ref))), 1e-12)
-    top1 = float(np.mean(out.argmax(-1) == ref.argmax(-1)))
-    return {"max_abs": diff, "max_rel": diff / scale, "top1_agreement": top1}
+    log(f"parity gate: {config.format} ({config.precision} profile) vs PyTorch on synthetic inputs")
+    unavailable: list[str] = []
+    gate = gate_artifact(workdir, reference, samples=config.parity_samples, runtime_notes=unavailable,
+                         decisions=decisions)
+    notices += unavailable
+    return gate
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -295,67 +249,46 @@ def compare(out: np.ndarray, ref: np.ndarray) -> dict:
 
 
 def build_manifest(config: ExportConfig, model: FFNet, artifact: ExportedArtifact, workdir: Path,
-                   parity: list[ParityCheck], reparameterized: bool, checkpoint, notices: list[str],
-                   seconds: float) -> dict:
-    """The ``manifest.json`` content (schema ``ffnet-deploy/manifest/1``)."""
+                   reparameterized: bool, loaded: LoadedCheckpoint | None, notices: list[str]) -> Manifest:
+    """The typed manifest of a fresh artifact (parity, file hashes and timing are filled in after the gate)."""
     from ffnet_deploy._version import __version__
 
     cfg = model.cfg
     lo, opt, hi = config.batch_range()
     input_range = artifact.input_range or config.effective_input_range()
-    files = {str(p.relative_to(workdir)): sha256_file(p) for p in sorted(workdir.rglob("*")) if p.is_file()}
-    manifest = {
-        "schema": MANIFEST_SCHEMA,
-        "format": config.format,
-        "precision": config.precision,
-        "variant": cfg.name,
-        "resolution": config.resolution,
-        "num_classes": model.num_classes,
-        "batch": {"min": lo, "opt": opt, "max": hi} if config.dynamic_batch else config.batch,
-        "inputs": [s.to_dict() for s in artifact.inputs],
-        "outputs": [s.to_dict() for s in artifact.outputs],
-        "preprocessing": {
-            "baked": input_range != "normalized",
-            "input_range": input_range,
-            "mean": list(cfg.mean),
-            "std": list(cfg.std),
-            "crop_pct": cfg.crop_pct,
-            "interpolation": "bicubic",
-        },
-        "reparameterized": reparameterized,
-        "random_weights": checkpoint is None,
-        "source_checkpoint": None if checkpoint is None
-        else {"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
-        "artifact": {"path": artifact.path, "sha256": tree_sha256(workdir / artifact.path)},
-        "files": files,
-        "versions": {"ffnet_deploy": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                     **artifact.backend_versions},
-        "export_seconds": round(seconds, 3),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "parity": {"passed": all(parity), "checks": [p.to_dict() for p in parity]} if parity
-        else {"passed": None, "skipped": "parity gate switched off" if not config.check_parity
-              else f"no CPU runtime runs {config.format} artifacts here"},
-        "options": {k: v for k, v in config.to_dict().items() if k not in ("output", "force")},
-        "details": artifact.details,
-        "notices": notices,
-        "license": LICENSE_NOTE,
-        "command": " ".join(sys.argv) if sys.argv and "ffnet-deploy" in sys.argv[0] else None,
-    }
-    if artifact.block_outputs is not None:
-        manifest["block_outputs"] = artifact.block_outputs
-    return manifest
+    return Manifest(
+        format=config.format,
+        precision=config.precision,
+        variant=cfg.name,
+        resolution=config.resolution,
+        num_classes=model.num_classes,
+        batch=BatchSpec(lo, opt, hi, True) if config.dynamic_batch else BatchSpec.fixed(config.batch),
+        inputs=tuple(artifact.inputs),
+        outputs=tuple(artifact.outputs),
+        preprocessing=Preprocessing(input_range=input_range, mean=tuple(cfg.mean), std=tuple(cfg.std),
+                                    crop_pct=cfg.crop_pct, interpolation="bicubic"),
+        artifact=FileRef(artifact.path, tree_sha256(workdir / artifact.path)),
+        reparameterized=reparameterized,
+        random_weights=loaded is None,
+        source_checkpoint=None if loaded is None else FileRef(str(loaded.path), loaded.sha256),
+        files=_file_hashes(workdir),
+        versions={"ffnet_deploy": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                  **artifact.backend_versions},
+        block_outputs=artifact.block_outputs,
+        options={k: v for k, v in config.to_dict().items() if k not in ("output", "force")},
+        details=artifact.details,
+        notices=tuple(notices),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        license=LICENSE_NOTE,
+        command=" ".join(sys.argv) if sys.argv and "ffnet-deploy" in sys.argv[0] else None,
+        directory=workdir,
+    )
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(obj):
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+def _file_hashes(workdir: Path) -> dict[str, str]:
+    """SHA-256 of every file of the artifact directory except the manifest itself."""
+    return {str(p.relative_to(workdir)): sha256_file(p) for p in sorted(workdir.rglob("*"))
+            if p.is_file() and p.relative_to(workdir) != Path(MANIFEST_NAME)}
 
 
 def parse_dynamic_batch(text: str | None) -> tuple[int, int, int] | None:

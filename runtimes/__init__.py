@@ -2,13 +2,25 @@
 
 Importing a runner module never imports its engine; engines load in ``_activate`` so that a missing optional
 backend becomes a clear error only when that runtime is used.
+
+Constructor options (every runner also takes ``threads``, ``session_options``, ``manifest`` and ``name``; see
+:class:`~ffnet_deploy.runtimes.base.BaseRunner`):
+
+- ``torch``: ``model``, ``variant``, ``trust``, ``resolution``, ``device``, ``extra_outputs``
+- ``onnxruntime``: ``providers``, ``graph_optimization_level``, ``extra_outputs``
+- ``openvino``: ``device``, ``inference_precision``, ``extra_outputs``
+- ``tensorrt``: ``device``
+- ``coreml``: ``compute_units``
+- ``coreml-reference``: ``compute_fp32``, ``observer``
 """
 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
+from typing import Any
 
-from ffnet_deploy.runtimes.base import RUNTIMES, BaseRunner, TensorMeta, create_runner, register_runtime
+from ffnet_deploy.runtimes.base import RUNTIMES, BaseRunner, register_runtime
 
 # Adding a runtime means adding its module here, plus its test.
 RUNNER_MODULES = ("pytorch", "onnxruntime", "openvino", "tensorrt", "coreml", "coreml_reference")
@@ -20,4 +32,19 @@ def load_all() -> None:
         importlib.import_module(f"ffnet_deploy.runtimes.{module}")
 
 
-__all__ = ["RUNTIMES", "RUNNER_MODULES", "BaseRunner", "TensorMeta", "create_runner", "load_all", "register_runtime"]
+def create_runner(name: str, artifact: str | Path | None = None, **options: Any) -> BaseRunner:
+    """Build the runner registered as ``name`` for ``artifact`` (a model file or an artifact directory).
+
+    Args:
+        name: Registered runtime name (``"onnxruntime"``, ``"openvino"``, ``"torch"``, ...).
+        artifact: What the runner executes; see :class:`~ffnet_deploy.runtimes.base.BaseRunner`.
+        **options: The runner's keyword options, e.g. ``threads=2``.
+
+    Raises:
+        ConfigError: For an unknown runtime name (the message lists the known ones) or an invalid option.
+    """
+    load_all()
+    return RUNTIMES.get(name)(artifact, **options)
+
+
+__all__ = ["RUNTIMES", "RUNNER_MODULES", "BaseRunner", "create_runner", "load_all", "register_runtime"]

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from ffnet_deploy.artifact.manifest import TensorSpec
 from ffnet_deploy.errors import RuntimeBackendError, require
-from ffnet_deploy.runtimes.base import TensorMeta
 
 # ArrayFeatureType.ArrayDataType enum values (Core ML FeatureTypes.proto).
 _ARRAY_DTYPES = {65568: np.float32, 65600: np.float64, 65552: np.float16, 131104: np.int32, 131080: np.int8}
@@ -37,19 +37,19 @@ def image_channels(feature: Any) -> int:
     return 1 if space in (_GRAYSCALE, _GRAYSCALE_F16) else 3
 
 
-def input_metas(spec: Any, component: str) -> list[TensorMeta]:
-    """Inputs as :class:`TensorMeta`.
+def input_specs(spec: Any, component: str) -> list[TensorSpec]:
+    """Inputs as :class:`~ffnet_deploy.artifact.manifest.TensorSpec`.
 
     Image inputs are described as float32 pixel arrays (N, C, H, W) in 0-255. A batch dimension of 1 is reported as
     dynamic (``None``) because the runners loop over larger batches one item at a time.
     """
-    metas = []
+    specs = []
     for feature in spec.description.input:
         kind = feature.type.WhichOneof("Type")
         if kind == "imageType":
             img = feature.type.imageType
             shape: tuple[int | None, ...] = (None, image_channels(feature), int(img.height), int(img.width))
-            metas.append(TensorMeta(feature.name, shape, np.dtype(np.float32)))
+            specs.append(TensorSpec(feature.name, shape, "float32", "image"))
         elif kind == "multiArrayType":
             arr = feature.type.multiArrayType
             dims: list[int | None] = [int(d) for d in arr.shape]
@@ -64,10 +64,10 @@ def input_metas(spec: Any, component: str) -> list[TensorMeta]:
                 raise RuntimeBackendError(
                     f"{component} | input {feature.name!r} has unsupported array type {arr.dataType}"
                 )
-            metas.append(TensorMeta(feature.name, tuple(dims), np.dtype(dtype)))
+            specs.append(TensorSpec(feature.name, tuple(dims), dtype, "tensor"))
         else:
             raise RuntimeBackendError(f"{component} | input {feature.name!r} of kind {kind} is not supported")
-    return metas
+    return specs
 
 
 def output_names(spec: Any) -> list[str]:

@@ -3,6 +3,10 @@
 On Linux use the ``coreml-reference`` runner, which interprets the same ``.mlpackage`` in numpy.
 Image inputs take float pixel arrays (N, C, H, W) in 0-255; each batch item becomes a PIL image because Core ML
 image features are single images.
+
+``threads`` is accepted for a uniform interface but does not apply: Core ML schedules the work itself across the CPU,
+GPU and Neural Engine (choose with ``compute_units``) and offers no thread count; the runner records that in
+``notices``. Core ML has no options object to hand to a hook, so ``session_options`` is refused.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from ffnet_deploy.artifact.manifest import Manifest, TensorSpec
 from ffnet_deploy.errors import ConfigError, RuntimeBackendError, require
-from ffnet_deploy.runtimes._mil_spec import image_channels, input_metas, is_image_feature, output_names
-from ffnet_deploy.runtimes.base import BaseRunner, TensorMeta, register_runtime, resolve_model_file
+from ffnet_deploy.runtimes._mil_spec import image_channels, input_specs, is_image_feature, output_names
+from ffnet_deploy.runtimes.base import BaseRunner, SessionOptionsHook, register_runtime
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 
@@ -28,17 +33,22 @@ class CoreMLRunner(BaseRunner):
     Args:
         artifact: ``model.mlpackage`` or an artifact directory.
         compute_units: ``"ALL"`` (default), ``"CPU_ONLY"``, ``"CPU_AND_GPU"`` or ``"CPU_AND_NE"``.
+        threads: Accepted, but Core ML offers no thread count (recorded in ``notices``).
+        session_options: Not supported; passing one is a ConfigError.
+        manifest: The artifact's manifest, if already read.
         name: Display name.
     """
 
     requires = (("coremltools", "coreml"),)
+    model_suffixes = (".mlpackage", ".mlmodel")
 
-    def __init__(self, artifact: str | Path, *, compute_units: str = "ALL", name: str | None = None) -> None:
-        if artifact is None:
-            raise ConfigError("coreml | needs a model.mlpackage or an artifact directory; got None")
+    def __init__(self, artifact: str | Path | None, *, compute_units: str = "ALL", threads: int | None = None,
+                 session_options: SessionOptionsHook | None = None, manifest: Manifest | None = None,
+                 name: str | None = None) -> None:
+        super().__init__(artifact, threads=threads, session_options=session_options, manifest=manifest, name=name)
         if compute_units not in COMPUTE_UNITS:
-            raise ConfigError(f"coreml | compute_units must be one of {COMPUTE_UNITS}, got {compute_units!r}")
-        super().__init__(artifact, name=name)
+            raise ConfigError(f"{self.name} | compute_units must be one of {COMPUTE_UNITS}, got {compute_units!r}")
+        self._threads_do_not_apply("Core ML schedules CPU, GPU and Neural Engine work itself")
         self.compute_units = compute_units
         self.model_path: Path | None = None
         self.model: Any = None
@@ -57,7 +67,7 @@ class CoreMLRunner(BaseRunner):
                 f"{self.name} | Core ML prediction needs macOS, this is {platform.system()}; "
                 "use the coreml-reference runner to check the program on Linux"
             )
-        self.model_path = resolve_model_file(self.artifact, (".mlpackage", ".mlmodel"), self.name)
+        self.model_path = self._model_file()
         try:
             units = getattr(ct.ComputeUnit, self.compute_units)
             self.model = ct.models.MLModel(str(self.model_path), compute_units=units)
@@ -65,8 +75,8 @@ class CoreMLRunner(BaseRunner):
             raise RuntimeBackendError(f"{self.name} | cannot load {self.model_path}: {err}") from err
         self._spec = self.model.get_spec()
 
-    def _input_metadata(self) -> list[TensorMeta]:
-        return input_metas(self._spec, self.name)
+    def _input_metadata(self) -> list[TensorSpec]:
+        return input_specs(self._spec, self.name)
 
     def _output_names(self) -> list[str]:
         return output_names(self._spec)

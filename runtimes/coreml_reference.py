@@ -12,20 +12,26 @@ or speed; for those use the ``coreml`` runner on a Mac. Its latency is numpy's, 
 Image inputs: for ML programs coremltools turns ``ImageType(scale, bias)`` into ``mul``/``add`` ops at the start of
 the program, and the program's input is a float (1, C, H, W) pixel tensor. The runner therefore takes pixel arrays
 (N, C, H, W) in 0-255 and the program itself applies the scale and bias.
+
+``threads`` limits numpy's BLAS thread pool (where the convolutions and matmuls run) for the duration of each
+inference, through ``threadpoolctl`` when it is installed; without it the limit cannot be applied and the runner
+records that in ``notices``. There is no options object, so ``session_options`` is refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ffnet_deploy.errors import ConfigError
+from ffnet_deploy.artifact.manifest import Manifest, TensorSpec
 from ffnet_deploy.runtimes._mil_program import MILProgram, Observer
-from ffnet_deploy.runtimes._mil_spec import input_metas, load_spec, output_names
-from ffnet_deploy.runtimes.base import BaseRunner, TensorMeta, register_runtime, resolve_model_file
+from ffnet_deploy.runtimes._mil_spec import input_specs, load_spec, output_names
+from ffnet_deploy.runtimes.base import BaseRunner, SessionOptionsHook, register_runtime
 
 
 @register_runtime("coreml-reference")
@@ -37,16 +43,28 @@ class CoreMLReferenceRunner(BaseRunner):
         compute_fp32: Run every fp16 value and op in float32 (the program's own fp32 twin).
         observer: Called as ``observer(name, op_type, value)`` for every non-const op output of each run, for
             per-op error localization.
+        threads: numpy BLAS threads of one inference (via ``threadpoolctl``); ``None`` keeps numpy's default.
+        session_options: Not supported; passing one is a ConfigError.
+        manifest: The artifact's manifest, if already read.
         name: Display name.
     """
 
     requires = (("coremltools.libmilstoragepython", "coreml"),)
+    model_suffixes = (".mlpackage",)
 
-    def __init__(self, artifact: str | Path, *, compute_fp32: bool = False, observer: Observer | None = None,
-                 name: str | None = None) -> None:
-        if artifact is None:
-            raise ConfigError("coreml-reference | needs a model.mlpackage or an artifact directory; got None")
-        super().__init__(artifact, name=name)
+    def __init__(self, artifact: str | Path | None, *, compute_fp32: bool = False, observer: Observer | None = None,
+                 threads: int | None = None, session_options: SessionOptionsHook | None = None,
+                 manifest: Manifest | None = None, name: str | None = None) -> None:
+        super().__init__(artifact, threads=threads, session_options=session_options, manifest=manifest, name=name)
+        self._threadpools: Any = None  # threadpoolctl.ThreadpoolController, when threads is set and it is installed
+        if threads is not None:
+            try:
+                from threadpoolctl import ThreadpoolController
+            except ImportError:
+                self.notices.append(f"threads={threads} is not honoured: threadpoolctl is not installed "
+                                    "(pip install threadpoolctl), so numpy's BLAS keeps its own thread count")
+            else:
+                self._threadpools = ThreadpoolController()
         self.compute_fp32 = compute_fp32
         self.observer = observer
         self.model_path: Path | None = None
@@ -54,15 +72,15 @@ class CoreMLReferenceRunner(BaseRunner):
         self._spec: Any = None
 
     def _activate(self) -> None:
-        self.model_path = resolve_model_file(self.artifact, (".mlpackage",), self.name)
+        self.model_path = self._model_file()
         self._spec = load_spec(self.model_path, self.name)
         self.program = MILProgram.load(self.model_path, self._spec)
 
-    def _input_metadata(self) -> list[TensorMeta]:
-        metas = input_metas(self._spec, self.name)
+    def _input_metadata(self) -> list[TensorSpec]:
+        specs = input_specs(self._spec, self.name)
         if self.compute_fp32:
-            metas = [TensorMeta(m.name, m.shape, np.dtype(np.float32)) if m.dtype == np.float16 else m for m in metas]
-        return metas
+            specs = [replace(s, dtype="float32") if s.np_dtype == np.float16 else s for s in specs]
+        return specs
 
     def _output_names(self) -> list[str]:
         return output_names(self._spec)
@@ -75,7 +93,11 @@ class CoreMLReferenceRunner(BaseRunner):
         chunks = [feed] if not fixed_one or batch == 1 else [
             {k: v[i : i + 1] for k, v in feed.items()} for i in range(batch)
         ]
-        runs = [self.program.run(chunk, observer=self.observer, compute_fp32=self.compute_fp32) for chunk in chunks]
+        limit = nullcontext()
+        if self._threadpools is not None:
+            limit = self._threadpools.limit(limits=self.threads, user_api="blas")
+        with limit:
+            runs = [self.program.run(chunk, observer=self.observer, compute_fp32=self.compute_fp32) for chunk in chunks]
         out: dict[str, np.ndarray] = {}
         for name in self._output_names():
             values = [np.asarray(r[name]) for r in runs]

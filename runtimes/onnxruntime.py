@@ -3,6 +3,14 @@
 ``extra_outputs`` lists intermediate tensor names (e.g. the manifest's ``block_outputs`` values) to return next to
 the model outputs: they are appended to the graph outputs of an in-memory copy of the model before the session is
 created, which is how ``validate --localize`` reads per-block tensors.
+
+``threads`` sets ``intra_op_num_threads`` (and ``inter_op_num_threads`` to 1: the default sequential execution
+runs one node at a time, so the threads of one inference are the intra-op pool). ONNX Runtime's worker threads
+spin-wait after each run by default, which is fastest for one session run back to back but steals the cores from
+anything that runs next; a benchmark that interleaves contenders turns spinning off with the hook::
+
+    create_runner("onnxruntime", path, threads=2, session_options=lambda o: o.add_session_config_entry(
+        "session.intra_op.allow_spinning", "0"))
 """
 
 from __future__ import annotations
@@ -13,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from ffnet_deploy.artifact.manifest import Manifest, TensorSpec
 from ffnet_deploy.errors import ConfigError, RuntimeBackendError
-from ffnet_deploy.runtimes.base import BaseRunner, TensorMeta, register_runtime, resolve_model_file
+from ffnet_deploy.runtimes.base import BaseRunner, SessionOptionsHook, register_runtime
 
 # ONNX Runtime reports element types as strings.
 _ORT_DTYPES = {
@@ -38,24 +47,28 @@ class OnnxRuntimeRunner(BaseRunner):
     Args:
         artifact: ``model.onnx`` or an artifact directory.
         providers: Execution providers in priority order; default ``["CPUExecutionProvider"]``.
-        intra_op_num_threads: Threads per operator; ``None`` lets ONNX Runtime choose.
         graph_optimization_level: ``"disabled"``, ``"basic"``, ``"extended"`` or ``"all"`` (default).
         extra_outputs: Intermediate tensor names to return as additional outputs.
+        threads: CPU threads of one inference (``intra_op_num_threads``; inter-op threads are set to 1); ``None``
+            lets ONNX Runtime choose.
+        session_options: Called with the ``onnxruntime.SessionOptions`` before the session is created.
+        manifest: The artifact's manifest, if already read.
         name: Display name.
     """
 
-    def __init__(self, artifact: str | Path, *, providers: Sequence[str] | None = None,
-                 intra_op_num_threads: int | None = None, graph_optimization_level: str = "all",
-                 extra_outputs: Sequence[str] = (), name: str | None = None) -> None:
-        if artifact is None:
-            raise ConfigError("onnxruntime | needs a model.onnx file or an artifact directory; got None")
+    model_suffixes = (".onnx",)
+    session_options_kind = "onnxruntime.SessionOptions"
+
+    def __init__(self, artifact: str | Path | None, *, providers: Sequence[str] | None = None,
+                 graph_optimization_level: str = "all", extra_outputs: Sequence[str] = (),
+                 threads: int | None = None, session_options: SessionOptionsHook | None = None,
+                 manifest: Manifest | None = None, name: str | None = None) -> None:
+        super().__init__(artifact, threads=threads, session_options=session_options, manifest=manifest, name=name)
         if graph_optimization_level not in _OPT_LEVELS:
             raise ConfigError(
-                f"onnxruntime | graph_optimization_level must be one of {_OPT_LEVELS}, got {graph_optimization_level!r}"
+                f"{self.name} | graph_optimization_level must be one of {_OPT_LEVELS}, got {graph_optimization_level!r}"
             )
-        super().__init__(artifact, name=name)
         self.providers = list(providers) if providers else ["CPUExecutionProvider"]
-        self.intra_op_num_threads = intra_op_num_threads
         self.graph_optimization_level = graph_optimization_level
         self.extra_outputs = list(extra_outputs)
         self.model_path: Path | None = None
@@ -64,16 +77,18 @@ class OnnxRuntimeRunner(BaseRunner):
     def _activate(self) -> None:
         import onnxruntime as ort
 
-        self.model_path = resolve_model_file(self.artifact, (".onnx",), self.name)
+        self.model_path = self._model_file()
         options = ort.SessionOptions()
-        if self.intra_op_num_threads is not None:
-            options.intra_op_num_threads = int(self.intra_op_num_threads)
+        if self.threads is not None:
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
         options.graph_optimization_level = {
             "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[self.graph_optimization_level]
+        self._call_session_options(options)
         source: str | bytes = str(self.model_path)
         if self.extra_outputs:
             source = self._with_extra_outputs()
@@ -118,14 +133,14 @@ class OnnxRuntimeRunner(BaseRunner):
             model.graph.output.append(info)
         return model.SerializeToString()
 
-    def _input_metadata(self) -> list[TensorMeta]:
-        metas = []
+    def _input_metadata(self) -> list[TensorSpec]:
+        specs = []
         for node in self.session.get_inputs():
             shape = tuple(d if isinstance(d, int) else None for d in node.shape)
             if node.type not in _ORT_DTYPES:
                 raise RuntimeBackendError(f"{self.name} | input {node.name!r} has unsupported type {node.type}")
-            metas.append(TensorMeta(node.name, shape, np.dtype(_ORT_DTYPES[node.type])))
-        return metas
+            specs.append(TensorSpec(node.name, shape, _ORT_DTYPES[node.type]))
+        return specs
 
     def _output_names(self) -> list[str]:
         return [o.name for o in self.session.get_outputs()]

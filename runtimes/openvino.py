@@ -3,6 +3,10 @@
 The inference precision is always set explicitly: on CPUs with AMX or AVX512-BF16, OpenVINO's CPU plugin defaults
 to bf16 execution, which would make an "fp32" parity check silently compare bf16 numbers. ``inference_precision``
 defaults to ``"f32"``; ``"bf16"`` and ``"f16"`` select the reduced-precision paths on purpose.
+
+``threads`` sets ``inference_num_threads``. The ``session_options`` hook receives the config dict (property name ->
+value) that is passed to ``Core.compile_model``, after the runner has put its own entries in it; it may add, change
+or remove entries in place, e.g. ``lambda config: config.update({"NUM_STREAMS": "1"})``.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from ffnet_deploy.artifact.manifest import Manifest, TensorSpec
 from ffnet_deploy.errors import ConfigError, RuntimeBackendError, require
-from ffnet_deploy.runtimes.base import BaseRunner, TensorMeta, register_runtime, resolve_model_file
+from ffnet_deploy.runtimes.base import BaseRunner, SessionOptionsHook, register_runtime
 
 PRECISIONS = ("f32", "bf16", "f16")
 
@@ -27,25 +32,28 @@ class OpenVINORunner(BaseRunner):
         artifact: ``model.xml``, ``model.onnx`` or an artifact directory.
         device: OpenVINO device name, ``"CPU"`` by default.
         inference_precision: ``"f32"`` (default), ``"bf16"`` or ``"f16"``, passed as the inference precision hint.
-        num_threads: CPU inference threads; ``None`` lets OpenVINO choose.
         extra_outputs: Intermediate tensor names to return as additional outputs (``model.add_outputs``).
+        threads: CPU threads of one inference (``inference_num_threads``); ``None`` lets OpenVINO choose.
+        session_options: Called with the config dict passed to ``compile_model``; it may edit it in place.
+        manifest: The artifact's manifest, if already read.
         name: Display name.
     """
 
     requires = (("openvino", "openvino"),)
+    model_suffixes = (".xml", ".onnx")
+    session_options_kind = "dict of compile_model properties"
 
-    def __init__(self, artifact: str | Path, *, device: str = "CPU", inference_precision: str = "f32",
-                 num_threads: int | None = None, extra_outputs: Sequence[str] = (), name: str | None = None) -> None:
-        if artifact is None:
-            raise ConfigError("openvino | needs a model.xml file or an artifact directory; got None")
+    def __init__(self, artifact: str | Path | None, *, device: str = "CPU", inference_precision: str = "f32",
+                 extra_outputs: Sequence[str] = (), threads: int | None = None,
+                 session_options: SessionOptionsHook | None = None, manifest: Manifest | None = None,
+                 name: str | None = None) -> None:
+        super().__init__(artifact, threads=threads, session_options=session_options, manifest=manifest, name=name)
         if inference_precision not in PRECISIONS:
             raise ConfigError(
-                f"openvino | inference_precision must be one of {PRECISIONS}, got {inference_precision!r}"
+                f"{self.name} | inference_precision must be one of {PRECISIONS}, got {inference_precision!r}"
             )
-        super().__init__(artifact, name=name)
         self.device = device
         self.inference_precision = inference_precision
-        self.num_threads = num_threads
         self.extra_outputs = list(extra_outputs)
         self.model_path: Path | None = None
         self.compiled: Any = None
@@ -57,7 +65,7 @@ class OpenVINORunner(BaseRunner):
         import openvino.properties as props
         import openvino.properties.hint as hints
 
-        self.model_path = resolve_model_file(self.artifact, (".xml", ".onnx"), self.name)
+        self.model_path = self._model_file()
         core = ov.Core()
         if self.device not in core.available_devices:
             raise RuntimeBackendError(
@@ -79,8 +87,9 @@ class OpenVINORunner(BaseRunner):
             model.add_outputs(list(self.extra_outputs))
         precision = {"f32": ov.Type.f32, "bf16": ov.Type.bf16, "f16": ov.Type.f16}[self.inference_precision]
         config: dict[str, Any] = {hints.inference_precision(): precision}
-        if self.num_threads is not None:
-            config[props.inference_num_threads()] = int(self.num_threads)
+        if self.threads is not None:
+            config[props.inference_num_threads()] = self.threads
+        self._call_session_options(config)
         try:
             self.compiled = core.compile_model(model, self.device, config)
         except Exception as err:  # OpenVINO raises RuntimeError subclasses without a public base
@@ -105,13 +114,13 @@ class OpenVINORunner(BaseRunner):
 
         return str(self.compiled.get_property(hints.inference_precision())).lower()
 
-    def _input_metadata(self) -> list[TensorMeta]:
-        metas = []
+    def _input_metadata(self) -> list[TensorSpec]:
+        specs = []
         for i, port in enumerate(self.compiled.inputs):
             shape = tuple(None if d.is_dynamic else d.get_length() for d in port.get_partial_shape())
             name = port.get_any_name() if port.get_names() else f"input_{i}"
-            metas.append(TensorMeta(name, shape, np.dtype(port.get_element_type().to_dtype())))
-        return metas
+            specs.append(TensorSpec(name, shape, port.get_element_type().to_dtype()))
+        return specs
 
     def _output_names(self) -> list[str]:
         return list(self._out_names)

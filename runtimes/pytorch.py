@@ -4,6 +4,10 @@ It runs an in-memory ``nn.Module`` (``create_runner("torch", None, model=m)``) o
 :func:`~ffnet_deploy.models.checkpoint.load_ffnet` (``create_runner("torch", "ffnet_1.pth.tar")``). The input is
 ``images`` (N, 3, H, W) float32 and the output ``logits``. ``extra_outputs`` names submodules (``"patch_embed"``,
 ``"stages.1.0"``) whose outputs are returned as well, which is what ``validate --localize`` compares block by block.
+
+``threads`` is applied with ``torch.set_num_threads`` around each inference and the previous value restored after,
+because torch's thread count is process-wide and the runner must not change it for the rest of the program. Eager
+PyTorch has no session options object, so the ``session_options`` hook is refused.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from ffnet_deploy.artifact.manifest import Manifest, TensorSpec
 from ffnet_deploy.errors import ConfigError, RuntimeBackendError
-from ffnet_deploy.runtimes.base import BaseRunner, TensorMeta, register_runtime
+from ffnet_deploy.runtimes.base import BaseRunner, SessionOptionsHook, register_runtime
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -34,17 +39,25 @@ class TorchRunner(BaseRunner):
             any spatial size.
         device: Torch device string.
         extra_outputs: Dotted submodule paths whose forward outputs are returned next to ``logits``.
+        threads: CPU threads of one inference (``torch.set_num_threads`` while it runs); ``None`` keeps torch's.
+        session_options: Not supported (eager PyTorch has nothing to configure); passing one is a ConfigError.
+        manifest: Not used by this runner (checkpoints have no manifest); accepted for a uniform interface.
         name: Display name.
     """
 
+    needs_artifact = False  # an in-memory model= needs no file
+
     def __init__(self, artifact: str | Path | None = None, *, model: Any = None, variant: str | None = None,
                  trust: bool = False, resolution: int | None = None, device: str = "cpu",
-                 extra_outputs: Sequence[str] = (), name: str | None = None) -> None:
+                 extra_outputs: Sequence[str] = (), threads: int | None = None,
+                 session_options: SessionOptionsHook | None = None, manifest: Manifest | None = None,
+                 name: str | None = None) -> None:
+        who = name or self.runtime_name
         if artifact is None and model is None:
-            raise ConfigError("torch | needs a checkpoint path or model=<nn.Module>; got neither")
+            raise ConfigError(f"{who} | needs a checkpoint path or model=<nn.Module>; got neither")
         if artifact is not None and model is not None:
-            raise ConfigError("torch | pass either a checkpoint path or model=, not both")
-        super().__init__(artifact, name=name)
+            raise ConfigError(f"{who} | pass either a checkpoint path or model=, not both")
+        super().__init__(artifact, threads=threads, session_options=session_options, manifest=manifest, name=name)
         self._given_model = model
         self._variant = variant
         self._trust = trust
@@ -81,13 +94,13 @@ class TorchRunner(BaseRunner):
 
         return hook
 
-    def _input_metadata(self) -> list[TensorMeta]:
+    def _input_metadata(self) -> list[TensorSpec]:
         res = self._resolution
         if res is None:
             cfg = getattr(self.model, "cfg", None)
             res = getattr(cfg, "resolution", 0)
         hw = (res, res) if res else (None, None)
-        return [TensorMeta(INPUT_NAME, (None, 3, *hw), np.dtype(np.float32))]
+        return [TensorSpec(INPUT_NAME, (None, 3, *hw), "float32", "tensor")]
 
     def _output_names(self) -> list[str]:
         return [OUTPUT_NAME, *self._extra_outputs]
@@ -95,9 +108,16 @@ class TorchRunner(BaseRunner):
     def _infer(self, feed: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         torch = self._torch
         self._captured.clear()
-        with torch.inference_mode():
-            x = torch.from_numpy(feed[INPUT_NAME]).to(self._device)
-            logits = self.model(x)
+        previous = torch.get_num_threads() if self.threads is not None else None
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                x = torch.from_numpy(feed[INPUT_NAME]).to(self._device)
+                logits = self.model(x)
+        finally:
+            if previous is not None:
+                torch.set_num_threads(previous)
         out = {OUTPUT_NAME: logits.float().cpu().numpy()}
         for path in self._extra_outputs:
             out[path] = self._captured[path].float().cpu().numpy()

@@ -3,6 +3,9 @@
 It deserializes a ``model.engine`` built by ``build_engine.sh`` (or ``trtexec``) and runs it with
 ``execute_async_v3``. Device memory is held in torch CUDA tensors, so no extra CUDA binding package is needed.
 An engine is tied to the GPU and TensorRT version that built it; this runner cannot run on a CPU-only machine.
+
+``threads`` is accepted for a uniform interface but does not apply: the network runs on the GPU (the runner records
+that in ``notices``). TensorRT has no options object before deserialization, so ``session_options`` is refused.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ffnet_deploy.errors import ConfigError, RuntimeBackendError, require
-from ffnet_deploy.runtimes.base import BaseRunner, TensorMeta, register_runtime, resolve_model_file
+from ffnet_deploy.artifact.manifest import Manifest, TensorSpec
+from ffnet_deploy.errors import RuntimeBackendError, require
+from ffnet_deploy.runtimes.base import BaseRunner, SessionOptionsHook, register_runtime
 
 
 @register_runtime("tensorrt")
@@ -24,20 +28,25 @@ class TensorRTRunner(BaseRunner):
     Args:
         artifact: ``model.engine`` or an artifact directory holding one.
         device: CUDA device index.
+        threads: Accepted, but does not apply to GPU execution (recorded in ``notices``).
+        session_options: Not supported; passing one is a ConfigError.
+        manifest: The artifact's manifest, if already read.
         name: Display name.
     """
 
     requires = (("tensorrt", "tensorrt"),)
+    model_suffixes = (".engine", ".plan")
 
-    def __init__(self, artifact: str | Path, *, device: int = 0, name: str | None = None) -> None:
-        if artifact is None:
-            raise ConfigError("tensorrt | needs a model.engine file or an artifact directory; got None")
-        super().__init__(artifact, name=name)
+    def __init__(self, artifact: str | Path | None, *, device: int = 0, threads: int | None = None,
+                 session_options: SessionOptionsHook | None = None, manifest: Manifest | None = None,
+                 name: str | None = None) -> None:
+        super().__init__(artifact, threads=threads, session_options=session_options, manifest=manifest, name=name)
+        self._threads_do_not_apply("TensorRT executes the network on the GPU")
         self.device = device
         self.engine_path: Path | None = None
         self.engine: Any = None
         self.context: Any = None
-        self._inputs: list[TensorMeta] = []
+        self._inputs: list[TensorSpec] = []
         self._outputs: list[str] = []
 
     @classmethod
@@ -60,7 +69,7 @@ class TensorRTRunner(BaseRunner):
 
         if not torch.cuda.is_available():
             raise RuntimeBackendError(f"{self.name} | needs a CUDA GPU; torch.cuda.is_available() is False")
-        self.engine_path = resolve_model_file(self.artifact, (".engine", ".plan"), self.name)
+        self.engine_path = self._model_file()
         self._torch = torch
         self._trt = trt
         torch.cuda.set_device(self.device)
@@ -79,11 +88,11 @@ class TensorRTRunner(BaseRunner):
             if self.engine.get_tensor_mode(tname) == trt.TensorIOMode.INPUT:
                 shape = tuple(None if d < 0 else int(d) for d in self.engine.get_tensor_shape(tname))
                 dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(tname)))
-                self._inputs.append(TensorMeta(tname, shape, dtype))
+                self._inputs.append(TensorSpec(tname, shape, dtype))
             else:
                 self._outputs.append(tname)
 
-    def _input_metadata(self) -> list[TensorMeta]:
+    def _input_metadata(self) -> list[TensorSpec]:
         return list(self._inputs)
 
     def _output_names(self) -> list[str]:

@@ -51,7 +51,8 @@ def test_reparam_writes_fused_checkpoint(capsys, test_checkpoint, tmp_path):
     code, out, _ = run(capsys, "reparam", "-c", str(test_checkpoint), "-o", str(out_path), "--json")
     assert code == 0
     result = json.loads(out)
-    assert result["max_rel_error"] < 1e-5
+    assert result["parity"]["max_abs_error"] < 1e-5 * result["parity"]["reference_range"]
+    assert result["parity"]["top1_agreement"] == 1.0
     assert "BatchNorm2d" not in result["report"]["after"]["ops"]
     code, out, _ = run(capsys, "inspect", str(out_path), "--json")
     assert json.loads(out)["fused"] is True and json.loads(out)["variant"] == "ffnet_test"

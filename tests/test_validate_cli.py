@@ -185,7 +185,7 @@ def test_real_photos_pass_for_every_format(tmp_path, probe_checkpoint, artifacts
     report, junit = tmp_path / "report.json", tmp_path / "report.xml"
     paths = [str(artifacts[f"{f}-{p}"]) for f, p in ARTIFACTS]
     rc = main(["validate", *paths, "--checkpoint", str(probe_checkpoint), "--data", str(photo_data["folder"]),
-               "--batch", "5", "--json", str(report), "--junit", str(junit)])
+               "--batch", "5", "--report", str(report), "--junit", str(junit)])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "all 5 artifact(s) passed" in out
@@ -227,7 +227,7 @@ def test_broken_onnx_fails_and_localize_names_the_block(tmp_path, probe_checkpoi
     assert weight.startswith("stages.2.0.")
     report, junit = tmp_path / "r.json", tmp_path / "r.xml"
     rc = main(["validate", str(artifacts["onnx-fp32"]), str(broken), "-c", str(probe_checkpoint),
-               "--images", str(photo_data["flat"]), "--localize", "--json", str(report), "--junit", str(junit)])
+               "--images", str(photo_data["flat"]), "--localize", "--report", str(report), "--junit", str(junit)])
     captured = capsys.readouterr()
     assert rc == 1
     assert "1 of 2 artifact(s) failed" in captured.err and "broken: max_abs_error" in captured.err
@@ -257,7 +257,7 @@ def test_coreml_fp16_localize_reports_mil_ops(tmp_path, probe_checkpoint, artifa
     report = tmp_path / "r.json"
     rc = main(["validate", str(artifacts["coreml-fp16"]), "-c", str(probe_checkpoint), "--synthetic", "4",
                "--tolerance", "min_cosine=1.0", "--tolerance", "localize_sqnr_db=200", "--localize",
-               "--json", str(report)])
+               "--report", str(report)])
     assert rc == 1
     loc = json.loads(report.read_text())["artifacts"][0]["localization"]
     assert loc["method"] == "mil-ops" and "against itself" in loc["note"]
@@ -271,7 +271,7 @@ def test_synthetic_bare_file_and_overrides(tmp_path, probe_checkpoint, artifacts
     shutil.copy(artifacts["onnx-fp32"] / "model.onnx", bare)  # no manifest next to it
     report = tmp_path / "r.json"
     assert main(["validate", str(bare), "-c", str(probe_checkpoint), "--synthetic", "5", "--batch", "2",
-                 "--precision-profile", "fp16", "--json", str(report)]) == 0
+                 "--precision-profile", "fp16", "--report", str(report)]) == 0
     a = json.loads(report.read_text())["artifacts"][0]
     assert a["precision"] == "fp16" and a["manifest"] is None and a["metrics"]["num_samples"] == 5
     assert main(["validate", str(bare), "-c", str(probe_checkpoint), "--synthetic", "3",
@@ -319,16 +319,20 @@ def _tensorrt_reason() -> str | None:
     return RUNTIMES.get("tensorrt").unavailable_reason()
 
 
-def test_tensorrt_artifact_cannot_pass_silently_without_a_gpu(tmp_path_factory, probe_checkpoint, capsys):
+def test_tensorrt_artifact_without_a_gpu_checks_its_onnx_and_says_so(tmp_path_factory, probe_checkpoint, capsys):
     if _tensorrt_reason() is None:
         pytest.skip("TensorRT runs on this machine; test_tensorrt_engine_on_gpu covers it")
     art = exported_artifact(tmp_path_factory, probe_checkpoint, "tensorrt", "fp16")
-    assert main(["validate", str(art), "-c", str(probe_checkpoint), "--synthetic", "2"]) == 1
-    err = capsys.readouterr().err
-    assert "tensorrt cannot run here" in err and "--runtime onnxruntime" in err
-    # The ONNX graph inside the artifact is checked under the artifact's own fp16 profile.
-    assert main(["validate", str(art), "-c", str(probe_checkpoint), "--synthetic", "4",
-                 "--runtime", "onnxruntime"]) == 0
+    # Without TensorRT the TensorRT-ready ONNX graph is validated on ONNX Runtime, as the fp32 graph it is, and the
+    # report says the engine itself was not run.
+    assert main(["validate", str(art), "-c", str(probe_checkpoint), "--synthetic", "2", "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["artifacts"]
+    assert result["runtime"] == "onnxruntime" and result["path"].endswith("model.onnx")
+    assert result["profile"]["name"] == "fp32" and "fp32 graph" in result["profile_reason"]
+    assert any("engine itself was not run" in w for w in result["warnings"])
+    # Asking for the engine explicitly cannot pass silently.
+    assert main(["validate", str(art), "-c", str(probe_checkpoint), "--synthetic", "2", "--runtime", "tensorrt"]) == 1
+    assert "tensorrt cannot run here" in capsys.readouterr().err
 
 
 @pytest.mark.gpu
@@ -352,7 +356,7 @@ def test_core_ml_itself_on_macos(tmp_path, probe_checkpoint, artifacts, photo_da
     report = tmp_path / "r.json"
     paths = [str(artifacts["coreml-fp32"]), str(artifacts["coreml-fp16"])]
     assert main(["validate", *paths, "-c", str(probe_checkpoint), "--data", str(photo_data["folder"]),
-                 "--json", str(report)]) == 0
+                 "--report", str(report)]) == 0
     assert {a["runtime"] for a in json.loads(report.read_text())["artifacts"]} == {"coreml"}
 
 
@@ -361,10 +365,12 @@ def test_coreml_classifier_is_compared_as_probabilities(tmp_path, probe_checkpoi
     with softmax(reference logits) instead of failing on the string output."""
     from ffnet_deploy.export import export
     from ffnet_deploy.exporters.base import ExportConfig
+    from ffnet_deploy.exporters.coreml import CoreMLOptions
 
     out = tmp_path / "cml-classifier"
-    export(ExportConfig("coreml", out, precision="fp32", labels="imagenet", check_parity=False), probe_checkpoint)
+    export(ExportConfig("coreml", out, precision="fp32", options=CoreMLOptions(class_labels="imagenet"),
+                        check_parity=False), probe_checkpoint)
     report = tmp_path / "r.json"
-    assert main(["validate", str(out), "-c", str(probe_checkpoint), "--synthetic", "4", "--json", str(report)]) == 0
+    assert main(["validate", str(out), "-c", str(probe_checkpoint), "--synthetic", "4", "--report", str(report)]) == 0
     metrics = json.loads(report.read_text())["artifacts"][0]["metrics"]
     assert metrics["num_samples"] == 4 and metrics["top1_agreement"] == 1.0

@@ -188,7 +188,7 @@ class Manifest:
     created: str | None = None  # ISO time of the export
     license: str | None = None  # license note
     command: str | None = None  # the command line that produced it
-    schema: str = SCHEMA  # schema the file was written with
+    schema: str = field(default=SCHEMA, compare=False)  # schema the file was written with
     directory: Path | None = field(default=None, compare=False)  # where it was read from (not serialized)
 
     # -- derived views ------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ The variant is detected from the tensor shapes, so naming it is optional.
 from __future__ import annotations
 
 import argparse
+import functools
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,9 @@ from torch import nn
 
 from ffnet_deploy.atomic import atomic_path
 from ffnet_deploy.errors import CheckpointError
-from ffnet_deploy.models.ffnet import VARIANTS, FFNet, create_ffnet, get_config
+from ffnet_deploy.hashing import sha256_file
+from ffnet_deploy.models.config import VARIANTS, get_config
+from ffnet_deploy.models.ffnet import FFNet, create_ffnet
 
 # Globals a checkpoint may reference beyond torch's own weights-only set. timm-style training scripts store their
 # argparse Namespace under "args"; numpy scalars appear in saved metrics.
@@ -299,9 +302,43 @@ def _load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], path: Path) -
     model.load_state_dict(sd, strict=True)
 
 
-def load_ffnet(path: str | Path, variant: str | None = None, *, trust: bool = False, prefer_ema: bool = False,
-               **overrides) -> FFNet:
-    """Build the right FFNet for a checkpoint and load it, in eval mode.
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A checkpoint read once: the model built for it, what the file held, and the file's hash.
+
+    Stages that need the same checkpoint (export, then validate; the pipeline) share one of these instead of
+    reloading and re-hashing the file. Nothing is attached to the model itself.
+    """
+
+    model: FFNet  # the FFNet in eval mode, weights loaded strictly
+    info: CheckpointInfo  # container, variant, fused, classes, metadata
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """Hex SHA-256 of the file, computed on first use and then kept."""
+        return sha256_file(self.info.path)
+
+    @property
+    def path(self) -> Path:
+        return self.info.path
+
+    @property
+    def variant(self) -> str:
+        return self.model.cfg.name
+
+    @property
+    def fused(self) -> bool:
+        return self.info.fused
+
+    def describe(self) -> dict:
+        """What reports record about the reference checkpoint."""
+        return {"checkpoint": str(self.path), "sha256": self.sha256, "variant": self.variant, "fused": self.fused,
+                "num_classes": self.model.num_classes, "container": self.info.container}
+
+
+def open_checkpoint(path: str | Path, variant: str | None = None, *, trust: bool = False, prefer_ema: bool = False,
+                    **overrides) -> LoadedCheckpoint:
+    """Read a checkpoint once, build the right FFNet for it, load it strictly, and hash the file.
 
     The variant, the number of classes and whether the weights are fused are read from the checkpoint; a fused
     checkpoint gives a ``deploy=True`` model.
@@ -311,7 +348,7 @@ def load_ffnet(path: str | Path, variant: str | None = None, *, trust: bool = Fa
         variant: Variant name; detected from the tensor shapes when omitted.
         trust: Allow arbitrary pickles (``--trust-checkpoint``).
         prefer_ema: Load ``state_dict_ema`` when the checkpoint has both it and ``state_dict``.
-        **overrides: :class:`~ffnet_deploy.models.ffnet.FFNetConfig` fields to override (e.g. ``resolution=384``).
+        **overrides: :class:`~ffnet_deploy.models.config.FFNetConfig` fields to override (e.g. ``resolution=384``).
 
     Raises:
         CheckpointError: Unreadable, unsafe, or not matching the variant.
@@ -319,8 +356,17 @@ def load_ffnet(path: str | Path, variant: str | None = None, *, trust: bool = Fa
     info = inspect_checkpoint(path, variant, trust=trust, prefer_ema=prefer_ema)
     model = create_ffnet(info.variant, num_classes=info.num_classes, deploy=info.fused, **overrides)
     _load_strict(model, info.state_dict, info.path)
-    model.checkpoint_info = info  # type: ignore[attr-defined]
-    return model.eval()
+    return LoadedCheckpoint(model.eval(), info)
+
+
+def load_ffnet(path: str | Path, variant: str | None = None, *, trust: bool = False, prefer_ema: bool = False,
+               **overrides) -> FFNet:
+    """Build the right FFNet for a checkpoint and load it, in eval mode (:func:`open_checkpoint`'s model).
+
+    Raises:
+        CheckpointError: Unreadable, unsafe, or not matching the variant.
+    """
+    return open_checkpoint(path, variant, trust=trust, prefer_ema=prefer_ema, **overrides).model
 
 
 def save_checkpoint(model: FFNet, path: str | Path, *, source: str | None = None, extra: dict | None = None) -> Path:

@@ -1,8 +1,12 @@
 """Structural reparameterization: one protocol, one walker.
 
-A module is *reparameterizable* when it has a ``reparameterize()`` method that returns its fused replacement
-without changing ``self`` (MobileOne's and FastViT's idea, under one name). :func:`reparameterize_model` applies it to
-a deep copy of a whole model, checks that nothing fusible is left, and never touches its input.
+A module is *reparameterizable* (:class:`Reparameterizable`) when it has a ``reparameterize()`` method that returns
+its fused replacement without changing ``self`` (MobileOne's and FastViT's idea, under one name).
+:func:`reparameterize_model` applies it to a copy of a whole model, checks that nothing fusible is left, and never
+touches its input.
+
+The walker knows no model classes: blocks tell it what it needs through the protocols here, so that the model modules
+import the walker and never the other way round.
 """
 
 from __future__ import annotations
@@ -10,16 +14,51 @@ from __future__ import annotations
 import copy
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-from ffnet_deploy.models.ffnet import ConvBN, RepDWConv, count_params
+from ffnet_deploy.errors import ReparameterizationError
+from ffnet_deploy.models.stats import count_params
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+@runtime_checkable
+class Reparameterizable(Protocol):
+    """A block with a structural-reparameterization rule."""
+
+    def reparameterize(self) -> nn.Module:
+        """Return the fused replacement of this module, equal in eval mode.
+
+        Never modifies ``self``, and the replacement shares no module or tensor with it, so callers may change it.
+        """
+        ...
+
+
+@runtime_checkable
+class FusionState(Protocol):
+    """Declared by a reparameterizable module that keeps its own class after fusion (a residual wrapper whose layer
+    scale is folded, a whole model), so that the leftover check can tell a fused one from an unfused one.
+    """
+
+    @property
+    def is_fused(self) -> bool:
+        """Nothing of this module itself is left to fold (its descendants are checked on their own)."""
+        ...
+
+    @property
+    def kept_unfused(self) -> tuple[str, ...]:
+        """Descendants, by name relative to this module, that fusion leaves in place on purpose (a classifier-less
+        model's final BatchNorm: nothing linear follows the pooling to absorb it).
+        """
+        ...
 
 
 def is_reparameterizable(module: nn.Module) -> bool:
-    """Whether ``module`` implements the ``reparameterize()`` protocol."""
-    return callable(getattr(module, "reparameterize", None))
+    """Whether ``module`` implements the :class:`Reparameterizable` protocol."""
+    return isinstance(module, Reparameterizable)
 
 
 def reparameterize_children(module: nn.Module) -> nn.Module:
@@ -39,6 +78,33 @@ def reparameterize_children(module: nn.Module) -> nn.Module:
     return module
 
 
+def reparameterized_copy(module: nn.Module) -> nn.Module:
+    """The fused replacement of ``module``: its own ``reparameterize()``, or a copy with its descendants fused."""
+    if is_reparameterizable(module):
+        return module.reparameterize()
+    return reparameterize_children(copy.deepcopy(module))
+
+
+def unfused_modules(model: nn.Module) -> list[str]:
+    """Names of the modules of ``model`` that fusion should have removed, as ``"name (Class)"``.
+
+    A module is left over when it is a BatchNorm, or reparameterizable and not declaring itself fused through
+    :class:`FusionState`. Descendants that a :class:`FusionState` module keeps on purpose are exempt.
+    """
+    kept: set[str] = set()
+    for name, m in model.named_modules():
+        if isinstance(m, FusionState):
+            kept |= {f"{name}.{k}" if name else k for k in m.kept_unfused}
+    leftovers = []
+    for name, m in model.named_modules():
+        if any(name == k or name.startswith(k + ".") for k in kept):
+            continue
+        fused = isinstance(m, FusionState) and m.is_fused
+        if isinstance(m, _BATCHNORMS) or (is_reparameterizable(m) and not fused):
+            leftovers.append(f"{name or '<model>'} ({type(m).__name__})")
+    return leftovers
+
+
 @torch.no_grad()
 def reparameterize_model(model: nn.Module) -> nn.Module:
     """Return a fused copy of ``model`` in eval mode; ``model`` itself is not modified.
@@ -47,33 +113,18 @@ def reparameterize_model(model: nn.Module) -> nn.Module:
     depthwise branches, folds the patch-merging identity skip and every layer scale.
 
     Raises:
-        AssertionError: If a BatchNorm or a multi-branch block survives (a bug in a block's ``reparameterize``).
+        ReparameterizationError: If a BatchNorm or an unfused block survives: some block lacks a
+            ``reparameterize()`` that folds it.
     """
-    if is_reparameterizable(model):
-        fused = model.reparameterize()
-    else:
-        fused = reparameterize_children(copy.deepcopy(model))
-    fused.eval()
-    leftovers = [
-        name for name, m in fused.named_modules()
-        if isinstance(m, (nn.BatchNorm2d, ConvBN, RepDWConv)) or is_reparameterizable(m) and not _is_fused_block(m)
-    ]
-    # A classifier-less model keeps its final BN by design (nothing linear follows the pooling to absorb it).
-    if getattr(fused, "num_classes", 1) == 0:
-        leftovers = [n for n in leftovers if n != "norm"]
-    assert not leftovers, f"reparameterization left unfused modules: {leftovers[:5]}"
+    fused = reparameterized_copy(model).eval()
+    leftovers = unfused_modules(fused)
+    if leftovers:
+        more = f" and {len(leftovers) - 5} more" if len(leftovers) > 5 else ""
+        raise ReparameterizationError(
+            f"reparameterization | {type(model).__name__} still has {len(leftovers)} unfused module(s) after fusion: "
+            f"{', '.join(leftovers[:5])}{more}; the block holding them needs a reparameterize() that folds them"
+        )
     return fused
-
-
-def _is_fused_block(m: nn.Module) -> bool:
-    """Blocks that keep a ``reparameterize`` method after fusion but have nothing left to fold."""
-    from ffnet_deploy.models.ffnet import FFNet, ResidualBlock
-
-    if isinstance(m, ResidualBlock):
-        return m.layer_scale is None
-    if isinstance(m, FFNet):
-        return m.deploy
-    return False
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -11,9 +11,13 @@ import torch
 
 from ffnet_deploy.errors import CheckpointError
 from ffnet_deploy.hashing import sha256_file
-from ffnet_deploy.models.checkpoint import inspect_checkpoint, load_ffnet, save_checkpoint
-from ffnet_deploy.models.ffnet import VARIANTS, count_macs, count_params, create_ffnet
+from ffnet_deploy.models.checkpoint import inspect_checkpoint, open_checkpoint, save_checkpoint
+from ffnet_deploy.models.config import VARIANTS
+from ffnet_deploy.models.ffnet import count_macs, create_ffnet
 from ffnet_deploy.models.reparam import reparam_report, reparameterize_model
+from ffnet_deploy.models.stats import count_params
+from ffnet_deploy.validate.metrics import compare_outputs
+from ffnet_deploy.validate.tolerances import FP32, evaluate_checks
 
 
 def describe_variants(include_test: bool = False) -> list[dict]:
@@ -66,28 +70,29 @@ def reparameterize_checkpoint(checkpoint: str | Path, output: str | Path, varian
     The fused model is checked against the unfused one on a random batch before anything is written.
 
     Returns:
-        JSON-ready summary: variant, output path, the before/after report and the measured max relative error.
+        JSON-ready summary: variant, output path, the before/after report, and the parity metrics of the fused
+        model against the unfused one (the validate engine's metric names, judged by the fp32 profile).
     """
     output = Path(output)
     if output.exists() and not force:
         raise CheckpointError(f"{output} already exists; pass --force to overwrite it")
-    model = load_ffnet(checkpoint, variant, trust=trust)
+    loaded = open_checkpoint(checkpoint, variant, trust=trust)
+    model = loaded.model
     if model.deploy:
         raise CheckpointError(f"{checkpoint} is already fused; nothing to reparameterize")
     fused = reparameterize_model(model)
     res = resolution or min(model.cfg.resolution, 128)
     x = torch.randn(2, 3, res, res, generator=torch.Generator().manual_seed(0))
-    ref, out = model(x), fused(x)
-    rel = ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
-    if not rel <= 1e-4:
-        raise CheckpointError(f"reparameterization of {checkpoint} changed the outputs (max rel error {rel:.2e})")
-    source = sha256_file(checkpoint)
-    save_checkpoint(fused, output, source=source)
+    metrics = compare_outputs(model(x).double().numpy(), fused(x).double().numpy())
+    failed = [c.message for c in evaluate_checks(metrics, FP32) if not c.passed]
+    if failed:
+        raise CheckpointError(f"reparameterization of {checkpoint} changed the outputs: {'; '.join(failed)}")
+    save_checkpoint(fused, output, source=loaded.sha256)
     return {
         "variant": model.cfg.name,
         "output": str(output),
-        "source_sha256": source,
+        "source_sha256": loaded.sha256,
         "output_sha256": sha256_file(output),
-        "max_rel_error": rel,
+        "parity": metrics.to_dict(),
         "report": reparam_report(model, fused).to_dict(),
     }

@@ -68,7 +68,7 @@ class EvalTransform:
 
     @classmethod
     def for_config(cls, cfg, resolution: int | None = None) -> EvalTransform:
-        """The transform of an :class:`~ffnet_deploy.models.ffnet.FFNetConfig` (crop_pct 0.9 for ffnet_1/2, 0.95 3/4).
+        """The transform of an :class:`~ffnet_deploy.models.config.FFNetConfig` (crop_pct 0.9 for ffnet_1/2, 0.95 3/4).
 
         Args:
             cfg: The variant's config.
@@ -535,7 +535,7 @@ def make_source(data: str | Path | None = None, images: str | Path | None = None
     if len(given) != 1:
         raise ConfigError(f"data | pass exactly one of --data, --images, --synthetic (got {given or 'none'})")
     if labels_file is not None and data is None:
-        raise ConfigError("data | --labels applies to --data (an ImageFolder) only")
+        raise ConfigError("data | --label-map applies to --data (an ImageFolder) only")
     if data is not None:
         return ImageFolderSource(data, labels_file, limit)
     if images is not None:

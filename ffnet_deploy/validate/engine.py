@@ -10,7 +10,6 @@ are truthy only when everything passed.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -22,8 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from ffnet_deploy.artifact.manifest import FORMATS, Manifest, has_manifest, read_manifest
 from ffnet_deploy.environment import environment_info
 from ffnet_deploy.errors import ConfigError, FFNetDeployError, ParityError
+from ffnet_deploy.models.checkpoint import LoadedCheckpoint
 from ffnet_deploy.validate.metrics import MetricAccumulator, OutputMetrics, softmax
 from ffnet_deploy.validate.tolerances import (
     FP32,
@@ -55,9 +56,10 @@ class ArtifactResult:
     checks: list[Check] = field(default_factory=list)  # every check, passed or not
     errors: list[str] = field(default_factory=list)  # load/run/configuration errors
     warnings: list[str] = field(default_factory=list)  # notes that do not fail the artifact
-    manifest: dict | None = None  # the artifact's manifest.json, when it has one
+    manifest: Manifest | None = None  # the artifact's manifest, when it has one
     localization: Any = None  # a localize.Localization when --localize ran
     latency_ms: float | None = None  # mean runner latency per call
+    profile_reason: str = ""  # why this profile: the manifest's precision, --precision-profile, the file run
 
     @property
     def failed_checks(self) -> list[Check]:
@@ -79,6 +81,14 @@ class ArtifactResult:
     def __bool__(self) -> bool:
         return self.passed
 
+    def describe(self) -> str:
+        """One line: the runner, the file, and the gating checks (or what failed)."""
+        head = f"{self.runtime} on {self.name} ({self.profile.name} profile)"
+        if not self.passed:
+            return f"{head}: {'; '.join(self.failures)}"
+        gating = [c.message for c in self.checks if c.name != "finite"]
+        return f"{head}: {'; '.join(gating) or 'finite'}"
+
     def to_dict(self) -> dict:
         """Plain-JSON form (NaN/Inf as strings so that the file is strict JSON)."""
         return jsonable({
@@ -89,23 +99,16 @@ class ArtifactResult:
             "precision": self.precision,
             "passed": self.passed,
             "profile": self.profile.to_dict(),
+            "profile_reason": self.profile_reason,
             "metrics": self.metrics.to_dict() if self.metrics else None,
             "checks": [c.to_dict() for c in self.checks],
             "errors": self.errors,
             "warnings": self.warnings,
             "failures": self.failures,
             "latency_ms": self.latency_ms,
-            "manifest": _manifest_summary(self.manifest),
+            "manifest": self.manifest.summary() if self.manifest is not None else None,
             "localization": self.localization.to_dict() if self.localization is not None else None,
         })
-
-
-def _manifest_summary(manifest: dict | None) -> dict | None:
-    if not manifest:
-        return None
-    keys = ("schema", "format", "precision", "variant", "resolution", "num_classes", "batch", "preprocessing",
-            "reparameterized", "source_checkpoint", "artifact", "versions", "created")
-    return {k: manifest.get(k) for k in keys if k in manifest}
 
 
 def jsonable(obj: Any) -> Any:
@@ -159,7 +162,7 @@ class ValidationReport:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Artifact resolution
+# Artifact resolution: the one place that decides which runner executes which file, with which profile
 # --------------------------------------------------------------------------------------------------------------------
 
 FORMAT_BY_SUFFIX = {".onnx": "onnx", ".xml": "openvino", ".mlpackage": "coreml", ".mlmodel": "coreml",
@@ -170,37 +173,36 @@ FORMAT_BY_SUFFIX = {".onnx": "onnx", ".xml": "openvino", ".mlpackage": "coreml",
 def default_runtime(fmt: str) -> str:
     """The runner for an artifact format on this machine (Core ML: the real one on macOS, else the reference)."""
     if fmt == "coreml":
-        return "coreml" if sys.platform == "darwin" else _coreml_reference_name()
+        return "coreml" if sys.platform == "darwin" else "coreml-reference"
     try:
         return {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}[fmt]
     except KeyError:
-        raise ConfigError(f"validate | unknown artifact format {fmt!r}; known: onnx, openvino, coreml, tensorrt") \
-            from None
+        raise ConfigError(f"validate | unknown artifact format {fmt!r}; known: {', '.join(FORMATS)}") from None
 
 
-def _coreml_reference_name() -> str:
-    try:
-        from ffnet_deploy.runtimes import RUNTIMES, load_all
+def runtime_unavailable(runtime: str) -> str | None:
+    """``None`` when the runner can execute here, else one line saying what it needs.
 
-        load_all()
-        for name in ("coreml-reference", "coreml_reference"):
-            if name in RUNTIMES:
-                return name
-    except ImportError:  # pragma: no cover - a runner module failed to import; the error shows when it is used
-        pass
-    return "coreml-reference"
+    Raises:
+        ConfigError: For an unknown runner name (the message lists the known ones).
+    """
+    from ffnet_deploy.runtimes import RUNTIMES, load_all
+
+    load_all()
+    return RUNTIMES.get(runtime).unavailable_reason()
 
 
 @dataclass
 class ArtifactSpec:
-    """An artifact resolved for validation: what it is, how to run it, and how to feed it."""
+    """One runnable target of an artifact: the file a runner loads, the runner, and the profile that judges it."""
 
-    name: str  # as the user gave it
-    path: Path  # what the runner is given (artifact directory or model file)
+    name: str  # as the user gave it (plus the runner, when an artifact has several targets)
+    path: Path  # what the runner is given: the artifact directory, or a model file
     format: str  # onnx, openvino, coreml, tensorrt
     runtime: str  # runner name
-    precision: str  # profile to apply
-    manifest: dict | None  # manifest.json contents, if any
+    precision: str  # precision whose tolerance profile applies
+    profile_reason: str  # why that profile: the manifest's precision, --precision-profile, or the file actually run
+    manifest: Manifest | None  # the artifact's manifest, if any
     input_range: str | None  # "normalized", "0-1", "0-255"; None = decide from the runner's input dtype
     warnings: list[str] = field(default_factory=list)  # notes for the report
     problems: list[str] = field(default_factory=list)  # reasons it cannot be validated against this checkpoint
@@ -208,102 +210,137 @@ class ArtifactSpec:
     @property
     def block_outputs(self) -> dict[str, str]:
         """The manifest's ``{"stages.S.B": tensor name}`` map (empty without a manifest)."""
-        return dict((self.manifest or {}).get("block_outputs") or {})
+        return dict((self.manifest.block_outputs if self.manifest else None) or {})
 
 
-def read_manifest(directory: Path) -> dict | None:
-    """``directory/manifest.json`` parsed, or ``None`` when absent.
+def _profile(precision_profile: str, manifest: Manifest | None) -> tuple[str, str, list[str]]:
+    """``(precision, reason, warnings)`` for the profile choice ``precision_profile`` (``auto`` or a precision)."""
+    if precision_profile not in ("auto", *PROFILES):
+        raise ConfigError(f"validate | --precision-profile must be auto, {', '.join(PROFILES)}; got "
+                          f"{precision_profile!r}")
+    declared = manifest.precision if manifest else None
+    if precision_profile != "auto":
+        warn = [f"manifest says precision {declared}, but --precision-profile {precision_profile} was applied"] \
+            if declared and declared != precision_profile else []
+        return precision_profile, f"--precision-profile {precision_profile}", warn
+    if declared:
+        return declared, f"manifest precision {declared}", []
+    return "fp32", "no manifest: fp32 assumed", [
+        "no manifest precision: applying the fp32 profile (pass --precision-profile to choose)"]
 
-    Raises:
-        ConfigError: If the file exists but is not valid JSON.
-    """
-    path = Path(directory) / "manifest.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError as err:
-        raise ConfigError(f"validate | {path} is not valid JSON ({err}); re-export the artifact") from None
 
+def artifact_targets(artifact: str | Path, precision_profile: str = "auto", runtime: str | None = None,
+                     manifest: Manifest | None = None) -> list[ArtifactSpec]:
+    """Every way this machine could check an artifact, preferred first.
 
-def resolve_artifact(artifact: str | Path, precision_profile: str = "auto", runtime: str | None = None) -> ArtifactSpec:
-    """Work out format, runtime, precision and input convention of an artifact.
+    Most formats have one target: the format's runner on the model. A TensorRT artifact has two: the engine on the
+    ``tensorrt`` runner (when it was built), and the fp32 TensorRT-ready ONNX graph it is built from, on ONNX
+    Runtime, judged by the fp32 profile because that graph is what actually runs.
 
     Args:
         artifact: An artifact directory with ``manifest.json``, or a bare model file (``.onnx``, ``.xml``,
             ``.mlpackage``, ``.engine``). A model file inside an artifact directory uses that directory's manifest.
         precision_profile: ``"auto"`` reads the manifest's precision (fp32 without a manifest); a precision name
             forces that profile.
-        runtime: Runner to use instead of the format's default.
+        runtime: Runner to use instead of the format's default (one target).
+        manifest: The artifact's manifest when the caller already holds it.
 
     Raises:
-        ConfigError: If the path does not exist or is not a recognisable artifact.
+        ConfigError: If the path does not exist or is not a recognisable artifact; ManifestError for a broken
+            manifest.
     """
     name = str(artifact)
     path = Path(artifact)
     if not path.exists():
         raise ConfigError(f"validate | artifact {path} does not exist")
-    warnings: list[str] = []
-    manifest = None
     if path.suffix.lower() in FORMAT_BY_SUFFIX:
         fmt = FORMAT_BY_SUFFIX[path.suffix.lower()]
-        parent = read_manifest(path.parent)
-        if parent and Path((parent.get("artifact") or {}).get("path", "")).name == path.name:
-            manifest = parent
+        if manifest is None and has_manifest(path.parent):
+            parent = read_manifest(path.parent)
+            if Path(parent.artifact.path).name == path.name or (fmt, path.name) == ("onnx", "model.onnx"):
+                manifest = parent
+                fmt = parent.format if parent.format == "tensorrt" else fmt
     elif path.is_dir():
-        manifest = read_manifest(path)
         if manifest is None:
-            raise ConfigError(f"validate | {path} is a folder without manifest.json; pass an artifact directory "
-                              "written by 'ffnet-deploy export' or a model file (.onnx, .xml, .mlpackage, .engine)")
-        fmt = manifest.get("format")
-        if fmt not in ("onnx", "openvino", "coreml", "tensorrt"):
-            raise ConfigError(f"validate | {path}/manifest.json has format {fmt!r}; expected onnx, openvino, "
-                              "coreml or tensorrt")
+            if not has_manifest(path):
+                raise ConfigError(f"validate | {path} is a folder without manifest.json; pass an artifact directory "
+                                  "written by 'ffnet-deploy export' or a model file (.onnx, .xml, .mlpackage, "
+                                  ".engine)")
+            manifest = read_manifest(path)
+        fmt = manifest.format
     else:
         raise ConfigError(f"validate | cannot tell the format of {path}; expected an artifact directory or a "
                           f"{', '.join(FORMAT_BY_SUFFIX)} file")
-    if precision_profile not in ("auto", *PROFILES):
-        raise ConfigError(f"validate | --precision-profile must be auto, {', '.join(PROFILES)}; got "
-                          f"{precision_profile!r}")
-    declared = (manifest or {}).get("precision")
-    if precision_profile == "auto":
-        if declared in PROFILES:
-            precision = declared
-        else:
-            precision = "fp32"
-            warnings.append("no manifest precision: applying the fp32 profile (pass --precision-profile to choose)"
-                            if declared is None else f"manifest precision {declared!r} unknown: applying fp32")
-    else:
-        precision = precision_profile
-        if declared and declared != precision:
-            warnings.append(f"manifest says precision {declared}, but --precision-profile {precision} was applied")
-    pre = (manifest or {}).get("preprocessing") or {}
-    input_range = pre.get("input_range") if manifest else None
-    if manifest and input_range is None:
-        input_range = "normalized"
-    return ArtifactSpec(name=name, path=path, format=fmt, runtime=runtime or default_runtime(fmt),
-                        precision=precision, manifest=manifest, input_range=input_range, warnings=warnings)
+    precision, reason, warnings = _profile(precision_profile, manifest)
+    input_range = manifest.preprocessing.input_range if manifest else None
+
+    def spec(target: Path, run: str, prec: str = precision, why: str = reason, note: list[str] = ()) -> ArtifactSpec:
+        return ArtifactSpec(name=name, path=target, format=fmt, runtime=run, precision=prec, profile_reason=why,
+                            manifest=manifest, input_range=input_range, warnings=[*warnings, *note])
+
+    if runtime is not None:
+        return [spec(path, runtime)]
+    folder = path if path.is_dir() else path.parent
+    if fmt == "openvino" and path.is_dir() and (folder / "model.onnx").is_file():
+        # --keep-onnx: the intermediate graph ships with the IR, so it is checked too, as the fp32 graph it is.
+        onnx_reason = "the intermediate ONNX is an fp32 graph" if precision_profile == "auto" else reason
+        return [spec(path, default_runtime(fmt)),
+                spec(folder / "model.onnx", "onnxruntime", "fp32" if precision_profile == "auto" else precision,
+                     onnx_reason)]
+    if fmt != "tensorrt":
+        return [spec(path, default_runtime(fmt))]
+    targets = []
+    engine = path if path.suffix.lower() in (".engine", ".plan") else None
+    if engine is None and manifest is not None and Path(manifest.artifact.path).suffix in (".engine", ".plan"):
+        engine = folder / manifest.artifact.path
+    if engine is not None and engine.exists():
+        targets.append(spec(engine, "tensorrt"))
+    onnx = path if path.suffix.lower() == ".onnx" else folder / "model.onnx"
+    if onnx.exists():
+        graph_note = ("the TensorRT engine itself was not run: its TensorRT-ready ONNX graph was checked on "
+                      "onnxruntime instead")
+        targets.append(spec(onnx, "onnxruntime", "fp32" if precision_profile == "auto" else precision,
+                            "the TensorRT-ready ONNX is an fp32 graph" if precision_profile == "auto" else reason,
+                            [graph_note]))
+    if not targets:
+        raise ConfigError(f"validate | {path} holds neither a TensorRT engine nor its model.onnx; re-export it")
+    return targets
+
+
+def resolve_artifact(artifact: str | Path, precision_profile: str = "auto", runtime: str | None = None) -> ArtifactSpec:
+    """The target :func:`validate` runs: the first of :func:`artifact_targets` whose runner works here.
+
+    When none works, the first target is returned and running it reports why (e.g. TensorRT without a GPU).
+
+    Raises:
+        ConfigError: See :func:`artifact_targets`.
+    """
+    targets = artifact_targets(artifact, precision_profile, runtime)
+    for target in targets:
+        if runtime_unavailable(target.runtime) is None:
+            return target
+    return targets[0]
 
 
 def check_against_reference(spec: ArtifactSpec, variant: str, num_classes: int, resolution: int | None,
                             checkpoint_sha256: str | None) -> None:
     """Record in ``spec`` where its manifest disagrees with the reference checkpoint."""
     m = spec.manifest
-    if not m:
+    if m is None:
         return
-    if m.get("variant") and m["variant"] != variant:
-        spec.problems.append(f"manifest variant is {m['variant']} but the checkpoint is {variant}; "
+    if m.variant != variant:
+        spec.problems.append(f"manifest variant is {m.variant} but the checkpoint is {variant}; "
                              "validate against the checkpoint the artifact was exported from")
-    if m.get("num_classes") not in (None, num_classes):
-        spec.problems.append(f"manifest has {m['num_classes']} classes but the checkpoint has {num_classes}")
-    if resolution is not None and m.get("resolution") not in (None, resolution):
-        spec.problems.append(f"manifest resolution is {m['resolution']} but validation runs at {resolution}")
-    src = m.get("source_checkpoint") or {}
-    if checkpoint_sha256 and src.get("sha256") and src["sha256"] != checkpoint_sha256:
-        spec.warnings.append(f"artifact was exported from checkpoint sha256 {src['sha256'][:12]}..., the reference "
+    if m.num_classes != num_classes:
+        spec.problems.append(f"manifest has {m.num_classes} classes but the checkpoint has {num_classes}")
+    if resolution is not None and m.resolution != resolution:
+        spec.problems.append(f"manifest resolution is {m.resolution} but validation runs at {resolution}")
+    src = m.source_checkpoint
+    if checkpoint_sha256 and src is not None and src.sha256 and src.sha256 != checkpoint_sha256:
+        spec.warnings.append(f"artifact was exported from checkpoint sha256 {src.sha256[:12]}..., the reference "
                              f"is {checkpoint_sha256[:12]}... (parity will tell whether the weights match)")
-    if m.get("source_checkpoint") is None and "source_checkpoint" in m:
-        spec.warnings.append("artifact was exported from random weights (manifest source_checkpoint is null)")
+    if m.random_weights:
+        spec.warnings.append("artifact was exported from random weights (manifest random_weights is true)")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -332,12 +369,12 @@ class _ArtifactRun:
     def start(self) -> None:
         from ffnet_deploy.runtimes import create_runner
 
-        runner = create_runner(self.spec.runtime, self.spec.path)
-        reason = type(runner).unavailable_reason()
+        reason = runtime_unavailable(self.spec.runtime)
         if reason:
             hint = ("; to check the ONNX graph the engine is built from, pass --runtime onnxruntime"
                     if self.spec.format == "tensorrt" else "")
             raise FFNetDeployError(f"{self.spec.runtime} cannot run here: {reason}{hint}")
+        runner = create_runner(self.spec.runtime, self.spec.path)
         runner.activate()
         self.runner = runner
         meta = runner.input_metadata()
@@ -354,15 +391,12 @@ class _ArtifactRun:
             # A bare model file: an integer input takes raw pixels, anything else the normalized tensor.
             self.spec.input_range = "0-255" if np.issubdtype(self.input_dtype, np.integer) else "normalized"
         outs = runner.output_names()
-        declared = {o["name"]: str(o.get("dtype", "")) for o in (self.spec.manifest or {}).get("outputs", [])}
-        probs = [n for n in outs if declared.get(n, "").startswith("dict") or n.endswith("_probs")]
-        if "logits" in outs:
-            self.output_name = "logits"
-        elif probs:
-            # A Core ML classifier exposes class probabilities (and a string label), not logits.
-            self.output_name, self.output_is_probs = probs[0], True
+        # What an output holds is recorded by the exporter (TensorSpec.role); a bare model file's is its logits.
+        target = self.spec.manifest.result_output if self.spec.manifest is not None else None
+        if target is not None and target.name in outs:
+            self.output_name, self.output_is_probs = target.name, target.role == "probabilities"
         else:
-            self.output_name = outs[0]
+            self.output_name = "logits" if "logits" in outs else outs[0]
 
     def infer(self, batch) -> np.ndarray:
         """Logits for a data batch, chunked/padded to a fixed batch dimension when the artifact has one."""
@@ -392,7 +426,6 @@ class _ArtifactRun:
                 pass
 
 
-
 def _common_resolution(runs: list[_ArtifactRun], default: int) -> int:
     """The input side every artifact agrees on: manifests first, else fixed square inputs, else ``default``.
 
@@ -401,8 +434,7 @@ def _common_resolution(runs: list[_ArtifactRun], default: int) -> int:
     """
     sizes: dict[int, list[str]] = {}
     for run in runs:
-        m = run.spec.manifest or {}
-        side = m.get("resolution")
+        side = run.spec.manifest.resolution if run.spec.manifest is not None else None
         if side is None and run.input_hw is not None and run.input_hw[0] == run.input_hw[1]:
             side = run.input_hw[0]
         if side is not None:
@@ -414,82 +446,56 @@ def _common_resolution(runs: list[_ArtifactRun], default: int) -> int:
     return next(iter(sizes)) if sizes else default
 
 
-def validate(
-    artifacts: Sequence[str | Path],
-    checkpoint: str | Path,
-    variant: str | None = None,
-    source=None,
-    precision_profile: str = "auto",
-    batch: int = 8,
-    localize: bool = False,
-    tolerances: Mapping[str, float | None] | None = None,
-    *,
-    trust: bool = False,
-    runtime: str | None = None,
-    localize_samples: int = 4,
-    progress: Callable[[int], None] | None = None,
-) -> ValidationReport:
-    """Validate artifacts against the PyTorch model of ``checkpoint``; never raises for a parity failure.
+@dataclass
+class Comparison:
+    """What :func:`compare_artifacts` measured: one result per target, and the inputs it used."""
 
-    The reference is the checkpoint loaded with :func:`~ffnet_deploy.models.checkpoint.load_ffnet`, in fp32 eager mode,
-    and *not* reparameterized: the artifact must match the model the user trained. The data is read once; each batch
-    goes through the reference and through every artifact, and metrics accumulate as it streams.
+    results: list[ArtifactResult]  # one per target, in order
+    resolution: int  # input side every target ran at
+    transform: Any  # the EvalTransform the inputs went through
+    images: int  # inputs compared
+
+
+def compare_artifacts(specs: Sequence[ArtifactSpec], reference: Any, source: Any, batch: int = 8,
+                      overrides: Mapping[str, float | None] | None = None, *, checkpoint_sha256: str | None = None,
+                      localize: bool = False, localize_samples: int = 4,
+                      progress: Callable[[int], None] | None = None) -> Comparison:
+    """The parity engine: stream ``source`` through ``reference`` and every target, and judge each target.
+
+    Both ``ffnet-deploy validate`` (a data set) and the export-time gate (synthetic pixels) call this; metrics,
+    tolerance profiles and report fields are therefore the same everywhere. Problems of one target are recorded in
+    its result; nothing here raises for a parity failure.
 
     Args:
-        artifacts: Artifact directories or model files.
-        checkpoint: The source checkpoint.
-        variant: FFNet variant (detected from the checkpoint when omitted).
-        source: A :mod:`ffnet_deploy.validate.data` source; default 32 synthetic images.
-        precision_profile: ``"auto"`` (manifest precision) or ``"fp32"``/``"fp16"``/``"int8"`` for all artifacts.
+        specs: Targets from :func:`resolve_artifact` / :func:`artifact_targets`.
+        reference: The fp32 eager PyTorch FFNet (eval mode) every target is compared with.
+        source: A :mod:`ffnet_deploy.validate.data` source.
         batch: Images per batch.
-        localize: For each failing artifact, find the first FFNet block (ONNX/OpenVINO) or MIL op (Core ML
-            reference) where the error grows (see :mod:`ffnet_deploy.validate.localize`).
-        tolerances: Threshold overrides applied to every profile (see :func:`parse_tolerance_overrides`).
-        trust: Unpickle the checkpoint without the weights-only allow-list.
-        runtime: Runner name to use instead of each format's default.
+        overrides: Threshold overrides applied to every profile.
+        checkpoint_sha256: The reference checkpoint's hash, checked against each manifest's source.
+        localize: For each failing target, find the first FFNet block or MIL op where the error grows.
         localize_samples: Images used by ``localize``.
         progress: Called with the number of images processed after each batch.
 
-    Returns:
-        The report; ``bool(report)`` says whether everything passed, ``report.failures()`` lists every failure.
-
     Raises:
-        FFNetDeployError: For problems that make validation meaningless as a whole (unreadable checkpoint, bad
-            data folder, unknown option values). Problems of one artifact are recorded in its result instead.
+        ConfigError: If the targets take different input sizes or the source yields nothing.
     """
-    import time
-
     import torch
 
-    from ffnet_deploy.hashing import sha256_file
-    from ffnet_deploy.models.checkpoint import load_ffnet
-    from ffnet_deploy.validate.data import EvalTransform, SyntheticSource
+    from ffnet_deploy.validate.data import EvalTransform
 
-    t0 = time.perf_counter()
-    if not artifacts:
-        raise ConfigError("validate | no artifacts given; pass one or more artifact directories or model files")
-    if batch < 1:
-        raise ConfigError(f"validate | --batch must be at least 1, got {batch}")
-    overrides = dict(tolerances or {})
-    for name in overrides:  # fail on unknown keys before any work
-        FP32.with_overrides(**{name: overrides[name]})
-    specs = [resolve_artifact(a, precision_profile, runtime) for a in artifacts]
-
-    model = load_ffnet(checkpoint, variant, trust=trust)
-    cfg = model.cfg
-    ckpt_sha = sha256_file(checkpoint)
-    source = source if source is not None else SyntheticSource(32)
-
+    cfg = reference.cfg
+    overrides = dict(overrides or {})
     runs: list[_ArtifactRun] = []
     first_batch = None
     done = 0
     try:
         for spec in specs:
-            check_against_reference(spec, cfg.name, model.num_classes, None, ckpt_sha)
+            check_against_reference(spec, cfg.name, reference.num_classes, None, checkpoint_sha256)
             profile = resolve_profile(spec.precision, overrides)
             result = ArtifactResult(name=spec.name, path=str(spec.path), format=spec.format, runtime=spec.runtime,
-                                    precision=spec.precision, profile=profile, manifest=spec.manifest,
-                                    warnings=list(spec.warnings), errors=list(spec.problems))
+                                    precision=spec.precision, profile=profile, profile_reason=spec.profile_reason,
+                                    manifest=spec.manifest, warnings=list(spec.warnings), errors=list(spec.problems))
             run = _ArtifactRun(spec, result)
             if not result.errors:
                 try:
@@ -500,8 +506,8 @@ def validate(
             runs.append(run)
         resolution = _common_resolution(runs, cfg.resolution)
         for run in runs:
-            if run.spec.manifest and run.spec.manifest.get("resolution") not in (None, resolution):
-                run.result.errors.append(f"manifest resolution {run.spec.manifest['resolution']} differs from the "
+            if run.spec.manifest is not None and run.spec.manifest.resolution != resolution:
+                run.result.errors.append(f"manifest resolution {run.spec.manifest.resolution} differs from the "
                                          f"{resolution} px input the runtime reports")
                 run.stop()
         if resolution != cfg.resolution:
@@ -513,7 +519,7 @@ def validate(
             if first_batch is None:
                 first_batch = b
             with torch.inference_mode():
-                ref = model(torch.from_numpy(b.images)).float().numpy()
+                ref = reference(torch.from_numpy(b.images)).float().numpy()
             for run in runs:
                 if not run.alive:
                     continue
@@ -549,17 +555,152 @@ def validate(
                                           labels=None if first_batch.labels is None
                                           else first_batch.labels[:localize_samples])
             try:
-                r.localization = localize_artifact(run.spec, model, sample, r.profile.localize_sqnr_db)
+                r.localization = localize_artifact(run.spec, reference, sample, r.profile.localize_sqnr_db)
             except FFNetDeployError as err:
                 r.warnings.append(f"--localize could not run: {err}")
+    return Comparison([r.result for r in runs], resolution, transform, done)
 
-    info = getattr(model, "checkpoint_info", None)
-    reference = {"checkpoint": str(checkpoint), "sha256": ckpt_sha, "variant": cfg.name,
-                 "fused": bool(getattr(info, "fused", False)), "num_classes": model.num_classes,
-                 "resolution": resolution, "runtime": f"torch {torch.__version__} fp32 eager (not reparameterized)"}
-    data = {**source.describe(), "transform": transform.to_dict()}
+
+def validate(
+    artifacts: Sequence[str | Path],
+    checkpoint: str | Path | LoadedCheckpoint,
+    variant: str | None = None,
+    source=None,
+    precision_profile: str = "auto",
+    batch: int = 8,
+    localize: bool = False,
+    tolerances: Mapping[str, float | None] | None = None,
+    *,
+    trust: bool = False,
+    runtime: str | None = None,
+    localize_samples: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> ValidationReport:
+    """Validate artifacts against the PyTorch model of ``checkpoint``; never raises for a parity failure.
+
+    The reference is the checkpoint loaded with :func:`~ffnet_deploy.models.checkpoint.open_checkpoint`, in fp32
+    eager mode, and *not* reparameterized: the artifact must match the model the user trained. The data is read
+    once; each batch goes through the reference and through every artifact, and metrics accumulate as it streams.
+
+    Args:
+        artifacts: Artifact directories or model files.
+        checkpoint: The source checkpoint, or one already opened (it is then neither reloaded nor re-hashed).
+        variant: FFNet variant (detected from the checkpoint when omitted).
+        source: A :mod:`ffnet_deploy.validate.data` source; default 32 synthetic images.
+        precision_profile: ``"auto"`` (manifest precision) or ``"fp32"``/``"fp16"``/``"int8"`` for all artifacts.
+        batch: Images per batch.
+        localize: For each failing artifact, find the first FFNet block (ONNX/OpenVINO) or MIL op (Core ML
+            reference) where the error grows (see :mod:`ffnet_deploy.validate.localize`).
+        tolerances: Threshold overrides applied to every profile (see :func:`parse_tolerance_overrides`).
+        trust: Unpickle the checkpoint without the weights-only allow-list.
+        runtime: Runner name to use instead of each format's default.
+        localize_samples: Images used by ``localize``.
+        progress: Called with the number of images processed after each batch.
+
+    Returns:
+        The report; ``bool(report)`` says whether everything passed, ``report.failures()`` lists every failure.
+
+    Raises:
+        FFNetDeployError: For problems that make validation meaningless as a whole (unreadable checkpoint, bad
+            data folder, unknown option values). Problems of one artifact are recorded in its result instead.
+    """
+    import time
+
+    import torch
+
+    from ffnet_deploy.models.checkpoint import open_checkpoint
+    from ffnet_deploy.validate.data import SyntheticSource
+
+    t0 = time.perf_counter()
+    if not artifacts:
+        raise ConfigError("validate | no artifacts given; pass one or more artifact directories or model files")
+    if batch < 1:
+        raise ConfigError(f"validate | --batch must be at least 1, got {batch}")
+    overrides = dict(tolerances or {})
+    for name in overrides:  # fail on unknown keys before any work
+        FP32.with_overrides(**{name: overrides[name]})
+    specs = [resolve_artifact(a, precision_profile, runtime) for a in artifacts]
+    loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else open_checkpoint(checkpoint, variant,
+                                                                                          trust=trust)
+    source = source if source is not None else SyntheticSource(32)
+    comparison = compare_artifacts(specs, loaded.model, source, batch, overrides, checkpoint_sha256=loaded.sha256,
+                                   localize=localize, localize_samples=localize_samples, progress=progress)
+    reference = {**loaded.describe(), "resolution": comparison.resolution,
+                 "runtime": f"torch {torch.__version__} fp32 eager (not reparameterized)"}
+    data = {**source.describe(), "transform": comparison.transform.to_dict()}
     settings = {"batch": batch, "precision_profile": precision_profile, "tolerance_overrides": overrides,
                 "localize": localize, "runtime": runtime}
-    return ValidationReport(artifacts=[r.result for r in runs], reference=reference, data=data,
+    return ValidationReport(artifacts=comparison.results, reference=reference, data=data,
                             environment=environment_info(), settings=settings,
                             seconds=round(time.perf_counter() - t0, 3))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The export-time gate: the same engine on synthetic pixels
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GateReport:
+    """The export-time parity gate of one artifact directory. Truthy when every target passed."""
+
+    results: list[ArtifactResult]  # one per target this machine could run
+    data: dict  # the synthetic source's description
+    skipped: str | None = None  # why nothing ran (no runner for the format here)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_dict(self) -> dict:
+        """The manifest's ``parity`` block; ``checks`` has validate's per-artifact fields."""
+        if not self.results:
+            return {"passed": None, "skipped": self.skipped}
+        return jsonable({"passed": self.passed, "data": self.data, "checks": [r.to_dict() for r in self.results]})
+
+
+def gate_artifact(directory: str | Path, reference: Any, *, manifest: Manifest | None = None, samples: int = 2,
+                  seed: int = 0, runtime_notes: list[str] | None = None, decisions: bool = True) -> GateReport:
+    """Run every target of an artifact directory that this machine can run on synthetic pixels.
+
+    The inputs are uniform random pixels fed in the artifact's own input convention; the batch follows the
+    manifest (fixed, or the dynamic range's ``opt`` then ``min``), ``samples`` batches of it.
+
+    Args:
+        directory: The artifact directory (its manifest written).
+        reference: The unfused fp32 PyTorch model of the export.
+        manifest: The manifest, when the caller holds it.
+        samples: Batches of synthetic input.
+        seed: Seed of the synthetic pixels.
+        runtime_notes: Receives one line for each target that could not run here.
+        decisions: Gate the decision metrics (top-1 agreement, top-5 overlap) too. Random weights give logits
+            that are near-ties, so their arg-max is noise: an export without a checkpoint is gated on the numbers
+            (errors, cosine) alone, and each result says so.
+    """
+    from ffnet_deploy.validate.data import SyntheticSource
+
+    manifest = manifest if manifest is not None else read_manifest(directory)
+    targets = []
+    for target in artifact_targets(directory, manifest=manifest):
+        reason = runtime_unavailable(target.runtime)
+        if reason is None:
+            target.name = target.path.name if target.path.is_file() else manifest.artifact.path
+            targets.append(target)
+        elif runtime_notes is not None:
+            runtime_notes.append(f"{target.runtime} cannot run here ({reason}); {target.path.name} was not gated")
+    lo, opt = manifest.batch.min, manifest.batch.opt
+    n = samples * opt + (lo if lo != opt else 0)
+    source = SyntheticSource(n, seed=seed)
+    if not targets:
+        return GateReport([], source.describe(), f"no runner for {manifest.format} artifacts can run here")
+    overrides = {} if decisions else {"min_top1_agreement": None, "min_top5_overlap": None}
+    comparison = compare_artifacts(targets, reference, source, batch=opt, overrides=overrides)
+    for result in comparison.results:  # the work directory is renamed on publish: record paths inside it
+        result.path = result.name
+        if not decisions:
+            result.warnings.append("random weights: top-1 agreement is reported but not gated (near-tie logits)")
+    return GateReport(comparison.results, {**source.describe(), "batch": opt,
+                                           "transform": comparison.transform.to_dict()})

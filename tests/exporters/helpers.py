@@ -20,7 +20,22 @@ def run_export(tmp_path: Path, fmt: str, checkpoint: Path | None, name: str | No
 
 
 def manifest(path: Path) -> dict:
+    """The ``manifest.json`` of an artifact directory, as written (plain JSON)."""
     return json.loads((path / "manifest.json").read_text())
+
+
+def gate_checks(m: dict) -> list[dict]:
+    """The export parity gate's per-target results recorded in manifest ``m``."""
+    return m["parity"]["checks"]
+
+
+def gate_max_rel(check: dict) -> float:
+    """Max |artifact - torch| over the reference logits' range, from one gate result (see :func:`gate_checks`).
+
+    Relative to the range, not per logit: the gate's per-logit ``max_rel_error`` is dominated by logits near zero.
+    """
+    metrics = check["metrics"]
+    return metrics["max_abs_error"] / metrics["reference_range"]
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ from ffnet_deploy.exporters.base import ExportConfig
 from ffnet_deploy.models.checkpoint import load_ffnet
 from ffnet_deploy.runtimes import create_runner
 from tests.conftest import official_state_dict, write_checkpoint
-from tests.exporters.helpers import max_rel
+from tests.exporters.helpers import gate_checks, gate_max_rel, manifest, max_rel
 
 
 @pytest.mark.slow
@@ -26,9 +26,10 @@ def test_official_checkpoint_onnx_and_openvino_parity(tmp_path, variant, resolut
     for fmt, runtime in (("onnx", "onnxruntime"), ("openvino", "openvino")):
         config = ExportConfig(fmt, tmp_path / fmt, resolution=resolution, batch=2, parity_samples=1)
         result = export(config, checkpoint)
-        assert result.manifest["variant"] == variant and result.manifest["inputs"][0]["shape"] == [2, 3, resolution,
-                                                                                                    resolution]
-        assert result.parity[0].passed and result.parity[0].max_rel < 1e-4
+        m = manifest(result.output)
+        assert m["variant"] == variant and m["inputs"][0]["shape"] == [2, 3, resolution, resolution]
+        (check,) = gate_checks(m)
+        assert check["passed"] and gate_max_rel(check) < 1e-4
         options = {"inference_precision": "f32"} if runtime == "openvino" else {}
         with create_runner(runtime, result.output, **options) as runner:
             got = runner.infer({"images": x})["logits"]

@@ -11,20 +11,21 @@ import torch
 
 from ffnet_deploy.export import export
 from ffnet_deploy.exporters.base import ExportConfig
-from ffnet_deploy.exporters.coreml import fold_input_std, mil_op_counts
+from ffnet_deploy.exporters.coreml import CoreMLOptions, fold_input_std, mil_op_counts
 from ffnet_deploy.models.checkpoint import load_ffnet
-from ffnet_deploy.models.ffnet import PUBLISHED, create_ffnet
+from ffnet_deploy.models.config import PUBLISHED
+from ffnet_deploy.models.ffnet import create_ffnet
 from ffnet_deploy.models.reparam import reparameterize_model
-from tests.exporters.helpers import run_export
+from tests.exporters.helpers import gate_checks, manifest, run_export
 
 
 def test_coreml_image_input_spec_and_metadata(tmp_path, test_checkpoint):
     result = run_export(tmp_path, "coreml", test_checkpoint)
-    m = result.manifest
+    m = manifest(result.output)
     assert m["precision"] == "fp16" and m["artifact"]["path"] == "model.mlpackage"
     assert m["preprocessing"] == {**m["preprocessing"], "baked": True, "input_range": "0-255"}
     assert m["parity"]["passed"] is True and "block_outputs" not in m
-    assert [c["runtime"] for c in m["parity"]["checks"]] == ["coreml-reference"]
+    assert [c["runtime"] for c in gate_checks(m)] == ["coreml-reference"]
     spec = ct.utils.load_spec(str(result.output / "model.mlpackage"))
     assert spec.WhichOneof("Type") == "mlProgram" and spec.specificationVersion >= 7  # iOS 16
     (inp,) = spec.description.input
@@ -59,8 +60,8 @@ def test_image_preprocessing_folding_is_exact(test_checkpoint):
 
 
 def test_coreml_tensor_input_classifier_fp32(tmp_path, test_checkpoint):
-    result = run_export(tmp_path, "coreml", test_checkpoint, coreml_input="tensor", precision="fp32",
-                        labels="imagenet")
+    result = run_export(tmp_path, "coreml", test_checkpoint, precision="fp32",
+                        options=CoreMLOptions(input="tensor", class_labels="imagenet"))
     spec = ct.utils.load_spec(str(result.output / "model.mlpackage"))
     (inp,) = spec.description.input
     assert inp.type.WhichOneof("Type") == "multiArrayType" and list(inp.type.multiArrayType.shape) == [1, 3, 64, 64]
@@ -68,8 +69,10 @@ def test_coreml_tensor_input_classifier_fp32(tmp_path, test_checkpoint):
     assert sorted(o.name for o in spec.description.output) == sorted(["classLabel", "classLabel_probs"])
     ops = mil_op_counts(spec)
     assert ops["classify"] == 1 and ops["softmax"] == 1 and "cast" not in ops  # fp32: no fp16 casts
-    assert result.manifest["details"]["classifier"] == {"labels": "imagenet", "count": 1000}
-    assert result.manifest["preprocessing"]["input_range"] == "normalized"
+    m = manifest(result.output)
+    assert m["details"]["classifier"] == {"labels": "imagenet", "count": 1000}
+    assert m["preprocessing"]["input_range"] == "normalized"
+    assert m["options"]["options"] == {"input": "tensor", "class_labels": "imagenet"}
 
 
 def test_coreml_labels_file_and_bad_options(tmp_path, test_checkpoint):
@@ -78,9 +81,11 @@ def test_coreml_labels_file_and_bad_options(tmp_path, test_checkpoint):
     short = tmp_path / "labels.txt"
     short.write_text("cat\ndog\n")
     with pytest.raises(ConfigError, match="2 labels from .* but the model has 1000 classes"):
-        run_export(tmp_path, "coreml", test_checkpoint, labels=str(short))
+        run_export(tmp_path, "coreml", test_checkpoint, options=CoreMLOptions(class_labels=short))
     with pytest.raises(ConfigError, match="image input takes one picture"):
         run_export(tmp_path, "coreml", test_checkpoint, batch=2)
+    with pytest.raises(ConfigError, match="image input takes one picture"):
+        run_export(tmp_path, "coreml", test_checkpoint, dynamic_batch=(1, 1, 2), options=CoreMLOptions())
     with pytest.raises(ConfigError, match="--include-preprocessing is for ONNX"):
         run_export(tmp_path, "coreml", test_checkpoint, include_preprocessing=True)
     assert not (tmp_path / "coreml-artifact").exists()
@@ -98,7 +103,7 @@ def test_coreml_export_every_variant(tmp_path, variant):
     assert ops["conv"] == sum(isinstance(m, torch.nn.Conv2d) for m in fused.modules())
     assert ops["gelu"] == sum(isinstance(m, torch.nn.GELU) for m in fused.modules())
     assert spec.description.input[0].type.imageType.width == 64
-    assert result.manifest["variant"] == variant and result.manifest["random_weights"] is True
+    assert result.manifest.variant == variant and result.manifest.random_weights is True
 
 
 def test_missing_coremltools_names_the_extra(tmp_path, test_checkpoint, monkeypatch):
@@ -127,21 +132,22 @@ def test_parity_gate_runs_the_program_and_refuses_a_wrong_one(tmp_path, test_che
     from ffnet_deploy.errors import ParityError
     from ffnet_deploy.exporters.coreml import CoreMLExporter
 
-    ok = run_export(tmp_path, "coreml", test_checkpoint, name="ok", precision=precision, labels=labels)
-    check = ok.manifest["parity"]["checks"][0]
-    assert check["runtime"] == "coreml-reference" and ok.manifest["parity"]["passed"] is True
+    options = CoreMLOptions(class_labels=labels)
+    ok = run_export(tmp_path, "coreml", test_checkpoint, name="ok", precision=precision, options=options)
+    m = manifest(ok.output)
+    assert gate_checks(m)[0]["runtime"] == "coreml-reference" and m["parity"]["passed"] is True
 
     original = CoreMLExporter.export
 
-    def wrong_weights(self, model, config, workdir, log):
+    def wrong_weights(self, model, config, workdir, log, **kwargs):
         broken = type(model)(model.cfg, model.num_classes, deploy=True).eval()
         broken.load_state_dict(model.state_dict())
         with torch.no_grad():
             broken.head.weight.mul_(-1.0)  # a plausible export bug: the artifact computes something else
-        return original(self, broken, config, workdir, log)
+        return original(self, broken, config, workdir, log, **kwargs)
 
     monkeypatch.setattr(CoreMLExporter, "export", wrong_weights)
     with pytest.raises(ParityError, match="coreml-reference on model.mlpackage"):
-        run_export(tmp_path, "coreml", test_checkpoint, name="bad", precision=precision, labels=labels)
+        run_export(tmp_path, "coreml", test_checkpoint, name="bad", precision=precision, options=options)
     assert not (tmp_path / "bad").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

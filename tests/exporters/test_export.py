@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,9 +17,12 @@ from ffnet_deploy.artifact.workdir import remove_stale_workdirs
 from ffnet_deploy.cli import main
 from ffnet_deploy.errors import CheckpointError, ConfigError, ExportError, ParityError
 from ffnet_deploy.export import export, parse_dynamic_batch
-from ffnet_deploy.exporters import EXPORTER_MODULES, format_names
-from ffnet_deploy.exporters.base import ExportConfig
-from ffnet_deploy.exporters.onnx import OnnxExporter
+from ffnet_deploy.exporters import EXPORTER_MODULES, EXPORTERS, build_options, format_names
+from ffnet_deploy.exporters.base import ExportConfig, FormatOptions
+from ffnet_deploy.exporters.coreml import CoreMLOptions
+from ffnet_deploy.exporters.onnx import OnnxExporter, OnnxOptions
+from ffnet_deploy.exporters.openvino import OpenVINOOptions
+from ffnet_deploy.exporters.tensorrt import TensorRTOptions
 from tests.exporters.helpers import manifest, run_export
 
 TESTS = Path(__file__).parent
@@ -34,10 +38,98 @@ def test_every_registered_format_has_a_test():
     assert not missing, f"export formats without tests/exporters/test_<format>.py: {missing}"
 
 
+@pytest.mark.parametrize("fmt", format_names())
+def test_every_format_declares_its_own_options(fmt):
+    """Each exporter names a frozen options dataclass of its own whose defaults are valid and JSON-ready."""
+    import dataclasses
+    import json
+
+    options_class = EXPORTERS.get(fmt).options_class
+    assert issubclass(options_class, FormatOptions) and options_class is not FormatOptions
+    assert options_class.format_name == fmt
+    assert [c for c in format_names() if EXPORTERS.get(c).options_class is options_class] == [fmt]
+    defaults = options_class()
+    defaults.validate()
+    json.dumps(defaults.to_dict())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        defaults.opset = 18  # frozen: a config cannot change under an exporter
+    assert all(f.metadata.get("flag", "").startswith("--") for f in dataclasses.fields(options_class))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (OnnxOptions(opset=12), r"^onnx export \| --opset must be an integer within 13..21, got 12$"),
+        (OnnxOptions(opset="17"), r"^onnx export \| --opset must be an integer within 13..21, got '17'$"),
+        (OpenVINOOptions(opset=22), r"^openvino export \| --opset must be an integer within 13..21, got 22$"),
+        (OpenVINOOptions(keep_onnx="yes"), r"^openvino export \| keep_onnx must be True or False, got 'yes'$"),
+        (CoreMLOptions(input="pixels"), r"^coreml export \| --coreml-input must be 'image' or 'tensor', got 'pixels'$"),
+        (CoreMLOptions(class_labels="no-such-labels.txt"),
+         r"^coreml export \| --class-labels file no-such-labels.txt does not exist; pass a file with one label per "
+         r"line, or 'imagenet'$"),
+        (TensorRTOptions(workspace_mb=0),
+         r"^tensorrt export \| --trt-workspace must be a positive number of MiB, got 0$"),
+        (TensorRTOptions(dla_core=-1), r"^tensorrt export \| --dla-core must be a DLA core number >= 0, got -1$"),
+        (TensorRTOptions(opset=9), r"^tensorrt export \| --opset must be an integer within 13..21, got 9$"),
+        (TensorRTOptions(timing_cache=Path("/")), r"^tensorrt export \| --timing-cache must be a file path"),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, FormatOptions) else None,
+)
+def test_format_options_validation(tmp_path, test_checkpoint, options, message):
+    with pytest.raises(ConfigError, match=message):
+        options.validate()
+    # The exporter runs the same check before anything is loaded or written.
+    with pytest.raises(ConfigError, match=message):
+        run_export(tmp_path, options.format_name, test_checkpoint, options=options)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options", "message"),
+    [
+        ("onnx", CoreMLOptions(class_labels="imagenet"),
+         "onnx export | options are CoreMLOptions (coreml export options); --format onnx takes OnnxOptions"),
+        # OpenVINOOptions subclasses OnnxOptions, but keep_onnx means nothing to an ONNX export: refused too.
+        ("onnx", OpenVINOOptions(keep_onnx=True), "options are OpenVINOOptions (openvino export options)"),
+        ("openvino", OnnxOptions(opset=20), "--format openvino takes OpenVINOOptions"),
+        ("tensorrt", OpenVINOOptions(), "options are OpenVINOOptions (openvino export options)"),
+        ("coreml", TensorRTOptions(dla_core=0), "--format coreml takes CoreMLOptions"),
+        ("onnx", {"opset": 17}, "export | options must be a format's options object such as OnnxOptions, got dict"),
+    ],
+)
+def test_options_of_another_format_are_refused(tmp_path, test_checkpoint, fmt, options, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run_export(tmp_path, fmt, test_checkpoint, options=options)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_to_dict_records_the_format_options():
+    import json
+
+    config = ExportConfig("tensorrt", Path("out"), dynamic_batch=(1, 2, 4),
+                          options=TensorRTOptions(dla_core=1, timing_cache=Path("/tmp/t.cache")))
+    data = config.to_dict()
+    assert json.loads(json.dumps(data)) == data  # JSON-ready as is
+    assert data["options"] == {"opset": 17, "simplify": True, "workspace_mb": 4096, "dla_core": 1,
+                               "timing_cache": "/tmp/t.cache"}
+    assert data["output"] == "out" and data["dynamic_batch"] == [1, 2, 4] and data["format"] == "tensorrt"
+    assert ExportConfig("onnx", Path("out")).to_dict()["options"] is None  # unresolved: the format's defaults
+
+
+def test_build_options_from_given_values():
+    assert build_options("openvino", {"opset": 20, "keep_onnx": True}) == OpenVINOOptions(opset=20, keep_onnx=True)
+    assert build_options("coreml", {}) == CoreMLOptions()
+    with pytest.raises(ConfigError, match=r"^export \| --dla-core is an option of --format tensorrt; --format onnx "
+                                          r"does not take it$"):
+        build_options("onnx", {"dla_core": 0})
+    with pytest.raises(ConfigError, match="unknown export format 'tflite'"):
+        build_options("tflite", {})
+
+
 def test_injected_failure_leaves_nothing(tmp_path, test_checkpoint, monkeypatch):
     written = []
 
-    def failing(self, model, config, workdir, log):
+    def failing(self, model, config, workdir, log, **kwargs):
         (workdir / "model.onnx").write_bytes(b"half an artifact")
         written.append(workdir)
         raise RuntimeError("injected failure mid-export")
@@ -54,15 +146,15 @@ def test_parity_failure_exits_and_keeps_nothing(tmp_path, test_checkpoint, monke
 
     original = OnnxExporter.export
 
-    def wrong_weights(self, model, config, workdir, log):
+    def wrong_weights(self, model, config, workdir, log, **kwargs):
         broken = type(model)(model.cfg, model.num_classes, deploy=True).eval()
         broken.load_state_dict(model.state_dict())
         with torch.no_grad():
             broken.head.bias.add_(1.0)  # a plausible export bug: the artifact computes something else
-        return original(self, broken, config, workdir, log)
+        return original(self, broken, config, workdir, log, **kwargs)
 
     monkeypatch.setattr(OnnxExporter, "export", wrong_weights)
-    with pytest.raises(ParityError, match="onnxruntime on model.onnx: max rel error .* was not kept"):
+    with pytest.raises(ParityError, match=r"export parity gate \| onnxruntime on model.onnx .* was not kept"):
         run_export(tmp_path, "onnx", test_checkpoint)
     assert not (tmp_path / "onnx-artifact").exists() and leftovers(tmp_path) == []
 
@@ -75,8 +167,8 @@ from ffnet_deploy.exporters.base import ExportConfig
 from ffnet_deploy.exporters.onnx import OnnxExporter
 
 original = OnnxExporter.export
-def slow(self, model, config, workdir, log):
-    info = original(self, model, config, workdir, log)
+def slow(self, model, config, workdir, log, **kwargs):
+    info = original(self, model, config, workdir, log, **kwargs)
     Path(sys.argv[2]).write_text(str(workdir))  # tell the test we are midway: the model file is written
     time.sleep(60)
     return info
@@ -121,7 +213,7 @@ def test_stale_cleanup_spares_live_processes(tmp_path):
 
 def test_existing_artifact_refused_without_force(tmp_path, test_checkpoint):
     first = run_export(tmp_path, "onnx", test_checkpoint)
-    sha = first.manifest["artifact"]["sha256"]
+    sha = manifest(first.output)["artifact"]["sha256"]
     with pytest.raises(ExportError, match="already exists; pass --force"):
         run_export(tmp_path, "onnx", test_checkpoint)
     assert manifest(first.output)["artifact"]["sha256"] == sha
@@ -133,7 +225,7 @@ def test_existing_artifact_refused_without_force(tmp_path, test_checkpoint):
     ("options", "error", "message"),
     [
         ({"resolution": 100}, ConfigError, r"multiple of 32 .* got 100; try 96"),
-        ({"opset": 12}, ConfigError, r"--opset must be within 13..21"),
+        ({"options": OnnxOptions(opset=12)}, ConfigError, r"--opset must be an integer within 13..21"),
         ({"dynamic_batch": (4, 2, 8)}, ConfigError, r"1 <= MIN <= OPT <= MAX"),
         ({"batch": 0}, ConfigError, r"--batch must be at least 1"),
     ],
@@ -166,7 +258,7 @@ def test_unwritable_output(tmp_path, test_checkpoint):
 def test_random_weights_are_loud(tmp_path):
     lines = []
     result = export(ExportConfig("onnx", tmp_path / "rnd"), None, "ffnet_test", progress=lines.append)
-    assert result.manifest["random_weights"] is True and result.manifest["source_checkpoint"] is None
+    assert result.manifest.random_weights is True and result.manifest.source_checkpoint is None
     assert any("RANDOM weights" in n for n in result.notices) and lines[0].startswith("WARNING")
 
 
@@ -182,6 +274,19 @@ def test_parse_dynamic_batch():
         (["-f", "tflite"], "unknown export format 'tflite'; choose one of: coreml, onnx, openvino, tensorrt"),
         (["-f", "onnx", "-r", "250"], "multiple of 32"),
         (["-f", "onnx", "--dynamic-batch", "1-8"], "--dynamic-batch needs MIN:OPT:MAX"),
+        (["-f", "onnx", "--opset", "12"], "onnx export | --opset must be an integer within 13..21, got 12"),
+        # A format option given to another format is refused by name, not silently ignored.
+        (["-f", "onnx", "--dla-core", "0"], "--dla-core is an option of --format tensorrt; --format onnx does not "
+                                            "take it"),
+        (["-f", "onnx", "--class-labels", "imagenet"], "--class-labels is an option of --format coreml; --format "
+                                                       "onnx does not take it"),
+        (["-f", "tensorrt", "--keep-onnx"], "--keep-onnx is an option of --format openvino; --format tensorrt does "
+                                            "not take it"),
+        (["-f", "coreml", "--no-simplify"], "--no-simplify is an option of --format onnx/openvino/tensorrt; "
+                                            "--format coreml does not take it"),
+        (["-f", "openvino", "--trt-workspace", "512"], "--trt-workspace is an option of --format tensorrt"),
+        (["-f", "tensorrt", "--coreml-input", "tensor"], "--coreml-input is an option of --format coreml"),
+        (["-f", "tensorrt", "--dla-core", "-1"], "tensorrt export | --dla-core must be a DLA core number >= 0"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, capsys, args, message):
@@ -189,6 +294,13 @@ def test_cli_errors_are_one_line(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert rc == 1 and message in err and "Traceback" not in err
     assert [line for line in err.splitlines() if line.startswith("error:")] == [err.strip().splitlines()[-1]]
+
+
+def test_cli_labels_flag_is_class_labels(tmp_path, capsys):
+    """Core ML's class names flag is --class-labels; --labels (validate's label map in the past) is not an export
+    flag, so it is a usage error rather than a second meaning."""
+    rc = main(["export", "-v", "ffnet_test", "-f", "coreml", "-o", str(tmp_path / "o"), "--labels", "imagenet"])
+    assert rc == 2 and "--labels" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_cli_missing_backend(tmp_path, capsys, monkeypatch):

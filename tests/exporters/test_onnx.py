@@ -7,25 +7,27 @@ import onnx
 import pytest
 import torch
 
+from ffnet_deploy.exporters.onnx import OnnxOptions
 from ffnet_deploy.models.checkpoint import load_ffnet
 from ffnet_deploy.runtimes import create_runner
-from tests.exporters.helpers import manifest, max_rel, run_export, torch_logits
+from tests.exporters.helpers import gate_checks, gate_max_rel, manifest, max_rel, run_export, torch_logits
 
 
 def test_onnx_parity_and_manifest(tmp_path, test_checkpoint):
     result = run_export(tmp_path, "onnx", test_checkpoint)
     out = result.output
     m = manifest(out)
-    assert (out / "model.onnx").is_file() and m == result.manifest
+    assert (out / "model.onnx").is_file() and m == result.manifest.to_dict()
     assert m["format"] == "onnx" and m["precision"] == "fp32" and m["variant"] == "ffnet_test"
-    assert m["inputs"] == [{"name": "images", "shape": [1, 3, 64, 64], "dtype": "float32"}]
-    assert m["outputs"] == [{"name": "logits", "shape": [1, 1000], "dtype": "float32"}]
+    assert m["inputs"] == [{"name": "images", "shape": [1, 3, 64, 64], "dtype": "float32", "role": "tensor"}]
+    assert m["outputs"] == [{"name": "logits", "shape": [1, 1000], "dtype": "float32", "role": "logits"}]
     assert m["reparameterized"] is True and m["random_weights"] is False
     assert m["preprocessing"]["baked"] is False and m["preprocessing"]["input_range"] == "normalized"
     assert len(m["source_checkpoint"]["sha256"]) == 64 and len(m["artifact"]["sha256"]) == 64
     assert {"ffnet_deploy", "torch", "onnx", "onnxruntime"} <= set(m["versions"])
-    assert m["parity"]["passed"] is True and m["parity"]["checks"][0]["max_rel"] < 1e-4
+    assert m["parity"]["passed"] is True and gate_max_rel(gate_checks(m)[0]) < 1e-4
     assert m["details"]["simplified"] is True
+    assert m["options"]["options"] == {"opset": 17, "simplify": True}  # the format defaults, recorded
     graph = onnx.load(str(out / "model.onnx"))
     assert graph.opset_import[0].version == 17
 
@@ -59,10 +61,10 @@ def test_block_outputs_are_the_block_tensors(tmp_path, test_checkpoint):
 
 def test_dynamic_batch(tmp_path, test_checkpoint):
     result = run_export(tmp_path, "onnx", test_checkpoint, dynamic_batch=(1, 2, 4))
-    m = result.manifest
+    m = manifest(result.output)
     assert m["batch"] == {"min": 1, "opt": 2, "max": 4}
     assert m["inputs"][0]["shape"] == [None, 3, 64, 64] and m["outputs"][0]["shape"] == [None, 1000]
-    assert sorted({s["batch"] for s in m["parity"]["checks"][0]["samples"]}) == [1, 2]
+    assert m["parity"]["passed"] is True and m["parity"]["data"]["batch"] == 2  # gated at the opt batch
     x = np.random.default_rng(1).standard_normal((3, 3, 64, 64), dtype=np.float32)
     with create_runner("onnxruntime", result.output) as runner:
         got = runner.infer({"images": x})["logits"]
@@ -72,7 +74,7 @@ def test_dynamic_batch(tmp_path, test_checkpoint):
 @pytest.mark.parametrize(("input_range", "dtype"), [("0-255", np.uint8), ("0-1", np.float32)])
 def test_include_preprocessing(tmp_path, test_checkpoint, input_range, dtype):
     result = run_export(tmp_path, "onnx", test_checkpoint, include_preprocessing=True, input_range=input_range)
-    m = result.manifest
+    m = manifest(result.output)
     assert m["preprocessing"]["baked"] is True and m["preprocessing"]["input_range"] == input_range
     assert m["inputs"][0]["dtype"] == np.dtype(dtype).name
     rng = np.random.default_rng(5)
@@ -89,10 +91,11 @@ def test_include_preprocessing(tmp_path, test_checkpoint, input_range, dtype):
 
 
 def test_gelu_form_is_recorded_and_fused(tmp_path, test_checkpoint):
-    gelu17 = run_export(tmp_path, "onnx", test_checkpoint).manifest["details"]["gelu"]
+    gelu17 = manifest(run_export(tmp_path, "onnx", test_checkpoint).output)["details"]["gelu"]
     assert gelu17["exported_form"].startswith("erf decomposition") and gelu17["count"] == 11
     assert gelu17["onnxruntime"]["fused_gelu_nodes"] == 11 and gelu17["onnxruntime"]["all_fused"]
-    gelu20 = run_export(tmp_path, "onnx", test_checkpoint, name="op20", opset=20).manifest["details"]["gelu"]
+    op20 = manifest(run_export(tmp_path, "onnx", test_checkpoint, name="op20", options=OnnxOptions(opset=20)).output)
+    gelu20 = op20["details"]["gelu"]
     assert gelu20["exported_form"].startswith("onnx Gelu op") and gelu20["onnxruntime"]["all_fused"]
 
 
@@ -104,20 +107,20 @@ def test_onnxsim_failure_keeps_unsimplified_graph(tmp_path, test_checkpoint, mon
 
     monkeypatch.setattr(onnxsim, "simplify", broken)
     result = run_export(tmp_path, "onnx", test_checkpoint)
-    m = result.manifest
+    m = manifest(result.output)
     assert m["details"]["simplified"] is False and "simulated onnxsim crash" in m["details"]["simplify_note"]
     assert any("kept the unsimplified graph" in n for n in result.notices)
     assert m["parity"]["passed"] is True
     monkeypatch.undo()
-    simplified = run_export(tmp_path, "onnx", test_checkpoint, name="simplified").manifest
+    simplified = manifest(run_export(tmp_path, "onnx", test_checkpoint, name="simplified").output)
     assert simplified["details"]["simplified"] is True
     # What onnxsim folds away (the exporter's Constant nodes) is still there in the kept graph.
     assert m["details"]["op_counts"]["Constant"] > simplified["details"]["op_counts"]["Constant"]
 
 
 def test_no_reparam_exports_the_unfused_graph(tmp_path, test_checkpoint):
-    fused = run_export(tmp_path, "onnx", test_checkpoint).manifest
-    unfused = run_export(tmp_path, "onnx", test_checkpoint, name="unfused", reparameterize=False).manifest
+    fused = manifest(run_export(tmp_path, "onnx", test_checkpoint).output)
+    unfused = manifest(run_export(tmp_path, "onnx", test_checkpoint, name="unfused", reparameterize=False).output)
     assert unfused["reparameterized"] is False and unfused["parity"]["passed"] is True
     assert unfused["details"]["op_counts"]["Conv"] > fused["details"]["op_counts"]["Conv"]
     assert list(unfused["block_outputs"]) == list(fused["block_outputs"])

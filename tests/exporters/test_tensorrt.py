@@ -11,14 +11,14 @@ import pytest
 
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.exporters.base import ExportConfig
-from ffnet_deploy.exporters.tensorrt import TrtBuildPlan, build_script, tensorrt_unavailable_reason
+from ffnet_deploy.exporters.tensorrt import TensorRTOptions, TrtBuildPlan, build_script, tensorrt_unavailable_reason
 from ffnet_deploy.runtimes import create_runner
-from tests.exporters.helpers import max_rel, run_export, torch_logits
+from tests.exporters.helpers import gate_checks, manifest, max_rel, run_export, torch_logits
 
 
-def plan(**options) -> TrtBuildPlan:
-    config = ExportConfig("tensorrt", Path("unused"), resolution=256, **options)
-    return TrtBuildPlan.from_config(config, options.get("precision") or "fp16")
+def plan(precision: str = "fp16", dynamic_batch: tuple[int, int, int] | None = None, **options) -> TrtBuildPlan:
+    config = ExportConfig("tensorrt", Path("unused"), resolution=256, dynamic_batch=dynamic_batch, precision=precision)
+    return TrtBuildPlan.from_config(config, TensorRTOptions(**options), precision)
 
 
 def test_static_plan_has_no_shape_flags():
@@ -29,8 +29,8 @@ def test_static_plan_has_no_shape_flags():
 
 
 def test_dynamic_fp16_dla_plan():
-    p = plan(dynamic_batch=(1, 8, 32), precision="fp16", trt_workspace_mb=1024, trt_dla_core=1,
-             trt_timing_cache=Path("/var/cache/ffnet.cache"))
+    p = plan(dynamic_batch=(1, 8, 32), precision="fp16", workspace_mb=1024, dla_core=1,
+             timing_cache=Path("/var/cache/ffnet.cache"))
     assert p.shapes == ((1, 3, 256, 256), (8, 3, 256, 256), (32, 3, 256, 256))
     assert p.command() == (
         "trtexec --onnx=model.onnx --saveEngine=model.engine --fp16 --minShapes=images:1x3x256x256 "
@@ -55,13 +55,13 @@ def test_build_script_is_valid_bash_running_that_command(tmp_path):
 
 def test_dla_needs_reduced_precision(tmp_path, test_checkpoint):
     with pytest.raises(ConfigError, match="DLA runs FP16 or INT8 only"):
-        run_export(tmp_path, "tensorrt", test_checkpoint, precision="fp32", trt_dla_core=0)
+        run_export(tmp_path, "tensorrt", test_checkpoint, precision="fp32", options=TensorRTOptions(dla_core=0))
 
 
 @pytest.mark.skipif(tensorrt_unavailable_reason() is None, reason="this machine can build engines")
 def test_without_tensorrt_writes_onnx_and_script(tmp_path, test_checkpoint):
     result = run_export(tmp_path, "tensorrt", test_checkpoint, dynamic_batch=(1, 2, 4))
-    out, m = result.output, result.manifest
+    out, m = result.output, manifest(result.output)
     assert sorted(p.name for p in out.iterdir()) == ["build_engine.sh", "manifest.json", "model.onnx"]
     assert m["format"] == "tensorrt" and m["precision"] == "fp16" and m["artifact"]["path"] == "model.onnx"
     assert m["details"]["engine_built"] is False and m["versions"]["tensorrt"] == "not installed"
@@ -71,7 +71,7 @@ def test_without_tensorrt_writes_onnx_and_script(tmp_path, test_checkpoint):
         "--fp16", "--minShapes=images:1x3x64x64", "--optShapes=images:2x3x64x64", "--maxShapes=images:4x3x64x64",
         "--memPoolSize=workspace:4096M", "--timingCacheFile=timing.cache"]
     # The TRT-ready ONNX itself is gated with ONNX Runtime.
-    assert m["parity"]["passed"] is True and [c["runtime"] for c in m["parity"]["checks"]] == ["onnxruntime"]
+    assert m["parity"]["passed"] is True and [c["runtime"] for c in gate_checks(m)] == ["onnxruntime"]
     assert "block_outputs" in m
 
 
@@ -90,10 +90,10 @@ def test_cli_exits_zero_without_tensorrt(tmp_path, test_checkpoint, capsys):
 def test_engine_build_and_run_on_gpu(tmp_path, test_checkpoint):
     cache = tmp_path / "timing.cache"
     result = run_export(tmp_path, "tensorrt", test_checkpoint, precision="fp32", dynamic_batch=(1, 2, 4),
-                        trt_timing_cache=cache)
-    out, m = result.output, result.manifest
+                        options=TensorRTOptions(timing_cache=cache))
+    out, m = result.output, manifest(result.output)
     assert (out / "model.engine").is_file() and m["artifact"]["path"] == "model.engine" and cache.is_file()
-    assert [c["runtime"] for c in m["parity"]["checks"]] == ["onnxruntime", "tensorrt"] and m["parity"]["passed"]
+    assert sorted(c["runtime"] for c in gate_checks(m)) == ["onnxruntime", "tensorrt"] and m["parity"]["passed"]
     x = np.random.default_rng(2).standard_normal((3, 3, 64, 64), dtype=np.float32)
     with create_runner("tensorrt", out) as runner:
         got = runner.infer({"images": x})["logits"]

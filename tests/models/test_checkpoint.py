@@ -12,7 +12,7 @@ import torch
 from ffnet_deploy import create_ffnet, inspect_checkpoint, load_ffnet, reparameterize_model, save_checkpoint
 from ffnet_deploy.errors import CheckpointError, ConfigError
 from ffnet_deploy.models.checkpoint import detect_variant, load_checkpoint
-from ffnet_deploy.models.ffnet import PUBLISHED
+from ffnet_deploy.models.config import PUBLISHED
 from tests.conftest import official_state_dict, write_checkpoint
 from tests.official_reference import official_forward
 

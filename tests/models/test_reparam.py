@@ -1,98 +1,76 @@
-"""Structural reparameterization: exact per block (randomized BN statistics and layer scales) and per variant."""
+"""Structural reparameterization: the protocol, the generic walker and its leftover check, exact per variant."""
 
 from __future__ import annotations
 
-import copy
+import ast
+import inspect
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import nn
 
-from ffnet_deploy import create_ffnet, reparameterize_model
-from ffnet_deploy.models.ffnet import (
-    PUBLISHED,
-    BNConv,
-    ChannelMixer,
-    ConvBN,
-    RepDWConv,
-    ResidualBlock,
-    SkipBNConv,
-    TokenMixer,
-    get_config,
+from ffnet_deploy.errors import FFNetDeployError, ReparameterizationError
+from ffnet_deploy.models import reparam
+from ffnet_deploy.models.config import PUBLISHED
+from ffnet_deploy.models.ffnet import FFNet, create_ffnet
+from ffnet_deploy.models.layers import BNConv, ConvBN, RepDWConv, ResidualBlock, SkipBNConv
+from ffnet_deploy.models.reparam import (
+    FusionState,
+    Reparameterizable,
+    graph_stats,
+    reparam_report,
+    reparameterize_model,
+    unfused_modules,
 )
-from ffnet_deploy.models.reparam import graph_stats, reparam_report
 from tests.conftest import randomize_
-
-RTOL = 1e-5
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+from tests.models.helpers import RTOL, rel_err
 
 
-def assert_fuses_exactly(module: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module:
-    randomize_(module, seed).eval()
-    snapshot = copy.deepcopy(module.state_dict())
+def test_the_walker_knows_no_model_module():
+    tree = ast.parse(inspect.getsource(reparam))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    model_modules = {f"ffnet_deploy.models.{m}" for m in ("config", "layers", "mixers", "ffnet", "checkpoint", "zoo")}
+    assert not imported & model_modules
+
+
+def test_blocks_implement_the_protocols():
+    for block in (ConvBN(4, 4), BNConv(4, 4), RepDWConv(4, 4), SkipBNConv(4), ResidualBlock(nn.Identity(), 4)):
+        assert isinstance(block, Reparameterizable)
+    assert isinstance(ResidualBlock(nn.Identity(), 4), FusionState)
+    model = create_ffnet("ffnet_test")
+    assert isinstance(model, Reparameterizable) and isinstance(model, FusionState) and not model.is_fused
+    assert not isinstance(nn.Conv2d(4, 4, 1), Reparameterizable)
+
+
+def test_a_plain_module_is_walked_on_a_copy():
+    model = randomize_(nn.Sequential(ConvBN(3, 8, 3), nn.GELU(), nn.Sequential(RepDWConv(8, 8, 5, 3)))).eval()
+    x = torch.randn(2, 3, 9, 9)
     with torch.no_grad():
-        ref = module(x)
-        fused = module.reparameterize().eval()
-        out = fused(x)
-    assert rel_err(out, ref) < RTOL
-    # reparameterize() must not touch self
-    assert all(torch.equal(snapshot[k], v) for k, v in module.state_dict().items())
-    return fused
+        fused = reparameterize_model(model)
+        assert rel_err(fused(x), model(x)) < RTOL
+    assert [type(m) for m in fused.modules()] == [nn.Sequential, nn.Conv2d, nn.GELU, nn.Sequential, nn.Conv2d]
+    assert isinstance(model[0], ConvBN)  # the input keeps its structure
 
 
-def test_conv_bn():
-    fused = assert_fuses_exactly(ConvBN(8, 16, 3, 2), torch.randn(2, 8, 13, 13))
-    assert isinstance(fused, nn.Conv2d) and fused.bias is not None
+def test_a_surviving_batchnorm_is_a_one_line_error():
+    model = nn.Sequential(ConvBN(3, 8), nn.Sequential(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)))
+    with pytest.raises(ReparameterizationError, match=r"1 unfused module\(s\).*: 1\.1 \(BatchNorm2d\);") as err:
+        reparameterize_model(model)
+    assert isinstance(err.value, FFNetDeployError) and "\n" not in str(err.value)
 
 
-def test_conv_bn_depthwise():
-    assert_fuses_exactly(ConvBN(8, 8, 3, 1, groups=8), torch.randn(2, 8, 9, 9))
+def test_a_block_that_declares_itself_unfused_is_reported():
+    class Stubborn(nn.Module):
+        is_fused = False
+        kept_unfused = ()
 
+        def reparameterize(self) -> nn.Module:
+            return self
 
-def test_bn_conv_1x1_with_bias():
-    fused = assert_fuses_exactly(BNConv(12, 20), torch.randn(2, 12, 7, 7))
-    assert isinstance(fused, nn.Conv2d) and fused.kernel_size == (1, 1)
-
-
-def test_skip_bn_conv_folds_identity():
-    fused = assert_fuses_exactly(SkipBNConv(10), torch.randn(2, 10, 6, 6))
-    assert isinstance(fused, nn.Conv2d)
-
-
-@settings(max_examples=25, deadline=None)
-@given(
-    kernels=st.sampled_from([(7, 3), (5, 3), (9, 5), (7, 1), (3, 1), (11, 7)]),
-    stride=st.sampled_from([1, 2]),
-    multiplier=st.sampled_from([1, 2]),
-    size=st.integers(5, 17),
-    seed=st.integers(0, 1000),
-)
-def test_rep_dw_any_odd_kernel_pair(kernels, stride, multiplier, size, seed):
-    big, small = kernels
-    block = RepDWConv(4, 4 * multiplier, big, small, stride)
-    fused = assert_fuses_exactly(block, torch.randn(2, 4, size, size), seed)
-    assert fused.kernel_size == (big, big) and fused.stride == (stride, stride)
-
-
-@pytest.mark.parametrize("k1,k2", [(3, 3), (7, 7), (7, 3), (3, 7)])
-def test_token_mixer_residual_with_layer_scale(k1, k2):
-    cfg = get_config("ffnet_test")
-    block = ResidualBlock(TokenMixer(cfg, 16, k1, k2), 16, layer_scale=True)
-    fused = assert_fuses_exactly(block, torch.randn(2, 16, 10, 10))
-    assert fused.layer_scale is None
-
-
-@pytest.mark.parametrize("kernel", [3, 7])
-def test_channel_mixer_residual_with_layer_scale(kernel):
-    cfg = get_config("ffnet_test")
-    block = ResidualBlock(ChannelMixer(cfg, 16, kernel, 3), 16, layer_scale=True)
-    fused = assert_fuses_exactly(block, torch.randn(2, 16, 10, 10))
-    assert fused.layer_scale is None
+    assert unfused_modules(nn.Sequential(Stubborn())) == ["0 (Stubborn)"]
+    with pytest.raises(ReparameterizationError, match="Stubborn"):
+        reparameterize_model(nn.Sequential(Stubborn()))
 
 
 @pytest.mark.parametrize("variant", [*PUBLISHED, "ffnet_test"])
@@ -113,6 +91,7 @@ def test_every_variant_fuses_exactly(variant):
     kinds = {type(m) for m in fused.modules()}
     assert not kinds & {nn.BatchNorm2d, ConvBN, BNConv, RepDWConv, SkipBNConv}
     assert all(m.layer_scale is None for m in fused.modules() if isinstance(m, ResidualBlock))
+    assert isinstance(fused, FFNet) and fused.is_fused and unfused_modules(fused) == []
 
 
 def test_rep_branch_kernel_override_fuses():
@@ -133,11 +112,18 @@ def test_fused_state_dict_loads_strictly_into_deploy_model():
         assert torch.equal(deploy(x), fused(x))
 
 
-def test_headless_model_keeps_final_bn():
+def test_headless_model_keeps_final_bn_by_its_own_declaration():
     model = randomize_(create_ffnet("ffnet_test", num_classes=0)).eval()
     x = torch.randn(1, 3, 64, 64)
+    fused = reparameterize_model(model)
+    assert isinstance(fused.norm, nn.BatchNorm2d) and fused.kept_unfused == ("norm",)
     with torch.no_grad():
-        assert rel_err(reparameterize_model(model)(x), model(x)) < RTOL
+        assert rel_err(fused(x), model(x)) < RTOL
+    # the deploy structure of a headless model keeps it too, so fused headless weights load strictly
+    deploy = create_ffnet("ffnet_test", num_classes=0, deploy=True).eval()
+    deploy.load_state_dict(fused.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(deploy(x), fused(x))
 
 
 def test_report_counts_what_changed():
@@ -149,3 +135,10 @@ def test_report_counts_what_changed():
     # a 2-branch RepVGG pair becomes one conv, and its add disappears
     assert after.ops["add"] < before.ops["add"]
     assert graph_stats(model).to_dict()["total_ops"] == before.total_ops
+
+
+@pytest.mark.parametrize("mixer", ["attention", "convnext"])
+def test_report_traces_every_mixer(mixer):
+    model = create_ffnet("ffnet_test", token_mixer=mixer).eval()
+    report = reparam_report(model, reparameterize_model(model))
+    assert "BatchNorm2d" in report.before.ops and "BatchNorm2d" not in report.after.ops

@@ -6,13 +6,13 @@ They are made directly with the engines' own converters (``torch.onnx.export``, 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from ffnet_deploy.artifact.manifest import BatchSpec, FileRef, Manifest, Preprocessing, TensorSpec, write_manifest
 from ffnet_deploy.models.ffnet import create_ffnet
 from ffnet_deploy.models.reparam import reparameterize_model
 from tests.conftest import randomize_
@@ -25,15 +25,38 @@ def fused_test_model(seed: int = 0) -> torch.nn.Module:
     return reparameterize_model(randomize_(create_ffnet("ffnet_test").eval(), seed)).eval()
 
 
-def torch_logits(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return model(torch.from_numpy(x)).numpy()
+def torch_logits(model: torch.nn.Module, x: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """The model's logits; with ``threads``, computed on that many threads (the summation order, hence the last
+    bits, depends on it)."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+    finally:
+        torch.set_num_threads(previous)
 
 
-def write_manifest(directory: Path, artifact: str, fmt: str) -> None:
-    """A minimal manifest whose artifact.path points at ``artifact`` (enough for runner path resolution)."""
-    manifest = {"schema": "ffnet-deploy/manifest/1", "format": fmt, "artifact": {"path": artifact, "sha256": None}}
-    (directory / "manifest.json").write_text(json.dumps(manifest))
+def make_manifest(artifact: str, fmt: str, *, dynamic_batch: bool = True) -> Manifest:
+    """A valid manifest of an fp32 ``ffnet_test`` artifact whose ``artifact.path`` is ``artifact``."""
+    cfg = create_ffnet("ffnet_test").cfg
+    batch = BatchSpec(1, 1, 8, True) if dynamic_batch else BatchSpec.fixed(1)
+    n = None if dynamic_batch else 1
+    return Manifest(
+        format=fmt, precision="fp32", variant="ffnet_test", resolution=RES, num_classes=1000, batch=batch,
+        inputs=(TensorSpec("images", (n, 3, RES, RES), "float32", "tensor"),),
+        outputs=(TensorSpec("logits", (n, 1000), "float32", "logits"),),
+        preprocessing=Preprocessing("normalized", cfg.mean, cfg.std, cfg.crop_pct),
+        artifact=FileRef(artifact, ""),
+    )
+
+
+def write_test_manifest(directory: Path, artifact: str, fmt: str, *, dynamic_batch: bool = True) -> Manifest:
+    """Write :func:`make_manifest` into ``directory`` (enough for runners to resolve and describe the artifact)."""
+    manifest = make_manifest(artifact, fmt, dynamic_batch=dynamic_batch)
+    write_manifest(manifest, directory)
+    return manifest
 
 
 def export_onnx(model: torch.nn.Module, path: Path, res: int = RES) -> Path:
@@ -60,7 +83,7 @@ def onnx_dir(tmp_path_factory, fused_model) -> Path:
     """An artifact directory holding model.onnx and a manifest."""
     directory = tmp_path_factory.mktemp("onnx")
     export_onnx(fused_model, directory / "model.onnx")
-    write_manifest(directory, "model.onnx", "onnx")
+    write_test_manifest(directory, "model.onnx", "onnx")
     return directory
 
 
@@ -71,7 +94,7 @@ def openvino_dir(tmp_path_factory, onnx_dir) -> Path:
     directory = tmp_path_factory.mktemp("openvino")
     model = ov.convert_model(str(onnx_dir / "model.onnx"))
     ov.save_model(model, str(directory / "model.xml"), compress_to_fp16=False)
-    write_manifest(directory, "model.xml", "openvino")
+    write_test_manifest(directory, "model.xml", "openvino")
     return directory
 
 
@@ -100,5 +123,5 @@ def coreml_dir(tmp_path_factory, fused_model) -> Path:
     """An artifact directory holding an fp32 model.mlpackage (tensor input) and a manifest."""
     directory = tmp_path_factory.mktemp("coreml")
     convert_coreml(fused_model, directory / "model.mlpackage")
-    write_manifest(directory, "model.mlpackage", "coreml")
+    write_test_manifest(directory, "model.mlpackage", "coreml", dynamic_batch=False)
     return directory

@@ -6,12 +6,13 @@ Runners that cannot run on this machine (no GPU for TensorRT, no macOS for Core 
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ffnet_deploy.errors import RuntimeBackendError
+from ffnet_deploy.errors import ConfigError, RuntimeBackendError
 from ffnet_deploy.runtimes import RUNNER_MODULES, RUNTIMES, create_runner, load_all
 from tests.runtimes.conftest import RES, torch_logits
 
@@ -47,7 +48,8 @@ def test_runner_contract(name, request, fused_model, images):
     if reason:
         pytest.skip(f"{name}: {reason}")
     artifact, options = _artifact(name, request)
-    runner = create_runner(name, artifact, **options)
+    runner = create_runner(name, artifact, threads=1, **options)
+    assert runner.threads == 1
     assert not runner.is_active
     with pytest.raises(RuntimeBackendError, match="not active"):
         runner.deactivate()
@@ -57,7 +59,7 @@ def test_runner_contract(name, request, fused_model, images):
             runner.activate()
         meta = runner.input_metadata()
         assert list(meta) == ["images"]
-        assert meta["images"].shape[1:] == (3, RES, RES) and meta["images"].dtype == np.float32
+        assert meta["images"].shape[1:] == (3, RES, RES) and meta["images"].dtype == "float32"
         assert "logits" in runner.output_names()
 
         bad = np.zeros((1, 3, RES // 2, RES // 2), np.float32)
@@ -67,17 +69,54 @@ def test_runner_contract(name, request, fused_model, images):
         assert "'images'" in message and f"3, {RES}, {RES}" in message and f"(1, 3, {RES // 2}, {RES // 2})" in message
         with pytest.raises(RuntimeBackendError, match="missing"):
             runner.infer({"pixels": images})
+        with pytest.raises(RuntimeBackendError, match=r"'images' expects float32, got int64"):
+            runner.infer({"images": images.astype(np.int64)})
 
         out = runner.infer({"images": images})
         assert runner.last_latency_ms is not None and runner.last_latency_ms > 0
         logits = out["logits"]
-        ref = torch_logits(fused_model, images)
+        ref = torch_logits(fused_model, images, threads=1)  # the runner ran on 1 thread: torch must match exactly
         assert logits.shape == ref.shape
         err_rel = float(np.abs(logits.astype(np.float64) - ref).max() / np.abs(ref).max())
         assert err_rel <= TOLERANCE[name], f"{name}: relative error {err_rel:.2e}"
     assert not runner.is_active
     with pytest.raises(RuntimeBackendError, match="not active"):
         runner.infer({"images": images})
+
+
+COMMON_OPTIONS = ("threads", "session_options", "manifest", "name")
+
+
+@pytest.mark.parametrize("name", RUNTIMES.names())
+def test_every_runner_takes_the_common_options(name, tmp_path):
+    """``threads``, ``session_options``, ``manifest`` and ``name`` mean the same on every runner, installed or not."""
+    cls = RUNTIMES.get(name)
+    params = inspect.signature(cls.__init__).parameters
+    for option in COMMON_OPTIONS:
+        assert option in params and params[option].kind is inspect.Parameter.KEYWORD_ONLY, f"{name}: {option}"
+        assert params[option].default is None, f"{name}: {option} must default to None"
+    # Constructing never loads the engine, so this runs even where the runtime cannot.
+    artifact, options = (None, {"model": object()}) if not cls.needs_artifact else (tmp_path, {})
+    runner = create_runner(name, artifact, threads=3, **options)
+    assert runner.threads == 3 and runner.manifest is None
+    assert all("threads=3" in notice for notice in runner.notices)
+    with pytest.raises(ConfigError, match="threads must be a positive int"):
+        create_runner(name, artifact, threads=0, **options)
+    if cls.session_options_kind is None:
+        with pytest.raises(ConfigError, match=f"{name} \\| session_options is not supported"):
+            create_runner(name, artifact, session_options=lambda o: None, **options)
+    else:
+        create_runner(name, artifact, session_options=lambda o: None, **options)
+
+
+@pytest.mark.parametrize("name", [n for n in RUNTIMES.names() if RUNTIMES.get(n).needs_artifact])
+def test_artifact_required_message_is_the_same_for_every_runner(name):
+    with pytest.raises(ConfigError) as err:
+        create_runner(name, None)
+    message = str(err.value)
+    assert message.startswith(f"{name} | needs an artifact: a model") and message.endswith(
+        "or an artifact directory written by 'ffnet-deploy export'; got None")
+    assert RUNTIMES.get(name).model_suffixes[0] in message
 
 
 def test_every_runtime_has_a_test_module():

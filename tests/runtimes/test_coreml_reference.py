@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -32,7 +34,7 @@ def fp16_package(tmp_path_factory, fused_model):
 def test_fp32_program_matches_torch(coreml_dir, fused_model, images):
     with create_runner("coreml-reference", coreml_dir) as runner:
         meta = runner.input_metadata()["images"]
-        assert meta.shape == (None, 3, RES, RES) and meta.dtype == np.float32
+        assert meta.shape == (None, 3, RES, RES) and meta.dtype == "float32"
         assert runner.output_names() == ["logits"]
         out = runner.infer(images)["logits"]  # batch 2 through a batch-1 program: item by item
     assert out.shape == (2, 1000) and out.dtype == np.float32
@@ -46,7 +48,7 @@ def test_fp16_program_computes_in_fp16(fp16_package, fused_model, images):
         out16 = r.infer(images)["logits"]
     assert out16.dtype == np.float16 and seen["conv"] == np.float16 and seen["gelu"] == np.float16
     with create_runner("coreml-reference", fp16_package, compute_fp32=True) as runner:
-        assert runner.input_metadata()["images"].dtype == np.float32
+        assert runner.input_metadata()["images"].dtype == "float32"
         out32 = runner.infer(images)["logits"]
     assert out32.dtype == np.float32
     # fp16 rounding of activations is visible, yet both runs agree with torch closely.
@@ -81,13 +83,15 @@ def test_exporter_classifier_artifact_runs(tmp_path, test_checkpoint):
     """The coreml exporter's artifact: ImageType input with the std folded into the stem, plus a classifier tail."""
     from ffnet_deploy.export import export
     from ffnet_deploy.exporters.base import ExportConfig
+    from ffnet_deploy.exporters.coreml import CoreMLOptions
     from ffnet_deploy.models.checkpoint import load_ffnet
 
     model = load_ffnet(test_checkpoint)
     pixels = np.random.default_rng(5).integers(0, 256, (2, 3, RES, RES)).astype(np.float32)
     ref = torch_logits(model, ((pixels / 255 - MEAN[:, None, None]) / STD[:, None, None]).astype(np.float32))
     out_dir = tmp_path / "cls"
-    export(ExportConfig("coreml", out_dir, precision="fp32", labels="imagenet"), test_checkpoint)
+    export(ExportConfig("coreml", out_dir, precision="fp32", options=CoreMLOptions(class_labels="imagenet")),
+           test_checkpoint)
     with create_runner("coreml-reference", out_dir) as runner:
         assert runner.input_metadata()["images"].shape == (None, 3, RES, RES)
         names = runner.output_names()
@@ -313,3 +317,26 @@ def test_more_ops_match_torch(tmp_path, case):
     expected = reference(torch.from_numpy(x)).numpy()
     assert out.shape == expected.shape
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_threads_limit_numpy_blas_during_inference(coreml_dir, images):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    blas_threads: list[int] = []
+
+    def observer(_name, _op_type, _value):
+        if not blas_threads:  # threadpool_info is slow; once per run is enough
+            blas_threads.extend(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
+
+    before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    with create_runner("coreml-reference", coreml_dir, threads=1, observer=observer) as runner:
+        assert runner.notices == []
+        runner.infer(images[:1])
+    assert blas_threads and set(blas_threads) == {1}
+    assert [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"] == before
+
+
+def test_threads_without_threadpoolctl_are_recorded_as_not_honoured(coreml_dir, images, monkeypatch):
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # what an environment without it looks like to import
+    with create_runner("coreml-reference", coreml_dir, threads=1) as runner:
+        runner.infer(images[:1])
+    assert len(runner.notices) == 1 and "threads=1 is not honoured: threadpoolctl is not installed" in runner.notices[0]

@@ -13,11 +13,11 @@ from tests.runtimes.conftest import torch_logits
 def test_directory_and_file_give_same_outputs(onnx_dir, fused_model, images):
     expected = torch_logits(fused_model, images)
     for artifact in (onnx_dir, onnx_dir / "model.onnx"):
-        with create_runner("onnxruntime", artifact, intra_op_num_threads=1) as runner:
+        with create_runner("onnxruntime", artifact, threads=1) as runner:
             assert runner.model_path == onnx_dir / "model.onnx"
             meta = runner.input_metadata()["images"]
             assert meta.shape == (None, 3, 64, 64)  # dynamic batch reported as None
-            assert meta.dtype == np.float32
+            assert meta.dtype == "float32" and meta.np_dtype == np.float32
             out = runner.infer({"images": images})
         np.testing.assert_allclose(out["logits"], expected, rtol=1e-4, atol=1e-4)
 
@@ -57,3 +57,33 @@ def test_errors_are_clear(onnx_dir, tmp_path):
         create_runner("onnxruntime", onnx_dir, graph_optimization_level="max")
     with pytest.raises(RuntimeBackendError, match="no model file"):
         create_runner("onnxruntime", tmp_path).activate()
+
+
+def test_threads_set_intra_op_threads_and_the_hook_gets_the_session_options(onnx_dir, fused_model, images):
+    import onnxruntime as ort
+
+    seen = []
+
+    def hook(options):
+        # The runner's own settings are in place when the hook runs, so it can read or override them.
+        seen.append((type(options), options.intra_op_num_threads, options.inter_op_num_threads))
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+    with create_runner("onnxruntime", onnx_dir, threads=2, session_options=hook) as runner:
+        effective = runner.session.get_session_options()
+        out = runner.infer(images)["logits"]
+    assert seen == [(ort.SessionOptions, 2, 1)]
+    assert effective.intra_op_num_threads == 2 and effective.inter_op_num_threads == 1
+    assert effective.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    np.testing.assert_allclose(out, torch_logits(fused_model, images), rtol=1e-4, atol=1e-4)
+
+
+def test_without_threads_onnxruntime_keeps_its_defaults(onnx_dir):
+    with create_runner("onnxruntime", onnx_dir) as runner:
+        effective = runner.session.get_session_options()
+    assert effective.intra_op_num_threads == 0 and effective.inter_op_num_threads == 0  # 0: ORT chooses
+
+
+def test_session_options_must_be_callable(onnx_dir):
+    with pytest.raises(ConfigError, match="session_options must be a callable"):
+        create_runner("onnxruntime", onnx_dir, session_options={"intra_op_num_threads": 1})

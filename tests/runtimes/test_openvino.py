@@ -13,7 +13,7 @@ pytest.importorskip("openvino")
 
 
 def test_f32_is_the_default_and_really_runs_f32(openvino_dir, fused_model, images):
-    with create_runner("openvino", openvino_dir, num_threads=1) as runner:
+    with create_runner("openvino", openvino_dir, threads=1) as runner:
         assert runner.actual_inference_precision() in ("f32", "<type: 'float32'>")
         meta = runner.input_metadata()["images"]
         assert meta.shape == (None, 3, 64, 64)
@@ -60,3 +60,22 @@ def test_errors_are_clear(openvino_dir):
         create_runner("openvino", openvino_dir, device="GPU").activate()
     with pytest.raises(RuntimeBackendError, match="nope"):
         create_runner("openvino", openvino_dir, extra_outputs=["nope"]).activate()
+
+
+def test_threads_and_the_hook_reach_compile_model(openvino_dir, fused_model, images):
+    import openvino.properties as props
+
+    seen = []
+
+    def hook(config):
+        seen.append(dict(config))
+        config[props.inference_num_threads()] = 1  # the hook edits the dict compile_model receives
+
+    with create_runner("openvino", openvino_dir, threads=2) as runner:
+        assert runner.compiled.get_property(props.inference_num_threads()) == 2
+    with create_runner("openvino", openvino_dir, threads=2, session_options=hook) as runner:
+        assert runner.compiled.get_property(props.inference_num_threads()) == 1
+        out = runner.infer(images)["logits"]
+    assert len(seen) == 1 and isinstance(seen[0], dict)
+    assert seen[0][props.inference_num_threads()] == 2 and props.hint.inference_precision() in seen[0]
+    np.testing.assert_allclose(out, torch_logits(fused_model, images), rtol=1e-4, atol=1e-4)

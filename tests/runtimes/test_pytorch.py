@@ -50,3 +50,23 @@ def test_wrong_resolution_is_rejected(fused_model):
     with create_runner("torch", None, model=fused_model) as runner:
         with pytest.raises(RuntimeBackendError, match=r"'images' expects \(\?, 3, 64, 64\).*\(1, 3, 32, 32\)"):
             runner.infer(np.zeros((1, 3, 32, 32), np.float32))
+
+
+def test_threads_apply_during_inference_only(fused_model, images):
+    """torch's thread count is process-wide: the runner sets it for each inference and restores it after."""
+    before = torch.get_num_threads()
+    threads = 1 if before != 1 else 2
+    seen = []
+    handle = fused_model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    try:
+        with create_runner("torch", None, model=fused_model, threads=threads) as runner:
+            out = runner.infer(images)["logits"]
+    finally:
+        handle.remove()
+    assert seen == [threads] and torch.get_num_threads() == before
+    np.testing.assert_array_equal(out, torch_logits(fused_model, images, threads=threads))
+
+
+def test_session_options_hook_is_refused(fused_model):
+    with pytest.raises(ConfigError, match=r"torch \| session_options is not supported"):
+        create_runner("torch", None, model=fused_model, session_options=lambda options: None)

@@ -58,3 +58,11 @@ def test_engine_matches_torch(onnx_dir, tmp_path, fused_model, images):
         assert runner.input_metadata()["images"].shape == (None, 3, 64, 64)
         out = runner.infer(images)["logits"]
     np.testing.assert_allclose(out, torch_logits(fused_model, images), rtol=1e-3, atol=1e-3)
+
+
+def test_threads_are_accepted_and_recorded_as_not_applying(tmp_path):
+    runner = create_runner("tensorrt", tmp_path, threads=2)
+    assert runner.threads == 2
+    assert runner.notices == ["threads=2 does not apply: TensorRT executes the network on the GPU"]
+    with pytest.raises(ConfigError, match="session_options is not supported"):
+        create_runner("tensorrt", tmp_path, session_options=lambda options: None)

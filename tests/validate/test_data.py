@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from ffnet_deploy.errors import ConfigError
-from ffnet_deploy.models.ffnet import get_config
+from ffnet_deploy.models.config import get_config
 from ffnet_deploy.validate.data import (
     EvalTransform,
     ImageDirSource,
@@ -238,6 +238,6 @@ def test_make_source_needs_exactly_one(tmp_path):
         make_source()
     with pytest.raises(ConfigError, match="exactly one"):
         make_source(images=tmp_path, synthetic=3)
-    with pytest.raises(ConfigError, match="--labels"):
+    with pytest.raises(ConfigError, match="--label-map"):
         make_source(synthetic=3, labels_file=tmp_path / "l.json")
     assert isinstance(make_source(synthetic=3), SyntheticSource)

@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ffnet_deploy.artifact.manifest import read_manifest
 from ffnet_deploy.errors import ConfigError, ParityError
 from ffnet_deploy.models.checkpoint import load_ffnet
 from ffnet_deploy.validate.data import SyntheticSource
@@ -254,12 +255,15 @@ def test_resolve_artifact(tmp_path, bare_onnx):
     art.mkdir()
     (art / "model.onnx").write_bytes(bare_onnx.read_bytes())
     manifest = {"schema": "ffnet-deploy/manifest/1", "format": "onnx", "precision": "fp16", "variant": "ffnet_2",
-                "resolution": 64, "num_classes": 1000, "artifact": {"path": "model.onnx"},
-                "preprocessing": {"baked": True, "input_range": "0-255"}}
+                "resolution": 64, "num_classes": 1000, "batch": 1, "artifact": {"path": "model.onnx"},
+                "inputs": [{"name": "images", "shape": [1, 3, 64, 64], "dtype": "uint8"}],
+                "outputs": [{"name": "logits", "shape": [1, 1000], "dtype": "float32"}],
+                "preprocessing": {"baked": True, "input_range": "0-255", "mean": [0.5] * 3, "std": [0.2] * 3,
+                                  "crop_pct": 0.9}}
     (art / "manifest.json").write_text(json.dumps(manifest))
     spec = resolve_artifact(art)
-    assert (spec.precision, spec.input_range) == ("fp16", "0-255")
-    assert resolve_artifact(art / "model.onnx").manifest == manifest  # a model file inside uses its manifest
+    assert (spec.precision, spec.input_range, spec.profile_reason) == ("fp16", "0-255", "manifest precision fp16")
+    assert resolve_artifact(art / "model.onnx").manifest == read_manifest(art)  # a file inside uses its manifest
     forced = resolve_artifact(art, "fp32")
     assert forced.precision == "fp32" and "manifest says precision fp16" in forced.warnings[0]
 
