@@ -44,6 +44,11 @@ from ffnet_deploy.exporters.onnx import OnnxOptions, export_onnx_stage
 """Gate tolerance of a GPU engine: TensorRT allows TF32 for FP32 layers by default, FP16 rounds activations."""
 
 DEFAULT_TIMING_CACHE = "timing.cache"
+"""The timing cache ``build_engine.sh`` reads and updates, relative to the artifact directory."""
+
+TRTEXEC_FALLBACKS = ("/usr/src/tensorrt/bin/trtexec",)
+"""Where ``build_engine.sh`` looks for ``trtexec`` after ``$TRTEXEC`` and ``PATH``: JetPack installs it there and does
+not put it on ``PATH``."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,9 @@ class TensorRTOptions(OnnxOptions):
 
     workspace_mb: int = option(4096, "--trt-workspace")  # builder workspace memory pool limit, MiB
     dla_core: int | None = option(None, "--dla-core")  # Jetson DLA core (with GPU fallback), or None for GPU only
-    timing_cache: Path | None = option(None, "--timing-cache")  # persistent timing cache (read and updated), or None
+    # Persistent timing cache of the engine build on this machine (read and updated), or None. Never written into
+    # build_engine.sh: a timing cache belongs to one GPU, so the device's build keeps its own next to the artifact.
+    timing_cache: Path | None = option(None, "--timing-cache")
 
     def validate(self) -> None:
         super().validate()
@@ -77,7 +84,7 @@ class TrtBuildPlan:
     input_name: str  # network input the profile applies to
     shapes: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None  # (min, opt, max), None = static
     workspace_mb: int  # workspace memory pool limit, MiB
-    timing_cache: str  # timing cache file (relative paths are relative to the artifact directory)
+    timing_cache: str  # timing cache of the script's build, relative to the artifact directory
     dla_core: int | None  # DLA core, None = GPU only
 
     @classmethod
@@ -89,8 +96,8 @@ class TrtBuildPlan:
         if config.dynamic_batch:
             lo, opt, hi = config.dynamic_batch
             shapes = ((lo, 3, r, r), (opt, 3, r, r), (hi, 3, r, r))
-        cache = str(options.timing_cache) if options.timing_cache else DEFAULT_TIMING_CACHE
-        return cls(onnx, "model.engine", precision, INPUT_NAME, shapes, options.workspace_mb, cache, options.dla_core)
+        return cls(onnx, "model.engine", precision, INPUT_NAME, shapes, options.workspace_mb, DEFAULT_TIMING_CACHE,
+                   options.dla_core)
 
     def trtexec_args(self) -> list[str]:
         """The ``trtexec`` arguments (TensorRT 10.x flag names)."""
@@ -112,16 +119,43 @@ class TrtBuildPlan:
 
 
 def build_script(plan: TrtBuildPlan, header: str) -> str:
-    """The ``build_engine.sh`` text: runs ``trtexec`` from the artifact directory (``$TRTEXEC`` overrides it)."""
-    args = " \\\n    ".join(shlex.quote(a) for a in plan.trtexec_args())
+    """The ``build_engine.sh`` text: finds ``trtexec`` and runs the plan's command from the artifact directory.
+
+    ``trtexec`` is ``$TRTEXEC`` when set, else the one on ``PATH``, else :data:`TRTEXEC_FALLBACKS` (JetPack's
+    ``/usr/src/tensorrt/bin``); without one the script says where it looked and exits 127. Every path in the command
+    is relative to the artifact directory (the script ``cd``s there first), so the directory can be copied anywhere;
+    ``$TIMING_CACHE`` replaces the timing cache file (e.g. one shared by several artifacts on the device).
+    """
+    cache_arg = f"--timingCacheFile={plan.timing_cache}"
+    args = " \\\n    ".join('"--timingCacheFile=$TIMING_CACHE"' if a == cache_arg else shlex.quote(a)
+                              for a in plan.trtexec_args())
+    fallbacks = " ".join(shlex.quote(f) for f in TRTEXEC_FALLBACKS)
     return (
         "#!/usr/bin/env bash\n"
         f"# {header}\n"
         "# Build the TensorRT engine ON THE TARGET DEVICE: an engine is specific to the GPU and TensorRT version.\n"
         "# Flags are TensorRT 10.x (JetPack 6). TensorRT 11 removed --fp16 and DLA support; see the manifest.\n"
+        "# trtexec: $TRTEXEC, else PATH, else JetPack's location. Timing cache: $TIMING_CACHE, else the one here.\n"
         "set -euo pipefail\n"
         'cd "$(dirname "$0")"\n'
-        'TRTEXEC="${TRTEXEC:-trtexec}"\n'
+        'if [[ -n "${TRTEXEC:-}" ]]; then\n'
+        '  if ! command -v "$TRTEXEC" >/dev/null 2>&1; then\n'
+        '    echo "build_engine.sh: TRTEXEC=$TRTEXEC is not an executable; point it at trtexec or unset it" >&2\n'
+        "    exit 127\n"
+        "  fi\n"
+        "elif command -v trtexec >/dev/null 2>&1; then\n"
+        "  TRTEXEC=trtexec\n"
+        "else\n"
+        f"  for candidate in {fallbacks}; do\n"
+        '    if [[ -x "$candidate" ]]; then TRTEXEC="$candidate"; break; fi\n'
+        "  done\n"
+        '  if [[ -z "${TRTEXEC:-}" ]]; then\n'
+        f'    echo "build_engine.sh: trtexec not found in \\$TRTEXEC, on PATH or at {fallbacks}; install TensorRT or '
+        'run TRTEXEC=/path/to/trtexec $0" >&2\n'
+        "    exit 127\n"
+        "  fi\n"
+        "fi\n"
+        f'TIMING_CACHE="${{TIMING_CACHE:-{plan.timing_cache}}}"\n'
         f'"$TRTEXEC" \\\n    {args}\n'
         f'echo "wrote $(pwd)/{plan.engine}"\n'
     )
@@ -140,8 +174,14 @@ def tensorrt_unavailable_reason() -> str | None:
     return None
 
 
-def build_engine(plan: TrtBuildPlan, workdir: Path, log: Log) -> Path:
+def build_engine(plan: TrtBuildPlan, workdir: Path, log: Log, timing_cache: Path | None = None) -> Path:
     """Build and serialize the engine with the TensorRT Python API, updating the timing cache file.
+
+    Args:
+        plan: The build plan (the script's).
+        workdir: The artifact directory.
+        log: Progress callback.
+        timing_cache: This machine's persistent cache (``--timing-cache``); default: the plan's, in ``workdir``.
 
     Raises:
         ExportError: ONNX parse errors, an unsupported precision in this TensorRT version, or a failed build.
@@ -172,8 +212,7 @@ def build_engine(plan: TrtBuildPlan, workdir: Path, log: Log) -> Path:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = plan.dla_core
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-    cache_path = Path(plan.timing_cache)
-    cache_path = cache_path if cache_path.is_absolute() else workdir / cache_path
+    cache_path = Path(timing_cache) if timing_cache is not None else workdir / plan.timing_cache
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
     log(f"building the TensorRT {trt.__version__} engine ({plan.precision})")
@@ -223,7 +262,7 @@ class TensorRTExporter(Exporter):
         if reason is None:
             import tensorrt as trt
 
-            build_engine(plan, workdir, log)
+            build_engine(plan, workdir, log, options.timing_cache)
             versions["tensorrt"] = trt.__version__
             path, details["engine_built"] = plan.engine, True
         else:

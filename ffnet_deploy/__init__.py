@@ -11,6 +11,7 @@ The main entry points::
 from __future__ import annotations
 
 import logging as _logging
+import re as _re
 import sys as _sys
 
 if _sys.platform != "darwin":
@@ -23,12 +24,35 @@ if _sys.platform != "darwin":
 
 from ffnet_deploy._version import __version__
 from ffnet_deploy.errors import FFNetDeployError
-from ffnet_deploy.models.checkpoint import inspect_checkpoint, load_checkpoint, load_ffnet, save_checkpoint
+from ffnet_deploy.models.checkpoint import (
+    LoadedCheckpoint,
+    inspect_checkpoint,
+    load_checkpoint,
+    load_ffnet,
+    open_checkpoint,
+    save_checkpoint,
+)
 from ffnet_deploy.models.config import VARIANTS, FFNetConfig, get_config
 from ffnet_deploy.models.ffnet import FFNet, create_ffnet
 from ffnet_deploy.models.reparam import reparam_report, reparameterize_model
 
+# coremltools also logs, at every import, that the installed scikit-learn is outside its range (which only disables
+# its scikit-learn converter, never used here) and that the installed torch is newer than the newest it was tested
+# with (the Core ML export's own parity gate is what tells whether the conversion is right). Both are noise on every
+# Core ML command; exactly these two messages are dropped, any other coremltools warning still shows. None of the
+# imports above imports coremltools, so the filter is in place before it first logs.
+_COREMLTOOLS_NOISE = (
+    _re.compile(r"scikit-learn version \S+ is not supported\. Minimum required version: \S+\. Maximum required "
+                r"version: \S+\. Disabling scikit-learn conversion API\."),
+    _re.compile(r"Torch version \S+ has not been tested with coremltools\. You may run into unexpected errors\. "
+                r"Torch \S+ is the most recent version that has been tested\."),
+)
+_logging.getLogger("coremltools").addFilter(
+    lambda record: not any(p.fullmatch(record.getMessage()) for p in _COREMLTOOLS_NOISE)
+)
+
 __all__ = [
+    "LoadedCheckpoint",
     "VARIANTS",
     "FFNet",
     "FFNetConfig",
@@ -39,6 +63,7 @@ __all__ = [
     "inspect_checkpoint",
     "load_checkpoint",
     "load_ffnet",
+    "open_checkpoint",
     "reparam_report",
     "reparameterize_model",
     "save_checkpoint",

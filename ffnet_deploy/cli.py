@@ -100,7 +100,8 @@ def reparam(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Unfused FFNet checkpoint.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the fused checkpoint.")],
     variant: VariantOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing fused checkpoint written by "
+                                            "ffnet-deploy (nothing else).")] = False,
     trust_checkpoint: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -152,18 +153,35 @@ def validate(
     runtime: Annotated[str | None, typer.Option("--runtime", help="Runner to use instead of the format's "
                                                 "default.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of --synthetic.")] = 0,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Do not check the artifacts' files against the "
+                                            "sha256 their manifests recorded.")] = False,
     trust_checkpoint: TrustOpt = False,
 ) -> int:
     """Prove that artifacts compute what the PyTorch checkpoint computes; exit 1 if any check fails.
 
+    An artifact that nothing on this machine can run (e.g. a TensorRT engine without a GPU) is reported as not run:
+    the exit code is 0 when every other artifact passed (and at least one did), and the last line counts it.
     With --json the report is printed on stdout (and the exit code still says whether everything passed).
     """
     import logging
 
     from ffnet_deploy.validate.data import make_source
     from ffnet_deploy.validate.engine import validate as run_validation
-    from ffnet_deploy.validate.report import render, report_to_dict, write_json, write_junit
+    from ffnet_deploy.validate.report import (
+        check_report_path,
+        render,
+        report_to_dict,
+        summary_line,
+        write_json,
+        write_junit,
+    )
     from ffnet_deploy.validate.tolerances import parse_tolerance_overrides
+
+    # Refused before the (long) validation runs; the writers check again at the moment they rename.
+    if report_path is not None:
+        check_report_path(report_path, "json")
+    if junit_path is not None:
+        check_report_path(junit_path, "junit")
 
     logger = logging.getLogger("ffnet_deploy")
     if not logger.handlers:
@@ -176,9 +194,9 @@ def validate(
     from rich.progress import Progress
 
     with Progress(console=err_console, transient=True) as bar:
-        task = bar.add_task("validating", total=len(source.items()))
+        task = bar.add_task("validating", total=len(source))  # a count: --synthetic never lists its items
         report = run_validation(artifacts, checkpoint, variant, source, precision_profile, batch, localize, overrides,
-                                trust=trust_checkpoint, runtime=runtime,
+                                trust=trust_checkpoint, runtime=runtime, verify=not no_verify,
                                 progress=lambda n: bar.update(task, completed=n))
     if report_path is not None:
         write_json(report, report_path)
@@ -189,7 +207,7 @@ def validate(
         return 0 if report else 1
     render(report, console)
     report.raise_for_failures()
-    console.print(f"[bold green]all {len(report.artifacts)} artifact(s) passed[/]")
+    console.print(summary_line(report), soft_wrap=True)
     return 0
 
 
@@ -236,7 +254,8 @@ def export(
     timing_cache: Annotated[Path | None, typer.Option("--timing-cache", help="Persistent timing cache file.",
                                                       rich_help_panel=_TRT_PANEL)] = None,
     no_parity: Annotated[bool, typer.Option("--no-parity", help="Skip the export-time parity gate.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing artifact directory written by "
+                                            "ffnet-deploy (nothing else).")] = False,
     trust_checkpoint: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -311,26 +330,42 @@ def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point. Returns the exit code (also used by tests)."""
+    """Console-script entry point. Returns the exit code (also used by tests).
+
+    SIGINT, SIGTERM, SIGHUP and SIGQUIT are handled alike for every command (:mod:`ffnet_deploy.interrupts`):
+    whatever was being written is cleaned up, one line says so, and the exit code is ``128 + signum``.
+    """
+    from ffnet_deploy.errors import Interrupted
+    from ffnet_deploy.interrupts import handle_signals
+
     usage_errors, aborts = _click_exception_types()
     try:
-        rv = app(args=argv, standalone_mode=False, prog_name="ffnet-deploy")
+        with handle_signals():
+            rv = app(args=argv, standalone_mode=False, prog_name="ffnet-deploy")
         return rv if isinstance(rv, int) else 0
     except FFNetDeployError as err:
-        # escape: messages quote extras like "ffnet-deploy[coreml]", which rich would eat as markup
-        from rich.markup import escape
-
-        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+        _error_line(str(err))
         return 1
+    except Interrupted as err:
+        _error_line(str(err))
+        return err.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before the handlers were installed
+        err = Interrupted(2)
+        _error_line(str(err))
+        return err.exit_code
     except aborts:
         err_console.print("[bold red]aborted[/]")
         return 1
     except usage_errors as err:
         err.show()
         return err.exit_code
-    except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/]")
-        return 130
+
+
+def _error_line(message: str) -> None:
+    # escape: messages quote extras like "ffnet-deploy[coreml]", which rich would eat as markup
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def entry() -> None:

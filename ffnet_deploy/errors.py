@@ -43,6 +43,42 @@ class ParityError(FFNetDeployError):
     """An artifact's outputs do not match the PyTorch reference within tolerance."""
 
 
+class Interrupted(BaseException):  # noqa: N818 - named like KeyboardInterrupt, which it generalizes
+    """A terminating signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT) arrived; see :mod:`ffnet_deploy.interrupts`.
+
+    A :class:`BaseException`, like :class:`KeyboardInterrupt`, so that no fallback written as ``except Exception``
+    (an onnxsim failure, a runtime error in the parity gate) can take it for an ordinary failure and carry on. The
+    CLI prints ``str(err)`` as one line and exits ``128 + signum``.
+
+    Attributes:
+        signum: The signal number.
+        kept: What was written before the signal arrived, for the message; ``None`` when nothing was.
+    """
+
+    def __init__(self, signum: int, kept: str | None = None) -> None:
+        super().__init__(signum, kept)
+        self.signum = signum
+        self.kept = kept
+
+    @property
+    def signal_name(self) -> str:
+        """``"SIGTERM"``, ``"SIGINT"``, ..."""
+        import signal
+
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return f"signal {self.signum}"
+
+    @property
+    def exit_code(self) -> int:
+        """``128 + signum``, the shell's convention (130 for Ctrl-C)."""
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        return f"interrupted by {self.signal_name}; {self.kept or 'nothing was written'}"
+
+
 def require(module: str, extra: str, component: str | None = None):
     """Import an optional dependency or raise a :class:`MissingDependencyError` that names the extra.
 

@@ -4,22 +4,24 @@
 reparameterize, build the artifact in a private temporary directory next to the output, write its typed
 ``manifest.json`` (:mod:`ffnet_deploy.artifact.manifest`), run the parity gate (the validate engine on synthetic
 pixels, :func:`ffnet_deploy.validate.engine.gate_artifact`), record its result, and rename the directory into place.
-Any error, ``KeyboardInterrupt`` or SIGTERM removes the temporary directory, so the output either exists complete or
-not at all. A SIGKILL cannot be cleaned up by the dying process; its temporary directory is named
-``.<output>.tmp-<pid>-<token>`` and the next export to the same output removes it once that process is gone.
+Any error or terminating signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT: :mod:`ffnet_deploy.interrupts`) removes the
+temporary directory, so the output holds the old artifact (if any) or the new one, complete. A SIGKILL cannot be
+cleaned up by the dying process; its temporary directory stays unlocked and the next export to the same output removes
+it (:mod:`ffnet_deploy.artifact.workdir`).
+
+Test hook: the environment variable ``FFNET_DEPLOY_FAULT=STAGE:SIGNAL`` (e.g. ``simplify:SIGTERM``) makes the export
+send ``SIGNAL`` to itself when it reaches ``STAGE``, one of :data:`STAGES`; the fault-injection tests use it to stop
+an export at a known point. It is read in one place, :func:`_stage`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
-import shutil
 import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,8 +36,9 @@ from ffnet_deploy.artifact.manifest import (
     Preprocessing,
     write_manifest,
 )
-from ffnet_deploy.artifact.workdir import check_output, make_workdir, publish, remove_stale_workdirs
-from ffnet_deploy.errors import ConfigError, ExportError, ParityError
+from ffnet_deploy.artifact.workdir import check_output, publish, workdir_for
+from ffnet_deploy.atomic import os_reason
+from ffnet_deploy.errors import ConfigError, ExportError, Interrupted, ParityError
 from ffnet_deploy.exporters import get_exporter
 from ffnet_deploy.exporters.base import (
     LICENSE_NOTE,
@@ -43,6 +46,7 @@ from ffnet_deploy.exporters.base import (
     ExportedArtifact,
 )
 from ffnet_deploy.hashing import sha256_file, tree_sha256
+from ffnet_deploy.interrupts import handle_signals
 from ffnet_deploy.models.checkpoint import LoadedCheckpoint, open_checkpoint
 from ffnet_deploy.models.ffnet import FFNet, create_ffnet
 from ffnet_deploy.models.reparam import reparameterize_model
@@ -109,26 +113,45 @@ def export(config: ExportConfig, checkpoint: str | Path | LoadedCheckpoint | Non
         ConfigError: Unknown format (the message lists the valid ones), bad resolution, batch, opset or precision.
         MissingDependencyError: The format's backend is not installed (the message names the extra).
         CheckpointError: Unreadable checkpoint, or one that does not match ``variant``.
-        ExportError: Existing output without ``force``, unwritable output, or a backend failure.
+        ExportError: Existing output without ``force`` (or anything but an artifact directory with it), an output
+            that is or holds the checkpoint, unwritable output, or a backend failure.
         ParityError: The artifact does not reproduce PyTorch within tolerance (nothing is kept).
+        Interrupted: A terminating signal arrived (a ``BaseException``); nothing was published, unless
+            ``kept`` says otherwise.
     """
-    log: Progress = progress or (lambda _msg: None)
+    with handle_signals():
+        return _export(config, checkpoint, variant, trust, progress)
+
+
+def _export(config: ExportConfig, checkpoint: str | Path | LoadedCheckpoint | None, variant: str | None,
+            trust: bool, progress: Progress | None) -> ExportResult:
+    user_log: Progress = progress or (lambda _msg: None)
+
+    def log(message: str) -> None:
+        user_log(message)
+        for prefix, stage in _STAGE_LINES:  # exporters announce their stages through the progress callback
+            if message.startswith(prefix):
+                _stage(stage)
+
     start = time.perf_counter()
     config.validate()
     exporter = get_exporter(config.format)
     exporter.validate(config)
     exporter.check_available()
     precision = exporter.resolve_precision(config)
-    output = Path(config.output)
-    check_output(output, config.force)
+    sources = [checkpoint.path] if isinstance(checkpoint, LoadedCheckpoint) else [Path(checkpoint)] if checkpoint \
+        else []
+    output = check_output(Path(config.output), config.force, sources)
 
     notices: list[str] = []
+    _stage("load")
     loaded = _open(checkpoint, variant, trust, log, notices)
     model = loaded.model if loaded is not None else create_ffnet(variant or DEFAULT_RANDOM_VARIANT).eval()
     # Options resolved here (format defaults filled in) so that the manifest records every option the export used.
     config = replace(config, output=output, precision=precision, resolution=config.resolution or model.cfg.resolution,
                      options=exporter.resolve_options(config))
 
+    _stage("reparameterize")
     if config.reparameterize and not model.deploy:
         log("reparameterizing (folding BatchNorm, RepVGG branches, layer scales)")
         deployable = reparameterize_model(model)
@@ -136,38 +159,39 @@ def export(config: ExportConfig, checkpoint: str | Path | LoadedCheckpoint | Non
         deployable = model
     reparameterized = bool(getattr(deployable, "deploy", False))
 
-    with _signals_raise():
-        remove_stale_workdirs(output)
-        workdir = make_workdir(output)
-        try:
-            log(f"exporting {model.cfg.name} to {config.format} ({precision}, {config.resolution}px)")
-            artifact = exporter.export(deployable, config, workdir, log,
-                                       source_sha256=loaded.sha256 if loaded is not None else None)
-            notices += artifact.notices
-            manifest = build_manifest(config, model, artifact, workdir, reparameterized, loaded, notices)
-            write_manifest(manifest, workdir)
-            parity: list[ArtifactResult] = []
-            if config.check_parity:
-                gate = run_parity_gate(model, workdir, config, log, notices, decisions=loaded is not None)
-                parity = gate.results
-                if parity and not gate:
-                    raise ParityError(
-                        f"export parity gate | {'; '.join(r.describe() for r in parity if not r)}; the artifact "
-                        "does not reproduce PyTorch and was not kept"
-                    )
-                gate_block = gate.to_dict()
-            else:
-                gate_block = {"passed": None, "skipped": "parity gate switched off (--no-parity)"}
-            manifest = manifest.with_updates(
-                parity=gate_block, notices=tuple(notices), files=_file_hashes(workdir),
-                export_seconds=round(time.perf_counter() - start, 3),
-            )
-            write_manifest(manifest, workdir)
-            publish(workdir, output)
-        except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
-    log(f"wrote {output}")
+    with workdir_for(output) as workdir:
+        log(f"exporting {model.cfg.name} to {config.format} ({precision}, {config.resolution}px)")
+        artifact = exporter.export(deployable, config, workdir, log,
+                                   source_sha256=loaded.sha256 if loaded is not None else None)
+        notices += artifact.notices
+        manifest = build_manifest(config, model, artifact, workdir, reparameterized, loaded, notices)
+        _write_manifest(manifest, workdir)
+        parity: list[ArtifactResult] = []
+        if config.check_parity:
+            gate = run_parity_gate(model, workdir, config, log, notices, decisions=loaded is not None)
+            parity = gate.results
+            if parity and not gate:
+                raise ParityError(
+                    f"export parity gate | {'; '.join(r.describe() for r in parity if not r)}; the artifact "
+                    "does not reproduce PyTorch and was not kept"
+                )
+            gate_block = gate.to_dict()
+        else:
+            gate_block = {"passed": None, "skipped": "parity gate switched off (--no-parity)"}
+        _stage("manifest")
+        manifest = manifest.with_updates(
+            parity=gate_block, notices=tuple(notices), files=_file_hashes(workdir),
+            export_seconds=round(time.perf_counter() - start, 3),
+        )
+        _write_manifest(manifest, workdir)
+        _stage("publish")
+        publish(workdir, output, config.force)
+    try:
+        _stage("published")
+        log(f"wrote {output}")
+    except Interrupted as err:
+        err.kept = f"the artifact was already complete in {output}"
+        raise
     manifest = manifest.with_updates(directory=output)
     return ExportResult(output, output / artifact.path, manifest, parity, notices, manifest.export_seconds)
 
@@ -184,42 +208,29 @@ def _open(checkpoint, variant, trust, log: Progress, notices: list[str]) -> Load
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Interrupts
+# Interrupts and the fault-injection test hook
 # --------------------------------------------------------------------------------------------------------------------
 
+FAULT_ENV = "FFNET_DEPLOY_FAULT"
+"""Test hook (module docstring): ``STAGE:SIGNAL`` sends ``SIGNAL`` to this process when the export reaches ``STAGE``."""
 
-class ExportInterrupted(ExportError):
-    """The export received SIGTERM; the temporary directory was removed."""
+STAGES = ("load", "reparameterize", "trace", "simplify", "convert", "gate", "manifest", "publish", "published")
+"""The export's stages, in order; ``published`` is the moment right after the artifact was renamed into place."""
+
+# Progress lines with which exporters open a stage (exporters/onnx.py, exporters/openvino.py, exporters/coreml.py).
+_STAGE_LINES = (("tracing", "trace"), ("simplifying", "simplify"), ("converting", "convert"))
 
 
-def _raise_interrupted(signum: int, _frame: object) -> None:
-    raise ExportInterrupted(f"export | interrupted by signal {signum}; no artifact was written")
-
-
-@contextlib.contextmanager
-def _signals_raise() -> Iterator[None]:
-    """Turn SIGTERM into an exception while an artifact is being built, so that cleanup runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+def _stage(name: str) -> None:
+    """Reach stage ``name``: the one place that reads :data:`FAULT_ENV`."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
         return
-
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _default_sigterm_in_forked_child() -> None:
-    # Backends fork helper processes while an export runs (OpenVINO's telemetry sender does). A child that inherited
-    # the handler above would turn its parent's terminate() into an exception somewhere inside library code and
-    # outlive it, hanging interpreter exit; children get the default action instead.
-    if signal.getsignal(signal.SIGTERM) is _raise_interrupted:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_default_sigterm_in_forked_child)
+    stage, _, sig = spec.partition(":")
+    if stage != name:
+        return
+    os.kill(os.getpid(), int(sig) if sig.isdigit() else getattr(signal, sig))
+    time.sleep(30)  # the handler raises during the sleep (or SIGKILL ends the process); a test should not go on
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -236,6 +247,7 @@ def run_parity_gate(reference: FFNet, workdir: Path, config: ExportConfig, log: 
     pixels in the artifact's own input convention.
     """
     log(f"parity gate: {config.format} ({config.precision} profile) vs PyTorch on synthetic inputs")
+    _stage("gate")
     unavailable: list[str] = []
     gate = gate_artifact(workdir, reference, samples=config.parity_samples, runtime_notes=unavailable,
                          decisions=decisions)
@@ -283,6 +295,15 @@ def build_manifest(config: ExportConfig, model: FFNet, artifact: ExportedArtifac
         command=" ".join(sys.argv) if sys.argv and "ffnet-deploy" in sys.argv[0] else None,
         directory=workdir,
     )
+
+
+def _write_manifest(manifest: Manifest, workdir: Path) -> None:
+    """:func:`write_manifest`, with a failed write (a full disk) reported as one line."""
+    try:
+        write_manifest(manifest, workdir)
+    except OSError as err:
+        raise ExportError(f"export | cannot write {workdir / MANIFEST_NAME}: {os_reason(err)}; free some space or "
+                          "choose another --output") from None
 
 
 def _file_hashes(workdir: Path) -> dict[str, str]:

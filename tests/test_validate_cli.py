@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from ffnet_deploy.cli import main
+from ffnet_deploy.hashing import sha256_file
 from tests.conftest import official_state_dict, write_checkpoint
 
 # (format, precision) of every artifact the acceptance test validates.
@@ -59,6 +60,10 @@ def break_onnx_block(src: Path, dst: Path, block: str = "stages.2.0", factor: fl
     init = inits[target]
     init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(factor), target))
     onnx.save(model, str(dst / "model.onnx"))
+    # A numerically broken export, not a tampered file: its manifest records the bytes it now holds.
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["files"]["model.onnx"] = manifest["artifact"]["sha256"] = sha256_file(dst / "model.onnx")
+    (dst / "manifest.json").write_text(json.dumps(manifest))
     return target
 
 

@@ -20,6 +20,7 @@ Reading validates: invalid JSON, a missing field, a wrong type or an unknown pre
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -426,6 +427,17 @@ def _show(v: Any) -> str:
 _MISSING = object()
 
 
+def _is_finite_number(v: Any) -> bool:
+    """A JSON number that is a finite float: NaN, infinities and integers beyond float range are refused here, so
+    they never reach ``float()`` (which raises OverflowError) or the preprocessing arithmetic."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
 class _Reader:
     """Typed field access that fails with one line naming the source and the field path."""
 
@@ -465,8 +477,7 @@ class _Reader:
         return v
 
     def float(self, data: dict, key: str, prefix: str = "", default: Any = _MISSING) -> Any:
-        v = self._typed(data, key, prefix, default,
-                        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number")
+        v = self._typed(data, key, prefix, default, _is_finite_number, "a finite number")
         return v if v is None else float(v)
 
     def choice(self, data: dict, key: str, choices: Sequence[str], prefix: str = "") -> str:
@@ -486,7 +497,7 @@ class _Reader:
 
     def floats(self, data: dict, key: str, prefix: str = "") -> tuple[float, ...]:
         v = self._typed(data, key, prefix, _MISSING, lambda v: isinstance(v, list) and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) for x in v), "a list of numbers")
+            _is_finite_number(x) for x in v), "a list of finite numbers")
         return tuple(float(x) for x in v)
 
     def strs(self, data: dict, key: str, prefix: str = "", default: Any = _MISSING) -> Any:

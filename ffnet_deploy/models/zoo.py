@@ -5,13 +5,21 @@ Each returns plain, JSON-ready data so that the CLI only renders it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
+from ffnet_deploy.atomic import replace_refusal
 from ffnet_deploy.errors import CheckpointError
 from ffnet_deploy.hashing import sha256_file
-from ffnet_deploy.models.checkpoint import inspect_checkpoint, open_checkpoint, save_checkpoint
+from ffnet_deploy.models.checkpoint import (
+    FORMAT_KEY,
+    inspect_checkpoint,
+    open_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from ffnet_deploy.models.config import VARIANTS
 from ffnet_deploy.models.ffnet import count_macs, create_ffnet
 from ffnet_deploy.models.reparam import reparam_report, reparameterize_model
@@ -62,20 +70,54 @@ def describe_checkpoint(path: str | Path, variant: str | None = None, *, trust: 
     }
 
 
+def not_our_fused_checkpoint(path: Path) -> str | None:
+    """Why ``path`` is not a fused checkpoint written by ffnet-deploy (``None``: it is one, ``--force`` may replace it).
+
+    Read with the weights-only loader, so nothing in a stranger's file runs.
+    """
+    try:
+        obj = read_checkpoint(path)
+    except CheckpointError:
+        obj = None
+    meta = obj.get(FORMAT_KEY) if isinstance(obj, dict) else None
+    if not isinstance(meta, dict) or meta.get("fused") is not True:
+        return "it is not a fused checkpoint written by ffnet-deploy reparam"
+    return None
+
+
+def _check_reparam_output(checkpoint: Path, output: Path, force: bool) -> None:
+    """Refuse, before any work, an output that is the input or that must not be replaced."""
+    same = output.resolve() == checkpoint.resolve()
+    if not same and output.exists() and checkpoint.exists():
+        same = os.path.samefile(output, checkpoint)  # hard links
+    if same:
+        raise CheckpointError(f"reparam | --output {output} is the input checkpoint; choose another file")
+    if not (output.exists() or output.is_symlink()):
+        return
+    if not force:
+        raise CheckpointError(f"reparam | {output} already exists; pass --force to overwrite it")
+    reason = replace_refusal(output, not_our_fused_checkpoint)
+    if reason:
+        raise CheckpointError(f"reparam | refusing to overwrite {output}: {reason}; --force replaces only a fused "
+                              "checkpoint written by ffnet-deploy, so choose another file")
+
+
 @torch.no_grad()
 def reparameterize_checkpoint(checkpoint: str | Path, output: str | Path, variant: str | None = None, *,
                               force: bool = False, trust: bool = False, resolution: int | None = None) -> dict:
     """Load, fuse, verify and save a checkpoint.
 
-    The fused model is checked against the unfused one on a random batch before anything is written.
+    The fused model is checked against the unfused one on a random batch before anything is written. The output is
+    never the input checkpoint; an existing output is refused, and with ``force`` replaced only if it is a fused
+    checkpoint written by ffnet-deploy (its ``ffnet_deploy`` metadata says so), checked again at the moment of the
+    rename. Signals clean up the temporary file (:mod:`ffnet_deploy.interrupts`).
 
     Returns:
         JSON-ready summary: variant, output path, the before/after report, and the parity metrics of the fused
         model against the unfused one (the validate engine's metric names, judged by the fp32 profile).
     """
     output = Path(output)
-    if output.exists() and not force:
-        raise CheckpointError(f"{output} already exists; pass --force to overwrite it")
+    _check_reparam_output(Path(checkpoint), output, force)
     loaded = open_checkpoint(checkpoint, variant, trust=trust)
     model = loaded.model
     if model.deploy:
@@ -87,7 +129,7 @@ def reparameterize_checkpoint(checkpoint: str | Path, output: str | Path, varian
     failed = [c.message for c in evaluate_checks(metrics, FP32) if not c.passed]
     if failed:
         raise CheckpointError(f"reparameterization of {checkpoint} changed the outputs: {'; '.join(failed)}")
-    save_checkpoint(fused, output, source=loaded.sha256)
+    save_checkpoint(fused, output, source=loaded.sha256, may_replace=not_our_fused_checkpoint, overwrite=force)
     return {
         "variant": model.cfg.name,
         "output": str(output),

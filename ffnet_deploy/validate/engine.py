@@ -6,6 +6,12 @@ Metric definitions live in :mod:`ffnet_deploy.validate.metrics`, tolerance profi
 Results are objects, not booleans: :class:`ArtifactResult` holds every metric, every check (name, value, threshold,
 passed) and every error; :class:`ValidationReport` collects all artifacts' failures before anything exits, and both
 are truthy only when everything passed.
+
+Each artifact ends in one of three states (:data:`STATUSES`): ``passed``; ``failed`` (a check failed, or it could not
+be loaded or run, or its manifest disagrees with its files); or ``not run``, when nothing on this machine can execute
+it at all (a bare TensorRT engine without TensorRT, a Core ML artifact with ``--runtime coreml`` off macOS). Not run
+is not a failure, and not a pass either: a report passes when no artifact failed and at least one passed, so that a
+run where nothing could be checked never reads as proof; its summary counts the artifacts that were not run.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ffnet_deploy.artifact.inspect import PrecisionEvidence, inspect_precision, precision_mismatch, verify_files
 from ffnet_deploy.artifact.manifest import FORMATS, Manifest, has_manifest, read_manifest
 from ffnet_deploy.environment import environment_info
 from ffnet_deploy.errors import ConfigError, FFNetDeployError, ParityError
@@ -59,7 +66,8 @@ class ArtifactResult:
     manifest: Manifest | None = None  # the artifact's manifest, when it has one
     localization: Any = None  # a localize.Localization when --localize ran
     latency_ms: float | None = None  # mean runner latency per call
-    profile_reason: str = ""  # why this profile: the manifest's precision, --precision-profile, the file run
+    profile_reason: str = ""  # why this profile: the manifest's precision and what the model file confirmed
+    not_run: str | None = None  # why nothing on this machine could run it (status "not run"), else None
 
     @property
     def failed_checks(self) -> list[Check]:
@@ -67,23 +75,32 @@ class ArtifactResult:
 
     @property
     def failures(self) -> list[str]:
-        """Every reason this artifact fails, one line each (errors first)."""
+        """Every reason this artifact fails, one line each (errors first); empty when it passed or was not run."""
         out = list(self.errors)
-        if self.metrics is None and not self.errors:
+        if self.metrics is None and not self.errors and self.not_run is None:
             out.append("no outputs were compared")
         out += [c.message for c in self.failed_checks]
         return out
 
     @property
+    def status(self) -> str:
+        """``"passed"``, ``"failed"`` or ``"not run"`` (module docstring)."""
+        if self.failures:
+            return "failed"
+        return "not run" if self.not_run is not None else "passed"
+
+    @property
     def passed(self) -> bool:
-        return not self.failures
+        return self.status == "passed"
 
     def __bool__(self) -> bool:
         return self.passed
 
     def describe(self) -> str:
-        """One line: the runner, the file, and the gating checks (or what failed)."""
+        """One line: the runner, the file, and the gating checks (or what failed, or why it was not run)."""
         head = f"{self.runtime} on {self.name} ({self.profile.name} profile)"
+        if self.status == "not run":
+            return f"{head}: not run: {self.not_run}"
         if not self.passed:
             return f"{head}: {'; '.join(self.failures)}"
         gating = [c.message for c in self.checks if c.name != "finite"]
@@ -97,7 +114,9 @@ class ArtifactResult:
             "format": self.format,
             "runtime": self.runtime,
             "precision": self.precision,
+            "status": self.status,
             "passed": self.passed,
+            "not_run": self.not_run,
             "profile": self.profile.to_dict(),
             "profile_reason": self.profile_reason,
             "metrics": self.metrics.to_dict() if self.metrics else None,
@@ -125,9 +144,17 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
+STATUSES = ("passed", "failed", "not run")
+"""The states an artifact's validation ends in (module docstring)."""
+
+
 @dataclass
 class ValidationReport:
-    """The outcome of validating one or more artifacts on one data set. Truthy when every artifact passed."""
+    """The outcome of validating one or more artifacts on one data set.
+
+    Truthy when no artifact failed and at least one passed: artifacts that nothing here can run are counted (see
+    :meth:`not_run`) but neither fail nor pass the report, and a report in which nothing ran does not pass.
+    """
 
     artifacts: list[ArtifactResult]  # one result per artifact, in the order given
     reference: dict  # the PyTorch reference: checkpoint path and sha256, variant, resolution
@@ -139,26 +166,37 @@ class ValidationReport:
 
     @property
     def passed(self) -> bool:
-        return bool(self.artifacts) and all(a.passed for a in self.artifacts)
+        statuses = [a.status for a in self.artifacts]
+        return "passed" in statuses and "failed" not in statuses
 
     def __bool__(self) -> bool:
         return self.passed
+
+    def count(self, status: str) -> int:
+        """How many artifacts ended in ``status`` (one of :data:`STATUSES`)."""
+        return sum(a.status == status for a in self.artifacts)
 
     def failures(self) -> list[str]:
         """Every failure of every artifact, each line prefixed with the artifact name."""
         return [f"{a.name}: {f}" for a in self.artifacts for f in a.failures]
 
+    def not_run(self) -> list[str]:
+        """One line per artifact that nothing here could run: ``name: why``."""
+        return [f"{a.name}: {a.not_run}" for a in self.artifacts if a.status == "not run"]
+
     def raise_for_failures(self) -> None:
         """Raise one :class:`ParityError` that lists every failure of every artifact (after all were run).
 
         Raises:
-            ParityError: If anything failed.
+            ParityError: If anything failed, or if nothing could be run at all.
         """
         lines = self.failures()
         if lines:
-            failed = sum(not a.passed for a in self.artifacts)
-            raise ParityError(f"validate | {failed} of {len(self.artifacts)} artifact(s) failed parity: "
+            raise ParityError(f"validate | {self.count('failed')} of {len(self.artifacts)} artifact(s) failed parity: "
                               + "; ".join(lines))
+        if not self.passed:
+            raise ParityError(f"validate | none of the {len(self.artifacts)} artifact(s) could be run on this machine, "
+                              "so nothing was checked: " + "; ".join(self.not_run()))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -213,42 +251,76 @@ class ArtifactSpec:
         return dict((self.manifest.block_outputs if self.manifest else None) or {})
 
 
-def _profile(precision_profile: str, manifest: Manifest | None) -> tuple[str, str, list[str]]:
-    """``(precision, reason, warnings)`` for the profile choice ``precision_profile`` (``auto`` or a precision)."""
-    if precision_profile not in ("auto", *PROFILES):
-        raise ConfigError(f"validate | --precision-profile must be auto, {', '.join(PROFILES)}; got "
-                          f"{precision_profile!r}")
-    declared = manifest.precision if manifest else None
+def _profile(precision_profile: str, declared: str | None, found: PrecisionEvidence,
+             what: str = "the model", graph: bool = False) -> tuple[str, str, list[str]]:
+    """``(precision, reason, warnings)`` of one target.
+
+    Args:
+        precision_profile: ``"auto"`` or a precision forced by the user.
+        declared: The manifest's precision for this file, or ``None`` (no manifest, or a file it does not describe).
+        found: What the file itself shows (:func:`~ffnet_deploy.artifact.inspect.inspect_precision`).
+        what: How the reason names the file.
+        graph: The file is an intermediate graph that ships with the model the manifest describes (TensorRT's and
+            ``--keep-onnx``'s ONNX): it is judged as the graph it is.
+    """
     if precision_profile != "auto":
-        warn = [f"manifest says precision {declared}, but --precision-profile {precision_profile} was applied"] \
-            if declared and declared != precision_profile else []
+        actual = declared or found.precision
+        src = "manifest says precision" if declared else f"{what} is"
+        warn = [f"{src} {actual}, but --precision-profile {precision_profile} was applied"] \
+            if actual and actual != precision_profile else []
         return precision_profile, f"--precision-profile {precision_profile}", warn
-    if declared:
-        return declared, f"manifest precision {declared}", []
-    return "fp32", "no manifest: fp32 assumed", [
-        "no manifest precision: applying the fp32 profile (pass --precision-profile to choose)"]
+    if declared is not None:
+        if found.precision == declared:
+            return declared, f"manifest precision {declared}, confirmed by {what} ({found.evidence})", []
+        if found.known:  # the mismatch itself is a problem of the artifact (artifact_targets records it)
+            return found.precision, (f"manifest precision {declared} contradicts {what}: "
+                                     f"{found.precision} ({found.evidence})"), []
+        return declared, f"manifest precision {declared}, not confirmed ({found.evidence})", [
+            f"the {declared} profile comes from the manifest alone: {what} could not be inspected here "
+            f"({found.evidence})"]
+    if graph:
+        if found.known:
+            return found.precision, f"{what} is an {found.precision} graph ({found.evidence})", []
+        return "fp32", f"{what} could not be inspected ({found.evidence}): fp32 assumed", []
+    if found.known:
+        return found.precision, f"no manifest: {what} is {found.precision} ({found.evidence})", []
+    return "fp32", f"no manifest, and {what} could not be inspected ({found.evidence}): fp32 assumed", [
+        f"no manifest precision and {what} could not be inspected ({found.evidence}): applying the fp32 profile "
+        "(pass --precision-profile to choose)"]
 
 
 def artifact_targets(artifact: str | Path, precision_profile: str = "auto", runtime: str | None = None,
-                     manifest: Manifest | None = None) -> list[ArtifactSpec]:
+                     manifest: Manifest | None = None, *, verify: bool = False) -> list[ArtifactSpec]:
     """Every way this machine could check an artifact, preferred first.
 
     Most formats have one target: the format's runner on the model. A TensorRT artifact has two: the engine on the
-    ``tensorrt`` runner (when it was built), and the fp32 TensorRT-ready ONNX graph it is built from, on ONNX
-    Runtime, judged by the fp32 profile because that graph is what actually runs.
+    ``tensorrt`` runner (when it was built), and the TensorRT-ready ONNX graph it is built from, on ONNX Runtime,
+    judged by the ONNX's own precision (fp32 for a weakly typed graph) because that graph is what actually runs.
+
+    The tolerance profile of each target follows its precision, which is read from the file itself
+    (:func:`~ffnet_deploy.artifact.inspect.inspect_precision`) and cross-checked with the manifest: a manifest whose
+    precision the file contradicts is recorded as a problem of every target, so the artifact fails with one line
+    naming both (an edited ``precision`` would otherwise pick a looser profile). A TensorRT manifest's precision is
+    the engine's: an fp16 engine built from an fp32 graph with ``--fp16`` agrees with it.
 
     Args:
         artifact: An artifact directory with ``manifest.json``, or a bare model file (``.onnx``, ``.xml``,
             ``.mlpackage``, ``.engine``). A model file inside an artifact directory uses that directory's manifest.
-        precision_profile: ``"auto"`` reads the manifest's precision (fp32 without a manifest); a precision name
-            forces that profile.
+        precision_profile: ``"auto"`` takes the manifest's precision confirmed by the file (the file's own without
+            a manifest); a precision name forces that profile.
         runtime: Runner to use instead of the format's default (one target).
         manifest: The artifact's manifest when the caller already holds it.
+        verify: Check every file the manifest lists against its recorded sha256 first
+            (:func:`~ffnet_deploy.artifact.inspect.verify_files`). :func:`validate` does by default; the export gate
+            does not (it runs on the fresh files whose hashes it is about to record).
 
     Raises:
         ConfigError: If the path does not exist or is not a recognisable artifact; ManifestError for a broken
-            manifest.
+            manifest; ArtifactIntegrityError when ``verify`` finds a file that is missing or differs.
     """
+    if precision_profile not in ("auto", *PROFILES):
+        raise ConfigError(f"validate | --precision-profile must be auto, {', '.join(PROFILES)}; got "
+                          f"{precision_profile!r}")
     name = str(artifact)
     path = Path(artifact)
     if not path.exists():
@@ -271,51 +343,66 @@ def artifact_targets(artifact: str | Path, precision_profile: str = "auto", runt
     else:
         raise ConfigError(f"validate | cannot tell the format of {path}; expected an artifact directory or a "
                           f"{', '.join(FORMAT_BY_SUFFIX)} file")
-    precision, reason, warnings = _profile(precision_profile, manifest)
+    folder = path.parent if path.suffix.lower() in FORMAT_BY_SUFFIX else path  # the artifact directory
+    if verify and manifest is not None:
+        verify_files(manifest, folder)  # before anything below reads the files
     input_range = manifest.preprocessing.input_range if manifest else None
+    declared = manifest.precision if manifest else None
 
-    def spec(target: Path, run: str, prec: str = precision, why: str = reason, note: list[str] = ()) -> ArtifactSpec:
+    # The manifest's precision describes its main model (for TensorRT: the engine, read from graph and build).
+    if fmt == "tensorrt":
+        model_found = inspect_precision(path, "tensorrt")
+    else:
+        model_found = inspect_precision(path if path.suffix.lower() in FORMAT_BY_SUFFIX
+                                        else folder / manifest.artifact.path, fmt)
+    mismatch = precision_mismatch(declared, model_found) if declared else None
+    problems = [mismatch] if mismatch else []
+
+    def spec(target: Path, run: str, found: PrecisionEvidence, what: str = "the model", graph: bool = False,
+             note: Sequence[str] = ()) -> ArtifactSpec:
+        prec, why, warns = _profile(precision_profile, None if graph else declared, found, what, graph)
         return ArtifactSpec(name=name, path=target, format=fmt, runtime=run, precision=prec, profile_reason=why,
-                            manifest=manifest, input_range=input_range, warnings=[*warnings, *note])
+                            manifest=manifest, input_range=input_range, warnings=[*warns, *note],
+                            problems=list(problems))
 
     if runtime is not None:
-        return [spec(path, runtime)]
-    folder = path if path.is_dir() else path.parent
+        return [spec(path, runtime, model_found)]
     if fmt == "openvino" and path.is_dir() and (folder / "model.onnx").is_file():
-        # --keep-onnx: the intermediate graph ships with the IR, so it is checked too, as the fp32 graph it is.
-        onnx_reason = "the intermediate ONNX is an fp32 graph" if precision_profile == "auto" else reason
-        return [spec(path, default_runtime(fmt)),
-                spec(folder / "model.onnx", "onnxruntime", "fp32" if precision_profile == "auto" else precision,
-                     onnx_reason)]
+        # --keep-onnx: the intermediate graph ships with the IR, so it is checked too, as the graph it is (the
+        # manifest's precision describes the IR's weights).
+        graph = inspect_precision(folder / "model.onnx", "onnx")
+        return [spec(path, default_runtime(fmt), model_found),
+                spec(folder / "model.onnx", "onnxruntime", graph, "the intermediate ONNX", True)]
     if fmt != "tensorrt":
-        return [spec(path, default_runtime(fmt))]
+        return [spec(path, default_runtime(fmt), model_found)]
     targets = []
     engine = path if path.suffix.lower() in (".engine", ".plan") else None
     if engine is None and manifest is not None and Path(manifest.artifact.path).suffix in (".engine", ".plan"):
         engine = folder / manifest.artifact.path
     if engine is not None and engine.exists():
-        targets.append(spec(engine, "tensorrt"))
+        targets.append(spec(engine, "tensorrt", model_found, "the engine's build"))
     onnx = path if path.suffix.lower() == ".onnx" else folder / "model.onnx"
     if onnx.exists():
         graph_note = ("the TensorRT engine itself was not run: its TensorRT-ready ONNX graph was checked on "
                       "onnxruntime instead")
-        targets.append(spec(onnx, "onnxruntime", "fp32" if precision_profile == "auto" else precision,
-                            "the TensorRT-ready ONNX is an fp32 graph" if precision_profile == "auto" else reason,
-                            [graph_note]))
+        graph = inspect_precision(onnx, "onnx")
+        targets.append(spec(onnx, "onnxruntime", graph, "the TensorRT-ready ONNX", True, [graph_note]))
     if not targets:
         raise ConfigError(f"validate | {path} holds neither a TensorRT engine nor its model.onnx; re-export it")
     return targets
 
 
-def resolve_artifact(artifact: str | Path, precision_profile: str = "auto", runtime: str | None = None) -> ArtifactSpec:
+def resolve_artifact(artifact: str | Path, precision_profile: str = "auto", runtime: str | None = None, *,
+                     verify: bool = False) -> ArtifactSpec:
     """The target :func:`validate` runs: the first of :func:`artifact_targets` whose runner works here.
 
-    When none works, the first target is returned and running it reports why (e.g. TensorRT without a GPU).
+    When none works, the first target is returned, and validation reports it as not run (e.g. TensorRT without a
+    GPU and no ONNX next to the engine).
 
     Raises:
         ConfigError: See :func:`artifact_targets`.
     """
-    targets = artifact_targets(artifact, precision_profile, runtime)
+    targets = artifact_targets(artifact, precision_profile, runtime, verify=verify)
     for target in targets:
         if runtime_unavailable(target.runtime) is None:
             return target
@@ -426,6 +513,17 @@ class _ArtifactRun:
                 pass
 
 
+def _not_runnable(spec: ArtifactSpec) -> str | None:
+    """Why nothing on this machine can run ``spec`` (its runner is unavailable here), or ``None``."""
+    reason = runtime_unavailable(spec.runtime)
+    if reason is None:
+        return None
+    folder = spec.path if spec.path.is_dir() else spec.path.parent
+    hint = ("; to check the ONNX graph the engine is built from, pass --runtime onnxruntime"
+            if spec.format == "tensorrt" and (folder / "model.onnx").is_file() else "")
+    return f"{spec.runtime} cannot run here: {reason}{hint}"
+
+
 def _common_resolution(runs: list[_ArtifactRun], default: int) -> int:
     """The input side every artifact agrees on: manifests first, else fixed square inputs, else ``default``.
 
@@ -499,7 +597,9 @@ def compare_artifacts(specs: Sequence[ArtifactSpec], reference: Any, source: Any
             run = _ArtifactRun(spec, result)
             if not result.errors:
                 try:
-                    run.start()
+                    result.not_run = _not_runnable(spec)
+                    if result.not_run is None:
+                        run.start()
                 except FFNetDeployError as err:
                     result.errors.append(f"cannot load: {err}")
                     run.stop()
@@ -574,6 +674,7 @@ def validate(
     trust: bool = False,
     runtime: str | None = None,
     localize_samples: int = 4,
+    verify: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> ValidationReport:
     """Validate artifacts against the PyTorch model of ``checkpoint``; never raises for a parity failure.
@@ -596,11 +697,15 @@ def validate(
         runtime: Runner name to use instead of each format's default.
         localize_samples: Images used by ``localize``.
         progress: Called with the number of images processed after each batch.
+        verify: Refuse an artifact whose files do not have the sha256 its manifest recorded (checked before any
+            file is read; ``False`` is ``--no-verify``).
 
     Returns:
-        The report; ``bool(report)`` says whether everything passed, ``report.failures()`` lists every failure.
+        The report; ``bool(report)`` says whether no artifact failed and at least one passed,
+        ``report.failures()`` lists every failure and ``report.not_run()`` what nothing here could run.
 
     Raises:
+        ArtifactIntegrityError: With ``verify``, for the first file that does not match its manifest.
         FFNetDeployError: For problems that make validation meaningless as a whole (unreadable checkpoint, bad
             data folder, unknown option values). Problems of one artifact are recorded in its result instead.
     """
@@ -619,7 +724,7 @@ def validate(
     overrides = dict(tolerances or {})
     for name in overrides:  # fail on unknown keys before any work
         FP32.with_overrides(**{name: overrides[name]})
-    specs = [resolve_artifact(a, precision_profile, runtime) for a in artifacts]
+    specs = [resolve_artifact(a, precision_profile, runtime, verify=verify) for a in artifacts]
     loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else open_checkpoint(checkpoint, variant,
                                                                                           trust=trust)
     source = source if source is not None else SyntheticSource(32)
@@ -629,7 +734,7 @@ def validate(
                  "runtime": f"torch {torch.__version__} fp32 eager (not reparameterized)"}
     data = {**source.describe(), "transform": comparison.transform.to_dict()}
     settings = {"batch": batch, "precision_profile": precision_profile, "tolerance_overrides": overrides,
-                "localize": localize, "runtime": runtime}
+                "localize": localize, "runtime": runtime, "verify": verify}
     return ValidationReport(artifacts=comparison.results, reference=reference, data=data,
                             environment=environment_info(), settings=settings,
                             seconds=round(time.perf_counter() - t0, 3))

@@ -9,12 +9,17 @@ JSON report (schema ``ffnet-deploy/validate-report/1``)::
       "data":        {"kind", "root"?, "limit", "labeled", "num_images", "skipped": {...}, "fingerprint",
                       "transform": {...}, ...},
       "environment": {"platform", "system", "machine", "cpu", "cpu_count", "isa_flags": [...], "versions": {...}},
-      "settings":    {"batch", "precision_profile", "tolerance_overrides", "localize", "runtime"},
-      "artifacts":   [{"name", "path", "format", "runtime", "precision", "passed", "profile", "metrics",
+      "settings":    {"batch", "precision_profile", "tolerance_overrides", "localize", "runtime", "verify"},
+      "artifacts":   [{"name", "path", "format", "runtime", "precision", "status", "passed", "not_run", "profile",
+                       "profile_reason", "metrics",
                        "checks": [{"name", "value", "threshold", "op", "passed", "detail", "message"}],
                        "errors", "warnings", "failures", "latency_ms", "manifest", "localization"}],
-      "failures":    ["artifact: reason", ...]
+      "failures":    ["artifact: reason", ...],
+      "not_run":     ["artifact: why nothing here can run it", ...]
     }
+
+``status`` is ``passed``, ``failed`` or ``not run`` (nothing on this machine can execute the artifact); the report's
+``passed`` is true when no artifact failed and at least one passed.
 
 Non-finite floats are written as the strings ``"nan"``, ``"inf"``, ``"-inf"`` so the file is strict JSON. A change
 that removes or renames a key bumps the trailing version number; adding keys does not.
@@ -23,25 +28,38 @@ JUnit XML follows the common (Jenkins/Ant) JUnit layout that CI systems read: ``
 ``<testsuite>`` per artifact, which holds one ``<testcase classname=ARTIFACT name=METRIC>`` per metric. A metric
 the tolerance profile gates passes or carries a ``<failure>``; a metric the profile does not gate is reported as
 ``<skipped>`` with its value (it was measured, not judged); an artifact that could not be loaded or run carries an
-``<error>`` case. Every case's ``<system-out>`` holds the measured value.
+``<error>`` case, and one that nothing here can run a ``<skipped>`` ``load_and_run`` case with the reason. Every
+case's ``<system-out>`` holds the measured value.
 
-All writes are atomic: a temporary file in the target folder, then ``os.replace``.
+All writes are atomic: a temporary file in the target folder, then a rename. A report never replaces a file that is
+not a report of the same kind written here (recognised by its ``schema`` key, or the JUnit root element's ``name``),
+and is never written inside an artifact directory (:func:`check_report_path`), re-checked at the moment of the rename.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ffnet_deploy.atomic import write_text
+from rich.markup import escape
+
+from ffnet_deploy.artifact.manifest import MANIFEST_NAME, ManifestError, read_manifest
+from ffnet_deploy.atomic import replace_refusal, write_text
+from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.validate.engine import FORMAT_BY_SUFFIX, ValidationReport, jsonable
 from ffnet_deploy.validate.metrics import format_value
 from ffnet_deploy.validate.tolerances import METRIC_NAMES
 
 SCHEMA = "ffnet-deploy/validate-report/1"
 """Identifier and version of the JSON report layout."""
+
+JUNIT_NAME = "ffnet-deploy validate"
+"""The ``name`` of the JUnit root element, by which a JUnit file written here is recognised."""
+
+_JUNIT_HEAD = f'<?xml version="1.0" encoding="UTF-8"?>\n<testsuites name="{JUNIT_NAME}"'
 
 
 def report_to_dict(report: ValidationReport) -> dict:
@@ -57,21 +75,82 @@ def report_to_dict(report: ValidationReport) -> dict:
         "settings": report.settings,
         "artifacts": [a.to_dict() for a in report.artifacts],
         "failures": report.failures(),
+        "not_run": report.not_run(),
     })
 
 
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically.
+def _not_json_report(path: Path) -> str | None:
+    """Why ``path`` is not a JSON report written here (``None``: it is one, and may be replaced)."""
+    try:
+        with path.open("rb") as f:
+            data = json.loads(f.read(256 << 20))
+    except (OSError, ValueError):
+        return "it is not a JSON report written by ffnet-deploy validate"
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        return "it is not a JSON report written by ffnet-deploy validate"
+    return None
+
+
+def _not_junit_report(path: Path) -> str | None:
+    """Why ``path`` is not a JUnit file written here (``None``: it is one, and may be replaced)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(_JUNIT_HEAD.encode()))
+    except OSError:
+        head = b""
+    return None if head == _JUNIT_HEAD.encode() else "it is not a JUnit file written by ffnet-deploy validate"
+
+
+_VERDICTS = {"json": _not_json_report, "junit": _not_junit_report}
+
+
+def check_report_path(path: str | Path, kind: str) -> Path:
+    """Refuse a report path that would overwrite something else or land inside an artifact directory.
+
+    Call it before the (long) validation to fail early; the writers check again when they rename.
+
+    Args:
+        path: Where the report goes.
+        kind: ``"json"`` or ``"junit"``: the kind of report an existing file must be to be replaced.
+
+    Returns:
+        ``path``.
 
     Raises:
-        ConfigError: If the folder cannot be created or written.
+        ConfigError: One line naming the file and why.
     """
-    return write_text(path, text, "report")
+    path = Path(path)
+    folder = Path(os.path.abspath(path)).parent
+    for parent in (folder, *folder.parents):
+        if not (parent / MANIFEST_NAME).is_file():
+            continue
+        try:
+            read_manifest(parent)
+            artifact = True
+        except ManifestError:
+            artifact = parent == folder  # any manifest.json right next to it: the folder is not for reports
+        if artifact:
+            raise ConfigError(f"report | {path} is inside the artifact directory {parent}; a report would change "
+                              "the artifact: write it elsewhere")
+    reason = replace_refusal(path, _VERDICTS[kind])
+    if reason:
+        raise ConfigError(f"report | refusing to overwrite {path}: {reason}; choose another file")
+    return path
+
+
+def write_atomic(path: str | Path, text: str, kind: str = "json") -> Path:
+    """Write the report ``text`` to ``path`` atomically (rules: :func:`check_report_path`).
+
+    Raises:
+        ConfigError: If the path is refused, the folder cannot be created or a write fails (e.g. a full disk).
+    """
+    check_report_path(path, kind)
+    return write_text(path, text, "report", may_replace=_VERDICTS[kind])
 
 
 def write_json(report: ValidationReport, path: str | Path) -> Path:
     """Write the JSON report atomically."""
-    return write_atomic(path, json.dumps(report_to_dict(report), indent=2, allow_nan=False) + "\n")
+    return write_atomic(path, json.dumps(report_to_dict(report), indent=2, allow_nan=False) + "\n", "json")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -81,7 +160,7 @@ def write_json(report: ValidationReport, path: str | Path) -> Path:
 
 def junit_tree(report: ValidationReport) -> ET.ElementTree:
     """The JUnit XML document (layout: module docstring)."""
-    root = ET.Element("testsuites", name="ffnet-deploy validate")
+    root = ET.Element("testsuites", name=JUNIT_NAME)
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     for art in report.artifacts:
         counts = _junit_suite(root, art, report)
@@ -112,6 +191,11 @@ def _junit_suite(root: ET.Element, art, report: ValidationReport) -> dict[str, i
         tc = case("load_and_run")
         ET.SubElement(tc, "error", message=err, type="ArtifactError").text = err
         counts["errors"] += 1
+    if art.status == "not run":  # nothing here can execute it: skipped, neither failed nor passed
+        tc = case("load_and_run")
+        ET.SubElement(tc, "skipped", message=f"not run: {art.not_run}")
+        ET.SubElement(tc, "system-out").text = f"not run: {art.not_run}"
+        counts["skipped"] += 1
     gated = {c.name for c in art.checks}
     for check in art.checks:
         tc = case(check.name)
@@ -141,7 +225,7 @@ def write_junit(report: ValidationReport, path: str | Path) -> Path:
     """Write the JUnit XML atomically."""
     tree = junit_tree(report)
     text = ET.tostring(tree.getroot(), encoding="unicode", xml_declaration=False)
-    return write_atomic(path, '<?xml version="1.0" encoding="UTF-8"?>\n' + text + "\n")
+    return write_atomic(path, '<?xml version="1.0" encoding="UTF-8"?>\n' + text + "\n", "junit")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -186,7 +270,9 @@ _ROWS = (
 def render(report: ValidationReport, console) -> None:
     """Print the results table (one column per artifact, one row per metric), failures, and any localization.
 
-    A gated metric shows ``value ≤/≥ threshold`` in green or red; an informational one is dimmed.
+    A gated metric shows ``value ≤/≥ threshold`` in green or red; an informational one is dimmed. Every text that
+    comes from outside this function (names, reasons, error messages) is escaped: messages quote extras such as
+    ``ffnet-deploy[tensorrt]``, which rich would otherwise swallow as markup.
     """
     from rich.table import Table
 
@@ -195,11 +281,11 @@ def render(report: ValidationReport, console) -> None:
     caption = (f"{d.get('num_images')} images ({d.get('kind')}, fingerprint {str(d.get('fingerprint'))[:12]}; "
                f"skipped {skipped.get('corrupt', 0)} corrupt, {skipped.get('unsupported', 0)} unsupported) vs "
                f"{report.reference.get('variant')} @ {report.reference.get('resolution')}px, fp32 eager PyTorch")
-    table = Table(title="ffnet-deploy validate", caption=caption)
+    table = Table(title="ffnet-deploy validate", caption=escape(caption))
     table.add_column("metric")
     for a in report.artifacts:
-        table.add_column(short_name(a.name), justify="right")
-    table.add_row("runtime / precision", *[f"{a.runtime or '-'} / {a.precision}" for a in report.artifacts])
+        table.add_column(escape(short_name(a.name)), justify="right")
+    table.add_row("runtime / precision", *[escape(f"{a.runtime or '-'} / {a.precision}") for a in report.artifacts])
     labeled = any(a.metrics is not None and a.metrics.top1 is not None for a in report.artifacts)
     checks = [{c.name: c for c in a.checks} for a in report.artifacts]
     finite = []
@@ -224,15 +310,38 @@ def render(report: ValidationReport, console) -> None:
                 color = "green" if check.passed else "bold red"
                 cells.append(f"[{color}]{text} {'≤' if check.op == '<=' else '≥'} {_num(check.threshold, spec)}[/]")
         table.add_row(title, *cells)
-    table.add_row("result", *["[bold green]PASS[/]" if a.passed else "[bold red]FAIL[/]" for a in report.artifacts])
+    table.add_row("result", *[_RESULT[a.status] for a in report.artifacts])
     console.print(table)
     for a in report.artifacts:
+        name = escape(a.name)
+        # soft_wrap: a message is one line (CI logs are searched for it, install hints are copied from it)
+        console.print(f"[dim]profile[/] {name}: {escape(a.profile.name)}, {escape(a.profile_reason)}",
+                      highlight=False, soft_wrap=True)
         for w in a.warnings:
-            console.print(f"[yellow]warning[/] {a.name}: {w}", highlight=False)
+            console.print(f"[yellow]warning[/] {name}: {escape(w)}", highlight=False, soft_wrap=True)
+        if a.status == "not run":
+            console.print(f"[yellow]NOT RUN[/] {name}: {escape(a.not_run or '')}", highlight=False, soft_wrap=True)
         for f in a.failures:
-            console.print(f"[red]FAIL[/] {a.name}: {f}", highlight=False)
+            console.print(f"[red]FAIL[/] {name}: {escape(f)}", highlight=False, soft_wrap=True)
         if a.localization is not None:
             render_localization(a.name, a.localization, console)
+
+
+_RESULT = {"passed": "[bold green]PASS[/]", "failed": "[bold red]FAIL[/]", "not run": "[bold yellow]NOT RUN[/]"}
+
+
+def summary_line(report: ValidationReport) -> str:
+    """The last line of ``ffnet-deploy validate`` (rich markup), for a report that did not fail.
+
+    ``all 3 artifact(s) passed``, or, when nothing here can execute some of them, ``2 artifact(s) passed; 1 not run
+    on this machine (see NOT RUN above)``: the exit code is 0 then, and this line is what says that not everything
+    was checked.
+    """
+    passed, not_run = report.count("passed"), report.count("not run")
+    if not not_run:
+        return f"[bold green]all {passed} artifact(s) passed[/]"
+    return (f"[bold green]{passed} artifact(s) passed[/]; [bold yellow]{not_run} not run on this machine[/] (see NOT "
+            "RUN above)")
 
 
 def render_localization(name: str, loc, console, limit: int = 40) -> None:
@@ -242,13 +351,13 @@ def render_localization(name: str, loc, console, limit: int = 40) -> None:
     from ffnet_deploy.validate.localize import format_layers
 
     first = loc.first_below
-    table = Table(title=f"localize {name}: {loc.summary}", caption=loc.note)
+    table = Table(title=escape(f"localize {name}: {loc.summary}"), caption=escape(loc.note or ""))
     for c in ("layer", "op" if loc.method == "mil-ops" else "tensor", "shape", "SQNR dB", ""):
         table.add_column(c, justify="right" if c == "SQNR dB" else "left")
     for layer in format_layers(loc, limit):
         bad = math.isnan(layer.sqnr_db) or layer.sqnr_db < loc.threshold_db
         mark = "[bold red]<- first below threshold[/]" if layer is first else ("[red]below[/]" if bad else "")
         other = layer.op_type if loc.method == "mil-ops" else layer.tensor
-        table.add_row(layer.name, str(other or ""), "x".join(map(str, layer.shape or ())),
+        table.add_row(escape(layer.name), escape(str(other or "")), "x".join(map(str, layer.shape or ())),
                       _num(layer.sqnr_db, ".1f"), mark)
     console.print(table)

@@ -201,14 +201,48 @@ def test_killed_export_leaves_no_artifact(tmp_path, sig):
         assert (out / "manifest.json").is_file() and leftovers(tmp_path) == []
 
 
-def test_stale_cleanup_spares_live_processes(tmp_path):
-    live = tmp_path / f".out.tmp-{os.getpid()}-abcd"
-    dead = tmp_path / ".out.tmp-999999999-abcd"
+def test_stale_cleanup_spares_locked_work_directories(tmp_path):
+    """Liveness is the work directory's lock (tests/artifact/test_workdir.py holds one from another process)."""
+    from ffnet_deploy.artifact.workdir import workdir_for
+
+    dead = tmp_path / f".out.tmp-{os.getpid()}-abcd"  # our own PID, but nobody holds its lock: stale
     other = tmp_path / ".other.tmp-999999999-abcd"
-    for d in (live, dead, other):
+    for d in (dead, other):
         d.mkdir()
-    assert remove_stale_workdirs(tmp_path / "out") == [dead]
-    assert live.exists() and other.exists()
+    with workdir_for(tmp_path / "out") as live:
+        assert not dead.exists()  # creating a work directory cleans up first
+        assert remove_stale_workdirs(tmp_path / "out") == [] and live.exists() and other.exists()
+
+
+def test_full_disk_while_writing_the_manifest(tmp_path, test_checkpoint, monkeypatch):
+    import errno
+
+    real = Path.write_text
+
+    def write_text(self, *args, **kwargs):
+        if self.name == "manifest.json":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    with pytest.raises(ExportError) as info:
+        run_export(tmp_path, "onnx", test_checkpoint, check_parity=False)
+    assert re.fullmatch(r"export \| cannot write .*manifest.json: no space left on device; free some space or choose "
+                        r"another --output", str(info.value))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_artifact_files_honour_the_umask(tmp_path, test_checkpoint):
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        result = run_export(tmp_path, "onnx", test_checkpoint, check_parity=False)
+    finally:
+        os.umask(previous)
+    modes = {str(p.relative_to(result.output)): stat.S_IMODE(p.stat().st_mode) for p in result.output.rglob("*")}
+    assert modes and all(m == (0o755 if (result.output / name).is_dir() else 0o644) for name, m in modes.items()), modes
+    assert stat.S_IMODE(result.output.stat().st_mode) == 0o755
 
 
 def test_existing_artifact_refused_without_force(tmp_path, test_checkpoint):

@@ -11,7 +11,13 @@ import pytest
 
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.exporters.base import ExportConfig
-from ffnet_deploy.exporters.tensorrt import TensorRTOptions, TrtBuildPlan, build_script, tensorrt_unavailable_reason
+from ffnet_deploy.exporters.tensorrt import (
+    TRTEXEC_FALLBACKS,
+    TensorRTOptions,
+    TrtBuildPlan,
+    build_script,
+    tensorrt_unavailable_reason,
+)
 from ffnet_deploy.runtimes import create_runner
 from tests.exporters.helpers import gate_checks, manifest, max_rel, run_export, torch_logits
 
@@ -35,8 +41,8 @@ def test_dynamic_fp16_dla_plan():
     assert p.command() == (
         "trtexec --onnx=model.onnx --saveEngine=model.engine --fp16 --minShapes=images:1x3x256x256 "
         "--optShapes=images:8x3x256x256 --maxShapes=images:32x3x256x256 --memPoolSize=workspace:1024M "
-        "--timingCacheFile=/var/cache/ffnet.cache --useDLACore=1 --allowGPUFallback"
-    )
+        "--timingCacheFile=timing.cache --useDLACore=1 --allowGPUFallback"
+    )  # this machine's --timing-cache never reaches the device's command (it belongs to another GPU)
 
 
 def test_build_script_is_valid_bash_running_that_command(tmp_path):
@@ -51,6 +57,92 @@ def test_build_script_is_valid_bash_running_that_command(tmp_path):
     subprocess.run(["bash", str(script)], check=True, env={"TRTEXEC": str(fake), "PATH": "/usr/bin:/bin"},
                    cwd="/")
     assert (tmp_path / "args.txt").read_text().split("\n")[:-1] == p.trtexec_args()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# build_engine.sh: where it finds trtexec, and that it only uses paths inside the artifact directory. The script is
+# run with bash for real; the stand-in trtexec records its arguments and working directory (no TensorRT is faked:
+# what is tested is the script's own search and paths).
+# --------------------------------------------------------------------------------------------------------------------
+
+SYSTEM_PATH = "/usr/bin:/bin"  # coreutils for the script's `dirname`, and no trtexec (checked below)
+
+
+def fake_trtexec(folder: Path, tag: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    exe = folder / "trtexec"
+    exe.write_text(f'#!/usr/bin/env bash\necho {tag} > used.txt\npwd > cwd.txt\nprintf "%s\\n" "$@" > args.txt\n')
+    exe.chmod(0o755)
+    return exe
+
+
+@pytest.fixture
+def artifact_script(tmp_path):
+    """``build_engine.sh`` of a plan whose user gave a workstation timing cache, in an artifact folder."""
+    import shutil
+
+    if shutil.which("trtexec", path=SYSTEM_PATH) or any(Path(f).exists() for f in TRTEXEC_FALLBACKS):
+        pytest.skip("this machine has a real trtexec where the script looks; the search order cannot be isolated")
+    art = tmp_path / "artifact dir"  # a space: every path in the script must be quoted
+    art.mkdir()
+    script = art / "build_engine.sh"
+    script.write_text(build_script(plan(timing_cache=Path("/home/me/workstation.cache")), "header"))
+    return script
+
+
+def run_script(script: Path, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(script)], env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def test_build_script_prefers_trtexec_env_then_path(tmp_path, artifact_script):
+    art = artifact_script.parent
+    on_path = fake_trtexec(tmp_path / "fakebin", "path")
+    explicit = fake_trtexec(tmp_path / "explicit", "env")
+    path = f"{on_path.parent}:{SYSTEM_PATH}"
+    assert run_script(artifact_script, {"PATH": path, "TRTEXEC": str(explicit)}, tmp_path).returncode == 0
+    assert (art / "used.txt").read_text().strip() == "env"
+    done = run_script(artifact_script, {"PATH": path}, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (art / "used.txt").read_text().strip() == "path"
+    # Run from elsewhere, the build still happens in the artifact directory and reads its own timing cache: the
+    # workstation's --timing-cache path is not baked into the script.
+    assert (art / "cwd.txt").read_text().strip() == str(art)
+    assert "--timingCacheFile=timing.cache" in (art / "args.txt").read_text().split("\n")
+    assert "/home/me" not in artifact_script.read_text()
+    shared = run_script(artifact_script, {"PATH": path, "TIMING_CACHE": "/data/trt.cache"}, tmp_path)
+    assert shared.returncode == 0 and "--timingCacheFile=/data/trt.cache" in (art / "args.txt").read_text()
+
+
+def test_build_script_falls_back_to_jetpack_location(tmp_path, monkeypatch):
+    import ffnet_deploy.exporters.tensorrt as trt_exporter
+
+    # The fallback list is data; pointed at a folder of ours, the generated script must search it after PATH.
+    jetpack = fake_trtexec(tmp_path / "usr src tensorrt" / "bin", "jetpack")
+    monkeypatch.setattr(trt_exporter, "TRTEXEC_FALLBACKS", (str(tmp_path / "missing" / "trtexec"), str(jetpack)))
+    if shutil_which_trtexec():
+        pytest.skip("this machine has trtexec on /usr/bin:/bin")
+    art = tmp_path / "art"
+    art.mkdir()
+    script = art / "build_engine.sh"
+    script.write_text(trt_exporter.build_script(plan(), "header"))
+    done = run_script(script, {"PATH": SYSTEM_PATH}, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (art / "used.txt").read_text().strip() == "jetpack"
+    assert TRTEXEC_FALLBACKS == ("/usr/src/tensorrt/bin/trtexec",)  # what real scripts search
+
+
+def shutil_which_trtexec() -> bool:
+    import shutil
+
+    return shutil.which("trtexec", path=SYSTEM_PATH) is not None
+
+
+def test_build_script_without_trtexec_says_where_it_looked(tmp_path, artifact_script):
+    done = run_script(artifact_script, {"PATH": SYSTEM_PATH}, tmp_path)
+    assert done.returncode == 127
+    assert "trtexec not found in $TRTEXEC, on PATH or at /usr/src/tensorrt/bin/trtexec" in done.stderr
+    bad = run_script(artifact_script, {"PATH": SYSTEM_PATH, "TRTEXEC": str(tmp_path / "nope")}, tmp_path)
+    assert bad.returncode == 127 and f"TRTEXEC={tmp_path / 'nope'} is not an executable" in bad.stderr
 
 
 def test_dla_needs_reduced_precision(tmp_path, test_checkpoint):

@@ -230,7 +230,8 @@ def test_synthetic_source_is_seeded_pixels():
     assert fingerprint(3) == fingerprint(3)
     assert fingerprint(3) != fingerprint(4)
     assert fingerprint(3) != fingerprint(3, resolution=32)
-    assert SyntheticSource(5, limit=2).items() == [0, 1]
+    assert list(SyntheticSource(5, limit=2).items()) == [0, 1]
+    assert len(SyntheticSource(5, limit=2)) == 2
 
 
 def test_make_source_needs_exactly_one(tmp_path):

@@ -243,8 +243,10 @@ def bare_onnx(tmp_path_factory, test_checkpoint):
 def test_resolve_artifact(tmp_path, bare_onnx):
     spec = resolve_artifact(bare_onnx)
     assert (spec.format, spec.runtime, spec.precision, spec.input_range) == ("onnx", "onnxruntime", "fp32", None)
-    assert "no manifest precision" in spec.warnings[0]
-    assert resolve_artifact(bare_onnx, "fp16").precision == "fp16"
+    # Without a manifest the precision is read from the model itself, and the reason says so.
+    assert spec.profile_reason.startswith("no manifest: the model is fp32 (float32 weights") and not spec.warnings
+    forced = resolve_artifact(bare_onnx, "fp16")
+    assert forced.precision == "fp16" and "the model is fp32, but --precision-profile fp16" in forced.warnings[0]
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_artifact(tmp_path / "nope.onnx")
     with pytest.raises(ConfigError, match="without manifest.json"):
@@ -254,7 +256,7 @@ def test_resolve_artifact(tmp_path, bare_onnx):
     art = tmp_path / "art"
     art.mkdir()
     (art / "model.onnx").write_bytes(bare_onnx.read_bytes())
-    manifest = {"schema": "ffnet-deploy/manifest/1", "format": "onnx", "precision": "fp16", "variant": "ffnet_2",
+    manifest = {"schema": "ffnet-deploy/manifest/1", "format": "onnx", "precision": "fp32", "variant": "ffnet_2",
                 "resolution": 64, "num_classes": 1000, "batch": 1, "artifact": {"path": "model.onnx"},
                 "inputs": [{"name": "images", "shape": [1, 3, 64, 64], "dtype": "uint8"}],
                 "outputs": [{"name": "logits", "shape": [1, 1000], "dtype": "float32"}],
@@ -262,10 +264,18 @@ def test_resolve_artifact(tmp_path, bare_onnx):
                                   "crop_pct": 0.9}}
     (art / "manifest.json").write_text(json.dumps(manifest))
     spec = resolve_artifact(art)
-    assert (spec.precision, spec.input_range, spec.profile_reason) == ("fp16", "0-255", "manifest precision fp16")
+    assert (spec.precision, spec.input_range) == ("fp32", "0-255") and not spec.problems
+    assert spec.profile_reason.startswith("manifest precision fp32, confirmed by the model (float32 weights")
     assert resolve_artifact(art / "model.onnx").manifest == read_manifest(art)  # a file inside uses its manifest
-    forced = resolve_artifact(art, "fp32")
-    assert forced.precision == "fp32" and "manifest says precision fp16" in forced.warnings[0]
+    forced = resolve_artifact(art, "fp16")
+    assert forced.precision == "fp16" and "manifest says precision fp32" in forced.warnings[0]
+    # A manifest that claims another precision than the file holds is a problem of the artifact, named in one line.
+    manifest["precision"] = "fp16"
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    lying = resolve_artifact(art)
+    assert lying.problems == [lying.problems[0]] and lying.problems[0].startswith(
+        "manifest precision fp16 does not match the model: model.onnx is fp32 (float32 weights")
+    assert lying.precision == "fp32" and "contradicts the model" in lying.profile_reason
 
 
 def test_validate_bare_onnx_passes_fp32(test_checkpoint, bare_onnx):

@@ -10,11 +10,20 @@ import pytest
 from rich.console import Console
 
 from ffnet_deploy.environment import environment_info
-from ffnet_deploy.errors import ConfigError
+from ffnet_deploy.errors import ConfigError, ParityError
 from ffnet_deploy.validate.engine import ArtifactResult, ValidationReport
 from ffnet_deploy.validate.localize import LayerSQNR, Localization
 from ffnet_deploy.validate.metrics import compare_outputs
-from ffnet_deploy.validate.report import SCHEMA, junit_tree, render, report_to_dict, short_name, write_json, write_junit
+from ffnet_deploy.validate.report import (
+    SCHEMA,
+    junit_tree,
+    render,
+    report_to_dict,
+    short_name,
+    summary_line,
+    write_json,
+    write_junit,
+)
 from ffnet_deploy.validate.tolerances import FP16, FP32, evaluate_checks
 from tests.test_validate_cli import assert_valid_junit
 
@@ -92,15 +101,15 @@ def test_junit_parses_into_the_expected_cases(tmp_path, report):
 
 def test_writes_are_atomic(tmp_path, report, monkeypatch):
     target = tmp_path / "report.json"
-    target.write_text("previous")
+    previous = write_json(report, target).read_text()  # only a report written here may be replaced
 
     def boom(*_a, **_k):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ConfigError, match="cannot write .*report.json: disk full"):
         write_json(report, target)
-    assert target.read_text() == "previous"
+    assert target.read_text() == previous
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left behind
 
 
@@ -127,3 +136,62 @@ def test_short_names():
     assert short_name("/a/b/onnx-fp32") == "onnx-fp32"
     assert short_name("/a/b/model.onnx") == "b/model.onnx"
     assert short_name("/a/art/model.mlpackage") == "art/model.mlpackage"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Artifacts that nothing here can run; markup in messages
+# --------------------------------------------------------------------------------------------------------------------
+
+HINT = "tensorrt cannot run here: the tensorrt package is not installed (pip install 'ffnet-deploy[tensorrt]')"
+
+
+@pytest.fixture
+def partly_run() -> ValidationReport:
+    """One artifact that passed, and a bare engine that nothing on this machine can run."""
+    ref = np.random.default_rng(3).normal(size=(4, 10))
+    good = _artifact("out/[good]", ref, ref, FP32)
+    engine = ArtifactResult("out/model.engine", "out/model.engine", "tensorrt", "tensorrt", "fp32", FP32,
+                            not_run=HINT, warnings=["see [bold]this[/] literally"])
+    data = {"kind": "synthetic", "num_images": 4, "fingerprint": "cd" * 32, "skipped": {}}
+    return ValidationReport([good, engine], {"variant": "ffnet_test", "resolution": 64}, data, {}, {}, seconds=0.5)
+
+
+def test_not_run_is_neither_failed_nor_passed(tmp_path, partly_run):
+    good, engine = partly_run.artifacts
+    assert (good.status, engine.status) == ("passed", "not run")
+    assert not engine and engine.failures == [] and "not run: tensorrt cannot run here" in engine.describe()
+    # The report passes (exit 0) because nothing failed and something passed; it still lists what was not run.
+    assert partly_run and partly_run.failures() == [] and partly_run.not_run() == [f"out/model.engine: {HINT}"]
+    partly_run.raise_for_failures()
+    assert "1 artifact(s) passed" in summary_line(partly_run) and "1 not run" in summary_line(partly_run)
+    # Nothing run at all is not a pass: no artifact was checked.
+    only = ValidationReport([engine], {}, {}, {})
+    assert not only and only.failures() == []
+    with pytest.raises(ParityError, match=r"none of the 1 artifact\(s\) could be run on this machine.*tensorrt"):
+        only.raise_for_failures()
+    # A failure still wins over a not-run artifact.
+    broken = ArtifactResult("x", "x", "onnx", "onnxruntime", "fp32", FP32, errors=["cannot load: y"])
+    assert not ValidationReport([good, engine, broken], {}, {}, {})
+
+    data = json.loads(write_json(partly_run, tmp_path / "r.json").read_text())
+    assert data["passed"] is True and data["not_run"] == [f"out/model.engine: {HINT}"]
+    assert [(a["status"], a["passed"]) for a in data["artifacts"]] == [("passed", True), ("not run", False)]
+    assert data["artifacts"][1]["not_run"] == HINT and data["artifacts"][1]["failures"] == []
+
+    root = assert_valid_junit(write_junit(partly_run, tmp_path / "r.xml"))
+    engine_suite = root.findall("testsuite")[1]
+    skipped = engine_suite.find("testcase[@name='load_and_run']/skipped")
+    assert skipped is not None and skipped.get("message") == f"not run: {HINT}"
+    assert (root.get("failures"), root.get("errors"), engine_suite.get("skipped")) == ("0", "0", "1")
+
+
+def test_table_escapes_markup_in_messages(partly_run):
+    console = Console(record=True, width=300)
+    render(partly_run, console)
+    console.print(summary_line(partly_run))
+    text = console.export_text()
+    assert "pip install 'ffnet-deploy[tensorrt]'" in text  # rich would otherwise eat "[tensorrt]" as a tag
+    assert f"NOT RUN out/model.engine: {HINT}" in text
+    assert "see [bold]this[/] literally" in text and "[good]" in text
+    assert "1 not run on this machine" in [line for line in text.splitlines() if line.strip()][-1]
+    assert "profile out/[good]: fp32" in text

@@ -1,0 +1,113 @@
+"""Terminating signals become :class:`~ffnet_deploy.errors.Interrupted`, so that every command cleans up first.
+
+While :func:`handle_signals` is active (the CLI holds it for the whole command; :func:`ffnet_deploy.export.export`
+and :func:`ffnet_deploy.atomic.atomic_path` hold it for library users), SIGINT, SIGTERM, SIGHUP and SIGQUIT raise
+``Interrupted(signum)`` in the main thread. It derives from :class:`BaseException`, so ``except Exception``
+fallbacks cannot absorb it; the ``finally`` / ``except BaseException`` cleanups run, and the CLI prints one line and
+exits ``128 + signum``. A second signal while the first is being cleaned up is ignored, so that cleanup finishes.
+
+:func:`deferred` holds signals back during a critical section (publishing an artifact): one that arrives inside is
+raised when the section ends, or earlier at :func:`raise_pending`, the last point before the irreversible step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Iterator
+
+from ffnet_deploy.errors import Interrupted
+
+SIGNALS: tuple[int, ...] = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+                                 if hasattr(signal, name))
+"""The terminating signals turned into :class:`Interrupted`."""
+
+
+class _State:
+    depth = 0  # nesting of handle_signals(); handlers are installed by the outermost only
+    raised = False  # a signal was raised already: later ones must not interrupt the cleanup
+    deferring = 0  # nesting of deferred()
+    pending: list[int] = []  # signals held back by deferred()
+
+
+def _handler(signum: int, _frame: object) -> None:
+    if _State.deferring:
+        _State.pending.append(signum)
+        return
+    if _State.raised:
+        return
+    _State.raised = True
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def handle_signals() -> Iterator[None]:
+    """Raise :class:`Interrupted` on SIGINT, SIGTERM, SIGHUP and SIGQUIT inside the block (main thread only).
+
+    Nested uses are free: only the outermost installs and restores the handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal.signal works only in the main thread, and signals are delivered there anyway
+        return
+    if _State.depth:
+        _State.depth += 1
+        try:
+            yield
+        finally:
+            _State.depth -= 1
+        return
+    previous = {s: signal.signal(s, _handler) for s in SIGNALS}
+    _State.depth, _State.raised, _State.pending = 1, False, []
+    try:
+        yield
+    finally:
+        _State.depth = 0
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold signals back inside the block; raise the first one that arrived when it ends.
+
+    Raises:
+        Interrupted: At the end of the block, if a signal arrived inside it (and :func:`raise_pending` did not
+            raise it already).
+    """
+    _State.deferring += 1
+    try:
+        yield
+    finally:
+        _State.deferring -= 1
+        if not _State.deferring:
+            raise_pending()  # also over an error in flight: the user asked to stop, and must not see a mere failure
+
+
+def raise_pending() -> None:
+    """Raise the first signal :func:`deferred` held back, if any: call it just before an irreversible step.
+
+    Raises:
+        Interrupted: If a signal is pending.
+    """
+    if _State.pending and not _State.raised:
+        signum = _State.pending[0]
+        _State.pending = []
+        _State.raised = True
+        raise Interrupted(signum)
+    _State.pending = []
+
+
+def _default_signals_in_forked_child() -> None:
+    # Backends fork helper processes while a command runs (OpenVINO's telemetry sender does). A child that inherited
+    # these handlers would turn its parent's terminate() into an exception somewhere inside library code and outlive
+    # it, hanging interpreter exit; children get the default actions instead.
+    for s in SIGNALS:
+        if signal.getsignal(s) is _handler:
+            signal.signal(s, signal.SIG_DFL)
+    _State.depth, _State.raised, _State.deferring, _State.pending = 0, False, 0, []
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_default_signals_in_forked_child)

@@ -1,0 +1,332 @@
+"""Interrupts (ffnet_deploy/interrupts.py): no fallback absorbs one, every terminating signal cleans up alike, and a
+kill at any stage of an export leaves the old artifact or the new one, complete, and nothing else changed.
+
+The fault matrix runs the real CLI in real processes. To keep it fast, a fork server imports torch and the backends
+once (it runs no torch op, so forking it is safe) and forks one child per case; the child runs ``main()`` with
+``FFNET_DEPLOY_FAULT=STAGE:SIGNAL`` (the test hook of ffnet_deploy/export.py) and exits with its code or its signal.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ffnet_deploy.errors import FFNetDeployError, Interrupted
+from ffnet_deploy.export import FAULT_ENV, STAGES
+from ffnet_deploy.interrupts import SIGNALS, handle_signals
+from tests.artifact.test_workdir import assert_complete, snapshot
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# --------------------------------------------------------------------------------------------------------------------
+# Item 6: an interrupt is not an error
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_interrupted_is_not_an_exception():
+    assert issubclass(Interrupted, BaseException) and not issubclass(Interrupted, Exception)
+    err = Interrupted(signal.SIGTERM)
+    assert str(err) == "interrupted by SIGTERM; nothing was written" and err.exit_code == 128 + signal.SIGTERM
+    assert Interrupted(signal.SIGINT).exit_code == 130
+
+
+def _handlers(path: Path) -> list[tuple[ast.ExceptHandler, str]]:
+    tree = ast.parse(path.read_text())
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ExceptHandler):
+            names = [ast.unparse(t) for t in ([] if node.type is None else
+                                               node.type.elts if isinstance(node.type, ast.Tuple) else [node.type])]
+            out.append((node, " ".join(names) or "bare"))
+    return out
+
+
+def test_no_handler_can_absorb_an_interrupt():
+    """Only ``Exception`` subclasses may be caught and dropped; a handler that can see an interrupt re-raises it.
+
+    The CLI's ``main()`` is the one place that turns an interrupt into its exit code.
+    """
+    offenders = []
+    for folder in ("ffnet_deploy", "exporters", "runtimes", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node, names in _handlers(path):
+                if not any(n in names for n in ("bare", "BaseException", "KeyboardInterrupt", "Interrupted")):
+                    continue
+                if path.name == "cli.py":
+                    continue
+                if not any(isinstance(n, ast.Raise) and n.exc is None for n in ast.walk(node)):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} except {names}")
+    assert not offenders, offenders
+
+
+FALLBACK_CASE = r"""
+import os, signal, sys, time
+from pathlib import Path
+
+import onnxruntime
+
+import ffnet_deploy.exporters.onnx as onnx_exporter
+from ffnet_deploy.errors import Interrupted
+from ffnet_deploy.export import export
+from ffnet_deploy.exporters.base import ExportConfig
+
+where, how, checkpoint, folder = sys.argv[1:]
+
+
+def interrupt(*_args, **_kwargs):
+    if how == "SIGTERM":
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+    raise KeyboardInterrupt
+
+
+if where == "simplify":
+    onnx_exporter._simplify = interrupt
+else:
+    onnxruntime.InferenceSession.run = interrupt
+expected = Interrupted if how == "SIGTERM" else KeyboardInterrupt
+try:
+    export(ExportConfig("onnx", Path(folder) / "out"), checkpoint)
+except expected:
+    sys.exit(0 if not any(Path(folder).iterdir()) else 3)
+sys.exit(2)  # the export finished: the fallback absorbed the interrupt
+"""
+
+
+@pytest.mark.parametrize("where", ["simplify", "gate"])
+@pytest.mark.parametrize("how", ["SIGTERM", "KeyboardInterrupt"])
+def test_fallbacks_do_not_absorb_interrupts(tmp_path, test_checkpoint, where, how):
+    """A signal inside onnxsim (whose failures fall back to the unsimplified graph) or inside the gate's runtime
+    (whose errors become parity failures) ends the export, and nothing is published.
+
+    It runs in its own process: a real signal is sent, and the test process must not share its fate.
+    """
+    folder = tmp_path / "work"
+    folder.mkdir()
+    proc = subprocess.run([sys.executable, "-c", FALLBACK_CASE, where, how, str(test_checkpoint), str(folder)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+
+
+def test_handlers_are_restored(tmp_path):
+    before = {s: signal.getsignal(s) for s in SIGNALS}
+    with handle_signals(), handle_signals():
+        assert signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
+    assert {s: signal.getsignal(s) for s in SIGNALS} == before
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The fork server
+# --------------------------------------------------------------------------------------------------------------------
+
+SERVER = r"""
+import json, os, sys, traceback
+import torch, onnx, onnxruntime  # imported once here; no torch op runs in this process, so forking it is safe
+try:
+    import onnxsim
+except ImportError:
+    pass
+import ffnet_deploy.cli, ffnet_deploy.export, ffnet_deploy.exporters.onnx, ffnet_deploy.validate.engine
+
+for line in sys.stdin:
+    job = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.chdir(job["cwd"])
+            os.environ.update(job["env"])
+            torch.set_num_threads(1)
+            exec(job["setup"], {})
+            code = ffnet_deploy.cli.main(job["args"])
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps(os.waitstatus_to_exitcode(status)), flush=True)
+"""
+
+
+class ForkServer:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, cwd=ROOT)
+        self.count = 0
+
+    def run(self, args: list[str], cwd: Path, env: dict[str, str] | None = None, setup: str = "") -> tuple[int, str]:
+        """Run ``ffnet-deploy ARGS`` in a forked child, after the Python code ``setup``.
+
+        Returns:
+            The exit code (``-signum`` when a signal killed it) and its stdout and stderr.
+        """
+        self.count += 1
+        log = self.folder / f"log-{self.count}.txt"
+        job = {"args": args, "cwd": str(cwd), "env": env or {}, "log": str(log), "setup": setup}
+        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, "the fork server died"
+        return json.loads(line), log.read_text()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = ForkServer(tmp_path_factory.mktemp("forkserver"))
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def old_artifact(server, tmp_path_factory, test_checkpoint) -> Path:
+    """An onnx artifact of ffnet_test made by the CLI, copied in as "the old artifact" of the --force cases."""
+    folder = tmp_path_factory.mktemp("old")
+    code, log = server.run(["export", "-c", str(test_checkpoint), "-o", str(folder / "art"), "-f", "onnx",
+                            "--no-parity"], folder)
+    assert code == 0, log
+    return folder / "art"
+
+
+def _error_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if line.startswith("error:")]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Items 7 and 8: the fault matrix
+# --------------------------------------------------------------------------------------------------------------------
+
+ONNX_STAGES = [s for s in STAGES if s != "convert"]  # ONNX has no conversion step
+KILLS = ["SIGTERM", "SIGINT", "SIGHUP", "SIGKILL"]
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-output", "force-over-old"])
+@pytest.mark.parametrize("sig", KILLS)
+@pytest.mark.parametrize("stage", ONNX_STAGES)
+def test_killed_export_leaves_old_or_new_complete(server, old_artifact, test_checkpoint, tmp_path, stage, sig,
+                                                  existing):
+    fault_case(server, test_checkpoint, tmp_path, "onnx", stage, sig, old_artifact if existing else None)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("stage", ["trace", "convert", "gate", "publish"])
+def test_killed_openvino_export(server, test_checkpoint, tmp_path, stage, sig):
+    pytest.importorskip("openvino", reason="needs openvino: pip install 'ffnet-deploy[openvino]'")
+    fault_case(server, test_checkpoint, tmp_path, "openvino", stage, sig, None)
+
+
+def fault_case(server: ForkServer, checkpoint: Path, tmp_path: Path, fmt: str, stage: str, sig: str,
+               old_artifact: Path | None) -> None:
+    """Export ``checkpoint`` to ``fmt`` (over a copy of ``old_artifact`` with --force, when given), send ``sig`` at
+    ``stage``, and check what is left; after a SIGKILL, check that the next export cleans up."""
+    existing = old_artifact is not None
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("the user's own file")
+    out = folder / "art"
+    if existing:
+        shutil.copytree(old_artifact, out)
+    before = snapshot(folder)
+    args = ["export", "-c", str(checkpoint), "-o", "art", "-f", fmt, *(["--force"] if existing else [])]
+    code, log = server.run(args, folder, {FAULT_ENV: f"{stage}:{sig}"})
+    signum = getattr(signal, sig)
+
+    assert code != 0, log
+    if sig == "SIGKILL":
+        assert code == -signum
+    else:
+        assert code == 128 + signum, log
+        assert "Traceback" not in log
+        errors = _error_lines(log)
+        assert len(errors) == 1, log
+        kept = "the artifact was already complete in" if stage == "published" else "nothing was written"
+        assert errors[0].startswith(f"error: interrupted by {sig}; {kept}"), errors
+    after = snapshot(folder)
+    if stage == "published":
+        assert_complete(out)
+    elif existing:
+        assert {k: v for k, v in after.items() if k.startswith("art")} == \
+            {k: v for k, v in before.items() if k.startswith("art")}
+    else:
+        assert not out.exists()
+    rest = {k: v for k, v in after.items() if not k.startswith(("art", ".art.tmp-"))}
+    assert rest == {k: v for k, v in before.items() if not k.startswith("art")}
+    leftovers = sorted({k.split("/")[0] for k in after if k.startswith(".")})
+    if sig != "SIGKILL":
+        assert leftovers == []
+        return
+    assert all(name.startswith(".art.tmp-") for name in leftovers)
+    # The next export cleans them up, even one that fails right after its checks (wrong variant).
+    code, log = server.run(["export", "-c", str(checkpoint), "-o", "art", "-f", fmt, "-v", "ffnet_1",
+                            *(["--force"] if out.exists() else [])], folder)
+    assert code == 1 and "does not fit ffnet_1" in log
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.parametrize("sig", [s.name for s in map(signal.Signals, SIGNALS)])
+def test_every_terminating_signal_is_handled_alike(server, test_checkpoint, tmp_path, sig):
+    """SIGQUIT too, which the matrix leaves out; in the middle of the slowest stage."""
+    code, log = server.run(["export", "-c", str(test_checkpoint), "-o", "art", "-f", "onnx"], tmp_path,
+                           {FAULT_ENV: f"simplify:{sig}"})
+    assert code == 128 + getattr(signal, sig) and _error_lines(log) == [f"error: interrupted by {sig}; nothing was "
+                                                                         "written"], log
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Item 7: reparam and validate's report writing clean up alike
+# --------------------------------------------------------------------------------------------------------------------
+
+SIGNAL_ON_WRITE = """
+import os, signal
+from pathlib import Path
+import ffnet_deploy.atomic as atomic
+
+real = atomic._commit
+def commit(tmp, *args, **kwargs):
+    assert Path(tmp).exists()  # the temporary is written: the signal arrives just before the rename
+    os.kill(os.getpid(), getattr(signal, os.environ["SIG"]))
+    return real(tmp, *args, **kwargs)
+atomic._commit = commit
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"])
+@pytest.mark.parametrize("command", ["reparam", "validate-report"])
+def test_reparam_and_report_writes_clean_up_on_signals(server, tmp_path, test_checkpoint, old_artifact, command,
+                                                      sig):
+    work = tmp_path / "work"
+    work.mkdir()
+    if command == "reparam":
+        args = ["reparam", "-c", str(test_checkpoint), "-o", str(work / "fused.pth")]
+    else:
+        args = ["validate", str(old_artifact), "-c", str(test_checkpoint), "--synthetic", "2", "--report",
+                str(work / "report.json")]
+    code, log = server.run(args, tmp_path, {"SIG": sig}, setup=SIGNAL_ON_WRITE)
+    assert code == 128 + getattr(signal, sig), log
+    assert _error_lines(log) == [f"error: interrupted by {sig}; nothing was written"], log
+    assert list(work.iterdir()) == []
+
+
+def test_cli_user_errors_still_exit_1(tmp_path, capsys):
+    from ffnet_deploy.cli import main
+
+    assert issubclass(FFNetDeployError, Exception)
+    code = main(["export", "-o", str(tmp_path / "x"), "-f", "tflite"])
+    assert code == 1 and "unknown export format" in capsys.readouterr().err
