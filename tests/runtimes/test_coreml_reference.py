@@ -245,8 +245,10 @@ def test_ffnet1_acceptance(tmp_path):
                                                            res=256)) as runner:
         out16 = runner.infer(x)["logits"]
     assert np.isfinite(out16).all()
-    assert cosine(out16, ref).min() >= 0.9995
-    assert (out16.argmax(1) == ref.argmax(1)).all()
+    # The values go into the messages: this test failed once in a full run and passed alone, so a failure must say how.
+    assert cosine(out16, ref).min() >= 0.9995, cosine(out16, ref)
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    assert (out16.argmax(1) == ref.argmax(1)).all(), (out16.argmax(1), ref.argmax(1), top2[:, 1] - top2[:, 0])
 
 
 # -- ops FFNet does not use today, checked against torch on hand-built MIL programs ----------------------------------
