@@ -231,6 +231,14 @@ def test_killed_openvino_export(server, test_checkpoint, tmp_path, stage, sig):
     fault_case(server, test_checkpoint, tmp_path, "openvino", stage, sig, None)
 
 
+@pytest.mark.parametrize("existing", [False, True], ids=["new-output", "force-over-old"])
+@pytest.mark.parametrize("sig", KILLS)
+def test_killed_during_conversion(server, test_checkpoint, tmp_path, old_artifact, sig, existing):
+    """The convert stage (ONNX has none) under every kill, with and without an old artifact to keep."""
+    pytest.importorskip("openvino", reason="needs openvino: pip install 'ffnet-deploy[openvino]'")
+    fault_case(server, test_checkpoint, tmp_path, "openvino", "convert", sig, old_artifact if existing else None)
+
+
 def fault_case(server: ForkServer, checkpoint: Path, tmp_path: Path, fmt: str, stage: str, sig: str,
                old_artifact: Path | None) -> None:
     """Export ``checkpoint`` to ``fmt`` (over a copy of ``old_artifact`` with --force, when given), send ``sig`` at
