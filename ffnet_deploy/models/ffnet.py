@@ -21,33 +21,16 @@ from torch import nn
 
 from ffnet_deploy.models.config import FFNetConfig, get_config
 from ffnet_deploy.models.layers import (
+    ChannelMixer,
     ConvBN,
     RepDWConv,
     ResidualBlock,
     SkipBNConv,
     bn_scale_shift,
     deploy_conv,
-    depthwise,
 )
 from ffnet_deploy.models.mixers import TOKEN_MIXERS
 from ffnet_deploy.models.reparam import reparameterize_children
-
-
-class ChannelMixer(nn.Module):
-    """ConvNeXt-style FFN with a depthwise conv in front (paper Sec. 3.3): ``fc2(GELU(fc1(dw(x))))``."""
-
-    output_conv = "fc2"
-
-    def __init__(self, cfg: FFNetConfig, dim: int, kernel: int, ratio: float, deploy: bool = False) -> None:
-        super().__init__()
-        hidden = int(dim * ratio)
-        self.conv = deploy_conv(dim, dim, kernel, groups=dim) if deploy else depthwise(cfg, dim, dim, kernel, bn=True)
-        self.fc1 = nn.Conv2d(dim, hidden, 1)
-        self.act = nn.GELU()
-        self.fc2 = nn.Conv2d(hidden, dim, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(self.conv(x))))
 
 
 class FFBlock(nn.Module):

@@ -245,3 +245,20 @@ class ResidualBlock(nn.Module):
             w, b = conv_params64(last)
             setattr(main, name, new_conv(last, w * g[:, None, None, None], b * g))
         return ResidualBlock(main, self.layer_scale.shape[0] if self.layer_scale is not None else 0)
+
+
+class ChannelMixer(nn.Module):
+    """ConvNeXt-style FFN with a depthwise conv in front (paper Sec. 3.3): ``fc2(GELU(fc1(dw(x))))``."""
+
+    output_conv = "fc2"
+
+    def __init__(self, cfg: DepthwiseRule, dim: int, kernel: int, ratio: float, deploy: bool = False) -> None:
+        super().__init__()
+        hidden = int(dim * ratio)
+        self.conv = deploy_conv(dim, dim, kernel, groups=dim) if deploy else depthwise(cfg, dim, dim, kernel, bn=True)
+        self.fc1 = nn.Conv2d(dim, hidden, 1)
+        self.act = nn.GELU()
+        self.fc2 = nn.Conv2d(hidden, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(self.conv(x))))

@@ -25,7 +25,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ffnet_deploy.models.layers import ConvBN, DepthwiseRule, deploy_conv, depthwise
+from ffnet_deploy.models.layers import ChannelMixer, ConvBN, DepthwiseRule, deploy_conv, depthwise
 from ffnet_deploy.registry import Registry
 
 
@@ -148,24 +148,16 @@ class AttentionMixer(nn.Module):
 
 
 @register_mixer("convnext")
-class ConvNeXtMixer(nn.Module):
+class ConvNeXtMixer(ChannelMixer):
     """A ConvNeXt block's mixing as a token mixer (Liu et al., "A ConvNet for the 2020s", CVPR 2022).
 
     A 7x7 depthwise conv with BatchNorm (RepVGG pair under FFNet's rule, so it fuses to one conv) instead of
-    ConvNeXt's LayerNorm, then a pointwise MLP: 1x1 expand x4, GELU, 1x1.
+    ConvNeXt's LayerNorm, then a pointwise MLP: 1x1 expand x4, GELU, 1x1. That is FFNet's channel mixer at a fixed
+    kernel and ratio, so it is one.
     """
 
-    output_conv = "fc2"
     kernel = 7
     expansion = 4
 
     def __init__(self, cfg: MixerConfig, dim: int, stage: int, deploy: bool = False) -> None:
-        super().__init__()
-        k, hidden = self.kernel, self.expansion * dim
-        self.conv = deploy_conv(dim, dim, k, groups=dim) if deploy else depthwise(cfg, dim, dim, k, bn=True)
-        self.fc1 = nn.Conv2d(dim, hidden, 1)
-        self.act = nn.GELU()
-        self.fc2 = nn.Conv2d(hidden, dim, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(self.conv(x))))
+        super().__init__(cfg, dim, self.kernel, self.expansion, deploy)
