@@ -283,7 +283,6 @@ def build_manifest(config: ExportConfig, model: FFNet, artifact: ExportedArtifac
         reparameterized=reparameterized,
         random_weights=loaded is None,
         source_checkpoint=None if loaded is None else FileRef(str(loaded.path), loaded.sha256),
-        files=_file_hashes(workdir),
         versions={"ffnet_deploy": __version__, "torch": torch.__version__, "python": platform.python_version(),
                   **artifact.backend_versions},
         block_outputs=artifact.block_outputs,
