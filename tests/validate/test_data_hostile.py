@@ -39,14 +39,7 @@ from ffnet_deploy.validate.data import (
     read_labels_file,
     to_rgb,
 )
-
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-@pytest.fixture(scope="module")
-def photos() -> list[np.ndarray]:
-    sklearn = pytest.importorskip("sklearn.datasets")
-    return list(sklearn.load_sample_images().images)
+from tests.validate.conftest import MEAN, STD
 
 
 @contextmanager
