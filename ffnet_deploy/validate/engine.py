@@ -383,10 +383,12 @@ def artifact_targets(artifact: str | Path, precision_profile: str = "auto", runt
         targets.append(spec(engine, "tensorrt", model_found, "the engine's build"))
     onnx = path if path.suffix.lower() == ".onnx" else folder / "model.onnx"
     if onnx.exists():
-        graph_note = ("the TensorRT engine itself was not run: its TensorRT-ready ONNX graph was checked on "
-                      "onnxruntime instead")
+        # Not said when the engine runs here too (validate then runs the engine, the gate runs both).
+        engine_runs = bool(targets) and runtime_unavailable("tensorrt") is None
+        graph_note = [] if engine_runs else ["the TensorRT engine itself was not run: its TensorRT-ready ONNX graph "
+                                             "was checked on onnxruntime instead"]
         graph = inspect_precision(onnx, "onnx")
-        targets.append(spec(onnx, "onnxruntime", graph, "the TensorRT-ready ONNX", True, [graph_note]))
+        targets.append(spec(onnx, "onnxruntime", graph, "the TensorRT-ready ONNX", True, graph_note))
     if not targets:
         raise ConfigError(f"validate | {path} holds neither a TensorRT engine nor its model.onnx; re-export it")
     return targets
