@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,35 @@ def ffnet1_checkpoint(tmp_path_factory) -> Path:
     """An official-format ffnet_1 checkpoint with randomized weights (for the scale tests)."""
     path = tmp_path_factory.mktemp("ckpt") / "ffnet_1.pth.tar"
     return write_checkpoint(path, official_state_dict("ffnet_1"))
+
+
+@pytest.fixture(scope="session")
+def demo_result(tmp_path_factory):
+    """The demo model (``ffnet_digits`` trained on the digits training split), trained once per test session.
+
+    Training takes about a minute, so every test that needs a real, accurate model shares this one. The cache is a
+    temporary folder (``FFNET_DEPLOY_CACHE`` is set only while it trains, then restored), so the user's own cache is
+    neither read nor written. Returns the :class:`~ffnet_deploy.demo.DemoResult`.
+    """
+    pytest.importorskip("sklearn.datasets", reason="the digits data set comes with scikit-learn")
+    from ffnet_deploy.demo import demo_checkpoint
+
+    cache = tmp_path_factory.mktemp("ffnet-deploy-cache")
+    old = os.environ.get("FFNET_DEPLOY_CACHE")
+    os.environ["FFNET_DEPLOY_CACHE"] = str(cache)
+    try:
+        return demo_checkpoint()
+    finally:
+        if old is None:
+            os.environ.pop("FFNET_DEPLOY_CACHE", None)
+        else:
+            os.environ["FFNET_DEPLOY_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint_path(demo_result) -> Path:
+    """The demo checkpoint file: unfused ``ffnet_digits``, 10 classes, >= 97 % on the digits test split.
+
+    Read-only by convention: it is the cache's own file, which the cache-hit tests expect unchanged.
+    """
+    return demo_result.path

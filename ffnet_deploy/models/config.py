@@ -139,9 +139,28 @@ VARIANTS: dict[str, FFNetConfig] = {
             resolution=64,
             crop_pct=0.9,
         ),
+        # Demo variant for scikit-learn's 8x8 digits upscaled to 32 px (ffnet_deploy.demo trains it in about a minute
+        # on a CPU): the published block structure (FFNified token mixer, RepVGG 7x7 depthwise convs with their 3x3
+        # branches, plain 3x3 ones, Conv-BN channel mixers) in three stages of 8x8, 4x4 and 2x2 maps, ~0.27 M
+        # parameters. crop_pct 1.0 keeps the whole digit; the ImageNet mean/std keep preprocessing the same as for
+        # every other variant. Layer scale is off: its 1e-6 start would slow a training run this short.
+        FFNetConfig(
+            name="ffnet_digits",
+            depths=(1, 2, 1),
+            embed_dims=(32, 64, 128),
+            stem_dim=16,
+            channel_kernels=(7, 7, 7),
+            token_kernels1=(3, 7, 7),
+            token_kernels2=(7, 7, 7),
+            expansion_ratios=(3, 3, 3),
+            layer_scale=False,
+            resolution=32,
+            crop_pct=1.0,
+        ),
     )
 }
-"""All known variants by name. ``ffnet_test`` is a tiny variant for fast tests, not a published model."""
+"""All known variants by name. ``ffnet_test`` (tiny, for fast tests) and ``ffnet_digits`` (the 10-class demo model of
+:mod:`ffnet_deploy.demo`) are not published models."""
 
 PUBLISHED = ("ffnet_1", "ffnet_2", "ffnet_3", "ffnet_4")
 

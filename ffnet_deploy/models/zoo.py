@@ -20,7 +20,7 @@ from ffnet_deploy.models.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from ffnet_deploy.models.config import VARIANTS
+from ffnet_deploy.models.config import PUBLISHED, VARIANTS
 from ffnet_deploy.models.ffnet import count_macs, create_ffnet
 from ffnet_deploy.models.reparam import reparam_report, reparameterize_model
 from ffnet_deploy.models.stats import count_params
@@ -31,11 +31,13 @@ from ffnet_deploy.validate.tolerances import FP32, evaluate_checks
 def describe_variants(include_test: bool = False) -> list[dict]:
     """One row per variant: parameters, GMACs at the default resolution, and the published reference numbers.
 
+    Only the published variants are listed unless ``include_test`` (then ``ffnet_test`` and ``ffnet_digits`` too).
+
     Parameters and MACs are computed from the model built on the meta device, not copied from the paper.
     """
     rows = []
     for name, cfg in VARIANTS.items():
-        if name == "ffnet_test" and not include_test:
+        if name not in PUBLISHED and not include_test:
             continue
         with torch.device("meta"):
             model = create_ffnet(name)

@@ -921,9 +921,195 @@ class SyntheticSource(DataSource):
         return {**super().describe(), "seed": self.seed}
 
 
+DIGITS_TEST_SIZE = 500
+"""Images in the digits test split; the other 1297 of scikit-learn's 1797 form the training split."""
+
+DIGITS_SPLIT_SEED = "ffnet-deploy-digits-v1"
+"""Salt of the digits split: image ``i`` is in the test split when ``sha256(f"{salt}:{i}")`` is among the 500
+smallest. A hash, not a seeded ``numpy`` permutation, because numpy does not promise the same stream across
+releases."""
+
+DIGITS_SPLITS = ("train", "test")
+"""The splits of :class:`DigitsSource`."""
+
+DIGITS_SPECS = ("digits", "digits:train", "digits:test")
+"""The data specs that name the digits data set (``digits`` alone takes the caller's default split)."""
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as ``(uint8 images (1797, 8, 8) on 0-255, int64 labels (1797,))``, read once.
+
+    The 0-16 values become ``round(v * 255 / 16)`` (half up), so 16 is white 255 and 0 is black.
+
+    Raises:
+        MissingDependencyError: Without scikit-learn.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        from ffnet_deploy.errors import MissingDependencyError
+
+        raise MissingDependencyError("data | the digits data set comes with scikit-learn: pip install "
+                                     "scikit-learn") from None
+    digits = load_digits()
+    values = np.asarray(digits.images, dtype=np.int64)
+    images = ((values * 255 * 2 + 16) // 32).astype(np.uint8)  # round(v * 255 / 16), half up
+    images.setflags(write=False)
+    labels = np.asarray(digits.target, dtype=np.int64)
+    labels.setflags(write=False)
+    return images, labels
+
+
+@functools.lru_cache(maxsize=2)
+def digits_split(split: str) -> tuple[int, ...]:
+    """Sorted indices into scikit-learn's digits of one split (``"train"``: 1297 images, ``"test"``: 500).
+
+    The split is fixed: the 500 indices with the smallest ``sha256(f"{DIGITS_SPLIT_SEED}:{i}")`` are the test split,
+    the rest the training split, so it is the same on every machine and every numpy.
+
+    Raises:
+        ConfigError: For another split name.
+    """
+    if split not in DIGITS_SPLITS:
+        raise ConfigError(f"data | digits split {split!r} unknown; choose one of: {', '.join(DIGITS_SPLITS)}")
+    images, _ = _digits_arrays()
+    keys = sorted(range(len(images)), key=lambda i: hashlib.sha256(f"{DIGITS_SPLIT_SEED}:{i}".encode()).digest())
+    test = set(keys[:DIGITS_TEST_SIZE])
+    return tuple(i for i in range(len(images)) if (i in test) == (split == "test"))
+
+
+class DigitsSource(DataSource):
+    """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes), labelled, in a fixed train/test split.
+
+    Each image becomes an 8-bit grayscale picture replicated to RGB (values ``round(v * 255 / 16)``) and goes through
+    :meth:`EvalTransform.pixels` like any file, so the preprocessing is exactly validation's; for ``ffnet_digits``
+    (resolution 32, crop_pct 1.0) that is a bicubic upscale to 32x32. The split is :func:`digits_split`'s. Names
+    read ``digits/<split>/<index into load_digits>``, e.g. ``digits/test/0042``. It needs scikit-learn, nothing
+    is downloaded (the data ships with it).
+
+    Args:
+        split: ``"test"`` (500 images; what validation uses) or ``"train"`` (1297; training and calibration).
+        limit: Use only the first ``limit`` images of the split, in index order.
+
+    Raises:
+        ConfigError: For an unknown split.
+        MissingDependencyError: Without scikit-learn.
+    """
+
+    kind = "digits"
+    labeled = True
+
+    def __init__(self, split: str = "test", limit: int | None = None) -> None:
+        super().__init__(limit)
+        self.split = split
+        self._indices = list(digits_split(split))
+
+    def _items(self) -> list[int]:
+        return self._indices
+
+    def _name(self, item: int) -> str:
+        return f"digits/{self.split}/{item:04d}"
+
+    def _load(self, item: int, transform: EvalTransform):
+        from PIL import Image
+
+        images, labels = _digits_arrays()
+        image = Image.fromarray(np.ascontiguousarray(images[item])).convert("RGB")  # 2-D uint8: mode L
+        return transform.pixels(image), int(labels[item]), self._name(item)
+
+    def fingerprint(self) -> str:
+        """sha256 of the split name, the indices used, their 8x8 pixels and their labels."""
+        images, labels = _digits_arrays()
+        idx = np.asarray(self.items(), dtype=np.int64)
+        h = hashlib.sha256(f"digits\0{self.split}\0".encode())
+        h.update(idx.tobytes())
+        h.update(images[idx].tobytes())
+        h.update(labels[idx].tobytes())
+        return h.hexdigest()
+
+    def describe(self) -> dict:
+        return {**super().describe(), "root": "sklearn.datasets.load_digits", "split": self.split, "classes": 10,
+                "split_rule": f"test = the {DIGITS_TEST_SIZE} indices with the smallest "
+                              f"sha256('{DIGITS_SPLIT_SEED}:<index>')"}
+
+
+def _digits_spec(spec: str | Path | None) -> str | None:
+    """The digits split a data spec names (``None``: it names no split, the caller's default), or ``""`` if the spec
+    is not a digits spec at all."""
+    text = str(spec) if spec is not None else ""
+    if text == "digits":
+        return None
+    if text.startswith("digits:"):
+        split = text.split(":", 1)[1]
+        if split not in DIGITS_SPLITS:
+            raise ConfigError(f"data | {text!r}: the digits data set has the splits {', '.join(DIGITS_SPLITS)}; "
+                              f"pass digits:train or digits:test")
+        return split
+    return ""
+
+
+def _check_digits_not_folder(spec: str | Path) -> None:
+    """Refuse a bare ``digits`` that is also the name of a folder here: which one was meant is not knowable."""
+    if str(spec) == "digits" and Path("digits").is_dir():
+        raise ConfigError(f"data | 'digits' names both the built-in digits data set and the folder "
+                          f"{Path('digits').resolve()}; pass digits:test (or digits:train) for the data set, or the "
+                          "folder's absolute path")
+
+
+def is_digits_spec(spec: str | Path | None) -> bool:
+    """Whether ``spec`` names the digits data set (``digits``, ``digits:train``, ``digits:test``, or ``digits:...``,
+    which :func:`source_from_spec` refuses with a message)."""
+    return spec is not None and (str(spec) == "digits" or str(spec).startswith("digits:"))
+
+
+def source_from_spec(spec: str | Path, *, split: str = "test", labels_file: str | Path | None = None,
+                     limit: int | None = None) -> DataSource:
+    """The data source a one-string spec names (``--data``, ``--calib``, ``--eval-data``).
+
+    Accepted forms:
+
+    - ``digits``: :class:`DigitsSource` of ``split`` (validation passes ``"test"``, calibration ``"train"``);
+    - ``digits:train`` / ``digits:test``: that split, whatever ``split`` says;
+    - a folder with class subfolders: :class:`ImageFolderSource` (with ``labels_file``);
+    - a folder of image files: :class:`ImageDirSource` (unlabelled).
+
+    Args:
+        spec: The spec.
+        split: The digits split a bare ``digits`` means.
+        labels_file: Folder-name to class-index map for an ImageFolder (see :func:`read_labels_file`).
+        limit: Use at most this many images.
+
+    Raises:
+        ConfigError: One line, for anything else (naming the spec and the accepted forms), for ``labels_file`` with
+            a source that has no folders to map, and for the sources' own refusals.
+    """
+    forms = "digits, digits:train, digits:test, an ImageFolder (one subfolder per class) or a folder of images"
+    named = _digits_spec(spec)
+    if named != "":
+        _check_digits_not_folder(spec)
+        if labels_file is not None:
+            raise ConfigError("data | --label-map applies to an ImageFolder only; the digits data set has its labels")
+        return DigitsSource(named or split, limit)
+    text = str(spec)
+    root = Path(spec)
+    if not text or not root.is_dir():
+        what = "does not exist" if text and not root.exists() else "is not a folder" if text else "is empty"
+        raise ConfigError(f"data | data spec {text[:200]!r} {what}; pass one of: {forms}")
+    has_classes = any(d.is_dir() and not d.name.startswith(".") for d in root.iterdir())
+    if has_classes:
+        return ImageFolderSource(root, labels_file, limit)
+    if labels_file is not None:
+        raise ConfigError(f"data | --label-map applies to an ImageFolder only; {root} has no class subfolders")
+    return ImageDirSource(root, limit)
+
+
 def make_source(data: str | Path | None = None, images: str | Path | None = None, synthetic: int | None = None,
                 *, labels_file: str | Path | None = None, limit: int | None = None, seed: int = 0) -> DataSource:
     """Build the one source the CLI options name (``--data``, ``--images`` or ``--synthetic``).
+
+    ``--data`` is an ImageFolder, or ``digits`` / ``digits:test`` / ``digits:train`` (:class:`DigitsSource`; bare
+    ``digits`` is the test split).
 
     Raises:
         ConfigError: If none or more than one is given, or the chosen one is invalid.
@@ -934,6 +1120,8 @@ def make_source(data: str | Path | None = None, images: str | Path | None = None
         raise ConfigError(f"data | pass exactly one of --data, --images, --synthetic (got {given or 'none'})")
     if labels_file is not None and data is None:
         raise ConfigError("data | --label-map applies to --data (an ImageFolder) only")
+    if data is not None and is_digits_spec(data):
+        return source_from_spec(data, split="test", labels_file=labels_file, limit=limit)
     if data is not None:
         return ImageFolderSource(data, labels_file, limit)
     if images is not None:
