@@ -31,6 +31,7 @@ from torch import nn
 
 from ffnet_deploy.artifact.manifest import TensorSpec
 from ffnet_deploy.errors import ConfigError, require
+from ffnet_deploy.quantize.config import QuantizationConfig
 from ffnet_deploy.registry import Registry
 
 INPUT_RANGES = ("normalized", "0-1", "0-255")
@@ -113,11 +114,12 @@ class ExportConfig:
     resolution: int | None = None  # input side in pixels, a multiple of 32; None = the variant's default
     batch: int = 1  # fixed batch size (ignored when dynamic_batch is set)
     dynamic_batch: tuple[int, int, int] | None = None  # (min, opt, max) batch for a dynamic batch axis, or None
-    precision: str | None = None  # "fp32" | "fp16" | ("int8" later); None = the exporter's default_precision
+    precision: str | None = None  # "fp32" | "fp16" | "int8"; None = the exporter's default_precision
     reparameterize: bool = True  # fuse BN, branches and layer scales before export (--no-reparam turns it off)
     include_preprocessing: bool = False  # bake ImageNet mean/std normalization into the ONNX graph
     input_range: str = "0-255"  # with include_preprocessing: "0-255" (uint8 input) or "0-1" (float input)
     options: FormatOptions | None = None  # the format's own options (its exporter's options_class); None = defaults
+    quantization: QuantizationConfig | None = None  # calibration / compression settings (int8, Core ML --weights)
     check_parity: bool = True  # run the export-time parity gate (ONNX Runtime / OpenVINO on CPU)
     parity_samples: int = 2  # random inputs the parity gate compares
     force: bool = False  # replace an existing artifact directory
@@ -166,6 +168,11 @@ class ExportConfig:
         if self.options is not None and not isinstance(self.options, FormatOptions):
             raise ConfigError(f"export | options must be a format's options object such as OnnxOptions, got "
                               f"{type(self.options).__name__}")
+        if self.quantization is not None:
+            if not isinstance(self.quantization, QuantizationConfig):
+                raise ConfigError(f"export | quantization must be a QuantizationConfig, got "
+                                  f"{type(self.quantization).__name__}")
+            self.quantization.validate()
         if self.parity_samples < 1:
             raise ConfigError(f"export | parity_samples must be at least 1, got {self.parity_samples}")
 
@@ -176,8 +183,10 @@ class ExportConfig:
         the manifest, so a manifest always records every option the export ran with.
         """
         # Not dataclasses.asdict: it would turn options into a plain dict without FormatOptions.to_dict's care.
-        out = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if f.name != "options"}
+        out = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)
+               if f.name not in ("options", "quantization")}
         out["options"] = None if self.options is None else self.options.to_dict()
+        out["quantization"] = None if self.quantization is None else self.quantization.to_dict()
         return out
 
 
@@ -216,6 +225,9 @@ class Exporter(ABC):
     default_precision: ClassVar[str] = "fp32"  # used when ExportConfig.precision is None
     requires: ClassVar[tuple[tuple[str, str], ...]] = ()  # (module, pip extra) the export needs
     artifact_suffix: ClassVar[str] = ""  # suffix of the main model file, for documentation and tests
+    quantization_flags: ClassVar[tuple[str, ...]] = (  # QuantizationConfig flags this format takes
+        "--calib", "--calib-size", "--calib-method", "--max-drop", "--eval-data", "--calib-cache")
+    precision_free_flags: ClassVar[tuple[str, ...]] = ()  # of those, the ones valid without --precision int8
 
     def check_available(self) -> None:
         """Import every backend module this format needs.
@@ -264,8 +276,22 @@ class Exporter(ABC):
         Raises:
             ConfigError: For an option this format cannot honour.
         """
-        self.resolve_precision(config)
+        precision = self.resolve_precision(config)
         self.resolve_options(config)
+        q = config.quantization
+        foreign = [flag for flag in (q.given() if q is not None else []) if flag not in self.quantization_flags]
+        if foreign:
+            raise ConfigError(f"{self.format_name} export | --format {self.format_name} does not take "
+                              f"{', '.join(foreign)}")
+        if precision == "int8":
+            from ffnet_deploy.quantize.config import check_int8_config
+
+            check_int8_config(config, self.format_name)
+        elif q is not None:
+            given = [flag for flag in q.given() if flag not in self.precision_free_flags]
+            if given:
+                raise ConfigError(f"{self.format_name} export | {', '.join(given)} apply to --precision int8; add "
+                                  "--precision int8 or drop them")
 
     @abstractmethod
     def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log, *,

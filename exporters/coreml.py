@@ -74,13 +74,43 @@ class CoreMLExporter(Exporter):
     """``model.mlpackage``: ML Program, iOS 16 deployment target, FP16 (default) or FP32 compute precision."""
 
     options_class = CoreMLOptions
-    supported_precisions = ("fp16", "fp32")
+    supported_precisions = ("fp16", "fp32", "int8")
     default_precision = "fp16"
     requires = (("coremltools", "coreml"),)
     artifact_suffix = ".mlpackage"
+    quantization_flags = (*Exporter.quantization_flags, "--weights", "--granularity")
+    precision_free_flags = ("--weights", "--granularity")
+
+    def resolve_precision(self, config: ExportConfig) -> str:
+        """``int8`` for W8A8 (``--precision int8`` alone) and for weight-only compression (``--weights``, with any
+        ``--precision``): both are judged by the int8 tolerance profile; the program computes in fp16
+        (``details.compute_precision``) and ``details.compression`` says what was compressed."""
+        precision = super().resolve_precision(config)
+        return "int8" if config.quantization is not None and config.quantization.weights else precision
+
+    def compression(self, config: ExportConfig):
+        """The :class:`~ffnet_deploy.quantize.coreml_compress.CoreMLCompression` of this export, or ``None``."""
+        from ffnet_deploy.quantize.coreml_compress import CoreMLCompression
+
+        q = config.quantization
+        weights = q.weights if q is not None else None
+        if weights is not None:  # weight-only, whatever --precision says
+            return CoreMLCompression(weights=weights, activations=False, granularity=q.granularity)
+        if config.precision == "int8":
+            return CoreMLCompression(weights="int8", activations=True,
+                                     granularity=q.granularity if q is not None else "per_channel")
+        return None
+
+    def compute_precision(self, config: ExportConfig) -> str:
+        """The converted program's float precision: fp32 only when asked for; compressed programs compute in fp16
+        (coremltools makes fp16 activation scales)."""
+        return "fp32" if config.precision == "fp32" and self.compression(config) is None else "fp16"
 
     def validate(self, config: ExportConfig) -> None:
         super().validate(config)
+        compression = self.compression(config)
+        if compression is not None:
+            compression.validate()
         if config.include_preprocessing:
             raise ConfigError(
                 "coreml export | --include-preprocessing is for ONNX graphs; Core ML's image input "
@@ -98,7 +128,8 @@ class CoreMLExporter(Exporter):
         from ffnet_deploy._version import __version__
 
         ffnet = unwrap(model)
-        precision = self.resolve_precision(config)
+        precision = self.compute_precision(config)
+        compression = self.compression(config)
         options = self.resolve_options(config)
         image = options.input == "image"
         labels = load_labels(str(options.class_labels), ffnet.num_classes) if options.class_labels else None
@@ -131,6 +162,7 @@ class CoreMLExporter(Exporter):
         else:
             outputs = [ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)]
         log(f"converting with coremltools {ct.__version__} (mlprogram, iOS16, {precision})")
+        # Compression below raises the deployment target where its ops need it (iOS17 W8A8, iOS18 int4/per-block).
         try:
             with _quiet_progress_bars():
                 mlmodel = ct.convert(
@@ -171,6 +203,11 @@ class CoreMLExporter(Exporter):
             "ffnet_deploy_version": __version__,
             "license": LICENSE_NOTE,
         })
+        compressed = None
+        if compression is not None:
+            from ffnet_deploy.quantize.stages import compress_coreml_model
+
+            mlmodel, compressed = compress_coreml_model(mlmodel, compression, ffnet, config, log)
         path = workdir / "model.mlpackage"
         log("saving model.mlpackage")
         mlmodel.save(str(path))
@@ -194,7 +231,8 @@ class CoreMLExporter(Exporter):
             backend_versions={"coremltools": ct.__version__},
             block_outputs=None,
             details={
-                "minimum_deployment_target": "iOS16",
+                "minimum_deployment_target": compressed["minimum_deployment_target"] if compressed else "iOS16",
+                **({"compression": compressed} if compressed else {}),
                 "compute_precision": precision,
                 "input_type": options.input,
                 "image_scale": 1.0 / 255.0 if image else None,

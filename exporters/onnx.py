@@ -351,15 +351,21 @@ class OnnxExporter(Exporter):
     """``model.onnx``: input ``images`` (N,3,H,W), output ``logits``; run by ONNX Runtime, OpenVINO, TensorRT."""
 
     options_class = OnnxOptions
-    supported_precisions = ("fp32",)
+    supported_precisions = ("fp32", "int8")
     default_precision = "fp32"
     requires = ()  # onnx and onnxruntime are core dependencies: no extra installs them
     artifact_suffix = ".onnx"
+    quantization_flags = (*Exporter.quantization_flags, "--target")
 
     def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log, *,
                source_sha256: str | None = None) -> ExportedArtifact:
         stage = export_onnx_stage(model, config, self.resolve_options(config), workdir, log)
         # seam: a graph transform (the INT8 quantizer's Q/DQ ONNX) turns `stage` into another OnnxStage here.
+        if self.resolve_precision(config) == "int8":
+            from ffnet_deploy.quantize.stages import quantize_onnx_stage
+
+            target = (config.quantization.target if config.quantization else None) or "cpu"
+            stage = quantize_onnx_stage(stage, model, config, log, target)
         return ExportedArtifact(
             path=stage.path.name,
             inputs=stage.inputs,

@@ -53,10 +53,10 @@ class OpenVINOOptions(OnnxOptions):
 
 @register_exporter("openvino")
 class OpenVINOExporter(Exporter):
-    """``model.xml``/``model.bin`` (OpenVINO IR) with FP32 or FP16-compressed weights."""
+    """``model.xml``/``model.bin`` (OpenVINO IR) with FP32 or FP16-compressed weights, or NNCF INT8."""
 
     options_class = OpenVINOOptions
-    supported_precisions = ("fp32", "fp16")
+    supported_precisions = ("fp32", "fp16", "int8")
     default_precision = "fp32"
     requires = (("openvino", "openvino"),)  # onnx is a core dependency
     artifact_suffix = ".xml"
@@ -73,13 +73,22 @@ class OpenVINOExporter(Exporter):
         stage_dir.mkdir(exist_ok=True)
         try:
             stage = export_onnx_stage(model, config, options, stage_dir, log)
-            # seam: a graph transform (the INT8 quantizer) turns `stage` into another OnnxStage here.
+            # seam: a graph transform (the INT8 quantizer) turns `stage` into another OnnxStage here. OpenVINO
+            # refuses ONNX Runtime's S8S8 Q/DQ graph, so INT8 here is NNCF on the converted FP32 model instead.
             log(f"converting to OpenVINO IR ({precision} weights)")
             try:
                 ov_model = ov.convert_model(str(stage.path))
-                ov.save_model(ov_model, str(workdir / "model.xml"), compress_to_fp16=precision == "fp16")
             except Exception as err:  # OpenVINO raises its own RuntimeError subclasses
                 raise ExportError(f"openvino export | conversion failed: {str(err).splitlines()[0]}") from err
+            quantization = None
+            if precision == "int8":
+                from ffnet_deploy.quantize.stages import quantize_openvino_model
+
+                ov_model, quantization = quantize_openvino_model(ov_model, stage, model, config, log)
+            try:
+                ov.save_model(ov_model, str(workdir / "model.xml"), compress_to_fp16=precision == "fp16")
+            except Exception as err:  # OpenVINO raises its own RuntimeError subclasses
+                raise ExportError(f"openvino export | saving the IR failed: {str(err).splitlines()[0]}") from err
         finally:
             if not options.keep_onnx:
                 shutil.rmtree(stage_dir, ignore_errors=True)
@@ -92,7 +101,8 @@ class OpenVINOExporter(Exporter):
             outputs=stage.outputs,
             backend_versions=stage.versions | {"openvino": ov.__version__},
             block_outputs=stage.block_outputs,
-            details=stage.details | {"weights": precision, "onnx_kept": options.keep_onnx},
+            details=stage.details | {"weights": precision, "onnx_kept": options.keep_onnx}
+            | ({"quantization": quantization} if quantization else {}),
             notices=list(stage.notices),
         )
 

@@ -80,7 +80,7 @@ class TrtBuildPlan:
 
     onnx: str  # ONNX file, relative to the artifact directory
     engine: str  # engine file to write, relative to the artifact directory
-    precision: str  # "fp32" or "fp16"
+    precision: str  # "fp32", "fp16" or "int8" (an explicit-QDQ graph; float layers run FP16)
     input_name: str  # network input the profile applies to
     shapes: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None  # (min, opt, max), None = static
     workspace_mb: int  # workspace memory pool limit, MiB
@@ -104,6 +104,9 @@ class TrtBuildPlan:
         args = [f"--onnx={self.onnx}", f"--saveEngine={self.engine}"]
         if self.precision == "fp16":
             args.append("--fp16")
+        elif self.precision == "int8":
+            # Explicit quantization: the Q/DQ nodes fix the INT8 layers; --fp16 lets the rest run in half precision.
+            args += ["--int8", "--fp16"]
         if self.shapes:
             for flag, shape in zip(("--minShapes", "--optShapes", "--maxShapes"), self.shapes, strict=True):
                 args.append(f"{flag}={self.input_name}:{'x'.join(map(str, shape))}")
@@ -197,13 +200,15 @@ def build_engine(plan: TrtBuildPlan, workdir: Path, log: Log, timing_cache: Path
         raise ExportError(f"tensorrt export | the ONNX parser rejected {plan.onnx}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mb << 20)
-    if plan.precision == "fp16":
+    if plan.precision in ("fp16", "int8"):
         if not hasattr(trt.BuilderFlag, "FP16"):
             raise ExportError(
                 f"tensorrt export | TensorRT {trt.__version__} removed the FP16 builder flag (strong typing only); "
                 "build FP32 here, or convert the ONNX to mixed precision first, or build with TensorRT 10.x"
             )
         config.set_flag(trt.BuilderFlag.FP16)
+        if plan.precision == "int8" and hasattr(trt.BuilderFlag, "INT8"):
+            config.set_flag(trt.BuilderFlag.INT8)  # with Q/DQ in the graph no calibrator is used (explicit mode)
     if plan.shapes:
         profile = builder.create_optimization_profile()
         profile.set_shape(plan.input_name, *plan.shapes)
@@ -230,13 +235,18 @@ class TensorRTExporter(Exporter):
     """``model.onnx`` + ``build_engine.sh`` (+ ``model.engine`` when TensorRT and a GPU are here)."""
 
     options_class = TensorRTOptions
-    supported_precisions = ("fp32", "fp16")
+    supported_precisions = ("fp32", "fp16", "int8")
     default_precision = "fp16"
     requires = ()  # onnx/onnxruntime are core dependencies; TensorRT itself is optional (module docstring)
     artifact_suffix = ".engine"
+    quantization_flags = (*Exporter.quantization_flags, "--target")
 
     def validate(self, config: ExportConfig) -> None:
         super().validate(config)
+        q = config.quantization
+        if q is not None and q.target not in (None, "tensorrt"):
+            raise ConfigError(f"tensorrt export | --target {q.target} is for --format onnx; a TensorRT INT8 export "
+                              "always writes the explicit symmetric QDQ graph (--target tensorrt)")
         if self.resolve_options(config).dla_core is not None and self.resolve_precision(config) == "fp32":
             raise ConfigError("tensorrt export | DLA runs FP16 or INT8 only; use --precision fp16 with --dla-core")
 
@@ -248,6 +258,10 @@ class TensorRTExporter(Exporter):
         options = self.resolve_options(config)
         stage = export_onnx_stage(model, config, options, workdir, log)
         # seam: a graph transform (the INT8 quantizer's Q/DQ ONNX) turns `stage` into another OnnxStage here.
+        if precision == "int8":
+            from ffnet_deploy.quantize.stages import quantize_onnx_stage
+
+            stage = quantize_onnx_stage(stage, model, config, log, "tensorrt")
         plan = TrtBuildPlan.from_config(config, options, precision, onnx=stage.path.name)
         script = workdir / "build_engine.sh"
         header = (f"ffnet-deploy {__version__}: {unwrap(model).cfg.name} {config.resolution}px {precision}, "

@@ -211,9 +211,47 @@ def validate(
     return 0
 
 
+@app.command("demo-checkpoint")
+def demo_checkpoint(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the checkpoint to this file.")]
+    = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --output checkpoint written by "
+                                            "ffnet-deploy (nothing else).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train ffnet_digits on scikit-learn's digits (about a minute, cached): a real checkpoint to try every stage on.
+
+    The checkpoint is unfused and has 10 classes; validate it with --data digits. Later runs take it from the cache
+    ($FFNET_DEPLOY_CACHE, else ~/.cache/ffnet-deploy) at once.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ffnet_deploy.demo import demo_checkpoint as run_demo
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task("training ffnet_digits", total=None)
+        result = run_demo(output, force=force, progress=lambda step, total, message: bar.update(
+            task, completed=step, total=total, description=message))
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    table = Table(title=f"demo checkpoint {result.path}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    table.add_row("variant / classes", f"{result.recipe['variant']} / 10")
+    table.add_row("test accuracy", f"{100 * result.test_accuracy:.1f}% (digits test split, 500 images)")
+    seconds = "-" if result.train_seconds is None else f"{result.train_seconds:.1f}"
+    table.add_row("training seconds", seconds + (" (earlier run)" if result.cached else ""))
+    table.add_row("from cache", "yes" if result.cached else "no (trained now)")
+    table.add_row("cache file", str(result.cache_path))
+    console.print(table)
+
+
 _ONNX_PANEL = "ONNX stage options (onnx, openvino, tensorrt)"
 _COREML_PANEL = "Core ML options"
 _TRT_PANEL = "TensorRT options"
+_QUANT_PANEL = "INT8 and compression options"
 
 
 @app.command()
@@ -253,6 +291,30 @@ def export(
                                                  rich_help_panel=_TRT_PANEL)] = None,
     timing_cache: Annotated[Path | None, typer.Option("--timing-cache", help="Persistent timing cache file.",
                                                       rich_help_panel=_TRT_PANEL)] = None,
+    calib: Annotated[str | None, typer.Option("--calib", help="Calibration data: an ImageFolder, a folder of "
+                                              "images, or 'digits' (its training split).",
+                                              rich_help_panel=_QUANT_PANEL)] = None,
+    calib_size: Annotated[int | None, typer.Option("--calib-size", help="Calibration images (default 300).",
+                                                   rich_help_panel=_QUANT_PANEL)] = None,
+    calib_method: Annotated[str | None, typer.Option("--calib-method", help="minmax (default), entropy or "
+                                                     "percentile.", rich_help_panel=_QUANT_PANEL)] = None,
+    target: Annotated[str | None, typer.Option("--target", help="INT8 ONNX for: cpu (ONNX Runtime here, default) "
+                                               "or tensorrt (explicit symmetric QDQ).",
+                                               rich_help_panel=_QUANT_PANEL)] = None,
+    max_drop: Annotated[float | None, typer.Option("--max-drop", help="Accuracy budget in points on --eval-data: "
+                                                   "keeps the most sensitive layer groups in float.",
+                                                   rich_help_panel=_QUANT_PANEL)] = None,
+    eval_data: Annotated[str | None, typer.Option("--eval-data", help="Labelled data (ImageFolder or 'digits') for "
+                                                  "--max-drop and the INT8 parity gate.",
+                                                  rich_help_panel=_QUANT_PANEL)] = None,
+    calib_cache: Annotated[Path | None, typer.Option("--calib-cache", help="Folder of the calibration-statistics "
+                                                     "cache (default: per model, under ~/.cache/ffnet-deploy).",
+                                                     rich_help_panel=_QUANT_PANEL)] = None,
+    weights: Annotated[str | None, typer.Option("--weights", help="Core ML weight-only compression: int8, int4, "
+                                                "palettize4 or palettize6.", rich_help_panel=_QUANT_PANEL)] = None,
+    granularity: Annotated[str | None, typer.Option("--granularity", help="Core ML linear weights: per_channel "
+                                                    "(default) or per_block.",
+                                                    rich_help_panel=_QUANT_PANEL)] = None,
     no_parity: Annotated[bool, typer.Option("--no-parity", help="Skip the export-time parity gate.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing artifact directory written by "
                                             "ffnet-deploy (nothing else).")] = False,
@@ -261,29 +323,43 @@ def export(
 ) -> None:
     """Export a checkpoint to ONNX, OpenVINO IR, Core ML or TensorRT, with a manifest and a parity gate.
 
+    INT8: --precision int8 --calib DATA calibrates (statistics cached per model, data, method and preprocessing) and
+    gates the artifact with the int8 tolerance profile on the calibration or --eval-data images.
+
     Format options are refused for a format that does not take them (e.g. --dla-core with --format onnx).
     """
     from ffnet_deploy.export import export as run_export
     from ffnet_deploy.export import parse_dynamic_batch
     from ffnet_deploy.exporters import build_options
     from ffnet_deploy.exporters.base import ExportConfig
+    from ffnet_deploy.quantize.stages import PROGRESS_PREFIX
 
     # Field names of the formats' options dataclasses (OnnxOptions, OpenVINOOptions, CoreMLOptions, TensorRTOptions).
     given = {"opset": opset, "simplify": False if no_simplify else None, "keep_onnx": True if keep_onnx else None,
              "input": coreml_input, "class_labels": class_labels, "workspace_mb": trt_workspace,
              "dla_core": dla_core, "timing_cache": timing_cache}
     options = build_options(fmt, {k: v for k, v in given.items() if v is not None})
+    from ffnet_deploy.quantize.config import QuantizationConfig
+
+    quant_given = {"calib": calib, "calib_size": calib_size, "method": calib_method, "target": target,
+                   "max_drop": max_drop, "eval_data": eval_data, "cache_dir": calib_cache, "weights": weights,
+                   "granularity": granularity}
+    quant_given = {k: v for k, v in quant_given.items() if v is not None}
     config = ExportConfig(
         format=fmt, output=output, resolution=resolution, batch=batch,
         dynamic_batch=parse_dynamic_batch(dynamic_batch), precision=precision, reparameterize=not no_reparam,
         include_preprocessing=include_preprocessing, input_range=input_range, options=options,
+        quantization=QuantizationConfig(**quant_given) if quant_given else None,
         check_parity=not no_parity, force=force,
     )
     from rich.markup import escape
 
     with err_console.status(f"exporting to {fmt}...") as status:
         def progress(message: str) -> None:
-            status.update(message)
+            if message.startswith(PROGRESS_PREFIX):  # transient: the status line only
+                status.update(escape(message[len(PROGRESS_PREFIX):]))
+                return
+            status.update(escape(message))
             loud = message.lower().startswith("warning")
             text = escape(message)
             err_console.print(f"[bold yellow]{text}[/]" if loud else f"[dim]  {text}[/]", highlight=False)
@@ -309,8 +385,99 @@ def export(
         table.add_row("parity", ("[green]pass[/] " if check else "[red]FAIL[/] ") + escape(check.describe()))
     if not result.parity:
         table.add_row("parity", str(m.parity.get("skipped")))
+    for field, value in quantization_rows(m.details.get("quantization") or m.details.get("compression")):
+        table.add_row(field, escape(value))
     table.add_row("seconds", f"{result.seconds:.1f}")
     console.print(table)
+
+
+@app.command()
+def sensitivity(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="FFNet checkpoint to analyze.")],
+    calib: Annotated[str, typer.Option("--calib", help="Calibration data: an ImageFolder, a folder of images, or "
+                                       "'digits'.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="Quantizer: onnx (ONNX Runtime) or openvino "
+                                     "(NNCF).")] = "onnx",
+    eval_data: Annotated[str | None, typer.Option("--eval-data", help="Labelled data (ImageFolder or 'digits') "
+                                                  "to rank on; default: the calibration images.")] = None,
+    variant: VariantOpt = None,
+    resolution: Annotated[int | None, typer.Option("--resolution", "-r", help="Input side (default: the "
+                                                   "variant's).")] = None,
+    calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images.")] = 300,
+    calib_method: Annotated[str, typer.Option("--calib-method", help="minmax, entropy or percentile.")] = "minmax",
+    target: Annotated[str, typer.Option("--target", help="ONNX: cpu or tensorrt quantization scheme.")] = "cpu",
+    calib_cache: Annotated[Path | None, typer.Option("--calib-cache", help="Calibration-statistics cache "
+                                                     "folder.")] = None,
+    trust_checkpoint: TrustOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Quantize one layer group at a time and rank the groups by the damage each does (logit SQNR, top-1, accuracy).
+
+    The most harmful groups come first; export --max-drop keeps them in float, in this order, until the accuracy
+    budget holds.
+    """
+    from rich.markup import escape
+
+    from ffnet_deploy.quantize.analysis import sensitivity_analysis
+    from ffnet_deploy.quantize.config import QuantizationConfig
+    from ffnet_deploy.quantize.stages import PROGRESS_PREFIX
+
+    quant = QuantizationConfig(calib=calib, calib_size=calib_size, method=calib_method, target=target,
+                               eval_data=eval_data, cache_dir=calib_cache)
+    with err_console.status("sensitivity analysis...") as status:
+        def progress(message: str) -> None:
+            text = message[len(PROGRESS_PREFIX):] if message.startswith(PROGRESS_PREFIX) else message
+            status.update(escape(text))
+            if not message.startswith(PROGRESS_PREFIX):
+                err_console.print(f"[dim]  {escape(message)}[/]", highlight=False)
+
+        report = sensitivity_analysis(checkpoint, variant, fmt, quant, resolution=resolution,
+                                      trust=trust_checkpoint, log=progress)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    labelled = report.fp32_accuracy is not None
+    table = Table(title=f"{report.backend} INT8 sensitivity, one layer group quantized at a time "
+                  f"({report.images} images)", caption="ranked: most harmful first")
+    for col in ("rank", "layer group", "logit SQNR dB", "top-1 agreement", *(("accuracy %", "drop") if labelled
+                                                                             else ())):
+        table.add_column(col, justify="left" if col == "layer group" else "right")
+    for i, e in enumerate(report.effects, 1):
+        row = [str(i), e.group, f"{e.sqnr_db:.1f}", f"{e.top1_agreement:.3f}"]
+        if labelled:
+            row += [f"{e.accuracy:.2f}", f"{e.accuracy_drop:+.2f}"]
+        table.add_row(*row)
+    console.print(table)
+    whole = f"all groups quantized: SQNR {report.int8_sqnr_db:.1f} dB, top-1 agreement {report.int8_top1_agreement:.3f}"
+    if labelled:
+        whole += f", accuracy {report.int8_accuracy:.2f} % (FP32 {report.fp32_accuracy:.2f} %)"
+    console.print(whole)
+
+
+def quantization_rows(record: dict | None) -> list[tuple[str, str]]:
+    """Rows of the export table that say what INT8 quantization or compression did (from the manifest's record)."""
+    if not record:
+        return []
+    rows = []
+    calib = record.get("calibration") or {}
+    if calib.get("num_images"):
+        rows.append(("calibration", f"{calib['num_images']} images of {calib.get('data') or 'the cached set'}, "
+                                    f"{record.get('method')}, {record.get('calibration_seconds', 0):.1f} s"))
+    cache = record.get("statistics_cache")
+    if cache:
+        rows.append(("statistics cache", f"{'hit' if cache['hit'] else 'written'}: {cache['path']}"))
+    if "quantized_groups" in record:
+        floats = record.get("float_groups") or []
+        rows.append(("layer groups", f"{len(record['quantized_groups'])} quantized, {len(floats)} in float"
+                                     + (f" ({', '.join(floats)})" if floats else "")))
+    speed = record.get("speedup_vs_fp32")
+    if speed:
+        rows.append(("INT8 vs FP32 here", f"{speed['int8_ms']:.2f} ms vs {speed['fp32_ms']:.2f} ms "
+                                          f"({speed['speedup']:.2f}x)"))
+    for key in ("weights", "activations", "minimum_deployment_target"):
+        if record.get(key) not in (None, False):
+            rows.append((key.replace("_", " "), str(record[key])))
+    return rows
 
 
 def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:

@@ -39,6 +39,14 @@ class ReparameterizationError(FFNetDeployError):
     """Structural reparameterization left modules unfused (a BatchNorm, a block without a working fusion rule)."""
 
 
+class QuantizationError(FFNetDeployError):
+    """INT8 quantization or compression cannot produce what was asked (e.g. no configuration meets --max-drop)."""
+
+
+class CalibrationError(QuantizationError):
+    """Calibration data or a calibration-statistics cache cannot be used (too few images, another model's cache)."""
+
+
 class ParityError(FFNetDeployError):
     """An artifact's outputs do not match the PyTorch reference within tolerance."""
 

@@ -6,8 +6,12 @@ function op by op in numpy (see :mod:`ffnet_deploy.runtimes._mil_program`).
 
 What it proves, and what it does not: it checks that the *conversion* is right (the ops, their attributes, the
 weights in the blob, the compression ops that decode them, the fp16 casts and the image preprocessing baked into
-the program). It does not run Apple's kernels, so it says nothing about Core ML's own numerics, the Neural Engine,
-or speed; for those use the ``coreml`` runner on a Mac. Its latency is numpy's, not Core ML's.
+the program). Compressed programs run as well: int8/int4 linear weights (``constexpr_affine_dequantize``,
+``constexpr_blockwise_shift_scale`` with packed sub-byte blobs), palettized weights (``constexpr_lut_to_dense`` in
+its iOS16 and iOS18 forms) and W8A8 activations (``quantize`` / ``dequantize``); their decoded weights are checked
+bit for bit against coremltools' own ``decompress_weights``. It does not run Apple's kernels, so it says nothing
+about Core ML's own numerics, the Neural Engine, or speed; for those use the ``coreml`` runner on a Mac. Its latency
+is numpy's, not Core ML's.
 
 Image inputs: for ML programs coremltools turns ``ImageType(scale, bias)`` into ``mul``/``add`` ops at the start of
 the program, and the program's input is a float (1, C, H, W) pixel tensor. The runner therefore takes pixel arrays

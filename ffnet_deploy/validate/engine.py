@@ -770,11 +770,14 @@ class GateReport:
 
 
 def gate_artifact(directory: str | Path, reference: Any, *, manifest: Manifest | None = None, samples: int = 2,
-                  seed: int = 0, runtime_notes: list[str] | None = None, decisions: bool = True) -> GateReport:
-    """Run every target of an artifact directory that this machine can run on synthetic pixels.
+                  seed: int = 0, runtime_notes: list[str] | None = None, decisions: bool = True,
+                  source: Any = None) -> GateReport:
+    """Run every target of an artifact directory that this machine can run on synthetic pixels (or ``source``).
 
     The inputs are uniform random pixels fed in the artifact's own input convention; the batch follows the
-    manifest (fixed, or the dynamic range's ``opt`` then ``min``), ``samples`` batches of it.
+    manifest (fixed, or the dynamic range's ``opt`` then ``min``), ``samples`` batches of it. An INT8 artifact is
+    gated on real images instead (``source``: its calibration or evaluation data), because activation ranges
+    calibrated on photos say nothing about noise.
 
     Args:
         directory: The artifact directory (its manifest written).
@@ -786,6 +789,7 @@ def gate_artifact(directory: str | Path, reference: Any, *, manifest: Manifest |
         decisions: Gate the decision metrics (top-1 agreement, top-5 overlap) too. Random weights give logits
             that are near-ties, so their arg-max is noise: an export without a checkpoint is gated on the numbers
             (errors, cosine) alone, and each result says so.
+        source: A data source (:mod:`ffnet_deploy.validate.data`) to gate on instead of synthetic pixels.
     """
     from ffnet_deploy.validate.data import SyntheticSource
 
@@ -799,8 +803,9 @@ def gate_artifact(directory: str | Path, reference: Any, *, manifest: Manifest |
         elif runtime_notes is not None:
             runtime_notes.append(f"{target.runtime} cannot run here ({reason}); {target.path.name} was not gated")
     lo, opt = manifest.batch.min, manifest.batch.opt
-    n = samples * opt + (lo if lo != opt else 0)
-    source = SyntheticSource(n, seed=seed)
+    if source is None:
+        n = samples * opt + (lo if lo != opt else 0)
+        source = SyntheticSource(n, seed=seed)
     if not targets:
         return GateReport([], source.describe(), f"no runner for {manifest.format} artifacts can run here")
     overrides = {} if decisions else {"min_top1_agreement": None, "min_top5_overlap": None}

@@ -1,0 +1,64 @@
+"""``ffnet-deploy sensitivity``: from a checkpoint to a ranked table of layer groups (:mod:`.sensitivity`)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ffnet_deploy.errors import ConfigError
+from ffnet_deploy.quantize.config import QuantizationConfig
+from ffnet_deploy.quantize.stages import Log, onnx_ranges, read_calibration, transform_for
+
+
+def sensitivity_analysis(checkpoint, variant: str | None, fmt: str, quant: QuantizationConfig, *,
+                         resolution: int | None = None, trust: bool = False, log: Log | None = None):
+    """Rank the layer groups of a checkpoint by what quantizing each alone costs (:mod:`.sensitivity`).
+
+    Evaluates on ``quant.eval_data`` when given (accuracy too, with labels), else on the calibration images.
+
+    Returns:
+        A :class:`~ffnet_deploy.quantize.sensitivity.SensitivityReport`.
+    """
+    from ffnet_deploy.exporters import ExportConfig, OnnxOptions, export_onnx_stage
+    from ffnet_deploy.models.checkpoint import open_checkpoint
+    from ffnet_deploy.models.reparam import reparameterize_model
+    from ffnet_deploy.quantize import sensitivity as sens
+
+    log = log or (lambda _m: None)
+    if fmt not in ("onnx", "openvino"):
+        raise ConfigError(f"sensitivity | --format must be onnx or openvino, got {fmt!r}")
+    quant.validate()
+    if quant.calib is None and quant.cache_dir is None:
+        raise ConfigError("sensitivity | pass --calib DATA (an ImageFolder, a folder of images, or 'digits')")
+    loaded = open_checkpoint(checkpoint, variant, trust=trust)
+    model = reparameterize_model(loaded.model) if not loaded.model.deploy else loaded.model
+    # A dynamic batch, so that evaluation runs 16 images per call.
+    config = ExportConfig("onnx", Path("unused"), resolution=resolution or model.cfg.resolution, quantization=quant,
+                          dynamic_batch=(1, 16, 64))
+    transform = transform_for(model, config)
+    calib = read_calibration(model, config, log)
+    with tempfile.TemporaryDirectory(prefix="ffnet-sensitivity-") as tmp:
+        work = Path(tmp)
+        stage = export_onnx_stage(model, config, OnnxOptions(), work, log)
+        if quant.eval_data is not None:
+            data = sens.load_eval_set(quant.eval_data, transform)
+        else:
+            data = sens.EvalSet(np.concatenate(list(calib.batches(32))), None, calib.describe())
+        if fmt == "onnx":
+            from ffnet_deploy.quantize import onnx_int8
+
+            prepared = onnx_int8.prepare_onnx(stage.path, work)
+            ranges, _ = onnx_ranges(stage.path, prepared, config, calib, transform, log)
+            backend = sens.OnnxBackend(stage.path, prepared, ranges, quant.target or "cpu", work)
+        else:
+            from ffnet_deploy.quantize.openvino_int8 import OpenVINOBackend
+
+            backend = OpenVINOBackend(stage.path, calib, work)
+        try:
+            return sens.analyze(backend, data, log)
+        finally:
+            close = getattr(backend, "close", None)
+            if close is not None:
+                close()

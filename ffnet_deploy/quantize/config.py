@@ -1,0 +1,96 @@
+"""The quantization settings of one export: :class:`QuantizationConfig`, carried in ``ExportConfig.quantization``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ffnet_deploy.errors import ConfigError
+from ffnet_deploy.quantize.calibration import DEFAULT_CALIB_SIZE, MAX_CALIB_SIZE, METHODS
+
+TARGETS = ("cpu", "tensorrt")
+"""What an INT8 ONNX is for: ONNX Runtime on this CPU, or TensorRT (explicit symmetric QDQ)."""
+
+WEIGHT_MODES = ("int8", "int4", "palettize4", "palettize6")
+"""Core ML weight-only compression: linear int8 / int4, or 4- / 6-bit k-means palettization."""
+
+FLAGS = {"calib": "--calib", "calib_size": "--calib-size", "method": "--calib-method", "target": "--target",
+         "max_drop": "--max-drop", "eval_data": "--eval-data", "cache_dir": "--calib-cache", "weights": "--weights",
+         "granularity": "--granularity"}
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    """How to quantize or compress an export. Every field has a default; ``QuantizationConfig(calib="digits")``
+    is a complete INT8 configuration."""
+
+    calib: str | Path | None = None  # calibration data: ImageFolder, folder of images, or "digits"; None = cache only
+    calib_size: int = DEFAULT_CALIB_SIZE  # calibration images (the data must hold this many usable ones)
+    method: str = "minmax"  # activation range estimator: minmax, entropy or percentile
+    target: str | None = None  # ONNX: "cpu" (fastest form for ONNX Runtime here) or "tensorrt"; None = the format's
+    max_drop: float | None = None  # accuracy budget in points on eval_data; keeps sensitive layer groups in float
+    eval_data: str | Path | None = None  # labelled data for max_drop and the export's parity check
+    cache_dir: Path | None = None  # calibration-statistics cache folder; None = the per-model default cache
+    weights: str | None = None  # Core ML weight-only compression: int8, int4, palettize4, palettize6
+    granularity: str = "per_channel"  # Core ML linear weights: per_channel or per_block
+
+    def validate(self) -> None:
+        """Check the values on their own (the exporter checks them against the format and precision).
+
+        Raises:
+            ConfigError: One line naming the flag.
+        """
+        if self.method not in METHODS:
+            raise ConfigError(f"quantize | --calib-method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not 1 <= self.calib_size <= MAX_CALIB_SIZE:
+            raise ConfigError(f"quantize | --calib-size must be between 1 and {MAX_CALIB_SIZE}, got "
+                              f"{self.calib_size}")
+        if self.target is not None and self.target not in TARGETS:
+            raise ConfigError(f"quantize | --target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.max_drop is not None:
+            if not 0 <= self.max_drop <= 100:
+                raise ConfigError(f"quantize | --max-drop is in accuracy points (0-100), got {self.max_drop}")
+            if self.eval_data is None:
+                raise ConfigError("quantize | --max-drop needs labelled --eval-data (an ImageFolder or digits) to "
+                                  "measure the accuracy drop on")
+        if self.weights is not None and self.weights not in WEIGHT_MODES:
+            raise ConfigError(f"quantize | --weights must be one of {', '.join(WEIGHT_MODES)}, got "
+                              f"{self.weights!r}")
+        if self.granularity not in ("per_channel", "per_block"):
+            raise ConfigError(f"quantize | --granularity must be per_channel or per_block, got {self.granularity!r}")
+        for name in ("calib", "eval_data"):
+            value = getattr(self, name)
+            if value is not None and str(value).split(":", 1)[0] != "digits" and not Path(value).exists():
+                raise ConfigError(f"quantize | {FLAGS[name]} {value} does not exist; pass an ImageFolder, a folder "
+                                  "of images, or 'digits'")
+        if self.cache_dir is not None and Path(self.cache_dir).exists() and not Path(self.cache_dir).is_dir():
+            raise ConfigError(f"quantize | --calib-cache {self.cache_dir} is a file; pass a folder (the cache is "
+                              "<folder>/<backend>.calibration.json)")
+
+    def given(self) -> list[str]:
+        """Flags of the fields that differ from their defaults, for messages that refuse them."""
+        default = QuantizationConfig()
+        return [FLAGS[f.name] for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (str(v) if isinstance(v, Path) else v) for f in fields(self)
+                for v in [getattr(self, f.name)]}
+
+
+def check_int8_config(config, fmt: str) -> None:
+    """Cross-checks of ``--precision int8`` with the shared export settings.
+
+    Raises:
+        ConfigError: Baked-in preprocessing (calibration feeds normalized images), or no calibration source.
+    """
+    if config.include_preprocessing:
+        raise ConfigError(f"{fmt} export | --precision int8 calibrates on normalized images; drop "
+                          "--include-preprocessing")
+    if config.dynamic_batch is not None and fmt != "tensorrt":
+        raise ConfigError(f"{fmt} export | --precision int8 exports a fixed batch; drop --dynamic-batch")
+    q = config.quantization or QuantizationConfig()
+    if q.calib is None and q.cache_dir is None and q.weights is None:  # weight-only compression needs no data
+        raise ConfigError(f"{fmt} export | --precision int8 needs calibration data: pass --calib DATA (an "
+                          "ImageFolder, a folder of images, or 'digits'), or --calib-cache DIR with statistics "
+                          "for this model")

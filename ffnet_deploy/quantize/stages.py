@@ -1,0 +1,330 @@
+"""The quantization steps the exporters call at their seams, with calibration, caching and the accuracy budget.
+
+- ONNX (``--format onnx`` and ``tensorrt``): :func:`quantize_onnx_stage` turns the FP32 ONNX stage into an INT8 one
+  (:mod:`~ffnet_deploy.quantize.onnx_int8`); for ``--target cpu`` it measures INT8 against FP32 on this CPU and says
+  so when INT8 is not faster.
+- OpenVINO: :func:`quantize_openvino_model` runs NNCF on the converted model
+  (:mod:`~ffnet_deploy.quantize.openvino_int8`).
+- Core ML: :func:`compress_coreml_model` (:mod:`~ffnet_deploy.quantize.coreml_compress`).
+
+Each records what it did in a ``quantization`` block that the exporter puts in the manifest's ``details``: the method,
+the calibration set (fingerprint, count, skipped files), the quantized and float layer groups, whether the statistics
+came from the cache, and how long calibration took.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ffnet_deploy.errors import ConfigError
+from ffnet_deploy.hashing import sha256_file
+from ffnet_deploy.quantize.calibration import (
+    CacheKey,
+    CalibrationSet,
+    StatisticsCache,
+    cached_statistics,
+    load_calibration,
+)
+from ffnet_deploy.quantize.config import QuantizationConfig
+from ffnet_deploy.validate.data import EvalTransform
+
+Log = Callable[[str], None]
+
+PROGRESS_PREFIX = "progress: "
+"""Log lines starting with this are transient progress (the CLI shows them in its status line, not as lines)."""
+
+
+def settings(config) -> QuantizationConfig:
+    """The export's quantization settings (defaults when none were given)."""
+    return config.quantization or QuantizationConfig()
+
+
+def transform_for(model, config) -> EvalTransform:
+    """Validation's transform for the exported model at the export's resolution (INT8 exports never wrap the model
+    in baked-in preprocessing, so ``model`` is the FFNet itself)."""
+    return EvalTransform.for_config(model.cfg, config.resolution)
+
+
+def read_calibration(model, config, log: Log) -> CalibrationSet | None:
+    """The ``--calib`` images, decoded with validation's preprocessing; ``None`` when ``--calib`` was not given."""
+    q = settings(config)
+    if q.calib is None:
+        return None
+    log(f"reading calibration data {q.calib} ({q.calib_size} images)")
+    step = max(1, q.calib_size // 10)
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % step < 32:
+            log(f"{PROGRESS_PREFIX}calibration images {done}/{total}")
+
+    calib = load_calibration(q.calib, transform_for(model, config), q.calib_size, progress=progress)
+    skipped = calib.source.get("skipped", {})
+    bad = sum(v for k, v in skipped.items() if k != "examples")
+    log(f"calibration set: {len(calib)} images" + (f" ({bad} unusable files skipped)" if bad else ""))
+    return calib
+
+
+def cache_key(model_sha256: str, config, calib: CalibrationSet | None, transform: EvalTransform,
+              input_range: str = "normalized") -> CacheKey:
+    q = settings(config)
+    return CacheKey(model_sha256, q.method, None if calib is None else calib.fingerprint,
+                    None if calib is None else len(calib), {**transform.to_dict(), "input_range": input_range})
+
+
+def quantization_record(q: QuantizationConfig, calib: CalibrationSet | None, entry, *, backend: str,
+                        quantized_groups: list[str], float_groups: list[str], extra: dict[str, Any],
+                        seconds: float) -> dict[str, Any]:
+    """The manifest's ``details.quantization`` block."""
+    data = calib.describe() if calib is not None else {**entry.data, "reused_from_cache_without_data": True}
+    return {
+        "backend": backend,
+        "method": q.method,
+        "calibration": {"data": str(q.calib) if q.calib is not None else None, "size": q.calib_size,
+                        "fingerprint": data.get("fingerprint"), "num_images": data.get("num_images"),
+                        "skipped": data.get("skipped"), "kind": data.get("kind")},
+        "statistics_cache": {"path": str(entry.path), "hit": entry.hit,
+                             "collect_seconds": round(entry.seconds, 3)},
+        "calibration_seconds": round(seconds, 3),
+        "quantized_groups": quantized_groups,
+        "float_groups": float_groups,
+        **extra,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# ONNX
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def quantize_onnx_stage(stage, model, config, log: Log, target: str):
+    """The INT8 version of the FP32 ONNX ``stage`` (an :class:`~ffnet_deploy.exporters.onnx.OnnxStage`).
+
+    Args:
+        stage: The FP32 ONNX stage, written in the work directory.
+        model: The exported FFNet (for its preprocessing).
+        config: The export settings; ``config.quantization`` holds the calibration settings.
+        log: Progress callback.
+        target: ``cpu`` or ``tensorrt``.
+
+    Returns:
+        A stage whose ``path`` is the INT8 graph (same file name, replaced) and whose ``details`` hold
+        ``quantization``.
+    """
+    from ffnet_deploy.quantize import onnx_int8
+
+    q = settings(config)
+    start = time.perf_counter()
+    transform = transform_for(model, config)
+    calib = read_calibration(model, config, log)
+    work = stage.path.parent / ".int8"
+    work.mkdir(exist_ok=True)
+    try:
+        prepared = onnx_int8.prepare_onnx(stage.path, work)
+        ranges, entry = onnx_ranges(stage.path, prepared, config, calib, transform, log)
+        float_groups: list[str] = []
+        budget: dict[str, Any] = {}
+        if q.max_drop is not None:
+            from ffnet_deploy.quantize.sensitivity import OnnxBackend, fit_accuracy_budget
+
+            backend = OnnxBackend(stage.path, prepared, ranges, target, work)
+            try:
+                fit = fit_accuracy_budget(backend, q.eval_data, transform, q.max_drop, log)
+            finally:
+                backend.close()
+            float_groups, budget = fit.float_groups, {"accuracy_budget": fit.to_dict()}
+        out = work / "model.int8.onnx"
+        log(f"quantizing the ONNX graph for {target}" + (f" ({len(float_groups)} layer groups kept in float)"
+                                                        if float_groups else ""))
+        result = onnx_int8.quantize_onnx(prepared, out, ranges, target=target, exclude_groups=float_groups)
+        extra: dict[str, Any] = {"target": target, "config": result.config, "quantized_nodes": result.quantized_nodes,
+                                 "op_types": sorted(result.op_types), **budget}
+        notices = list(stage.notices)
+        if target == "cpu":
+            log(f"{PROGRESS_PREFIX}measuring INT8 against FP32 on this CPU")
+            speed = onnx_int8.measure_speedup(stage.path, out)
+            extra["speedup_vs_fp32"] = dataclasses.asdict(speed)
+            if speed.speedup < 1.0:
+                notices.append(
+                    f"INT8 is slower than FP32 in ONNX Runtime on this CPU: {speed.int8_ms:.2f} ms vs "
+                    f"{speed.fp32_ms:.2f} ms at batch 1, {speed.threads} threads ({speed.speedup:.2f}x); keep the "
+                    "FP32 model for ONNX Runtime here, or use --format openvino --precision int8"
+                )
+        out.replace(stage.path)
+        record = quantization_record(q, calib, entry, backend="onnxruntime",
+                                     quantized_groups=list(result.quantized_groups),
+                                     float_groups=list(result.float_groups), extra=extra,
+                                     seconds=time.perf_counter() - start)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    import onnx
+
+    ops = dict(sorted(Counter(n.op_type for n in onnx.load(str(stage.path)).graph.node).items()))
+    return dataclasses.replace(stage, details=stage.details | {"op_counts": ops, "quantization": record},
+                               notices=notices)
+
+
+def onnx_ranges(fp32: Path, prepared: Path, config, calib: CalibrationSet | None, transform: EvalTransform,
+                log: Log) -> tuple[dict[str, tuple[float, float]], Any]:
+    """Activation ranges of the ``prepared`` graph of ``fp32``: from the cache, or collected and cached."""
+    from ffnet_deploy.quantize import onnx_int8
+
+    q = settings(config)
+
+    def collect() -> dict:
+        log(f"collecting activation ranges ({q.method}) over {len(calib)} images")
+        ranges = onnx_int8.calibrate_ranges(
+            prepared, calib, q.method,
+            progress=lambda done, total: log(f"{PROGRESS_PREFIX}calibrating {done}/{total}"))
+        return {"ranges": {name: [float(lo), float(hi)] for name, (lo, hi) in sorted(ranges.items())}}
+
+    entry = cached_statistics(StatisticsCache(q.cache_dir, "onnxruntime", log),
+                              cache_key(sha256_file(fp32), config, calib, transform), collect, calib)
+    return {name: (float(lo), float(hi)) for name, (lo, hi) in entry.statistics["ranges"].items()}, entry
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# OpenVINO
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def quantize_openvino_model(ov_model, stage, model, config, log: Log):
+    """NNCF INT8 of the converted FP32 ``ov_model`` (from the ONNX ``stage``); returns ``(model, record)``.
+
+    Statistics are cached like ONNX Runtime's (keyed by the FP32 ONNX stage, which fixes the IR). With ``--max-drop``
+    and labelled ``--eval-data``, NNCF's accuracy-control variant reverts layers to float until the budget holds.
+    """
+    from ffnet_deploy.quantize import openvino_int8
+
+    q = settings(config)
+    start = time.perf_counter()
+    transform = transform_for(model, config)
+    calib = read_calibration(model, config, log)
+    nncf_settings = openvino_int8.NNCFSettings(subset_size=q.calib_size)
+    extra: dict[str, Any] = {}
+    if q.max_drop is not None:
+        from ffnet_deploy.validate.data import source_from_spec
+
+        if calib is None:
+            raise ConfigError("openvino export | --max-drop runs NNCF's accuracy control, which needs --calib DATA")
+        log(f"NNCF accuracy control: at most {q.max_drop} points lost on {q.eval_data}")
+        with _nncf_output_to_stderr():
+            result = openvino_int8.quantize_with_accuracy_control(
+                ov_model, calib, source_from_spec(q.eval_data, split="test"), transform, q.max_drop, nncf_settings,
+                progress=log)
+        entry = _NoCache(calib)
+        extra["accuracy_control"] = {"max_drop": q.max_drop, "eval_data": str(q.eval_data)}
+    else:
+        key = cache_key(sha256_file(stage.path), config, calib, transform)
+        key = dataclasses.replace(key, method=f"{q.method}+nncf:{json_settings(nncf_settings)}")
+        if q.method != "minmax":
+            log(f"note: NNCF chooses its own range estimators; --calib-method {q.method} is recorded but only "
+                "minmax-style statistics are collected")
+
+        cache = StatisticsCache(q.cache_dir, "openvino", log)
+        entry = cache.lookup(key)
+        with _nncf_output_to_stderr():
+            if entry is None:
+                if calib is None:
+                    cached_statistics(cache, key, dict, None)  # raises: no data and no entry
+                log(f"NNCF post-training quantization over {len(calib)} images (performance preset, fast bias "
+                    "correction)")
+                result = openvino_int8.quantize_openvino(ov_model, calib, nncf_settings, progress=log)
+                entry = cache.store(key, result.statistics, result.seconds, calib.describe())
+            else:
+                log("NNCF post-training quantization from the cached statistics")
+                result = openvino_int8.quantize_openvino(ov_model, calib, nncf_settings, progress=log,
+                                                         statistics=entry.statistics)
+    details = result.details()
+    record = quantization_record(q, calib, entry, backend="openvino/nncf", quantized_groups=result.quantized_groups,
+                                 float_groups=result.float_groups,
+                                 extra={**extra, "nncf": {k: v for k, v in details.items()
+                                                          if k not in ("quantized_groups", "float_groups")}},
+                                 seconds=time.perf_counter() - start)
+    return result.model, record
+
+
+@contextlib.contextmanager
+def _nncf_output_to_stderr():
+    """NNCF draws its progress bars on stdout; ``--json`` owns stdout, so they go to stderr."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def json_settings(value) -> str:
+    import json
+
+    return json.dumps(value.to_dict(), sort_keys=True)
+
+
+class _NoCache:
+    """The cache-entry fields of a quantization whose statistics were not cached (NNCF accuracy control)."""
+
+    def __init__(self, calib: CalibrationSet) -> None:
+        self.path, self.hit, self.seconds, self.data = "not cached (accuracy control)", False, 0.0, calib.describe()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Core ML
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def coreml_model_sha256(model, config, compression) -> str:
+    """What a Core ML program's activation statistics depend on: the weights, the resolution, the input type and
+    coremltools (a saved ``.mlpackage`` carries fresh identifiers, so its bytes cannot be the key)."""
+    import hashlib
+
+    import coremltools
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+    options = config.options.to_dict() if config.options is not None else {}
+    digest.update(repr((config.resolution, options, coremltools.__version__)).encode())
+    return digest.hexdigest()
+
+
+def compress_coreml_model(mlmodel, compression, model, config, log: Log):
+    """Weight compression, or W8A8 with activation ranges from the calibration data (cached); ``(model, record)``.
+
+    Activation statistics come from running the float program in the ``coreml-reference`` interpreter, since Core
+    ML prediction needs macOS (:mod:`~ffnet_deploy.quantize.coreml_compress`).
+    """
+    from ffnet_deploy.quantize import coreml_compress
+
+    q = settings(config)
+    start = time.perf_counter()
+    ranges = None
+    record: dict[str, Any] = {}
+    if compression.activations:
+        transform = transform_for(model, config)
+        calib = read_calibration(model, config, log)
+        options = config.options
+        input_range = "0-255" if options is None or getattr(options, "input", "image") == "image" else "normalized"
+        key = cache_key(coreml_model_sha256(model, config, compression), config, calib, transform, input_range)
+
+        def collect() -> dict:
+            log(f"collecting activation ranges over {len(calib)} images in the coreml-reference interpreter")
+            return coreml_compress.activation_ranges(
+                mlmodel, calib, progress=lambda done, total: log(f"{PROGRESS_PREFIX}calibrating {done}/{total}"))
+
+        entry = cached_statistics(StatisticsCache(q.cache_dir, "coreml", log), key, collect, calib)
+        ranges = entry.statistics
+        record = quantization_record(q, calib, entry, backend="coreml", quantized_groups=[], float_groups=[],
+                                     extra={}, seconds=0.0)
+        record.pop("quantized_groups")
+        record.pop("float_groups")
+    log(f"compressing the Core ML program: {compression.describe()}")
+    compressed, details = coreml_compress.compress_mlmodel(mlmodel, compression, None, ranges=ranges)
+    if record:
+        record["calibration_seconds"] = round(time.perf_counter() - start, 3)
+    return compressed, {**details, **record}

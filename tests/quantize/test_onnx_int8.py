@@ -1,0 +1,255 @@
+"""ONNX Runtime INT8 (cpu and tensorrt targets) on the tiny ``ffnet_test`` variant, with the real ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+from ffnet_deploy.errors import ConfigError  # noqa: E402
+from ffnet_deploy.quantize import onnx_int8 as q  # noqa: E402
+from ffnet_deploy.quantize.calibration import calibration_set_from_arrays  # noqa: E402
+from ffnet_deploy.quantize.groups import layer_group  # noqa: E402
+from ffnet_deploy.validate.data import eval_transform  # noqa: E402
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+RES = 64
+
+
+def _crops(n: int, seed: int) -> np.ndarray:
+    """uint8 (n, 3, RES, RES) crops of scikit-learn's sample photos (real image statistics)."""
+    sklearn = pytest.importorskip("sklearn.datasets")
+    rng = np.random.default_rng(seed)
+    images = [np.asarray(i) for i in sklearn.load_sample_images().images]
+    out = []
+    for k in range(n):
+        im = images[k % len(images)]
+        y, x = rng.integers(0, im.shape[0] - 2 * RES), rng.integers(0, im.shape[1] - 2 * RES)
+        out.append(im[y:y + 2 * RES:2, x:x + 2 * RES:2].transpose(2, 0, 1))
+    return np.ascontiguousarray(np.stack(out))
+
+
+@pytest.fixture(scope="module")
+def transform():
+    return eval_transform(RES, 0.875, MEAN, STD)
+
+
+@pytest.fixture(scope="module")
+def calib(transform):
+    return calibration_set_from_arrays(_crops(12, seed=0), transform, "photo-crops")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx_int8")
+
+
+@pytest.fixture(scope="module")
+def fp32(work, calib):
+    """ffnet_test with non-trivial layer scales and BatchNorm statistics re-estimated on the photo crops."""
+    import torch
+
+    from ffnet_deploy.export import export
+    from ffnet_deploy.exporters import ExportConfig
+    from ffnet_deploy.models.checkpoint import save_checkpoint
+    from ffnet_deploy.models.ffnet import create_ffnet
+
+    torch.manual_seed(0)
+    model = create_ffnet("ffnet_test")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("layer_scale"):
+                p.copy_(torch.rand(p.shape) * 0.9 + 0.1)
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None
+        model.train()
+        model(torch.from_numpy(np.concatenate(list(calib.batches(12)))))
+    model.eval()
+    save_checkpoint(model, work / "bn.pth")
+    return export(ExportConfig("onnx", work / "fp32"), work / "bn.pth", "ffnet_test").artifact
+
+
+@pytest.fixture(scope="module")
+def prepared(fp32, work):
+    return q.prepare_onnx(fp32, work / "prep")
+
+
+@pytest.fixture(scope="module")
+def ranges(prepared, calib):
+    return q.calibrate_ranges(prepared, calib, "minmax")
+
+
+@pytest.fixture(scope="module")
+def eval_x(transform):
+    return transform.normalize(_crops(8, seed=1))
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    s = q.cpu_session(path, threads=1)
+    return np.concatenate([s.run(None, {"images": x[i:i + 1]})[0] for i in range(len(x))])
+
+
+def _sqnr(ref: np.ndarray, out: np.ndarray) -> float:
+    return float(10 * np.log10((ref ** 2).sum() / max(((ref - out) ** 2).sum(), 1e-30)))
+
+
+def _init(model, name: str) -> np.ndarray:
+    return onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == name))
+
+
+@pytest.mark.parametrize("target", q.TARGETS)
+def test_targets_run_and_track_fp32(target, prepared, ranges, fp32, eval_x, work):
+    result = q.quantize_onnx(prepared, work / f"{target}.onnx", ranges, target=target)
+    assert result.path.is_file() and result.target == target
+    assert result.quantized_nodes > 0 and "Conv" in result.op_types
+    assert result.config["exclude_groups"] == [] and result.config["include_groups"] is None
+    json.dumps(result.config)  # plain JSON
+    ref, out = _run(fp32, eval_x), _run(result.path, eval_x)
+    assert out.shape == ref.shape and np.isfinite(out).all()
+    assert _sqnr(ref, out) > 15.0
+
+
+def test_tensorrt_target_is_symmetric_per_channel_qdq(prepared, ranges, work):
+    result = q.quantize_onnx(prepared, work / "trt.onnx", ranges, target="tensorrt")
+    model = onnx.load(str(result.path))
+    ops = {n.op_type for n in model.graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert not any(op.startswith("QLinear") or op in ("QGemm", "ConvInteger") for op in ops)  # QDQ only
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zp = _init(model, node.input[2])
+            assert zp.dtype == np.int8 and not zp.any(), node.name  # symmetric signed int8
+    producers = {o: n for n in model.graph.node for o in n.output}
+    initializers = {t.name for t in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    weight_dqs = [producers[c.input[1]] for c in convs if c.input[1] in producers]
+    assert weight_dqs, "no Conv reads a dequantized weight"
+    for dq in weight_dqs:
+        assert dq.op_type == "DequantizeLinear" and dq.input[0] in initializers
+        weights = _init(model, dq.input[0])
+        assert weights.dtype == np.int8 and weights.min() >= -127  # TensorRT takes int8 weights in [-127, 127]
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        scale = _init(model, dq.input[1])
+        assert axis == 0 and scale.ndim == 1 and scale.size > 1  # one scale per output channel
+    for c in convs:  # TensorRT has no int32 DequantizeLinear: biases stay float
+        if len(c.input) > 2:
+            assert c.input[2] in initializers
+
+
+def test_cpu_target_keeps_depthwise_and_gelu_float(prepared, ranges, fp32, eval_x, work):
+    result = q.quantize_onnx(prepared, work / "cpu2.onnx", ranges, target="cpu")
+    model = onnx.load(str(result.path))
+    source = onnx.load(str(prepared))
+    inits = {t.name: t for t in source.graph.initializer}
+    kinds = {n.name: q.conv_kind(n, inits) for n in source.graph.node if n.op_type == "Conv"}
+    floats = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            assert (node.input[1] in floats) == (kinds[node.name] == "depthwise"), node.name
+    gelus = [n for n in model.graph.node if n.op_type == "Gelu"]
+    assert gelus and all(n.domain == "com.microsoft" and layer_group(n.name) for n in gelus)
+    assert not any(n.op_type == "Erf" for n in model.graph.node)
+    assert result.op_types == ["Conv", "Gemm"]
+    assert result.quantized_nodes == sum(k != "depthwise" for k in kinds.values()) + 1
+
+
+def test_fuse_gelu_is_exact(prepared, eval_x, tmp_path):
+    model = onnx.load(str(prepared))
+    erfs = sum(n.op_type == "Erf" for n in model.graph.node)
+    assert q.fuse_gelu(model) == erfs > 0
+    assert not any(n.op_type in ("Erf", "Div") for n in model.graph.node)
+    onnx.save(model, str(tmp_path / "fused.onnx"))
+    np.testing.assert_allclose(_run(tmp_path / "fused.onnx", eval_x), _run(prepared, eval_x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match="exclude_gelu"):
+        q.OrtQuantSettings(fuse_gelu=True)
+
+
+def test_exclude_groups_stay_float(prepared, ranges, work):
+    full = q.quantize_onnx(prepared, work / "full.onnx", ranges, target="tensorrt")
+    keep = ["patch_embed", full.quantized_groups[-2]]
+    result = q.quantize_onnx(prepared, work / "excl.onnx", ranges, target="tensorrt", exclude_groups=keep)
+    assert set(keep) <= set(result.float_groups)
+    assert not set(keep) & set(result.quantized_groups)
+    assert result.quantized_nodes < full.quantized_nodes
+    assert result.config["exclude_groups"] == sorted(keep, key=lambda g: full.quantized_groups.index(g))
+    # Their convolutions keep float weights (an input may still be a neighbour's dequantized output).
+    model = onnx.load(str(result.path))
+    floats = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    kept = [n for n in model.graph.node if layer_group(n.name) in keep and n.op_type in ("Conv", "Gemm")]
+    assert kept and all(n.input[1] in floats for n in kept)
+
+
+def test_include_groups_quantizes_only_those(prepared, ranges, work):
+    only = ["stages.1.0.proj", "head"]
+    result = q.quantize_onnx(prepared, work / "incl.onnx", ranges, target="cpu", include_groups=only)
+    assert result.quantized_groups and set(result.quantized_groups) <= set(only)
+    assert "patch_embed" in result.float_groups
+    assert result.config["include_groups"] == only
+
+
+def test_empty_include_groups_quantizes_nothing(prepared, ranges, work):
+    result = q.quantize_onnx(prepared, work / "none.onnx", ranges, target="tensorrt", include_groups=[])
+    assert result.quantized_nodes == 0 and result.quantized_groups == []
+    ops = {n.op_type for n in onnx.load(str(result.path)).graph.node}
+    assert "DequantizeLinear" not in ops
+
+
+def test_group_names_are_checked(prepared, ranges, work):
+    with pytest.raises(ConfigError, match="stages.9.9.nope"):
+        q.quantize_onnx(prepared, work / "x.onnx", ranges, exclude_groups=["stages.9.9.nope"])
+    with pytest.raises(ConfigError, match="string"):
+        q.quantize_onnx(prepared, work / "x.onnx", ranges, include_groups="head")
+    with pytest.raises(ConfigError, match="target"):
+        q.quantize_onnx(prepared, work / "x.onnx", ranges, target="gpu")
+    assert not (work / "x.onnx").exists()
+
+
+def test_ranges_of_another_model_are_refused(prepared, work):
+    with pytest.raises(q.OnnxQuantizationError, match="recalibrate"):
+        q.quantize_onnx(prepared, work / "y.onnx", {"not_a_tensor": (0.0, 1.0)})
+
+
+@pytest.mark.parametrize("method", q.METHODS)
+def test_calibrate_ranges_methods(method, prepared, calib, monkeypatch, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the augmented model goes
+    seen = []
+    ranges = q.calibrate_ranges(prepared, calib, method, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (len(calib), len(calib)) and len(seen) == len(calib)
+    model = onnx.load(str(prepared))
+    convs = [n.output[0] for n in model.graph.node if n.op_type == "Conv"]
+    assert set(convs) <= set(ranges) and "images" in ranges
+    for name, (lo, hi) in ranges.items():
+        assert isinstance(lo, float) and isinstance(hi, float)
+        assert np.isfinite([lo, hi]).all() and lo <= hi, name
+    assert all(ranges[c][0] < ranges[c][1] for c in convs)
+    json.dumps(ranges)
+    assert list(tmp_path.iterdir()) == []  # the augmented model's folder was removed
+
+
+def test_calibrate_ranges_rejects_bad_input(prepared, calib, transform):
+    with pytest.raises(ConfigError, match="method"):
+        q.calibrate_ranges(prepared, calib, "kl")
+    empty = calibration_set_from_arrays(np.zeros((0, 3, RES, RES), np.uint8), transform)
+    with pytest.raises(ConfigError, match="empty"):
+        q.calibrate_ranges(prepared, empty, "minmax")
+
+
+def test_prepare_is_deterministic(fp32, tmp_path):
+    a = q.prepare_onnx(fp32, tmp_path / "a")
+    b = q.prepare_onnx(fp32, tmp_path / "b")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_measure_speedup_returns_medians(fp32, prepared, ranges, work):
+    result = q.quantize_onnx(prepared, work / "speed.onnx", ranges, target="cpu")
+    speed = q.measure_speedup(fp32, result.path, threads=1, rounds=5, seconds=0.5, warmup=1)
+    assert speed.fp32_ms > 0 and speed.int8_ms > 0 and speed.rounds == 5 and speed.threads == 1
+    assert speed.speedup == pytest.approx(speed.fp32_ms / speed.int8_ms)
