@@ -133,7 +133,8 @@ def validate(
                                                     "(.onnx, .xml, .mlpackage, .engine).")],
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="The checkpoint the artifacts came from.")],
     variant: VariantOpt = None,
-    data: Annotated[Path | None, typer.Option("--data", help="ImageFolder: one subfolder per class (labels).")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="ImageFolder (one subfolder per class), or 'digits' "
+                                              "(scikit-learn's digits, the held-out split).")] = None,
     label_map: Annotated[Path | None, typer.Option("--label-map", help="With --data: JSON {folder: index} or lines "
                                                    "'folder index' mapping folders to class indices.")] = None,
     images: Annotated[Path | None, typer.Option("--images", help="Folder of images without labels.")] = None,

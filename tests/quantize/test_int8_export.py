@@ -266,3 +266,28 @@ def test_budget_keeps_the_most_sensitive_group_in_float():
     assert fit.float_groups == ["bad"] and fit.drop <= 1.0 and fit.int8_accuracy < fit.fp32_accuracy - 1
     with pytest.raises(QuantizationError, match="no INT8 configuration meets"):
         fit_accuracy_budget(_Toy(w * 1e-4), None, None, 0.0, data=EvalSet(x, labels, {}))
+
+
+def test_max_drop_budget_is_recorded(demo_checkpoint_path, tmp_path):
+    result = export(_int8("onnx", tmp_path / "budget", tmp_path / "cache", target="cpu", max_drop=0.5),
+                    demo_checkpoint_path)
+    q = read_manifest(result.output).details["quantization"]
+    fit = q["accuracy_budget"]
+    assert fit["max_drop"] == 0.5 and fit["drop"] <= 0.5 and fit["images"] == 500
+    assert fit["float_groups"] == q["float_groups"]
+
+
+def test_openvino_accuracy_control(demo_checkpoint_path, tmp_path):
+    result = export(_int8("openvino", tmp_path / "ac", tmp_path / "cache", max_drop=0.5), demo_checkpoint_path)
+    q = read_manifest(result.output).details["quantization"]
+    assert q["accuracy_control"]["max_drop"] == 0.5 and q["statistics_cache"]["hit"] is False
+    assert "reverted_groups" in q["nncf"]
+
+
+def test_json_output_stays_json_with_nncf(demo_checkpoint_path, tmp_path, capsys):
+    code = main(["export", "-c", str(demo_checkpoint_path), "--format", "openvino", "--precision", "int8",
+                 "--calib", "digits", "--calib-size", str(CALIB), "--calib-cache", str(tmp_path / "cache"),
+                 "--output", str(tmp_path / "ov"), "--no-parity", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert json.loads(out)["manifest"]["details"]["quantization"]["backend"] == "openvino/nncf"
