@@ -291,7 +291,7 @@ def to_markdown(data: dict) -> str:
                 _f(r.get("sqnr_db"), ".1f"), _f(r.get("top1_agreement"), ".3f"), _f(r.get("accuracy"), ".2f"),
                 _f(r.get("accuracy_drop"), "+.2f"), _f(r.get("calibration_seconds"), ".1f")]) + " |")
         notes = [f"{n}: {notice}" for n, r in model["rows"].items() for notice in r.get("export_notices", [])
-                 if "slower" in notice or "palett" in notice]
+                 if "not faster" in notice or "palett" in notice]
         floats = [f"{n}: kept in float: {', '.join(r['float_groups'])}" for n, r in model["rows"].items()
                   if r.get("float_groups")]
         if model.get("cache_rerun"):

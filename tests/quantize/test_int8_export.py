@@ -50,8 +50,8 @@ def test_onnx_cpu_int8_records_what_was_done(onnx_int8):
     assert q["quantized_groups"] and "speedup_vs_fp32" in q
     speed = q["speedup_vs_fp32"]
     assert speed["fp32_ms"] > 0 and speed["int8_ms"] > 0
-    if speed["speedup"] < 1:  # never a slower "optimized" model without saying so
-        assert any("slower than FP32" in n for n in m.notices)
+    if speed["speedup"] < 1.05:  # never a slower "optimized" model without saying so
+        assert any("not faster than FP32" in n for n in m.notices)
     ops = {n.op_type for n in onnx.load(str(result.artifact)).graph.node}
     assert ops & {"QuantizeLinear", "QLinearConv", "DequantizeLinear", "ConvInteger"}
     # The export-time gate ran the int8 profile on real digits (labels: accuracy drop checked too).
