@@ -442,7 +442,7 @@ def sensitivity(
                   f"({report.images} images)", caption="ranked: most harmful first")
     for col in ("rank", "layer group", "logit SQNR dB", "top-1 agreement", *(("accuracy %", "drop") if labelled
                                                                              else ())):
-        table.add_column(col, justify="left" if col == "layer group" else "right")
+        table.add_column(col, justify="left" if col == "layer group" else "right", no_wrap=col == "layer group")
     for i, e in enumerate(report.effects, 1):
         row = [str(i), e.group, f"{e.sqnr_db:.1f}", f"{e.top1_agreement:.3f}"]
         if labelled:
