@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ffnet_deploy.errors import ConfigError, FFNetDeployError, QuantizationError, require
+from ffnet_deploy.errors import ConfigError, FFNetDeployError, QuantizationError
 from ffnet_deploy.quantize.groups import layer_group, sorted_groups
 
 TARGETS = ("cpu", "tensorrt")
@@ -183,7 +183,8 @@ def prepare_onnx(fp32_onnx: Path, workdir: Path) -> Path:
     Raises:
         OnnxQuantizationError: The model cannot be read or shape inference fails.
     """
-    onnx = require("onnx", "onnx", "onnx int8")
+    import onnx  # a core dependency
+
     from ffnet_deploy.atomic import atomic_path
 
     workdir = Path(workdir)
@@ -265,8 +266,7 @@ def calibrate_ranges(model_path: Path, calib: Any, method: str, *, progress: Pro
         raise ConfigError(f"onnx int8 | calibration method must be one of {METHODS}, got {method!r}")
     if len(calib) == 0:
         raise ConfigError("onnx int8 | the calibration set is empty; pass --calib with at least one image")
-    onnx = require("onnx", "onnx", "onnx int8")
-    require("onnxruntime", "onnx", "onnx int8")
+    import onnx  # onnx and onnxruntime are core dependencies
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     name, fixed = _input_batch(onnx.load(str(model_path), load_external_data=False))
@@ -495,8 +495,7 @@ def quantize_with_settings(model_path: Path, output: Path, ranges: Mapping[str, 
         ConfigError: Unknown group names.
         OnnxQuantizationError: The ranges do not cover the model, or ONNX Runtime's quantizer failed.
     """
-    onnx = require("onnx", "onnx", "onnx int8")
-    require("onnxruntime", "onnx", "onnx int8")
+    import onnx  # onnx and onnxruntime are core dependencies
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
     from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
@@ -621,7 +620,7 @@ def cpu_session(path: Path, threads: int = 2, **config: str) -> Any:
         config: Extra session config entries, e.g. ``{"session.qdqisint8allowed": "1"}`` (keys with dots go
             through ``**{...}``).
     """
-    ort = require("onnxruntime", "onnx", "onnx int8")
+    import onnxruntime as ort  # a core dependency
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

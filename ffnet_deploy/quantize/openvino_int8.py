@@ -346,7 +346,7 @@ def quantize_openvino(model, calib, settings: NNCFSettings = NNCFSettings(), *, 
         ConfigError: If an ignored group is not in the model.
         QuantizationError: If ``statistics`` do not fit the model or the settings.
     """
-    require("nncf", "nncf", "openvino int8")
+    require("nncf", "openvino", "openvino int8")
     t0 = time.perf_counter()
     quantized, stats = _run_ptq(model, settings, calib, statistics, progress)
     seconds = time.perf_counter() - t0
@@ -362,7 +362,7 @@ def collect_statistics(model, calib, settings: NNCFSettings = NNCFSettings(), *,
     statistics of a pipeline step after the first are taken on the model that the earlier steps produced, so
     collecting runs the whole pipeline (the same work as :func:`quantize_openvino`).
     """
-    require("nncf", "nncf", "openvino int8")
+    require("nncf", "openvino", "openvino int8")
     return _run_ptq(model, settings, calib, None, progress)[1]
 
 
@@ -407,7 +407,7 @@ def quantize_with_accuracy_control(model, calib, eval_source, transform, max_dro
     Raises:
         ConfigError: If ``eval_source`` has no labels or ``max_drop`` is negative.
     """
-    nncf = require("nncf", "nncf", "openvino int8")
+    nncf = require("nncf", "openvino", "openvino int8")
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
