@@ -95,10 +95,10 @@ class CoreMLExporter(Exporter):
         q = config.quantization
         weights = q.weights if q is not None else None
         if weights is not None:  # weight-only, whatever --precision says
-            return CoreMLCompression(weights=weights, activations=False, granularity=q.granularity)
+            return CoreMLCompression(weights=weights, activations=False, granularity=q.weight_granularity())
         if config.precision == "int8":
             return CoreMLCompression(weights="int8", activations=True,
-                                     granularity=q.granularity if q is not None else "per_channel")
+                                     granularity=q.weight_granularity() if q is not None else "per_channel")
         return None
 
     def compute_precision(self, config: ExportConfig) -> str:

@@ -313,8 +313,8 @@ def export(
                                                      rich_help_panel=_QUANT_PANEL)] = None,
     weights: Annotated[str | None, typer.Option("--weights", help="Core ML weight-only compression: int8, int4, "
                                                 "palettize4 or palettize6.", rich_help_panel=_QUANT_PANEL)] = None,
-    granularity: Annotated[str | None, typer.Option("--granularity", help="Core ML linear weights: per_channel "
-                                                    "(default) or per_block.",
+    granularity: Annotated[str | None, typer.Option("--granularity", help="Core ML weights: per_channel or "
+                                                    "per_block (default: per_block for int4, else per_channel).",
                                                     rich_help_panel=_QUANT_PANEL)] = None,
     no_parity: Annotated[bool, typer.Option("--no-parity", help="Skip the export-time parity gate.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing artifact directory written by "

@@ -291,3 +291,15 @@ def test_json_output_stays_json_with_nncf(demo_checkpoint_path, tmp_path, capsys
     out = capsys.readouterr().out
     assert code == 0
     assert json.loads(out)["manifest"]["details"]["quantization"]["backend"] == "openvino/nncf"
+
+
+def test_int4_defaults_to_blocks(demo_checkpoint_path, tmp_path):
+    assert QuantizationConfig(weights="int4").weight_granularity() == "per_block"
+    assert QuantizationConfig(weights="int8").weight_granularity() == "per_channel"
+    assert QuantizationConfig(weights="int4", granularity="per_channel").weight_granularity() == "per_channel"
+    result = export(_int8("coreml", tmp_path / "int4", tmp_path / "cache", precision=None, weights="int4"),
+                    demo_checkpoint_path)
+    m = read_manifest(result.output)
+    assert m.parity["passed"] is True, m.parity
+    assert m.details["compression"]["granularity"] == "per_block"
+    assert m.details["minimum_deployment_target"] == "iOS18"
