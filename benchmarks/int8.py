@@ -33,12 +33,12 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from ffnet_deploy.benchmarks.common import RESULTS_DIR, interleaved_timing, write_results
+from ffnet_deploy.benchmarks.export_latency import no_spinning
 from ffnet_deploy.export import export
 from ffnet_deploy.exporters.base import ExportConfig
 from ffnet_deploy.quantize.config import QuantizationConfig
@@ -47,10 +47,6 @@ from ffnet_deploy.runtimes import create_runner
 from ffnet_deploy.validate.data import EvalTransform, feed_from_pixels, source_from_spec
 
 MODELS = ("digits", "ffnet_1", "ffnet_2")
-
-
-def no_spinning(options: Any) -> None:
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import torch
 from ffnet_deploy.atomic import atomic_path, replace_refusal, write_text
 from ffnet_deploy.cache import cache_root
 from ffnet_deploy.errors import CheckpointError, ConfigError
-from ffnet_deploy.models.checkpoint import FORMAT_KEY, read_checkpoint, save_checkpoint
+from ffnet_deploy.models.checkpoint import file_metadata, save_checkpoint
 from ffnet_deploy.models.config import get_config
 from ffnet_deploy.models.ffnet import FFNet, create_ffnet
 from ffnet_deploy.validate.data import DIGITS_SPLIT_SEED, DIGITS_TEST_SIZE, DigitsSource, EvalTransform
@@ -251,12 +251,7 @@ def train_demo_model(recipe: DemoRecipe = DEFAULT_RECIPE, *, progress: Progress 
 
 def _demo_record(path: Path) -> dict | None:
     """The demo record of a checkpoint written by :func:`demo_checkpoint`, or ``None`` (missing, unreadable, other)."""
-    try:
-        obj = read_checkpoint(path)
-    except CheckpointError:
-        return None
-    meta = obj.get(FORMAT_KEY) if isinstance(obj, dict) else None
-    record = meta.get(DEMO_METADATA_KEY) if isinstance(meta, dict) else None
+    record = (file_metadata(path) or {}).get(DEMO_METADATA_KEY)
     return record if isinstance(record, dict) else None
 
 
@@ -265,11 +260,7 @@ def not_an_ffnet_deploy_checkpoint(path: Path) -> str | None:
 
     Read with the weights-only loader, so nothing in a stranger's file runs.
     """
-    try:
-        obj = read_checkpoint(path)
-    except CheckpointError:
-        obj = None
-    if not isinstance(obj, dict) or not isinstance(obj.get(FORMAT_KEY), dict):
+    if file_metadata(path) is None:
         return "it is not a checkpoint written by ffnet-deploy"
     return None
 

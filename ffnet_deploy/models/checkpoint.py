@@ -343,6 +343,17 @@ def _open_regular(path: Path) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
+def file_metadata(path: str | Path) -> dict | None:
+    """The ffnet-deploy metadata of a checkpoint written by :func:`save_checkpoint`; ``None`` for any other file,
+    unreadable ones included. Read with the weights-only loader, so nothing in a stranger's file runs."""
+    try:
+        obj = read_checkpoint(path)
+    except CheckpointError:
+        return None
+    meta = obj.get(FORMAT_KEY) if isinstance(obj, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
 def read_checkpoint(path: str | Path, trust: bool = False) -> object:
     """Unpickle a checkpoint file without running code from it.
 

@@ -14,10 +14,9 @@ from ffnet_deploy.atomic import replace_refusal
 from ffnet_deploy.errors import CheckpointError
 from ffnet_deploy.hashing import sha256_file
 from ffnet_deploy.models.checkpoint import (
-    FORMAT_KEY,
+    file_metadata,
     inspect_checkpoint,
     open_checkpoint,
-    read_checkpoint,
     save_checkpoint,
 )
 from ffnet_deploy.models.config import PUBLISHED, VARIANTS
@@ -77,12 +76,8 @@ def not_our_fused_checkpoint(path: Path) -> str | None:
 
     Read with the weights-only loader, so nothing in a stranger's file runs.
     """
-    try:
-        obj = read_checkpoint(path)
-    except CheckpointError:
-        obj = None
-    meta = obj.get(FORMAT_KEY) if isinstance(obj, dict) else None
-    if not isinstance(meta, dict) or meta.get("fused") is not True:
+    meta = file_metadata(path)
+    if meta is None or meta.get("fused") is not True:
         return "it is not a fused checkpoint written by ffnet-deploy reparam"
     return None
 

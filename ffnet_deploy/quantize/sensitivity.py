@@ -231,13 +231,9 @@ class OnnxBackend:
                              for g in [layer_group(n.name)] if g)
 
     def _session(self, path: Path) -> Infer:
-        import onnxruntime as ort
+        from ffnet_deploy.quantize.onnx_int8 import cpu_session
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = cpu_session(path, self.threads)
         spec = session.get_inputs()[0]
         fixed = spec.shape[0] if isinstance(spec.shape[0], int) else None
 

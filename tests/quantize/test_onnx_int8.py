@@ -17,22 +17,14 @@ from ffnet_deploy.quantize import onnx_int8 as q  # noqa: E402
 from ffnet_deploy.quantize.calibration import calibration_set_from_arrays  # noqa: E402
 from ffnet_deploy.quantize.groups import layer_group  # noqa: E402
 from ffnet_deploy.validate.data import eval_transform  # noqa: E402
+from tests.quantize.helpers import photo_crops  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 RES = 64
 
 
 def _crops(n: int, seed: int) -> np.ndarray:
-    """uint8 (n, 3, RES, RES) crops of scikit-learn's sample photos (real image statistics)."""
-    sklearn = pytest.importorskip("sklearn.datasets")
-    rng = np.random.default_rng(seed)
-    images = [np.asarray(i) for i in sklearn.load_sample_images().images]
-    out = []
-    for k in range(n):
-        im = images[k % len(images)]
-        y, x = rng.integers(0, im.shape[0] - 2 * RES), rng.integers(0, im.shape[1] - 2 * RES)
-        out.append(im[y:y + 2 * RES:2, x:x + 2 * RES:2].transpose(2, 0, 1))
-    return np.ascontiguousarray(np.stack(out))
+    return photo_crops(n, RES, seed)
 
 
 @pytest.fixture(scope="module")

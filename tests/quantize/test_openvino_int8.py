@@ -21,22 +21,10 @@ from ffnet_deploy.quantize.openvino_int8 import (  # noqa: E402
     quantize_with_accuracy_control,
 )
 from ffnet_deploy.validate.data import eval_transform  # noqa: E402
+from tests.quantize.helpers import photo_crops  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _WEIGHTED = ("Convolution", "GroupConvolution", "MatMul")
-
-
-def _crops(n: int, size: int, seed: int) -> np.ndarray:
-    """uint8 (n, 3, size, size) crops of scikit-learn's sample photos (real image statistics)."""
-    sklearn = pytest.importorskip("sklearn.datasets")
-    rng = np.random.default_rng(seed)
-    images = [np.asarray(i) for i in sklearn.load_sample_images().images]
-    out = []
-    for k in range(n):
-        im = images[k % len(images)]
-        y, x = rng.integers(0, im.shape[0] - 2 * size), rng.integers(0, im.shape[1] - 2 * size)
-        out.append(im[y:y + 2 * size:2, x:x + 2 * size:2].transpose(2, 0, 1))
-    return np.ascontiguousarray(np.stack(out))
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +44,7 @@ def fp32_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def calib(transform):
-    return calibration_set_from_arrays(_crops(12, 64, seed=0), transform, "photo-crops")
+    return calibration_set_from_arrays(photo_crops(12, 64, seed=0), transform, "photo-crops")
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +69,7 @@ def test_quantized_model_runs_and_tracks_fp32(fp32_model, quantized, transform):
     assert quantized.counts["float_weights"] == 0
     assert quantized.float_groups == []
     assert quantized.quantized_groups == model_groups(fp32_model)
-    x = transform.normalize(_crops(6, 64, seed=1))  # other crops of the same photos: calibration-like inputs
+    x = transform.normalize(photo_crops(6, 64, seed=1))  # other crops of the same photos: calibration-like inputs
     ref, out = _run(fp32_model, x), _run(quantized.model, x)
     assert out.shape == ref.shape and np.isfinite(out).all()
     assert _sqnr(ref, out) > 8.0  # random weights, 8-bit everywhere; measured ~16 dB
@@ -133,7 +121,7 @@ def test_statistics_round_trip(fp32_model, calib, quantized, transform):
 
     again = quantize_openvino(fp32_model, NoData(), NNCFSettings(), statistics=stats)
     assert again.statistics_reused
-    x = transform.normalize(_crops(4, 64, seed=2))
+    x = transform.normalize(photo_crops(4, 64, seed=2))
     np.testing.assert_array_equal(_run(again.model, x), _run(quantized.model, x))
 
 
@@ -152,7 +140,7 @@ def test_accuracy_control_runs_on_a_labelled_folder(fp32_model, calib, transform
 
     for label, seed in (("class_a", 3), ("class_b", 4)):
         (tmp_path / label).mkdir()
-        for i, px in enumerate(_crops(3, 64, seed=seed)):
+        for i, px in enumerate(photo_crops(3, 64, seed=seed)):
             Image.fromarray(px.transpose(1, 2, 0)).save(tmp_path / label / f"{i}.png")
     source = ImageFolderSource(tmp_path)
     r = quantize_with_accuracy_control(fp32_model, calib, source, transform, max_drop=1.0)
