@@ -44,6 +44,16 @@ TrustOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 
 
+_ARGV: list[str] = []  # the arguments of this invocation (set by main), for results that record their command
+
+
+def invocation() -> str:
+    """This command line as the user typed it, e.g. ``ffnet-deploy bench --variant ffnet_1``."""
+    import shlex
+
+    return shlex.join(["ffnet-deploy", *_ARGV])
+
+
 def emit_json(data: Any) -> None:
     """Print ``data`` as JSON on stdout (no colour, no wrapping), for ``--json``."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
@@ -455,6 +465,157 @@ def sensitivity(
     console.print(whole)
 
 
+_BENCH_PROTOCOL = "Protocol"
+
+
+@app.command()
+def bench(
+    artifacts: Annotated[list[Path] | None, typer.Argument(help="Artifact directories written by 'ffnet-deploy "
+                                                           "export' (or use --variant).", show_default=False)] = None,
+    variant: VariantOpt = None,
+    checkpoint: CheckpointOpt = None,
+    runtimes: Annotated[str, typer.Option("--runtimes", help="Comma-separated: torch, onnxruntime, openvino, "
+                                          "tensorrt, coreml.")] = "torch,onnxruntime,openvino",
+    precisions: Annotated[str, typer.Option("--precisions", help="Comma-separated: fp32, fp16, bf16, int8.")
+                          ] = "fp32",
+    resolution: Annotated[int | None, typer.Option("--resolution", "-r", help="Input side for --variant "
+                                                   "(default: the variant's).")] = None,
+    batch: Annotated[str, typer.Option("--batch", help="Batch sizes, comma-separated (e.g. 1,8).")] = "1",
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads of one inference (default: every "
+                                                "CPU this process may use).")] = None,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed iterations before timing.",
+                                        rich_help_panel=_BENCH_PROTOCOL)] = 10,
+    warmup_time: Annotated[float, typer.Option("--warmup-time", help="...and untimed seconds, at least.",
+                                               rich_help_panel=_BENCH_PROTOCOL)] = 1.0,
+    min_iters: Annotated[int, typer.Option("--min-iters", help="Timed iterations, at least.",
+                                           rich_help_panel=_BENCH_PROTOCOL)] = 50,
+    min_time: Annotated[float, typer.Option("--min-time", help="Timed seconds per group, at least.",
+                                            rich_help_panel=_BENCH_PROTOCOL)] = 5.0,
+    max_time: Annotated[float | None, typer.Option("--max-time", help="Stop a group's timing after this many "
+                                                   "seconds even below --min-iters (at least 3 samples).",
+                                                   rich_help_panel=_BENCH_PROTOCOL)] = None,
+    device_name: Annotated[str | None, typer.Option("--device-name", help="Name of this device in the results "
+                                                    "(default: the host name).")] = None,
+    compare_mixers: Annotated[bool, typer.Option("--compare-mixers", help="The ffnet_1 skeleton with each token "
+                                                 "mixer (FFNified, self-attention, ConvNeXt) at several "
+                                                 "resolutions.")] = False,
+    mixer_resolutions: Annotated[str, typer.Option("--mixer-resolutions", help="Resolutions of "
+                                                   "--compare-mixers.")] = "224,256,384,512",
+    peers: Annotated[bool, typer.Option("--peers", help="The timm models FFNet competes with, at their own "
+                                        "resolution (pip install 'ffnet-deploy[peers]').")] = False,
+    calib: Annotated[str | None, typer.Option("--calib", help="Calibration data for int8 rows of --variant "
+                                              "(default: crops of scikit-learn's sample photos).")] = None,
+    no_roofline: Annotated[bool, typer.Option("--no-roofline", help="Skip the GEMM probe of this CPU's "
+                                              "achievable FLOP/s.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for results.json/.csv/.md and the "
+                                             "plots (default: print only).")] = None,
+    trust_checkpoint: TrustOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure latency: percentiles, throughput, first inference, memory, roofline fraction; tables and plots."""
+    import shutil
+    import tempfile
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ffnet_deploy.benchmarks.protocol import Protocol
+    from ffnet_deploy.benchmarks.suite import (
+        PRECISIONS,
+        RUNTIME_NAMES,
+        BenchRequest,
+        parse_batches,
+        parse_list,
+        write_outputs,
+    )
+    from ffnet_deploy.benchmarks.suite import bench as run_bench
+
+    request = BenchRequest(
+        artifacts=tuple(artifacts or ()), variant=variant, checkpoint=checkpoint,
+        runtimes=parse_list(runtimes, RUNTIME_NAMES, "--runtimes"),
+        precisions=parse_list(precisions, PRECISIONS, "--precisions"), resolution=resolution,
+        batches=parse_batches(batch), threads=threads,
+        protocol=Protocol(warmup=warmup, warmup_time_s=warmup_time, min_iters=min_iters, min_time_s=min_time,
+                          max_time_s=max_time),
+        device_name=device_name, compare_mixers=compare_mixers,
+        mixer_resolutions=parse_batches(mixer_resolutions), peers=peers, calib=calib, roofline=not no_roofline,
+        trust=trust_checkpoint)
+    request.validate()
+    if out is not None:
+        _check_bench_out(out)
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    work = Path(tempfile.mkdtemp(prefix="ffnet-bench-"))
+    try:
+        with Progress(*columns, console=err_console, transient=True, disable=as_json) as bar:
+            task = bar.add_task("bench", total=1.0)
+
+            def progress(description: str, done: float, total: float) -> None:
+                bar.update(task, description=description, completed=done, total=total)
+
+            def log(message: str) -> None:
+                bar.update(task, description=message)
+                if not as_json:
+                    err_console.print(f"[dim]{message}[/]", highlight=False)
+
+            result = run_bench(request, work, command=invocation(), log=log, progress=progress)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    written = write_outputs(result, out) if out is not None else {}
+    if as_json:
+        emit_json({**result.to_dict(), "written": {k: str(v) for k, v in written.items()}})
+        return
+    console.print(bench_table(result))
+    for kind, path in written.items():
+        console.print(f"wrote {kind}: {path}", highlight=False)
+
+
+def bench_table(result: Any) -> Table:
+    """The terminal view of a bench result: one line per row; why a row was skipped or failed goes in a caption."""
+    from ffnet_deploy.benchmarks.results import execution_differs, fmt_ms
+
+    def num(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    d = result.device
+    roof = result.roofline or {}
+    peaks = ", ".join(f"{k.split('_')[0]} {v:.0f}" for k, v in roof.items() if k.endswith(("_gflops", "_gops")) and v)
+    table = Table(title=f"{d.name}: {d.cpu}, {d.cores} cores" + (f"; GEMM peak G(FL)OP/s: {peaks}" if peaks else ""))
+    for col in ("model", "runtime", "precision", "res", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "first ms",
+                "peak MB", "roofline"):
+        table.add_column(col, justify="left" if col in ("model", "runtime", "precision") else "right")
+    notes: list[str] = []
+    for row in result.rows:
+        runtime = row.runtime + (f" {row.compute_units}" if row.compute_units else "")
+        precision = row.precision + (f" (runs {row.execution_precision})" if execution_differs(row) else "")
+        head = (row.model, runtime, precision, str(row.resolution), str(row.batch))
+        if row.status != "ok":
+            notes.append(f"[{len(notes) + 1}] {row.model} {runtime} {row.precision}: {row.status}: {row.reason}")
+            table.add_row(*head, f"{row.status} [{len(notes)}]", *[""] * 6, style="dim")
+            continue
+        lat = row.latency_ms
+        table.add_row(*head, fmt_ms(lat.get("p50")), fmt_ms(lat.get("p90")), fmt_ms(lat.get("p99")),
+                      num(row.throughput_ips, ".1f"), fmt_ms(row.first_inference_ms), num(row.peak_rss_mb, ".0f"),
+                      num(row.roofline_fraction, ".2f"))
+    if notes:
+        from rich.markup import escape
+
+        table.caption = escape("\n".join(notes))
+        table.caption_justify = "left"
+    return table
+
+
+def _check_bench_out(out: Path) -> None:
+    """Refuse an ``--out`` that is a file, or a folder holding results files ffnet-deploy did not write."""
+    from ffnet_deploy.benchmarks.results import owned_by_bench
+
+    if out.exists() and not out.is_dir():
+        raise FFNetDeployError(f"bench | --out {out} is a file; pass a folder for the results")
+    for name in ("results.json", "results.csv", "results.md"):
+        target = out / name
+        if target.exists() and not owned_by_bench(target):
+            raise FFNetDeployError(f"bench | {target} exists and was not written by ffnet-deploy bench; "
+                                   "choose another --out folder")
+
+
 def quantization_rows(record: dict | None) -> list[tuple[str, str]]:
     """Rows of the export table that say what INT8 quantization or compression did (from the manifest's record)."""
     if not record:
@@ -507,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     from ffnet_deploy.interrupts import handle_signals
 
     usage_errors, aborts = _click_exception_types()
+    _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     try:
         with handle_signals():
             rv = app(args=argv, standalone_mode=False, prog_name="ffnet-deploy")

@@ -108,11 +108,12 @@ class OpenVINORunner(BaseRunner):
         self._out_names = names
 
     def actual_inference_precision(self) -> str:
-        """The inference precision the compiled model reports (e.g. ``"f32"``), to prove what actually runs."""
+        """The inference precision the compiled model reports (``"f32"``, ``"bf16"``), to prove what actually runs."""
         self._require_active()
         import openvino.properties.hint as hints
 
-        return str(self.compiled.get_property(hints.inference_precision())).lower()
+        value = self.compiled.get_property(hints.inference_precision())
+        return value.to_string() if hasattr(value, "to_string") else str(value).lower()
 
     def _input_metadata(self) -> list[TensorSpec]:
         specs = []

@@ -1,0 +1,229 @@
+"""The timing protocol of ``ffnet-deploy bench``: warmup, interleaved rounds, statistics, first inference, memory.
+
+What one measurement does, for a group of contenders (runners that are compared with each other):
+
+1. **Load, one at a time.** Each contender's runner is activated and run once on its input; that wall time is the
+   *first inference* (load + compile + first run). The resident memory the process gained at its peak during that
+   step is the contender's *peak memory* (Linux: the kernel's high-water mark, reset before each load through
+   ``/proc/self/clear_refs``; elsewhere the growth of ``ru_maxrss``, which can only grow, so it is a lower bound).
+2. **Warmup**, untimed: each contender runs at least ``warmup`` times and for at least ``warmup_time_s`` seconds.
+3. **Rounds.** Every round runs each contender once, in turn (A, B, C, A, B, C, ...), so a slow phase of the machine
+   hits all of them alike; that is how every ratio in this project is measured. Rounds go on until every contender
+   has ``min_iters`` samples and the timed phase has lasted ``min_time_s`` (or ``max_time_s`` is reached, with at
+   least 3 samples each).
+4. **Statistics** per contender over the timed samples: min, p50, p90, p99, mean, std and a trimmed mean that drops
+   the 10 % highest and lowest samples (ModelBench's trimming).
+
+Inputs are made once per contender, before any timing, and the same array is fed every time. Each sample is the
+runner's own :attr:`~ffnet_deploy.runtimes.base.BaseRunner.last_latency_ms`: the engine call alone, without the
+runner's input checks.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ffnet_deploy.errors import ConfigError
+from ffnet_deploy.runtimes.base import BaseRunner
+
+TRIM = 0.10
+"""Fraction of samples dropped at each end for the trimmed mean."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How long and how often each contender runs (the ``bench`` options of the same names)."""
+
+    warmup: int = 10
+    warmup_time_s: float = 1.0
+    min_iters: int = 50
+    min_time_s: float = 5.0
+    max_time_s: float | None = None  # stop the rounds here even if min_iters is not reached (at least 3 samples)
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.min_iters < 1 or self.warmup_time_s < 0 or self.min_time_s < 0:
+            raise ConfigError("bench | --warmup and --warmup-time must be >= 0, --min-iters >= 1 and --min-time >= 0")
+        if self.max_time_s is not None and self.max_time_s <= 0:
+            raise ConfigError("bench | --max-time must be a positive number of seconds")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "interleaved": True, "trim": TRIM}
+
+
+def latency_stats(samples_ms: Sequence[float]) -> dict[str, float]:
+    """min, p50, p90, p99, mean, std (sample) and the trimmed mean of ``samples_ms``, in milliseconds."""
+    if not samples_ms:
+        raise ValueError("no samples")
+    s = np.sort(np.asarray(samples_ms, dtype=np.float64))
+    cut = int(len(s) * TRIM)
+    kept = s[cut:len(s) - cut] if len(s) - 2 * cut > 0 else s
+    return {"min": float(s[0]), "p50": float(np.percentile(s, 50)), "p90": float(np.percentile(s, 90)),
+            "p99": float(np.percentile(s, 99)), "mean": float(s.mean()),
+            "std": float(statistics.stdev(s)) if len(s) > 1 else 0.0, "trimmed_mean": float(kept.mean())}
+
+
+# -- memory ---------------------------------------------------------------------------------------------------------
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_kb(key: str) -> float | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(key + ":"):
+                return float(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class PeakMemory:
+    """The resident memory a block of code added at its peak, in MB (``with PeakMemory() as m: ...; m.mb``)."""
+
+    def __init__(self) -> None:
+        self.mb: float | None = None
+        self.method = "unavailable"
+
+    def __enter__(self) -> PeakMemory:
+        self._precise = False
+        try:
+            _CLEAR_REFS.write_text("5")  # resets VmHWM to the current RSS
+            self._precise = _status_kb("VmHWM") is not None
+        except OSError:
+            pass
+        self._start = _status_kb("VmRSS") if self._precise else _maxrss_kb()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        end = _status_kb("VmHWM") if self._precise else _maxrss_kb()
+        if self._start is not None and end is not None:
+            self.mb = max(0.0, (end - self._start) / 1024)
+            self.method = "VmHWM" if self._precise else "ru_maxrss growth (lower bound)"
+
+
+def _maxrss_kb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return value / 1024 if sys.platform == "darwin" else float(value)  # macOS reports bytes
+
+
+# -- measuring --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Contender:
+    """One runner to time, with the input it is fed (made once, before any timing)."""
+
+    name: str
+    make_runner: Callable[[], BaseRunner]
+    feed: dict[str, np.ndarray]
+    runner: BaseRunner | None = None
+    samples_ms: list[float] = field(default_factory=list)
+    first_inference_ms: float | None = None
+    peak_rss_mb: float | None = None
+    memory_method: str = ""
+    execution_precision: str | None = None  # what the engine reports it runs (OpenVINO's inference precision)
+    error: str | None = None
+
+    def run_once(self) -> float:
+        """One inference; returns the engine's time for it in ms."""
+        assert self.runner is not None
+        self.runner.infer(self.feed)
+        assert self.runner.last_latency_ms is not None
+        return self.runner.last_latency_ms
+
+
+Progress = Callable[[str, float, float], None]
+"""``progress(description, completed, total)``; ``total`` is in the same unit as ``completed``."""
+
+
+def measure(contenders: Sequence[Contender], protocol: Protocol, progress: Progress | None = None) -> None:
+    """Load, warm up and time ``contenders`` interleaved, filling each one's samples in place.
+
+    A contender whose runner fails to load or run gets ``error`` set (one line) and drops out; the others go on.
+    Every runner is deactivated at the end, also on an interrupt.
+    """
+    report = progress or (lambda *_: None)
+    try:
+        for c in contenders:
+            report(f"loading {c.name}", 0, 1)
+            memory = PeakMemory()
+            try:
+                with memory:
+                    start = time.perf_counter()
+                    c.runner = c.make_runner()
+                    c.runner.activate()
+                    c.run_once()
+                    c.first_inference_ms = (time.perf_counter() - start) * 1e3
+                    report_precision = getattr(c.runner, "actual_inference_precision", None)
+                    c.execution_precision = report_precision() if callable(report_precision) else None
+            except Exception as err:  # noqa: BLE001 - one contender's failure is reported in its row
+                c.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
+                _close(c)
+                continue
+            c.peak_rss_mb, c.memory_method = memory.mb, memory.method
+        live = [c for c in contenders if c.error is None]
+        for c in live:
+            report(f"warmup {c.name}", 0, 1)
+            count, start = 0, time.perf_counter()
+            while count < protocol.warmup or time.perf_counter() - start < protocol.warmup_time_s:
+                _guarded(c)
+                count += 1
+                if c.error:
+                    break
+        live = [c for c in live if c.error is None]
+        start = time.perf_counter()
+        names = ", ".join(c.name for c in live)
+        while live:
+            elapsed = time.perf_counter() - start
+            fewest = min(len(c.samples_ms) for c in live)
+            done_iters, done_time = fewest >= protocol.min_iters, elapsed >= protocol.min_time_s
+            if done_iters and done_time:
+                break
+            if protocol.max_time_s is not None and elapsed >= protocol.max_time_s and fewest >= 3:
+                break
+            frac = min(fewest / protocol.min_iters, elapsed / protocol.min_time_s if protocol.min_time_s else 1.0)
+            report(f"timing {names}", min(frac, 1.0), 1.0)
+            for c in live:
+                _guarded(c, record=True)
+            live = [c for c in live if c.error is None]
+        report(f"timing {names}", 1.0, 1.0)
+    finally:
+        for c in contenders:
+            _close(c)
+
+
+def _guarded(c: Contender, record: bool = False) -> None:
+    try:
+        ms = c.run_once()
+    except Exception as err:  # noqa: BLE001
+        c.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
+        return
+    if record:
+        c.samples_ms.append(ms)
+
+
+def _close(c: Contender) -> None:
+    if c.runner is not None and c.runner.is_active:
+        try:
+            c.runner.deactivate()
+        except Exception:  # noqa: BLE001 - releasing an engine must not hide the measurement
+            pass
+
+
+def throughput(batch: int, p50_ms: float) -> float:
+    """Images per second at a median latency of ``p50_ms`` per batch."""
+    return batch * 1e3 / p50_ms if p50_ms > 0 and math.isfinite(p50_ms) else float("nan")
