@@ -112,9 +112,8 @@ def unsupported(runtime: str, precision: str) -> str | None:
             return None if has_bf16() else "this CPU has no bf16 arithmetic (AVX512-BF16 or AMX)"
         if precision != "fp32":
             return f"eager PyTorch on CPU has no {precision} inference path here; bench onnxruntime or openvino"
-    if runtime == "onnxruntime" and precision in ("fp16", "bf16"):
-        return (f"ONNX Runtime's CPU provider has no {precision} convolution kernels; "
-                "use openvino for reduced precision on a CPU")
+    if runtime == "onnxruntime" and precision == "bf16":
+        return "ONNX Runtime's CPU provider has no bf16 convolution kernels; use openvino for bf16 on a CPU"
     if runtime == "openvino" and precision == "bf16" and not has_bf16():
         return "this CPU has no bf16 arithmetic (AVX512-BF16 or AMX)"
     if runtime == "tensorrt" and precision == "bf16":
@@ -242,7 +241,9 @@ def _artifact_precision_jobs(directory: Path, manifest: Manifest, runtime: str, 
                            resolution=manifest.resolution, batch=batch, threads=threads, compute_units=cu,
                            artifact=str(directory), gmacs=gmacs, params_m=params, published_top1=top1,
                            provenance={"random_weights": manifest.random_weights} if manifest.random_weights else {})
-            reason = runtime_unavailable(runtime) or unsupported(runtime, precision)
+            # An artifact that exists is timed whatever its precision; only a missing runtime (or bf16 on a CPU
+            # without it) stops it.
+            reason = runtime_unavailable(runtime) or (unsupported(runtime, precision) if precision == "bf16" else None)
             if reason:
                 jobs.append(_skipped(row, reason))
                 continue
@@ -306,6 +307,10 @@ def variant_jobs(variant: str | None, checkpoint: str | Path | None, workdir: Pa
                     continue
                 fmt = FORMAT_OF_RUNTIME[runtime]
                 export_precision = "fp32" if precision == "bf16" else precision
+                made = _exporter_precisions(fmt)
+                if export_precision not in made:
+                    jobs.append(_skipped(row, f"the {fmt} exporter makes {', '.join(made)}"))
+                    continue
                 key = (fmt, export_precision, batch)
                 if key not in exports:
                     out = workdir / f"{variant}-{resolution}-{fmt}-{export_precision}-b{batch}"
@@ -319,8 +324,6 @@ def variant_jobs(variant: str | None, checkpoint: str | Path | None, workdir: Pa
                         export(ExportConfig(fmt, out, resolution=resolution, batch=batch, precision=export_precision,
                                             quantization=quant, check_parity=False),
                                loaded if loaded is not None else None, None if loaded is not None else variant)
-                    except ConfigError:
-                        raise
                     except Exception as err:  # noqa: BLE001 - a failed export becomes a failed row
                         jobs.append(Job(row=replace(row, status="failed", reason=f"export failed: {err}")))
                         continue
@@ -331,6 +334,12 @@ def variant_jobs(variant: str | None, checkpoint: str | Path | None, workdir: Pa
                         job.row = replace(job.row, provenance=row.provenance)
                         jobs.append(job)
     return jobs
+
+
+def _exporter_precisions(fmt: str) -> tuple[str, ...]:
+    from ffnet_deploy.exporters import get_exporter
+
+    return tuple(get_exporter(fmt).supported_precisions)
 
 
 def _photo_calibration(workdir: Path, resolution: int) -> Path:
@@ -521,6 +530,10 @@ class BenchRequest:
             raise ConfigError(f"bench | --threads must be a positive integer, got {self.threads}")
         if self.resolution is not None and (self.resolution < 32 or self.resolution % 32):
             raise ConfigError(f"bench | --resolution must be a multiple of 32 (at least 32), got {self.resolution}")
+        if self.calib is not None:
+            from ffnet_deploy.validate.data import source_from_spec
+
+            source_from_spec(self.calib, split="train")  # one line for a missing or unusable folder
 
 
 def bench(request: BenchRequest, workdir: Path, *, command: str = "", log: Callable[[str], None] | None = None,

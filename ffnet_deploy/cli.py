@@ -616,6 +616,212 @@ def _check_bench_out(out: Path) -> None:
                                    "choose another --out folder")
 
 
+report_app = typer.Typer(help="Tables across devices: merge bench results, import measurements made elsewhere.",
+                         no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("merge")
+def report_merge(
+    inputs: Annotated[list[Path], typer.Argument(help="Bench result JSON files (results.json of 'ffnet-deploy "
+                                                 "bench' or 'report add'), or pipeline output folders.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bench results: the Markdown table to write (CSV and "
+                                      "PNG go next to it). Pipeline folders: the report folder to write.")],
+    as_json: JsonOpt = False,
+) -> int:
+    """Merge results: bench JSONs into one table (rows variant x precision, columns devices), or the job
+    folders of 'pipeline --only' runs into one report."""
+    folders = [p for p in inputs if p.is_dir()]
+    if folders and len(folders) != len(inputs):
+        raise FFNetDeployError("report merge | pass either bench result files or pipeline output folders, not both")
+    if folders:
+        from ffnet_deploy.pipeline.engine import merge_runs
+
+        outcome = merge_runs(folders, out, command=invocation(), log=lambda m: err_console.print(m))
+        if as_json:
+            emit_json(outcome.results)
+        else:
+            _print_pipeline_summary(outcome)
+        return outcome.exit_code
+    from ffnet_deploy.benchmarks.report import merge_files
+
+    written = merge_files(inputs, out)
+    if as_json:
+        emit_json({k: str(v) for k, v in written.items()})
+        return 0
+    for kind, path in written.items():
+        console.print(f"wrote {kind}: {path}", highlight=False)
+    return 0
+
+
+@report_app.command("add")
+def report_add(
+    csv_file: Annotated[Path, typer.Option("--csv", help="Measurements made elsewhere: columns variant, precision, "
+                                           "compute_units, median_ms, source (optional: resolution, batch, p90_ms, "
+                                           "notes). See docs/iphone.md.")],
+    device_name: Annotated[str, typer.Option("--device-name", help="The device they were measured on, e.g. "
+                                             "'iPhone 12'.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Result JSON to write (default: "
+                                             "<csv name>.json next to the CSV).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import measurements made elsewhere (Xcode's Core ML performance report on an iPhone) as a bench result
+    that 'report merge' takes; each row keeps its provenance and is marked as imported."""
+    import json as _json
+
+    from ffnet_deploy.atomic import write_text
+    from ffnet_deploy.benchmarks.report import import_measurements
+    from ffnet_deploy.benchmarks.results import owned_by_bench
+
+    if not device_name.strip():
+        raise FFNetDeployError("report add | --device-name must not be empty, e.g. --device-name 'iPhone 12'")
+    result = import_measurements(csv_file, device_name, command=invocation())
+    target = out or csv_file.with_suffix(".json")
+    if target.resolve() == csv_file.resolve():
+        raise FFNetDeployError("report add | --out would overwrite the CSV; choose a .json path")
+    if target.exists() and not owned_by_bench(target):
+        raise FFNetDeployError(f"report add | {target} exists and was not written by ffnet-deploy; choose another "
+                               "--out")
+    write_text(target, _json.dumps(result.to_dict(), indent=2) + "\n", "report add")
+    if as_json:
+        emit_json({"written": str(target), "rows": len(result.rows)})
+        return
+    console.print(f"imported {len(result.rows)} row(s) measured on {device_name} -> {target}", highlight=False)
+
+
+_PIPELINE_BENCH = "Benchmark"
+
+
+@app.command()
+def pipeline(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Report folder to create (or continue "
+                                                "with --resume).")] = None,
+    checkpoint: CheckpointOpt = None,
+    variant: VariantOpt = None,
+    demo: Annotated[bool | None, typer.Option("--demo", help="Needs no files: train (or reuse the cached) digits "
+                                              "model and run everything on labelled digits.")] = None,
+    config_file: Annotated[Path | None, typer.Option("--config", help="deploy.toml with the same settings; "
+                                                     "command-line options override it.")] = None,
+    formats: Annotated[str | None, typer.Option("--formats", help="Comma-separated: onnx, openvino, coreml, "
+                                                "tensorrt (default: all; the demo: onnx,openvino,coreml).")] = None,
+    precisions: Annotated[str | None, typer.Option("--precisions", help="Comma-separated: fp32, fp16, int8 "
+                                                   "(default: all).")] = None,
+    calib: Annotated[str | None, typer.Option("--calib", help="Calibration data for int8: an ImageFolder, a "
+                                              "folder of images, or 'digits'.")] = None,
+    calib_size: Annotated[int | None, typer.Option("--calib-size", help="Calibration images (default 300).")
+                          ] = None,
+    eval_data: Annotated[str | None, typer.Option("--eval-data", help="Validation data (labelled ImageFolder or "
+                                                  "'digits' gives accuracy); default: --calib, else synthetic.")
+                         ] = None,
+    eval_limit: Annotated[int | None, typer.Option("--eval-limit", help="Validate on at most N images.")] = None,
+    resolution: Annotated[int | None, typer.Option("--resolution", "-r", help="Input side (default: the "
+                                                   "variant's).")] = None,
+    bench_on: Annotated[bool | None, typer.Option("--bench/--no-bench", help="Time the artifacts that run here.",
+                                                  rich_help_panel=_PIPELINE_BENCH)] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads of one inference.",
+                                                rich_help_panel=_PIPELINE_BENCH)] = None,
+    bench_iters: Annotated[int | None, typer.Option("--bench-iters", help="Timed iterations, at least (default "
+                                                    "50).", rich_help_panel=_PIPELINE_BENCH)] = None,
+    bench_time: Annotated[float | None, typer.Option("--bench-time", help="Timed seconds, at least (default 5).",
+                                                     rich_help_panel=_PIPELINE_BENCH)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a run in --output: redo only the stages whose "
+                                         "inputs changed.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Start over in an --output an earlier pipeline wrote "
+                                        "(removes only what the pipeline writes).")] = False,
+    plan: Annotated[bool, typer.Option("--plan", help="Print the job graph as JSON and run nothing.")] = False,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Run one job, e.g. onnx/int8 (repeatable), "
+                                                   "into the same output layout.")] = None,
+    device_name: Annotated[str | None, typer.Option("--device-name", help="Name of this device in the report.")
+                           ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress; only the summary line.")] = False,
+    trust_checkpoint: TrustOpt = False,
+    as_json: JsonOpt = False,
+) -> int:
+    """Checkpoint to deployable report in one command: inspect, reparameterize, export every format and precision,
+    validate, benchmark, recommend, report (index.html). Exit 0 when everything passed, 1 when a parity check
+    failed (the report is still written), 2 for usage errors."""
+    from ffnet_deploy.pipeline.config import build_config, plan_jobs, read_toml, split_list
+    from ffnet_deploy.pipeline.engine import STAGES, run_pipeline
+
+    file_settings = read_toml(config_file) if config_file is not None else {}
+    cli_settings = {"output": output, "checkpoint": checkpoint, "variant": variant, "demo": demo,
+                    "formats": split_list(formats), "precisions": split_list(precisions), "calib": calib,
+                    "calib_size": calib_size, "eval_data": eval_data, "eval_limit": eval_limit,
+                    "resolution": resolution, "bench": bench_on, "threads": threads, "min_iters": bench_iters,
+                    "min_time_s": bench_time, "resume": resume or None, "force": force or None,
+                    "only": tuple(only) if only else None, "trust": trust_checkpoint or None,
+                    "device_name": device_name}
+    config = build_config(file_settings, cli_settings)
+    if plan:
+        emit_json(plan_jobs(config, _ARGV))
+        return 0
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    show = not (quiet or as_json)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True, disable=not show) as bars:
+        overall = bars.add_task("stages", total=len(STAGES))
+        nested = bars.add_task("", total=1, visible=False)
+
+        class _UI:
+            def stage(self, index: int, name: str) -> None:
+                bars.update(overall, completed=index, description=f"stage {index + 1}/{len(STAGES)}: {name}")
+                bars.update(nested, visible=False)
+
+            def log(self, line: str) -> None:
+                if show:
+                    bars.console.print(f"[dim]{escape(line)}[/]", highlight=False)
+
+            def bar(self, label: str, done: float, total: float) -> None:
+                bars.update(nested, description=f"  {escape(label)}", completed=done, total=max(total, 1),
+                            visible=True)
+
+        from rich.markup import escape
+
+        outcome = run_pipeline(config, command=invocation(), ui=_UI())
+    if as_json:
+        emit_json(outcome.results)
+    elif quiet:
+        s = outcome.results["summary"]
+        console.print(f"{s['passed']} passed, {s['failed']} failed, {s['skipped']} skipped, {s['errors']} errors: "
+                      f"{config.output / 'index.html'}", highlight=False)
+    else:
+        _print_pipeline_summary(outcome)
+    return outcome.exit_code
+
+
+def _print_pipeline_summary(outcome: Any) -> None:
+    """A compact terminal view of the report: one line per job, then what to look at and where the report is."""
+    from rich.markup import escape
+
+    results = outcome.results
+    s = results["summary"]
+    table = Table(title=f"{results['checkpoint']['variant']}: {s['passed']} passed, {s['failed']} failed, "
+                  f"{s['skipped']} skipped, {s['errors']} errors")
+    for col in ("job", "status", "parity", "accuracy", "p50 ms", "vs torch"):
+        table.add_column(col, justify="left" if col in ("job", "status", "parity") else "right", no_wrap=True)
+    style = {"passed": "green", "failed": "red", "error": "red", "skipped": "dim"}
+    for job in results["jobs"]:
+        parity = job.get("parity") or {}
+        metrics = parity.get("metrics") or {}
+        bench = job.get("bench") or {}
+        acc = metrics.get("accuracy")
+        accuracy = "-" if acc is None else f"{acc:.1f} % ({metrics.get('accuracy_drop') or 0:+.1f})"
+        cos = metrics.get("cosine_mean")
+        verdict = parity.get("verdict", "-") + (f" (cos {cos:.4f})" if cos is not None else "")
+        p50 = bench.get("p50_ms")
+        speed = bench.get("speedup_vs_torch")
+        table.add_row(job["id"], f"[{style.get(job['status'], '')}]{job['status']}[/]", escape(verdict), accuracy,
+                      "-" if p50 is None else f"{p50:.3g}", "-" if speed is None else f"{speed:.2f}x")
+    console.print(table)
+    console.print("[bold]What to look at[/]")
+    for line in s["look_at"]:
+        console.print(f"  - {escape(line)}", highlight=False)
+    index = outcome.written.get("html")
+    if index is not None:
+        console.print(f"report: {index}", highlight=False)
+
+
 def quantization_rows(record: dict | None) -> list[tuple[str, str]]:
     """Rows of the export table that say what INT8 quantization or compression did (from the manifest's record)."""
     if not record:

@@ -1,0 +1,600 @@
+"""The pipeline's stages, in order: inspect, reparameterize, export, validate, bench, recommend, report.
+
+:func:`run_pipeline` is what ``ffnet-deploy pipeline`` calls. Every stage is the library function the single-purpose
+command uses (``inspect``, ``reparam``, ``export``, ``validate``, ``bench``), so a pipeline artifact is exactly what
+those commands would have made. Each job's outcome is saved as ``jobs/<id>.json`` as soon as it is known, and the
+report is assembled from those records: a full run, a ``--only`` run, and ``report merge`` of several ``--only``
+runs all build the same report from the same records (:func:`assemble`).
+
+A format whose backend is missing, or a format/precision pair it cannot make, becomes a ``skipped`` job with the
+reason; it never stops the run. A failed export is an ``error`` job; the other jobs go on.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from ffnet_deploy.atomic import write_text
+from ffnet_deploy.errors import ConfigError, FFNetDeployError
+from ffnet_deploy.pipeline.config import Job, PipelineConfig
+from ffnet_deploy.pipeline.state import STATE_DIR, PipelineState, folder_fingerprint, input_hash
+
+SCHEMA = "ffnet-deploy.pipeline/1"
+JOB_SCHEMA = "ffnet-deploy.pipeline-job/1"
+STAGES = ("inspect", "reparameterize", "export", "validate", "bench", "recommend", "report")
+RUNTIME_OF_FORMAT = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "coreml": "coreml"}
+WRITTEN = ("artifacts", "jobs", "plots", "checkpoint", "index.md", "index.html", "results.json", "junit.xml",
+           STATE_DIR)
+"""Everything a pipeline writes into its output folder; ``--force`` removes these and nothing else."""
+
+
+class UI(Protocol):
+    """How the pipeline reports progress (the CLI draws it with rich; tests and ``--quiet`` pass nothing)."""
+
+    def stage(self, index: int, name: str) -> None: ...
+
+    def log(self, line: str) -> None: ...
+
+    def bar(self, label: str, done: float, total: float) -> None: ...
+
+
+class _Silent:
+    def stage(self, index: int, name: str) -> None:
+        pass
+
+    def log(self, line: str) -> None:
+        pass
+
+    def bar(self, label: str, done: float, total: float) -> None:
+        pass
+
+
+@dataclass
+class Outcome:
+    """What a run produced: the results dict (``results.json``), the files written, and the exit code."""
+
+    results: dict
+    written: dict[str, Path]
+    exit_code: int
+
+
+# -- the output folder ----------------------------------------------------------------------------------------------
+
+
+def prepare_output(config: PipelineConfig) -> None:
+    """Make sure ``config.output`` may be used, and claim it (``.pipeline/``).
+
+    A new or empty folder is claimed. A folder a pipeline wrote is continued with ``--resume`` (or ``--only``, which
+    adds jobs to it) and started over with ``--force`` (which removes only what a pipeline writes). Anything else is
+    refused: the pipeline never writes into a folder holding files it did not make.
+    """
+    out = config.output
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"pipeline | --output {out} is a file; pass a folder")
+    ours = (out / STATE_DIR / "state.json").is_file()
+    if out.is_dir() and any(out.iterdir()):
+        if not ours:
+            raise ConfigError(f"pipeline | --output {out} is not empty and was not written by 'ffnet-deploy "
+                              "pipeline'; choose a new or empty folder")
+        if config.force:
+            for name in WRITTEN:
+                target = out / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        elif not (config.resume or config.only):
+            raise ConfigError(f"pipeline | {out} holds an earlier pipeline run; pass --resume to reuse what is done "
+                              "or --force to start over")
+    (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    state = PipelineState(out)
+    if not state.path.exists():
+        state.save()
+
+
+# -- stages -----------------------------------------------------------------------------------------------------------
+
+
+def run_pipeline(config: PipelineConfig, *, command: str = "", ui: UI | None = None) -> Outcome:
+    """Run every stage for ``config``'s jobs and write the report; see the module docstring.
+
+    Raises:
+        ConfigError: Unusable options or output folder (before anything runs).
+        CheckpointError: The checkpoint cannot be read.
+        Interrupted: On Ctrl-C / SIGTERM; every stage finished so far is kept for ``--resume``.
+    """
+    ui = ui or _Silent()
+    start = time.perf_counter()
+    config.validate()
+    checkpoint = config.checkpoint
+    if config.demo:
+        from ffnet_deploy.demo import demo_checkpoint
+
+        ui.log("demo: training (or reusing the cached) ffnet_digits on scikit-learn's digits")
+        checkpoint = demo_checkpoint(progress=lambda step, total, message: ui.bar(message, step, total)).path
+        config = replace(config, checkpoint=checkpoint)
+    assert checkpoint is not None
+    if not Path(checkpoint).is_file():
+        raise ConfigError(f"pipeline | --checkpoint {checkpoint}: no such file")
+    prepare_output(config)
+    state = PipelineState(config.output)
+
+    ui.stage(0, "inspect")
+    info = stage_inspect(config, state)
+    ui.log(f"checkpoint: {info['variant']}, {info['params'] / 1e6:.2f} M parameters, sha256 {info['sha256'][:12]}")
+    ui.stage(1, "reparameterize")
+    fused = stage_reparameterize(config, state, info, ui)
+
+    jobs = config.jobs()
+    records = {job.id: new_record(job) for job in jobs}
+    ui.stage(2, "export")
+    for i, job in enumerate(jobs):
+        ui.bar(f"export {job.id}", i, len(jobs))
+        stage_export(config, state, job, records[job.id], fused, info, ui)
+        save_job(config.output, records[job.id])
+    ui.stage(3, "validate")
+    stage_validate(config, state, info, [records[j.id] for j in jobs], ui)
+    for job in jobs:
+        save_job(config.output, records[job.id])
+    ui.stage(4, "bench")
+    if config.bench:
+        stage_bench(config, state, fused, info, [records[j.id] for j in jobs], ui)
+    else:
+        for record in records.values():
+            record["bench"] = None
+    for job in jobs:
+        save_job(config.output, records[job.id])
+
+    ui.stage(5, "recommend")
+    results = assemble(load_jobs(config.output), checkpoint=info, settings=config.settings(), command=command,
+                       seconds=time.perf_counter() - start)
+    ui.stage(6, "report")
+    written = write_report(results, config.output)
+    return Outcome(results, written, results["summary"]["exit_code"])
+
+
+def stage_inspect(config: PipelineConfig, state: PipelineState) -> dict:
+    from ffnet_deploy.hashing import sha256_file
+    from ffnet_deploy.models.zoo import describe_checkpoint
+    from ffnet_deploy.validate.engine import jsonable
+
+    assert config.checkpoint is not None
+    sha = sha256_file(config.checkpoint)
+    inputs = input_hash("inspect", sha, config.variant)
+    done = state.reusable("inspect", inputs)
+    if done:
+        return {**done["outputs"], "path": str(config.checkpoint)}
+    info = jsonable(describe_checkpoint(config.checkpoint, config.variant, trust=config.trust))
+    from ffnet_deploy.models.config import get_config
+    from ffnet_deploy.models.ffnet import count_macs, create_ffnet
+
+    cfg = get_config(info["variant"])
+    resolution = config.resolution or cfg.resolution
+    model = create_ffnet(info["variant"], num_classes=info["num_classes"], deploy=True)
+    info.update(resolution=resolution, gmacs=count_macs(model, resolution) / 1e9,
+                published_top1=cfg.top1 if info["num_classes"] == 1000 else None)
+    state.record("inspect", inputs, info)
+    return info
+
+
+def stage_reparameterize(config: PipelineConfig, state: PipelineState, info: dict, ui: UI) -> Path:
+    """The fused checkpoint the exports start from (``checkpoint/fused.pth``), or the input when it is fused."""
+    from ffnet_deploy.models.zoo import reparameterize_checkpoint
+
+    assert config.checkpoint is not None
+    if info["fused"]:
+        ui.log("checkpoint is already reparameterized")
+        return Path(config.checkpoint)
+    out = config.output / "checkpoint" / "fused.pth"
+    inputs = input_hash("reparameterize", info["sha256"], info["variant"])
+    done = state.reusable("reparameterize", inputs)
+    from ffnet_deploy.hashing import sha256_file
+
+    if done and out.is_file() and sha256_file(out) == done["outputs"].get("sha256"):
+        ui.log("reparameterize: unchanged, reused")
+        return out
+    result = reparameterize_checkpoint(config.checkpoint, out, info["variant"], force=True, trust=config.trust)
+    ui.log(f"reparameterized: max |fused - unfused| = {result['parity']['max_abs_error']:.2e}")
+    state.record("reparameterize", inputs, {"sha256": result["output_sha256"], "path": str(out)})
+    return out
+
+
+def new_record(job: Job) -> dict:
+    return {"schema": JOB_SCHEMA, "id": job.id, "format": job.format, "precision": job.precision,
+            "status": "pending", "reason": None, "artifact": None, "export": None, "parity": None, "bench": None}
+
+
+def skip_reason(config: PipelineConfig, job: Job) -> str | None:
+    """Why this machine cannot make ``job`` (backend missing, unsupported precision, int8 without data)."""
+    from ffnet_deploy.exporters import get_exporter
+
+    exporter = get_exporter(job.format)
+    try:
+        exporter.check_available()
+    except FFNetDeployError as err:
+        return str(err)
+    if job.precision not in exporter.supported_precisions:
+        return (f"{job.format} exports {', '.join(exporter.supported_precisions)}, not {job.precision}")
+    if job.precision == "int8" and config.calib is None:
+        return "int8 needs calibration data: pass --calib DATA"
+    return None
+
+
+def stage_export(config: PipelineConfig, state: PipelineState, job: Job, record: dict, fused: Path, info: dict,
+                 ui: UI) -> None:
+    from ffnet_deploy.artifact.manifest import read_manifest
+    from ffnet_deploy.export import export
+    from ffnet_deploy.exporters.base import ExportConfig
+    from ffnet_deploy.quantize.config import QuantizationConfig
+    from ffnet_deploy.quantize.stages import PROGRESS_PREFIX
+
+    reason = skip_reason(config, job)
+    if reason:
+        record.update(status="skipped", reason=reason)
+        state.forget(f"export:{job.id}")
+        ui.log(f"{job.id}: skipped: {reason}")
+        return
+    out = config.output / "artifacts" / job.id
+    quant = None
+    if job.precision == "int8":
+        quant = QuantizationConfig(calib=config.calib, **({"calib_size": config.calib_size} if config.calib_size
+                                                          else {}),
+                                   cache_dir=config.output / STATE_DIR / "calibration")
+    inputs = input_hash("export", job.id, info["sha256"], info["resolution"], config.resolution,
+                        folder_fingerprint(config.calib) if quant else None, config.calib_size if quant else None,
+                        _version())
+    done = state.reusable(f"export:{job.id}", inputs)
+    if done and _artifact_intact(out):
+        manifest = read_manifest(out)
+        record.update(status="exported", artifact=_artifact_entry(config.output, out),
+                      export={**_export_entry(manifest), "reused": True})
+        ui.log(f"{job.id}: export unchanged, reused")
+        return
+
+    def progress(message: str) -> None:
+        if message.startswith(PROGRESS_PREFIX):
+            text = message[len(PROGRESS_PREFIX):]
+            if text.startswith("calibration images "):
+                done_s, _, total_s = text.split()[-1].partition("/")
+                ui.bar(f"{job.id}: calibration", float(done_s), float(total_s))
+            else:
+                ui.bar(f"{job.id}: {text}", 0, 1)
+
+    ui.log(f"{job.id}: exporting")
+    try:
+        result = export(ExportConfig(job.format, out, resolution=info["resolution"], precision=job.precision,
+                                     quantization=quant, check_parity=False, force=True),
+                        fused, info["variant"], trust=config.trust, progress=progress)
+    except FFNetDeployError as err:
+        record.update(status="error", reason=f"export failed: {err}")
+        state.forget(f"export:{job.id}")
+        ui.log(f"{job.id}: export failed: {err}")
+        return
+    record.update(status="exported", artifact=_artifact_entry(config.output, out),
+                  export={**_export_entry(result.manifest), "reused": False})
+    state.record(f"export:{job.id}", inputs, {"path": str(out)})
+
+
+def _version() -> str:
+    from ffnet_deploy import __version__
+
+    return __version__
+
+
+def _artifact_intact(directory: Path) -> bool:
+    """The artifact directory exists and every file matches the sha256 its manifest recorded."""
+    from ffnet_deploy.artifact.manifest import has_manifest, read_manifest
+    from ffnet_deploy.hashing import sha256_file, tree_sha256
+
+    if not directory.is_dir() or not has_manifest(directory):
+        return False
+    try:
+        manifest = read_manifest(directory)
+        for name, digest in manifest.files.items():
+            path = directory / name
+            actual = tree_sha256(path) if path.is_dir() else sha256_file(path) if path.is_file() else None
+            if actual != digest:
+                return False
+    except (FFNetDeployError, OSError):
+        return False
+    return True
+
+
+def _artifact_entry(output: Path, directory: Path) -> dict:
+    size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+    rel = directory.relative_to(output).as_posix()
+    return {"path": rel, "size_bytes": size, "manifest": f"{rel}/manifest.json"}
+
+
+def _export_entry(manifest: Any) -> dict:
+    details = dict(manifest.details or {})
+    return {"seconds": manifest.export_seconds, "quantization": details.get("quantization") or
+            details.get("compression"), "notices": list(manifest.notices), "sha256": manifest.artifact.sha256}
+
+
+def eval_source(config: PipelineConfig) -> tuple[Any, str]:
+    """The validation data and a description: ``--eval-data``, else the calibration data, else 32 synthetic
+    images (unlabelled: parity metrics but no accuracy)."""
+    from ffnet_deploy.validate.data import SyntheticSource, source_from_spec
+
+    if config.eval_data is not None:
+        return source_from_spec(config.eval_data, split="test", limit=config.eval_limit), str(config.eval_data)
+    if config.calib is not None:
+        return source_from_spec(config.calib, split="test", limit=config.eval_limit), f"{config.calib} (--calib)"
+    return SyntheticSource(config.eval_limit or 32, 0, None), "synthetic"
+
+
+def stage_validate(config: PipelineConfig, state: PipelineState, info: dict, records: Sequence[dict], ui: UI) -> None:
+    """Validate every exported artifact against the checkpoint on the evaluation data (one pass over the data)."""
+    from ffnet_deploy.validate.engine import validate
+
+    todo, keys = [], {}
+    data_fp = folder_fingerprint(config.eval_data or config.calib)
+    for record in records:
+        if record["status"] != "exported":
+            continue
+        inputs = input_hash("validate", record["export"]["sha256"], info["sha256"], data_fp, config.eval_limit,
+                            _version())
+        done = state.reusable(f"validate:{record['id']}", inputs)
+        if done:
+            record["parity"] = done["outputs"]
+            record["status"] = "passed" if done["outputs"]["verdict"] != "fail" else "failed"
+            ui.log(f"{record['id']}: validation unchanged, reused")
+            continue
+        todo.append(record)
+        keys[record["id"]] = inputs
+    if not todo:
+        return
+    source, description = eval_source(config)
+    total = len(source) if hasattr(source, "__len__") else 0
+    ui.log(f"validating {len(todo)} artifact(s) on {description}")
+    report = validate([config.output / r["artifact"]["path"] for r in todo], config.checkpoint, info["variant"],
+                      source, "auto", 8, trust=config.trust,
+                      progress=lambda n: ui.bar("validation", n, total or n))
+    for record, result in zip(todo, report.artifacts, strict=True):
+        parity = parity_entry(result, description)
+        record["parity"] = parity
+        record["status"] = {"pass": "passed", "fail": "failed", "not run": "passed"}[parity["verdict"]]
+        if parity["verdict"] == "fail":
+            record["reason"] = "; ".join(parity["failures"])
+        state.record(f"validate:{record['id']}", keys[record["id"]], parity)
+
+
+def parity_entry(result: Any, data: str) -> dict:
+    """The report's view of one :class:`~ffnet_deploy.validate.engine.ArtifactResult`."""
+    from ffnet_deploy.validate.engine import jsonable
+
+    metrics = result.metrics.to_dict() if result.metrics is not None else {}
+    keep = ("max_abs_error", "mean_abs_error", "cosine_mean", "cosine_min", "psnr_db", "top1_agreement",
+            "top5_overlap", "num_samples")
+    out = {k: metrics.get(k) for k in keep if k in metrics}
+    if metrics.get("top1") is not None:
+        out.update(accuracy=metrics["top1"], reference_accuracy=metrics.get("ref_top1"),
+                   accuracy_drop=metrics.get("acc_drop"))
+    verdict = {"passed": "pass", "failed": "fail", "not run": "not run"}[result.status]
+    return jsonable({"verdict": verdict, "profile": result.profile.name, "runtime": result.runtime,
+                     "metrics": out, "failures": result.failures, "reason": result.not_run, "data": data})
+
+
+def stage_bench(config: PipelineConfig, state: PipelineState, fused: Path, info: dict, records: Sequence[dict],
+                ui: UI) -> None:
+    """Time every artifact that can run here, interleaved with eager PyTorch on the fused model (one group)."""
+    from ffnet_deploy.benchmarks.protocol import Protocol
+    from ffnet_deploy.benchmarks.results import BenchRow
+    from ffnet_deploy.benchmarks.suite import Job as BenchJob
+    from ffnet_deploy.benchmarks.suite import artifact_jobs, default_threads, run_jobs, runner_factory
+    from ffnet_deploy.models.checkpoint import load_ffnet
+
+    threads = config.threads or default_threads()
+    protocol = Protocol(warmup=10, warmup_time_s=0.5, min_iters=config.min_iters, min_time_s=config.min_time_s)
+    benchable = [r for r in records if r["status"] in ("passed", "failed") and r["artifact"]]
+    inputs = input_hash("bench", sorted((r["id"], r["export"]["sha256"]) for r in benchable), threads,
+                        protocol.to_dict(), info["sha256"])
+    done = state.reusable("bench", inputs)
+    if done:
+        for r in records:
+            r["bench"] = done["outputs"].get(r["id"])
+        ui.log("bench: unchanged, reused")
+        return
+    jobs: list[BenchJob] = []
+    owner: list[str | None] = []
+    for r in benchable:
+        for job in artifact_jobs([config.output / r["artifact"]["path"]], batches=[1], threads=threads):
+            if job.row.runtime == "coreml" and job.row.compute_units not in (None, "ALL"):
+                continue  # the pipeline times Core ML once, with every compute unit allowed
+            job.group = ("pipeline",)
+            jobs.append(job)
+            owner.append(r["id"])
+    model = load_ffnet(fused, info["variant"], trust=config.trust)
+    resolution = info["resolution"]
+    torch_row = BenchRow(model=info["variant"], runtime="torch", precision="fp32", resolution=resolution,
+                         threads=threads)
+    jobs.append(BenchJob(row=torch_row, make_runner=runner_factory("torch", None, "fp32", threads, model=model,
+                                                                   resolution=resolution),
+                         input_shape=(1, 3, resolution, resolution), group=("pipeline",)))
+    owner.append(None)
+    ui.log(f"bench: {sum(j.make_runner is not None for j in jobs)} runtime(s) interleaved, {threads} thread(s)")
+    rows = run_jobs(jobs, protocol, progress=lambda label, done_, total: ui.bar(label, done_, total))
+    torch_p50 = rows[-1].p50 if rows[-1].status == "ok" else None
+    outputs: dict[str, Any] = {}
+    for row, rid in zip(rows, owner, strict=True):
+        if rid is None:
+            continue
+        outputs[rid] = bench_entry(row, torch_p50)
+    for r in records:
+        r["bench"] = outputs.get(r["id"])
+    state.record("bench", inputs, outputs)
+
+
+def bench_entry(row: Any, torch_p50: float | None) -> dict:
+    """The report's view of one bench row (with the eager-PyTorch median of the same run)."""
+    if row.status != "ok":
+        return {"runtime": row.runtime, "reason": row.reason}
+    lat = row.latency_ms
+    return {"runtime": row.runtime, "p50_ms": lat["p50"], "p90_ms": lat["p90"], "p99_ms": lat["p99"],
+            "min_ms": lat["min"], "trimmed_mean_ms": lat["trimmed_mean"], "throughput_ips": row.throughput_ips,
+            "first_inference_ms": row.first_inference_ms, "peak_rss_mb": row.peak_rss_mb,
+            "iterations": row.iterations, "torch_p50_ms": torch_p50,
+            "speedup_vs_torch": torch_p50 / lat["p50"] if torch_p50 else None, "reason": None}
+
+
+# -- job records and the report -------------------------------------------------------------------------------------
+
+
+def save_job(output: Path, record: dict) -> Path:
+    return write_text(output / "jobs" / f"{record['id']}.json", json.dumps(record, indent=2) + "\n", "pipeline job")
+
+
+def load_jobs(output: Path) -> list[dict]:
+    """Every job record in ``output/jobs``, in format then precision order."""
+    from ffnet_deploy.pipeline.config import FORMATS, PRECISIONS
+
+    records = []
+    for path in sorted((output / "jobs").glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"pipeline | {path} is unreadable ({err}); rerun that job") from None
+        if data.get("schema") != JOB_SCHEMA:
+            raise ConfigError(f"pipeline | {path} is not a pipeline job record")
+        records.append(data)
+    order = {(f, p): i for i, (f, p) in enumerate((f, p) for f in FORMATS for p in PRECISIONS)}
+    return sorted(records, key=lambda r: order.get((r["format"], r["precision"]), 99))
+
+
+def recommend(jobs: Sequence[dict]) -> list[dict]:
+    """For each runtime, the fastest artifact that passed parity, with its speedup over that runtime's FP32."""
+    out = []
+    runtimes = dict.fromkeys(RUNTIME_OF_FORMAT[j["format"]] for j in jobs)
+    for runtime in runtimes:
+        mine = [j for j in jobs if RUNTIME_OF_FORMAT[j["format"]] == runtime]
+        timed = [j for j in mine if j["status"] == "passed" and j.get("bench") and j["bench"].get("p50_ms")]
+        if not timed:
+            why = next((j["bench"]["reason"] for j in mine if j.get("bench") and j["bench"].get("reason")), None)
+            if why is None:
+                why = ("no artifact passed parity" if not any(j["status"] == "passed" for j in mine)
+                       else "not benchmarked (--no-bench)")
+            out.append({"runtime": runtime, "job": None, "why": why})
+            continue
+        best = min(timed, key=lambda j: j["bench"]["p50_ms"])
+        fp32 = next((j for j in timed if j["precision"] == "fp32"), None)
+        entry = {"runtime": runtime, "job": best["id"], "p50_ms": best["bench"]["p50_ms"],
+                 "fp32_job": fp32["id"] if fp32 else None,
+                 "fp32_p50_ms": fp32["bench"]["p50_ms"] if fp32 else None,
+                 "speedup_vs_fp32": fp32["bench"]["p50_ms"] / best["bench"]["p50_ms"] if fp32 else None,
+                 "why": f"fastest of {len(timed)} artifact(s) that passed parity on {runtime}"}
+        out.append(entry)
+    return out
+
+
+def assemble(jobs: Sequence[dict], *, checkpoint: dict, settings: dict, command: str, seconds: float | None,
+             device: dict | None = None) -> dict:
+    """The ``results.json`` dict of a report from job records (a run's, or several runs' merged)."""
+    from ffnet_deploy.benchmarks.results import Device
+    from ffnet_deploy.environment import environment_info
+
+    jobs = [dict(j) for j in jobs]
+    recommendations = recommend(jobs)
+    counts = {s: sum(j["status"] == s for j in jobs) for s in ("passed", "failed", "skipped", "error")}
+    exit_code = 1 if counts["failed"] or counts["error"] else 0
+    data = next((j["parity"]["data"] for j in jobs if j.get("parity")), None)
+    ref_acc = next((j["parity"]["metrics"].get("reference_accuracy") for j in jobs if j.get("parity")
+                    and j["parity"]["metrics"].get("reference_accuracy") is not None), None)
+    look_at = []
+    for rec in recommendations:
+        if rec["job"] is None:
+            continue
+        job = next(j for j in jobs if j["id"] == rec["job"])
+        line = f"Recommended for {rec['runtime']}: {rec['job']} ({rec['p50_ms']:.3g} ms"
+        if rec.get("speedup_vs_fp32") and rec["job"] != rec["fp32_job"]:
+            line += f", {rec['speedup_vs_fp32']:.2f}x FP32"
+        drop = job["parity"]["metrics"].get("accuracy_drop") if job.get("parity") else None
+        line += f", accuracy drop {drop:.2f} points)" if drop is not None else ")"
+        look_at.append(line)
+    for j in jobs:
+        if j["status"] in ("failed", "error"):
+            look_at.append(f"{j['id']} {j['status']}: {j['reason']}")
+    if counts["skipped"]:
+        look_at.append(f"{counts['skipped']} job(s) skipped on this machine; their reasons are in the table")
+    return {
+        "schema": SCHEMA,
+        "command": command,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": environment_info()["versions"],
+        "device": device or Device.here().to_dict(),
+        "checkpoint": checkpoint,
+        "settings": settings,
+        "data": {"eval": data, "labelled": ref_acc is not None, "reference_accuracy": ref_acc},
+        "jobs": jobs,
+        "recommendations": recommendations,
+        "plots": {},
+        "summary": {"jobs": len(jobs), **{k: v for k, v in counts.items() if k != "error"},
+                    "errors": counts["error"], "exit_code": exit_code, "seconds": seconds, "look_at": look_at},
+    }
+
+
+def write_report(results: dict, output: Path) -> dict[str, Path]:
+    """index.md, index.html, results.json, junit.xml and the plots (:mod:`ffnet_deploy.pipeline.report`)."""
+    from ffnet_deploy.pipeline.report import write_report as write
+
+    return write(results, output)
+
+
+def merge_runs(folders: Sequence[Path], out: Path, *, command: str = "",
+               log: Callable[[str], None] | None = None) -> Outcome:
+    """One report from the job records of several pipeline output folders (``--only`` runs on other machines).
+
+    Artifacts are copied into ``out/artifacts``; a job present in several folders takes the last one given.
+
+    Raises:
+        ConfigError: A folder that is not a pipeline output, runs of different checkpoints, or an unusable ``out``.
+    """
+    say = log or (lambda _m: None)
+    records: dict[str, dict] = {}
+    checkpoint = settings = None
+    for folder in folders:
+        results_path = folder / "results.json"
+        if not results_path.is_file():
+            raise ConfigError(f"report merge | {folder} has no results.json; pass output folders of "
+                              "'ffnet-deploy pipeline'")
+        results = json.loads(results_path.read_text())
+        if results.get("schema") != SCHEMA:
+            raise ConfigError(f"report merge | {results_path} is not a pipeline report")
+        if checkpoint is not None and results["checkpoint"]["sha256"] != checkpoint["sha256"]:
+            raise ConfigError(f"report merge | {folder} ran another checkpoint (sha256 "
+                              f"{results['checkpoint']['sha256'][:12]} vs {checkpoint['sha256'][:12]}); merge runs "
+                              "of one checkpoint")
+        checkpoint = checkpoint or results["checkpoint"]
+        settings = settings or results["settings"]
+        for record in load_jobs(folder):
+            if record["id"] in records:
+                say(f"{record['id']}: taken from {folder}")
+            records[record["id"]] = {**record, "_from": folder}
+    if checkpoint is None:
+        raise ConfigError("report merge | pass at least one pipeline output folder")
+    prepare_output(PipelineConfig(output=out, checkpoint=Path(checkpoint["path"]), resume=True))
+    for record in records.values():
+        src = record.pop("_from")
+        if record.get("artifact"):
+            target = out / record["artifact"]["path"]
+            if target.resolve() != (src / record["artifact"]["path"]).resolve():
+                if target.exists():
+                    shutil.rmtree(target)
+                shutil.copytree(src / record["artifact"]["path"], target)
+        save_job(out, record)
+    settings = dict(settings or {})
+    from ffnet_deploy.pipeline.config import FORMATS, PRECISIONS
+
+    formats = [f for f in FORMATS if any(r["format"] == f for r in records.values())]
+    precisions = [p for p in PRECISIONS if any(r["precision"] == p for r in records.values())]
+    settings.update(formats=formats, precisions=precisions)
+    results = assemble(load_jobs(out), checkpoint=checkpoint, settings=settings, command=command, seconds=None)
+    written = write_report(results, out)
+    return Outcome(results, written, results["summary"]["exit_code"])

@@ -1,0 +1,79 @@
+"""What a pipeline has done, so that ``--resume`` reruns only the stages whose inputs changed.
+
+Each finished stage is recorded in ``<output>/.pipeline/state.json`` under its key (``inspect``, ``reparameterize``,
+``export:onnx-int8``, ``validate:onnx-int8``, ``bench``) with the sha256 of its inputs and what it produced. The file
+is rewritten atomically after every stage, so a crash or Ctrl-C loses at most the stage that was running; that stage
+itself publishes nothing half-written (exports are built in a temporary folder and renamed into place).
+
+A stage is reused when its recorded input hash equals the new one *and* its outputs are still there; anything else
+runs it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ffnet_deploy.atomic import write_text
+from ffnet_deploy.errors import ConfigError
+
+STATE_SCHEMA = "ffnet-deploy.pipeline-state/1"
+STATE_DIR = ".pipeline"
+
+
+def input_hash(*parts: Any) -> str:
+    """sha256 of the JSON form of ``parts`` (keys sorted): what a stage's result depends on."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def folder_fingerprint(spec: str | None) -> Any:
+    """What a data option names, for a stage's inputs: the spec, plus for a folder every file's relative path, size
+    and modification time (so adding or changing an image changes the hash without reading the images)."""
+    if spec is None or str(spec).startswith("digits"):
+        return spec
+    root = Path(spec)
+    if not root.is_dir():
+        return spec
+    entries = sorted((str(p.relative_to(root)), p.stat().st_size, int(p.stat().st_mtime))
+                     for p in root.rglob("*") if p.is_file())
+    return {"spec": str(spec), "files": input_hash(entries), "count": len(entries)}
+
+
+class PipelineState:
+    """The stage records of one output folder."""
+
+    def __init__(self, output: Path) -> None:
+        self.path = output / STATE_DIR / "state.json"
+        self.stages: dict[str, dict] = {}
+        if self.path.is_file():
+            try:
+                data = json.loads(self.path.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise ConfigError(f"pipeline | {self.path} is unreadable ({err}); rerun with --force to start "
+                                  "over") from None
+            if data.get("schema") != STATE_SCHEMA:
+                raise ConfigError(f"pipeline | {self.path} was written by another ffnet-deploy version; rerun "
+                                  "with --force to start over")
+            self.stages = dict(data.get("stages", {}))
+
+    def reusable(self, key: str, inputs: str) -> dict | None:
+        """The record of ``key`` when it ran with the same ``inputs``; ``None`` when it must run."""
+        record = self.stages.get(key)
+        return record if record is not None and record.get("inputs") == inputs else None
+
+    def record(self, key: str, inputs: str, outputs: dict | None = None) -> None:
+        """Mark ``key`` done with ``inputs`` and save the state file at once."""
+        self.stages[key] = {"inputs": inputs, "outputs": outputs or {},
+                            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        self.save()
+
+    def forget(self, key: str) -> None:
+        if self.stages.pop(key, None) is not None:
+            self.save()
+
+    def save(self) -> None:
+        write_text(self.path, json.dumps({"schema": STATE_SCHEMA, "stages": self.stages}, indent=2) + "\n",
+                   "pipeline state")
