@@ -24,10 +24,20 @@ The seam for graph transforms is between the stage and its conversion. A transfo
 (ONNX in, Q/DQ ONNX out) takes an :class:`OnnxStage` and returns another one, e.g.
 ``dataclasses.replace(stage, path=quantized, details=stage.details | {"quantization": ...})``; the consumers read
 only the stage's fields, so it plugs in at the ``# seam`` comment of each exporter without changing the converters.
+
+FP16 (``--precision fp16``) is such a transform too: :func:`convert_stage_fp16` turns the fp32 stage into float16
+weights and float16 compute, with a Cast at each end so that ``images`` and ``logits`` stay float32
+(``keep_io_types``) and the artifact's spec does not change. Whether the compute really runs in half precision is the
+execution provider's choice: the CUDA provider has float16 kernels, while ONNX Runtime's x86 CPU provider has none
+for Conv or Gemm and upcasts the weights to float32 at load (its inserted ``InsertedPrecisionFreeCast`` nodes), so
+there the file behaves as an fp32 model with fp16-rounded weights, runs slower than the fp32 export (ffnet_digits:
+0.159 vs 0.123 ms p50, one thread), and its Erf pattern no longer fuses into ``Gelu`` (the CPU kernel is float32
+only; ``details.gelu`` records it for the file that ships). The ``bench`` suite skips fp16 ONNX Runtime on CPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import warnings
 from collections import Counter
@@ -38,7 +48,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ffnet_deploy.errors import ExportError
+from ffnet_deploy.errors import ExportError, MissingDependencyError
 from ffnet_deploy.exporters.base import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -315,6 +325,126 @@ def export_onnx_stage(model: nn.Module, config: ExportConfig, options: OnnxOptio
     return OnnxStage(path, options, inputs, outputs, blocks, details, [note] if note else [], versions)
 
 
+FP16_KEPT_OPS: tuple[str, ...] = ()
+"""Op types the fp16 conversion leaves in float32, on top of the converter's own default block list (ops with no
+float16 definition or kernel: the ai.onnx.ml ops, TopK, Range, CumSum, Min, Max, Upsample, ...; none is in an FFNet
+graph). Empty, measured on ffnet_test and ffnet_digits: every op FFNet exports (Conv, Gemm, Add, Mul, Div, Erf or
+Gelu, GlobalAveragePool, Flatten, and the Cast/Mul/Add of baked preprocessing) has a float16 ONNX definition, and none
+needs float32 range or accuracy. Erf is bounded in [-1, 1] and its argument x / sqrt(2) is no larger than the
+activation; blocking it would not bring back ONNX Runtime's CPU Gelu fusion anyway (the Div, Add and Mul around it
+stay float16). FFNet has no Resize, and the parity gate judges the converted graph under the fp16 profile."""
+
+
+def _fp16_converter():
+    """``(convert_float_to_float16, name, default op block list, version)``: ONNX Runtime's bundled converter, else
+    onnxconverter-common's (the same code, older).
+
+    Raises:
+        MissingDependencyError: If neither is importable.
+    """
+    try:
+        import onnxruntime
+        from onnxruntime.transformers import float16
+    except ImportError as ort_err:
+        try:
+            import onnxconverter_common
+            from onnxconverter_common import float16
+        except ImportError:
+            raise MissingDependencyError(
+                f"onnx fp16 export needs onnxruntime.transformers.float16 ({ort_err}) or onnxconverter-common: "
+                "pip install onnxconverter-common") from ort_err
+        return (float16.convert_float_to_float16, "onnxconverter_common.float16.convert_float_to_float16",
+                list(float16.DEFAULT_OP_BLOCK_LIST), ("onnxconverter_common", onnxconverter_common.__version__))
+    return (float16.convert_float_to_float16, "onnxruntime.transformers.float16.convert_float_to_float16",
+            list(float16.DEFAULT_OP_BLOCK_LIST), ("onnxruntime", onnxruntime.__version__))
+
+
+def convert_stage_fp16(stage: OnnxStage, keys: list[str], log: Log) -> OnnxStage:
+    """The fp16 form of an fp32 stage: float16 weights and compute, float32 ``images`` and ``logits``.
+
+    The converter casts every float initializer and tensor type to float16 except in the ops it is told to block
+    (its default list plus :data:`FP16_KEPT_OPS`), and with ``keep_io_types`` puts a Cast after the input and before
+    the output. It appends those Casts at the end of the node list, so the graph is sorted again before the full
+    ONNX check. Node and tensor names are kept, so ``block_outputs`` is re-resolved, not remapped.
+
+    Args:
+        stage: The fp32 stage from :func:`export_onnx_stage`; its file is replaced.
+        keys: The block keys (``expected_block_keys(model)``).
+        log: Progress callback.
+
+    Returns:
+        A stage at the same path whose ``details`` hold ``fp16`` (converter, ``keep_io_types``, ops kept in float32,
+        initializer counts) and the GELU report of the converted graph.
+
+    Raises:
+        MissingDependencyError: No converter is installed.
+        ExportError: If the converted graph fails the ONNX checker or lost a block output.
+    """
+    import onnx
+
+    convert, converter, default_blocked, (package, version) = _fp16_converter()
+    blocked = sorted({*default_blocked, *FP16_KEPT_OPS})
+    proto = onnx.load(str(stage.path))
+    present = {n.op_type for n in proto.graph.node}
+    log(f"converting to float16 ({converter}, float32 input and output kept)")
+    with warnings.catch_warnings():
+        # It warns about each weight it clamps to float16's range; the parity gate judges the result.
+        warnings.simplefilter("ignore", UserWarning)
+        half = convert(proto, keep_io_types=True, op_block_list=blocked)
+    _topological_sort(half.graph)
+    onnx.save(half, str(stage.path))
+    _check(stage.path, "float16")
+    blocks = resolve_block_outputs(half.graph, keys)
+    if blocks != stage.block_outputs:
+        raise ExportError("onnx export | the float16 conversion renamed block output tensors; export fp32 instead")
+    dtypes = Counter(onnx.TensorProto.DataType.Name(t.data_type).lower() for t in half.graph.initializer)
+    record = {
+        "converter": f"{converter} ({package} {version})",
+        "keep_io_types": True,
+        "kept_fp32_ops": sorted(present & set(blocked)),  # op types of this graph left in float32
+        "initializers": dict(sorted(dtypes.items())),  # initializer count per data type after conversion
+    }
+    ops = dict(sorted(Counter(n.op_type for n in half.graph.node).items()))
+    details = stage.details | {"op_counts": ops, "gelu": gelu_report(half, stage.options.opset), "fp16": record}
+    versions = stage.versions if package == "onnxruntime" else stage.versions | {package: version}
+    return dataclasses.replace(stage, details=details, versions=versions)
+
+
+def _topological_sort(graph) -> None:
+    """Order ``graph.node`` so that every node follows the producers of its inputs, otherwise keeping file order
+    (the converter only appends its Casts, so the traced order survives)."""
+    import onnx
+
+    nodes = list(graph.node)
+    producer = {out: i for i, n in enumerate(nodes) for out in n.output if out}
+    state, order = [0] * len(nodes), []  # 0 not seen, 1 waiting for its producers, 2 placed
+    for root in range(len(nodes)):
+        stack = [root]  # iterative depth-first walk: a deep graph would exceed Python's recursion limit
+        while stack:
+            i = stack[-1]
+            if state[i] == 0:
+                state[i] = 1
+                for t in reversed(nodes[i].input):
+                    j = producer.get(t)
+                    if j is not None and state[j] == 1:
+                        raise ExportError(f"onnx export | the float16 graph has a cycle through node "
+                                          f"{nodes[j].name!r}")
+                    if j is not None and state[j] == 0:
+                        stack.append(j)
+            else:
+                stack.pop()
+                if state[i] == 1:
+                    state[i] = 2
+                    order.append(i)
+    copies = []
+    for i in order:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(nodes[i])
+        copies.append(copy)
+    graph.ClearField("node")
+    graph.node.extend(copies)
+
+
 ONNXSIM_SKIPPED = ("fuse_preceding_mul_into_conv",)
 """onnxsim passes left out. Folding the Mul that follows a GELU into the next conv's weights removes the ``* 0.5`` of
 the Erf pattern, after which ONNX Runtime no longer fuses it into one Gelu kernel (measured: 0 of 11 fused)."""
@@ -351,7 +481,7 @@ class OnnxExporter(Exporter):
     """``model.onnx``: input ``images`` (N,3,H,W), output ``logits``; run by ONNX Runtime, OpenVINO, TensorRT."""
 
     options_class = OnnxOptions
-    supported_precisions = ("fp32", "int8")
+    supported_precisions = ("fp32", "fp16", "int8")
     default_precision = "fp32"
     requires = ()  # onnx and onnxruntime are core dependencies: no extra installs them
     artifact_suffix = ".onnx"
@@ -361,11 +491,14 @@ class OnnxExporter(Exporter):
                source_sha256: str | None = None) -> ExportedArtifact:
         stage = export_onnx_stage(model, config, self.resolve_options(config), workdir, log)
         # seam: a graph transform (the INT8 quantizer's Q/DQ ONNX) turns `stage` into another OnnxStage here.
-        if self.resolve_precision(config) == "int8":
+        precision = self.resolve_precision(config)
+        if precision == "int8":
             from ffnet_deploy.quantize.stages import quantize_onnx_stage
 
             target = (config.quantization.target if config.quantization else None) or "cpu"
             stage = quantize_onnx_stage(stage, model, config, log, target)
+        elif precision == "fp16":
+            stage = convert_stage_fp16(stage, expected_block_keys(unwrap(model)), log)
         return ExportedArtifact(
             path=stage.path.name,
             inputs=stage.inputs,
