@@ -740,9 +740,23 @@ def pipeline(
     """Checkpoint to deployable report in one command: inspect, reparameterize, export every format and precision,
     validate, benchmark, recommend, report (index.html). Exit 0 when everything passed, 1 when a parity check
     failed (the report is still written), 2 for usage errors."""
+    try:
+        return _pipeline(locals())
+    except FFNetDeployError as err:  # a parity failure never raises: anything raised is a usage error
+        _error_line(str(err))
+        return 2
+
+
+def _pipeline(o: dict) -> int:
     from ffnet_deploy.pipeline.config import build_config, plan_jobs, read_toml, split_list
     from ffnet_deploy.pipeline.engine import STAGES, run_pipeline
 
+    (output, checkpoint, variant, demo, config_file, formats, precisions, calib, calib_size, eval_data, eval_limit,
+     resolution, bench_on, threads, bench_iters, bench_time, resume, force, plan, only, device_name, quiet,
+     trust_checkpoint, as_json) = (o[k] for k in (
+        "output", "checkpoint", "variant", "demo", "config_file", "formats", "precisions", "calib", "calib_size",
+        "eval_data", "eval_limit", "resolution", "bench_on", "threads", "bench_iters", "bench_time", "resume",
+        "force", "plan", "only", "device_name", "quiet", "trust_checkpoint", "as_json"))
     file_settings = read_toml(config_file) if config_file is not None else {}
     cli_settings = {"output": output, "checkpoint": checkpoint, "variant": variant, "demo": demo,
                     "formats": split_list(formats), "precisions": split_list(precisions), "calib": calib,

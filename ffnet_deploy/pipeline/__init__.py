@@ -1,0 +1,1 @@
+"""``ffnet-deploy pipeline``: checkpoint to deployable report in one command."""

@@ -1,0 +1,256 @@
+"""``ffnet-deploy pipeline`` end to end on the digits demo model: real exports, real validation, real timing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ffnet_deploy.cli import main
+
+pytest.importorskip("openvino")
+pytest.importorskip("coremltools")
+
+FAST_BENCH = ["--bench-iters", "5", "--bench-time", "0.2"]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, demo_result):
+    """``pipeline --demo`` once per session (the demo checkpoint comes from the session's cache)."""
+    out = tmp_path_factory.mktemp("pipeline") / "demo"
+    old = os.environ.get("FFNET_DEPLOY_CACHE")
+    os.environ["FFNET_DEPLOY_CACHE"] = str(demo_result.path.parent.parent)
+    try:
+        start = time.perf_counter()
+        code = main(["pipeline", "--demo", "--output", str(out), "--quiet", *FAST_BENCH])
+        seconds = time.perf_counter() - start
+    finally:
+        if old is None:
+            os.environ.pop("FFNET_DEPLOY_CACHE", None)
+        else:
+            os.environ["FFNET_DEPLOY_CACHE"] = old
+    return out, code, seconds
+
+
+def test_demo_passes_parity_everywhere_with_accuracy(demo_run):
+    out, code, _ = demo_run
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema"] == "ffnet-deploy.pipeline/1"
+    jobs = {j["id"]: j for j in results["jobs"]}
+    expected = {f"{f}-{p}" for f in ("onnx", "openvino", "coreml") for p in ("fp32", "fp16", "int8")}
+    assert set(jobs) == expected
+    for job in jobs.values():
+        assert job["status"] == "passed", (job["id"], job["reason"])
+        parity = job["parity"]
+        assert parity["verdict"] == "pass" and parity["profile"] == job["precision"]
+        # labelled digits: every artifact has an accuracy within the int8 budget of the reference
+        assert parity["metrics"]["reference_accuracy"] >= 97
+        assert parity["metrics"]["accuracy_drop"] <= 1.0
+        assert (out / job["artifact"]["manifest"]).is_file()
+    assert jobs["coreml-int8"]["parity"]["runtime"] == "coreml-reference"
+    assert results["data"]["labelled"] is True
+
+
+def test_demo_report_folder(demo_run):
+    out, _, _ = demo_run
+    for name in ("index.md", "index.html", "results.json", "junit.xml"):
+        assert (out / name).is_file(), name
+    import xml.etree.ElementTree as ET
+
+    suite = ET.parse(out / "junit.xml").getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    assert int(suite.get("tests")) == 9 and int(suite.get("failures")) == 0
+    html = (out / "index.html").read_text()
+    assert "onnx-int8" in html and "data:image/png;base64," in html
+
+
+def test_recommendation_is_the_fastest_that_passed(demo_run):
+    out, _, _ = demo_run
+    results = json.loads((out / "results.json").read_text())
+    runtime_of = {"onnx": "onnxruntime", "openvino": "openvino", "coreml": "coreml"}
+    for rec in results["recommendations"]:
+        timed = [j for j in results["jobs"] if runtime_of[j["format"]] == rec["runtime"] and j["status"] == "passed"
+                 and (j.get("bench") or {}).get("p50_ms")]
+        if rec["runtime"] == "coreml":
+            assert rec["job"] is None and "macOS" in rec["why"]  # no Core ML latency on Linux
+            continue
+        assert timed, rec
+        fastest = min(timed, key=lambda j: j["bench"]["p50_ms"])
+        assert rec["job"] == fastest["id"]
+        fp32 = next(j for j in timed if j["precision"] == "fp32")
+        assert rec["speedup_vs_fp32"] == pytest.approx(fp32["bench"]["p50_ms"] / fastest["bench"]["p50_ms"])
+        # every timed artifact was measured in the same interleaved group as eager PyTorch
+        assert all(j["bench"]["torch_p50_ms"] == timed[0]["bench"]["torch_p50_ms"] for j in timed)
+
+
+def test_resume_reuses_everything_unchanged(demo_run, demo_result, monkeypatch, capsys):
+    out, _, _ = demo_run
+    monkeypatch.setenv("FFNET_DEPLOY_CACHE", str(demo_result.path.parent.parent))
+    before = {p: p.stat().st_mtime_ns for p in (out / "artifacts").rglob("manifest.json")}
+    code = main(["pipeline", "--demo", "--output", str(out), "--resume", *FAST_BENCH])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert err.count("export unchanged, reused") == 9 and "validation unchanged" in err and "bench: unchanged" in err
+    assert {p: p.stat().st_mtime_ns for p in (out / "artifacts").rglob("manifest.json")} == before
+
+
+def test_existing_output_needs_resume_or_force(demo_run, capsys):
+    out, _, _ = demo_run
+    assert main(["pipeline", "--demo", "--output", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+@pytest.fixture
+def digits_checkpoint(demo_checkpoint_path, tmp_path):
+    return demo_checkpoint_path
+
+
+def _comparable(results: dict) -> dict:
+    """What must agree between a single run and merged --only runs (times and paths aside)."""
+    jobs = {}
+    for j in results["jobs"]:
+        parity = j["parity"] or {}
+        jobs[j["id"]] = {"status": j["status"], "sha256": (j["export"] or {}).get("sha256"),
+                         "verdict": parity.get("verdict"), "metrics": parity.get("metrics")}
+    return {"jobs": jobs, "recommendations": results["recommendations"], "checkpoint": results["checkpoint"]["sha256"]}
+
+
+def test_only_jobs_merge_to_the_single_run(tmp_path, digits_checkpoint):
+    common = ["--checkpoint", str(digits_checkpoint), "--formats", "onnx", "--precisions", "fp32,int8",
+              "--calib", "digits", "--calib-size", "128", "--eval-data", "digits", "--eval-limit", "200",
+              "--no-bench", "--quiet"]
+    assert main(["pipeline", *common, "--output", str(tmp_path / "single")]) == 0
+
+    plan_out = subprocess.run([sys.executable, "-m", "ffnet_deploy", "pipeline", *common, "--output",
+                               str(tmp_path / "x"), "--plan"], capture_output=True, text=True, check=True).stdout
+    plan = json.loads(plan_out)
+    assert [j["id"] for j in plan["jobs"]] == ["onnx-fp32", "onnx-int8"]
+    assert "calibration" in plan["jobs"][1]["needs"] and "--only onnx/int8" in plan["jobs"][1]["command"]
+    assert not (tmp_path / "x").exists()  # --plan runs nothing
+
+    assert main(["pipeline", *common, "--output", str(tmp_path / "a"), "--only", "onnx/fp32"]) == 0
+    assert main(["pipeline", *common, "--output", str(tmp_path / "b"), "--only", "onnx/int8"]) == 0
+    assert [j["id"] for j in json.loads((tmp_path / "a" / "results.json").read_text())["jobs"]] == ["onnx-fp32"]
+    assert main(["report", "merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "merged")]) == 0
+    single = json.loads((tmp_path / "single" / "results.json").read_text())
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert _comparable(merged) == _comparable(single)
+    assert (tmp_path / "merged" / "artifacts" / "onnx-int8" / "manifest.json").is_file()
+    assert (tmp_path / "merged" / "index.html").is_file()
+
+
+def test_interrupt_during_calibration_then_resume_keeps_the_exports(tmp_path, digits_checkpoint):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ffnet_deploy", "pipeline", "--checkpoint", str(digits_checkpoint), "--formats",
+           "onnx,openvino", "--precisions", "fp32,int8", "--calib", "digits", "--eval-data", "digits",
+           "--eval-limit", "100", "--no-bench", "--output", str(out)]
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    seen = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        seen.append(line)
+        if "onnx-int8: exporting" in line:  # calibration starts now: onnx-fp32 is done
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGINT, "".join(seen) + rest
+    assert (out / "artifacts" / "onnx-fp32" / "manifest.json").is_file()
+    assert not (out / "artifacts" / "onnx-int8").exists()  # nothing half-written
+    fp32_mtime = (out / "artifacts" / "onnx-fp32" / "manifest.json").stat().st_mtime_ns
+
+    again = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "onnx-fp32: export unchanged, reused" in again.stderr
+    assert "onnx-int8: exporting" in again.stderr
+    assert (out / "artifacts" / "onnx-fp32" / "manifest.json").stat().st_mtime_ns == fp32_mtime
+    results = json.loads((out / "results.json").read_text())
+    assert {j["id"]: j["status"] for j in results["jobs"]} == {
+        "onnx-fp32": "passed", "onnx-int8": "passed", "openvino-fp32": "passed", "openvino-int8": "passed"}
+
+
+def test_parity_failure_exits_1_and_still_writes_the_report(tmp_path, digits_checkpoint):
+    """INT8 calibrated on a single black image: the activation ranges are wrong, the artifact really fails."""
+    from PIL import Image
+
+    calib = tmp_path / "black"
+    calib.mkdir()
+    Image.new("RGB", (32, 32)).save(calib / "black.png")
+    out = tmp_path / "run"
+    code = main(["pipeline", "--checkpoint", str(digits_checkpoint), "--formats", "onnx", "--precisions",
+                 "fp32,int8", "--calib", str(calib), "--calib-size", "1", "--eval-data", "digits", "--eval-limit",
+                 "200", "--no-bench", "--output", str(out), "--quiet"])
+    results = json.loads((out / "results.json").read_text())
+    status = {j["id"]: j["status"] for j in results["jobs"]}
+    assert status == {"onnx-fp32": "passed", "onnx-int8": "failed"}, results["jobs"]
+    assert code == 1 and results["summary"]["exit_code"] == 1
+    assert (out / "index.html").is_file() and (out / "junit.xml").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--formats", "onnx,pdf"], "--formats"),
+    (["--precisions", "fp64"], "--precisions"),
+    (["--only", "onnx/bf16"], "--only"),
+])
+def test_usage_errors_exit_2_with_one_line(tmp_path, digits_checkpoint, capsys, args, message):
+    code = main(["pipeline", "--checkpoint", str(digits_checkpoint), "--output", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_checkpoint_and_foreign_output(tmp_path, capsys):
+    assert main(["pipeline", "--checkpoint", str(tmp_path / "none.pth"), "--output", str(tmp_path / "o")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    assert main(["pipeline", "--demo", "--output", str(foreign)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_toml_config_and_cli_override(tmp_path, digits_checkpoint):
+    from ffnet_deploy.pipeline.config import build_config, read_toml
+
+    toml = tmp_path / "deploy.toml"
+    toml.write_text(f'checkpoint = "{digits_checkpoint}"\noutput = "out"\nformats = ["onnx", "openvino"]\n'
+                    'precisions = ["fp32"]\nbench = false\n')
+    config = build_config(read_toml(toml), {"precisions": ("fp32", "int8"), "calib": "digits"})
+    assert config.output == tmp_path / "out" and config.formats == ("onnx", "openvino")
+    assert config.precisions == ("fp32", "int8") and config.bench is False
+    toml.write_text('checkpont = "x"\noutput = "o"\n')
+    from ffnet_deploy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown key.*checkpont"):
+        read_toml(toml)
+
+
+def test_missing_backend_is_skipped_not_fatal(tmp_path, digits_checkpoint):
+    """TensorRT is not installed here: its jobs are skipped with the reason, and the run still passes."""
+    out = tmp_path / "run"
+    code = main(["pipeline", "--checkpoint", str(digits_checkpoint), "--formats", "onnx,tensorrt", "--precisions",
+                 "fp32", "--eval-limit", "50", "--no-bench", "--output", str(out), "--quiet"])
+    results = json.loads((out / "results.json").read_text())
+    jobs = {j["id"]: j for j in results["jobs"]}
+    if jobs["tensorrt-fp32"]["status"] == "skipped":
+        assert "tensorrt" in jobs["tensorrt-fp32"]["reason"]
+    assert jobs["onnx-fp32"]["status"] == "passed" and code == 0
+
+
+def test_python_api_matches_the_files(tmp_path, digits_checkpoint):
+    from ffnet_deploy.pipeline.config import PipelineConfig
+    from ffnet_deploy.pipeline.engine import run_pipeline
+
+    outcome = run_pipeline(PipelineConfig(output=tmp_path / "api", checkpoint=Path(digits_checkpoint),
+                                          formats=("onnx",), precisions=("fp32",), eval_limit=50, bench=False))
+    assert outcome.exit_code == 0
+    assert json.loads((tmp_path / "api" / "results.json").read_text())["jobs"] == outcome.results["jobs"]
