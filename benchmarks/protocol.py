@@ -137,6 +137,7 @@ class Contender:
     memory_method: str = ""
     execution_precision: str | None = None  # what the engine reports it runs (OpenVINO's inference precision)
     error: str | None = None
+    owned: bool = True  # measure() loaded the runner, so it releases it (False for a runner handed in active)
 
     def run_once(self) -> float:
         """One inference; returns the engine's time for it in ms."""
@@ -154,11 +155,15 @@ def measure(contenders: Sequence[Contender], protocol: Protocol, progress: Progr
     """Load, warm up and time ``contenders`` interleaved, filling each one's samples in place.
 
     A contender whose runner fails to load or run gets ``error`` set (one line) and drops out; the others go on.
-    Every runner is deactivated at the end, also on an interrupt.
+    Every runner this function loaded is deactivated at the end, also on an interrupt. A contender handed in with an
+    already active ``runner`` is used as it is (no first-inference or memory figures) and left active.
     """
     report = progress or (lambda *_: None)
     try:
         for c in contenders:
+            if c.runner is not None and c.runner.is_active:  # handed in active: the caller loads and releases it
+                c.owned = False
+                continue
             report(f"loading {c.name}", 0, 1)
             memory = PeakMemory()
             try:
@@ -203,7 +208,8 @@ def measure(contenders: Sequence[Contender], protocol: Protocol, progress: Progr
         report(f"timing {names}", 1.0, 1.0)
     finally:
         for c in contenders:
-            _close(c)
+            if c.owned:
+                _close(c)
 
 
 def _guarded(c: Contender, record: bool = False) -> None:

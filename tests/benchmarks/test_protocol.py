@@ -131,3 +131,22 @@ def test_peak_memory_sees_a_transient_allocation():
 def test_bad_protocol_is_one_line(kwargs):
     with pytest.raises(ConfigError, match="bench \\|"):
         Protocol(**kwargs)
+
+
+def test_a_runner_handed_in_active_is_timed_and_left_active(onnx_artifact):
+    runner = create_runner("onnxruntime", onnx_artifact, threads=1).activate()
+    feed = {"images": np.zeros((1, 3, 64, 64), np.float32)}
+    c = Contender("given", lambda: runner, feed, runner=runner)
+    measure([c], Protocol(warmup=2, warmup_time_s=0, min_iters=4, min_time_s=0))
+    assert len(c.samples_ms) == 4 and c.first_inference_ms is None
+    assert runner.is_active
+    runner.deactivate()
+
+
+def test_protocol_check_benchmark_smoke():
+    from ffnet_deploy.benchmarks import protocol_check
+
+    result = protocol_check.run("ffnet_test", resolution=64, threads=1, rounds=1)
+    assert result["rounds"][0]["bench_iterations"] >= 50
+    assert result["plain_median_ms"] > 0 and result["bench_median_ms"] > 0
+    assert "Pooled" in protocol_check.to_markdown(result)

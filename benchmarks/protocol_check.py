@@ -1,0 +1,86 @@
+"""Does ``ffnet-deploy bench`` report what a plain timing loop sees? The bench median against a bare loop over the
+same ONNX Runtime session, in the same run.
+
+Run: ``python -m ffnet_deploy.benchmarks.protocol_check [--variant ffnet_1] [--resolution 256] [--threads 2]
+[--rounds 3] [--out DIR]``. Results land in ``DIR/protocol_check.{md,json}``.
+
+One ONNX Runtime session of the exported model (random weights) is loaded once. Then, ``--rounds`` times, in turn:
+
+* a plain loop: ``session.run(None, feed)`` timed with ``time.perf_counter``, as anyone would write it, 50 calls;
+* the bench protocol (:func:`ffnet_deploy.benchmarks.protocol.measure`, 10 warmup calls, then at least 50 timed
+  calls and 2 s) through the runner that owns that same session.
+
+The acceptance criterion of the bench issue: the bench median agrees with the plain loop's median within 15 %.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ffnet_deploy.benchmarks.common import run_standard
+from ffnet_deploy.benchmarks.protocol import Contender, Protocol, latency_stats, measure
+
+LOOP_CALLS = 50
+
+
+def run(variant: str = "ffnet_1", resolution: int = 256, batch: int = 1, threads: int = 2, rounds: int = 3) -> dict:
+    from ffnet_deploy.benchmarks.suite import _ort_no_spinning
+    from ffnet_deploy.export import export
+    from ffnet_deploy.exporters.base import ExportConfig
+    from ffnet_deploy.runtimes import create_runner
+
+    with tempfile.TemporaryDirectory(prefix="ffnet-protocol-check-") as tmp:
+        art = Path(tmp) / "onnx"
+        export(ExportConfig("onnx", art, resolution=resolution, batch=batch, check_parity=False), None, variant)
+        x = np.random.default_rng(0).standard_normal((batch, 3, resolution, resolution), dtype=np.float32)
+        runner = create_runner("onnxruntime", art, threads=threads, session_options=_ort_no_spinning).activate()
+        try:
+            feed = {"images": x}
+            session = runner.session
+            for _ in range(10):
+                session.run(None, feed)
+            plain: list[float] = []
+            bench: list[float] = []
+            per_round = []
+            for _ in range(rounds):
+                loop = []
+                for _ in range(LOOP_CALLS):
+                    t0 = time.perf_counter()
+                    session.run(None, feed)
+                    loop.append((time.perf_counter() - t0) * 1e3)
+                c = Contender("bench", lambda: runner, feed, runner=runner)
+                measure([c], Protocol(warmup=10, warmup_time_s=0, min_iters=50, min_time_s=2.0))
+                plain += loop
+                bench += c.samples_ms
+                per_round.append({"plain_p50": statistics.median(loop), "bench_p50": latency_stats(c.samples_ms)["p50"],
+                                  "bench_iterations": len(c.samples_ms)})
+        finally:
+            runner.deactivate()
+    p, b = statistics.median(plain), latency_stats(bench)["p50"]
+    return {"variant": variant, "resolution": resolution, "batch": batch, "threads": threads, "rounds": per_round,
+            "plain_median_ms": p, "bench_median_ms": b, "bench_over_plain": b / p,
+            "within_15_percent": abs(b / p - 1) <= 0.15}
+
+
+def to_markdown(r: dict) -> str:
+    lines = [f"# Bench protocol vs a plain loop: {r['variant']} @ {r['resolution']}, batch {r['batch']}, "
+             f"{r['threads']} threads, ONNX Runtime", "",
+             "| round | plain loop p50 ms | bench p50 ms | bench iterations |", "|---:|---:|---:|---:|"]
+    for i, row in enumerate(r["rounds"], 1):
+        lines.append(f"| {i} | {row['plain_p50']:.2f} | {row['bench_p50']:.2f} | {row['bench_iterations']} |")
+    lines += ["", f"Pooled: plain loop {r['plain_median_ms']:.2f} ms, bench {r['bench_median_ms']:.2f} ms, ratio "
+              f"{r['bench_over_plain']:.3f}: {'within' if r['within_15_percent'] else 'NOT within'} 15 %."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run_standard("protocol_check", __doc__.splitlines()[0], run, to_markdown, argv, rounds=3)
+
+
+if __name__ == "__main__":
+    main()
