@@ -518,7 +518,22 @@ class BenchRequest:
     roofline: bool = True
     trust: bool = False
 
+    def variants(self) -> list[str | None]:
+        """``--variant a,b`` names several variants (each at its own default resolution unless --resolution)."""
+        if self.variant is None:
+            return [None]
+        return [v.strip() for v in self.variant.split(",") if v.strip()]
+
     def validate(self) -> None:
+        if self.variant is not None:
+            from ffnet_deploy.models.config import VARIANTS
+
+            unknown = [v for v in self.variants() if v not in VARIANTS]
+            if unknown or not self.variants():
+                raise ConfigError(f"bench | unknown variant {', '.join(unknown) or repr(self.variant)}; choose from "
+                                  f"{', '.join(VARIANTS)} (comma-separated for several)")
+            if self.checkpoint is not None and len(self.variants()) > 1:
+                raise ConfigError("bench | one --checkpoint has one variant; pass a single --variant with it")
         modes = sum([bool(self.artifacts), self.variant is not None or self.checkpoint is not None,
                      self.compare_mixers or self.peers])
         if modes == 0:
@@ -558,9 +573,11 @@ def bench(request: BenchRequest, workdir: Path, *, command: str = "", log: Calla
             raise ConfigError("bench | no artifact matches --runtimes/--precisions; widen them or pass other "
                               "artifact directories")
     if request.variant is not None or request.checkpoint is not None:
-        jobs += variant_jobs(request.variant, request.checkpoint, workdir, runtimes=request.runtimes,
-                             precisions=request.precisions, resolution=request.resolution, batches=request.batches,
-                             threads=threads, calib=request.calib, trust=request.trust, log=say)
+        for variant in request.variants():
+            jobs += variant_jobs(variant, request.checkpoint, workdir, runtimes=request.runtimes,
+                                 precisions=request.precisions, resolution=request.resolution,
+                                 batches=request.batches, threads=threads, calib=request.calib, trust=request.trust,
+                                 log=say)
     if request.compare_mixers:
         from ffnet_deploy.benchmarks.specs import mixer_specs
 
