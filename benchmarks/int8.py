@@ -84,7 +84,7 @@ def photo_bn_checkpoint(variant: str, path: Path, resolution: int = 256, batches
         if isinstance(m, torch.nn.BatchNorm2d):
             m.reset_running_stats()
             m.momentum = None  # cumulative average over all batches
-    photos = [torch.from_numpy(p).permute(2, 0, 1).float() / 255 for p in load_sample_images().images]
+    photos = [torch.from_numpy(p.copy()).permute(2, 0, 1).float() / 255 for p in load_sample_images().images]
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     g = torch.Generator().manual_seed(seed)

@@ -11,8 +11,11 @@ Jobs come from three places:
   the peers.
 
 A runtime or precision that cannot run here becomes a ``skipped`` row with the reason, never an error. Jobs that are
-compared with each other (same model, resolution and batch; or, for the mixer comparison, same resolution) share a
-*group* and are timed interleaved.
+compared with each other share a *group* and are timed interleaved. A group never mixes runtimes: a thread pool that
+spins after its call (OpenMP in torch: measured here, ONNX Runtime's FP32 median went from 34.9 to 45.3 ms when eager
+PyTorch ran between its calls) would slow whichever runtime runs next. So a group is one runtime's precisions of one
+model (INT8 against FP32 on ONNX Runtime), or, for the mixer comparison and the peers, every model on one runtime;
+ratios across runtimes come from groups run one after the other. ONNX Runtime's workers are told not to spin.
 """
 
 from __future__ import annotations
@@ -251,7 +254,7 @@ def _artifact_precision_jobs(directory: Path, manifest: Manifest, runtime: str, 
             shape = (batch, *shape[1:])
             jobs.append(Job(row=row, make_runner=runner_factory(runtime, directory, precision, threads, cu),
                             input_shape=shape, input_dtype=spec.dtype,
-                            group=(manifest.variant, manifest.resolution, batch)))
+                            group=(manifest.variant, manifest.resolution, batch, runtime)))
     return jobs
 
 
@@ -270,19 +273,23 @@ def variant_jobs(variant: str | None, checkpoint: str | Path | None, workdir: Pa
     from ffnet_deploy.exporters.base import ExportConfig
     from ffnet_deploy.models.checkpoint import open_checkpoint
     from ffnet_deploy.models.config import get_config
-    from ffnet_deploy.models.ffnet import create_ffnet
     from ffnet_deploy.quantize.config import QuantizationConfig
 
     say = log or (lambda _m: None)
-    if checkpoint is not None:
-        loaded = open_checkpoint(checkpoint, variant, trust=trust)
-        model, variant = loaded.model, loaded.variant
-    else:
-        variant = variant or "ffnet_1"
-        import torch
+    if checkpoint is None:
+        # Random weights, but BatchNorm statistics re-estimated on photo crops: with the raw initialisation the
+        # activation ranges are degenerate, and ONNX Runtime then keeps Q/DQ pairs it would otherwise fold (measured
+        # on ffnet_1: INT8 1.00x FP32 from the raw init, 1.53x with photo statistics; FP32 35 ms either way).
+        from ffnet_deploy.benchmarks.int8 import photo_bn_checkpoint
 
-        torch.manual_seed(0)
-        model, loaded = create_ffnet(variant).eval(), None
+        variant = variant or "ffnet_1"
+        say(f"random {variant} weights, BatchNorm statistics from photo crops")
+        checkpoint = photo_bn_checkpoint(variant, workdir / f"{variant}-photo-bn.pth.tar")
+        random_weights = True
+    else:
+        random_weights = False
+    loaded = open_checkpoint(checkpoint, variant, trust=trust)
+    model, variant = loaded.model, loaded.variant
     resolution = resolution or get_config(variant).resolution
     fused = model.reparameterize() if not model.is_fused else model
     gmacs, params, top1 = ffnet_facts(variant, resolution, fused.num_classes if hasattr(fused, "num_classes")
@@ -294,12 +301,13 @@ def variant_jobs(variant: str | None, checkpoint: str | Path | None, workdir: Pa
             for batch in batches:
                 row = BenchRow(model=variant, runtime=runtime, precision=precision, resolution=resolution,
                                batch=batch, threads=threads, gmacs=gmacs, params_m=params, published_top1=top1,
-                               provenance={} if checkpoint else {"random_weights": True})
+                               provenance={"random_weights": "BatchNorm statistics from photo crops"}
+                               if random_weights else {})
                 reason = runtime_unavailable(runtime) or unsupported(runtime, precision)
                 if reason:
                     jobs.append(_skipped(row, reason))
                     continue
-                group = (variant, resolution, batch)
+                group = (variant, resolution, batch, runtime)
                 if runtime == "torch":
                     jobs.append(Job(row=row, make_runner=runner_factory("torch", None, precision, threads,
                                                                         model=fused, resolution=resolution),
@@ -318,12 +326,12 @@ def variant_jobs(variant: str | None, checkpoint: str | Path | None, workdir: Pa
                     if export_precision == "int8":
                         data = calib if calib is not None else _photo_calibration(workdir, resolution)
                         size = calib_size or (CALIB_PHOTOS if calib is None else 300)
-                        quant = QuantizationConfig(calib=data, calib_size=size, cache_dir=workdir / "calibration")
+                        quant = QuantizationConfig(calib=data, calib_size=size,
+                                                   cache_dir=workdir / "calibration" / f"{variant}-{resolution}")
                     say(f"exporting {variant} {fmt} {export_precision} (batch {batch})")
                     try:
                         export(ExportConfig(fmt, out, resolution=resolution, batch=batch, precision=export_precision,
-                                            quantization=quant, check_parity=False),
-                               loaded if loaded is not None else None, None if loaded is not None else variant)
+                                            quantization=quant, check_parity=False), loaded)
                     except Exception as err:  # noqa: BLE001 - a failed export becomes a failed row
                         jobs.append(Job(row=replace(row, status="failed", reason=f"export failed: {err}")))
                         continue
@@ -357,8 +365,8 @@ def spec_jobs(specs: Sequence[Any], workdir: Path, *, runtimes: Sequence[str] = 
     """Jobs for in-memory models (:class:`~ffnet_deploy.benchmarks.specs.ModelSpec`): FP32 ONNX for ONNX Runtime,
     the IR converted from it for OpenVINO (fp32 and bf16), and eager PyTorch.
 
-    ``group_by_resolution`` interleaves every model of one resolution together (the mixer comparison); otherwise
-    each model is its own group.
+    ``group_by_resolution`` interleaves the models of one resolution on one runtime (the mixer comparison);
+    otherwise every model on one runtime is interleaved (the peers).
     """
     say = log or (lambda _m: None)
     jobs: list[Job] = []
@@ -382,7 +390,7 @@ def spec_jobs(specs: Sequence[Any], workdir: Path, *, runtimes: Sequence[str] = 
                     if reason:
                         jobs.append(_skipped(row, reason))
                         continue
-                    group = (spec.resolution, batch) if group_by_resolution else (spec.name, spec.resolution, batch)
+                    group = (spec.resolution, batch, runtime) if group_by_resolution else (batch, runtime)
                     shape = (batch, 3, spec.resolution, spec.resolution)
                     if runtime == "torch":
                         factory = runner_factory("torch", None, precision, threads, model=model,
@@ -503,8 +511,8 @@ class BenchRequest:
     artifacts: tuple[Path, ...] = ()
     variant: str | None = None
     checkpoint: Path | None = None
-    runtimes: tuple[str, ...] = DEFAULT_RUNTIMES
-    precisions: tuple[str, ...] = ("fp32",)
+    runtimes: tuple[str, ...] | None = None  # None: torch, onnxruntime, openvino (artifacts: each one's own)
+    precisions: tuple[str, ...] | None = None  # None: fp32 (artifacts: each one's own)
     resolution: int | None = None
     batches: tuple[int, ...] = (1,)
     threads: int | None = None  # None: every CPU this process may use
@@ -565,8 +573,10 @@ def bench(request: BenchRequest, workdir: Path, *, command: str = "", log: Calla
     request.validate()
     say = log or (lambda _m: None)
     threads = request.threads or default_threads()
+    runtimes = request.runtimes or DEFAULT_RUNTIMES
+    precisions = request.precisions or ("fp32",)
     jobs: list[Job] = []
-    if request.artifacts:
+    if request.artifacts:  # artifacts run on their own runtime and precision unless the options narrow them
         jobs += artifact_jobs(request.artifacts, runtimes=request.runtimes, precisions=request.precisions,
                               batches=request.batches, threads=threads)
         if not jobs:
@@ -574,21 +584,21 @@ def bench(request: BenchRequest, workdir: Path, *, command: str = "", log: Calla
                               "artifact directories")
     if request.variant is not None or request.checkpoint is not None:
         for variant in request.variants():
-            jobs += variant_jobs(variant, request.checkpoint, workdir, runtimes=request.runtimes,
-                                 precisions=request.precisions, resolution=request.resolution,
+            jobs += variant_jobs(variant, request.checkpoint, workdir, runtimes=runtimes,
+                                 precisions=precisions, resolution=request.resolution,
                                  batches=request.batches, threads=threads, calib=request.calib, trust=request.trust,
                                  log=say)
     if request.compare_mixers:
         from ffnet_deploy.benchmarks.specs import mixer_specs
 
         jobs += spec_jobs(mixer_specs(request.mixer_resolutions, base=request.mixer_base), workdir,
-                          runtimes=request.runtimes, precisions=[p for p in request.precisions if p != "int8"]
+                          runtimes=runtimes, precisions=[p for p in precisions if p != "int8"]
                           or ["fp32"], batches=request.batches, threads=threads, group_by_resolution=True, log=say)
     if request.peers:
         from ffnet_deploy.benchmarks.specs import ffnet_spec, peer_specs
 
-        jobs += spec_jobs([ffnet_spec(request.mixer_base), *peer_specs()], workdir, runtimes=request.runtimes,
-                          precisions=[p for p in request.precisions if p != "int8"] or ["fp32"],
+        jobs += spec_jobs([ffnet_spec(request.mixer_base), *peer_specs()], workdir, runtimes=runtimes,
+                          precisions=[p for p in precisions if p != "int8"] or ["fp32"],
                           batches=request.batches, threads=threads, log=say)
     roofline = None
     if request.roofline:

@@ -474,10 +474,11 @@ def bench(
                                                            "export' (or use --variant).", show_default=False)] = None,
     variant: VariantOpt = None,
     checkpoint: CheckpointOpt = None,
-    runtimes: Annotated[str, typer.Option("--runtimes", help="Comma-separated: torch, onnxruntime, openvino, "
-                                          "tensorrt, coreml.")] = "torch,onnxruntime,openvino",
-    precisions: Annotated[str, typer.Option("--precisions", help="Comma-separated: fp32, fp16, bf16, int8.")
-                          ] = "fp32",
+    runtimes: Annotated[str | None, typer.Option("--runtimes", help="Comma-separated: torch, onnxruntime, "
+                                                 "openvino, tensorrt, coreml (default: torch,onnxruntime,openvino; "
+                                                 "artifacts: each one's own).")] = None,
+    precisions: Annotated[str | None, typer.Option("--precisions", help="Comma-separated: fp32, fp16, bf16, int8 "
+                                                   "(default: fp32; artifacts: each one's own).")] = None,
     resolution: Annotated[int | None, typer.Option("--resolution", "-r", help="Input side for --variant "
                                                    "(default: the variant's).")] = None,
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes, comma-separated (e.g. 1,8).")] = "1",
@@ -531,8 +532,8 @@ def bench(
 
     request = BenchRequest(
         artifacts=tuple(artifacts or ()), variant=variant, checkpoint=checkpoint,
-        runtimes=parse_list(runtimes, RUNTIME_NAMES, "--runtimes"),
-        precisions=parse_list(precisions, PRECISIONS, "--precisions"), resolution=resolution,
+        runtimes=parse_list(runtimes, RUNTIME_NAMES, "--runtimes") or None,
+        precisions=parse_list(precisions, PRECISIONS, "--precisions") or None, resolution=resolution,
         batches=parse_batches(batch), threads=threads,
         protocol=Protocol(warmup=warmup, warmup_time_s=warmup_time, min_iters=min_iters, min_time_s=min_time,
                           max_time_s=max_time),

@@ -13,8 +13,8 @@ as the command line, so a CI job can check in what it deploys::
     eval_data = "data/val"
     bench = true
 
-Keys are the long option names with ``_`` for ``-``. Options given on the command line override the file; relative
-paths in the file resolve against the file's folder.
+Keys are the long option names with ``_`` for ``-`` (``bench_iters``, ``trust_checkpoint``). Options given on the
+command line override the file; relative paths in the file resolve against the file's folder.
 """
 
 from __future__ import annotations
@@ -133,6 +133,16 @@ def split_list(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
 
 # -- TOML ---------------------------------------------------------------------------------------------------------
 
+TOML_ALIASES = {"bench_iters": "min_iters", "bench_time": "min_time_s", "trust_checkpoint": "trust"}
+"""deploy.toml keys are the long option names; these three name config fields of another name."""
+_FIELD_ONLY = {"resume", "force", "only", *TOML_ALIASES.values()}  # not settable in the file, or only by alias
+
+
+def toml_keys() -> set[str]:
+    """Every key a ``deploy.toml`` may hold."""
+    return {f.name for f in dataclasses.fields(PipelineConfig)} - _FIELD_ONLY | set(TOML_ALIASES)
+
+
 _PATH_KEYS = ("checkpoint", "output")
 _DATA_KEYS = ("calib", "eval_data")
 
@@ -156,7 +166,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"pipeline | --config {path}: cannot read it ({err})") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"pipeline | --config {path}: not valid TOML ({err})") from None
-    known = {f.name for f in dataclasses.fields(PipelineConfig)} - {"resume", "force", "only"}
+    known = toml_keys()
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"pipeline | --config {path}: unknown key(s) {', '.join(unknown)}; known: "
@@ -164,6 +174,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     base = path.parent
     out: dict[str, Any] = {}
     for key, value in data.items():
+        key = TOML_ALIASES.get(key, key)
         if key in ("formats", "precisions"):
             if not isinstance(value, (list, str)):
                 raise ConfigError(f"pipeline | --config {path}: {key} must be a list of strings")

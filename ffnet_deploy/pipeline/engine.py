@@ -385,7 +385,9 @@ def parity_entry(result: Any, data: str) -> dict:
 
 def stage_bench(config: PipelineConfig, state: PipelineState, fused: Path, info: dict, records: Sequence[dict],
                 ui: UI) -> None:
-    """Time every artifact that can run here, interleaved with eager PyTorch on the fused model (one group)."""
+    """Time every artifact that can run here: each runtime's artifacts interleaved (INT8 against FP32 in one run),
+    runtimes one after the other, then eager PyTorch on the fused model as the baseline (see
+    :mod:`ffnet_deploy.benchmarks.suite` on why runtimes are not interleaved with each other)."""
     from ffnet_deploy.benchmarks.protocol import Protocol
     from ffnet_deploy.benchmarks.results import BenchRow
     from ffnet_deploy.benchmarks.suite import Job as BenchJob
@@ -409,7 +411,6 @@ def stage_bench(config: PipelineConfig, state: PipelineState, fused: Path, info:
         for job in artifact_jobs([config.output / r["artifact"]["path"]], batches=[1], threads=threads):
             if job.row.runtime == "coreml" and job.row.compute_units not in (None, "ALL"):
                 continue  # the pipeline times Core ML once, with every compute unit allowed
-            job.group = ("pipeline",)
             jobs.append(job)
             owner.append(r["id"])
     model = load_ffnet(fused, info["variant"], trust=config.trust)
@@ -418,9 +419,9 @@ def stage_bench(config: PipelineConfig, state: PipelineState, fused: Path, info:
                          threads=threads)
     jobs.append(BenchJob(row=torch_row, make_runner=runner_factory("torch", None, "fp32", threads, model=model,
                                                                    resolution=resolution),
-                         input_shape=(1, 3, resolution, resolution), group=("pipeline",)))
+                         input_shape=(1, 3, resolution, resolution), group=("torch",)))
     owner.append(None)
-    ui.log(f"bench: {sum(j.make_runner is not None for j in jobs)} runtime(s) interleaved, {threads} thread(s)")
+    ui.log(f"bench: {sum(j.make_runner is not None for j in jobs)} artifact(s) and eager PyTorch, {threads} thread(s)")
     rows = run_jobs(jobs, protocol, progress=lambda label, done_, total: ui.bar(label, done_, total))
     torch_p50 = rows[-1].p50 if rows[-1].status == "ok" else None
     outputs: dict[str, Any] = {}

@@ -59,6 +59,18 @@ def test_artifact_bench_and_rerun_into_the_same_folder(tmp_path, bench_run):
     assert row["artifact"] == str(art) and row["runtime"] == "onnxruntime" and row["status"] == "ok"
 
 
+def test_artifacts_run_at_their_own_precision_without_options(tmp_path):
+    from ffnet_deploy.export import export
+    from ffnet_deploy.exporters.base import ExportConfig
+
+    art = tmp_path / "ov16"
+    export(ExportConfig("openvino", art, resolution=64, precision="fp16", check_parity=False), None, "ffnet_test")
+    out = tmp_path / "res"
+    assert main(["bench", str(art), "--threads", "1", "--out", str(out), *FAST]) == 0
+    (row,) = json.loads((out / "results.json").read_text())["rows"]
+    assert (row["runtime"], row["precision"], row["status"]) == ("openvino", "fp16", "ok")
+
+
 def test_refuses_foreign_results_file(tmp_path, capsys):
     out = tmp_path / "res"
     out.mkdir()

@@ -86,7 +86,7 @@ def test_recommendation_is_the_fastest_that_passed(demo_run):
         assert rec["job"] == fastest["id"]
         fp32 = next(j for j in timed if j["precision"] == "fp32")
         assert rec["speedup_vs_fp32"] == pytest.approx(fp32["bench"]["p50_ms"] / fastest["bench"]["p50_ms"])
-        # every timed artifact was measured in the same interleaved group as eager PyTorch
+        # every speedup is against the same eager-PyTorch measurement of this run
         assert all(j["bench"]["torch_p50_ms"] == timed[0]["bench"]["torch_p50_ms"] for j in timed)
 
 
@@ -223,10 +223,10 @@ def test_toml_config_and_cli_override(tmp_path, digits_checkpoint):
 
     toml = tmp_path / "deploy.toml"
     toml.write_text(f'checkpoint = "{digits_checkpoint}"\noutput = "out"\nformats = ["onnx", "openvino"]\n'
-                    'precisions = ["fp32"]\nbench = false\n')
+                    'precisions = ["fp32"]\nbench = false\nbench_iters = 7\ntrust_checkpoint = false\n')
     config = build_config(read_toml(toml), {"precisions": ("fp32", "int8"), "calib": "digits"})
     assert config.output == tmp_path / "out" and config.formats == ("onnx", "openvino")
-    assert config.precisions == ("fp32", "int8") and config.bench is False
+    assert config.precisions == ("fp32", "int8") and config.bench is False and config.min_iters == 7
     toml.write_text('checkpont = "x"\noutput = "o"\n')
     from ffnet_deploy.errors import ConfigError
 
