@@ -86,10 +86,14 @@ def plot_latency_vs_top1(result: BenchResult, path: str | Path, runtime: str | N
             connect = family == "ffnet" and len(same) > 1
             ax.plot([r.p50 for r in same], [r.published_top1 for r in same], marker=marker, markersize=7,
                     linewidth=1.2 if connect else 0, alpha=0.9, color=color, label=name)
+    taken: dict[float, int] = {}  # labels already placed at (about) this top-1: stack the next one below
     for model, members in _group(rows, lambda r: r.model).items():
         fastest = min(members, key=lambda r: r.p50)
-        ax.annotate(model, (fastest.p50, fastest.published_top1), xytext=(-8, 0), textcoords="offset points",
-                    ha="right", va="center", fontsize=9)
+        level = round(fastest.published_top1 * 5) / 5
+        shift = -11 * taken.get(level, 0)
+        taken[level] = taken.get(level, 0) + 1
+        ax.annotate(_display_name(model), (fastest.p50, fastest.published_top1), xytext=(-8, shift),
+                    textcoords="offset points", ha="right", va="center", fontsize=9)
     latencies = [r.p50 for r in rows]
     _latency_axis(ax, "x", latencies, f"median latency (ms per batch of {batch})")
     if ax.get_xscale() == "log":
@@ -360,3 +364,10 @@ def _save(fig: Figure, path: str | Path, may_replace: Callable[[Path], str | Non
     finally:
         fig.clear()  # a Figure without pyplot is freed with its last reference; clearing drops the artists now
     return write_bytes(path, buf.getvalue(), "plot", may_replace=may_replace)
+
+
+def _display_name(model: str) -> str:
+    """A peer's paper name ("Swin-T" for swin_tiny_patch4_window7_224); other models keep their row name."""
+    from ffnet_deploy.benchmarks.specs import PEERS
+
+    return next((p.display for p in PEERS if model in (p.name, p.timm_id)), model)

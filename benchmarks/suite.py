@@ -626,9 +626,9 @@ def write_outputs(result: BenchResult, out: Path) -> dict[str, Path]:
     sections = [to_markdown(result)]
     ok = result.ok_rows()
     if any(r.family == "mixer" for r in ok):
-        sections.append("## Token mixers on the same skeleton\n\n" + mixer_table(result.rows))
+        sections.append(mixer_table(result.rows))  # each table brings its own heading
     if any(r.family == "peer" for r in ok):
-        sections.append("## Peers\n\n" + peer_table(result.rows))
+        sections.append(peer_table(result.rows))
     if pngs:
         sections.append("## Plots\n\n" + "\n".join(f"![{name}]({p.name})" for name, p in pngs.items()) + "\n")
     paths = write_result(result, out, markdown="\n".join(sections))
