@@ -147,6 +147,6 @@ def test_protocol_check_benchmark_smoke():
     from ffnet_deploy.benchmarks import protocol_check
 
     result = protocol_check.run("ffnet_test", resolution=64, threads=1, rounds=1)
-    assert result["rounds"][0]["bench_iterations"] >= 50
+    assert result["rounds"][0]["bench_iterations"] >= protocol_check.LOOP_CALLS
     assert result["plain_median_ms"] > 0 and result["bench_median_ms"] > 0
     assert "Pooled" in protocol_check.to_markdown(result)
