@@ -813,21 +813,20 @@ def _print_pipeline_summary(outcome: Any) -> None:
     s = results["summary"]
     table = Table(title=f"{results['checkpoint']['variant']}: {s['passed']} passed, {s['failed']} failed, "
                   f"{s['skipped']} skipped, {s['errors']} errors")
-    for col in ("job", "status", "parity", "accuracy", "p50 ms", "vs torch"):
-        table.add_column(col, justify="left" if col in ("job", "status", "parity") else "right", no_wrap=True)
+    for col in ("job", "status", "cosine", "accuracy %", "drop", "p50 ms", "vs torch"):
+        table.add_column(col, justify="left" if col in ("job", "status") else "right", no_wrap=True)
     style = {"passed": "green", "failed": "red", "error": "red", "skipped": "dim"}
     for job in results["jobs"]:
-        parity = job.get("parity") or {}
-        metrics = parity.get("metrics") or {}
+        metrics = (job.get("parity") or {}).get("metrics") or {}
         bench = job.get("bench") or {}
-        acc = metrics.get("accuracy")
-        accuracy = "-" if acc is None else f"{acc:.1f} % ({metrics.get('accuracy_drop') or 0:+.1f})"
-        cos = metrics.get("cosine_mean")
-        verdict = parity.get("verdict", "-") + (f" (cos {cos:.4f})" if cos is not None else "")
-        p50 = bench.get("p50_ms")
-        speed = bench.get("speedup_vs_torch")
-        table.add_row(job["id"], f"[{style.get(job['status'], '')}]{job['status']}[/]", escape(verdict), accuracy,
-                      "-" if p50 is None else f"{p50:.3g}", "-" if speed is None else f"{speed:.2f}x")
+
+        def num(value: Any, spec: str, suffix: str = "") -> str:
+            return "-" if not isinstance(value, (int, float)) else f"{value:{spec}}{suffix}"
+
+        table.add_row(job["id"], f"[{style.get(job['status'], '')}]{job['status']}[/]",
+                      num(metrics.get("cosine_mean"), ".4f"), num(metrics.get("accuracy"), ".1f"),
+                      num(metrics.get("accuracy_drop"), ".1f"), num(bench.get("p50_ms"), ".3g"),
+                      num(bench.get("speedup_vs_torch"), ".2f", "x"))
     console.print(table)
     console.print("[bold]What to look at[/]")
     for line in s["look_at"]:

@@ -523,7 +523,10 @@ def assemble(jobs: Sequence[dict], *, checkpoint: dict, settings: dict, command:
         if j["status"] in ("failed", "error"):
             look_at.append(f"{j['id']} {j['status']}: {j['reason']}")
     if counts["skipped"]:
-        look_at.append(f"{counts['skipped']} job(s) skipped on this machine; their reasons are in the table")
+        look_at.append(f"{counts['skipped']} job(s) skipped on this machine; their reasons are in the report")
+    for rec in recommendations:
+        if rec["job"] is None:
+            look_at.append(f"{rec['runtime']}: no recommendation: {rec['why']}")
     return {
         "schema": SCHEMA,
         "command": command,
