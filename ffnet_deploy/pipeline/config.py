@@ -100,19 +100,26 @@ class PipelineConfig:
             raise ConfigError("pipeline | --resume keeps what is done and --force starts over; pass one of them")
         if self.min_iters < 1 or self.min_time_s < 0:
             raise ConfigError("pipeline | --bench-iters must be >= 1 and --bench-time >= 0")
-        for flag, spec in (("--calib", self.calib), ("--eval-data", self.eval_data)):
-            if spec is not None:
-                from ffnet_deploy.validate.data import source_from_spec
-
-                try:
-                    source_from_spec(spec)
-                except ConfigError as err:
-                    raise ConfigError(f"pipeline | {flag}: {err}") from None
         known = {j.selector for j in all_jobs(self.formats, self.precisions)}
         for sel in self.only:
             if sel not in known:
                 raise ConfigError(f"pipeline | --only {sel} is not a job of this pipeline; choose from "
                                   f"{', '.join(sorted(known))} (format/precision)")
+
+    def check_data(self) -> None:
+        """``--calib`` and ``--eval-data`` name usable data (checked before a run, not by ``--plan``).
+
+        Raises:
+            ConfigError: One line naming the option and the accepted forms.
+        """
+        from ffnet_deploy.validate.data import source_from_spec
+
+        for flag, spec in (("--calib", self.calib), ("--eval-data", self.eval_data)):
+            if spec is not None:
+                try:
+                    source_from_spec(spec)
+                except ConfigError as err:
+                    raise ConfigError(f"pipeline | {flag}: {err}") from None
 
     def jobs(self) -> list[Job]:
         """The jobs this run executes: every format x precision, or the ``--only`` ones."""

@@ -76,27 +76,37 @@ def prepare_output(config: PipelineConfig) -> None:
     refused: the pipeline never writes into a folder holding files it did not make.
     """
     out = config.output
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"pipeline | --output {out} is a file; pass a folder")
-    ours = (out / STATE_DIR / "state.json").is_file()
-    if out.is_dir() and any(out.iterdir()):
-        if not ours:
-            raise ConfigError(f"pipeline | --output {out} is not empty and was not written by 'ffnet-deploy "
-                              "pipeline'; choose a new or empty folder")
-        if config.force:
-            for name in WRITTEN:
-                target = out / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-        elif not (config.resume or config.only):
-            raise ConfigError(f"pipeline | {out} holds an earlier pipeline run; pass --resume to reuse what is done "
-                              "or --force to start over")
+    if check_output(config) and config.force:
+        for name in WRITTEN:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
     (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
     state = PipelineState(out)
     if not state.path.exists():
         state.save()
+
+
+def check_output(config: PipelineConfig) -> bool:
+    """Refuse an unusable ``--output`` before anything runs (see :func:`prepare_output`); writes nothing.
+
+    Returns:
+        Whether the folder holds an earlier pipeline run.
+    """
+    out = config.output
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"pipeline | --output {out} is a file; pass a folder")
+    if not (out.is_dir() and any(out.iterdir())):
+        return False
+    if not (out / STATE_DIR / "state.json").is_file():
+        raise ConfigError(f"pipeline | --output {out} is not empty and was not written by 'ffnet-deploy "
+                          "pipeline'; choose a new or empty folder")
+    if not (config.resume or config.only or config.force):
+        raise ConfigError(f"pipeline | {out} holds an earlier pipeline run; pass --resume to reuse what is done "
+                          "or --force to start over")
+    return True
 
 
 # -- stages -----------------------------------------------------------------------------------------------------------
@@ -113,6 +123,8 @@ def run_pipeline(config: PipelineConfig, *, command: str = "", ui: UI | None = N
     ui = ui or _Silent()
     start = time.perf_counter()
     config.validate()
+    config.check_data()
+    check_output(config)  # before the demo trains: a refused folder costs nothing
     checkpoint = config.checkpoint
     if config.demo:
         from ffnet_deploy.demo import demo_checkpoint

@@ -254,3 +254,11 @@ def test_python_api_matches_the_files(tmp_path, digits_checkpoint):
                                           formats=("onnx",), precisions=("fp32",), eval_limit=50, bench=False))
     assert outcome.exit_code == 0
     assert json.loads((tmp_path / "api" / "results.json").read_text())["jobs"] == outcome.results["jobs"]
+
+
+def test_missing_calibration_folder_is_a_usage_error(tmp_path, digits_checkpoint, capsys):
+    out = tmp_path / "o"
+    code = main(["pipeline", "--checkpoint", str(digits_checkpoint), "--output", str(out), "--formats", "onnx",
+                 "--precisions", "int8", "--calib", str(tmp_path / "nope")])
+    assert code == 2 and "--calib" in capsys.readouterr().err
+    assert not out.exists()
