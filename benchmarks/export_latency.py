@@ -28,7 +28,6 @@ from __future__ import annotations
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +37,7 @@ from ffnet_deploy.export import export
 from ffnet_deploy.exporters.base import ExportConfig
 from ffnet_deploy.models.ffnet import create_ffnet
 from ffnet_deploy.runtimes import create_runner
+from ffnet_deploy.runtimes.onnxruntime import no_spinning
 from ffnet_deploy.validate.metrics import compare_outputs
 
 PARITY_METRICS = ("max_abs_error", "max_rel_error", "cosine_mean", "top1_agreement")
@@ -50,11 +50,6 @@ def plain_onnx_export(model: torch.nn.Module, resolution: int, batch: int, path:
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (torch.zeros(batch, 3, resolution, resolution),), str(path), dynamo=False,
                           opset_version=17, input_names=["images"], output_names=["logits"])
-
-
-def no_spinning(options: Any) -> None:
-    """``session_options`` hook for ONNX Runtime: worker threads sleep between runs instead of spin-waiting."""
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
 
 def run(variant: str = "ffnet_1", resolution: int = 256, batch: int = 1, threads: int = 2, rounds: int = 30,

@@ -43,6 +43,7 @@ import numpy as np
 from ffnet_deploy.benchmarks.common import RESULTS_DIR, interleaved_timing, write_results
 from ffnet_deploy.quantize import onnx_int8 as q
 from ffnet_deploy.quantize.groups import layer_group
+from ffnet_deploy.runtimes.onnxruntime import no_spinning
 
 STEM = "ort_int8_search"
 SQNR_MIN_DB = 20.0
@@ -271,7 +272,7 @@ def profile(path: Path, threads: int, runs: int, kinds: dict[str, str], session:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    no_spinning(options)
     for k, v in session.items():
         options.add_session_config_entry(k, v)
     options.enable_profiling = True

@@ -32,16 +32,16 @@ LOOP_CALLS = 20
 
 
 def run(variant: str = "ffnet_1", resolution: int = 256, batch: int = 1, threads: int = 2, rounds: int = 12) -> dict:
-    from ffnet_deploy.benchmarks.suite import _ort_no_spinning
     from ffnet_deploy.export import export
     from ffnet_deploy.exporters.base import ExportConfig
     from ffnet_deploy.runtimes import create_runner
+    from ffnet_deploy.runtimes.onnxruntime import no_spinning
 
     with tempfile.TemporaryDirectory(prefix="ffnet-protocol-check-") as tmp:
         art = Path(tmp) / "onnx"
         export(ExportConfig("onnx", art, resolution=resolution, batch=batch, check_parity=False), None, variant)
         x = np.random.default_rng(0).standard_normal((batch, 3, resolution, resolution), dtype=np.float32)
-        runner = create_runner("onnxruntime", art, threads=threads, session_options=_ort_no_spinning).activate()
+        runner = create_runner("onnxruntime", art, threads=threads, session_options=no_spinning).activate()
         try:
             feed = {"images": x}
             session = runner.session

@@ -35,6 +35,7 @@ from ffnet_deploy.benchmarks.protocol import Contender, Progress, Protocol, late
 from ffnet_deploy.benchmarks.results import BenchResult, BenchRow, Device
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.runtimes import RUNTIMES, BaseRunner, create_runner, load_all
+from ffnet_deploy.runtimes.onnxruntime import no_spinning
 
 RUNTIME_NAMES = ("torch", "onnxruntime", "openvino", "tensorrt", "coreml")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -155,11 +156,6 @@ def _skipped(row: BenchRow, reason: str) -> Job:
     return Job(row=replace(row, status="skipped", reason=reason))
 
 
-def _ort_no_spinning(options: Any) -> None:
-    """ONNX Runtime's workers sleep between runs, so they do not steal the cores from the next contender."""
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-
-
 def runner_factory(runtime: str, artifact: Path | None, precision: str, threads: int | None,
                    compute_units: str | None = None, model: Any = None, resolution: int | None = None
                    ) -> Callable[[], BaseRunner]:
@@ -169,7 +165,7 @@ def runner_factory(runtime: str, artifact: Path | None, precision: str, threads:
             module = model if precision != "bf16" else _Bf16(model)
             return create_runner("torch", None, model=module, threads=threads, resolution=resolution)
         if runtime == "onnxruntime":
-            return create_runner("onnxruntime", artifact, threads=threads, session_options=_ort_no_spinning)
+            return create_runner("onnxruntime", artifact, threads=threads, session_options=no_spinning)
         if runtime == "openvino":
             return create_runner("openvino", artifact, threads=threads, inference_precision=OPENVINO_HINT[precision])
         if runtime == "coreml":

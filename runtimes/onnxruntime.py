@@ -7,10 +7,9 @@ created, which is how ``validate --localize`` reads per-block tensors.
 ``threads`` sets ``intra_op_num_threads`` (and ``inter_op_num_threads`` to 1: the default sequential execution
 runs one node at a time, so the threads of one inference are the intra-op pool). ONNX Runtime's worker threads
 spin-wait after each run by default, which is fastest for one session run back to back but steals the cores from
-anything that runs next; a benchmark that interleaves contenders turns spinning off with the hook::
+anything that runs next; a benchmark that interleaves contenders turns spinning off with :func:`no_spinning`::
 
-    create_runner("onnxruntime", path, threads=2, session_options=lambda o: o.add_session_config_entry(
-        "session.intra_op.allow_spinning", "0"))
+    create_runner("onnxruntime", path, threads=2, session_options=no_spinning)
 """
 
 from __future__ import annotations
@@ -24,6 +23,13 @@ import numpy as np
 from ffnet_deploy.artifact.manifest import Manifest, TensorSpec
 from ffnet_deploy.errors import ConfigError, RuntimeBackendError
 from ffnet_deploy.runtimes.base import BaseRunner, SessionOptionsHook, register_runtime
+
+
+def no_spinning(options: Any) -> None:
+    """``session_options`` hook (or a call on any ``SessionOptions``): worker threads sleep between runs instead of
+    spin-waiting, so they do not steal the cores from whatever runs next."""
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
 
 # ONNX Runtime reports element types as strings.
 _ORT_DTYPES = {

@@ -621,11 +621,13 @@ def cpu_session(path: Path, threads: int = 2, **config: str) -> Any:
             through ``**{...}``).
     """
     import onnxruntime as ort  # a core dependency
+
+    from ffnet_deploy.runtimes.onnxruntime import no_spinning
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    # Spinning workers would steal the cores from the other contender in interleaved rounds.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    no_spinning(options)  # spinning workers would steal the cores from the other contender in interleaved rounds
     for key, value in config.items():
         options.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
