@@ -24,8 +24,8 @@ import io
 import json
 import math
 import platform
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -320,8 +320,3 @@ def write_result(result: BenchResult, out: str | Path, stem: str = "results", ma
     text = {"json": json.dumps(result.to_dict(), indent=2) + "\n", "csv": to_csv([result]), "md": header + md}
     return {kind: write_text(out / f"{stem}.{kind}", body, "bench result", may_replace=_verdict)
             for kind, body in text.items()}
-
-
-def with_rows(result: BenchResult, rows: Sequence[BenchRow]) -> BenchResult:
-    """A copy of ``result`` holding ``rows``."""
-    return replace(result, rows=tuple(rows))

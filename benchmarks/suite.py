@@ -162,7 +162,7 @@ def runner_factory(runtime: str, artifact: Path | None, precision: str, threads:
     """A zero-argument builder of the runner that executes ``artifact`` (or ``model``, for torch) at ``precision``."""
     def make() -> BaseRunner:
         if runtime == "torch":
-            module = model if precision != "bf16" else _Bf16(model)
+            module = model if precision != "bf16" else _bf16(model)
             return create_runner("torch", None, model=module, threads=threads, resolution=resolution)
         if runtime == "onnxruntime":
             return create_runner("onnxruntime", artifact, threads=threads, session_options=no_spinning)
@@ -175,23 +175,23 @@ def runner_factory(runtime: str, artifact: Path | None, precision: str, threads:
     return make
 
 
-class _Bf16:
-    """Wraps a float32 module to run in bf16 (weights and activations), returning float32 logits."""
+def _bf16(model: Any) -> Any:
+    """A bf16 copy of a float32 module (weights and activations) that takes and returns float32."""
+    import copy
 
-    def __new__(cls, model: Any):
-        import copy
+    import torch
 
-        import torch
+    inner = copy.deepcopy(model).to(torch.bfloat16).eval()
 
-        class Bf16(torch.nn.Module):
-            def __init__(self, inner: torch.nn.Module) -> None:
-                super().__init__()
-                self.inner = copy.deepcopy(inner).to(torch.bfloat16).eval()
+    class Bf16(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = inner
 
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.inner(x.to(torch.bfloat16)).float()
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x.to(torch.bfloat16)).float()
 
-        return Bf16(model)
+    return Bf16()
 
 
 def artifact_jobs(directories: Sequence[str | Path], *, runtimes: Sequence[str] | None = None,

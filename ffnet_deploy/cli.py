@@ -79,6 +79,11 @@ def models(as_json: JsonOpt = False) -> None:
     console.print(table)
 
 
+def _num(value: Any, spec: str, suffix: str = "") -> str:
+    """A number for a table cell, ``-`` when it is missing (or not a number: ``"nan"`` in a results file)."""
+    return f"{value:{spec}}{suffix}" if isinstance(value, (int, float)) else "-"
+
+
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:g}"
 
@@ -573,9 +578,6 @@ def bench_table(result: Any) -> Table:
     """The terminal view of a bench result: one line per row; why a row was skipped or failed goes in a caption."""
     from ffnet_deploy.benchmarks.results import execution_differs, fmt_ms
 
-    def num(value: float | None, spec: str) -> str:
-        return "-" if value is None else format(value, spec)
-
     d = result.device
     roof = result.roofline or {}
     peaks = ", ".join(f"{k.split('_')[0]} {v:.0f}" for k, v in roof.items() if k.endswith(("_gflops", "_gops")) and v)
@@ -594,8 +596,8 @@ def bench_table(result: Any) -> Table:
             continue
         lat = row.latency_ms
         table.add_row(*head, fmt_ms(lat.get("p50")), fmt_ms(lat.get("p90")), fmt_ms(lat.get("p99")),
-                      num(row.throughput_ips, ".1f"), fmt_ms(row.first_inference_ms), num(row.peak_rss_mb, ".0f"),
-                      num(row.roofline_fraction, ".2f"))
+                      _num(row.throughput_ips, ".1f"), fmt_ms(row.first_inference_ms), _num(row.peak_rss_mb, ".0f"),
+                      _num(row.roofline_fraction, ".2f"))
     if notes:
         from rich.markup import escape
 
@@ -741,24 +743,8 @@ def pipeline(
     """Checkpoint to deployable report in one command: inspect, reparameterize, export every format and precision,
     validate, benchmark, recommend, report (index.html). Exit 0 when everything passed, 1 when a parity check
     failed (the report is still written), 2 for usage errors."""
-    try:
-        return _pipeline(locals())
-    except FFNetDeployError as err:  # a parity failure never raises: anything raised is a usage error
-        _error_line(str(err))
-        return 2
+    from ffnet_deploy.pipeline.config import split_list
 
-
-def _pipeline(o: dict) -> int:
-    from ffnet_deploy.pipeline.config import build_config, plan_jobs, read_toml, split_list
-    from ffnet_deploy.pipeline.engine import STAGES, run_pipeline
-
-    (output, checkpoint, variant, demo, config_file, formats, precisions, calib, calib_size, eval_data, eval_limit,
-     resolution, bench_on, threads, bench_iters, bench_time, resume, force, plan, only, device_name, quiet,
-     trust_checkpoint, as_json) = (o[k] for k in (
-        "output", "checkpoint", "variant", "demo", "config_file", "formats", "precisions", "calib", "calib_size",
-        "eval_data", "eval_limit", "resolution", "bench_on", "threads", "bench_iters", "bench_time", "resume",
-        "force", "plan", "only", "device_name", "quiet", "trust_checkpoint", "as_json"))
-    file_settings = read_toml(config_file) if config_file is not None else {}
     cli_settings = {"output": output, "checkpoint": checkpoint, "variant": variant, "demo": demo,
                     "formats": split_list(formats), "precisions": split_list(precisions), "calib": calib,
                     "calib_size": calib_size, "eval_data": eval_data, "eval_limit": eval_limit,
@@ -766,10 +752,24 @@ def _pipeline(o: dict) -> int:
                     "min_time_s": bench_time, "resume": resume or None, "force": force or None,
                     "only": tuple(only) if only else None, "trust": trust_checkpoint or None,
                     "device_name": device_name}
+    try:
+        return _pipeline(config_file, cli_settings, plan=plan, quiet=quiet, as_json=as_json)
+    except FFNetDeployError as err:  # a parity failure never raises: anything raised is a usage error
+        _error_line(str(err))
+        return 2
+
+
+def _pipeline(config_file: Path | None, cli_settings: dict[str, Any], *, plan: bool, quiet: bool, as_json: bool
+              ) -> int:
+    from ffnet_deploy.pipeline.config import build_config, plan_jobs, read_toml
+    from ffnet_deploy.pipeline.engine import STAGES, run_pipeline
+
+    file_settings = read_toml(config_file) if config_file is not None else {}
     config = build_config(file_settings, cli_settings)
     if plan:
         emit_json(plan_jobs(config, _ARGV))
         return 0
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     show = not (quiet or as_json)
@@ -790,8 +790,6 @@ def _pipeline(o: dict) -> int:
             def bar(self, label: str, done: float, total: float) -> None:
                 bars.update(nested, description=f"  {escape(label)}", completed=done, total=max(total, 1),
                             visible=True)
-
-        from rich.markup import escape
 
         outcome = run_pipeline(config, command=invocation(), ui=_UI())
     if as_json:
@@ -819,14 +817,10 @@ def _print_pipeline_summary(outcome: Any) -> None:
     for job in results["jobs"]:
         metrics = (job.get("parity") or {}).get("metrics") or {}
         bench = job.get("bench") or {}
-
-        def num(value: Any, spec: str, suffix: str = "") -> str:
-            return "-" if not isinstance(value, (int, float)) else f"{value:{spec}}{suffix}"
-
         table.add_row(job["id"], f"[{style.get(job['status'], '')}]{job['status']}[/]",
-                      num(metrics.get("cosine_mean"), ".4f"), num(metrics.get("accuracy"), ".1f"),
-                      num(metrics.get("accuracy_drop"), ".1f"), num(bench.get("p50_ms"), ".3g"),
-                      num(bench.get("speedup_vs_torch"), ".2f", "x"))
+                      _num(metrics.get("cosine_mean"), ".4f"), _num(metrics.get("accuracy"), ".1f"),
+                      _num(metrics.get("accuracy_drop"), ".1f"), _num(bench.get("p50_ms"), ".3g"),
+                      _num(bench.get("speedup_vs_torch"), ".2f", "x"))
     console.print(table)
     console.print("[bold]What to look at[/]")
     for line in s["look_at"]:

@@ -12,6 +12,7 @@ reason; it never stops the run. A failed export is an ``error`` job; the other j
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -19,12 +20,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ffnet_deploy.atomic import write_text
 from ffnet_deploy.errors import ConfigError, FFNetDeployError
 from ffnet_deploy.pipeline.config import Job, PipelineConfig
 from ffnet_deploy.pipeline.state import STATE_DIR, PipelineState, folder_fingerprint, input_hash
+
+if TYPE_CHECKING:
+    from ffnet_deploy.models.checkpoint import LoadedCheckpoint
 
 SCHEMA = "ffnet-deploy.pipeline/1"
 JOB_SCHEMA = "ffnet-deploy.pipeline-job/1"
@@ -142,7 +146,14 @@ def run_pipeline(config: PipelineConfig, *, command: str = "", ui: UI | None = N
     info = stage_inspect(config, state)
     ui.log(f"checkpoint: {info['variant']}, {info['params'] / 1e6:.2f} M parameters, sha256 {info['sha256'][:12]}")
     ui.stage(1, "reparameterize")
-    fused = stage_reparameterize(config, state, info, ui)
+    fused_path = stage_reparameterize(config, state, info, ui)
+
+    @functools.cache
+    def fused() -> LoadedCheckpoint:
+        """The fused checkpoint, read once for every export and the bench (only if one of them runs)."""
+        from ffnet_deploy.models.checkpoint import open_checkpoint
+
+        return open_checkpoint(fused_path, info["variant"], trust=config.trust)
 
     jobs = config.jobs()
     records = {job.id: new_record(job) for job in jobs}
@@ -183,15 +194,13 @@ def stage_inspect(config: PipelineConfig, state: PipelineState) -> dict:
     done = state.reusable("inspect", inputs)
     if done:
         return {**done["outputs"], "path": str(config.checkpoint)}
-    info = jsonable(describe_checkpoint(config.checkpoint, config.variant, trust=config.trust))
+    from ffnet_deploy.benchmarks.suite import ffnet_facts
     from ffnet_deploy.models.config import get_config
-    from ffnet_deploy.models.ffnet import count_macs, create_ffnet
 
-    cfg = get_config(info["variant"])
-    resolution = config.resolution or cfg.resolution
-    model = create_ffnet(info["variant"], num_classes=info["num_classes"], deploy=True)
-    info.update(resolution=resolution, gmacs=count_macs(model, resolution) / 1e9,
-                published_top1=cfg.top1 if info["num_classes"] == 1000 else None)
+    info = jsonable(describe_checkpoint(config.checkpoint, config.variant, trust=config.trust))
+    resolution = config.resolution or get_config(info["variant"]).resolution
+    gmacs, _, top1 = ffnet_facts(info["variant"], resolution, info["num_classes"])
+    info.update(resolution=resolution, gmacs=gmacs, published_top1=top1)
     state.record("inspect", inputs, info)
     return info
 
@@ -239,8 +248,8 @@ def skip_reason(config: PipelineConfig, job: Job) -> str | None:
     return None
 
 
-def stage_export(config: PipelineConfig, state: PipelineState, job: Job, record: dict, fused: Path, info: dict,
-                 ui: UI) -> None:
+def stage_export(config: PipelineConfig, state: PipelineState, job: Job, record: dict,
+                 fused: Callable[[], LoadedCheckpoint], info: dict, ui: UI) -> None:
     from ffnet_deploy.artifact.manifest import read_manifest
     from ffnet_deploy.export import export
     from ffnet_deploy.exporters.base import ExportConfig
@@ -283,7 +292,7 @@ def stage_export(config: PipelineConfig, state: PipelineState, job: Job, record:
     try:
         result = export(ExportConfig(job.format, out, resolution=info["resolution"], precision=job.precision,
                                      quantization=quant, check_parity=False, force=True),
-                        fused, info["variant"], trust=config.trust, progress=progress)
+                        fused(), progress=progress)
     except FFNetDeployError as err:
         record.update(status="error", reason=f"export failed: {err}")
         state.forget(f"export:{job.id}")
@@ -302,18 +311,13 @@ def _version() -> str:
 
 def _artifact_intact(directory: Path) -> bool:
     """The artifact directory exists and every file matches the sha256 its manifest recorded."""
+    from ffnet_deploy.artifact.inspect import verify_files
     from ffnet_deploy.artifact.manifest import has_manifest, read_manifest
-    from ffnet_deploy.hashing import sha256_file, tree_sha256
 
     if not directory.is_dir() or not has_manifest(directory):
         return False
     try:
-        manifest = read_manifest(directory)
-        for name, digest in manifest.files.items():
-            path = directory / name
-            actual = tree_sha256(path) if path.is_dir() else sha256_file(path) if path.is_file() else None
-            if actual != digest:
-                return False
+        verify_files(read_manifest(directory), directory, "pipeline")
     except (FFNetDeployError, OSError):
         return False
     return True
@@ -395,7 +399,8 @@ def parity_entry(result: Any, data: str) -> dict:
                      "metrics": out, "failures": result.failures, "reason": result.not_run, "data": data})
 
 
-def stage_bench(config: PipelineConfig, state: PipelineState, fused: Path, info: dict, records: Sequence[dict],
+def stage_bench(config: PipelineConfig, state: PipelineState, fused: Callable[[], LoadedCheckpoint], info: dict,
+                records: Sequence[dict],
                 ui: UI) -> None:
     """Time every artifact that can run here: each runtime's artifacts interleaved (INT8 against FP32 in one run),
     runtimes one after the other, then eager PyTorch on the fused model as the baseline (see
@@ -404,7 +409,6 @@ def stage_bench(config: PipelineConfig, state: PipelineState, fused: Path, info:
     from ffnet_deploy.benchmarks.results import BenchRow
     from ffnet_deploy.benchmarks.suite import Job as BenchJob
     from ffnet_deploy.benchmarks.suite import artifact_jobs, default_threads, run_jobs, runner_factory
-    from ffnet_deploy.models.checkpoint import load_ffnet
 
     threads = config.threads or default_threads()
     protocol = Protocol(warmup=10, warmup_time_s=0.5, min_iters=config.min_iters, min_time_s=config.min_time_s)
@@ -425,7 +429,7 @@ def stage_bench(config: PipelineConfig, state: PipelineState, fused: Path, info:
                 continue  # the pipeline times Core ML once, with every compute unit allowed
             jobs.append(job)
             owner.append(r["id"])
-    model = load_ffnet(fused, info["variant"], trust=config.trust)
+    model = fused().model
     resolution = info["resolution"]
     torch_row = BenchRow(model=info["variant"], runtime="torch", precision="fp32", resolution=resolution,
                          threads=threads)
@@ -601,9 +605,13 @@ def merge_runs(folders: Sequence[Path], out: Path, *, command: str = "",
         if record.get("artifact"):
             target = out / record["artifact"]["path"]
             if target.resolve() != (src / record["artifact"]["path"]).resolve():
+                # copied beside the target and renamed into place: an interrupted merge leaves no partial artifact
+                partial = target.with_name(f".{target.name}.partial")
+                shutil.rmtree(partial, ignore_errors=True)
+                shutil.copytree(src / record["artifact"]["path"], partial)
                 if target.exists():
                     shutil.rmtree(target)
-                shutil.copytree(src / record["artifact"]["path"], target)
+                partial.rename(target)
         save_job(out, record)
     settings = dict(settings or {})
     from ffnet_deploy.pipeline.config import FORMATS, PRECISIONS

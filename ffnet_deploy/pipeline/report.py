@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ffnet_deploy.atomic import write_bytes, write_text
+from ffnet_deploy.benchmarks.results import fmt_ms as bench_ms
 from ffnet_deploy.errors import MissingDependencyError, require
 
 if TYPE_CHECKING:
@@ -94,17 +95,10 @@ def human_size(size_bytes: Any) -> str:
 
 
 def fmt_ms(value: Any) -> str:
-    """Milliseconds with three significant digits or more: ``0.251``, ``2.51``, ``25.1``, ``251``."""
+    """Milliseconds as the bench tables write them (:func:`ffnet_deploy.benchmarks.results.fmt_ms`), :data:`DASH`
+    when missing."""
     v = _num(value)
-    if v is None:
-        return DASH
-    if v < 1:
-        return f"{v:.3f}"
-    if v < 10:
-        return f"{v:.2f}"
-    if v < 100:
-        return f"{v:.1f}"
-    return f"{v:.0f}"
+    return DASH if v is None else bench_ms(v)
 
 
 def _fmt(value: Any, spec: str, suffix: str = "") -> str:
