@@ -204,13 +204,21 @@ class CoreMLExporter(Exporter):
             "license": LICENSE_NOTE,
         })
         compressed = None
-        if compression is not None:
-            from ffnet_deploy.quantize.stages import compress_coreml_model
-
-            mlmodel, compressed = compress_coreml_model(mlmodel, compression, ffnet, config, log)
         path = workdir / "model.mlpackage"
-        log("saving model.mlpackage")
-        mlmodel.save(str(path))
+        converted = mlmodel
+        try:
+            if compression is not None:
+                from ffnet_deploy.quantize.stages import compress_coreml_model
+
+                mlmodel, compressed = compress_coreml_model(mlmodel, compression, ffnet, config, log)
+            log("saving model.mlpackage")
+            mlmodel.save(str(path))
+        finally:
+            # coremltools keeps each unsaved program's weights in a temporary package until the process exits
+            from ffnet_deploy.quantize.coreml_compress import release_package
+
+            release_package(converted)
+            release_package(mlmodel)
 
         log("verifying the saved spec (inputs, outputs, op types)")
         ops, probs_name = verify_spec(path, config.resolution, image, ffnet, labels is not None)

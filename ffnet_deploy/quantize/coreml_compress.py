@@ -38,6 +38,7 @@ preprocessing is baked into the program), so ``calib.pixels`` as float32; a tens
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -51,7 +52,7 @@ from ffnet_deploy.quantize.calibration import CalibrationSet, Progress
 from ffnet_deploy.quantize.config import WEIGHT_MODES
 
 __all__ = ["DEPLOYMENT_TARGETS", "GRANULARITIES", "WEIGHT_MODES", "CoreMLCompression", "activation_ranges",
-           "compress_mlmodel", "compression_op_counts"]
+           "compress_mlmodel", "compression_op_counts", "release_package"]
 
 GRANULARITIES = ("per_channel", "per_block")
 DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18")
@@ -143,6 +144,17 @@ def _quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return fn(*args, **kwargs)
+
+
+def release_package(mlmodel: Any) -> None:
+    """Delete the temporary ``.mlpackage`` that coremltools keeps for an unsaved model until the process exits.
+
+    Every converted or compressed ``MLModel`` holds its weights in a package under the system temp folder, removed
+    only by an ``atexit`` hook; a pipeline that exports several programs would otherwise hold them all, and a killed
+    process would leave them behind. The model is unusable afterwards: call this once it is saved or discarded.
+    """
+    if getattr(mlmodel, "is_temp_package", False) and getattr(mlmodel, "package_path", None):
+        shutil.rmtree(mlmodel.package_path, ignore_errors=True)
 
 
 def _lift(mlmodel: Any, target: str) -> Any:
@@ -385,7 +397,10 @@ def compress_mlmodel(mlmodel: Any, compression: CoreMLCompression, calib: Calibr
             config, weight_details = _weight_config(compression)
             details.update(weight_details)
             fn = cto.linear_quantize_weights if compression.weights in ("int8", "int4") else cto.palettize_weights
-            model = _quietly(fn, model, cto.OptimizationConfig(global_config=config))
+            step = _quietly(fn, model, cto.OptimizationConfig(global_config=config))
+            if model is not mlmodel:
+                release_package(model)  # the activation-quantized or lifted intermediate
+            model = step
     except (ValueError, NotImplementedError, AssertionError, RuntimeError) as err:
         # coremltools reports refused programs (unsupported ops, targets, shapes) with these
         raise QuantizationError(f"coreml compression | coremltools refused {compression.describe()}: "

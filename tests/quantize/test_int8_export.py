@@ -7,6 +7,7 @@ held-out digits, so the int8 tolerance profile's top-1 agreement and accuracy-dr
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -122,21 +123,34 @@ def test_openvino_int8_through_nncf(demo_checkpoint_path, tmp_path):
     assert read_manifest(again.output).details["quantization"]["statistics_cache"]["hit"] is True
 
 
+@pytest.fixture
+def system_temp(tmp_path, monkeypatch):
+    """A private system temp folder, where coremltools keeps the packages of programs not yet saved."""
+    folder = tmp_path / "system-temp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
 @pytest.mark.parametrize("weights", ["int8", "palettize6"])
-def test_coreml_weight_compression_runs_in_the_reference_runner(demo_checkpoint_path, tmp_path, weights):
+def test_coreml_weight_compression_runs_in_the_reference_runner(demo_checkpoint_path, tmp_path, weights,
+                                                                system_temp):
     result = export(_int8("coreml", tmp_path / "cm", tmp_path / "cache", precision="fp16", weights=weights),
                     demo_checkpoint_path)
     m = read_manifest(result.output)
     assert m.parity["passed"] is True, m.parity
     assert m.details["compression"]["weights"] == weights
+    # The converted, lifted and compressed programs' temporary packages are gone once the artifact is saved.
+    assert list(system_temp.glob("*.mlpackage")) == []
 
 
-def test_coreml_w8a8(demo_checkpoint_path, tmp_path):
+def test_coreml_w8a8(demo_checkpoint_path, tmp_path, system_temp):
     result = export(_int8("coreml", tmp_path / "w8a8", tmp_path / "cache"), demo_checkpoint_path)
     m = read_manifest(result.output)
     assert m.precision == "int8" and m.parity["passed"] is True, m.parity
     assert m.details["compression"]["activations"] == "int8"
     assert m.details["minimum_deployment_target"] in ("iOS17", "iOS18")
+    assert list(system_temp.glob("*.mlpackage")) == []
 
 
 # --------------------------------------------------------------------------------------------------------------------
