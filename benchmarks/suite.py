@@ -609,23 +609,25 @@ def bench(request: BenchRequest, workdir: Path, *, command: str = "", log: Calla
 def write_outputs(result: BenchResult, out: Path) -> dict[str, Path]:
     """Write ``results.{json,csv,md}`` and the plots into ``out``; the Markdown embeds the mixer and peer tables
     and links the plots. Returns every path written."""
+    from ffnet_deploy.atomic import removed_on_failure
     from ffnet_deploy.benchmarks import plots
     from ffnet_deploy.benchmarks.mixers import mixer_table, peer_table
     from ffnet_deploy.benchmarks.results import to_markdown, write_result
 
     pngs: dict[str, Path] = {}
-    for name, plot in (("latency_vs_top1", plots.plot_latency_vs_top1), ("by_runtime", plots.plot_by_runtime),
-                       ("vs_resolution", plots.plot_vs_resolution)):
-        path = plot(result, out / f"{name}.png")
-        if path is not None:
-            pngs[name] = Path(path)
-    sections = [to_markdown(result)]
-    ok = result.ok_rows()
-    if any(r.family == "mixer" for r in ok):
-        sections.append(mixer_table(result.rows))  # each table brings its own heading
-    if any(r.family == "peer" for r in ok):
-        sections.append(peer_table(result.rows))
-    if pngs:
-        sections.append("## Plots\n\n" + "\n".join(f"![{name}]({p.name})" for name, p in pngs.items()) + "\n")
-    paths = write_result(result, out, markdown="\n".join(sections))
+    with removed_on_failure(out):  # a folder this call made goes again if a write fails (a full disk, Ctrl-C)
+        for name, plot in (("latency_vs_top1", plots.plot_latency_vs_top1), ("by_runtime", plots.plot_by_runtime),
+                           ("vs_resolution", plots.plot_vs_resolution)):
+            path = plot(result, out / f"{name}.png")
+            if path is not None:
+                pngs[name] = Path(path)
+        sections = [to_markdown(result)]
+        ok = result.ok_rows()
+        if any(r.family == "mixer" for r in ok):
+            sections.append(mixer_table(result.rows))  # each table brings its own heading
+        if any(r.family == "peer" for r in ok):
+            sections.append(peer_table(result.rows))
+        if pngs:
+            sections.append("## Plots\n\n" + "\n".join(f"![{name}]({p.name})" for name, p in pngs.items()) + "\n")
+        paths = write_result(result, out, markdown="\n".join(sections))
     return {**paths, **pngs}

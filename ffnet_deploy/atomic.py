@@ -21,6 +21,7 @@ import glob
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -37,10 +38,29 @@ def os_reason(err: OSError) -> str:
     return text[:1].lower() + text[1:]
 
 
-def _hint(err: OSError) -> str:
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+def write_hint(code: int | None) -> str:
+    """What to do about a failed write with errno ``code``, for the end of a one-line message."""
+    if code in (errno.ENOSPC, errno.EDQUOT):
         return "free some space or choose another folder"
     return "choose a writable path"
+
+
+@contextlib.contextmanager
+def removed_on_failure(folder: str | Path) -> Iterator[Path]:
+    """Inside the block, ``folder`` and any missing parents may be created; if the block fails, those are removed.
+
+    For outputs of several files (a bench's results and plots, a pipeline's state): each file is atomic on its own,
+    and this keeps a failed first write (a full disk, an interrupt) from leaving an empty or partial folder behind.
+    A folder that existed before the block is never touched.
+    """
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists() and not p.is_symlink()]
+    try:
+        yield folder
+    except BaseException:
+        if created:
+            shutil.rmtree(created[-1], ignore_errors=True)
+        raise
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -192,12 +212,12 @@ def atomic_path(path: str | Path, component: str, error: type[FFNetDeployError] 
                 fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
                 fcntl.flock(fd, fcntl.LOCK_EX)  # held while it lives: how a cleanup tells it from a killed writer's
         except OSError as err:
-            raise error(f"{component} | cannot write {path}: {os_reason(err)}; {_hint(err)}") from None
+            raise error(f"{component} | cannot write {path}: {os_reason(err)}; {write_hint(err.errno)}") from None
         try:
             yield tmp
             _commit(tmp, path, component, error, may_replace, overwrite)
         except OSError as err:
-            raise error(f"{component} | cannot write {path}: {os_reason(err)}; {_hint(err)}") from None
+            raise error(f"{component} | cannot write {path}: {os_reason(err)}; {write_hint(err.errno)}") from None
         finally:
             tmp.unlink(missing_ok=True)
             os.close(fd)

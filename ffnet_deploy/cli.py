@@ -7,6 +7,7 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -903,6 +904,45 @@ def main(argv: list[str] | None = None) -> int:
     except usage_errors as err:
         err.show()
         return err.exit_code
+    except OSError as err:
+        message = _filesystem_error(err)
+        if message is None:
+            raise  # not the machine's state: a bug, whose traceback is wanted
+        _error_line(message)
+        return 1
+
+
+# Errors of the machine's state, not of the tool: a full, read-only or forbidden file system.
+_FILESYSTEM_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _filesystem_error(err: OSError) -> str | None:
+    """One line for an OSError of a full, read-only or forbidden file system, or ``None`` for any other.
+
+    Writes through :mod:`ffnet_deploy.atomic` already fail with such a line; this catches the rest (a runtime or
+    converter writing its own files). ``shutil.Error`` (copytree, e.g. coremltools copying a package) carries a list
+    of ``(source, destination, reason)`` instead of an errno; the first reason is read.
+    """
+    import os
+    import shutil
+
+    from ffnet_deploy.atomic import os_reason, write_hint
+
+    code, where = err.errno, err.filename
+    if isinstance(err, shutil.Error) and err.args and isinstance(err.args[0], list) and err.args[0]:
+        _, where, reason = err.args[0][0]
+        code = next((c for c in _FILESYSTEM_ERRNOS if f"[Errno {c}]" in str(reason)), None)
+    if code not in _FILESYSTEM_ERRNOS:
+        return None
+    reason = f"{os_reason(OSError(code, os.strerror(code)))}; {write_hint(code)}"
+    if not where:
+        return reason
+    path = Path(str(where))
+    if path.exists():
+        return f"cannot write {path}: {reason}"
+    # a staging folder already removed on the way out: name the folder that holds it instead
+    place = next((p for p in path.parents if p.exists()), path.parent)
+    return f"cannot write in {place}: {reason}"
 
 
 def _error_line(message: str) -> None:

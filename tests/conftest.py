@@ -117,3 +117,19 @@ def demo_checkpoint_path(demo_result) -> Path:
     Read-only by convention: it is the cache's own file, which the cache-hit tests expect unchanged.
     """
     return demo_result.path
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Every text write to an atomic writer's temporary (``.<name>.<hex>.tmp``) fails with ENOSPC, as on a full disk;
+    other writes (plots, test set-up) go through."""
+    import errno
+
+    real_write_text = Path.write_text
+
+    def write_text(self, *args, **kwargs):
+        if self.name.endswith(".tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)

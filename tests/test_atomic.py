@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from ffnet_deploy.atomic import atomic_path, exchange, lock_path, locked, rename_noreplace, write_bytes, write_text
+from ffnet_deploy.atomic import (
+    atomic_path,
+    exchange,
+    lock_path,
+    locked,
+    removed_on_failure,
+    rename_noreplace,
+    write_bytes,
+    write_text,
+)
 from ffnet_deploy.errors import CheckpointError, ConfigError
 
 
@@ -91,6 +100,29 @@ def test_full_disk_at_the_rename(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match=r"^checkpoint \| cannot write .*c.pth: no space left on device"):
         write_bytes(tmp_path / "c.pth", b"x", "checkpoint", CheckpointError)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("failure", [OSError, KeyboardInterrupt])
+def test_removed_on_failure_takes_back_only_the_folders_it_made(tmp_path, failure):
+    made = tmp_path / "a" / "b" / "out"
+    with pytest.raises(failure), removed_on_failure(made) as folder:
+        folder.mkdir(parents=True)
+        (folder / "plot.png").write_bytes(b"x")
+        raise failure()
+    assert list(tmp_path.iterdir()) == []  # a/ and a/b/ were made in the block too
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(failure), removed_on_failure(mine / "out") as folder:
+        folder.mkdir()
+        raise failure()
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    with pytest.raises(failure), removed_on_failure(mine):
+        raise failure()
+    assert (mine / "notes.txt").read_text() == "keep me"
+    with removed_on_failure(tmp_path / "kept") as folder:
+        folder.mkdir()
+    assert folder.is_dir()
 
 
 @pytest.mark.parametrize("existing", ["foreign-file", "directory", "symlink"])

@@ -103,3 +103,38 @@ def test_reparam_output_matches_library(tmp_path, test_checkpoint):
     with torch.no_grad():
         assert torch.allclose(load_ffnet(out_path)(x), reparameterize_model(load_ffnet(test_checkpoint))(x),
                               rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["oserror", "copytree"])
+def test_full_disk_in_a_converter_is_one_line(capsys, tmp_path, monkeypatch, kind):
+    """A write that does not go through ffnet_deploy.atomic (coremltools copying its package, a runtime writing
+    its cache) still fails as one line naming the folder the user chose; the staging folder is gone by then."""
+    import errno
+    import os
+    import shutil
+
+    from ffnet_deploy import cli
+
+    staging = tmp_path / ".coreml.tmp-1-ab" / "model.mlpackage" / "weights.bin"
+    full = f"[Errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)}: '{staging}'"
+    err = (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(staging)) if kind == "oserror"
+           else shutil.Error([("/tmp/tmp1.mlpackage/weights.bin", str(staging), full)]))
+
+    def app(**_kwargs):
+        raise err
+
+    monkeypatch.setattr(cli, "app", app)
+    assert main(["export"]) == 1
+    assert capsys.readouterr().err.strip() == (f"error: cannot write in {tmp_path}: no space left on device; free "
+                                               "some space or choose another folder")
+
+
+def test_other_os_errors_are_not_hidden(monkeypatch):
+    from ffnet_deploy import cli
+
+    def app(**_kwargs):
+        raise ConnectionResetError("a bug, not the machine's state")
+
+    monkeypatch.setattr(cli, "app", app)
+    with pytest.raises(ConnectionResetError):
+        main(["models"])

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ffnet_deploy.atomic import write_text
+from ffnet_deploy.atomic import removed_on_failure, write_text
 from ffnet_deploy.errors import ConfigError, FFNetDeployError
 from ffnet_deploy.pipeline.config import Job, PipelineConfig
 from ffnet_deploy.pipeline.state import STATE_DIR, PipelineState, folder_fingerprint, input_hash
@@ -87,10 +87,13 @@ def prepare_output(config: PipelineConfig) -> None:
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
-    (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
-    state = PipelineState(out)
-    if not state.path.exists():
-        state.save()
+    # If the first write fails (a full disk, Ctrl-C), the folders made here go again: a stray .pipeline/ without a
+    # state would make the next run refuse the folder as "not written by ffnet-deploy pipeline".
+    with removed_on_failure(out / STATE_DIR):
+        (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+        state = PipelineState(out)
+        if not state.path.exists():
+            state.save()
 
 
 def check_output(config: PipelineConfig) -> bool:

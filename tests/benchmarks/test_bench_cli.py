@@ -71,6 +71,15 @@ def test_artifacts_run_at_their_own_precision_without_options(tmp_path):
     assert (row["runtime"], row["precision"], row["status"]) == ("openvino", "fp16", "ok")
 
 
+def test_full_disk_is_one_line_and_leaves_no_folder(tmp_path, capsys, full_disk):
+    out = tmp_path / "new" / "res"
+    assert main(["bench", "--variant", "ffnet_test", "--runtimes", "onnxruntime", "--threads", "1", "--out", str(out),
+                 *FAST]) == 1
+    err = capsys.readouterr().err
+    assert "no space left on device" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # the plots written before results.json went with the folder
+
+
 def test_refuses_foreign_results_file(tmp_path, capsys):
     out = tmp_path / "res"
     out.mkdir()

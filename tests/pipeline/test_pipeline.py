@@ -218,6 +218,19 @@ def test_missing_checkpoint_and_foreign_output(tmp_path, capsys):
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
+@pytest.mark.parametrize("existing", [False, True])
+def test_full_disk_at_the_start_leaves_the_folder_as_it_was(tmp_path, digits_checkpoint, capsys, full_disk,
+                                                            existing):
+    out = tmp_path / "o"
+    if existing:
+        out.mkdir()  # an empty folder is claimed; a stray .pipeline/ would make the next run refuse it
+    code = main(["pipeline", "--checkpoint", str(digits_checkpoint), "--output", str(out), "--formats", "onnx",
+                 "--no-bench"])
+    err = capsys.readouterr().err
+    assert code != 0 and "no space left on device" in err and "Traceback" not in err
+    assert (list(out.iterdir()) == []) if existing else not out.exists()
+
+
 def test_toml_config_and_cli_override(tmp_path, digits_checkpoint):
     from ffnet_deploy.pipeline.config import build_config, read_toml
 
