@@ -613,6 +613,9 @@ def _check_bench_out(out: Path) -> None:
 
     if out.exists() and not out.is_dir():
         raise FFNetDeployError(f"bench | --out {out} is a file; pass a folder for the results")
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:  # found now, not after the measurements
+        raise FFNetDeployError(f"bench | --out {out} cannot be created: {blocker} is a file; pass another folder")
     for name in ("results.json", "results.csv", "results.md"):
         target = out / name
         if target.exists() and not owned_by_bench(target):

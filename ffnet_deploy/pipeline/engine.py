@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ffnet_deploy.atomic import removed_on_failure, write_text
+from ffnet_deploy.atomic import os_reason, removed_on_failure, write_hint, write_text
 from ffnet_deploy.errors import ConfigError, FFNetDeployError
 from ffnet_deploy.pipeline.config import Job, PipelineConfig
 from ffnet_deploy.pipeline.state import STATE_DIR, PipelineState, folder_fingerprint, input_hash
@@ -89,11 +89,15 @@ def prepare_output(config: PipelineConfig) -> None:
                 target.unlink()
     # If the first write fails (a full disk, Ctrl-C), the folders made here go again: a stray .pipeline/ without a
     # state would make the next run refuse the folder as "not written by ffnet-deploy pipeline".
-    with removed_on_failure(out / STATE_DIR):
-        (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
-        state = PipelineState(out)
-        if not state.path.exists():
-            state.save()
+    try:
+        with removed_on_failure(out / STATE_DIR):
+            (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+            state = PipelineState(out)
+            if not state.path.exists():
+                state.save()
+    except OSError as err:
+        raise ConfigError(f"pipeline | cannot create {out / STATE_DIR}: {os_reason(err)}; "
+                          f"{write_hint(err.errno)} for --output") from None
 
 
 def check_output(config: PipelineConfig) -> bool:

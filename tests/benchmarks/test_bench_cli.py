@@ -87,6 +87,9 @@ def test_refuses_foreign_results_file(tmp_path, capsys):
     assert main(["bench", "--variant", "ffnet_test", "--out", str(out), *FAST]) == 1
     assert "not written by ffnet-deploy bench" in capsys.readouterr().err
     assert (out / "results.md").read_text() == "my notes\n"
+    # an --out below a file is refused before anything is measured
+    assert main(["bench", "--variant", "ffnet_test", "--out", str(out / "results.md" / "sub"), *FAST]) == 1
+    assert "results.md is a file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [

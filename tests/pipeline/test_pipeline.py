@@ -218,6 +218,15 @@ def test_missing_checkpoint_and_foreign_output(tmp_path, capsys):
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
+def test_output_that_cannot_be_created_is_one_line(tmp_path, digits_checkpoint, capsys):
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    out = tmp_path / "file.txt" / "run"
+    assert main(["pipeline", "--checkpoint", str(digits_checkpoint), "--output", str(out), "--formats", "onnx",
+                 "--no-bench"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot create {out / '.pipeline'}: not a directory" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("existing", [False, True])
 def test_full_disk_at_the_start_leaves_the_folder_as_it_was(tmp_path, digits_checkpoint, capsys, full_disk,
                                                             existing):
