@@ -83,14 +83,15 @@ def parse_list(text: str | Sequence[str] | None, allowed: Sequence[str], flag: s
     return tuple(dict.fromkeys(items))
 
 
-def parse_batches(text: str | Sequence[int]) -> tuple[int, ...]:
-    """``"1,8"`` -> ``(1, 8)``; each a positive int."""
+def parse_batches(text: str | Sequence[int], option: str = "--batch", example: str = "1,8") -> tuple[int, ...]:
+    """``"1,8"`` -> ``(1, 8)``; each a positive int (``option`` and ``example`` are for the message)."""
     try:
         items = [int(t) for t in (text.split(",") if isinstance(text, str) else text)]
     except ValueError:
         items = []
     if not items or any(b < 1 for b in items):
-        raise ConfigError(f"bench | --batch takes positive integers separated by commas (e.g. 1,8); got {text!r}")
+        raise ConfigError(f"bench | {option} takes positive integers separated by commas (e.g. {example}); "
+                          f"got {text!r}")
     return tuple(dict.fromkeys(items))
 
 

@@ -544,8 +544,8 @@ def bench(
         protocol=Protocol(warmup=warmup, warmup_time_s=warmup_time, min_iters=min_iters, min_time_s=min_time,
                           max_time_s=max_time),
         device_name=device_name, compare_mixers=compare_mixers,
-        mixer_resolutions=parse_batches(mixer_resolutions), peers=peers, calib=calib, roofline=not no_roofline,
-        trust=trust_checkpoint)
+        mixer_resolutions=parse_batches(mixer_resolutions, "--mixer-resolutions", "224,512"), peers=peers,
+        calib=calib, roofline=not no_roofline, trust=trust_checkpoint)
     request.validate()
     if out is not None:
         _check_bench_out(out)

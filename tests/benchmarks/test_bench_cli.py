@@ -97,6 +97,7 @@ def test_refuses_foreign_results_file(tmp_path, capsys):
     (["--variant", "ffnet_test", "--runtimes", "tflite"], "--runtimes"),
     (["--variant", "ffnet_test", "--precisions", "fp8"], "--precisions"),
     (["--variant", "ffnet_test", "--batch", "0"], "--batch"),
+    (["--compare-mixers", "--mixer-resolutions", "0"], "--mixer-resolutions"),
     (["--variant", "ffnet_test", "--min-iters", "0"], "--min-iters"),
     (["--variant", "ffnet_test", "--resolution", "100"], "multiple of 32"),
     (["/no/such/dir"], "not an artifact directory"),
