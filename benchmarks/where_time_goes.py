@@ -282,12 +282,38 @@ def _typical_chunks(
     return kernels, sum(c[1] for c in keep) / runs, runs
 
 
-class OnnxRuntimeProfiler:
-    """ONNX Runtime FP32 with its profiler on (``enable_profiling``), run chunk by chunk.
+class Profiler:
+    """A runtime with its per-kernel profiler on, run chunk by chunk over one graph and one input.
 
     Used as a context manager: ``warm_up(n)``, then ``run_chunk(k)`` as often as wanted (interleaved with other
-    profilers), then ``result()``.
+    profilers), then ``result()``. Subclasses make the runner and read their runtime's profile.
     """
+
+    runtime: str
+
+    def __init__(self, runner: Any, graph: dict[str, GraphOp], producers: dict[str, str], feed: dict) -> None:
+        self.runner, self.graph, self.producers, self.feed = runner, graph, producers, feed
+
+    def __enter__(self) -> Profiler:
+        self.runner.activate()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.runner.is_active:
+            self.runner.deactivate()
+
+    def warm_up(self, runs: int) -> None:
+        raise NotImplementedError
+
+    def run_chunk(self, runs: int) -> None:
+        raise NotImplementedError
+
+    def result(self) -> KernelProfile:
+        raise NotImplementedError
+
+
+class OnnxRuntimeProfiler(Profiler):
+    """ONNX Runtime FP32 with its profiler on (``enable_profiling``)."""
 
     runtime = "onnxruntime/fp32"
 
@@ -307,18 +333,10 @@ class OnnxRuntimeProfiler:
             o.enable_profiling = True
             o.profile_file_prefix = str(work_dir / "ort_profile")
 
-        self.graph, self.producers, self.feed = graph, producers, feed
-        self.runner = create_runner("onnxruntime", model_dir, threads=threads, session_options=options)
+        runner = create_runner("onnxruntime", model_dir, threads=threads, session_options=options)
+        super().__init__(runner, graph, producers, feed)
         self.warmup = 0
         self.chunk_sizes: list[int] = []
-
-    def __enter__(self) -> OnnxRuntimeProfiler:
-        self.runner.activate()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.runner.is_active:
-            self.runner.deactivate()
 
     def warm_up(self, runs: int) -> None:
         for _ in range(runs):
@@ -368,9 +386,8 @@ class OnnxRuntimeProfiler:
         return KernelProfile(self.runtime, kernels, run_ms, kept, fused)
 
 
-class OpenVINOProfiler:
-    """OpenVINO with per-layer performance counters (``PERF_COUNT``), run chunk by chunk like
-    :class:`OnnxRuntimeProfiler`.
+class OpenVINOProfiler(Profiler):
+    """OpenVINO with per-layer performance counters (``PERF_COUNT``).
 
     ``InferRequest.profiling_info`` holds each kernel's running average over every inference of the compiled model
     so far (warm-up included), so exact totals exist only for runs of consecutive inferences,
@@ -389,14 +406,14 @@ class OpenVINOProfiler:
         from ffnet_deploy.runtimes import create_runner
 
         self.runtime = f"openvino/{'fp32' if precision == 'f32' else precision}"
-        self.graph, self.producers, self.feed = graph, producers, feed
-        self.runner = create_runner(
+        runner = create_runner(
             "openvino",
             model_dir,
             threads=threads,
             inference_precision=precision,
             session_options=lambda config: config.update({"PERF_COUNT": True}),
         )
+        super().__init__(runner, graph, producers, feed)
         self.meta: dict[str, dict] = {}
         self.fused: Counter = Counter()
         self.chunks: list[tuple[dict[str, float], float, int]] = []
@@ -404,7 +421,7 @@ class OpenVINOProfiler:
         self.before: dict[str, float] = {}
 
     def __enter__(self) -> OpenVINOProfiler:
-        self.runner.activate()
+        super().__enter__()
         # A request of our own: the runner's does not expose its profiling_info.
         self.request = self.runner.compiled.create_infer_request()
         self.inputs = {i: self.feed[spec.name] for i, spec in enumerate(self.runner.input_metadata().values())}
@@ -412,8 +429,7 @@ class OpenVINOProfiler:
 
     def __exit__(self, *exc: Any) -> None:
         self.request = None
-        if self.runner.is_active:
-            self.runner.deactivate()
+        super().__exit__(*exc)
 
     def _totals(self, record_fused: bool = False) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -452,8 +468,6 @@ class OpenVINOProfiler:
         kernels, run_ms, kept = _typical_chunks(self.chunks, self.meta)
         return KernelProfile(self.runtime, kernels, run_ms, kept, dict(self.fused))
 
-
-Profiler = OnnxRuntimeProfiler | OpenVINOProfiler
 
 
 def profile_interleaved(profilers: list[Profiler], iters: int, warmup: int) -> list[KernelProfile]:
