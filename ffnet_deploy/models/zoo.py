@@ -53,8 +53,10 @@ def describe_variants(include_test: bool = False) -> list[dict]:
     return rows
 
 
-def describe_checkpoint(path: str | Path, variant: str | None = None, *, trust: bool = False) -> dict:
-    """Container type, detected variant, parameter count, fused or not, and sha256 of a checkpoint file."""
+def describe_checkpoint(path: str | Path, variant: str | None = None, *, trust: bool = False,
+                        sha256: str | None = None) -> dict:
+    """Container type, detected variant, parameter count, fused or not, and sha256 of a checkpoint file (``sha256``:
+    the file's, when the caller hashed it already)."""
     info = inspect_checkpoint(path, variant, trust=trust)
     return {
         "path": str(info.path),
@@ -66,7 +68,7 @@ def describe_checkpoint(path: str | Path, variant: str | None = None, *, trust: 
         "tensors": len(info.state_dict),
         "stripped_prefix": info.stripped_prefix,
         "written_by": "ffnet-deploy " + info.metadata["version"] if info.metadata.get("version") else None,
-        "sha256": sha256_file(path),
+        "sha256": sha256 or sha256_file(path),
         "size_bytes": Path(path).stat().st_size,
     }
 

@@ -26,12 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ffnet_deploy.artifact.manifest import FORMATS, PRECISIONS
 from ffnet_deploy.errors import ConfigError
 
-FORMATS = ("onnx", "openvino", "coreml", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
-DEFAULT_FORMATS = ("onnx", "openvino", "coreml", "tensorrt")
-DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
 DEMO_FORMATS = ("onnx", "openvino", "coreml")
 
 RUNS_ON = {"onnx": "any machine (ONNX Runtime on the CPU)", "openvino": "an x86 or Arm CPU with OpenVINO",
@@ -62,8 +59,8 @@ class PipelineConfig:
     output: Path
     checkpoint: Path | None = None
     variant: str | None = None
-    formats: tuple[str, ...] = DEFAULT_FORMATS
-    precisions: tuple[str, ...] = DEFAULT_PRECISIONS
+    formats: tuple[str, ...] = FORMATS
+    precisions: tuple[str, ...] = PRECISIONS
     calib: str | None = None  # calibration data for int8 (an ImageFolder, a folder of images, or "digits")
     calib_size: int | None = None  # default: the quantizer's (300), or what the data holds for small sets
     eval_data: str | None = None  # labelled (or unlabelled) data for validation; default: calib, else synthetic
@@ -168,6 +165,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     Raises:
         ConfigError: Unreadable or invalid TOML, an unknown key (named, with the known ones), or a wrong type.
     """
+    from ffnet_deploy.validate.data import is_digits_spec
+
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - Python 3.10
@@ -198,7 +197,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             out[key] = base / str(value) if not Path(str(value)).is_absolute() else Path(str(value))
         elif key in _DATA_KEYS:
             text = str(value)
-            out[key] = text if text.startswith("digits") or Path(text).is_absolute() else str(base / text)
+            out[key] = text if is_digits_spec(text) or Path(text).is_absolute() else str(base / text)
         else:
             out[key] = value
     return out

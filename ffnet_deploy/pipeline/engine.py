@@ -25,15 +25,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ffnet_deploy.atomic import os_reason, removed_on_failure, write_hint, write_text
 from ffnet_deploy.errors import ConfigError, FFNetDeployError
 from ffnet_deploy.pipeline.config import Job, PipelineConfig
-from ffnet_deploy.pipeline.state import STATE_DIR, PipelineState, folder_fingerprint, input_hash
+from ffnet_deploy.pipeline.state import SCHEMA, STATE_DIR, PipelineState, data_fingerprint, input_hash
 
 if TYPE_CHECKING:
     from ffnet_deploy.models.checkpoint import LoadedCheckpoint
 
-SCHEMA = "ffnet-deploy.pipeline/1"
 JOB_SCHEMA = "ffnet-deploy.pipeline-job/1"
 STAGES = ("inspect", "reparameterize", "export", "validate", "bench", "recommend", "report")
-RUNTIME_OF_FORMAT = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "coreml": "coreml"}
 WRITTEN = ("artifacts", "jobs", "plots", "checkpoint", "index.md", "index.html", "results.json", "junit.xml",
            STATE_DIR)
 """Everything a pipeline writes into its output folder; ``--force`` removes these and nothing else."""
@@ -183,8 +181,10 @@ def run_pipeline(config: PipelineConfig, *, command: str = "", ui: UI | None = N
         save_job(config.output, records[job.id])
 
     ui.stage(5, "recommend")
+    from ffnet_deploy.benchmarks.results import Device
+
     results = assemble(load_jobs(config.output), checkpoint=info, settings=config.settings(), command=command,
-                       seconds=time.perf_counter() - start)
+                       seconds=time.perf_counter() - start, device=Device.here(config.device_name).to_dict())
     ui.stage(6, "report")
     written = write_report(results, config.output)
     return Outcome(results, written, results["summary"]["exit_code"])
@@ -197,14 +197,15 @@ def stage_inspect(config: PipelineConfig, state: PipelineState) -> dict:
 
     assert config.checkpoint is not None
     sha = sha256_file(config.checkpoint)
-    inputs = input_hash("inspect", sha, config.variant)
+    # the record holds the resolution and the MACs at it: a new --resolution is a new record
+    inputs = input_hash("inspect", sha, config.variant, config.resolution)
     done = state.reusable("inspect", inputs)
     if done:
         return {**done["outputs"], "path": str(config.checkpoint)}
     from ffnet_deploy.benchmarks.suite import ffnet_facts
     from ffnet_deploy.models.config import get_config
 
-    info = jsonable(describe_checkpoint(config.checkpoint, config.variant, trust=config.trust))
+    info = jsonable(describe_checkpoint(config.checkpoint, config.variant, trust=config.trust, sha256=sha))
     resolution = config.resolution or get_config(info["variant"]).resolution
     gmacs, _, top1 = ffnet_facts(info["variant"], resolution, info["num_classes"])
     info.update(resolution=resolution, gmacs=gmacs, published_top1=top1)
@@ -275,8 +276,8 @@ def stage_export(config: PipelineConfig, state: PipelineState, job: Job, record:
         quant = QuantizationConfig(calib=config.calib, **({"calib_size": config.calib_size} if config.calib_size
                                                           else {}),
                                    cache_dir=config.output / STATE_DIR / "calibration")
-    inputs = input_hash("export", job.id, info["sha256"], info["resolution"], config.resolution,
-                        folder_fingerprint(config.calib) if quant else None, config.calib_size if quant else None,
+    inputs = input_hash("export", job.id, info["sha256"], info["resolution"],
+                        data_fingerprint(config.calib) if quant else None, config.calib_size if quant else None,
                         _version())
     done = state.reusable(f"export:{job.id}", inputs)
     if done and _artifact_intact(out):
@@ -359,7 +360,7 @@ def stage_validate(config: PipelineConfig, state: PipelineState, info: dict, rec
     from ffnet_deploy.validate.engine import validate
 
     todo, keys = [], {}
-    data_fp = folder_fingerprint(config.eval_data or config.calib)
+    data_fp = data_fingerprint(config.eval_data or config.calib)
     for record in records:
         if record["status"] != "exported":
             continue
@@ -376,7 +377,7 @@ def stage_validate(config: PipelineConfig, state: PipelineState, info: dict, rec
     if not todo:
         return
     source, description = eval_source(config)
-    total = len(source) if hasattr(source, "__len__") else 0
+    total = len(source)
     ui.log(f"validating {len(todo)} artifact(s) on {description}")
     report = validate([config.output / r["artifact"]["path"] for r in todo], config.checkpoint, info["variant"],
                       source, "auto", 8, trust=config.trust,
@@ -495,6 +496,8 @@ def load_jobs(output: Path) -> list[dict]:
 
 def recommend(jobs: Sequence[dict]) -> list[dict]:
     """For each runtime, the fastest artifact that passed parity, with its speedup over that runtime's FP32."""
+    from ffnet_deploy.benchmarks.suite import RUNTIME_OF_FORMAT
+
     out = []
     runtimes = dict.fromkeys(RUNTIME_OF_FORMAT[j["format"]] for j in jobs)
     for runtime in runtimes:
@@ -522,8 +525,8 @@ def assemble(jobs: Sequence[dict], *, checkpoint: dict, settings: dict, command:
              device: dict | None = None) -> dict:
     """The ``results.json`` dict of a report from job records (a run's, or several runs' merged)."""
     from ffnet_deploy.benchmarks.results import Device
-    from ffnet_deploy.environment import environment_info
 
+    device = device or Device.here().to_dict()
     jobs = [dict(j) for j in jobs]
     recommendations = recommend(jobs)
     counts = {s: sum(j["status"] == s for j in jobs) for s in ("passed", "failed", "skipped", "error")}
@@ -554,8 +557,8 @@ def assemble(jobs: Sequence[dict], *, checkpoint: dict, settings: dict, command:
         "schema": SCHEMA,
         "command": command,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": environment_info()["versions"],
-        "device": device or Device.here().to_dict(),
+        "versions": device.get("versions") or {},
+        "device": device,
         "checkpoint": checkpoint,
         "settings": settings,
         "data": {"eval": data, "labelled": ref_acc is not None, "reference_accuracy": ref_acc},
@@ -585,6 +588,7 @@ def merge_runs(folders: Sequence[Path], out: Path, *, command: str = "",
     """
     say = log or (lambda _m: None)
     records: dict[str, dict] = {}
+    devices: list[dict] = []
     checkpoint = settings = None
     for folder in folders:
         results_path = folder / "results.json"
@@ -600,6 +604,7 @@ def merge_runs(folders: Sequence[Path], out: Path, *, command: str = "",
                               "of one checkpoint")
         checkpoint = checkpoint or results["checkpoint"]
         settings = settings or results["settings"]
+        devices.append(results.get("device") or {})
         for record in load_jobs(folder):
             if record["id"] in records:
                 say(f"{record['id']}: taken from {folder}")
@@ -612,13 +617,13 @@ def merge_runs(folders: Sequence[Path], out: Path, *, command: str = "",
         if record.get("artifact"):
             target = out / record["artifact"]["path"]
             if target.resolve() != (src / record["artifact"]["path"]).resolve():
-                # copied beside the target and renamed into place: an interrupted merge leaves no partial artifact
-                partial = target.with_name(f".{target.name}.partial")
-                shutil.rmtree(partial, ignore_errors=True)
-                shutil.copytree(src / record["artifact"]["path"], partial)
-                if target.exists():
-                    shutil.rmtree(target)
-                partial.rename(target)
+                # published like an export: an interrupted merge leaves no partial artifact
+                from ffnet_deploy.artifact.workdir import publish, workdir_for
+
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with workdir_for(target) as work:
+                    shutil.copytree(src / record["artifact"]["path"], work, dirs_exist_ok=True)
+                    publish(work, target, force=True)
         save_job(out, record)
     settings = dict(settings or {})
     from ffnet_deploy.pipeline.config import FORMATS, PRECISIONS
@@ -626,6 +631,10 @@ def merge_runs(folders: Sequence[Path], out: Path, *, command: str = "",
     formats = [f for f in FORMATS if any(r["format"] == f for r in records.values())]
     precisions = [p for p in PRECISIONS if any(r["precision"] == p for r in records.values())]
     settings.update(formats=formats, precisions=precisions)
-    results = assemble(load_jobs(out), checkpoint=checkpoint, settings=settings, command=command, seconds=None)
+    names = list(dict.fromkeys(d.get("name") or "unnamed" for d in devices))
+    # the runs' own device (several: their names only; each job's numbers come from the machine that ran it)
+    device = devices[0] if len(names) == 1 else {"name": " + ".join(names)}
+    results = assemble(load_jobs(out), checkpoint=checkpoint, settings=settings, command=command, seconds=None,
+                       device=device)
     written = write_report(results, out)
     return Outcome(results, written, results["summary"]["exit_code"])

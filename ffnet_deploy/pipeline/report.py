@@ -36,12 +36,12 @@ from typing import TYPE_CHECKING, Any
 from ffnet_deploy.atomic import write_bytes, write_text
 from ffnet_deploy.benchmarks.results import fmt_ms as bench_ms
 from ffnet_deploy.errors import MissingDependencyError, require
+from ffnet_deploy.pipeline.state import SCHEMA
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-SCHEMA = "ffnet-deploy.pipeline/1"
 """Identifier and version of the ``results.json`` layout."""
 
 JUNIT_NAME = "ffnet-deploy pipeline"
@@ -114,19 +114,6 @@ def _duration(seconds: Any) -> str:
         return f"{s:.1f} s"
     minutes, rest = divmod(round(s), 60)
     return f"{minutes} min {rest} s"
-
-
-def _jsonable(obj: Any) -> Any:
-    """Strict JSON: non-finite floats become the strings ``"nan"``, ``"inf"``, ``"-inf"``; paths become strings."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -909,6 +896,8 @@ def write_report(results: dict, folder: Path) -> dict[str, Path]:
         The paths written, by kind: ``latency``, ``accuracy`` (those drawn), ``markdown``, ``html``, ``json``,
         ``junit``.
     """
+    from ffnet_deploy.validate.engine import jsonable
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
@@ -930,7 +919,7 @@ def write_report(results: dict, folder: Path) -> dict[str, Path]:
     results["plots"] = plots
     written["markdown"] = write_text(folder / "index.md", render_markdown(results), "pipeline report")
     written["html"] = write_text(folder / "index.html", render_html(results, folder), "pipeline report")
-    written["json"] = write_text(folder / "results.json", json.dumps(_jsonable(results), indent=2) + "\n",
+    written["json"] = write_text(folder / "results.json", json.dumps(jsonable(results), indent=2) + "\n",
                                  "pipeline report")
     written["junit"] = write_junit(results, folder / "junit.xml")
     return written

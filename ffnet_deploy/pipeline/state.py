@@ -20,6 +20,9 @@ from typing import Any
 from ffnet_deploy.atomic import write_text
 from ffnet_deploy.errors import ConfigError
 
+SCHEMA = "ffnet-deploy.pipeline/1"
+"""Schema of a pipeline run's ``results.json`` (:mod:`ffnet_deploy.pipeline.report` renders it)."""
+
 STATE_SCHEMA = "ffnet-deploy.pipeline-state/1"
 STATE_DIR = ".pipeline"
 
@@ -29,17 +32,14 @@ def input_hash(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def folder_fingerprint(spec: str | None) -> Any:
-    """What a data option names, for a stage's inputs: the spec, plus for a folder every file's relative path, size
-    and modification time (so adding or changing an image changes the hash without reading the images)."""
-    if spec is None or str(spec).startswith("digits"):
-        return spec
-    root = Path(spec)
-    if not root.is_dir():
-        return spec
-    entries = sorted((str(p.relative_to(root)), p.stat().st_size, int(p.stat().st_mtime))
-                     for p in root.rglob("*") if p.is_file())
-    return {"spec": str(spec), "files": input_hash(entries), "count": len(entries)}
+def data_fingerprint(spec: str | None) -> Any:
+    """What a data option names, for a stage's inputs: the spec and its source's fingerprint (for a folder, every
+    image's relative path, size and modification time, so adding or changing an image changes the hash)."""
+    if spec is None:
+        return None
+    from ffnet_deploy.validate.data import source_from_spec
+
+    return {"spec": str(spec), "fingerprint": source_from_spec(spec).fingerprint()}
 
 
 class PipelineState:

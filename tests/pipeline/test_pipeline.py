@@ -218,6 +218,19 @@ def test_missing_checkpoint_and_foreign_output(tmp_path, capsys):
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
+def test_device_name_and_a_new_resolution_on_resume(tmp_path, digits_checkpoint):
+    out = tmp_path / "o"
+    base = ["pipeline", "--checkpoint", str(digits_checkpoint), "--output", str(out), "--formats", "onnx",
+            "--precisions", "fp32", "--no-bench", "--device-name", "bench box"]
+    assert main(base) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["device"]["name"] == "bench box" and results["checkpoint"]["resolution"] == 32
+    assert main([*base, "--resume", "--resolution", "64"]) == 0  # the inspect record depends on the resolution
+    results = json.loads((out / "results.json").read_text())
+    assert results["checkpoint"]["resolution"] == 64
+    assert json.loads((out / "artifacts" / "onnx-fp32" / "manifest.json").read_text())["resolution"] == 64
+
+
 def test_output_that_cannot_be_created_is_one_line(tmp_path, digits_checkpoint, capsys):
     (tmp_path / "file.txt").write_text("a file, not a folder")
     out = tmp_path / "file.txt" / "run"
