@@ -48,7 +48,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ffnet_deploy.errors import ExportError, MissingDependencyError
+from ffnet_deploy.errors import ExportError
 from ffnet_deploy.exporters.base import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -335,30 +335,6 @@ activation; blocking it would not bring back ONNX Runtime's CPU Gelu fusion anyw
 stay float16). FFNet has no Resize, and the parity gate judges the converted graph under the fp16 profile."""
 
 
-def _fp16_converter():
-    """``(convert_float_to_float16, name, default op block list, version)``: ONNX Runtime's bundled converter, else
-    onnxconverter-common's (the same code, older).
-
-    Raises:
-        MissingDependencyError: If neither is importable.
-    """
-    try:
-        import onnxruntime
-        from onnxruntime.transformers import float16
-    except ImportError as ort_err:
-        try:
-            import onnxconverter_common
-            from onnxconverter_common import float16
-        except ImportError:
-            raise MissingDependencyError(
-                f"onnx fp16 export needs onnxruntime.transformers.float16 ({ort_err}) or onnxconverter-common: "
-                "pip install onnxconverter-common") from ort_err
-        return (float16.convert_float_to_float16, "onnxconverter_common.float16.convert_float_to_float16",
-                list(float16.DEFAULT_OP_BLOCK_LIST), ("onnxconverter_common", onnxconverter_common.__version__))
-    return (float16.convert_float_to_float16, "onnxruntime.transformers.float16.convert_float_to_float16",
-            list(float16.DEFAULT_OP_BLOCK_LIST), ("onnxruntime", onnxruntime.__version__))
-
-
 def convert_stage_fp16(stage: OnnxStage, keys: list[str], log: Log) -> OnnxStage:
     """The fp16 form of an fp32 stage: float16 weights and compute, float32 ``images`` and ``logits``.
 
@@ -377,21 +353,26 @@ def convert_stage_fp16(stage: OnnxStage, keys: list[str], log: Log) -> OnnxStage
         initializer counts) and the GELU report of the converted graph.
 
     Raises:
-        MissingDependencyError: No converter is installed.
         ExportError: If the converted graph fails the ONNX checker or lost a block output.
     """
     import onnx
+    import onnxruntime
+    from onnxruntime.transformers import float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
-    convert, converter, default_blocked, (package, version) = _fp16_converter()
-    blocked = sorted({*default_blocked, *FP16_KEPT_OPS})
+    converter = "onnxruntime.transformers.float16.convert_float_to_float16"
+    blocked = sorted({*float16.DEFAULT_OP_BLOCK_LIST, *FP16_KEPT_OPS})
     proto = onnx.load(str(stage.path))
     present = {n.op_type for n in proto.graph.node}
     log(f"converting to float16 ({converter}, float32 input and output kept)")
     with warnings.catch_warnings():
         # It warns about each weight it clamps to float16's range; the parity gate judges the result.
         warnings.simplefilter("ignore", UserWarning)
-        half = convert(proto, keep_io_types=True, op_block_list=blocked)
-    _topological_sort(half.graph)
+        half = float16.convert_float_to_float16(proto, keep_io_types=True, op_block_list=blocked)
+    try:
+        OnnxModel.graph_topological_sort(half.graph)  # stable: the traced order survives, the Casts move up
+    except RuntimeError as err:
+        raise ExportError(f"onnx export | the float16 graph cannot be ordered: {err}") from None
     onnx.save(half, str(stage.path))
     _check(stage.path, "float16")
     blocks = resolve_block_outputs(half.graph, keys)
@@ -399,50 +380,14 @@ def convert_stage_fp16(stage: OnnxStage, keys: list[str], log: Log) -> OnnxStage
         raise ExportError("onnx export | the float16 conversion renamed block output tensors; export fp32 instead")
     dtypes = Counter(onnx.TensorProto.DataType.Name(t.data_type).lower() for t in half.graph.initializer)
     record = {
-        "converter": f"{converter} ({package} {version})",
+        "converter": f"{converter} (onnxruntime {onnxruntime.__version__})",
         "keep_io_types": True,
         "kept_fp32_ops": sorted(present & set(blocked)),  # op types of this graph left in float32
         "initializers": dict(sorted(dtypes.items())),  # initializer count per data type after conversion
     }
     ops = dict(sorted(Counter(n.op_type for n in half.graph.node).items()))
     details = stage.details | {"op_counts": ops, "gelu": gelu_report(half, stage.options.opset), "fp16": record}
-    versions = stage.versions if package == "onnxruntime" else stage.versions | {package: version}
-    return dataclasses.replace(stage, details=details, versions=versions)
-
-
-def _topological_sort(graph) -> None:
-    """Order ``graph.node`` so that every node follows the producers of its inputs, otherwise keeping file order
-    (the converter only appends its Casts, so the traced order survives)."""
-    import onnx
-
-    nodes = list(graph.node)
-    producer = {out: i for i, n in enumerate(nodes) for out in n.output if out}
-    state, order = [0] * len(nodes), []  # 0 not seen, 1 waiting for its producers, 2 placed
-    for root in range(len(nodes)):
-        stack = [root]  # iterative depth-first walk: a deep graph would exceed Python's recursion limit
-        while stack:
-            i = stack[-1]
-            if state[i] == 0:
-                state[i] = 1
-                for t in reversed(nodes[i].input):
-                    j = producer.get(t)
-                    if j is not None and state[j] == 1:
-                        raise ExportError(f"onnx export | the float16 graph has a cycle through node "
-                                          f"{nodes[j].name!r}")
-                    if j is not None and state[j] == 0:
-                        stack.append(j)
-            else:
-                stack.pop()
-                if state[i] == 1:
-                    state[i] = 2
-                    order.append(i)
-    copies = []
-    for i in order:
-        copy = onnx.NodeProto()
-        copy.CopyFrom(nodes[i])
-        copies.append(copy)
-    graph.ClearField("node")
-    graph.node.extend(copies)
+    return dataclasses.replace(stage, details=details)
 
 
 ONNXSIM_SKIPPED = ("fuse_preceding_mul_into_conv",)
