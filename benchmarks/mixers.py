@@ -16,11 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ffnet_deploy.benchmarks.results import BenchRow, fmt_ms
+from ffnet_deploy.benchmarks.specs import BASELINE_MIXER as BASELINE
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.models.config import VARIANTS
-
-BASELINE = "ffnified"
-"""The token mixer every other one is compared with."""
 
 TIE = 0.05
 """Latency ratios within this fraction of 1 count as on par: closer than that is within timing noise on a CPU."""

@@ -54,6 +54,17 @@ class DeviceTable(Protocol):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def not_our_plot(path: Path) -> str | None:
+    """Why ``path`` must not be replaced by a plot (``None``: it is a PNG that ffnet-deploy drew, carrying
+    :data:`PNG_TAG`); the ``may_replace`` of every plot function here."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError as err:
+        return f"it cannot be read ({err.strerror})"
+    return None if head.startswith(b"\x89PNG") and PNG_TAG.encode() in head else "it is not a plot ffnet-deploy wrote"
+
+
 def plot_latency_vs_top1(result: BenchResult, path: str | Path, runtime: str | None = None, *,
                          may_replace: Callable[[Path], str | None] | None = None) -> Path | None:
     """Scatter of median latency (x) against published ImageNet top-1 (y), one line of markers per runtime ×
@@ -79,7 +90,7 @@ def plot_latency_vs_top1(result: BenchResult, path: str | Path, runtime: str | N
     fig = _figure(8.5, 5.5)
     ax = fig.add_subplot()
     for i, (name, members) in enumerate(series.items()):
-        color, marker = _color(fig, i), "osD^v<>ph*"[i % 10]
+        color, marker = _color(i), "osD^v<>ph*"[i % 10]
         # one curve per family (FFNet variants form a curve; peers are separate points, not a curve)
         for family, same in _group(members, lambda r: r.family).items():
             same = sorted(same, key=lambda r: (r.published_top1, r.p50))
@@ -147,7 +158,7 @@ def plot_by_runtime(result: BenchResult, path: str | Path, *,
             start = positions
             for r in present:
                 name = _series_name(r)
-                bar = ax.bar(positions, r.p50, width=0.9, color=_color(fig, colors[name]), label=name,
+                bar = ax.bar(positions, r.p50, width=0.9, color=_color(colors[name]), label=name,
                              hatch="//" if r.source == "imported" else None, edgecolor="white", linewidth=0.5)
                 ax.bar_label(bar, labels=[fmt_ms(r.p50)], rotation=90, fontsize=7, padding=2)
                 positions += 1
@@ -159,7 +170,7 @@ def plot_by_runtime(result: BenchResult, path: str | Path, *,
         ax.set_title(_FAMILY_TITLES.get(family, family), fontsize=10, loc="left")
         ax.grid(True, axis="y", which="major", alpha=0.3)
         ax.set_xlim(-1, positions - 1)
-    _legend_below(fig, axes, series_names, colors)
+    _legend_below(fig, axes, series_names)
     fig.suptitle(f"Median latency per runtime on {result.device.name}" + _imported_note(rows), fontsize=12)
     return _save(fig, path, may_replace)
 
@@ -192,7 +203,7 @@ def plot_vs_resolution(result: BenchResult, path: str | Path, *,
                           key=lambda r: r.resolution)
             if len(line) < 2:
                 continue
-            ax.plot([r.resolution for r in line], [r.p50 for r in line], color=_color(fig, mi),
+            ax.plot([r.resolution for r in line], [r.p50 for r in line], color=_color(mi),
                     linestyle=styles[vi % len(styles)], marker=markers[vi % len(markers)], markersize=5,
                     label=f"{model} · {variant}" if len(variants) > 1 else model)
     resolutions = sorted({r.resolution for r in rows})
@@ -238,7 +249,7 @@ def plot_devices(table: DeviceTable, path: str | Path, *,
             if cell is None:
                 continue
             any_imported |= cell.imported
-            bar = ax.barh(y, cell.p50, height=0.85, color=_color(fig, j), label=col_labels[j],
+            bar = ax.barh(y, cell.p50, height=0.85, color=_color(j), label=col_labels[j],
                           hatch="//" if cell.imported else None, edgecolor="white", linewidth=0.5)
             ax.bar_label(bar, labels=[fmt_ms(cell.p50) + ("†" if cell.imported else "")], fontsize=7, padding=2)
             values.append(cell.p50)
@@ -311,7 +322,7 @@ def _figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def _color(fig: Figure, index: int):
+def _color(index: int):
     import matplotlib
 
     palette = matplotlib.colormaps["tab20" if index >= 10 else "tab10"]
@@ -344,7 +355,7 @@ def _plain_log_ticks(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def _legend_below(fig: Figure, axes, names: list[str], colors: dict[str, int]) -> None:
+def _legend_below(fig: Figure, axes, names: list[str]) -> None:
     handles = {}
     for ax in axes:
         for container in ax.containers:

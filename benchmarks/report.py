@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ffnet_deploy.atomic import write_text
-from ffnet_deploy.benchmarks.plots import PNG_TAG, plot_devices
+from ffnet_deploy.atomic import replace_refusal, write_text
+from ffnet_deploy.benchmarks.plots import not_our_plot, plot_devices
 from ffnet_deploy.benchmarks.results import BenchResult, BenchRow, Device, fmt_ms, read_result
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.models.config import VARIANTS
@@ -445,9 +445,9 @@ def merge_files(paths: Sequence[str | Path], out_md: str | Path) -> dict[str, Pa
         if out.resolve() in resolved:
             raise ConfigError(f"report merge | output {out} would overwrite the input {resolved[out.resolve()]}; "
                               "choose another --out")
-    verdicts = {"md": _ours_md, "csv": _ours_csv, "png": _ours_png}
+    verdicts = {"md": _ours_md, "csv": _ours_csv, "png": not_our_plot}
     for kind, out in outputs.items():
-        reason = _refusal(out, verdicts[kind])
+        reason = replace_refusal(out, verdicts[kind])
         if reason:
             raise ConfigError(f"report merge | refusing to overwrite {out}: {reason}; choose another --out")
     results = [read_result(p) for p in inputs]
@@ -456,7 +456,7 @@ def merge_files(paths: Sequence[str | Path], out_md: str | Path) -> dict[str, Pa
         raise ConfigError(f"report merge | no successful measurement in {', '.join(str(p) for p in inputs)}; "
                           "merge results whose rows ran (status ok)")
     header = f"{MARKER}: {' '.join(str(p) for p in inputs)} -->\n\n"
-    png = plot_devices(table, outputs["png"], may_replace=_ours_png)
+    png = plot_devices(table, outputs["png"], may_replace=not_our_plot)
     figure = f"\n![median latency per device]({outputs['png'].name})\n" if png is not None else ""
     written = {"md": write_text(outputs["md"], header + table.to_markdown() + figure, "report merge",
                                 may_replace=_ours_md),
@@ -464,14 +464,6 @@ def merge_files(paths: Sequence[str | Path], out_md: str | Path) -> dict[str, Pa
     if png is not None:
         written["png"] = png
     return written
-
-
-def _refusal(path: Path, verdict) -> str | None:
-    if path.is_symlink():
-        return "it is a symbolic link"
-    if path.is_dir():
-        return "it is a directory"
-    return verdict(path) if path.exists() else None
 
 
 def _ours_md(path: Path) -> str | None:
@@ -490,12 +482,3 @@ def _ours_csv(path: Path) -> str | None:
     except OSError as err:
         return f"it cannot be read ({err.strerror})"
     return None if first == ",".join(MergedTable.CSV_COLUMNS) else "it is not a table 'ffnet-deploy report merge' wrote"
-
-
-def _ours_png(path: Path) -> str | None:
-    try:
-        with path.open("rb") as f:
-            head = f.read(4096)
-    except OSError as err:
-        return f"it cannot be read ({err.strerror})"
-    return None if head.startswith(b"\x89PNG") and PNG_TAG.encode() in head else "it is not a plot ffnet-deploy wrote"

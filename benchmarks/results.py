@@ -130,10 +130,6 @@ class BenchRow:
     def p50(self) -> float | None:
         return self.latency_ms.get("p50")
 
-    def key(self) -> tuple:
-        """What identifies a row within one device's results."""
-        return (self.model, self.runtime, self.precision, self.resolution, self.batch, self.compute_units)
-
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -302,7 +298,8 @@ def owned_by_bench(path: Path) -> bool:
     return head.startswith(MARKDOWN_MARK)
 
 
-def _verdict(path: Path) -> str | None:
+def not_written_by_bench(path: Path) -> str | None:
+    """Why ``path`` must not be replaced by a bench result (``None``: bench wrote it); a ``may_replace`` verdict."""
     return None if owned_by_bench(path) else "it was not written by ffnet-deploy bench"
 
 
@@ -318,5 +315,5 @@ def write_result(result: BenchResult, out: str | Path, stem: str = "results", ma
     if result.command:
         header += f"Command: `{result.command}`\n\n"
     text = {"json": json.dumps(result.to_dict(), indent=2) + "\n", "csv": to_csv([result]), "md": header + md}
-    return {kind: write_text(out / f"{stem}.{kind}", body, "bench result", may_replace=_verdict)
+    return {kind: write_text(out / f"{stem}.{kind}", body, "bench result", may_replace=not_written_by_bench)
             for kind, body in text.items()}

@@ -57,7 +57,6 @@ class ModelSpec:
     published_top1: float | None = None  # ImageNet-1k top-1 (%) as published at this resolution; reference only
     top1_source: str | None = None  # where published_top1 comes from
     is_ffnet: bool = False  # exported through the project's FFNet ONNX exporter (else plain torch.onnx.export)
-    timm_id: str | None = None  # peers: timm model name with the pretrained tag that published_top1 refers to
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -216,4 +215,4 @@ def peer_specs(names: Sequence[str] | None = None) -> list[ModelSpec]:
     require("timm", "peers", "peer benchmark")
     peers = PEERS if names is None else tuple(peer_info(n) for n in names)
     return [ModelSpec(name=p.name, family="peer", resolution=p.resolution, build=partial(_build_peer, p.timm_id),
-                      published_top1=p.top1, top1_source=p.source, timm_id=p.timm_id) for p in peers]
+                      published_top1=p.top1, top1_source=p.source) for p in peers]

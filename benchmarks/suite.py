@@ -33,9 +33,11 @@ import numpy as np
 from ffnet_deploy.artifact.manifest import Manifest, read_manifest
 from ffnet_deploy.benchmarks.protocol import Contender, Progress, Protocol, latency_stats, measure, throughput
 from ffnet_deploy.benchmarks.results import BenchResult, BenchRow, Device
+from ffnet_deploy.benchmarks.specs import MIXER_RESOLUTIONS
 from ffnet_deploy.errors import ConfigError
-from ffnet_deploy.runtimes import RUNTIMES, BaseRunner, create_runner, load_all
+from ffnet_deploy.runtimes import BaseRunner, create_runner
 from ffnet_deploy.runtimes.onnxruntime import no_spinning
+from ffnet_deploy.validate.engine import runtime_unavailable
 
 RUNTIME_NAMES = ("torch", "onnxruntime", "openvino", "tensorrt", "coreml")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -107,7 +109,9 @@ def _isa() -> frozenset[str]:
 
 def has_bf16() -> bool:
     """Whether this CPU has bf16 arithmetic (AVX512-BF16, AMX, or Arm's BF16)."""
-    return bool(_isa() & {"avx512_bf16", "amx_bf16", "bf16"})
+    from ffnet_deploy.benchmarks.roofline import BF16_FLAGS
+
+    return bool(_isa() & set(BF16_FLAGS))
 
 
 def unsupported(runtime: str, precision: str) -> str | None:
@@ -126,12 +130,6 @@ def unsupported(runtime: str, precision: str) -> str | None:
     if runtime == "coreml" and precision == "bf16":
         return "Core ML has no bf16"
     return None
-
-
-def runtime_unavailable(runtime: str) -> str | None:
-    """Why ``runtime`` cannot run here at all (missing package, no GPU, not macOS), or ``None``."""
-    load_all()
-    return RUNTIMES.get(runtime).unavailable_reason()
 
 
 # -- model facts ----------------------------------------------------------------------------------------------------
@@ -289,8 +287,8 @@ def variant_jobs(variant: str | None, checkpoint: str | Path | None, workdir: Pa
     model, variant = loaded.model, loaded.variant
     resolution = resolution or get_config(variant).resolution
     fused = model.reparameterize() if not model.is_fused else model
-    gmacs, params, top1 = ffnet_facts(variant, resolution, fused.num_classes if hasattr(fused, "num_classes")
-                                      else 1000)
+    loaded = replace(loaded, model=fused)  # every export below starts from the fused model instead of fusing again
+    gmacs, params, top1 = ffnet_facts(variant, resolution, fused.num_classes)
     jobs: list[Job] = []
     exports: dict[tuple[str, str, int], Path] = {}
     for runtime in runtimes:
@@ -333,11 +331,9 @@ def variant_jobs(variant: str | None, checkpoint: str | Path | None, workdir: Pa
                         jobs.append(Job(row=replace(row, status="failed", reason=f"export failed: {err}")))
                         continue
                     exports[key] = out
-                for job in artifact_jobs([exports[key]], precisions=[precision] if precision != "bf16" else
-                                         ["fp32", "bf16"], batches=[batch], threads=threads):
-                    if job.row.precision == precision:
-                        job.row = replace(job.row, provenance=row.provenance)
-                        jobs.append(job)
+                for job in artifact_jobs([exports[key]], precisions=[precision], batches=[batch], threads=threads):
+                    job.row = replace(job.row, provenance=row.provenance)
+                    jobs.append(job)
     return jobs
 
 
@@ -412,14 +408,11 @@ def _model_file(spec: Any, model: Any, runtime: str, batch: int, workdir: Path, 
     stem = workdir / f"{spec.name.replace('/', '-')}-{spec.resolution}-b{batch}"
     onnx_path = stem.with_suffix(".onnx")
     if ("onnx", batch) not in files:
-        say(f"exporting {spec.name} at {spec.resolution} to ONNX")
-        x = torch.zeros(batch, 3, spec.resolution, spec.resolution)
-        import warnings
+        from ffnet_deploy.benchmarks.export_latency import plain_onnx_export
 
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (x,), str(onnx_path), dynamo=False, opset_version=17, input_names=["images"],
-                              output_names=["logits"])
+        say(f"exporting {spec.name} at {spec.resolution} to ONNX")
+        with torch.no_grad():
+            plain_onnx_export(model, spec.resolution, batch, onnx_path)
         files[("onnx", batch)] = onnx_path
     if runtime == "onnxruntime":
         return files[("onnx", batch)]
@@ -516,7 +509,7 @@ class BenchRequest:
     protocol: Protocol = Protocol()
     device_name: str | None = None
     compare_mixers: bool = False
-    mixer_resolutions: tuple[int, ...] = (224, 256, 384, 512)
+    mixer_resolutions: tuple[int, ...] = MIXER_RESOLUTIONS
     mixer_base: str = "ffnet_1"
     peers: bool = False
     calib: str | Path | None = None
@@ -607,6 +600,10 @@ def bench(request: BenchRequest, workdir: Path, *, command: str = "", log: Calla
     return make_result(rows, request.protocol, device_name=request.device_name, command=command, roofline=roofline)
 
 
+PLOT_NAMES = ("latency_vs_top1", "by_runtime", "vs_resolution")
+"""The plots :func:`write_outputs` draws, as ``<name>.png`` beside the results."""
+
+
 def write_outputs(result: BenchResult, out: Path) -> dict[str, Path]:
     """Write ``results.{json,csv,md}`` and the plots into ``out``; the Markdown embeds the mixer and peer tables
     and links the plots. Returns every path written."""
@@ -616,10 +613,11 @@ def write_outputs(result: BenchResult, out: Path) -> dict[str, Path]:
     from ffnet_deploy.benchmarks.results import to_markdown, write_result
 
     pngs: dict[str, Path] = {}
+    drawers = {"latency_vs_top1": plots.plot_latency_vs_top1, "by_runtime": plots.plot_by_runtime,
+               "vs_resolution": plots.plot_vs_resolution}
     with removed_on_failure(out):  # a folder this call made goes again if a write fails (a full disk, Ctrl-C)
-        for name, plot in (("latency_vs_top1", plots.plot_latency_vs_top1), ("by_runtime", plots.plot_by_runtime),
-                           ("vs_resolution", plots.plot_vs_resolution)):
-            path = plot(result, out / f"{name}.png")
+        for name in PLOT_NAMES:
+            path = drawers[name](result, out / f"{name}.png", may_replace=plots.not_our_plot)
             if path is not None:
                 pngs[name] = Path(path)
         sections = [to_markdown(result)]

@@ -546,8 +546,7 @@ def bench(
         device_name=device_name, compare_mixers=compare_mixers,
         mixer_resolutions=parse_batches(mixer_resolutions, "--mixer-resolutions", "224,512"), peers=peers,
         calib=calib, roofline=not no_roofline, trust=trust_checkpoint)
-    request.validate()
-    if out is not None:
+    if out is not None:  # the request itself is checked by bench() before anything runs
         _check_bench_out(out)
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     work = Path(tempfile.mkdtemp(prefix="ffnet-bench-"))
@@ -609,18 +608,24 @@ def bench_table(result: Any) -> Table:
 
 def _check_bench_out(out: Path) -> None:
     """Refuse an ``--out`` that is a file, or a folder holding results files ffnet-deploy did not write."""
-    from ffnet_deploy.benchmarks.results import owned_by_bench
+    from ffnet_deploy.atomic import replace_refusal
+    from ffnet_deploy.benchmarks.plots import not_our_plot
+    from ffnet_deploy.benchmarks.results import not_written_by_bench
+    from ffnet_deploy.benchmarks.suite import PLOT_NAMES
 
     if out.exists() and not out.is_dir():
         raise FFNetDeployError(f"bench | --out {out} is a file; pass a folder for the results")
     blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:  # found now, not after the measurements
         raise FFNetDeployError(f"bench | --out {out} cannot be created: {blocker} is a file; pass another folder")
-    for name in ("results.json", "results.csv", "results.md"):
-        target = out / name
-        if target.exists() and not owned_by_bench(target):
-            raise FFNetDeployError(f"bench | {target} exists and was not written by ffnet-deploy bench; "
-                                   "choose another --out folder")
+    # checked again when each file is written; here, before anything is measured
+    verdicts = {**{f"results.{kind}": not_written_by_bench for kind in ("json", "csv", "md")},
+                **{f"{name}.png": not_our_plot for name in PLOT_NAMES}}
+    for name, verdict in verdicts.items():
+        reason = replace_refusal(out / name, verdict)
+        if reason:
+            raise FFNetDeployError(f"bench | refusing to overwrite {out / name}: {reason}; choose another --out "
+                                   "folder")
 
 
 report_app = typer.Typer(help="Tables across devices: merge bench results, import measurements made elsewhere.",
@@ -678,7 +683,7 @@ def report_add(
 
     from ffnet_deploy.atomic import write_text
     from ffnet_deploy.benchmarks.report import import_measurements
-    from ffnet_deploy.benchmarks.results import owned_by_bench
+    from ffnet_deploy.benchmarks.results import not_written_by_bench
 
     if not device_name.strip():
         raise FFNetDeployError("report add | --device-name must not be empty, e.g. --device-name 'iPhone 12'")
@@ -686,10 +691,7 @@ def report_add(
     target = out or csv_file.with_suffix(".json")
     if target.resolve() == csv_file.resolve():
         raise FFNetDeployError("report add | --out would overwrite the CSV; choose a .json path")
-    if target.exists() and not owned_by_bench(target):
-        raise FFNetDeployError(f"report add | {target} exists and was not written by ffnet-deploy; choose another "
-                               "--out")
-    write_text(target, _json.dumps(result.to_dict(), indent=2) + "\n", "report add")
+    write_text(target, _json.dumps(result.to_dict(), indent=2) + "\n", "report add", may_replace=not_written_by_bench)
     if as_json:
         emit_json({"written": str(target), "rows": len(result.rows)})
         return

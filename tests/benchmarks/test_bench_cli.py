@@ -87,6 +87,12 @@ def test_refuses_foreign_results_file(tmp_path, capsys):
     assert main(["bench", "--variant", "ffnet_test", "--out", str(out), *FAST]) == 1
     assert "not written by ffnet-deploy bench" in capsys.readouterr().err
     assert (out / "results.md").read_text() == "my notes\n"
+    (out / "results.md").unlink()
+    (out / "by_runtime.png").write_bytes(b"\x89PNG my own plot")  # a plot of the user's, under a name bench uses
+    assert main(["bench", "--variant", "ffnet_test", "--out", str(out), *FAST]) == 1
+    assert "by_runtime.png: it is not a plot ffnet-deploy wrote" in capsys.readouterr().err
+    assert (out / "by_runtime.png").read_bytes() == b"\x89PNG my own plot"
+    (out / "results.md").write_text("my notes\n")
     # an --out below a file is refused before anything is measured
     assert main(["bench", "--variant", "ffnet_test", "--out", str(out / "results.md" / "sub"), *FAST]) == 1
     assert "results.md is a file" in capsys.readouterr().err
