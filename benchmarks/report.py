@@ -294,7 +294,8 @@ class MergedTable:
         for name in self.devices:
             d = self.device_info[name]
             cpu = (d.cpu or "-") + (f" ({d.cores} cores)" if d.cores else "")
-            lines.append(f"| {_md(name)} | {_md(cpu)} | {_md(', '.join(d.isa_flags) or '-')} | {_md(d.gpu or '-')} | "
+            isa = (f"{d.isa_class}: " if d.isa_class else "") + (', '.join(d.isa_flags) or '-')
+            lines.append(f"| {_md(name)} | {_md(cpu)} | {_md(isa)} | {_md(d.gpu or '-')} | "
                          f"{' and '.join(self.device_sources(name)) or 'no successful rows'} |")
         lines += ["", "Median (p50) latency in ms per batch; lower is better. `-`: not measured there.", ""]
         marks = self._footnotes()

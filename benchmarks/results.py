@@ -9,7 +9,8 @@ run on this machine; ``status="skipped"`` and a reason) or failed (``status="fai
 Schema ``ffnet-deploy.bench/1`` (JSON, one file per run)::
 
     {"schema": "ffnet-deploy.bench/1", "command": str, "created": ISO-8601,
-     "device": {"name", "cpu", "cores", "isa_flags", "os", "machine", "gpu", "versions": {package: version}},
+     "device": {"name", "cpu", "cores", "isa_flags", "isa_class", "emulated", "os", "machine", "gpu",
+                "versions": {package: version}},
      "protocol": {"warmup", "warmup_time_s", "min_iters", "min_time_s", "interleaved"} | null,
      "roofline": Roofline.to_dict() | null,
      "rows": [BenchRow.to_dict(), ...]}
@@ -52,6 +53,8 @@ class Device:
     cpu: str = ""
     cores: int | None = None
     isa_flags: tuple[str, ...] = ()
+    isa_class: str = ""  # environment.ISA_CLASSES key of the CPU the process saw ("" in results of older versions)
+    emulated: bool = False  # the process saw another CPU than /proc/cpuinfo describes (qemu -cpu, a VM mask)
     os: str = ""
     machine: str = ""
     gpu: str | None = None  # GPU model and driver, when there is one
@@ -62,7 +65,8 @@ class Device:
         """This machine, with the ISA flags and package versions of :func:`environment_info`."""
         env = environment_info()
         return cls(name=name or platform.node() or "this machine", cpu=env["cpu"], cores=env["cpu_count"],
-                   isa_flags=tuple(env["isa_flags"]), os=env["platform"], machine=env["machine"], gpu=_gpu(),
+                   isa_flags=tuple(env["isa_flags"]), isa_class=env["isa_class"], emulated=env["emulated"],
+                   os=env["platform"], machine=env["machine"], gpu=_gpu(),
                    versions=dict(env["versions"]))
 
     def to_dict(self) -> dict:
@@ -231,7 +235,8 @@ def to_markdown(result: BenchResult, title: str = "Latency") -> str:
     """The run as a Markdown table (median and spread per row), with the device and roofline above it."""
     d = result.device
     lines = [f"## {title}: {d.name}", "",
-             f"CPU: {d.cpu} ({d.cores} cores; ISA: {', '.join(d.isa_flags) or 'none reported'}); OS: {d.os}"
+             f"CPU: {d.cpu} ({d.cores} cores; ISA class {d.isa_class or 'not recorded'}: "
+             f"{', '.join(d.isa_flags) or 'no flags reported'}{'; emulated' if d.emulated else ''}); OS: {d.os}"
              + (f"; GPU: {d.gpu}" if d.gpu else ""), ""]
     if result.roofline:
         r = result.roofline

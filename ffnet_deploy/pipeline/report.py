@@ -321,6 +321,9 @@ def _header_blocks(results: dict) -> list:
     hw = [str(device[k]) for k in ("cpu", "machine", "os") if device.get(k)]
     if device.get("cores"):
         hw.insert(1 if hw else 0, f"{device['cores']} cores")
+    if device.get("isa_class"):
+        hw.insert(1 if hw else 0, f"ISA class {device['isa_class']}" + (" (emulated)" if device.get("emulated")
+                                                                         else ""))
     if device.get("gpu"):
         hw.append(f"GPU {device['gpu']}")
     blocks.append(_Para([_b("Device: "), _t(_device_name(results) + (" (" + ", ".join(hw) + ")" if hw else ""))]))
