@@ -315,8 +315,9 @@ def export(
                                                    rich_help_panel=_QUANT_PANEL)] = None,
     calib_method: Annotated[str | None, typer.Option("--calib-method", help="minmax (default), entropy or "
                                                      "percentile.", rich_help_panel=_QUANT_PANEL)] = None,
-    target: Annotated[str | None, typer.Option("--target", help="INT8 ONNX for: cpu (ONNX Runtime here, default) "
-                                               "or tensorrt (explicit symmetric QDQ).",
+    target: Annotated[str | None, typer.Option("--target", help="INT8 ONNX for: cpu (ONNX Runtime on any CPU, "
+                                               "default), cpu-vnni (8-bit weights: CPUs with VNNI, AVX-VNNI, AMX or "
+                                               "ARM64 only) or tensorrt (explicit symmetric QDQ).",
                                                rich_help_panel=_QUANT_PANEL)] = None,
     max_drop: Annotated[float | None, typer.Option("--max-drop", help="Accuracy budget in points on --eval-data: "
                                                    "keeps the most sensitive layer groups in float.",
@@ -422,7 +423,8 @@ def sensitivity(
                                                    "variant's).")] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images.")] = 300,
     calib_method: Annotated[str, typer.Option("--calib-method", help="minmax, entropy or percentile.")] = "minmax",
-    target: Annotated[str, typer.Option("--target", help="ONNX: cpu or tensorrt quantization scheme.")] = "cpu",
+    target: Annotated[str, typer.Option("--target", help="ONNX: cpu, cpu-vnni or tensorrt quantization "
+                                            "scheme.")] = "cpu",
     calib_cache: Annotated[Path | None, typer.Option("--calib-cache", help="Calibration-statistics cache "
                                                      "folder.")] = None,
     trust_checkpoint: TrustOpt = False,

@@ -9,8 +9,9 @@ from typing import Any
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.quantize.calibration import DEFAULT_CALIB_SIZE, MAX_CALIB_SIZE, METHODS
 
-TARGETS = ("cpu", "tensorrt")
-"""What an INT8 ONNX is for: ONNX Runtime on this CPU, or TensorRT (explicit symmetric QDQ)."""
+TARGETS = ("cpu", "cpu-vnni", "tensorrt")
+"""What an INT8 ONNX is for: ONNX Runtime on any CPU (7-bit weights), ONNX Runtime on CPUs with VNNI, AVX-VNNI, AMX
+or ARM64 only (8-bit weights), or TensorRT (explicit symmetric QDQ)."""
 
 WEIGHT_MODES = ("int8", "int4", "palettize4", "palettize6")
 """Core ML weight-only compression: linear int8 / int4, or 4- / 6-bit k-means palettization."""
@@ -28,7 +29,7 @@ class QuantizationConfig:
     calib: str | Path | None = None  # calibration data: ImageFolder, folder of images, or "digits"; None = cache only
     calib_size: int = DEFAULT_CALIB_SIZE  # calibration images (the data must hold this many usable ones)
     method: str = "minmax"  # activation range estimator: minmax, entropy or percentile
-    target: str | None = None  # ONNX: "cpu" (fastest form for ONNX Runtime here) or "tensorrt"; None = the format's
+    target: str | None = None  # ONNX: "cpu" (any CPU), "cpu-vnni" (VNNI/AMX/ARM64 only) or "tensorrt"; None = format's
     max_drop: float | None = None  # accuracy budget in points on eval_data; keeps sensitive layer groups in float
     eval_data: str | Path | None = None  # labelled data for max_drop and the export's parity check
     cache_dir: Path | None = None  # calibration-statistics cache folder; None = the per-model default cache

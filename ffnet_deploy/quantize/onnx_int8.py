@@ -4,13 +4,16 @@
   symmetric signed int8 (every zero point is 0), weights per output channel (``axis`` 0 on Conv weights), biases left
   in float (TensorRT has no int32 ``DequantizeLinear``), one Q/DQ pair per consumer. Convolutions, the classifier and
   the residual additions are quantized; the GELUs stay float, so TensorRT fuses them into the convolutions' epilogue.
-- ``target="cpu"``: the fastest accurate configuration for ONNX Runtime's CPU provider, found by
+- ``target="cpu"`` (and ``"cpu-vnni"``): the fastest accurate configuration for ONNX Runtime's CPU provider, found by
   ``benchmarks/ort_int8_search.py`` (measurements and reasons in ``benchmarks/results/ort_int8_investigation.md``):
   :data:`CPU_SETTINGS`. Only the pointwise (1x1) and dense convolutions and the classifier run in int8 (QDQ, uint8
   activations, int8 per-channel weights, which ONNX Runtime fuses into VNNI ``QLinearConv`` kernels several times
   faster than FP32); the depthwise convolutions stay float, because ONNX Runtime's int8 depthwise kernel is several
   times *slower* than its FP32 NCHWc one at 7x7, and the GELUs stay float and are fused into one ``Gelu`` node each.
-  Quantizing everything, or ORT's default S8S8, is slower than FP32.
+  Quantizing everything, or ORT's default S8S8, is slower than FP32. ``cpu`` stores 7-bit weights (``reduce_range``)
+  so that CPUs without VNNI, whose ``vpmaddubsw`` kernels add u8 x s8 pairs in 16 bits, compute it exactly too;
+  ``cpu-vnni`` keeps 8-bit weights (more accurate, same speed) and is safe only where products are added in 32 bits
+  (:func:`portability`; measured in ``benchmarks/results/int8_portable.md``).
 
 The flow is three steps, so that the slow one can be cached:
 
@@ -31,6 +34,7 @@ those groups' nodes float, ``include_groups`` quantizes only those groups.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import sys
@@ -45,7 +49,7 @@ import numpy as np
 from ffnet_deploy.errors import ConfigError, FFNetDeployError, QuantizationError
 from ffnet_deploy.quantize.groups import layer_group, sorted_groups
 
-TARGETS = ("cpu", "tensorrt")
+TARGETS = ("cpu", "cpu-vnni", "tensorrt")
 METHODS = ("minmax", "entropy", "percentile")
 QUANT_FORMATS = ("qdq", "qoperator")
 QUANT_TYPES = ("int8", "uint8")
@@ -120,14 +124,82 @@ TENSORRT_SETTINGS = OrtQuantSettings(
 """Explicit symmetric int8 QDQ for TensorRT: zero points 0, int8 weights in [-127, 127] per output channel, float
 biases (TensorRT has no int32 ``DequantizeLinear``), one Q/DQ pair per consumer, GELUs left to TensorRT's fusions."""
 
-CPU_SETTINGS = OrtQuantSettings(
+CPU_VNNI_SETTINGS = OrtQuantSettings(
     quant_format="qdq", activation_type="uint8", weight_type="int8", per_channel=True,
     op_types=("Conv", "Gemm"), conv_kinds=("pointwise", "dense"), exclude_gelu=True, fuse_gelu=True,
 )
-"""The fastest accurate configuration measured for ONNX Runtime's CPU provider (``benchmarks/ort_int8_search.py``):
-int8 pointwise/dense convolutions and classifier, float depthwise convolutions and fused float GELUs."""
+"""The fastest configuration measured for ONNX Runtime's CPU provider (``benchmarks/ort_int8_search.py``): int8
+pointwise/dense convolutions and classifier, float depthwise convolutions and fused float GELUs, 8-bit weights.
+Exact only on CPUs whose int8 kernels add products in 32 bits (VNNI, AVX-VNNI, AMX, ARM64): on AVX2 and AVX-512
+without VNNI the u8 x s8 pairs saturate (``benchmarks/results/int8_portable.md``)."""
 
-SETTINGS = {"cpu": CPU_SETTINGS, "tensorrt": TENSORRT_SETTINGS}
+CPU_SETTINGS = dataclasses.replace(CPU_VNNI_SETTINGS, reduce_range=True)
+"""The portable default: :data:`CPU_VNNI_SETTINGS` with 7-bit weights (``|w| <= 64``), which no int8 kernel of any
+CPU class saturates on; same kernels, same speed, one bit less of weight precision."""
+
+SETTINGS = {"cpu": CPU_SETTINGS, "cpu-vnni": CPU_VNNI_SETTINGS, "tensorrt": TENSORRT_SETTINGS}
+CPU_TARGETS = ("cpu", "cpu-vnni")
+"""Targets for ONNX Runtime's CPU provider (the export measures their speed against FP32)."""
+
+PAIR_LIMIT = 32767
+"""Largest sum of two u8 x s8 products that ``vpmaddubsw`` (int8 GEMM on AVX2 and AVX-512 without VNNI) holds in its
+int16 lanes without saturating."""
+
+
+def portability(settings: OrtQuantSettings, max_abs_weight: int | None = None) -> dict[str, Any]:
+    """Where ONNX Runtime's CPU kernels compute an INT8 graph of ``settings`` exactly, and why.
+
+    x86 CPUs without VNNI (ISA classes ``avx2`` and ``avx512``) run u8 x s8 GEMMs with ``vpmaddubsw``, which adds two
+    adjacent products in 16 bits and saturates above :data:`PAIR_LIMIT`: with uint8 activations up to 255, weights
+    must stay within ``|w| <= 64`` (``reduce_range``) for ``2 * 255 * |w|`` to fit. int8 activations are shifted to
+    uint8 first on x86, so S8S8 behaves the same. U8U8 kernels widen to 16 bits before multiplying and never
+    saturate; VNNI, AVX-VNNI and AMX add products in 32 bits; ARM64's widening and dot-product kernels too
+    (``benchmarks/results/int8_portable.md`` measures it).
+
+    Args:
+        settings: The quantization settings.
+        max_abs_weight: The largest ``|w|`` of the graph's int8 weights (:func:`max_abs_int8_weight`), when known;
+            it overrides what the settings promise.
+
+    Returns:
+        ``{"safe_isa_classes": [...], "unsafe_isa_classes": [...], "max_abs_weight", "basis"}`` (class names of
+        :data:`ffnet_deploy.environment.ISA_CLASSES`).
+    """
+    from ffnet_deploy.environment import ISA_CLASSES, SATURATING_CLASSES
+
+    bound = max_abs_weight if max_abs_weight is not None else (64 if settings.reduce_range else 128)
+    if settings.weight_type == "uint8":
+        unsafe, basis = set(), "uint8 weights: ONNX Runtime's U8U8 kernels widen to 16 bits and never saturate"
+    elif 2 * 255 * bound <= PAIR_LIMIT:
+        unsafe, basis = set(), (f"int8 weights within |w| <= {bound}: a vpmaddubsw pair (2 x 255 x {bound}) fits "
+                                "in 16 bits on every ISA class")
+    else:
+        unsafe, basis = set(SATURATING_CLASSES), (
+            f"int8 weights up to |w| = {bound}: pairs of u8 x s8 products saturate in 16 bits (vpmaddubsw) on x86 "
+            "without VNNI")
+    return {"safe_isa_classes": [c for c in ISA_CLASSES if c not in unsafe and c != "other"],
+            "unsafe_isa_classes": [c for c in ISA_CLASSES if c in unsafe], "max_abs_weight": max_abs_weight,
+            "basis": basis}
+
+
+def max_abs_int8_weight(model: Any) -> int | None:
+    """The largest ``|w|`` among the int8 weight initializers that ``DequantizeLinear`` nodes read (``None`` when the
+    graph has none): what decides saturation, read from the file rather than from what the settings promised."""
+    from onnx import TensorProto, numpy_helper
+
+    initializers = {t.name: t for t in model.graph.initializer}
+    largest = None
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in initializers:
+            continue
+        tensor = initializers[node.input[0]]
+        if tensor.data_type != TensorProto.INT8:
+            continue
+        values = numpy_helper.to_array(tensor).astype(np.int16)
+        if values.size:
+            top = int(np.abs(values).max())
+            largest = top if largest is None else max(largest, top)
+    return largest
 
 
 @dataclass(frozen=True)
@@ -567,7 +639,8 @@ def quantize_onnx(model_path: Path, output: Path, ranges: Mapping[str, tuple[flo
         model_path: The prepared FP32 model (:func:`prepare_onnx`) the ranges were calibrated on.
         output: Where to write the INT8 model (atomically).
         ranges: Tensor name -> ``(low, high)`` from :func:`calibrate_ranges` (or its cached JSON form).
-        target: ``"cpu"`` (:data:`CPU_SETTINGS`) or ``"tensorrt"`` (:data:`TENSORRT_SETTINGS`).
+        target: ``"cpu"`` (:data:`CPU_SETTINGS`), ``"cpu-vnni"`` (:data:`CPU_VNNI_SETTINGS`) or ``"tensorrt"``
+            (:data:`TENSORRT_SETTINGS`).
         exclude_groups: Layer groups kept in float (their nodes go to ``nodes_to_exclude``).
         include_groups: When not ``None``, only these layer groups are quantized.
 

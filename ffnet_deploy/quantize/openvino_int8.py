@@ -31,6 +31,7 @@ from ffnet_deploy.quantize.groups import layer_group, sorted_groups
 PRESETS = ("performance", "mixed")
 MODEL_TYPES = (None, "transformer")
 TARGET_DEVICES = ("ANY", "CPU", "CPU_SPR", "GPU", "NPU")
+OVERFLOW_FIXES = ("enable", "first_layer_only", "disable")
 STATISTICS_FORMAT = "nncf-ptq-statistics/1"
 """Tag of the JSON that :func:`collect_statistics` returns; statistics with another tag are refused."""
 
@@ -59,6 +60,7 @@ class NNCFSettings:
     bias_correction: bool = True  # False skips bias correction altogether
     smooth_quant: bool = False  # SmoothQuant, only meaningful with model_type="transformer"
     quantize_outputs: bool = False  # also quantize the model output (the logits)
+    overflow_fix: str = "first_layer_only"  # NNCF's 7-bit weights against u8*s8 pair saturation (AVX2, AVX-512)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -67,6 +69,8 @@ class NNCFSettings:
             raise ConfigError(f"nncf | model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
         if self.target_device not in TARGET_DEVICES:
             raise ConfigError(f"nncf | target_device must be one of {TARGET_DEVICES}, got {self.target_device!r}")
+        if self.overflow_fix not in OVERFLOW_FIXES:
+            raise ConfigError(f"nncf | overflow_fix must be one of {OVERFLOW_FIXES}, got {self.overflow_fix!r}")
         if self.subset_size < 1:
             raise ConfigError(f"nncf | subset_size must be at least 1, got {self.subset_size}")
         if isinstance(self.ignored_groups, str):
@@ -219,18 +223,50 @@ def _dataset(calib):
     return nncf.Dataset(_Batches(calib))
 
 
-def _pipeline(model, settings: NNCFSettings):
-    import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
-    from nncf.quantization.algorithms.post_training.pipeline import create_ptq_pipeline
+def portability(settings: NNCFSettings) -> dict:
+    """Where OpenVINO's CPU plugin computes an NNCF INT8 model of ``settings`` as the export gate measured it.
+
+    oneDNN's int8 kernels on x86 without VNNI (``avx2``, ``avx512``) add u8 x s8 pairs in 16 bits (``vpmaddubsw``),
+    which is what NNCF's overflow fix addresses; with VNNI, AMX or on ARM64 products are added in 32 bits. Measured
+    under an emulated AVX2 CPU (``benchmarks/results/int8_portable.md``): the digits model keeps its accuracy with
+    NNCF's default first-layer fix, but full-size ffnet_1 loses several dB of logit SQNR whichever fix is applied, so
+    no NNCF recipe is claimed safe on those classes: ``validate`` there says so and judges the artifact on its run.
+
+    Returns:
+        ``{"safe_isa_classes", "unsafe_isa_classes", "overflow_fix", "basis"}``.
+    """
+    from ffnet_deploy.environment import ISA_CLASSES, SATURATING_CLASSES
+
+    return {"safe_isa_classes": [c for c in ISA_CLASSES if c not in SATURATING_CLASSES and c != "other"],
+            "unsafe_isa_classes": [c for c in ISA_CLASSES if c in SATURATING_CLASSES],
+            "overflow_fix": settings.overflow_fix,
+            "basis": "oneDNN adds u8 x s8 pairs in 16 bits on x86 without VNNI; NNCF's overflow fix "
+                     f"({settings.overflow_fix}) was not enough for full-size ffnet_1 on an emulated AVX2 CPU"}
+
+
+def _advanced(settings: NNCFSettings):
+    """NNCF's advanced parameters for ``settings`` (plain PTQ and accuracy control use the same)."""
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+        OverflowFix,
+    )
 
     sq = AdvancedSmoothQuantParameters() if settings.smooth_quant else AdvancedSmoothQuantParameters(-1, -1)
-    advanced = AdvancedQuantizationParameters(
+    return AdvancedQuantizationParameters(
+        overflow_fix=OverflowFix(settings.overflow_fix),
         disable_channel_alignment=True,
         disable_bias_correction=not settings.bias_correction,
         quantize_outputs=settings.quantize_outputs,
         smooth_quant_alphas=sq,
     )
+
+
+def _pipeline(model, settings: NNCFSettings):
+    import nncf
+    from nncf.quantization.algorithms.post_training.pipeline import create_ptq_pipeline
+
+    advanced = _advanced(settings)
     ignored = ignored_scope_for(model, settings.ignored_groups) if settings.ignored_groups else None
     return create_ptq_pipeline(
         preset=nncf.QuantizationPreset(settings.preset),
@@ -409,7 +445,6 @@ def quantize_with_accuracy_control(model, calib, eval_source, transform, max_dro
     """
     nncf = require("nncf", "openvino", "openvino int8")
     import openvino as ov
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     if not getattr(eval_source, "labeled", False):
         raise ConfigError("nncf | accuracy control needs a labelled source (an ImageFolder with class folders); "
@@ -431,10 +466,7 @@ def quantize_with_accuracy_control(model, calib, eval_source, transform, max_dro
             compiled = core.compile_model(compiled_or_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         return _top1(compiled, items)
 
-    sq = AdvancedSmoothQuantParameters() if settings.smooth_quant else AdvancedSmoothQuantParameters(-1, -1)
-    advanced = AdvancedQuantizationParameters(disable_channel_alignment=True,
-                                              disable_bias_correction=not settings.bias_correction,
-                                              quantize_outputs=settings.quantize_outputs, smooth_quant_alphas=sq)
+    advanced = _advanced(settings)
     ignored = ignored_scope_for(model, settings.ignored_groups) if settings.ignored_groups else None
     if progress:
         progress(f"nncf | accuracy control: max top-1 drop {max_drop} points on {sum(len(y) for _, y in items)} images")

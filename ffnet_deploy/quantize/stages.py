@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ffnet_deploy.environment import cpu_identity
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.hashing import sha256_file
 from ffnet_deploy.quantize.calibration import (
@@ -152,13 +153,24 @@ def quantize_onnx_stage(stage, model, config, log: Log, target: str):
         log(f"quantizing the ONNX graph for {target}" + (f" ({len(float_groups)} layer groups kept in float)"
                                                         if float_groups else ""))
         result = onnx_int8.quantize_onnx(prepared, out, ranges, target=target, exclude_groups=float_groups)
+        import onnx
+
+        written = onnx.load(str(out))
         extra: dict[str, Any] = {"target": target, "config": result.config, "quantized_nodes": result.quantized_nodes,
-                                 "op_types": sorted(result.op_types), **budget}
+                                 "op_types": sorted(result.op_types), **budget,
+                                 "portability": onnx_int8.portability(onnx_int8.SETTINGS[target],
+                                                                      onnx_int8.max_abs_int8_weight(written))}
         notices = list(stage.notices)
-        if target == "cpu":
+        cpu = cpu_identity()
+        if cpu["isa_class"] in extra["portability"]["unsafe_isa_classes"]:
+            notices.append(
+                f"this CPU ({cpu['isa_class']}) adds int8 products in 16 bits, which saturate on this graph's 8-bit "
+                f"weights: the gate judged the saturated model; for CPUs like this one use --target cpu")
+        if target in onnx_int8.CPU_TARGETS:
             log(f"{PROGRESS_PREFIX}measuring INT8 against FP32 on this CPU")
             speed = onnx_int8.measure_speedup(stage.path, out)
-            extra["speedup_vs_fp32"] = dataclasses.asdict(speed)
+            extra["speedup_vs_fp32"] = {**dataclasses.asdict(speed), "isa_class": cpu["isa_class"],
+                                        "cpu": cpu["cpu"]}
             if float_groups:
                 # What the accuracy budget cost: the fully quantized graph against the one with groups in float.
                 full = work / "model.full-int8.onnx"
@@ -170,9 +182,10 @@ def quantize_onnx_stage(stage, model, config, log: Log, target: str):
                     f"{cost.int8_ms:.2f} ms instead of {cost.fp32_ms:.2f} ms fully INT8")
             if speed.speedup < NOT_FASTER:
                 notices.append(
-                    f"INT8 is not faster than FP32 in ONNX Runtime on this CPU: {speed.int8_ms:.2f} ms vs "
-                    f"{speed.fp32_ms:.2f} ms at batch 1, {speed.threads} threads ({speed.speedup:.2f}x); keep the "
-                    "FP32 model for ONNX Runtime here, or use --format openvino --precision int8"
+                    f"INT8 is not faster than FP32 in ONNX Runtime on this CPU ({cpu['isa_class']}, {cpu['cpu']}): "
+                    f"{speed.int8_ms:.2f} ms vs {speed.fp32_ms:.2f} ms at batch 1, {speed.threads} threads "
+                    f"({speed.speedup:.2f}x); keep the FP32 model for ONNX Runtime here, or use --format openvino "
+                    "--precision int8"
                 )
         out.replace(stage.path)
         record = quantization_record(q, calib, entry, backend="onnxruntime",
@@ -181,9 +194,7 @@ def quantize_onnx_stage(stage, model, config, log: Log, target: str):
                                      seconds=time.perf_counter() - start)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    import onnx
-
-    ops = dict(sorted(Counter(n.op_type for n in onnx.load(str(stage.path)).graph.node).items()))
+    ops = dict(sorted(Counter(n.op_type for n in written.graph.node).items()))
     return dataclasses.replace(stage, details=stage.details | {"op_counts": ops, "quantization": record},
                                notices=notices)
 
@@ -260,6 +271,7 @@ def quantize_openvino_model(ov_model, stage, model, config, log: Log):
                 result = openvino_int8.quantize_openvino(ov_model, calib, nncf_settings, progress=log,
                                                          statistics=entry.statistics)
     details = result.details()
+    extra["portability"] = openvino_int8.portability(nncf_settings)
     record = quantization_record(q, calib, entry, backend="openvino/nncf", quantized_groups=result.quantized_groups,
                                  float_groups=result.float_groups,
                                  extra={**extra, "nncf": {k: v for k, v in details.items()

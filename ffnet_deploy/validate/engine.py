@@ -29,7 +29,7 @@ import numpy as np
 
 from ffnet_deploy.artifact.inspect import PrecisionEvidence, inspect_precision, precision_mismatch, verify_files
 from ffnet_deploy.artifact.manifest import FORMATS, Manifest, has_manifest, read_manifest
-from ffnet_deploy.environment import environment_info
+from ffnet_deploy.environment import cpu_identity, environment_info
 from ffnet_deploy.errors import ConfigError, FFNetDeployError, ParityError
 from ffnet_deploy.models.checkpoint import LoadedCheckpoint
 from ffnet_deploy.validate.metrics import MetricAccumulator, OutputMetrics, softmax
@@ -430,6 +430,24 @@ def check_against_reference(spec: ArtifactSpec, variant: str, num_classes: int, 
                              f"is {checkpoint_sha256[:12]}... (parity will tell whether the weights match)")
     if m.random_weights:
         spec.warnings.append("artifact was exported from random weights (manifest random_weights is true)")
+    note = cpu_class_note(m)
+    if note:
+        spec.warnings.append(note)
+
+
+def cpu_class_note(m: Manifest) -> str | None:
+    """One line when this machine's ISA class differs from the one the artifact's export gate ran on (the artifact
+    is judged on this machine's run all the same), naming the classes its INT8 kernels are known to be safe on."""
+    gated = (m.parity or {}).get("measured_on") or {}
+    theirs, here = gated.get("isa_class"), cpu_identity()
+    if not isinstance(theirs, str) or theirs == here["isa_class"]:
+        return None
+    line = (f"exported and gated on CPU class {theirs} ({gated.get('cpu') or 'unknown model'}); this machine is "
+            f"{here['isa_class']} ({here['cpu']}): judged on this run")
+    safe = ((m.details or {}).get("quantization") or {}).get("portability", {}).get("safe_isa_classes")
+    if isinstance(safe, list) and here["isa_class"] not in safe:
+        line += f"; its INT8 recipe is not known to be safe here (safe on: {', '.join(map(str, safe))})"
+    return line
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -754,6 +772,7 @@ class GateReport:
     results: list[ArtifactResult]  # one per target this machine could run
     data: dict  # the synthetic source's description
     skipped: str | None = None  # why nothing ran (no runner for the format here)
+    measured_on: dict = field(default_factory=cpu_identity)  # the CPU the gate ran on (environment.cpu_identity)
 
     @property
     def passed(self) -> bool:
@@ -766,7 +785,8 @@ class GateReport:
         """The manifest's ``parity`` block; ``checks`` has validate's per-artifact fields."""
         if not self.results:
             return {"passed": None, "skipped": self.skipped}
-        return jsonable({"passed": self.passed, "data": self.data, "checks": [r.to_dict() for r in self.results]})
+        return jsonable({"passed": self.passed, "data": self.data, "measured_on": dict(self.measured_on),
+                         "checks": [r.to_dict() for r in self.results]})
 
 
 def gate_artifact(directory: str | Path, reference: Any, *, manifest: Manifest | None = None, samples: int = 2,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -245,3 +246,20 @@ def test_measure_speedup_returns_medians(fp32, prepared, ranges, work):
     speed = q.measure_speedup(fp32, result.path, threads=1, rounds=5, seconds=0.5, warmup=1)
     assert speed.fp32_ms > 0 and speed.int8_ms > 0 and speed.rounds == 5 and speed.threads == 1
     assert speed.speedup == pytest.approx(speed.fp32_ms / speed.int8_ms)
+
+
+def test_portability_follows_the_weight_range_that_vpmaddubsw_can_hold():
+    from ffnet_deploy.environment import SATURATING_CLASSES
+    from ffnet_deploy.quantize import onnx_int8
+
+    portable = onnx_int8.portability(onnx_int8.CPU_SETTINGS)
+    assert portable["unsafe_isa_classes"] == [] and "avx2" in portable["safe_isa_classes"]
+    vnni = onnx_int8.portability(onnx_int8.CPU_VNNI_SETTINGS)
+    assert set(vnni["unsafe_isa_classes"]) == set(SATURATING_CLASSES)
+    assert "avx512-vnni" in vnni["safe_isa_classes"] and "avx2" not in vnni["safe_isa_classes"]
+    # The file's weights decide over the settings: 8-bit settings whose weights happen to fit are safe, and
+    # uint8 weights never saturate.
+    assert onnx_int8.portability(onnx_int8.CPU_VNNI_SETTINGS, max_abs_weight=64)["unsafe_isa_classes"] == []
+    assert onnx_int8.portability(onnx_int8.CPU_VNNI_SETTINGS, max_abs_weight=65)["unsafe_isa_classes"]
+    u8u8 = dataclasses.replace(onnx_int8.CPU_VNNI_SETTINGS, weight_type="uint8")
+    assert onnx_int8.portability(u8u8)["unsafe_isa_classes"] == []
