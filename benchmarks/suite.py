@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 
 from ffnet_deploy.artifact.manifest import Manifest, read_manifest
-from ffnet_deploy.benchmarks.protocol import Contender, Progress, Protocol, latency_stats, measure, throughput
 from ffnet_deploy.benchmarks.results import BenchResult, BenchRow, Device
 from ffnet_deploy.benchmarks.specs import MIXER_RESOLUTIONS
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.runtimes import BaseRunner, create_runner
 from ffnet_deploy.runtimes.onnxruntime import no_spinning
+from ffnet_deploy.runtimes.timing import Contender, Progress, Protocol, latency_stats, measure, throughput
 from ffnet_deploy.validate.engine import runtime_unavailable
 
 RUNTIME_NAMES = ("torch", "onnxruntime", "openvino", "tensorrt", "coreml")
@@ -275,7 +275,7 @@ def variant_jobs(variant: str | None, checkpoint: str | Path | None, workdir: Pa
         # Random weights, but BatchNorm statistics re-estimated on photo crops: with the raw initialisation the
         # activation ranges are degenerate, and ONNX Runtime then keeps Q/DQ pairs it would otherwise fold (measured
         # on ffnet_1: INT8 1.00x FP32 from the raw init, 1.53x with photo statistics; FP32 35 ms either way).
-        from ffnet_deploy.benchmarks.int8 import photo_bn_checkpoint
+        from studies.int8 import photo_bn_checkpoint
 
         variant = variant or "ffnet_1"
         say(f"random {variant} weights, BatchNorm statistics from photo crops")
@@ -346,7 +346,7 @@ def _exporter_precisions(fmt: str) -> tuple[str, ...]:
 def _photo_calibration(workdir: Path, resolution: int) -> Path:
     folder = workdir / "calibration-photos"
     if not folder.is_dir():
-        from ffnet_deploy.benchmarks.int8 import photo_crops
+        from studies.int8 import photo_crops
 
         photo_crops(folder, CALIB_PHOTOS, max(resolution, 64), seed=0)
     return folder
@@ -408,7 +408,7 @@ def _model_file(spec: Any, model: Any, runtime: str, batch: int, workdir: Path, 
     stem = workdir / f"{spec.name.replace('/', '-')}-{spec.resolution}-b{batch}"
     onnx_path = stem.with_suffix(".onnx")
     if ("onnx", batch) not in files:
-        from ffnet_deploy.benchmarks.export_latency import plain_onnx_export
+        from ffnet_deploy.exporters.onnx import plain_onnx_export
 
         say(f"exporting {spec.name} at {spec.resolution} to ONNX")
         with torch.no_grad():
@@ -558,7 +558,7 @@ def bench(request: BenchRequest, workdir: Path, *, command: str = "", log: Calla
         workdir: A scratch folder for exports (the caller removes it).
         command: The command line, recorded in the result.
         log: One line per step (exports, probes).
-        progress: The timing progress (see :data:`~ffnet_deploy.benchmarks.protocol.Progress`).
+        progress: The timing progress (see :data:`~ffnet_deploy.runtimes.timing.Progress`).
     """
     request.validate()
     say = log or (lambda _m: None)

@@ -462,3 +462,13 @@ def _onnxsim_version() -> str:
         return str(getattr(onnxsim, "__version__", "unknown"))
     except ImportError:
         return "not installed"
+
+
+def plain_onnx_export(model: torch.nn.Module, resolution: int, batch: int, path: Path) -> None:
+    """An in-memory model (a peer or a mixer variant, not an FFNet checkpoint) through plain ``torch.onnx.export``
+    (opset 17, no simplification): the ONNX that ``bench`` times for models it has no artifact of, and the baseline
+    the export study compares the exporter with."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(batch, 3, resolution, resolution),), str(path), dynamo=False,
+                          opset_version=17, input_names=["images"], output_names=["logits"])

@@ -63,7 +63,7 @@ def emit_json(data: Any) -> None:
 @app.command()
 def models(as_json: JsonOpt = False) -> None:
     """List the FFNet variants: size, compute, default resolution, and the published reference numbers."""
-    from ffnet_deploy.models.zoo import describe_variants
+    from ffnet_deploy.checkpoints import describe_variants
 
     rows = describe_variants()
     if as_json:
@@ -97,7 +97,7 @@ def inspect(
     as_json: JsonOpt = False,
 ) -> None:
     """Describe a checkpoint: container, detected variant, parameters, fused or not, sha256."""
-    from ffnet_deploy.models.zoo import describe_checkpoint
+    from ffnet_deploy.checkpoints import describe_checkpoint
 
     info = describe_checkpoint(checkpoint, variant, trust=trust_checkpoint)
     if as_json:
@@ -122,7 +122,7 @@ def reparam(
     as_json: JsonOpt = False,
 ) -> None:
     """Fold every BatchNorm, branch, skip and layer scale; write a fused checkpoint that records its variant."""
-    from ffnet_deploy.models.zoo import reparameterize_checkpoint
+    from ffnet_deploy.checkpoints import reparameterize_checkpoint
 
     result = reparameterize_checkpoint(checkpoint, output, variant, force=force, trust=trust_checkpoint)
     if as_json:
@@ -437,9 +437,9 @@ def sensitivity(
     """
     from rich.markup import escape
 
-    from ffnet_deploy.quantize.analysis import sensitivity_analysis
     from ffnet_deploy.quantize.config import QuantizationConfig
     from ffnet_deploy.quantize.stages import PROGRESS_PREFIX
+    from ffnet_deploy.sensitivity import sensitivity_analysis
 
     quant = QuantizationConfig(calib=calib, calib_size=calib_size, method=calib_method, target=target,
                                eval_data=eval_data, cache_dir=calib_cache)
@@ -527,7 +527,6 @@ def bench(
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ffnet_deploy.benchmarks.protocol import Protocol
     from ffnet_deploy.benchmarks.suite import (
         PRECISIONS,
         RUNTIME_NAMES,
@@ -537,6 +536,7 @@ def bench(
         write_outputs,
     )
     from ffnet_deploy.benchmarks.suite import bench as run_bench
+    from ffnet_deploy.runtimes.timing import Protocol
 
     request = BenchRequest(
         artifacts=tuple(artifacts or ()), variant=variant, checkpoint=checkpoint,

@@ -11,6 +11,17 @@ Messages follow one shape: which component failed, what it expected, what it got
 from __future__ import annotations
 
 
+def first_line(err: BaseException, default: str | None = None) -> str:
+    """The first non-empty line of ``str(err)``; ``default`` (the exception's type name when ``None``) when the
+    message is empty. Never raises, whatever the exception carries."""
+    try:
+        text = str(err)
+    except Exception:  # noqa: BLE001 - a broken __str__ of a backend's exception
+        text = ""
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line or (type(err).__name__ if default is None else default)
+
+
 class FFNetDeployError(Exception):
     """Root of every user error. The CLI prints ``str(err)`` and exits 1."""
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from ffnet_deploy.artifact.coreml_spec import image_channels, input_specs, is_image_feature, output_names
 from ffnet_deploy.artifact.manifest import Manifest, TensorSpec
 from ffnet_deploy.errors import ConfigError, RuntimeBackendError, require
-from ffnet_deploy.runtimes._mil_spec import image_channels, input_specs, is_image_feature, output_names
 from ffnet_deploy.runtimes.base import BaseRunner, SessionOptionsHook, register_runtime
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from ffnet_deploy.artifact.coreml_spec import input_specs, load_spec, output_names
 from ffnet_deploy.artifact.manifest import Manifest, TensorSpec
 from ffnet_deploy.runtimes._mil_program import MILProgram, Observer
-from ffnet_deploy.runtimes._mil_spec import input_specs, load_spec, output_names
 from ffnet_deploy.runtimes.base import BaseRunner, SessionOptionsHook, register_runtime
 
 

@@ -276,7 +276,7 @@ def test_validate_cli_refuses_a_report_path_before_validating(tmp_path, test_che
 
 
 def _reparam(src, out, force=False):
-    from ffnet_deploy.models.zoo import reparameterize_checkpoint
+    from ffnet_deploy.checkpoints import reparameterize_checkpoint
 
     return reparameterize_checkpoint(src, out, force=force)
 

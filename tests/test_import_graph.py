@@ -99,3 +99,58 @@ def test_package_has_no_import_cycle():
     graph = {name: import_edges(name, path, modules) for name, path in modules.items()}
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+# The house, bottom to top. A module may import its own floor and those below it, never one above: the base knows no
+# model, a model no artifact, an artifact no runner, and so on up to the CLI. A package __init__ belongs to the floor
+# of its modules.
+LAYERS = (
+    ("base", ("errors", "registry", "atomic", "hashing", "cache", "environment", "inputs", "interrupts", "_version")),
+    ("models and data", ("models", "data")),
+    ("artifact", ("artifact",)),
+    ("runtimes", ("runtimes",)),
+    ("validate and quantize", ("validate", "quantize")),
+    ("exporters", ("exporters",)),
+    ("export", ("export", "demo", "checkpoints", "sensitivity")),
+    ("bench", ("benchmarks",)),
+    ("pipeline", ("pipeline",)),
+    ("cli", ("cli", "__main__", "")),
+)
+
+
+def layer_of(module: str) -> int:
+    """The floor of ``ffnet_deploy.<room>...`` (``""`` is the package ``__init__``, which re-exports from above)."""
+    parts = module.split(".")
+    room = parts[1] if len(parts) > 1 else ""
+    for index, (_, rooms) in enumerate(LAYERS):
+        if room in rooms:
+            return index
+    raise AssertionError(f"{module} is on no floor of LAYERS; add its room to the house plan")
+
+
+def test_no_import_runs_up_the_layers():
+    modules = package_modules()
+    upward = []
+    for name, path in modules.items():
+        for target in import_edges(name, path, modules):
+            if layer_of(target) > layer_of(name):
+                upward.append(f"{name} ({LAYERS[layer_of(name)][0]}) imports {target} "
+                              f"({LAYERS[layer_of(target)][0]})")
+    assert not upward, "imports running up the layers:\n" + "\n".join(sorted(upward))
+
+
+def test_no_product_module_imports_a_study():
+    """The studies (``studies/``) are not installed: product code that imported one would break in every wheel."""
+    offenders = []
+    for name, path in package_modules().items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            offenders += [f"{name} imports {n}" for n in names if n == "studies" or n.startswith("studies.")]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_layer_rule_catches_an_upward_import():
+    assert layer_of("ffnet_deploy.models.ffnet") < layer_of("ffnet_deploy.validate.metrics")
+    assert layer_of("ffnet_deploy.errors") == 0 and layer_of("ffnet_deploy.cli") == len(LAYERS) - 1

@@ -183,10 +183,10 @@ def test_parse_rejects_a_bad_option():
         parse(["pipeline", "--demo", "--no-such-flag"])
 
 
-def test_benchmark_modules_exist():
+def test_study_modules_exist():
     modules = [c.words[2] for c in COMMANDS if len(c.words) > 2 and c.words[1] == "-m"
-               and c.words[2].startswith("ffnet_deploy.")]
-    assert "ffnet_deploy.benchmarks.where_time_goes" in modules
+               and c.words[2].startswith(("ffnet_deploy.", "studies."))]
+    assert "studies.where_time_goes" in modules and "studies.int8_portable" in modules
     for module in modules:
         assert importlib.util.find_spec(module) is not None, module
 

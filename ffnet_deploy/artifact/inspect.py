@@ -12,7 +12,7 @@ artifact is judged, so both are checked against the files themselves before vali
     float16 weights, or ``Cast`` ops to float16 (mixed-precision compute), fp16; anything else fp32.
   - OpenVINO IR (``.xml``, parsed with the standard library): ``FakeQuantize`` ops or 8/4-bit weight constants make
     it int8; ``f16`` weight constants (``compress_to_fp16``, decompressed by a ``Convert`` at load) fp16; else fp32.
-  - Core ML (``.mlpackage``, read from its spec with :mod:`ffnet_deploy.runtimes._mil_spec`, no prediction): weight
+  - Core ML (``.mlpackage``, read from its spec with :mod:`ffnet_deploy.artifact.coreml_spec`, no prediction): weight
     compression ops (``constexpr_*``, ``quantize``, ``dequantize``) make it int8; a program whose ops mostly produce
     float16 fp16; else fp32.
   - TensorRT: the precision of the *engine*, which is what the manifest describes. The TensorRT-ready ONNX of an
@@ -188,7 +188,7 @@ def _openvino_precision(path: Path) -> PrecisionEvidence:
 
 
 def _coreml_precision(path: Path) -> PrecisionEvidence:
-    from ffnet_deploy.runtimes._mil_spec import load_spec
+    from ffnet_deploy.artifact.coreml_spec import load_spec
 
     try:
         spec = load_spec(path, "inspect")

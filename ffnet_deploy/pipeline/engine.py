@@ -191,8 +191,8 @@ def run_pipeline(config: PipelineConfig, *, command: str = "", ui: UI | None = N
 
 
 def stage_inspect(config: PipelineConfig, state: PipelineState) -> dict:
+    from ffnet_deploy.checkpoints import describe_checkpoint
     from ffnet_deploy.hashing import sha256_file
-    from ffnet_deploy.models.zoo import describe_checkpoint
     from ffnet_deploy.validate.engine import jsonable
 
     assert config.checkpoint is not None
@@ -215,7 +215,7 @@ def stage_inspect(config: PipelineConfig, state: PipelineState) -> dict:
 
 def stage_reparameterize(config: PipelineConfig, state: PipelineState, info: dict, ui: UI) -> Path:
     """The fused checkpoint the exports start from (``checkpoint/fused.pth``), or the input when it is fused."""
-    from ffnet_deploy.models.zoo import reparameterize_checkpoint
+    from ffnet_deploy.checkpoints import reparameterize_checkpoint
 
     assert config.checkpoint is not None
     if info["fused"]:
@@ -312,7 +312,7 @@ def stage_export(config: PipelineConfig, state: PipelineState, job: Job, record:
 
 
 def _version() -> str:
-    from ffnet_deploy import __version__
+    from ffnet_deploy._version import __version__
 
     return __version__
 
@@ -413,10 +413,10 @@ def stage_bench(config: PipelineConfig, state: PipelineState, fused: Callable[[]
     """Time every artifact that can run here: each runtime's artifacts interleaved (INT8 against FP32 in one run),
     runtimes one after the other, then eager PyTorch on the fused model as the baseline (see
     :mod:`ffnet_deploy.benchmarks.suite` on why runtimes are not interleaved with each other)."""
-    from ffnet_deploy.benchmarks.protocol import Protocol
     from ffnet_deploy.benchmarks.results import BenchRow
     from ffnet_deploy.benchmarks.suite import Job as BenchJob
     from ffnet_deploy.benchmarks.suite import artifact_jobs, default_threads, run_jobs, runner_factory
+    from ffnet_deploy.runtimes.timing import Protocol
 
     threads = config.threads or default_threads()
     protocol = Protocol(warmup=10, warmup_time_s=0.5, min_iters=config.min_iters, min_time_s=config.min_time_s)

@@ -5,7 +5,7 @@
   in float (TensorRT has no int32 ``DequantizeLinear``), one Q/DQ pair per consumer. Convolutions, the classifier and
   the residual additions are quantized; the GELUs stay float, so TensorRT fuses them into the convolutions' epilogue.
 - ``target="cpu"`` (and ``"cpu-vnni"``): the fastest accurate configuration for ONNX Runtime's CPU provider, found by
-  ``benchmarks/ort_int8_search.py`` (measurements and reasons in ``benchmarks/results/ort_int8_investigation.md``):
+  ``studies/ort_int8_search.py`` (measurements and reasons in ``benchmarks/results/ort_int8_investigation.md``):
   :data:`CPU_SETTINGS`. Only the pointwise (1x1) and dense convolutions and the classifier run in int8 (QDQ, uint8
   activations, int8 per-channel weights, which ONNX Runtime fuses into VNNI ``QLinearConv`` kernels several times
   faster than FP32); the depthwise convolutions stay float, because ONNX Runtime's int8 depthwise kernel is several
@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from ffnet_deploy.errors import ConfigError, FFNetDeployError, QuantizationError
+from ffnet_deploy.errors import ConfigError, FFNetDeployError, QuantizationError, first_line
 from ffnet_deploy.quantize.groups import layer_group, sorted_groups
 
 TARGETS = ("cpu", "cpu-vnni", "tensorrt")
@@ -128,7 +128,7 @@ CPU_VNNI_SETTINGS = OrtQuantSettings(
     quant_format="qdq", activation_type="uint8", weight_type="int8", per_channel=True,
     op_types=("Conv", "Gemm"), conv_kinds=("pointwise", "dense"), exclude_gelu=True, fuse_gelu=True,
 )
-"""The fastest configuration measured for ONNX Runtime's CPU provider (``benchmarks/ort_int8_search.py``): int8
+"""The fastest configuration measured for ONNX Runtime's CPU provider (``studies/ort_int8_search.py``): int8
 pointwise/dense convolutions and classifier, float depthwise convolutions and fused float GELUs, 8-bit weights.
 Exact only on CPUs whose int8 kernels add products in 32 bits (VNNI, AVX-VNNI, AMX, ARM64): on AVX2 and AVX-512
 without VNNI the u8 x s8 pairs saturate (``benchmarks/results/int8_portable.md``)."""
@@ -241,7 +241,7 @@ def prepare_onnx(fp32_onnx: Path, workdir: Path) -> Path:
 
     The exported FP32 graph is already folded and simplified (BatchNorm fused, onnxsim), so ONNX Runtime's
     ``quant_pre_process`` and an ORT-optimized model (``ORT_ENABLE_BASIC`` / ``EXTENDED``) change nothing that matters
-    for speed or accuracy (measured in ``benchmarks/ort_int8_search.py``); an EXTENDED-optimized graph would even carry
+    for speed or accuracy (measured in ``studies/ort_int8_search.py``); an EXTENDED-optimized graph would even carry
     ORT-only fused ``Gelu`` nodes that other runtimes cannot read. Shape inference gives the quantizer the value
     infos it uses to tell float tensors from others. The output is a deterministic function of the input.
 
@@ -466,7 +466,7 @@ def fuse_gelu(model: Any) -> int:
     ONNX Runtime fuses these chains itself in an FP32 graph, but not in a QDQ graph where ``x`` is a dequantized
     tensor: its graph optimizer first gives each consumer of a ``DequantizeLinear`` its own copy, so the ``Div`` and
     the ``Mul`` of a GELU no longer read the same tensor and the pattern no longer matches. Five elementwise kernels
-    then run instead of one (measured in ``benchmarks/ort_int8_search.py``). The fused node keeps the chain's
+    then run instead of one (measured in ``studies/ort_int8_search.py``). The fused node keeps the chain's
     name prefix, so :func:`~ffnet_deploy.quantize.groups.layer_group` still places it.
     """
     import onnx
@@ -710,9 +710,10 @@ def measure_speedup(fp32_path: Path, int8_path: Path, *, threads: int = 2, round
                     warmup: int = 3, feed: np.ndarray | None = None) -> SpeedupResult:
     """Time the FP32 and INT8 models in interleaved rounds (FP32, INT8, FP32, ...) and compare medians.
 
-    Both sessions run on the CPU provider with ``threads`` intra-op threads and spinning off, so neither steals the
-    cores from the other. Timing stops after ``rounds`` rounds or once ``seconds`` have passed (at least 5 rounds),
-    whichever comes first.
+    Both run in the ``onnxruntime`` runner on the CPU provider with ``threads`` intra-op threads and spinning off, so
+    neither steals the cores from the other, timed by the project's one timing loop
+    (:func:`ffnet_deploy.runtimes.timing.measure`). Timing stops after ``rounds`` rounds or once ``seconds`` have
+    passed (at least 5 rounds), whichever comes first.
 
     Args:
         fp32_path: The FP32 model.
@@ -726,28 +727,30 @@ def measure_speedup(fp32_path: Path, int8_path: Path, *, threads: int = 2, round
     Returns:
         Median latencies and their ratio.
     """
-    import time
+    from ffnet_deploy.runtimes import create_runner
+    from ffnet_deploy.runtimes.onnxruntime import no_spinning
+    from ffnet_deploy.runtimes.timing import Contender, Protocol, latency_stats, measure
 
-    from ffnet_deploy.benchmarks.common import interleaved_timing
+    def runner(path: Path):
+        return create_runner("onnxruntime", path, threads=threads, session_options=no_spinning)
 
-    sessions = {"fp32": cpu_session(fp32_path, threads), "int8": cpu_session(int8_path, threads)}
-    spec = sessions["fp32"].get_inputs()[0]
+    with runner(fp32_path) as probe:
+        spec = next(iter(probe.input_metadata().values()))
     if feed is None:
         shape = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
         feed = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    inputs = {spec.name: feed}
-    # One untimed run of each sizes the number of rounds that fit in ``seconds``.
-    t0 = time.perf_counter()
-    for s in sessions.values():
-        s.run(None, inputs)
-    per_round = time.perf_counter() - t0
-    done = max(5, min(rounds, int(seconds / max(per_round, 1e-6))))
-    timings = interleaved_timing({k: (lambda s=s: s.run(None, inputs)) for k, s in sessions.items()},
-                                 warmup=warmup, rounds=done)
-    fp32_ms, int8_ms = timings["fp32"]["median_ms"], timings["int8"]["median_ms"]
-    return SpeedupResult(fp32_ms, int8_ms, fp32_ms / int8_ms, threads, done)
+    contenders = [Contender(name, lambda p=path: runner(p), {spec.name: feed})
+                  for name, path in (("fp32", fp32_path), ("int8", int8_path))]
+    done = max(5, rounds)
+    measure(contenders, Protocol(warmup=warmup, warmup_time_s=0.0, min_iters=done, min_time_s=0.0,
+                                 max_time_s=seconds, min_samples=5))
+    failed = [c for c in contenders if c.error]
+    if failed:
+        raise OnnxQuantizationError(f"onnx int8 | timing {failed[0].name} failed: {failed[0].error}")
+    n = min(len(c.samples_ms) for c in contenders)
+    fp32_ms, int8_ms = (latency_stats(c.samples_ms[:n])["p50"] for c in contenders)
+    return SpeedupResult(fp32_ms, int8_ms, fp32_ms / int8_ms, threads, n)
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    return first_line(err)

@@ -45,7 +45,7 @@ Progress = Callable[[str], None] | None
 class NNCFSettings:
     """Settings of NNCF post-training quantization for OpenVINO.
 
-    The defaults are the fastest configuration measured on FFNet (``benchmarks/nncf_vs_stock.py``): symmetric
+    The defaults are the fastest configuration measured on FFNet (``studies/nncf_vs_stock.py``): symmetric
     activations, fast bias correction, a CPU target. NNCF's ChannelAlignment step is always off: stock NNCF finds
     nothing to align in a full-size FFNet, and when run step by step on ``ffnet_test`` NNCF 3.4 raised inside it
     (``KeyError`` in ``numpy_numeric.astype`` for ``np.float32``).

@@ -7,11 +7,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from ffnet_deploy.benchmarks import common, plots
+from ffnet_deploy.benchmarks import plots
 from ffnet_deploy.benchmarks.report import merge
 from ffnet_deploy.benchmarks.results import BenchResult, BenchRow, Device
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.models.config import get_config
+from tests.benchmarks.helpers import call_timings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -21,14 +22,14 @@ def timings() -> dict[int, dict]:
     """Real latencies to draw: numpy matmuls of four sizes through the project's timing loop."""
     rng = np.random.default_rng(0)
     mats = {n: rng.standard_normal((n, n)).astype(np.float32) for n in (16, 32, 64, 96)}
-    measured = common.interleaved_timing({str(n): (lambda m=m: m @ m) for n, m in mats.items()}, warmup=2, rounds=9)
+    measured = call_timings({str(n): (lambda m=m: m @ m) for n, m in mats.items()}, warmup=2, rounds=9)
     return {int(n): t for n, t in measured.items()}
 
 
 def _row(model: str, size: int, timings, **kw) -> BenchRow:
     t = timings[size]
     return BenchRow(model=model, runtime=kw.pop("runtime", "numpy"), precision=kw.pop("precision", "fp32"),
-                    resolution=kw.pop("resolution", size), latency_ms={"p50": t["median_ms"], "p90": t["p90_ms"]},
+                    resolution=kw.pop("resolution", size), latency_ms={"p50": t["p50"], "p90": t["p90"]},
                     **kw)
 
 

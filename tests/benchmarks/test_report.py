@@ -10,11 +10,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from ffnet_deploy.benchmarks import common
 from ffnet_deploy.benchmarks.report import MARKER, MergedTable, import_measurements, merge, merge_files
 from ffnet_deploy.benchmarks.results import BenchResult, BenchRow, Device, write_result
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.models.config import get_config
+from tests.benchmarks.helpers import call_timings
 
 HEADER = "variant,precision,compute_units,median_ms,source,resolution,batch,p90_ms,notes"
 GOOD = [
@@ -112,10 +112,9 @@ def measured_rows() -> tuple[BenchRow, ...]:
     labelled as what they are: runtime ``numpy``."""
     rng = np.random.default_rng(0)
     mats = {n: rng.standard_normal((n, n)).astype(np.float32) for n in (32, 64)}
-    timings = common.interleaved_timing({f"matmul_{n}": (lambda m=m: m @ m) for n, m in mats.items()},
-                                        warmup=2, rounds=15)
+    timings = call_timings({f"matmul_{n}": (lambda m=m: m @ m) for n, m in mats.items()}, warmup=2, rounds=15)
     return tuple(BenchRow(model=name, runtime="numpy", precision="fp32", resolution=int(name.split("_")[1]),
-                          family="peer", latency_ms={"p50": t["median_ms"], "p90": t["p90_ms"]},
+                          family="peer", latency_ms={"p50": t["p50"], "p90": t["p90"]},
                           iterations=t["samples"]) for name, t in timings.items())
 
 

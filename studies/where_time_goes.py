@@ -49,9 +49,9 @@ from typing import Any
 
 import numpy as np
 
-from ffnet_deploy.benchmarks.common import RESULTS_DIR, interleaved_timing, write_results
 from ffnet_deploy.benchmarks.roofline import Roofline, best_of, gemm_probe, roofline_fraction
 from ffnet_deploy.runtimes.onnxruntime import no_spinning
+from studies.common import RESULTS_DIR, interleaved_timing, write_results
 
 CATEGORY_LABELS = {
     "dense_conv": "dense k x k convs (stem)",

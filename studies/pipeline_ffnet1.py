@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from ffnet_deploy.atomic import write_text
-from ffnet_deploy.benchmarks.common import RESULTS_DIR, command_line
-from ffnet_deploy.benchmarks.int8 import photo_bn_checkpoint, photo_crops
+from studies.common import RESULTS_DIR, command_line
+from studies.int8 import photo_bn_checkpoint, photo_crops
 
 REPORT_FILES = ("index.md", "index.html", "results.json", "junit.xml")
 

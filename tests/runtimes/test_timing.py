@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from ffnet_deploy.benchmarks.protocol import Contender, PeakMemory, Protocol, latency_stats, measure
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.runtimes import create_runner
+from ffnet_deploy.runtimes.timing import Contender, PeakMemory, Protocol, latency_stats, measure
 
 
 @pytest.fixture(scope="module")
@@ -141,12 +141,3 @@ def test_a_runner_handed_in_active_is_timed_and_left_active(onnx_artifact):
     assert len(c.samples_ms) == 4 and c.first_inference_ms is None
     assert runner.is_active
     runner.deactivate()
-
-
-def test_protocol_check_benchmark_smoke():
-    from ffnet_deploy.benchmarks import protocol_check
-
-    result = protocol_check.run("ffnet_test", resolution=64, threads=1, rounds=1)
-    assert result["rounds"][0]["bench_iterations"] >= protocol_check.LOOP_CALLS
-    assert result["plain_median_ms"] > 0 and result["bench_median_ms"] > 0
-    assert "Pooled" in protocol_check.to_markdown(result)

@@ -40,10 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from ffnet_deploy.benchmarks.common import RESULTS_DIR, interleaved_timing, write_results
 from ffnet_deploy.quantize import onnx_int8 as q
 from ffnet_deploy.quantize.groups import layer_group
 from ffnet_deploy.runtimes.onnxruntime import no_spinning
+from studies.common import RESULTS_DIR, interleaved_timing, write_results
 
 STEM = "ort_int8_search"
 SQNR_MIN_DB = 20.0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ffnet_deploy.benchmarks import common
+from studies import common
 
 PACKAGE_RESULTS = Path(common.__file__).resolve().parent / "results"
 

@@ -1,4 +1,5 @@
-"""``ffnet-deploy sensitivity``: from a checkpoint to a ranked table of layer groups (:mod:`.sensitivity`)."""
+"""``ffnet-deploy sensitivity``: from a checkpoint to a ranked table of layer groups
+(:mod:`ffnet_deploy.quantize.sensitivity` does the ranking)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from ffnet_deploy.quantize.stages import Log, onnx_ranges, read_calibration, tra
 
 def sensitivity_analysis(checkpoint, variant: str | None, fmt: str, quant: QuantizationConfig, *,
                          resolution: int | None = None, trust: bool = False, log: Log | None = None):
-    """Rank the layer groups of a checkpoint by what quantizing each alone costs (:mod:`.sensitivity`).
+    """Rank the layer groups of a checkpoint by what quantizing each alone costs
+    (:mod:`ffnet_deploy.quantize.sensitivity`).
 
     Evaluates on ``quant.eval_data`` when given (accuracy too, with labels), else on the calibration images.
 

@@ -26,30 +26,22 @@ metrics ``ffnet-deploy validate`` reports.
 from __future__ import annotations
 
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ffnet_deploy.benchmarks.common import interleaved_timing, run_standard
 from ffnet_deploy.export import export
 from ffnet_deploy.exporters.base import ExportConfig
+from ffnet_deploy.exporters.onnx import plain_onnx_export
 from ffnet_deploy.models.ffnet import create_ffnet
 from ffnet_deploy.runtimes import create_runner
 from ffnet_deploy.runtimes.onnxruntime import no_spinning
 from ffnet_deploy.validate.metrics import compare_outputs
+from studies.common import interleaved_timing, run_standard
 
 PARITY_METRICS = ("max_abs_error", "max_rel_error", "cosine_mean", "top1_agreement")
 """The :class:`~ffnet_deploy.validate.metrics.OutputMetrics` fields the report keeps per contender."""
-
-
-def plain_onnx_export(model: torch.nn.Module, resolution: int, batch: int, path: Path) -> None:
-    """The baseline: the unfused model through ``torch.onnx.export`` with no further processing."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(batch, 3, resolution, resolution),), str(path), dynamo=False,
-                          opset_version=17, input_names=["images"], output_names=["logits"])
 
 
 def run(variant: str = "ffnet_1", resolution: int = 256, batch: int = 1, threads: int = 2, rounds: int = 30,

@@ -1,4 +1,8 @@
-"""Shared machinery of the benchmarks: interleaved timing, and results written as Markdown + JSON.
+"""Shared machinery of the studies: interleaved timing of plain calls, and results written as Markdown + JSON.
+
+The studies are one-off investigations kept outside the installed package (as timm keeps its scripts); each runs from
+the repository root as ``python -m studies.<name>``. The ``bench`` product lives in ``benchmarks/`` and imports none
+of them.
 
 Timing on a shared CPU is noisy, so benchmarks report *ratios measured in one run*: the contenders are timed in
 interleaved rounds (A, B, A, B, ...) so that a slow phase of the machine hits both alike, and the medians are
@@ -16,9 +20,7 @@ import argparse
 import contextlib
 import json
 import shlex
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +33,8 @@ RESULTS_DIR = Path("benchmarks") / "results"
 
 def interleaved_timing(contenders: dict[str, Callable[[], object]], *, warmup: int = 5, rounds: int = 30,
                        per_round: int = 1) -> dict[str, dict]:
-    """Time each callable in interleaved rounds.
+    """Time each callable in interleaved rounds with the project's one timing loop
+    (:func:`ffnet_deploy.runtimes.timing.measure`).
 
     Args:
         contenders: Name -> zero-argument callable (one inference).
@@ -42,21 +45,20 @@ def interleaved_timing(contenders: dict[str, Callable[[], object]], *, warmup: i
     Returns:
         Name -> ``{"median_ms", "mean_ms", "min_ms", "p90_ms", "samples"}``.
     """
-    for fn in contenders.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                fn()
-                samples[name].append((time.perf_counter() - t0) * 1e3)
+    from ffnet_deploy.runtimes.timing import CallContender, Protocol, latency_stats, measure
+
+    def repeated(fn: Callable[[], object]) -> Callable[[], object]:
+        return fn if per_round == 1 else (lambda: [fn() for _ in range(per_round)])
+
+    timed = [CallContender(name, repeated(fn)) for name, fn in contenders.items()]
+    measure(timed, Protocol(warmup=warmup, warmup_time_s=0.0, min_iters=rounds, min_time_s=0.0))
     out = {}
-    for name, s in samples.items():
-        ordered = sorted(s)
-        out[name] = {"median_ms": statistics.median(s), "mean_ms": statistics.fmean(s), "min_ms": ordered[0],
-                     "p90_ms": ordered[int(0.9 * (len(ordered) - 1))], "samples": len(s)}
+    for c in timed:
+        if c.error:
+            raise RuntimeError(f"{c.name}: {c.error}")
+        stats = latency_stats([ms / per_round for ms in c.samples_ms])
+        out[c.name] = {"median_ms": stats["p50"], "mean_ms": stats["mean"], "min_ms": stats["min"],
+                       "p90_ms": stats["p90"], "samples": len(c.samples_ms) * per_round}
     return out
 
 

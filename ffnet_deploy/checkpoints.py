@@ -1,4 +1,5 @@
-"""Library functions behind the ``models``, ``inspect`` and ``reparam`` commands.
+"""Library functions behind the ``models``, ``inspect`` and ``reparam`` commands: describe the variants and a checkpoint
+file, and reparameterize a checkpoint file (with a parity check of the fused model).
 
 Each returns plain, JSON-ready data so that the CLI only renders it.
 """

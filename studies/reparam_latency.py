@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from ffnet_deploy.benchmarks.common import interleaved_timing, run_standard
 from ffnet_deploy.models.ffnet import create_ffnet
 from ffnet_deploy.models.reparam import reparam_report, reparameterize_model
+from studies.common import interleaved_timing, run_standard
 
 
 def run(variant: str = "ffnet_1", resolution: int = 256, batch: int = 1, threads: int = 2, rounds: int = 40,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ffnet_deploy.benchmarks import common, reparam_latency
+from studies import common, reparam_latency
 
 
 def test_reparam_benchmark_smoke(tmp_path):

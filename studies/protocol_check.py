@@ -7,7 +7,7 @@ Run: ``python -m ffnet_deploy.benchmarks.protocol_check [--variant ffnet_1] [--r
 One ONNX Runtime session of the exported model (random weights) is loaded once. Then, ``--rounds`` times, in turn:
 
 * a plain loop: ``session.run(None, feed)`` timed with ``time.perf_counter``, as anyone would write it, 20 calls;
-* the bench protocol (:func:`ffnet_deploy.benchmarks.protocol.measure`, 2 warmup calls, then at least 20 timed
+* the bench protocol (:func:`ffnet_deploy.runtimes.timing.measure`, 2 warmup calls, then at least 20 timed
   calls and 0.5 s) through the runner that owns that same session.
 
 Short alternating blocks, many rounds: a slow phase of a shared machine (seen here: 10 s at +25 %) then hits both
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ffnet_deploy.benchmarks.common import run_standard
-from ffnet_deploy.benchmarks.protocol import Contender, Protocol, latency_stats, measure
+from ffnet_deploy.runtimes.timing import Contender, Protocol, latency_stats, measure
+from studies.common import run_standard
 
 LOOP_CALLS = 20
 

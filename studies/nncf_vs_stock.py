@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ffnet_deploy.benchmarks.common import interleaved_timing, standard_parser, write_results
+from studies.common import interleaved_timing, standard_parser, write_results
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("openvino")
 
-from ffnet_deploy.benchmarks import export_latency  # noqa: E402 - after the skip: the benchmark needs OpenVINO
+from studies import export_latency  # noqa: E402 - after the skip: the benchmark needs OpenVINO
 
 CONTENDERS = ["onnxruntime/plain", "onnxruntime/ffnet-deploy", "openvino/plain", "openvino/ffnet-deploy"]
 

@@ -1,6 +1,9 @@
-"""The timing protocol of ``ffnet-deploy bench``: warmup, interleaved rounds, statistics, first inference, memory.
+"""The one timing loop of the project: warmup, interleaved rounds, statistics, first inference, memory.
 
-What one measurement does, for a group of contenders (runners that are compared with each other):
+``ffnet-deploy bench``, the pipeline's bench stage, the export-time INT8 speed check and the studies all time through
+:func:`measure`; nothing else in the project times inference in a loop of its own.
+
+What one measurement does, for a group of contenders (runners, or plain calls, that are compared with each other):
 
 1. **Load, one at a time.** Each contender's runner is activated and run once on its input; that wall time is the
    *first inference* (load + compile + first run). The resident memory the process gained at its peak during that
@@ -14,9 +17,10 @@ What one measurement does, for a group of contenders (runners that are compared 
 4. **Statistics** per contender over the timed samples: min, p50, p90, p99, mean, std and a trimmed mean that drops
    the 10 % highest and lowest samples (ModelBench's trimming).
 
-Inputs are made once per contender, before any timing, and the same array is fed every time. Each sample is the
-runner's own :attr:`~ffnet_deploy.runtimes.base.BaseRunner.last_latency_ms`: the engine call alone, without the
-runner's input checks.
+Inputs are made once per contender, before any timing, and the same array is fed every time. Each sample of a
+runner is its own :attr:`~ffnet_deploy.runtimes.base.BaseRunner.last_latency_ms`: the engine call alone, without the
+runner's input checks. A :class:`CallContender` times a zero-argument call instead (wall time of the call), for
+what is not a runner (a GEMM, eager PyTorch in a study).
 """
 
 from __future__ import annotations
@@ -47,13 +51,16 @@ class Protocol:
     warmup_time_s: float = 1.0
     min_iters: int = 50
     min_time_s: float = 5.0
-    max_time_s: float | None = None  # stop the rounds here even if min_iters is not reached (at least 3 samples)
+    max_time_s: float | None = None  # stop the rounds here even if min_iters is not reached (min_samples reached)
+    min_samples: int = 3  # samples every contender has before max_time_s may stop the rounds
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.min_iters < 1 or self.warmup_time_s < 0 or self.min_time_s < 0:
             raise ConfigError("bench | --warmup and --warmup-time must be >= 0, --min-iters >= 1 and --min-time >= 0")
         if self.max_time_s is not None and self.max_time_s <= 0:
             raise ConfigError("bench | --max-time must be a positive number of seconds")
+        if self.min_samples < 1:
+            raise ConfigError(f"timing | min_samples must be at least 1, got {self.min_samples}")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "interleaved": True, "trim": TRIM}
@@ -139,12 +146,51 @@ class Contender:
     error: str | None = None
     owned: bool = True  # measure() loaded the runner, so it releases it (False for a runner handed in active)
 
+    def load(self) -> None:
+        """Build and activate the runner and run it once (the first inference)."""
+        self.runner = self.make_runner()
+        self.runner.activate()
+        self.run_once()
+        report_precision = getattr(self.runner, "actual_inference_precision", None)
+        self.execution_precision = report_precision() if callable(report_precision) else None
+
     def run_once(self) -> float:
         """One inference; returns the engine's time for it in ms."""
         assert self.runner is not None
         self.runner.infer(self.feed)
         assert self.runner.last_latency_ms is not None
         return self.runner.last_latency_ms
+
+    def close(self) -> None:
+        """Release the runner (errors while releasing are ignored: they must not hide the measurement)."""
+        if self.runner is not None and self.runner.is_active:
+            try:
+                self.runner.deactivate()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+class CallContender(Contender):
+    """A zero-argument call to time (its wall time per call), where there is no runner to time."""
+
+    def __init__(self, name: str, call: Callable[[], object]) -> None:
+        super().__init__(name, make_runner=_no_runner, feed={})
+        self.call = call
+
+    def load(self) -> None:
+        self.run_once()
+
+    def run_once(self) -> float:
+        start = time.perf_counter()
+        self.call()
+        return (time.perf_counter() - start) * 1e3
+
+    def close(self) -> None:
+        pass
+
+
+def _no_runner() -> BaseRunner:
+    raise AssertionError("a CallContender has no runner")
 
 
 Progress = Callable[[str, float, float], None]
@@ -169,15 +215,11 @@ def measure(contenders: Sequence[Contender], protocol: Protocol, progress: Progr
             try:
                 with memory:
                     start = time.perf_counter()
-                    c.runner = c.make_runner()
-                    c.runner.activate()
-                    c.run_once()
+                    c.load()
                     c.first_inference_ms = (time.perf_counter() - start) * 1e3
-                    report_precision = getattr(c.runner, "actual_inference_precision", None)
-                    c.execution_precision = report_precision() if callable(report_precision) else None
             except Exception as err:  # noqa: BLE001 - one contender's failure is reported in its row
-                c.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
-                _close(c)
+                c.error = _error_line(err)
+                c.close()
                 continue
             c.peak_rss_mb, c.memory_method = memory.mb, memory.method
         live = [c for c in contenders if c.error is None]
@@ -198,7 +240,7 @@ def measure(contenders: Sequence[Contender], protocol: Protocol, progress: Progr
             done_iters, done_time = fewest >= protocol.min_iters, elapsed >= protocol.min_time_s
             if done_iters and done_time:
                 break
-            if protocol.max_time_s is not None and elapsed >= protocol.max_time_s and fewest >= 3:
+            if protocol.max_time_s is not None and elapsed >= protocol.max_time_s and fewest >= protocol.min_samples:
                 break
             frac = min(fewest / protocol.min_iters, elapsed / protocol.min_time_s if protocol.min_time_s else 1.0)
             report(f"timing {names}", min(frac, 1.0), 1.0)
@@ -209,25 +251,23 @@ def measure(contenders: Sequence[Contender], protocol: Protocol, progress: Progr
     finally:
         for c in contenders:
             if c.owned:
-                _close(c)
+                c.close()
+
+
+def _error_line(err: BaseException) -> str:
+    from ffnet_deploy.errors import first_line
+
+    return f"{type(err).__name__}: {first_line(err, default='')}".rstrip(": ")
 
 
 def _guarded(c: Contender, record: bool = False) -> None:
     try:
         ms = c.run_once()
     except Exception as err:  # noqa: BLE001
-        c.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
+        c.error = _error_line(err)
         return
     if record:
         c.samples_ms.append(ms)
-
-
-def _close(c: Contender) -> None:
-    if c.runner is not None and c.runner.is_active:
-        try:
-            c.runner.deactivate()
-        except Exception:  # noqa: BLE001 - releasing an engine must not hide the measurement
-            pass
 
 
 def throughput(batch: int, p50_ms: float) -> float:
