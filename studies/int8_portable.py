@@ -244,6 +244,39 @@ computes the dequantized arithmetic, which is what those paths compute up to fp1
 """
 
 
+def choice(data: dict) -> str:
+    """The decision the numbers support, with the numbers it rests on (ffnet_1 when measured, else the first model)."""
+    m = next((m for m in data["models"] if m["model"] == "ffnet_1"), data["models"][0])
+    rows = m["rows"]
+
+    def speed(key: str) -> float:
+        return sum(rows[key]["speed"]["speedup"]) / len(rows[key]["speed"]["speedup"])
+
+    def sqnr(key: str, view: str) -> str:
+        r = rows[key].get(view)
+        return f"{r['sqnr_db']:.1f} dB" if r else "-"
+
+    return "\n".join([
+        "## Choice", "",
+        f"On {m['model']} ({m['resolution']} px), measured here ({data['environment']['isa_class']}):",
+        f"- 8-bit weights (`--target cpu-vnni`): {speed('u8s8'):.2f}x FP32, {sqnr('u8s8', 'here')} here, "
+        f"{sqnr('u8s8', 'avx2_emulated')} on AVX2: it saturates there.",
+        f"- 7-bit weights (`--target cpu`, the default): {speed('u8s8_reduce_range'):.2f}x FP32, "
+        f"{sqnr('u8s8_reduce_range', 'here')} here and {sqnr('u8s8_reduce_range', 'avx2_emulated')} on AVX2: the "
+        "same kernels, the same speed, the same numbers everywhere, at the price of one bit of weight precision.",
+        f"- uint8 weights: exact everywhere ({sqnr('u8u8', 'avx2_emulated')} on AVX2) but {speed('u8u8'):.2f}x FP32: "
+        "no reason to ship INT8 at all.",
+        "",
+        "So `--target cpu` stores 7-bit weights: the only portable form that keeps INT8's speed. `--target cpu-vnni` "
+        "keeps the 8-bit weights for fleets known to have VNNI, AVX-VNNI, AMX or ARM64 (same speed, more accurate "
+        "there); its manifest lists where it is safe, and `validate` on another class says so. NNCF: no overflow-fix "
+        f"setting held on the emulated AVX2 CPU for {m['model']} ({sqnr('nncf_first_layer', 'avx2_emulated')}, "
+        f"{sqnr('nncf_overflow_fix', 'avx2_emulated')}, {sqnr('nncf_no_fix', 'avx2_emulated')} for first-layer, "
+        f"every-layer and no fix, against {sqnr('nncf_first_layer', 'here')} here), so OpenVINO INT8 manifests do "
+        "not claim the `avx2`/`avx512` classes, keep NNCF's default (the best here), and `validate` on those classes "
+        "judges them on their own run.", ""])
+
+
 def _cell(r: dict | None, labelled: bool) -> str:
     if r is None:
         return "-"
@@ -280,7 +313,7 @@ def to_markdown(data: dict) -> str:
                           f"`{k}` {r['speed']['fp32_ms'][0]:.2f}/{r['speed']['int8_ms'][0]:.2f}, "
                           f"{r['speed']['fp32_ms'][1]:.2f}/{r['speed']['int8_ms'][1]:.2f}"
                           for k, r in m["rows"].items() if r.get("speed")) + ".", ""]
-    return "\n".join(lines) + "\n" + REASONING
+    return "\n".join(lines) + "\n" + choice(data) + "\n" + REASONING
 
 
 def main(argv: list[str] | None = None) -> dict:
