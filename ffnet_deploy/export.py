@@ -34,6 +34,7 @@ from ffnet_deploy.artifact.manifest import (
     FileRef,
     Manifest,
     Preprocessing,
+    read_manifest,
     write_manifest,
 )
 from ffnet_deploy.artifact.workdir import check_output, publish, workdir_for
@@ -48,6 +49,7 @@ from ffnet_deploy.exporters.base import (
 from ffnet_deploy.hashing import sha256_file, tree_sha256
 from ffnet_deploy.interrupts import handle_signals
 from ffnet_deploy.models.checkpoint import LoadedCheckpoint, open_checkpoint
+from ffnet_deploy.models.config import get_config
 from ffnet_deploy.models.ffnet import FFNet, create_ffnet
 from ffnet_deploy.models.reparam import reparameterize_model
 from ffnet_deploy.validate.engine import ArtifactResult, GateReport, gate_artifact, jsonable
@@ -135,6 +137,8 @@ def _export(config: ExportConfig, checkpoint: str | Path | LoadedCheckpoint | No
 
     start = time.perf_counter()
     config.validate()
+    if variant is not None:
+        get_config(variant)  # an unknown --variant is refused before the checkpoint is read
     exporter = get_exporter(config.format)
     exporter.validate(config)
     exporter.check_available()
@@ -246,7 +250,12 @@ def run_parity_gate(reference: FFNet, workdir: Path, config: ExportConfig, log: 
     (the artifact's precision) as ``ffnet-deploy validate``, fed ``config.parity_samples`` batches of synthetic
     pixels in the artifact's own input convention.
     """
-    source, what = gate_source(config)
+    source, what = gate_source(config, read_manifest(workdir))
+    if source is None and _quantized(config):
+        decisions = False  # the arg-max of a quantized model on noise says nothing about its accuracy
+        notices.append("the INT8 gate ran on synthetic inputs (no --calib or --eval-data, and cached statistics of "
+                       "data that is not here): errors and cosine were checked, top-1 agreement and accuracy were "
+                       "not; pass --eval-data DATA to check them")
     log(f"parity gate: {config.format} ({config.precision} profile) vs PyTorch on {what}")
     _stage("gate")
     unavailable: list[str] = []
@@ -261,23 +270,37 @@ GATE_IMAGES = 256
 profile allows a 1-point accuracy drop; on 64 images a single changed prediction is 1.6 points, on 256 it is 0.4."""
 
 
-def gate_source(config: ExportConfig):
+def _quantized(config: ExportConfig) -> bool:
+    q = config.quantization
+    return config.precision == "int8" or (q is not None and q.weights is not None)
+
+
+def gate_source(config: ExportConfig, manifest: Manifest | None = None):
     """``(data source or None for synthetic pixels, description)`` of the parity gate's inputs.
 
     Quantized and compressed artifacts are gated on real images: ``--eval-data`` (labelled, so the accuracy drop is
-    checked too) or else the calibration data; anything else on synthetic pixels.
+    checked too), else the calibration data, else (statistics reused from the cache without ``--calib``) the data
+    set the cached statistics were collected on when it is one that every machine has (the digits); anything else
+    on synthetic pixels.
     """
-    q = config.quantization
-    quantized = config.precision == "int8" or (q is not None and q.weights is not None)
-    if not quantized or q is None or (q.eval_data is None and q.calib is None):
+    if not _quantized(config):
         return None, "synthetic inputs"
+    from ffnet_deploy.quantize.config import QuantizationConfig
     from ffnet_deploy.validate.data import source_from_spec
+
+    q = config.quantization or QuantizationConfig()
 
     if q.eval_data is not None:
         source = source_from_spec(q.eval_data, split="test", limit=GATE_IMAGES)
         return source, f"{len(source)} images of {q.eval_data}"
-    source = source_from_spec(q.calib, split="train", limit=GATE_IMAGES)
-    return source, f"{len(source)} calibration images of {q.calib}"
+    if q.calib is not None:
+        source = source_from_spec(q.calib, split="train", limit=GATE_IMAGES)
+        return source, f"{len(source)} calibration images of {q.calib}"
+    cached = ((manifest.details if manifest is not None else {}).get("quantization") or {}).get("calibration") or {}
+    if cached.get("kind") == "digits":
+        source = source_from_spec("digits", split="train", limit=GATE_IMAGES)
+        return source, f"{len(source)} images of the digits the cached statistics were collected on"
+    return None, "synthetic inputs"
 
 
 # --------------------------------------------------------------------------------------------------------------------

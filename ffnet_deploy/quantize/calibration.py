@@ -305,8 +305,9 @@ def cached_statistics(cache: StatisticsCache, key: CacheKey, compute: Callable[[
         return entry
     if calib is None:
         raise CalibrationError(
-            f"calibration | no --calib data given and {cache.path_for(key.model_sha256)} holds no statistics for "
-            f"this model with --calib-method {key.method}; pass --calib DATA"
+            f"calibration | --precision int8 needs calibration data: no --calib given, and "
+            f"{cache.path_for(key.model_sha256)} holds no statistics for this model with --calib-method {key.method}; "
+            "pass --calib DATA (an ImageFolder, a folder of images, or 'digits')"
         )
     start = time.perf_counter()
     statistics = compute()

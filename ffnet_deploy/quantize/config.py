@@ -98,7 +98,20 @@ def check_int8_config(config, fmt: str) -> None:
     if config.dynamic_batch is not None and fmt != "tensorrt":
         raise ConfigError(f"{fmt} export | --precision int8 exports a fixed batch; drop --dynamic-batch")
     q = config.quantization or QuantizationConfig()
-    if q.calib is None and q.cache_dir is None and q.weights is None:  # weight-only compression needs no data
-        raise ConfigError(f"{fmt} export | --precision int8 needs calibration data: pass --calib DATA (an "
-                          "ImageFolder, a folder of images, or 'digits'), or --calib-cache DIR with statistics "
-                          "for this model")
+    if q.calib is not None:
+        check_calib_count(q)
+
+
+def check_calib_count(q: QuantizationConfig) -> None:
+    """Refuse ``--calib-size`` beyond the images ``--calib`` holds before anything is traced or exported (the files
+    are counted, not decoded: corrupt ones are still found, and counted, when the calibration set is read).
+
+    Raises:
+        ConfigError: The data holds fewer candidate images than ``--calib-size``.
+    """
+    from ffnet_deploy.validate.data import source_from_spec
+
+    found = len(source_from_spec(q.calib, split="train"))
+    if found < q.calib_size:
+        raise ConfigError(f"calibration | --calib {q.calib} holds {found} images, but --calib-size asks for "
+                          f"{q.calib_size}; add images or pass --calib-size {found}")

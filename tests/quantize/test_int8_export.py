@@ -317,3 +317,47 @@ def test_int4_defaults_to_blocks(demo_checkpoint_path, tmp_path):
     assert m.parity["passed"] is True, m.parity
     assert m.details["compression"]["granularity"] == "per_block"
     assert m.details["minimum_deployment_target"] == "iOS18"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The cache-only path and early refusals
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_cache_only_int8_finds_the_default_cache_and_gates_on_real_images(demo_checkpoint_path, tmp_path,
+                                                                          monkeypatch):
+    """README: with a cache entry present, --calib may be left out. The default per-model cache is found, and the
+    gate judges the artifact on the real images the statistics came from (the digits), not on 2 synthetic ones."""
+    monkeypatch.setenv("FFNET_DEPLOY_CACHE", str(tmp_path / "cache-root"))
+    first = export(ExportConfig("onnx", tmp_path / "first", precision="int8",
+                                quantization=QuantizationConfig(calib="digits", calib_size=CALIB)),
+                   demo_checkpoint_path)
+    assert read_manifest(first.output).details["quantization"]["statistics_cache"]["hit"] is False
+    again = export(ExportConfig("onnx", tmp_path / "again", precision="int8"), demo_checkpoint_path)
+    m = read_manifest(again.output)
+    assert m.details["quantization"]["statistics_cache"]["hit"] is True
+    gate = m.parity["checks"][0]
+    assert gate["metrics"]["num_samples"] >= 100 and m.parity["data"]["kind"] == "digits"
+    assert any(c["name"] == "top1_agreement" and c["passed"] for c in gate["checks"])
+    # An explicit --calib-cache folder without --calib: the same.
+    folder = tmp_path / "carried"
+    export(ExportConfig("onnx", tmp_path / "c1", precision="int8",
+                        quantization=QuantizationConfig(calib="digits", calib_size=CALIB, cache_dir=folder)),
+           demo_checkpoint_path)
+    carried = export(ExportConfig("onnx", tmp_path / "c2", precision="int8",
+                                  quantization=QuantizationConfig(cache_dir=folder)), demo_checkpoint_path)
+    assert read_manifest(carried.output).parity["checks"][0]["metrics"]["num_samples"] >= 100
+
+
+def test_calib_size_beyond_the_data_and_an_unknown_variant_are_refused_before_tracing(demo_checkpoint_path,
+                                                                                       tmp_path):
+    lines: list[str] = []
+    with pytest.raises(ConfigError, match=r"holds \d+ images, but --calib-size asks for 100000"):
+        export(ExportConfig("onnx", tmp_path / "a", precision="int8",
+                            quantization=QuantizationConfig(calib="digits", calib_size=100_000)),
+               demo_checkpoint_path, progress=lines.append)
+    assert not any(line.startswith(("loading", "tracing", "exporting")) for line in lines), lines
+    with pytest.raises(ConfigError, match="unknown FFNet variant 'ffnet_9'"):
+        export(ExportConfig("onnx", tmp_path / "b"), demo_checkpoint_path, variant="ffnet_9", progress=lines.append)
+    assert not any(line.startswith(("loading", "tracing", "exporting")) for line in lines), lines
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
