@@ -123,6 +123,7 @@ class ExportConfig:
     check_parity: bool = True  # run the export-time parity gate (ONNX Runtime / OpenVINO on CPU)
     parity_samples: int = 2  # random inputs the parity gate compares
     force: bool = False  # replace an existing artifact directory
+    keep_failed: bool = False  # on a failed parity gate, keep the artifact in <output>.failed/ for inspection
 
     # -- derived values ---------------------------------------------------------------------------------------------
 

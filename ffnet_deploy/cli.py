@@ -334,6 +334,9 @@ def export(
                                                     "per_block (default: per_block for int4, else per_channel).",
                                                     rich_help_panel=_QUANT_PANEL)] = None,
     no_parity: Annotated[bool, typer.Option("--no-parity", help="Skip the export-time parity gate.")] = False,
+    keep_failed: Annotated[bool, typer.Option("--keep-failed", help="When the parity gate fails, keep the artifact "
+                                              "in OUTPUT.failed/ for inspection (never deployable: its manifest "
+                                              "records the failure).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing artifact directory written by "
                                             "ffnet-deploy (nothing else).")] = False,
     trust_checkpoint: TrustOpt = False,
@@ -368,7 +371,7 @@ def export(
         dynamic_batch=parse_dynamic_batch(dynamic_batch), precision=precision, reparameterize=not no_reparam,
         include_preprocessing=include_preprocessing, input_range=input_range, options=options,
         quantization=QuantizationConfig(**quant_given) if quant_given else None,
-        check_parity=not no_parity, force=force,
+        check_parity=not no_parity, force=force, keep_failed=keep_failed,
     )
     from rich.markup import escape
 

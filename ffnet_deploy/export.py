@@ -53,6 +53,7 @@ from ffnet_deploy.models.config import get_config
 from ffnet_deploy.models.ffnet import FFNet, create_ffnet
 from ffnet_deploy.models.reparam import reparameterize_model
 from ffnet_deploy.validate.engine import ArtifactResult, GateReport, gate_artifact, jsonable
+from ffnet_deploy.validate.metrics import format_value
 
 DEFAULT_RANDOM_VARIANT = "ffnet_1"
 
@@ -175,10 +176,17 @@ def _export(config: ExportConfig, checkpoint: str | Path | LoadedCheckpoint | No
             gate = run_parity_gate(model, workdir, config, log, notices, decisions=loaded is not None)
             parity = gate.results
             if parity and not gate:
-                raise ParityError(
-                    f"export parity gate | {'; '.join(r.describe() for r in parity if not r)}; the artifact "
-                    "does not reproduce PyTorch and was not kept"
-                )
+                failed = [r for r in parity if not r]
+                measured = "; ".join(f"{r.runtime}: {measured_line(r)}" for r in failed if r.metrics is not None)
+                if config.keep_failed:
+                    where = keep_failed_artifact(workdir, output, manifest, gate, notices)
+                    fate = (f"it was kept for inspection in {where} (its manifest records the failure; do not "
+                            "deploy it)")
+                else:
+                    fate = "it was not kept (--keep-failed keeps it for inspection)"
+                raise ParityError(f"export parity gate | {'; '.join(r.describe() for r in failed)}"
+                                  + (f"; measured: {measured}" if measured else "")
+                                  + f"; the artifact does not reproduce PyTorch and {fate}")
             gate_block = gate.to_dict()
         else:
             gate_block = {"passed": None, "skipped": "parity gate switched off (--no-parity)"}
@@ -240,6 +248,31 @@ def _stage(name: str) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 # Parity gate: the validate engine on synthetic pixels
 # --------------------------------------------------------------------------------------------------------------------
+
+
+MEASURED = ("max_abs_error", "cosine_mean", "cosine_min", "psnr_db", "top1_agreement", "top5_overlap", "ref_top1",
+            "top1", "acc_drop", "num_samples")
+"""The metrics a failed gate's message lists, gated or not, so that a long export is never judged on one number."""
+
+
+def measured_line(result: ArtifactResult) -> str:
+    """Every metric of :data:`MEASURED` the result has, as ``name=value`` pairs on one line."""
+    values = result.metrics.to_dict() if result.metrics is not None else {}
+    return ", ".join(f"{k}={format_value(values[k])}" for k in MEASURED if values.get(k) is not None)
+
+
+def keep_failed_artifact(workdir: Path, output: Path, manifest: Manifest, gate: GateReport, notices: list[str]) -> Path:
+    """Publish the work directory of an artifact that failed its gate as ``<output>.failed`` (``--keep-failed``).
+
+    Its manifest holds the failed gate (``parity.passed`` false), so ``validate`` and the pipeline treat it as the
+    failure it is; an earlier ``.failed`` folder that ffnet-deploy wrote is replaced, anything else is refused.
+    """
+    target = output.with_name(output.name + ".failed")
+    note = "this artifact FAILED the export parity gate and was kept for inspection only (--keep-failed)"
+    kept = manifest.with_updates(parity=gate.to_dict(), notices=(*notices, note), files=_file_hashes(workdir))
+    _write_manifest(kept, workdir)
+    publish(workdir, target, force=True)
+    return target
 
 
 def run_parity_gate(reference: FFNet, workdir: Path, config: ExportConfig, log: Progress,

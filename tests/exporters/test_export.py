@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from ffnet_deploy.artifact.manifest import read_manifest
 from ffnet_deploy.artifact.workdir import remove_stale_workdirs
 from ffnet_deploy.cli import main
-from ffnet_deploy.errors import CheckpointError, ConfigError, ExportError, ParityError
+from ffnet_deploy.errors import CheckpointError, ConfigError, ExportError, FFNetDeployError, ParityError
 from ffnet_deploy.export import export, parse_dynamic_batch
 from ffnet_deploy.exporters import EXPORTER_MODULES, EXPORTERS, build_options, format_names
 from ffnet_deploy.exporters.base import ExportConfig, FormatOptions
@@ -154,9 +155,35 @@ def test_parity_failure_exits_and_keeps_nothing(tmp_path, test_checkpoint, monke
         return original(self, broken, config, workdir, log, **kwargs)
 
     monkeypatch.setattr(OnnxExporter, "export", wrong_weights)
-    with pytest.raises(ParityError, match=r"export parity gate \| onnxruntime on model.onnx .* was not kept"):
+    with pytest.raises(ParityError, match=r"export parity gate \| onnxruntime on model.onnx .* was not kept") as err:
         run_export(tmp_path, "onnx", test_checkpoint)
     assert not (tmp_path / "onnx-artifact").exists() and leftovers(tmp_path) == []
+    # Every metric is named, not only the failing check, so a long export is not judged on one number.
+    for metric in ("max_abs_error=", "cosine_mean=", "psnr_db=", "top1_agreement="):
+        assert metric in str(err.value)
+    assert "--keep-failed" in str(err.value)
+
+    # --keep-failed keeps it beside the output, marked as failed, and validate judges it as the failure it is.
+    with pytest.raises(ParityError, match=r"kept for inspection in .*onnx-artifact\.failed"):
+        run_export(tmp_path, "onnx", test_checkpoint, keep_failed=True)
+    kept = tmp_path / "onnx-artifact.failed"
+    assert not (tmp_path / "onnx-artifact").exists() and leftovers(tmp_path) == []
+    m = read_manifest(kept)
+    assert m.parity["passed"] is False and any("FAILED the export parity gate" in n for n in m.notices)
+    from ffnet_deploy.validate.engine import validate
+
+    assert not validate([kept], test_checkpoint, source=None)
+    # A second failed export replaces the folder it made; a user's folder of that name is never touched.
+    with pytest.raises(ParityError, match="kept for inspection"):
+        run_export(tmp_path, "onnx", test_checkpoint, keep_failed=True)
+    import shutil
+
+    shutil.rmtree(kept)
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    with pytest.raises(FFNetDeployError):
+        run_export(tmp_path, "onnx", test_checkpoint, keep_failed=True)
+    assert (kept / "notes.txt").read_text() == "mine"
 
 
 SLOW_EXPORT = """
