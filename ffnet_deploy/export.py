@@ -363,7 +363,8 @@ def build_manifest(config: ExportConfig, model: FFNet, artifact: ExportedArtifac
         artifact=FileRef(artifact.path, tree_sha256(workdir / artifact.path)),
         reparameterized=reparameterized,
         random_weights=loaded is None,
-        source_checkpoint=None if loaded is None else FileRef(str(loaded.path), loaded.sha256),
+        source_checkpoint=None if loaded is None else FileRef(
+            str(loaded.path), loaded.sha256, _derived_from(loaded)),
         versions={"ffnet_deploy": __version__, "torch": torch.__version__, "python": platform.python_version(),
                   **artifact.backend_versions},
         block_outputs=artifact.block_outputs,
@@ -384,6 +385,13 @@ def _write_manifest(manifest: Manifest, workdir: Path) -> None:
     except OSError as err:
         raise ExportError(f"export | cannot write {workdir / MANIFEST_NAME}: {os_reason(err)}; free some space or "
                           "choose another --output") from None
+
+
+def _derived_from(loaded: LoadedCheckpoint) -> str | None:
+    """The checkpoint a fused checkpoint of this tool was made from (its metadata's ``source_sha256``), so that
+    validating the artifact against the user's original checkpoint recognises it as the same weights."""
+    source = (loaded.info.metadata or {}).get("source_sha256") if loaded.fused else None
+    return source if isinstance(source, str) and source else None
 
 
 def _file_hashes(workdir: Path) -> dict[str, str]:

@@ -152,9 +152,17 @@ class FileRef:
 
     path: str  # relative to the artifact directory, or as the user gave it (source checkpoint)
     sha256: str  # hex digest
+    derived_from: str | None = None  # source checkpoint only: sha256 of the checkpoint this one was fused from
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "sha256": self.sha256}
+        out = {"path": self.path, "sha256": self.sha256}
+        if self.derived_from:
+            out["derived_from"] = self.derived_from
+        return out
+
+    def names(self, sha256: str) -> bool:
+        """Whether ``sha256`` is this file's hash or that of the file it was derived from."""
+        return bool(sha256) and sha256 in (self.sha256, self.derived_from)
 
 
 @dataclass(frozen=True)
@@ -352,8 +360,9 @@ def parse_manifest(data: Any, source: str = "manifest", directory: Path | None =
         artifact=FileRef(r.str(art, "path", "artifact."), r.str(art, "sha256", "artifact.", default="")),
         reparameterized=r.bool(data, "reparameterized", default=True),
         random_weights=r.bool(data, "random_weights", default=False),
-        source_checkpoint=None if src is None else FileRef(r.str(src, "path", "source_checkpoint."),
-                                                           r.str(src, "sha256", "source_checkpoint.", default="")),
+        source_checkpoint=None if src is None else FileRef(
+            r.str(src, "path", "source_checkpoint."), r.str(src, "sha256", "source_checkpoint.", default=""),
+            r.str(src, "derived_from", "source_checkpoint.", default=None)),
         files=r.str_map(data, "files", default={}),
         versions=r.str_map(data, "versions", default={}),
         block_outputs=block_outputs,

@@ -297,3 +297,19 @@ def test_missing_calibration_folder_is_a_usage_error(tmp_path, digits_checkpoint
                  "--precisions", "int8", "--calib", str(tmp_path / "nope")])
     assert code == 2 and "--calib" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_pipeline_artifacts_validate_against_the_users_checkpoint_without_a_provenance_warning(demo_run,
+                                                                                               demo_checkpoint_path):
+    """The pipeline exports from the fused checkpoint it made; the manifest says which checkpoint that came from,
+    so validating against the user's own (unfused) checkpoint is recognised as the same weights."""
+    from ffnet_deploy.artifact.manifest import read_manifest
+    from ffnet_deploy.hashing import sha256_file
+    from ffnet_deploy.validate.engine import validate
+
+    out, _, _ = demo_run
+    artifact = out / "artifacts" / "onnx-fp32"
+    src = read_manifest(artifact).source_checkpoint
+    assert src.derived_from == sha256_file(demo_checkpoint_path) and src.sha256 != src.derived_from
+    report = validate([artifact], demo_checkpoint_path)
+    assert report and not [w for w in report.artifacts[0].warnings if "exported from checkpoint" in w]
