@@ -514,7 +514,7 @@ def bench(
     mixer_resolutions: Annotated[str, typer.Option("--mixer-resolutions", help="Resolutions of "
                                                    "--compare-mixers.")] = "224,256,384,512",
     peers: Annotated[bool, typer.Option("--peers", help="The timm models FFNet competes with, at their own "
-                                        "resolution (pip install 'ffnet-deploy[peers]').")] = False,
+                                        "resolution (pip install 'ffnet-deploy\\[peers]').")] = False,
     calib: Annotated[str | None, typer.Option("--calib", help="Calibration data for int8 rows of --variant "
                                               "(default: crops of scikit-learn's sample photos).")] = None,
     no_roofline: Annotated[bool, typer.Option("--no-roofline", help="Skip the GEMM probe of this CPU's "

@@ -26,6 +26,19 @@ def test_help(capsys, command):
     assert code == 0 and "Usage" in out
 
 
+HELP_COMMANDS = [["export"], ["validate"], ["bench"], ["pipeline"], ["sensitivity"], ["report", "merge"],
+                 ["report", "add"], ["demo-checkpoint"]]
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=" ".join)
+def test_help_keeps_every_install_hint_whole(capsys, command):
+    """Help text is rendered as rich markup: an extra in brackets (``ffnet-deploy[peers]``) must not be eaten."""
+    code, out, _ = run(capsys, *command, "--help")
+    assert code == 0 and "Usage" in out
+    text = " ".join(out.replace("│", " ").split())
+    assert "pip install 'ffnet-deploy'" not in text and "pip install 'ffnet-deploy')" not in text
+
+
 def test_models_table_and_json(capsys):
     code, out, _ = run(capsys, "models")
     assert code == 0 and "ffnet_4" in out and "81.3" in out
