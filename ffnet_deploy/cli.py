@@ -27,8 +27,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-console = Console()
-err_console = Console(stderr=True)
+NON_TTY_WIDTH = 160
+"""Console width when the output is not a terminal (CI logs, pipes): rich's default of 80 columns would cut table
+cells with an ellipsis. ``COLUMNS`` overrides it."""
+
+
+def _width(stream) -> int | None:
+    """``None`` (the terminal's own width) on a terminal, else ``COLUMNS`` or :data:`NON_TTY_WIDTH`."""
+    import os
+
+    if getattr(stream, "isatty", lambda: False)():
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else NON_TTY_WIDTH
+
+
+console = Console(width=_width(sys.stdout))
+err_console = Console(stderr=True, width=_width(sys.stderr))
 
 # Options shared by several commands.
 CheckpointOpt = Annotated[

@@ -151,3 +151,15 @@ def test_other_os_errors_are_not_hidden(monkeypatch):
     monkeypatch.setattr(cli, "app", app)
     with pytest.raises(ConnectionResetError):
         main(["models"])
+
+
+def test_tables_are_not_cut_to_80_columns_in_a_log(capsys, tmp_path, monkeypatch):
+    """CI logs are not terminals: a long path or hash must come through whole, not cut with an ellipsis."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    deep = tmp_path / "a_rather_long_folder_name_for_a_checkpoint"
+    deep.mkdir()
+    assert 80 < len(str(deep / "ffnet_test.pth.tar")) < 140
+    ckpt = write_checkpoint(deep / "ffnet_test.pth.tar", official_state_dict("ffnet_test"))
+    code, out, _ = run(capsys, "inspect", str(ckpt))
+    assert code == 0
+    assert str(ckpt) in out and "…" not in out
