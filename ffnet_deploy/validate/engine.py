@@ -30,7 +30,7 @@ import numpy as np
 from ffnet_deploy.artifact.inspect import PrecisionEvidence, inspect_precision, precision_mismatch, verify_files
 from ffnet_deploy.artifact.manifest import FORMATS, Manifest, has_manifest, read_manifest
 from ffnet_deploy.environment import cpu_identity, environment_info
-from ffnet_deploy.errors import ConfigError, FFNetDeployError, ParityError
+from ffnet_deploy.errors import ConfigError, FFNetDeployError, ParityError, first_line
 from ffnet_deploy.models.checkpoint import LoadedCheckpoint
 from ffnet_deploy.validate.metrics import MetricAccumulator, OutputMetrics, softmax
 from ffnet_deploy.validate.tolerances import (
@@ -411,6 +411,17 @@ def resolve_artifact(artifact: str | Path, precision_profile: str = "auto", runt
     return targets[0]
 
 
+def refused_result(artifact: str | Path, err: ConfigError, precision_profile: str = "auto",
+                   overrides: Mapping[str, float | None] | None = None) -> ArtifactResult:
+    """The result of an artifact that could not be opened for validation: failed, with ``err`` as its reason, and
+    never run (none of its files is read once its manifest is found wanting)."""
+    precision = precision_profile if precision_profile != "auto" else "fp32"
+    return ArtifactResult(name=str(artifact), path=str(artifact), format=None, runtime=None, precision=precision,
+                          profile=resolve_profile(precision, overrides),
+                          profile_reason="not determined: the artifact could not be opened",
+                          errors=[first_line(err)])
+
+
 def check_against_reference(spec: ArtifactSpec, variant: str, num_classes: int, resolution: int | None,
                             checkpoint_sha256: str | None) -> None:
     """Record in ``spec`` where its manifest disagrees with the reference checkpoint."""
@@ -717,17 +728,18 @@ def validate(
         runtime: Runner name to use instead of each format's default.
         localize_samples: Images used by ``localize``.
         progress: Called with the number of images processed after each batch.
-        verify: Refuse an artifact whose files do not have the sha256 its manifest recorded (checked before any
-            file is read; ``False`` is ``--no-verify``).
+        verify: Fail an artifact whose files do not have the sha256 its manifest recorded (checked before any
+            file is read, so such an artifact never runs; ``False`` is ``--no-verify``).
 
     Returns:
         The report; ``bool(report)`` says whether no artifact failed and at least one passed,
         ``report.failures()`` lists every failure and ``report.not_run()`` what nothing here could run.
 
     Raises:
-        ArtifactIntegrityError: With ``verify``, for the first file that does not match its manifest.
         FFNetDeployError: For problems that make validation meaningless as a whole (unreadable checkpoint, bad
-            data folder, unknown option values). Problems of one artifact are recorded in its result instead.
+            data folder, unknown option values). Problems of one artifact (a missing path, a broken manifest, a
+            file that does not match it, a failed check) are recorded in its result instead, so every artifact is
+            reported.
     """
     import time
 
@@ -744,18 +756,38 @@ def validate(
     overrides = dict(tolerances or {})
     for name in overrides:  # fail on unknown keys before any work
         FP32.with_overrides(**{name: overrides[name]})
-    specs = [resolve_artifact(a, precision_profile, runtime, verify=verify) for a in artifacts]
+    if precision_profile not in ("auto", *PROFILES):
+        raise ConfigError(f"validate | --precision-profile must be auto, {', '.join(PROFILES)}; got "
+                          f"{precision_profile!r}")
+    # One artifact that cannot be opened (missing, unrecognisable, a broken manifest, a file that does not match it)
+    # is that artifact's failure: the others are still validated and every one appears in the report.
+    specs: list[ArtifactSpec] = []
+    refused: dict[int, ArtifactResult] = {}
+    for index, artifact in enumerate(artifacts):
+        try:
+            specs.append(resolve_artifact(artifact, precision_profile, runtime, verify=verify))
+        except ConfigError as err:
+            refused[index] = refused_result(artifact, err, precision_profile, overrides)
     loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else open_checkpoint(checkpoint, variant,
                                                                                           trust=trust)
     source = source if source is not None else SyntheticSource(32)
-    comparison = compare_artifacts(specs, loaded.model, source, batch, overrides, checkpoint_sha256=loaded.sha256,
-                                   localize=localize, localize_samples=localize_samples, progress=progress)
-    reference = {**loaded.describe(), "resolution": comparison.resolution,
+    if specs:
+        comparison = compare_artifacts(specs, loaded.model, source, batch, overrides,
+                                       checkpoint_sha256=loaded.sha256, localize=localize,
+                                       localize_samples=localize_samples, progress=progress)
+        resolution, transform, compared = comparison.resolution, comparison.transform, list(comparison.results)
+    else:
+        from ffnet_deploy.validate.data import EvalTransform
+
+        resolution, compared = loaded.model.cfg.resolution, []
+        transform = EvalTransform.for_config(loaded.model.cfg, resolution)
+    results = [refused[i] if i in refused else compared.pop(0) for i in range(len(artifacts))]
+    reference = {**loaded.describe(), "resolution": resolution,
                  "runtime": f"torch {torch.__version__} fp32 eager (not reparameterized)"}
-    data = {**source.describe(), "transform": comparison.transform.to_dict()}
+    data = {**source.describe(), "transform": transform.to_dict()}
     settings = {"batch": batch, "precision_profile": precision_profile, "tolerance_overrides": overrides,
                 "localize": localize, "runtime": runtime, "verify": verify}
-    return ValidationReport(artifacts=comparison.results, reference=reference, data=data,
+    return ValidationReport(artifacts=results, reference=reference, data=data,
                             environment=environment_info(), settings=settings,
                             seconds=round(time.perf_counter() - t0, 3))
 

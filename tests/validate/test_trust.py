@@ -18,7 +18,7 @@ from ffnet_deploy.cli import main
 from ffnet_deploy.errors import ParityError
 from ffnet_deploy.hashing import sha256_file
 from ffnet_deploy.validate.data import SyntheticSource
-from ffnet_deploy.validate.engine import validate
+from ffnet_deploy.validate.engine import resolve_artifact, validate
 from tests.test_validate_cli import exported_artifact
 
 
@@ -94,17 +94,30 @@ def test_a_file_that_does_not_match_its_manifest_is_refused(tmp_path, onnx_artif
     tampered = perturb(onnx_artifact, tmp_path / "m", 1.5, rehash=False)
     recorded = json.loads((tampered / "manifest.json").read_text())["files"]["model.onnx"]
     with pytest.raises(ArtifactIntegrityError) as err:
-        validate([tampered], test_checkpoint, source=SyntheticSource(2))
-    assert str(err.value) == (f"validate | {tampered / 'model.onnx'} does not match its manifest (sha256 "
-                              f"{sha256_file(tampered / 'model.onnx')[:12]}... != {recorded[:12]}... recorded); "
-                              "re-export it or pass --no-verify")
+        resolve_artifact(tampered, verify=True)
+    message = (f"validate | {tampered / 'model.onnx'} does not match its manifest (sha256 "
+               f"{sha256_file(tampered / 'model.onnx')[:12]}... != {recorded[:12]}... recorded); "
+               "re-export it or pass --no-verify")
+    assert str(err.value) == message
+    # validate reports it as that artifact's failure, never runs it, and still validates the others.
+    report = validate([tampered, onnx_artifact], test_checkpoint, source=SyntheticSource(2))
+    refused, good = report.artifacts
+    assert not report and refused.failures == [message] and refused.metrics is None and good.passed
     # A model file inside the directory is covered by the same manifest.
-    with pytest.raises(ArtifactIntegrityError):
-        validate([tampered / "model.onnx"], test_checkpoint, source=SyntheticSource(2))
+    inside = validate([tampered / "model.onnx"], test_checkpoint, source=SyntheticSource(2)).artifacts[0]
+    assert inside.status == "failed" and "does not match its manifest" in inside.failures[0]
 
-    assert main(["validate", str(tampered), "-c", str(test_checkpoint), "--synthetic", "2"]) == 1
+    # CI keeps its reports: both are written although an artifact was refused, and every artifact is in them.
+    second = perturb(onnx_artifact, tmp_path / "m2", 1.5, rehash=False)
+    junit, report_path = tmp_path / "j.xml", tmp_path / "refused.json"
+    assert main(["validate", str(tampered), str(second), "-c", str(test_checkpoint), "--synthetic", "2",
+                 "--junit", str(junit), "--report", str(report_path)]) == 1
     err = capsys.readouterr().err
     assert "does not match its manifest" in err and "--no-verify" in err and "Traceback" not in err
+    data = json.loads(report_path.read_text())
+    assert [a["status"] for a in data["artifacts"]] == ["failed", "failed"]
+    assert all("does not match its manifest" in a["failures"][0] for a in data["artifacts"])
+    assert junit.read_text().count("does not match its manifest") >= 2
     # --no-verify validates it anyway, and parity then tells what the change did.
     report = tmp_path / "r.json"
     assert main(["validate", str(tampered), "-c", str(test_checkpoint), "--synthetic", "2", "--no-verify",
