@@ -33,6 +33,7 @@ import numpy as np
 from ffnet_deploy.artifact.manifest import Manifest, read_manifest
 from ffnet_deploy.benchmarks.results import BenchResult, BenchRow, Device
 from ffnet_deploy.benchmarks.specs import MIXER_RESOLUTIONS
+from ffnet_deploy.environment import check_threads
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.runtimes import BaseRunner, create_runner
 from ffnet_deploy.runtimes.onnxruntime import no_spinning
@@ -541,6 +542,7 @@ class BenchRequest:
             raise ConfigError("bench | pass artifact directories or --variant/--checkpoint, not both")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"bench | --threads must be a positive integer, got {self.threads}")
+        check_threads(self.threads, "bench")
         if self.resolution is not None and (self.resolution < 32 or self.resolution % 32):
             raise ConfigError(f"bench | --resolution must be a multiple of 32 (at least 32), got {self.resolution}")
         if self.calib is not None:

@@ -145,6 +145,29 @@ def _cpu_identity() -> dict:
             "emulated": emulated}
 
 
+def usable_cpus() -> int:
+    """How many CPUs this process may run on (its affinity mask where the OS has one, else the CPU count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def check_threads(threads: int | None, component: str) -> None:
+    """Refuse a thread count beyond :func:`usable_cpus`: thousands of threads cost gigabytes and time nothing
+    real (ONNX Runtime was seen to crash under a memory limit).
+
+    Raises:
+        ConfigError: One line naming the limit.
+    """
+    from ffnet_deploy.errors import ConfigError
+
+    limit = usable_cpus()
+    if threads is not None and not isinstance(threads, bool) and isinstance(threads, int) and threads > limit:
+        raise ConfigError(f"{component} | --threads {threads} is more than the {limit} CPU(s) this process may use; "
+                          f"pass at most --threads {limit}")
+
+
 def isa_class() -> str:
     """This process's :data:`ISA_CLASSES` key."""
     return _cpu_identity()["isa_class"]

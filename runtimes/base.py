@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ffnet_deploy.artifact.manifest import Manifest, TensorSpec, has_manifest, read_manifest
+from ffnet_deploy.environment import check_threads
 from ffnet_deploy.errors import ConfigError, RuntimeBackendError
 from ffnet_deploy.registry import Registry
 
@@ -81,6 +82,7 @@ class BaseRunner(ABC):
                               "'ffnet-deploy export'; got None")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"{self.name} | threads must be a positive int or None, got {threads!r}")
+        check_threads(threads, self.name)
         if session_options is not None:
             if not callable(session_options):
                 raise ConfigError(f"{self.name} | session_options must be a callable that receives the engine's "

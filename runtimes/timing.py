@@ -55,6 +55,17 @@ class Protocol:
     min_samples: int = 3  # samples every contender has before max_time_s may stop the rounds
 
     def __post_init__(self) -> None:
+        # NaN compares False with everything: a NaN --min-time would never end the rounds, so finite is checked first.
+        for name, flag in (("warmup_time_s", "--warmup-time"), ("min_time_s", "--min-time"),
+                           ("max_time_s", "--max-time")):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+                raise ConfigError(f"bench | {flag} must be a finite number of seconds, got {value!r}")
+        for name, flag in (("warmup", "--warmup"), ("min_iters", "--min-iters"), ("min_samples", "min_samples")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"bench | {flag} must be a whole number, got {value!r}")
         if self.warmup < 0 or self.min_iters < 1 or self.warmup_time_s < 0 or self.min_time_s < 0:
             raise ConfigError("bench | --warmup and --warmup-time must be >= 0, --min-iters >= 1 and --min-time >= 0")
         if self.max_time_s is not None and self.max_time_s <= 0:
@@ -226,7 +237,9 @@ def measure(contenders: Sequence[Contender], protocol: Protocol, progress: Progr
         for c in live:
             report(f"warmup {c.name}", 0, 1)
             count, start = 0, time.perf_counter()
-            while count < protocol.warmup or time.perf_counter() - start < protocol.warmup_time_s:
+            # --max-time bounds the warm-up too: a huge --warmup must not run for hours.
+            while ((count < protocol.warmup or time.perf_counter() - start < protocol.warmup_time_s)
+                   and (protocol.max_time_s is None or time.perf_counter() - start < protocol.max_time_s)):
                 _guarded(c)
                 count += 1
                 if c.error:

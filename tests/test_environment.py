@@ -58,3 +58,24 @@ def test_cpu_identity_reads_what_the_process_sees(monkeypatch):
         assert "mutated" not in environment.cpu_identity()["isa_flags"]
     finally:
         environment._cpu_identity.cache_clear()
+
+
+def test_thread_counts_beyond_the_usable_cpus_are_refused_in_one_line(capsys, tmp_path):
+    """``--threads 100000`` reached 10 GB and grew: refused before anything is built."""
+    import pytest
+
+    from ffnet_deploy.cli import main
+    from ffnet_deploy.environment import check_threads, usable_cpus
+    from ffnet_deploy.errors import ConfigError
+    from ffnet_deploy.runtimes import create_runner
+
+    limit = usable_cpus()
+    check_threads(limit, "test")  # the limit itself is fine
+    with pytest.raises(ConfigError, match=f"more than the {limit} CPU"):
+        create_runner("onnxruntime", "model.onnx", threads=limit + 1)
+    for argv in (["bench", "--variant", "ffnet_test", "--threads", "100000", "--out", str(tmp_path / "b")],
+                 ["pipeline", "--demo", "--threads", "100000", "--output", str(tmp_path / "p"), "--plan"]):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code in (1, 2) and f"pass at most --threads {limit}" in err and "Traceback" not in err, err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "p").exists()

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ffnet_deploy.artifact.manifest import FORMATS, PRECISIONS
+from ffnet_deploy.environment import check_threads
 from ffnet_deploy.errors import ConfigError
 
 DEMO_FORMATS = ("onnx", "openvino", "coreml")
@@ -97,6 +98,7 @@ class PipelineConfig:
             raise ConfigError("pipeline | --resume keeps what is done and --force starts over; pass one of them")
         if self.min_iters < 1 or self.min_time_s < 0:
             raise ConfigError("pipeline | --bench-iters must be >= 1 and --bench-time >= 0")
+        check_threads(self.threads, "pipeline")
         known = {j.selector for j in all_jobs(self.formats, self.precisions)}
         for sel in self.only:
             if sel not in known:

@@ -316,8 +316,9 @@ def calibrate_ranges(model_path: Path, calib: Any, method: str, *, progress: Pro
     """Run the FP32 model over ``calib`` and return every float tensor's activation range.
 
     ONNX Runtime's calibrator (``create_calibrator``) adds every intermediate tensor to the graph outputs of an
-    augmented copy of the model; that copy lives in a temporary folder that is always removed, also on errors and
-    interrupts.
+    augmented copy of the model; that copy lives in a temporary folder next to ``model_path`` (in an export, inside
+    its locked work directory) that is always removed, also on errors and interrupts, and after a ``kill -9`` with
+    the work directory by the next export's recovery.
 
     Args:
         model_path: The prepared FP32 model (:func:`prepare_onnx`); its tensor names key the result.
@@ -348,7 +349,9 @@ def calibrate_ranges(model_path: Path, calib: Any, method: str, *, progress: Pro
                           f"images; use a --calib-size divisible by {batch}")
     kind = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
             "percentile": CalibrationMethod.Percentile}[method]
-    with tempfile.TemporaryDirectory(prefix="ffnet-ort-calib-") as tmp:
+    # Next to the prepared model (inside the export's locked work directory), not in /tmp: a process killed here
+    # leaves nothing that the next export's recovery does not remove.
+    with tempfile.TemporaryDirectory(prefix=".calib-", dir=Path(model_path).parent) as tmp:
         try:
             calibrator = create_calibrator(Path(model_path), None,
                                            augmented_model_path=str(Path(tmp) / "augmented.onnx"),

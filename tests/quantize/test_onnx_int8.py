@@ -263,3 +263,22 @@ def test_portability_follows_the_weight_range_that_vpmaddubsw_can_hold():
     assert onnx_int8.portability(onnx_int8.CPU_VNNI_SETTINGS, max_abs_weight=65)["unsafe_isa_classes"]
     u8u8 = dataclasses.replace(onnx_int8.CPU_VNNI_SETTINGS, weight_type="uint8")
     assert onnx_int8.portability(u8u8)["unsafe_isa_classes"] == []
+
+
+def test_calibration_temporaries_stay_beside_the_prepared_model(prepared, calib, tmp_path, monkeypatch):
+    """ORT's augmented model lives next to the prepared graph (inside the export's locked work directory), never in
+    the system temp folder, where a ``kill -9`` left ``/tmp/ffnet-ort-calib-*`` that no later run removed."""
+    import shutil
+    import tempfile
+
+    system = tmp_path / "system-temp"
+    system.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system))
+    local = tmp_path / "work"
+    local.mkdir()
+    model = Path(shutil.copy(prepared, local / "prepared.onnx"))
+    seen: list[list[str]] = []
+    q.calibrate_ranges(model, calib, "minmax",
+                       progress=lambda done, total: seen.append(sorted(p.name for p in local.iterdir())))
+    assert any(any(name.startswith(".calib-") for name in names) for names in seen), seen
+    assert sorted(p.name for p in local.iterdir()) == ["prepared.onnx"] and list(system.iterdir()) == []

@@ -141,3 +141,25 @@ def test_a_runner_handed_in_active_is_timed_and_left_active(onnx_artifact):
     assert len(c.samples_ms) == 4 and c.first_inference_ms is None
     assert runner.is_active
     runner.deactivate()
+
+
+@pytest.mark.parametrize("field, value, flag", [
+    ("min_time_s", float("nan"), "--min-time"), ("max_time_s", float("nan"), "--max-time"),
+    ("warmup_time_s", float("inf"), "--warmup-time"), ("min_time_s", float("-inf"), "--min-time"),
+    ("min_iters", 2.5, "--min-iters"),
+])
+def test_protocol_refuses_non_finite_numbers(field, value, flag):
+    """``nan < 0`` is False: a NaN time limit used to pass the checks and then never end the rounds (a hang)."""
+    with pytest.raises(ConfigError, match=flag):
+        Protocol(**{field: value})
+
+
+def test_max_time_bounds_the_warmup_too():
+    import time as _time
+
+    from ffnet_deploy.runtimes.timing import CallContender
+
+    c = CallContender("sleepy", lambda: _time.sleep(0.01))
+    start = _time.perf_counter()
+    measure([c], Protocol(warmup=10**12, warmup_time_s=0.0, min_iters=3, min_time_s=0.0, max_time_s=0.3))
+    assert _time.perf_counter() - start < 5 and c.error is None and len(c.samples_ms) >= 3
