@@ -38,13 +38,14 @@ import numpy as np
 import torch
 
 from ffnet_deploy.benchmarks.common import RESULTS_DIR, interleaved_timing, write_results
+from ffnet_deploy.data.sources import source_from_spec
+from ffnet_deploy.data.transform import EvalTransform, feed_from_pixels
 from ffnet_deploy.export import export
 from ffnet_deploy.exporters.base import ExportConfig
 from ffnet_deploy.quantize.config import QuantizationConfig
 from ffnet_deploy.quantize.sensitivity import sqnr_db
 from ffnet_deploy.runtimes import create_runner
 from ffnet_deploy.runtimes.onnxruntime import no_spinning
-from ffnet_deploy.validate.data import EvalTransform, feed_from_pixels, source_from_spec
 
 MODELS = ("digits", "ffnet_1", "ffnet_2")
 

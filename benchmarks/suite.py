@@ -544,7 +544,7 @@ class BenchRequest:
         if self.resolution is not None and (self.resolution < 32 or self.resolution % 32):
             raise ConfigError(f"bench | --resolution must be a multiple of 32 (at least 32), got {self.resolution}")
         if self.calib is not None:
-            from ffnet_deploy.validate.data import source_from_spec
+            from ffnet_deploy.data.sources import source_from_spec
 
             source_from_spec(self.calib, split="train")  # one line for a missing or unusable folder
 

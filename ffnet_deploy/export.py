@@ -271,7 +271,7 @@ def gate_source(config: ExportConfig):
     quantized = config.precision == "int8" or (q is not None and q.weights is not None)
     if not quantized or q is None or (q.eval_data is None and q.calib is None):
         return None, "synthetic inputs"
-    from ffnet_deploy.validate.data import source_from_spec
+    from ffnet_deploy.data.sources import source_from_spec
 
     if q.eval_data is not None:
         source = source_from_spec(q.eval_data, split="test", limit=GATE_IMAGES)

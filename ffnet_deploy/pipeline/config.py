@@ -109,7 +109,7 @@ class PipelineConfig:
         Raises:
             ConfigError: One line naming the option and the accepted forms.
         """
-        from ffnet_deploy.validate.data import source_from_spec
+        from ffnet_deploy.data.sources import source_from_spec
 
         for flag, spec in (("--calib", self.calib), ("--eval-data", self.eval_data)):
             if spec is not None:
@@ -165,7 +165,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     Raises:
         ConfigError: Unreadable or invalid TOML, an unknown key (named, with the known ones), or a wrong type.
     """
-    from ffnet_deploy.validate.data import is_digits_spec
+    from ffnet_deploy.data.sources import is_digits_spec
 
     if sys.version_info >= (3, 11):
         import tomllib

@@ -346,7 +346,7 @@ def _export_entry(manifest: Any) -> dict:
 def eval_source(config: PipelineConfig) -> tuple[Any, str]:
     """The validation data and a description: ``--eval-data``, else the calibration data, else 32 synthetic
     images (unlabelled: parity metrics but no accuracy)."""
-    from ffnet_deploy.validate.data import SyntheticSource, source_from_spec
+    from ffnet_deploy.data.sources import SyntheticSource, source_from_spec
 
     if config.eval_data is not None:
         return source_from_spec(config.eval_data, split="test", limit=config.eval_limit), str(config.eval_data)

@@ -25,9 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ffnet_deploy.errors import ConfigError
-from ffnet_deploy.validate import data
-from ffnet_deploy.validate.data import (
+from ffnet_deploy.data import (
     MAX_SYNTHETIC,
     ImageDirSource,
     ImageFolderSource,
@@ -39,7 +37,10 @@ from ffnet_deploy.validate.data import (
     read_labels_file,
     to_rgb,
 )
-from tests.validate.conftest import MEAN, STD
+from ffnet_deploy.data import labels as data_labels
+from ffnet_deploy.data import transform as data_transform
+from ffnet_deploy.errors import ConfigError
+from tests.data.conftest import MEAN, STD
 
 
 @contextmanager
@@ -78,7 +79,7 @@ def bounded(transform, image: Image.Image) -> np.ndarray:
     new_w, new_h = transform.resized_size(*image.size)
     top = int(round((new_h - transform.resolution) / 2.0))
     left = int(round((new_w - transform.resolution) / 2.0))
-    out = data._resize_crop_bounded(image.convert("RGB"), (new_w, new_h), (left, top), transform.resolution)
+    out = data_transform._resize_crop_bounded(image.convert("RGB"), (new_w, new_h), (left, top), transform.resolution)
     return out.transpose(2, 0, 1)
 
 
@@ -129,7 +130,7 @@ def test_extreme_aspect_png_runs_in_bounded_memory(tmp_path):
     assert max(p.stat().st_size for p in tmp_path.iterdir()) < 2000
     script = textwrap.dedent(f"""
         import resource, time
-        from ffnet_deploy.validate.data import ImageDirSource, eval_transform
+        from ffnet_deploy.data import ImageDirSource, eval_transform
         vm = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
         resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, resource.getrlimit(resource.RLIMIT_AS)[1]))
         t0 = time.perf_counter()
@@ -156,7 +157,7 @@ def test_decompression_bombs_are_skipped_and_counted(tmp_path, photos, monkeypat
     Image.new("RGB", (100, 100)).save(tmp_path / "error_zone.png")  # 10000 px: over 2x
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
     src = ImageDirSource(tmp_path)
-    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="ffnet_deploy.validate.data"):
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="ffnet_deploy.data"):
         warnings.simplefilter("error")  # Pillow's DecompressionBombWarning must not escape either
         batches = list(src.batches(eval_transform(16, 0.9, MEAN, STD), 4))
     assert [n for b in batches for n in b.names] == ["ok.png"]
@@ -254,7 +255,7 @@ def test_special_files_in_a_folder_are_skipped_unopened(tmp_path, photos, caplog
     (tmp_path / "cat" / "zero.jpg").symlink_to("/dev/zero")
     (tmp_path / "cat" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
     (tmp_path / "cat" / "link.jpg").symlink_to(tmp_path / "cat" / "real.jpg")  # links to files are fine
-    with deadline(30), caplog.at_level(logging.WARNING, logger="ffnet_deploy.validate.data"):
+    with deadline(30), caplog.at_level(logging.WARNING, logger="ffnet_deploy.data"):
         src = ImageDirSource(tmp_path)
         names = [n for b in src.batches(eval_transform(16, 0.9, MEAN, STD), 4) for n in b.names]
     assert names == ["cat/link.jpg", "cat/real.jpg"]
@@ -379,7 +380,7 @@ def test_bad_label_maps_are_one_line_errors(tmp_path, photos, content, message):
 def test_an_oversized_label_map_is_refused_without_reading_it_all(tmp_path):
     path = tmp_path / "labels.txt"
     with open(path, "wb") as fh:
-        fh.truncate(data._MAX_LABELS_BYTES + 10)  # sparse: no disk, no time
+        fh.truncate(data_labels._MAX_LABELS_BYTES + 10)  # sparse: no disk, no time
     with pytest.raises(ConfigError, match="too large"):
         read_labels_file(path)
 
@@ -430,7 +431,7 @@ def write_classes(root: Path, photos, classes) -> None:
 def test_wordnet_id_folders_get_imagenet_indices(tmp_path, photos, caplog):
     # Tench, goldfish and toilet tissue: a subset, so sorted order would give 0, 1, 2.
     write_classes(tmp_path, photos, ("n01440764", "n01443537", "n15075141"))
-    with caplog.at_level(logging.WARNING, logger="ffnet_deploy.validate.data"):
+    with caplog.at_level(logging.WARNING, logger="ffnet_deploy.data"):
         src = ImageFolderSource(tmp_path)
         labels = np.concatenate([b.labels for b in src.batches(eval_transform(16, 0.9, MEAN, STD), 8)])
     assert src.class_to_idx == {"n01440764": 0, "n01443537": 1, "n15075141": 999}
@@ -444,7 +445,7 @@ def test_wordnet_id_folders_get_imagenet_indices(tmp_path, photos, caplog):
 
 def test_other_layouts_warn_that_accuracy_needs_a_label_map(tmp_path, photos, caplog):
     write_classes(tmp_path, photos, ("cat", "dog"))
-    with caplog.at_level(logging.WARNING, logger="ffnet_deploy.validate.data"):
+    with caplog.at_level(logging.WARNING, logger="ffnet_deploy.data"):
         src = ImageFolderSource(tmp_path)
     assert src.class_to_idx == {"cat": 0, "dog": 1}
     warning = [r for r in caplog.records if r.levelno == logging.WARNING and "--label-map" in r.getMessage()]
