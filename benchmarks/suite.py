@@ -275,7 +275,7 @@ def variant_jobs(variant: str | None, checkpoint: str | Path | None, workdir: Pa
         # Random weights, but BatchNorm statistics re-estimated on photo crops: with the raw initialisation the
         # activation ranges are degenerate, and ONNX Runtime then keeps Q/DQ pairs it would otherwise fold (measured
         # on ffnet_1: INT8 1.00x FP32 from the raw init, 1.53x with photo statistics; FP32 35 ms either way).
-        from ffnet_deploy.benchmarks.int8 import photo_bn_checkpoint
+        from ffnet_deploy.data.photos import photo_bn_checkpoint
 
         variant = variant or "ffnet_1"
         say(f"random {variant} weights, BatchNorm statistics from photo crops")
@@ -346,7 +346,7 @@ def _exporter_precisions(fmt: str) -> tuple[str, ...]:
 def _photo_calibration(workdir: Path, resolution: int) -> Path:
     folder = workdir / "calibration-photos"
     if not folder.is_dir():
-        from ffnet_deploy.benchmarks.int8 import photo_crops
+        from ffnet_deploy.data.photos import photo_crops
 
         photo_crops(folder, CALIB_PHOTOS, max(resolution, 64), seed=0)
     return folder

@@ -10,7 +10,8 @@ their images through this package, so every one of them sees the same pixels:
   (:func:`source_from_spec`, :func:`make_source`);
 - :mod:`~ffnet_deploy.data.digits`: scikit-learn's digits and their fixed split;
 - :mod:`~ffnet_deploy.data.labels`: the ImageNet-1k WordNet-ID table and ``--label-map`` files;
-- :mod:`~ffnet_deploy.data.files`: opening data files without blocking on FIFOs or devices.
+- :mod:`~ffnet_deploy.data.files`: opening data files without blocking on FIFOs or devices;
+- :mod:`~ffnet_deploy.data.photos`: crops of scikit-learn's sample photos, for models without trained weights.
 
 Everything logs to the ``ffnet_deploy.data`` logger. Importing the package imports numpy only (PIL, scikit-learn and
 torch load inside the functions that need them).
@@ -18,6 +19,7 @@ torch load inside the functions that need them).
 
 from ffnet_deploy.data.digits import DIGITS_SPECS, DIGITS_SPLIT_SEED, DIGITS_SPLITS, DIGITS_TEST_SIZE, digits_split
 from ffnet_deploy.data.labels import imagenet_wnids, read_labels_file
+from ffnet_deploy.data.photos import photo_bn_checkpoint, photo_crops
 from ffnet_deploy.data.sources import (
     IMAGE_EXTENSIONS,
     MAX_SYNTHETIC,
@@ -62,6 +64,8 @@ __all__ = [
     "imagenet_wnids",
     "is_digits_spec",
     "make_source",
+    "photo_bn_checkpoint",
+    "photo_crops",
     "read_labels_file",
     "source_from_spec",
     "to_rgb",
