@@ -13,8 +13,8 @@ their images through this package, so every one of them sees the same pixels:
 - :mod:`~ffnet_deploy.data.files`: opening data files without blocking on FIFOs or devices;
 - :mod:`~ffnet_deploy.data.photos`: crops of scikit-learn's sample photos, for models without trained weights.
 
-Everything logs to the ``ffnet_deploy.data`` logger. Importing the package imports numpy only (PIL, scikit-learn and
-torch load inside the functions that need them).
+Everything logs to the ``ffnet_deploy.data`` logger. Its modules import numpy at module level and nothing heavier
+(PIL, scikit-learn and torch load inside the functions that need them).
 """
 
 from ffnet_deploy.data.digits import DIGITS_SPECS, DIGITS_SPLIT_SEED, DIGITS_SPLITS, DIGITS_TEST_SIZE, digits_split
@@ -35,6 +35,7 @@ from ffnet_deploy.data.sources import (
     source_from_spec,
 )
 from ffnet_deploy.data.transform import (
+    MAX_ASPECT,
     EvalTransform,
     ImageSkipped,
     eval_transform,
@@ -48,6 +49,7 @@ __all__ = [
     "DIGITS_SPLIT_SEED",
     "DIGITS_TEST_SIZE",
     "IMAGE_EXTENSIONS",
+    "MAX_ASPECT",
     "MAX_SYNTHETIC",
     "Batch",
     "DataSource",

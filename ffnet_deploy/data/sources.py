@@ -3,7 +3,8 @@
 Sources stream: they hold a sorted list of file paths (not images; synthetic data holds only a count) and decode one
 batch at a time, so a 50k-image folder never sits in memory. Files that cannot be used are skipped and counted by
 reason (:class:`SkipCounter`), never fatal: corrupt files, special files (FIFOs and devices, which would block or
-never end), decompression bombs over PIL's ``MAX_IMAGE_PIXELS`` and pixel formats without an 8-bit meaning.
+never end), decompression bombs over PIL's ``MAX_IMAGE_PIXELS``, pixel formats without an 8-bit meaning and images
+too elongated to resize in bounded memory.
 
 Every batch carries both the normalized float32 tensor the PyTorch reference eats and the uint8 pixels it came from,
 so artifacts that take raw pixels (baked preprocessing, Core ML ``ImageType``) are fed the exact pixels instead of an
@@ -29,7 +30,7 @@ import numpy as np
 from ffnet_deploy.data.digits import DIGITS_SPLIT_SEED, DIGITS_SPLITS, DIGITS_TEST_SIZE, digits_arrays, digits_split
 from ffnet_deploy.data.files import open_regular, regular_file_problem
 from ffnet_deploy.data.labels import WNID, imagenet_wnids, read_labels_file
-from ffnet_deploy.data.transform import EvalTransform, ImageSkipped, first_line
+from ffnet_deploy.data.transform import MAX_ASPECT, EvalTransform, ImageSkipped, first_line
 from ffnet_deploy.errors import ConfigError
 
 log = logging.getLogger("ffnet_deploy.data")
@@ -61,6 +62,7 @@ _SKIP_REASONS = {
     "corrupt": "cannot be decoded",
     "oversized": "over PIL's MAX_IMAGE_PIXELS decompression-bomb limit",
     "unsupported_mode": "pixel format without a defined 8-bit meaning",
+    "extreme_aspect": f"more than {MAX_ASPECT} times as long as wide once resized",
 }
 
 
@@ -74,6 +76,7 @@ class SkipCounter:
     not_regular: int = 0  # FIFOs, devices, sockets and dangling links: opening them could block forever
     oversized: int = 0  # images over PIL's MAX_IMAGE_PIXELS (decompression bombs)
     unsupported_mode: int = 0  # pixel formats without a defined 8-bit meaning (float, out-of-range 32-bit)
+    extreme_aspect: int = 0  # images whose resized form would exceed MAX_ASPECT (its memory grows with the length)
 
     def add(self, reason: str, name: str) -> None:
         setattr(self, reason, getattr(self, reason) + 1)
@@ -138,8 +141,8 @@ class DataSource:
         """Decode and preprocess the inputs, ``batch_size`` at a time.
 
         Files that cannot be used (corrupt, not regular files, decompression bombs, pixel formats without an 8-bit
-        meaning) are skipped with a warning and counted in :attr:`skipped` by reason; only the current batch is held
-        in memory.
+        meaning, images more than :data:`~ffnet_deploy.data.transform.MAX_ASPECT` times as long as wide) are skipped
+        with a warning and counted in :attr:`skipped` by reason; only the current batch is held in memory.
         """
         _check_batch(batch_size, transform)
         items = self.items()
@@ -165,7 +168,7 @@ class DataSource:
                 pixels, labels, names = [], [], []
         if pixels:
             yield self._batch(pixels, labels, names, transform)
-        for reason in ("corrupt", "not_regular", "oversized", "unsupported_mode"):
+        for reason in ("corrupt", "not_regular", "oversized", "unsupported_mode", "extreme_aspect"):
             if getattr(self.skipped, reason) > getattr(self._scan_skipped, reason):
                 log.warning("data | %d file(s) skipped as %s, e.g. %s", getattr(self.skipped, reason),
                             _SKIP_REASONS[reason], ", ".join(self.skipped.examples[reason]))
@@ -198,7 +201,7 @@ def _open_image(path: Path, transform: EvalTransform) -> np.ndarray:
     """Decode one file through ``transform``.
 
     Raises:
-        ImageSkipped: For special files, decompression bombs and unsupported pixel formats.
+        ImageSkipped: For special files, decompression bombs, unsupported pixel formats and extreme aspect ratios.
         OSError: And the other ``_DECODE_ERRORS`` for corrupt files.
     """
     from PIL import Image
@@ -215,6 +218,7 @@ def _open_image(path: Path, transform: EvalTransform) -> np.ndarray:
                     raise ImageSkipped("oversized", f"{img.width}x{img.height} pixels exceed PIL's MAX_IMAGE_PIXELS "
                                                     f"({limit}), the decompression-bomb guard; raise it to read this "
                                                     "file")
+                transform.check_size(img.width, img.height)  # from the header: a refused strip is never decoded
                 img.load()  # decode now, inside the caller's error handling (PIL is lazy)
                 return transform.pixels(img)
         except Image.DecompressionBombError as err:
