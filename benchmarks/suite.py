@@ -33,7 +33,7 @@ import numpy as np
 from ffnet_deploy.artifact.manifest import Manifest, read_manifest
 from ffnet_deploy.benchmarks.results import BenchResult, BenchRow, Device
 from ffnet_deploy.benchmarks.specs import MIXER_RESOLUTIONS
-from ffnet_deploy.environment import check_threads
+from ffnet_deploy.environment import cap_threads
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.runtimes import BaseRunner, create_runner
 from ffnet_deploy.runtimes.onnxruntime import no_spinning
@@ -276,7 +276,7 @@ def variant_jobs(variant: str | None, checkpoint: str | Path | None, workdir: Pa
         # Random weights, but BatchNorm statistics re-estimated on photo crops: with the raw initialisation the
         # activation ranges are degenerate, and ONNX Runtime then keeps Q/DQ pairs it would otherwise fold (measured
         # on ffnet_1: INT8 1.00x FP32 from the raw init, 1.53x with photo statistics; FP32 35 ms either way).
-        from studies.int8 import photo_bn_checkpoint
+        from ffnet_deploy.data.photos import photo_bn_checkpoint
 
         variant = variant or "ffnet_1"
         say(f"random {variant} weights, BatchNorm statistics from photo crops")
@@ -347,7 +347,7 @@ def _exporter_precisions(fmt: str) -> tuple[str, ...]:
 def _photo_calibration(workdir: Path, resolution: int) -> Path:
     folder = workdir / "calibration-photos"
     if not folder.is_dir():
-        from studies.int8 import photo_crops
+        from ffnet_deploy.data.photos import photo_crops
 
         photo_crops(folder, CALIB_PHOTOS, max(resolution, 64), seed=0)
     return folder
@@ -542,11 +542,10 @@ class BenchRequest:
             raise ConfigError("bench | pass artifact directories or --variant/--checkpoint, not both")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"bench | --threads must be a positive integer, got {self.threads}")
-        check_threads(self.threads, "bench")
         if self.resolution is not None and (self.resolution < 32 or self.resolution % 32):
             raise ConfigError(f"bench | --resolution must be a multiple of 32 (at least 32), got {self.resolution}")
         if self.calib is not None:
-            from ffnet_deploy.validate.data import source_from_spec
+            from ffnet_deploy.data.sources import source_from_spec
 
             source_from_spec(self.calib, split="train")  # one line for a missing or unusable folder
 
@@ -564,7 +563,10 @@ def bench(request: BenchRequest, workdir: Path, *, command: str = "", log: Calla
     """
     request.validate()
     say = log or (lambda _m: None)
-    threads = request.threads or default_threads()
+    threads, capped = cap_threads(request.threads, "bench")
+    if capped:
+        say(f"note: {capped}")
+    threads = threads or default_threads()
     runtimes = request.runtimes or DEFAULT_RUNTIMES
     precisions = request.precisions or ("fp32",)
     jobs: list[Job] = []

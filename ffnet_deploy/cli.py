@@ -197,7 +197,7 @@ def validate(
     """
     import logging
 
-    from ffnet_deploy.validate.data import make_source
+    from ffnet_deploy.data.sources import make_source
     from ffnet_deploy.validate.engine import validate as run_validation
     from ffnet_deploy.validate.report import (
         check_report_path,

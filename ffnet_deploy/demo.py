@@ -2,7 +2,7 @@
 
 Random weights give near-tied logits, so accuracy, top-1 agreement and quantization error mean little on them. This
 module trains the small ``ffnet_digits`` variant (the published block structure, 32 px input, 10 classes) on the
-training split of :class:`~ffnet_deploy.validate.data.DigitsSource` and measures it on the test split, both through
+training split of :class:`~ffnet_deploy.data.sources.DigitsSource` and measures it on the test split, both through
 the very preprocessing validation uses, so the checkpoint can go through every stage (reparam, export, INT8, validate
 ``--data digits``) with numbers that mean something.
 
@@ -34,11 +34,13 @@ import torch
 
 from ffnet_deploy.atomic import atomic_path, replace_refusal, write_text
 from ffnet_deploy.cache import cache_root
+from ffnet_deploy.data.digits import DIGITS_SPLIT_SEED, DIGITS_TEST_SIZE
+from ffnet_deploy.data.sources import DigitsSource
+from ffnet_deploy.data.transform import EvalTransform
 from ffnet_deploy.errors import CheckpointError, ConfigError
 from ffnet_deploy.models.checkpoint import file_metadata, save_checkpoint
 from ffnet_deploy.models.config import get_config
 from ffnet_deploy.models.ffnet import FFNet, create_ffnet
-from ffnet_deploy.validate.data import DIGITS_SPLIT_SEED, DIGITS_TEST_SIZE, DigitsSource, EvalTransform
 
 DEMO_VARIANT = "ffnet_digits"
 """The variant the demo trains."""

@@ -153,19 +153,17 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def check_threads(threads: int | None, component: str) -> None:
-    """Refuse a thread count beyond :func:`usable_cpus`: thousands of threads cost gigabytes and time nothing
-    real (ONNX Runtime was seen to crash under a memory limit).
+def cap_threads(threads: int | None, component: str) -> tuple[int | None, str | None]:
+    """``threads`` capped at :func:`usable_cpus`, and the one-line notice to show when it was capped (else ``None``).
 
-    Raises:
-        ConfigError: One line naming the limit.
+    Thousands of threads cost gigabytes and time nothing real (ONNX Runtime was seen to crash under a memory limit),
+    and a config written for a bigger machine should still run here: so the count is capped, never refused.
     """
-    from ffnet_deploy.errors import ConfigError
-
     limit = usable_cpus()
-    if threads is not None and not isinstance(threads, bool) and isinstance(threads, int) and threads > limit:
-        raise ConfigError(f"{component} | --threads {threads} is more than the {limit} CPU(s) this process may use; "
-                          f"pass at most --threads {limit}")
+    if threads is None or isinstance(threads, bool) or not isinstance(threads, int) or threads <= limit:
+        return threads, None
+    return limit, (f"{component} | --threads {threads} is more than the {limit} CPU(s) this process may use; "
+                   f"running with {limit}")
 
 
 def isa_class() -> str:

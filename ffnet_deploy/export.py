@@ -318,8 +318,8 @@ def gate_source(config: ExportConfig, manifest: Manifest | None = None):
     """
     if not _quantized(config):
         return None, "synthetic inputs"
+    from ffnet_deploy.data.sources import source_from_spec
     from ffnet_deploy.quantize.config import QuantizationConfig
-    from ffnet_deploy.validate.data import source_from_spec
 
     q = config.quantization or QuantizationConfig()
 

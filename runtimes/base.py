@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ffnet_deploy.artifact.manifest import Manifest, TensorSpec, has_manifest, read_manifest
-from ffnet_deploy.environment import check_threads
+from ffnet_deploy.environment import cap_threads
 from ffnet_deploy.errors import ConfigError, RuntimeBackendError
 from ffnet_deploy.registry import Registry
 
@@ -82,7 +82,7 @@ class BaseRunner(ABC):
                               "'ffnet-deploy export'; got None")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"{self.name} | threads must be a positive int or None, got {threads!r}")
-        check_threads(threads, self.name)
+        threads, capped = cap_threads(threads, self.name)
         if session_options is not None:
             if not callable(session_options):
                 raise ConfigError(f"{self.name} | session_options must be a callable that receives the engine's "
@@ -96,7 +96,7 @@ class BaseRunner(ABC):
         self.manifest: Manifest | None = manifest  # the artifact's typed manifest, None for a bare model file
         self.threads = threads
         self.session_options = session_options
-        self.notices: list[str] = []  # options that were accepted but could not take effect, and why
+        self.notices: list[str] = [capped] if capped else []  # options accepted but not taking effect, and why
         self.is_active = False
         self.last_latency_ms: float | None = None
         self.inference_times_ms: list[float] = []

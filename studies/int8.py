@@ -37,13 +37,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ffnet_deploy.data.photos import photo_bn_checkpoint, photo_crops
+from ffnet_deploy.data.sources import source_from_spec
+from ffnet_deploy.data.transform import EvalTransform, feed_from_pixels
 from ffnet_deploy.export import export
 from ffnet_deploy.exporters.base import ExportConfig
 from ffnet_deploy.quantize.config import QuantizationConfig
 from ffnet_deploy.quantize.sensitivity import sqnr_db
 from ffnet_deploy.runtimes import create_runner
 from ffnet_deploy.runtimes.onnxruntime import no_spinning
-from ffnet_deploy.validate.data import EvalTransform, feed_from_pixels, source_from_spec
 from studies.common import RESULTS_DIR, interleaved_timing, write_results
 
 MODELS = ("digits", "ffnet_1", "ffnet_2")
@@ -52,55 +54,6 @@ MODELS = ("digits", "ffnet_1", "ffnet_2")
 # --------------------------------------------------------------------------------------------------------------------
 # Models and data
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def photo_crops(folder: Path, count: int, size: int, seed: int) -> Path:
-    """``count`` random square crops (``size`` px, JPEG) of scikit-learn's two sample photos."""
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-
-    folder.mkdir(parents=True, exist_ok=True)
-    photos = load_sample_images().images
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        photo = photos[i % len(photos)]
-        side = int(rng.integers(size // 2, min(photo.shape[:2])))
-        y, x = (int(rng.integers(0, photo.shape[d] - side + 1)) for d in (0, 1))
-        crop = Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.BICUBIC)
-        crop.save(folder / f"crop{i:04d}.jpg", quality=92)
-    return folder
-
-
-def photo_bn_checkpoint(variant: str, path: Path, resolution: int = 256, batches: int = 16, seed: int = 0) -> Path:
-    """An official-format checkpoint (``{"model": state_dict}``) of random ``variant`` weights whose BatchNorm
-    statistics are re-estimated on random photo crops, so that activations have the ranges of a trained model."""
-    from sklearn.datasets import load_sample_images
-
-    from ffnet_deploy.models.ffnet import create_ffnet
-
-    torch.manual_seed(seed)
-    model = create_ffnet(variant)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over all batches
-    photos = [torch.from_numpy(p.copy()).permute(2, 0, 1).float() / 255 for p in load_sample_images().images]
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    with torch.no_grad():
-        for b in range(batches):
-            crops = []
-            for i in range(8):
-                p = photos[(b + i) % len(photos)]
-                y = int(torch.randint(0, p.shape[1] - resolution + 1, (1,), generator=g))
-                x = int(torch.randint(0, p.shape[2] - resolution + 1, (1,), generator=g))
-                crops.append((p[:, y:y + resolution, x:x + resolution] - mean) / std)
-            model(torch.stack(crops))
-    model.eval()
-    torch.save({"model": model.state_dict()}, path)
-    return path
 
 
 def prepare(name: str, work: Path, calib_size: int, eval_size: int) -> dict:

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ffnet_deploy.data.photos import photo_bn_checkpoint, photo_crops
 from ffnet_deploy.environment import environment_info
 from ffnet_deploy.quantize import onnx_int8
 from studies.common import RESULTS_DIR, write_results
-from studies.int8 import photo_bn_checkpoint, photo_crops
 
 HERE = Path(__file__).resolve().parent
 
@@ -72,7 +72,7 @@ class _Arrays:
 
 def model_data(name: str, work: Path) -> dict:
     """Checkpoint, resolution, normalized calibration and evaluation arrays, labels (digits only)."""
-    from ffnet_deploy.validate.data import EvalTransform, source_from_spec
+    from ffnet_deploy.data import EvalTransform, source_from_spec
 
     if name == "digits":
         from ffnet_deploy.demo import demo_checkpoint

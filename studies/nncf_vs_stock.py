@@ -97,9 +97,9 @@ def run(variant: str = "ffnet_1", resolution: int = 256, batch: int = 1, threads
     import openvino.properties as props
     import openvino.properties.hint as hints
 
+    from ffnet_deploy.data.transform import eval_transform
     from ffnet_deploy.quantize.calibration import calibration_set_from_arrays
     from ffnet_deploy.quantize.openvino_int8 import NNCFSettings, quantize_openvino
-    from ffnet_deploy.validate.data import eval_transform
 
     tmp = None
     if workdir is None:

@@ -5,7 +5,7 @@ Run: ``python -m ffnet_deploy.benchmarks.pipeline_ffnet1 [--variant ffnet_1] [--
 ``DIR/pipeline_<variant>/``, with ``run.md`` recording the command and the wall time.
 
 No trained FFNet weights can be downloaded here, so the checkpoint has random weights whose BatchNorm statistics are
-re-estimated on crops of scikit-learn's two sample photos (:func:`ffnet_deploy.benchmarks.int8.photo_bn_checkpoint`),
+re-estimated on crops of scikit-learn's two sample photos (:func:`ffnet_deploy.data.photos.photo_bn_checkpoint`),
 saved in the official ``{"model": state_dict}`` container. Calibration uses 64 photo crops and validation 32 other
 crops (unlabelled: parity metrics, no accuracy). The pipeline runs exactly as a user would type it:
 
@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from ffnet_deploy.atomic import write_text
+from ffnet_deploy.data.photos import photo_bn_checkpoint, photo_crops
 from studies.common import RESULTS_DIR, command_line
-from studies.int8 import photo_bn_checkpoint, photo_crops
 
 REPORT_FILES = ("index.md", "index.html", "results.json", "junit.xml")
 

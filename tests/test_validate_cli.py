@@ -105,8 +105,8 @@ def probe_checkpoint(tmp_path_factory, photo_data) -> Path:
     """
     import torch
 
+    from ffnet_deploy.data import EvalTransform, ImageFolderSource
     from ffnet_deploy.models.ffnet import create_ffnet
-    from ffnet_deploy.validate.data import EvalTransform, ImageFolderSource
 
     sd = official_state_dict("ffnet_test")
     model = create_ffnet("ffnet_test").eval()
@@ -379,3 +379,22 @@ def test_coreml_classifier_is_compared_as_probabilities(tmp_path, probe_checkpoi
     assert main(["validate", str(out), "-c", str(probe_checkpoint), "--synthetic", "4", "--report", str(report)]) == 0
     metrics = json.loads(report.read_text())["artifacts"][0]["metrics"]
     assert metrics["num_samples"] == 4 and metrics["top1_agreement"] == 1.0
+
+
+def test_validate_cli_reports_accuracy_on_digits(demo_result, demo_checkpoint_path, tmp_path, capsys):
+    from ffnet_deploy.export import export
+    from ffnet_deploy.exporters.base import ExportConfig
+
+    result = export(ExportConfig("onnx", tmp_path / "onnx", check_parity=False), demo_checkpoint_path)
+    code = main(["validate", str(result.output), "-c", str(demo_checkpoint_path), "--data", "digits", "--json",
+                 "--batch", "50"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    report = json.loads(out)
+    metrics = report["artifacts"][0]["metrics"]
+    assert report["data"]["kind"] == "digits" and report["data"]["num_images"] == 500
+    assert metrics["num_classes"] == 10 and metrics["top1_agreement"] == 1.0
+    # validate's reference accuracy is the demo's own measurement: the same data and the same preprocessing
+    assert metrics["ref_top1"] == pytest.approx(100 * demo_result.test_accuracy)
+    assert metrics["top1"] >= 97.0
+    assert "WordNet" not in err

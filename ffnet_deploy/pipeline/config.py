@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from ffnet_deploy.artifact.manifest import FORMATS, PRECISIONS
-from ffnet_deploy.environment import check_threads
 from ffnet_deploy.errors import ConfigError
 
 DEMO_FORMATS = ("onnx", "openvino", "coreml")
@@ -98,7 +97,6 @@ class PipelineConfig:
             raise ConfigError("pipeline | --resume keeps what is done and --force starts over; pass one of them")
         if self.min_iters < 1 or self.min_time_s < 0:
             raise ConfigError("pipeline | --bench-iters must be >= 1 and --bench-time >= 0")
-        check_threads(self.threads, "pipeline")
         known = {j.selector for j in all_jobs(self.formats, self.precisions)}
         for sel in self.only:
             if sel not in known:
@@ -111,7 +109,7 @@ class PipelineConfig:
         Raises:
             ConfigError: One line naming the option and the accepted forms.
         """
-        from ffnet_deploy.validate.data import source_from_spec
+        from ffnet_deploy.data.sources import source_from_spec
 
         for flag, spec in (("--calib", self.calib), ("--eval-data", self.eval_data)):
             if spec is not None:
@@ -167,7 +165,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     Raises:
         ConfigError: Unreadable or invalid TOML, an unknown key (named, with the known ones), or a wrong type.
     """
-    from ffnet_deploy.validate.data import is_digits_spec
+    from ffnet_deploy.data.sources import is_digits_spec
 
     if sys.version_info >= (3, 11):
         import tomllib

@@ -346,7 +346,7 @@ def _export_entry(manifest: Any) -> dict:
 def eval_source(config: PipelineConfig) -> tuple[Any, str]:
     """The validation data and a description: ``--eval-data``, else the calibration data, else 32 synthetic
     images (unlabelled: parity metrics but no accuracy)."""
-    from ffnet_deploy.validate.data import SyntheticSource, source_from_spec
+    from ffnet_deploy.data.sources import SyntheticSource, source_from_spec
 
     if config.eval_data is not None:
         return source_from_spec(config.eval_data, split="test", limit=config.eval_limit), str(config.eval_data)
@@ -416,9 +416,13 @@ def stage_bench(config: PipelineConfig, state: PipelineState, fused: Callable[[]
     from ffnet_deploy.benchmarks.results import BenchRow
     from ffnet_deploy.benchmarks.suite import Job as BenchJob
     from ffnet_deploy.benchmarks.suite import artifact_jobs, default_threads, run_jobs, runner_factory
+    from ffnet_deploy.environment import cap_threads
     from ffnet_deploy.runtimes.timing import Protocol
 
-    threads = config.threads or default_threads()
+    threads, capped = cap_threads(config.threads, "pipeline")
+    if capped:
+        ui.log(f"note: {capped}")
+    threads = threads or default_threads()
     protocol = Protocol(warmup=10, warmup_time_s=0.5, min_iters=config.min_iters, min_time_s=config.min_time_s)
     benchable = [r for r in records if r["status"] in ("passed", "failed") and r["artifact"]]
     inputs = input_hash("bench", sorted((r["id"], r["export"]["sha256"]) for r in benchable), threads,

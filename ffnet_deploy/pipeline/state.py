@@ -37,7 +37,7 @@ def data_fingerprint(spec: str | None) -> Any:
     image's relative path, size and modification time, so adding or changing an image changes the hash)."""
     if spec is None:
         return None
-    from ffnet_deploy.validate.data import source_from_spec
+    from ffnet_deploy.data.sources import source_from_spec
 
     return {"spec": str(spec), "fingerprint": source_from_spec(spec).fingerprint()}
 

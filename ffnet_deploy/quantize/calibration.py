@@ -1,7 +1,7 @@
 """Calibration data and the calibration-statistics cache.
 
 **Calibration data.** :func:`load_calibration` reads ``--calib DATA`` with exactly validation's preprocessing (the
-same sources and the same :class:`~ffnet_deploy.validate.data.EvalTransform`): an ImageFolder, a flat folder of images,
+same sources and the same :class:`~ffnet_deploy.data.transform.EvalTransform`): an ImageFolder, a flat folder of images,
 or ``digits`` (scikit-learn's digits; calibration reads the *training* split, so the held-out test split that
 ``validate --data digits`` scores stays unseen). Images stream through the decoder one batch at a time; the set keeps
 only the cropped uint8 pixels (300 images at 256 px are 59 MB). Corrupt files are skipped and counted; fewer usable
@@ -57,8 +57,8 @@ import numpy as np
 
 from ffnet_deploy.atomic import write_text
 from ffnet_deploy.cache import cache_root
+from ffnet_deploy.data.transform import EvalTransform
 from ffnet_deploy.errors import CalibrationError, ConfigError
-from ffnet_deploy.validate.data import EvalTransform
 
 CACHE_SCHEMA = "ffnet-deploy/calibration-cache/1"
 METHODS = ("minmax", "entropy", "percentile")
@@ -123,7 +123,7 @@ def load_calibration(data: str | Path, transform: EvalTransform, size: int = DEF
         ConfigError: ``data`` is not a usable source (missing, empty, not a folder), or ``size`` is out of range.
         CalibrationError: Fewer than ``size`` images could be decoded; the message counts the skipped ones.
     """
-    from ffnet_deploy.validate.data import source_from_spec
+    from ffnet_deploy.data.sources import source_from_spec
 
     if not 1 <= size <= MAX_CALIB_SIZE:
         raise ConfigError(f"calibration | --calib-size must be between 1 and {MAX_CALIB_SIZE}, got {size}")

@@ -109,7 +109,7 @@ def check_calib_count(q: QuantizationConfig) -> None:
     Raises:
         ConfigError: The data holds fewer candidate images than ``--calib-size``.
     """
-    from ffnet_deploy.validate.data import source_from_spec
+    from ffnet_deploy.data.sources import source_from_spec
 
     found = len(source_from_spec(q.calib, split="train"))
     if found < q.calib_size:

@@ -430,7 +430,7 @@ def quantize_with_accuracy_control(model, calib, eval_source, transform, max_dro
     Args:
         model: The FP32 ``ov.Model``.
         calib: Calibration set (as for :func:`quantize_openvino`).
-        eval_source: A labelled :class:`~ffnet_deploy.validate.data.DataSource`.
+        eval_source: A labelled :class:`~ffnet_deploy.data.sources.DataSource`.
         transform: The eval transform for ``eval_source``.
         max_drop: Largest allowed top-1 drop, in percentage points.
         settings: NNCF settings (``statistics`` caching does not apply: NNCF collects its own).

@@ -24,9 +24,9 @@ from typing import Protocol
 
 import numpy as np
 
+from ffnet_deploy.data.transform import EvalTransform
 from ffnet_deploy.errors import QuantizationError
 from ffnet_deploy.quantize.groups import sorted_groups
-from ffnet_deploy.validate.data import EvalTransform
 
 Infer = Callable[[np.ndarray], np.ndarray]  # normalized float32 (B, 3, H, W) -> logits (B, classes)
 Log = Callable[[str], None]
@@ -65,7 +65,7 @@ class EvalSet:
 
 def load_eval_set(data, transform: EvalTransform, limit: int = MAX_EVAL_IMAGES) -> EvalSet:
     """Read ``--eval-data`` (an ImageFolder, a folder of images, or ``digits``: its held-out test split)."""
-    from ffnet_deploy.validate.data import source_from_spec
+    from ffnet_deploy.data.sources import source_from_spec
 
     source = source_from_spec(data, split="test", limit=limit)
     images, labels = [], []

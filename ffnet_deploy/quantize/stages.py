@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ffnet_deploy.data.transform import EvalTransform
 from ffnet_deploy.environment import cpu_identity
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.hashing import sha256_file
@@ -35,7 +36,6 @@ from ffnet_deploy.quantize.calibration import (
     load_calibration,
 )
 from ffnet_deploy.quantize.config import QuantizationConfig
-from ffnet_deploy.validate.data import EvalTransform
 
 Log = Callable[[str], None]
 
@@ -238,7 +238,7 @@ def quantize_openvino_model(ov_model, stage, model, config, log: Log):
     nncf_settings = openvino_int8.NNCFSettings(subset_size=q.calib_size)
     extra: dict[str, Any] = {}
     if q.max_drop is not None:
-        from ffnet_deploy.validate.data import source_from_spec
+        from ffnet_deploy.data.sources import source_from_spec
 
         if calib is None:
             raise ConfigError("openvino export | --max-drop runs NNCF's accuracy control, which needs --calib DATA")

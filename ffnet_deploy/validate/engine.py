@@ -518,7 +518,7 @@ class _ArtifactRun:
 
     def infer(self, batch) -> np.ndarray:
         """Logits for a data batch, chunked/padded to a fixed batch dimension when the artifact has one."""
-        from ffnet_deploy.validate.data import feed_from_pixels
+        from ffnet_deploy.data.transform import feed_from_pixels
 
         feed = feed_from_pixels(batch.pixels, batch.images, self.spec.input_range, self.input_dtype)
         n = feed.shape[0]
@@ -598,7 +598,7 @@ def compare_artifacts(specs: Sequence[ArtifactSpec], reference: Any, source: Any
     Args:
         specs: Targets from :func:`resolve_artifact` / :func:`artifact_targets`.
         reference: The fp32 eager PyTorch FFNet (eval mode) every target is compared with.
-        source: A :mod:`ffnet_deploy.validate.data` source.
+        source: A :mod:`ffnet_deploy.data` source.
         batch: Images per batch.
         overrides: Threshold overrides applied to every profile.
         checkpoint_sha256: The reference checkpoint's hash, checked against each manifest's source.
@@ -611,7 +611,7 @@ def compare_artifacts(specs: Sequence[ArtifactSpec], reference: Any, source: Any
     """
     import torch
 
-    from ffnet_deploy.validate.data import EvalTransform
+    from ffnet_deploy.data.transform import EvalTransform
 
     cfg = reference.cfg
     overrides = dict(overrides or {})
@@ -718,7 +718,7 @@ def validate(
         artifacts: Artifact directories or model files.
         checkpoint: The source checkpoint, or one already opened (it is then neither reloaded nor re-hashed).
         variant: FFNet variant (detected from the checkpoint when omitted).
-        source: A :mod:`ffnet_deploy.validate.data` source; default 32 synthetic images.
+        source: A :mod:`ffnet_deploy.data` source; default 32 synthetic images.
         precision_profile: ``"auto"`` (manifest precision) or ``"fp32"``/``"fp16"``/``"int8"`` for all artifacts.
         batch: Images per batch.
         localize: For each failing artifact, find the first FFNet block (ONNX/OpenVINO) or MIL op (Core ML
@@ -745,8 +745,8 @@ def validate(
 
     import torch
 
+    from ffnet_deploy.data.sources import SyntheticSource
     from ffnet_deploy.models.checkpoint import open_checkpoint
-    from ffnet_deploy.validate.data import SyntheticSource
 
     t0 = time.perf_counter()
     if not artifacts:
@@ -777,7 +777,7 @@ def validate(
                                        localize_samples=localize_samples, progress=progress)
         resolution, transform, compared = comparison.resolution, comparison.transform, list(comparison.results)
     else:
-        from ffnet_deploy.validate.data import EvalTransform
+        from ffnet_deploy.data.transform import EvalTransform
 
         resolution, compared = loaded.model.cfg.resolution, []
         transform = EvalTransform.for_config(loaded.model.cfg, resolution)
@@ -841,9 +841,9 @@ def gate_artifact(directory: str | Path, reference: Any, *, manifest: Manifest |
         decisions: Gate the decision metrics (top-1 agreement, top-5 overlap) too. Random weights give logits
             that are near-ties, so their arg-max is noise: an export without a checkpoint is gated on the numbers
             (errors, cosine) alone, and each result says so.
-        source: A data source (:mod:`ffnet_deploy.validate.data`) to gate on instead of synthetic pixels.
+        source: A data source (:mod:`ffnet_deploy.data`) to gate on instead of synthetic pixels.
     """
-    from ffnet_deploy.validate.data import SyntheticSource
+    from ffnet_deploy.data.sources import SyntheticSource
 
     manifest = manifest if manifest is not None else read_manifest(directory)
     targets = []

@@ -186,7 +186,7 @@ def localize_blocks(runtime: str, artifact, block_outputs: Mapping[str, str], mo
         artifact: Artifact directory or model file.
         block_outputs: ``{"stages.S.B": tensor name}`` from the manifest.
         model: The PyTorch reference.
-        batch: A :class:`ffnet_deploy.validate.data.Batch`; a few images are enough.
+        batch: A :class:`ffnet_deploy.data.sources.Batch`; a few images are enough.
         input_range: What the artifact's input takes (``"normalized"``, ``"0-1"``, ``"0-255"``).
         threshold_db: Flag blocks below this SQNR.
         runner_options: Extra runner options.
@@ -288,7 +288,7 @@ def localize_artifact(spec, model, batch, threshold_db: float) -> Localization:
     Args:
         spec: A :class:`ffnet_deploy.validate.engine.ArtifactSpec`.
         model: The PyTorch reference.
-        batch: A :class:`ffnet_deploy.validate.data.Batch` (a few images are enough).
+        batch: A :class:`ffnet_deploy.data.sources.Batch` (a few images are enough).
         threshold_db: SQNR threshold.
 
     Raises:
@@ -309,7 +309,7 @@ def _run_batch(runner, batch, input_range: str) -> tuple[dict[str, np.ndarray], 
     An artifact with a fixed batch dimension is run chunk by chunk; images that do not fill a last chunk are left
     out rather than padded, so every activation compared belongs to a real image.
     """
-    from ffnet_deploy.validate.data import feed_from_pixels
+    from ffnet_deploy.data.transform import feed_from_pixels
 
     meta = next(iter(runner.input_metadata().values()))
     n = len(batch.names)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ffnet_deploy.data import EvalTransform, ImageDirSource, eval_transform
 from ffnet_deploy.errors import CalibrationError, ConfigError
 from ffnet_deploy.quantize.calibration import (
     CACHE_SCHEMA,
@@ -18,7 +19,6 @@ from ffnet_deploy.quantize.calibration import (
     load_calibration,
 )
 from ffnet_deploy.quantize.groups import layer_group, sorted_groups
-from ffnet_deploy.validate.data import EvalTransform, ImageDirSource, eval_transform
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

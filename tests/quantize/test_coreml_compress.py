@@ -18,13 +18,13 @@ from ffnet_deploy.runtimes._mil_program import MILProgram
 
 ct = pytest.importorskip("coremltools")
 
+from ffnet_deploy.data import eval_transform  # noqa: E402
 from ffnet_deploy.quantize.calibration import calibration_set_from_arrays  # noqa: E402
 from ffnet_deploy.quantize.coreml_compress import (  # noqa: E402
     CoreMLCompression,
     activation_ranges,
     compress_mlmodel,
 )
-from ffnet_deploy.validate.data import eval_transform  # noqa: E402
 
 TRANSFORM = eval_transform(64, 0.875, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

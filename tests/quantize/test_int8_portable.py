@@ -44,8 +44,8 @@ def artifacts(demo_checkpoint_path, tmp_path_factory):
     q = QuantizationConfig(calib="digits", calib_size=300, eval_data="digits", cache_dir=root / "cache")
     new = export(ExportConfig("onnx", root / "cpu", precision="int8", quantization=q), demo_checkpoint_path)
     fp32 = export(ExportConfig("onnx", root / "fp32"), demo_checkpoint_path)
+    from ffnet_deploy.data import EvalTransform
     from ffnet_deploy.quantize.calibration import load_calibration
-    from ffnet_deploy.validate.data import EvalTransform
 
     pre = fp32.manifest.preprocessing
     calib = load_calibration("digits", EvalTransform(fp32.manifest.resolution, pre.crop_pct, pre.mean, pre.std), 300)

@@ -13,11 +13,11 @@ import pytest
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
+from ffnet_deploy.data import eval_transform  # noqa: E402
 from ffnet_deploy.errors import ConfigError  # noqa: E402
 from ffnet_deploy.quantize import onnx_int8 as q  # noqa: E402
 from ffnet_deploy.quantize.calibration import calibration_set_from_arrays  # noqa: E402
 from ffnet_deploy.quantize.groups import layer_group  # noqa: E402
-from ffnet_deploy.validate.data import eval_transform  # noqa: E402
 from tests.quantize.helpers import photo_crops  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

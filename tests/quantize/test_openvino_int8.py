@@ -10,6 +10,7 @@ import pytest
 ov = pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
+from ffnet_deploy.data import eval_transform  # noqa: E402
 from ffnet_deploy.errors import ConfigError  # noqa: E402
 from ffnet_deploy.quantize.calibration import calibration_set_from_arrays  # noqa: E402
 from ffnet_deploy.quantize.openvino_int8 import (  # noqa: E402
@@ -20,7 +21,6 @@ from ffnet_deploy.quantize.openvino_int8 import (  # noqa: E402
     quantize_openvino,
     quantize_with_accuracy_control,
 )
-from ffnet_deploy.validate.data import eval_transform  # noqa: E402
 from tests.quantize.helpers import photo_crops  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -136,7 +136,7 @@ def test_statistics_that_do_not_fit_are_refused(fp32_model, calib):
 def test_accuracy_control_runs_on_a_labelled_folder(fp32_model, calib, transform, tmp_path):
     from PIL import Image
 
-    from ffnet_deploy.validate.data import ImageFolderSource
+    from ffnet_deploy.data import ImageFolderSource
 
     for label, seed in (("class_a", 3), ("class_b", 4)):
         (tmp_path / label).mkdir()
@@ -152,7 +152,7 @@ def test_accuracy_control_runs_on_a_labelled_folder(fp32_model, calib, transform
 
 
 def test_accuracy_control_needs_labels(fp32_model, calib, transform):
-    from ffnet_deploy.validate.data import SyntheticSource
+    from ffnet_deploy.data import SyntheticSource
 
     with pytest.raises(ConfigError, match="labelled"):
         quantize_with_accuracy_control(fp32_model, calib, SyntheticSource(4), transform, max_drop=1.0)

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ffnet_deploy.artifact.manifest import read_manifest
+from ffnet_deploy.data import SyntheticSource
 from ffnet_deploy.errors import ConfigError, ParityError
 from ffnet_deploy.models.checkpoint import load_ffnet
-from ffnet_deploy.validate.data import SyntheticSource
 from ffnet_deploy.validate.engine import ArtifactResult, ValidationReport, resolve_artifact, validate
 from ffnet_deploy.validate.metrics import MetricAccumulator, compare_outputs
 from ffnet_deploy.validate.tolerances import (

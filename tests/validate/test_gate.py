@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from ffnet_deploy.artifact.manifest import FileRef, read_manifest, write_manifest
+from ffnet_deploy.data import EvalTransform, ImageFolderSource, SyntheticSource
 from ffnet_deploy.export import export
 from ffnet_deploy.exporters.base import ExportConfig
 from ffnet_deploy.hashing import sha256_file
 from ffnet_deploy.models.checkpoint import open_checkpoint
-from ffnet_deploy.validate.data import EvalTransform, ImageFolderSource, SyntheticSource
 from ffnet_deploy.validate.engine import gate_artifact, validate
 from ffnet_deploy.validate.report import report_to_dict
 from tests.test_validate_cli import photo_data, probe_checkpoint  # noqa: F401, F811 - fixtures shared with the CLI tests

@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import pytest
 
+from ffnet_deploy.data import EvalTransform, SyntheticSource
 from ffnet_deploy.errors import RuntimeBackendError
 from ffnet_deploy.models.checkpoint import load_ffnet
-from ffnet_deploy.validate.data import EvalTransform, SyntheticSource
 from ffnet_deploy.validate.engine import resolve_artifact
 from ffnet_deploy.validate.localize import (
     LayerSQNR,

