@@ -36,6 +36,13 @@ from ffnet_deploy.errors import ConfigError, first_line
 log = logging.getLogger("ffnet_deploy.data")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "PPM", "TIFF", "WEBP", "GIF")
+"""The only Pillow decoders a data set's file is offered to, whatever its name says: an EPS or PDF named photo.jpg
+would otherwise reach Ghostscript (a TypeError inside Pillow's EPS plugin, and a temp folder leaked per file)."""
+
+WARN_EACH = 5
+"""Skipped files warned about one by one, per reason; the rest go into the summary line (100k corrupt files once
+wrote 16 MB of warnings)."""
 """File suffixes (case-insensitive) that sources try to decode; anything else is skipped and counted."""
 
 _DECODE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, SyntaxError, EOFError)
@@ -188,7 +195,12 @@ class DataSource:
     def _skip(self, reason: str, item, detail: str) -> None:
         name = self._name(item)
         self.skipped.add(reason, name)
-        log.warning("data | skipped %s: %s", name, detail)
+        count = getattr(self.skipped, reason)
+        if count <= WARN_EACH:
+            log.warning("data | skipped %s: %s", name, detail)
+        if count == WARN_EACH:
+            log.warning("data | more files skipped as %s are counted, not listed; the total follows at the end",
+                        _SKIP_REASONS[reason])
 
     def _batch(self, pixels, labels, names, transform: EvalTransform) -> Batch:
         stacked = np.stack(pixels)
@@ -211,7 +223,7 @@ def _open_image(path: Path, transform: EvalTransform) -> np.ndarray:
             with warnings.catch_warnings():
                 # Between 1x and 2x MAX_IMAGE_PIXELS Pillow only warns; the size check below refuses those too.
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                img = Image.open(fh)
+                img = Image.open(fh, formats=IMAGE_FORMATS)
             with img:
                 limit = Image.MAX_IMAGE_PIXELS
                 if limit is not None and img.width * img.height > limit:

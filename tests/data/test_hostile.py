@@ -218,6 +218,42 @@ def test_decompression_bombs_are_skipped_and_counted(tmp_path, photos, monkeypat
     assert src.describe()["skipped"]["oversized"] == 2
 
 
+def test_a_file_in_a_format_no_data_set_holds_is_never_decoded(tmp_path, photos, caplog, monkeypatch):
+    """An EPS named photo.jpg is offered only to the image decoders. With Ghostscript installed, Pillow's EPS plugin
+    raised a TypeError (a traceback) and leaked a temp folder per file; here Ghostscript is stood in for by a
+    function that fails the same way, so the test means the same on machines without it."""
+    from PIL import EpsImagePlugin
+
+    def ghostscript_crash(*args, **kwargs):
+        raise TypeError("Ghostscript plugin bug")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript_crash)
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
+    Image.fromarray(photos[0][:40, :40]).save(tmp_path / "ok.png")
+    (tmp_path / "photo.jpg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    Image.fromarray(photos[0][:40, :40]).save(tmp_path / "sneaky.jpg", format="PDF")
+    src = ImageDirSource(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="ffnet_deploy.data"):
+        batches = list(src.batches(eval_transform(16, 0.9, MEAN, STD), 4))
+    assert [n for b in batches for n in b.names] == ["ok.png"]
+    assert src.skipped.corrupt == 2 and sorted(src.skipped.examples["corrupt"]) == ["photo.jpg", "sneaky.jpg"]
+
+
+def test_many_unusable_files_are_summarized_not_warned_one_by_one(tmp_path, photos, caplog):
+    from ffnet_deploy.data.sources import WARN_EACH
+
+    Image.fromarray(photos[0][:40, :40]).save(tmp_path / "ok.png")
+    for i in range(40):
+        (tmp_path / f"broken{i:03d}.jpg").write_bytes(b"not an image")
+    src = ImageDirSource(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="ffnet_deploy.data"):
+        list(src.batches(eval_transform(16, 0.9, MEAN, STD), 4))
+    one_by_one = [r for r in caplog.records if r.getMessage().startswith("data | skipped broken")]
+    assert src.skipped.corrupt == 40 and len(one_by_one) == WARN_EACH
+    assert any("40 file(s) skipped as" in r.getMessage() for r in caplog.records)
+    assert len(caplog.records) <= WARN_EACH + 3
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # 2. Pixel modes
 # --------------------------------------------------------------------------------------------------------------------
