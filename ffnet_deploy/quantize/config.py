@@ -95,8 +95,6 @@ def check_int8_config(config, fmt: str) -> None:
     if config.include_preprocessing:
         raise ConfigError(f"{fmt} export | --precision int8 calibrates on normalized images; drop "
                           "--include-preprocessing")
-    if config.dynamic_batch is not None and fmt != "tensorrt":
-        raise ConfigError(f"{fmt} export | --precision int8 exports a fixed batch; drop --dynamic-batch")
     q = config.quantization or QuantizationConfig()
     if q.calib is not None:
         check_calib_count(q)

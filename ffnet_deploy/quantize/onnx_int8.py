@@ -344,9 +344,12 @@ def calibrate_ranges(model_path: Path, calib: Any, method: str, *, progress: Pro
 
     name, fixed = _input_batch(onnx.load(str(model_path), load_external_data=False))
     batch = fixed or 1
-    if len(calib) % batch:
-        raise ConfigError(f"onnx int8 | the model takes batches of {batch}, but the calibration set has {len(calib)} "
-                          f"images; use a --calib-size divisible by {batch}")
+    # A graph of a fixed batch B is fed whole batches of B images (ranges are per tensor over all images, so the
+    # batch does not change them); a remainder that does not fill a batch is left out.
+    usable = len(calib) - len(calib) % batch
+    if usable == 0:
+        raise ConfigError(f"onnx int8 | the model takes batches of {batch}, but the calibration set has only "
+                          f"{len(calib)} images; pass --calib-size {batch} or more")
     kind = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
             "percentile": CalibrationMethod.Percentile}[method]
     # Next to the prepared model (inside the export's locked work directory), not in /tmp: a process killed here
@@ -362,10 +365,11 @@ def calibrate_ranges(model_path: Path, calib: Any, method: str, *, progress: Pro
         try:
             # ORT's calibrators keep every batch's outputs until collect_data returns (and MinMax's
             # max_intermediate_outputs drops them unmerged), so feed chunks: ranges and histograms merge across calls.
-            reader = _Reader(calib.batches(batch), name, len(calib), progress)
+            full = (b for b in calib.batches(batch) if len(b) == batch)
+            reader = _Reader(full, name, usable, progress)
             # The histogram calibrators print their progress to stdout; the caller reports progress instead.
             with contextlib.redirect_stdout(io.StringIO()):
-                while reader.done < len(calib) and not reader.exhausted:
+                while reader.done < usable and not reader.exhausted:
                     calibrator.collect_data(_Chunk(reader, _CHUNK))
                 data = calibrator.compute_data()
         except FFNetDeployError:

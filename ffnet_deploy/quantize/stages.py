@@ -236,6 +236,10 @@ def quantize_openvino_model(ov_model, stage, model, config, log: Log):
     transform = transform_for(model, config)
     calib = read_calibration(model, config, log)
     nncf_settings = openvino_int8.NNCFSettings(subset_size=q.calib_size)
+    # NNCF feeds one image at a time: it quantizes the model at batch 1, which is then given back the export's batch
+    # (fixed or dynamic); FakeQuantize nodes are per channel, not per batch, so the reshape changes no statistic.
+    shape = ov_model.inputs[0].get_partial_shape()
+    ov_model = _with_input_shape(ov_model, _batch_one(shape))
     extra: dict[str, Any] = {}
     if q.max_drop is not None:
         from ffnet_deploy.data.sources import source_from_spec
@@ -270,6 +274,7 @@ def quantize_openvino_model(ov_model, stage, model, config, log: Log):
                 log("NNCF post-training quantization from the cached statistics")
                 result = openvino_int8.quantize_openvino(ov_model, calib, nncf_settings, progress=log,
                                                          statistics=entry.statistics)
+    result.model = _with_input_shape(result.model, shape)
     details = result.details()
     extra["portability"] = openvino_int8.portability(nncf_settings)
     record = quantization_record(q, calib, entry, backend="openvino/nncf", quantized_groups=result.quantized_groups,
@@ -278,6 +283,20 @@ def quantize_openvino_model(ov_model, stage, model, config, log: Log):
                                                           if k not in ("quantized_groups", "float_groups")}},
                                  seconds=time.perf_counter() - start)
     return result.model, record
+
+
+def _batch_one(shape):
+    """``shape`` (an OpenVINO PartialShape) with its batch dimension set to 1."""
+    import openvino as ov
+
+    return ov.PartialShape([ov.Dimension(1), *list(shape)[1:]])
+
+
+def _with_input_shape(ov_model, shape):
+    """``ov_model`` with its single input reshaped to ``shape`` (nothing done when it already has it)."""
+    if ov_model.inputs[0].get_partial_shape() != shape:
+        ov_model.reshape({ov_model.inputs[0]: shape})
+    return ov_model
 
 
 @contextlib.contextmanager

@@ -361,3 +361,25 @@ def test_calib_size_beyond_the_data_and_an_unknown_variant_are_refused_before_tr
         export(ExportConfig("onnx", tmp_path / "b"), demo_checkpoint_path, variant="ffnet_9", progress=lines.append)
     assert not any(line.startswith(("loading", "tracing", "exporting")) for line in lines), lines
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("fmt", ["openvino", "onnx"])
+def test_int8_at_a_fixed_and_a_dynamic_batch_exports_passes_the_gate_and_benches(fmt, demo_checkpoint_path, tmp_path,
+                                                                                  capsys):
+    """NNCF calibrates one image at a time: the model is quantized at batch 1 and given back the export's batch
+    (it used to die feeding 1x3xHxW to the 8x3xHxW model); ONNX graphs of a fixed batch are fed whole batches."""
+    fixed = export(_int8(fmt, tmp_path / "b8", tmp_path / "cache-b8", batch=8), demo_checkpoint_path)
+    dynamic = export(_int8(fmt, tmp_path / "dyn", tmp_path / "cache-dyn", dynamic_batch=(1, 8, 8)),
+                     demo_checkpoint_path)
+    for result, batch in ((fixed, 8), (dynamic, None)):
+        m = read_manifest(result.output)
+        assert m.precision == "int8" and m.parity["passed"] is True and m.inputs[0].shape[0] == batch
+        assert m.parity["data"]["kind"] == "digits"
+    out = tmp_path / "bench"
+    code = main(["bench", str(fixed.output), str(dynamic.output), "--batch", "1,8", "--min-iters", "3",
+                 "--min-time", "0", "--warmup", "1", "--warmup-time", "0", "--out", str(out), "--json"])
+    assert code == 0, capsys.readouterr().err
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    batches = sorted((Path(r["artifact"]).name, r["batch"]) for r in rows if r["status"] == "ok")
+    assert batches == [("b8", 8), ("dyn", 1), ("dyn", 8)]
+    assert all(r["throughput_ips"] > 0 for r in rows if r["status"] == "ok")
