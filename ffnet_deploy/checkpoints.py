@@ -56,9 +56,17 @@ def describe_variants(include_test: bool = False) -> list[dict]:
 
 def describe_checkpoint(path: str | Path, variant: str | None = None, *, trust: bool = False,
                         sha256: str | None = None) -> dict:
-    """Container type, detected variant, parameter count, fused or not, and sha256 of a checkpoint file (``sha256``:
-    the file's, when the caller hashed it already)."""
+    """Container type, detected variant, parameter count, MACs at the variant's resolution, fused or not, and sha256
+    of a checkpoint file (``sha256``: the file's, when the caller hashed it already)."""
     info = inspect_checkpoint(path, variant, trust=trust)
+    macs = {}
+    if info.variant is not None:
+        from ffnet_deploy.models.config import get_config
+
+        resolution = get_config(info.variant).resolution
+        gmacs = count_macs(create_ffnet(info.variant, num_classes=max(info.num_classes, 1), deploy=info.fused),
+                           resolution) / 1e9
+        macs = {"resolution": resolution, "gmacs": round(gmacs, 4)}
     return {
         "path": str(info.path),
         "container": info.container,
@@ -71,6 +79,7 @@ def describe_checkpoint(path: str | Path, variant: str | None = None, *, trust: 
         "written_by": "ffnet-deploy " + info.metadata["version"] if info.metadata.get("version") else None,
         "sha256": sha256 or sha256_file(path),
         "size_bytes": Path(path).stat().st_size,
+        **macs,
     }
 
 

@@ -55,6 +55,13 @@ def test_inspect(capsys, test_checkpoint):
     assert code == 0
     assert (info["container"], info["variant"], info["fused"]) == ("state_dict", "ffnet_test", False)
     assert len(info["sha256"]) == 64 and info["params"] > 0
+    # The README says the MACs are known: at the variant's resolution, from the model built for the checkpoint.
+    from ffnet_deploy.models.config import get_config
+    from ffnet_deploy.models.ffnet import count_macs, create_ffnet
+
+    resolution = get_config("ffnet_test").resolution
+    assert info["resolution"] == resolution
+    assert info["gmacs"] == round(count_macs(create_ffnet("ffnet_test"), resolution) / 1e9, 4) and info["gmacs"] > 0
     code, out, _ = run(capsys, "inspect", str(test_checkpoint))
     assert code == 0 and "ffnet_test" in out
 

@@ -449,7 +449,8 @@ def stage_bench(config: PipelineConfig, state: PipelineState, fused: Callable[[]
                                                                    resolution=resolution),
                          input_shape=(1, 3, resolution, resolution), group=("torch",)))
     owner.append(None)
-    ui.log(f"bench: {sum(j.make_runner is not None for j in jobs)} artifact(s) and eager PyTorch, {threads} thread(s)")
+    artifacts = sum(rid is not None for rid in owner)
+    ui.log(f"bench: {artifacts} artifact(s) and eager PyTorch, {threads} thread(s)")
     rows = run_jobs(jobs, protocol, progress=lambda label, done_, total: ui.bar(label, done_, total))
     torch_p50 = rows[-1].p50 if rows[-1].status == "ok" else None
     outputs: dict[str, Any] = {}

@@ -313,3 +313,10 @@ def test_pipeline_artifacts_validate_against_the_users_checkpoint_without_a_prov
     assert src.derived_from == sha256_file(demo_checkpoint_path) and src.sha256 != src.derived_from
     report = validate([artifact], demo_checkpoint_path)
     assert report and not [w for w in report.artifacts[0].warnings if "exported from checkpoint" in w]
+
+
+def test_the_bench_stage_counts_the_artifacts_it_times(tmp_path, digits_checkpoint, capsys):
+    code = main(["pipeline", "--checkpoint", str(digits_checkpoint), "--formats", "onnx", "--precisions", "fp32",
+                 "--eval-data", "digits", "--eval-limit", "64", "--output", str(tmp_path / "o"), *FAST_BENCH])
+    assert code == 0
+    assert "bench: 1 artifact(s) and eager PyTorch" in capsys.readouterr().err
