@@ -111,5 +111,5 @@ def check_calib_count(q: QuantizationConfig) -> None:
 
     found = len(source_from_spec(q.calib, split="train"))
     if found < q.calib_size:
-        raise ConfigError(f"calibration | --calib {q.calib} holds {found} images, but --calib-size asks for "
+        raise ConfigError(f"calibration | --calib {q.calib} holds {found} image files, but --calib-size asks for "
                           f"{q.calib_size}; add images or pass --calib-size {found}")

@@ -167,7 +167,7 @@ def test_bad_calibration_data_leaves_nothing(demo_checkpoint_path, tmp_path, cap
     data = tmp_path / "calib"
     data.mkdir()
     if case == "corrupt":
-        for i in range(4):
+        for i in range(10):  # as many files as --calib-size: the up-front count passes, decoding finds none usable
             (data / f"x{i}.jpg").write_bytes(b"\xff\xd8 broken")
     if case == "too_few":
         from PIL import Image
@@ -352,7 +352,7 @@ def test_cache_only_int8_finds_the_default_cache_and_gates_on_real_images(demo_c
 def test_calib_size_beyond_the_data_and_an_unknown_variant_are_refused_before_tracing(demo_checkpoint_path,
                                                                                        tmp_path):
     lines: list[str] = []
-    with pytest.raises(ConfigError, match=r"holds \d+ images, but --calib-size asks for 100000"):
+    with pytest.raises(ConfigError, match=r"holds \d+ image files, but --calib-size asks for 100000"):
         export(ExportConfig("onnx", tmp_path / "a", precision="int8",
                             quantization=QuantizationConfig(calib="digits", calib_size=100_000)),
                demo_checkpoint_path, progress=lines.append)

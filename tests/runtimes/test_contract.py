@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ffnet_deploy.environment import usable_cpus
 from ffnet_deploy.errors import ConfigError, RuntimeBackendError
 from ffnet_deploy.runtimes import RUNNER_MODULES, RUNTIMES, create_runner, load_all
 from tests.runtimes.conftest import RES, torch_logits
@@ -97,9 +98,14 @@ def test_every_runner_takes_the_common_options(name, tmp_path):
         assert params[option].default is None, f"{name}: {option} must default to None"
     # Constructing never loads the engine, so this runs even where the runtime cannot.
     artifact, options = (None, {"model": object()}) if not cls.needs_artifact else (tmp_path, {})
-    runner = create_runner(name, artifact, threads=3, **options)
-    assert runner.threads == 3 and runner.manifest is None
-    assert all("threads=3" in notice for notice in runner.notices)
+    runner = create_runner(name, artifact, threads=1, **options)
+    assert runner.threads == 1 and runner.manifest is None
+    assert all("threads=1" in notice for notice in runner.notices)
+    # More threads than this process may use is capped with a notice, never refused (a config from a bigger box).
+    limit = usable_cpus()
+    capped = create_runner(name, artifact, threads=limit + 1, **options)
+    assert capped.threads == limit
+    assert any(f"--threads {limit + 1}" in notice and f"running with {limit}" in notice for notice in capped.notices)
     with pytest.raises(ConfigError, match="threads must be a positive int"):
         create_runner(name, artifact, threads=0, **options)
     if cls.session_options_kind is None:
