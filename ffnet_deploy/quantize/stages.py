@@ -14,10 +14,8 @@ came from the cache, and how long calibration took.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import shutil
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -243,7 +241,7 @@ def quantize_openvino_model(ov_model, stage, model, config, log: Log):
         if calib is None:
             raise ConfigError("openvino export | --max-drop runs NNCF's accuracy control, which needs --calib DATA")
         log(f"NNCF accuracy control: at most {q.max_drop} points lost on {q.eval_data}")
-        with _nncf_output_to_stderr():
+        with openvino_int8.nncf_output_to_stderr():
             result = openvino_int8.quantize_with_accuracy_control(
                 ov_model, calib, source_from_spec(q.eval_data, split="test"), transform, q.max_drop, nncf_settings,
                 progress=log)
@@ -258,7 +256,7 @@ def quantize_openvino_model(ov_model, stage, model, config, log: Log):
 
         cache = StatisticsCache(q.cache_dir, "openvino", log)
         entry = cache.lookup(key)
-        with _nncf_output_to_stderr():
+        with openvino_int8.nncf_output_to_stderr():
             if entry is None:
                 if calib is None:
                     cached_statistics(cache, key, dict, None)  # raises: no data and no entry
@@ -278,13 +276,6 @@ def quantize_openvino_model(ov_model, stage, model, config, log: Log):
                                                           if k not in ("quantized_groups", "float_groups")}},
                                  seconds=time.perf_counter() - start)
     return result.model, record
-
-
-@contextlib.contextmanager
-def _nncf_output_to_stderr():
-    """NNCF draws its progress bars on stdout; ``--json`` owns stdout, so they go to stderr."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
 
 
 def json_settings(value) -> str:
