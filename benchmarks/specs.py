@@ -20,7 +20,6 @@ top-1 is a reference number only.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -63,35 +62,14 @@ class ModelSpec:
             raise ConfigError(f"model spec {self.name!r}: family must be one of {FAMILIES}, got {self.family!r}")
 
     def macs(self, model: nn.Module | None = None) -> int:
-        """Multiply-accumulates of one image at :attr:`resolution`.
-
-        FFNets use :func:`~ffnet_deploy.models.ffnet.count_macs` (convolutions, linear layers, and the attention
-        matmuls that :class:`~ffnet_deploy.models.mixers.DotProductAttention` declares); peers use
-        :func:`generic_macs`, which sees every matmul whatever module or function issues it. The two agree on FFNets.
+        """Multiply-accumulates of one image at :attr:`resolution`, by the project's one counter
+        (:func:`~ffnet_deploy.models.ffnet.count_macs`), for FFNets and peers alike.
 
         Args:
             model: The built model, to avoid building it again; ``None`` builds one.
         """
         model = self.build() if model is None else model
-        counter = count_macs if self.is_ffnet else generic_macs
-        return counter(model, self.resolution)
-
-
-def generic_macs(model: nn.Module, resolution: int, batch: int = 1) -> int:
-    """Multiply-accumulates of one forward pass of any image model, counted at the ATen level.
-
-    :class:`torch.utils.flop_counter.FlopCounterMode` counts convolutions and every matrix product (``mm``, ``addmm``,
-    ``bmm``, ``baddbmm``), so the ``q k^T`` and ``attn v`` products of attention are counted whether they are written
-    as ``@`` or sit inside a module that forward hooks on ``Conv2d``/``Linear`` would miss; it reports FLOPs, two per
-    multiply-accumulate. It runs on the meta device: free, and it makes ``scaled_dot_product_attention`` take its
-    reference path of two ``bmm`` (the fused CPU kernel is not counted by the flop counter).
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    meta = copy.deepcopy(model).to("meta").eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        meta(torch.empty(batch, 3, resolution, resolution, device="meta"))
-    return counter.get_total_flops() // 2
+        return count_macs(model, self.resolution)
 
 
 # -- FFNet and its token mixers ------------------------------------------------------------------------------------

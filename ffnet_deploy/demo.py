@@ -41,6 +41,7 @@ from ffnet_deploy.errors import CheckpointError, ConfigError
 from ffnet_deploy.models.checkpoint import file_metadata, save_checkpoint
 from ffnet_deploy.models.config import get_config
 from ffnet_deploy.models.ffnet import FFNet, create_ffnet
+from ffnet_deploy.validate.metrics import topk_hits
 
 DEMO_VARIANT = "ffnet_digits"
 """The variant the demo trains."""
@@ -193,7 +194,7 @@ def evaluate_digits(model: FFNet, split: str = "test", batch_size: int = 100) ->
     correct = total = 0
     for batch in DigitsSource(split).batches(transform, batch_size):
         logits = model(torch.from_numpy(batch.images))
-        correct += int((logits.argmax(1).numpy() == batch.labels).sum())
+        correct += int(topk_hits(logits.numpy(), batch.labels, 1).sum())
         total += len(batch.labels)
     return correct / total
 

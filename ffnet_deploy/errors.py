@@ -62,6 +62,14 @@ class ParityError(FFNetDeployError):
     """An artifact's outputs do not match the PyTorch reference within tolerance."""
 
 
+class ShapeMismatchError(ParityError, RuntimeBackendError):
+    """Two arrays a metric compares (:mod:`ffnet_deploy.validate.metrics`) cannot be matched element for element.
+
+    Both a parity failure (the artifact's output is not the reference's shape) and a runtime fault (the runtime
+    returned a tensor of another size), so it is caught as either.
+    """
+
+
 class Interrupted(BaseException):  # noqa: N818 - named like KeyboardInterrupt, which it generalizes
     """A terminating signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT) arrived; see :mod:`ffnet_deploy.interrupts`.
 

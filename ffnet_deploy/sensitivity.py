@@ -46,8 +46,10 @@ def sensitivity_analysis(checkpoint, variant: str | None, fmt: str, quant: Quant
         stage = export_onnx_stage(model, config, OnnxOptions(), work, log)
         if quant.eval_data is not None:
             data = sens.load_eval_set(quant.eval_data, transform)
-        else:
+        elif calib is not None:
             data = sens.EvalSet(np.concatenate(list(calib.batches(32))), None, calib.describe())
+        else:
+            raise ConfigError("sensitivity | nothing to evaluate on: pass --eval-data DATA or --calib DATA")
         if fmt == "onnx":
             from ffnet_deploy.quantize import onnx_int8
 
@@ -55,9 +57,7 @@ def sensitivity_analysis(checkpoint, variant: str | None, fmt: str, quant: Quant
             ranges, _ = onnx_ranges(stage.path, prepared, config, calib, transform, log)
             backend = sens.OnnxBackend(stage.path, prepared, ranges, quant.target or "cpu", work)
         else:
-            from ffnet_deploy.quantize.openvino_int8 import OpenVINOBackend
-
-            backend = OpenVINOBackend(stage.path, calib, work)
+            backend = sens.OpenVINOBackend(stage.path, calib, work)
         try:
             return sens.analyze(backend, data, log)
         finally:

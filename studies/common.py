@@ -1,4 +1,5 @@
-"""Shared machinery of the studies: interleaved timing of plain calls, and results written as Markdown + JSON.
+"""Shared machinery of the studies: interleaved timing of plain calls and of runners, and results written as Markdown
++ JSON.
 
 The studies are one-off investigations kept outside the installed package (as timm keeps its scripts); each runs from
 the repository root as ``python -m studies.<name>``. The ``bench`` product lives in ``benchmarks/`` and imports none
@@ -23,9 +24,15 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ffnet_deploy.atomic import write_text
 from ffnet_deploy.environment import environment_info
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ffnet_deploy.runtimes import BaseRunner
 
 RESULTS_DIR = Path("benchmarks") / "results"
 """Default ``--out``: relative, so it resolves against the current directory when results are written."""
@@ -59,6 +66,35 @@ def interleaved_timing(contenders: dict[str, Callable[[], object]], *, warmup: i
         stats = latency_stats([ms / per_round for ms in c.samples_ms])
         out[c.name] = {"median_ms": stats["p50"], "mean_ms": stats["mean"], "min_ms": stats["min"],
                        "p90_ms": stats["p90"], "samples": len(c.samples_ms) * per_round}
+    return out
+
+
+def runner_timing(runners: dict[str, BaseRunner], feed: dict[str, np.ndarray], *, warmup: int = 5,
+                  rounds: int = 30) -> dict[str, dict]:
+    """Time runners in interleaved rounds with the project's one timing loop; each sample is the runner's own
+    engine time (:attr:`~ffnet_deploy.runtimes.base.BaseRunner.last_latency_ms`), as ``bench`` takes it.
+
+    Args:
+        runners: Name -> runner. An active runner is used as it is and left active; an inactive one is activated
+            for the timing and released after.
+        feed: The input, fed every time.
+        warmup: Untimed runs of each runner first.
+        rounds: Rounds; each round runs every runner once, in turn.
+
+    Returns:
+        Name -> ``{"median_ms", "mean_ms", "min_ms", "p90_ms", "samples"}``, as :func:`interleaved_timing`.
+    """
+    from ffnet_deploy.runtimes.timing import Contender, Protocol, latency_stats, measure
+
+    timed = [Contender(name, lambda r=r: r, feed, runner=r if r.is_active else None) for name, r in runners.items()]
+    measure(timed, Protocol(warmup=warmup, warmup_time_s=0.0, min_iters=rounds, min_time_s=0.0))
+    out = {}
+    for c in timed:
+        if c.error:
+            raise RuntimeError(f"{c.name}: {c.error}")
+        stats = latency_stats(c.samples_ms)
+        out[c.name] = {"median_ms": stats["p50"], "mean_ms": stats["mean"], "min_ms": stats["min"],
+                       "p90_ms": stats["p90"], "samples": len(c.samples_ms)}
     return out
 
 

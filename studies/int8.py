@@ -43,9 +43,9 @@ from ffnet_deploy.data.transform import EvalTransform, feed_from_pixels
 from ffnet_deploy.export import export
 from ffnet_deploy.exporters.base import ExportConfig
 from ffnet_deploy.quantize.config import QuantizationConfig
-from ffnet_deploy.quantize.sensitivity import sqnr_db
 from ffnet_deploy.runtimes import create_runner
 from ffnet_deploy.runtimes.onnxruntime import no_spinning
+from ffnet_deploy.validate.metrics import sqnr_db, top1_accuracy, top1_agreement
 from studies.common import RESULTS_DIR, interleaved_timing, write_results
 
 MODELS = ("digits", "ffnet_1", "ffnet_2")
@@ -173,7 +173,7 @@ def benchmark_model(name: str, work: Path, threads: int, rounds: int, calib_size
     m = first.manifest
     transform = EvalTransform(m.resolution, m.preprocessing.crop_pct, m.preprocessing.mean, m.preprocessing.std)
     pixels, labels, reference = evaluation(spec, transform)
-    ref_acc = None if labels is None else float(np.mean(reference.argmax(1) == labels) * 100)
+    ref_acc = None if labels is None else top1_accuracy(reference, labels)
     for row, result in results.items():
         runtime = rows[row]["runtime"]
         limit = coreml_eval if runtime == "coreml-reference" and spec["resolution"] else None
@@ -182,10 +182,10 @@ def benchmark_model(name: str, work: Path, threads: int, rounds: int, calib_size
         r = rows[row]
         r["eval_images"] = len(logits)
         r["sqnr_db"] = round(sqnr_db(ref, logits), 2)
-        r["top1_agreement"] = round(float(np.mean(ref.argmax(1) == logits.argmax(1))), 4)
+        r["top1_agreement"] = round(top1_agreement(ref, logits), 4)
         if labels is not None:
-            acc = float(np.mean(logits.argmax(1) == labels[: len(logits)]) * 100)
-            ref_part = float(np.mean(ref.argmax(1) == labels[: len(logits)]) * 100)
+            acc = top1_accuracy(logits, labels[: len(logits)])
+            ref_part = top1_accuracy(ref, labels[: len(logits)])
             r["accuracy"], r["accuracy_drop"] = round(acc, 2), round(ref_part - acc, 2)
 
     for runtime, (base, others) in TIMED.items():

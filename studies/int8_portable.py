@@ -35,6 +35,7 @@ import numpy as np
 from ffnet_deploy.data.photos import photo_bn_checkpoint, photo_crops
 from ffnet_deploy.environment import environment_info
 from ffnet_deploy.quantize import onnx_int8
+from ffnet_deploy.validate.metrics import sqnr_db, top1_accuracy, top1_agreement
 from studies.common import RESULTS_DIR, write_results
 
 HERE = Path(__file__).resolve().parent
@@ -157,13 +158,10 @@ def logits(models: dict[str, dict], x: np.ndarray, work: Path, *, emulate: bool,
 
 
 def scores(ref: np.ndarray, out: np.ndarray, labels: np.ndarray | None) -> dict:
-    from ffnet_deploy.quantize.sensitivity import sqnr_db
-
-    r = {"sqnr_db": round(sqnr_db(ref, out), 2),
-         "top1_agreement": round(float(np.mean(ref.argmax(1) == out.argmax(1))), 4)}
+    r = {"sqnr_db": round(sqnr_db(ref, out), 2), "top1_agreement": round(top1_agreement(ref, out), 4)}
     if labels is not None:
-        r["accuracy"] = round(float(np.mean(out.argmax(1) == labels)) * 100, 2)
-        r["accuracy_drop"] = round(float(np.mean(ref.argmax(1) == labels)) * 100 - r["accuracy"], 2)
+        r["accuracy"] = round(top1_accuracy(out, labels), 2)
+        r["accuracy_drop"] = round(top1_accuracy(ref, labels) - r["accuracy"], 2)
     return r
 
 
@@ -206,8 +204,7 @@ def study_model(name: str, work: Path, rounds: int, emulate: bool) -> dict:
         rows[key]["speed"] = t
     return {"model": name, "resolution": data["resolution"], "eval_images": len(data["eval"]),
             "calib_images": len(data["calib"]),
-            "fp32_accuracy": None if data["labels"] is None else round(
-                float(np.mean(ref.argmax(1) == data["labels"])) * 100, 2),
+            "fp32_accuracy": None if data["labels"] is None else round(top1_accuracy(ref, data["labels"]), 2),
             "views": {v: {"cpu_features": f, "seconds": round(s, 1)} for v, (_, f, s) in views.items()},
             "rows": rows}
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ffnet_deploy.validate.metrics import sqnr_db, top1_agreement
 from studies.common import interleaved_timing, standard_parser, write_results
 
 MEAN = (0.485, 0.456, 0.406)
@@ -82,11 +83,6 @@ def build_models(variant: str, resolution: int, workdir: Path, seed: int = 0) ->
                    variant)
         out[name] = Path(r.artifact)
     return out
-
-
-def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
-    noise = float(((ref - out) ** 2).sum())
-    return float("inf") if noise == 0 else 10 * np.log10(float((ref ** 2).sum()) / noise)
 
 
 def run(variant: str = "ffnet_1", resolution: int = 256, batch: int = 1, threads: int = 2, rounds: int = 30,
@@ -155,8 +151,7 @@ def run(variant: str = "ffnet_1", resolution: int = 256, batch: int = 1, threads
         outputs[name] = np.concatenate([request.infer({0: eval_x[i:i + 1]})[c.outputs[0]].copy()
                                         for i in range(len(eval_x))])
     ref = outputs["fp32"]
-    accuracy = {name: {"sqnr_db": sqnr_db(ref, out),
-                       "top1_agreement": float((out.argmax(1) == ref.argmax(1)).mean())}
+    accuracy = {name: {"sqnr_db": sqnr_db(ref, out), "top1_agreement": top1_agreement(ref, out)}
                 for name, out in outputs.items()}
 
     x = np.ascontiguousarray(np.repeat(eval_x[:1], batch, axis=0))

@@ -16,8 +16,9 @@ Three parts:
    S8S8 / U8U8, reduce_range, per-channel, symmetric activations, pre-processing by ``quant_pre_process`` or an
    ORT-optimized graph, ``extra_options``, session settings such as ``session.qdqisint8allowed``) is quantized from
    the same calibrated ranges by :func:`ffnet_deploy.quantize.onnx_int8.quantize_with_settings`. FP32 and all INT8
-   sessions are then timed in interleaved rounds in one run (FP32, A, B, ..., FP32, A, B, ...), ``--threads``
-   intra-op threads, spinning off, so that the ratios vs FP32 are fair on a shared machine. The main configurations
+   models then run in the ``onnxruntime`` runner (:func:`ort_runner`: ``--threads`` intra-op threads, spinning off,
+   the candidate's session config entries), timed in interleaved rounds in one run (FP32, A, B, ..., FP32, A, B,
+   ...) by the project's timing loop, so that the ratios vs FP32 are fair on a shared machine. The main configurations
    (:data:`PAIRED`) are then also timed pair by pair with :func:`~ffnet_deploy.quantize.onnx_int8.measure_speedup`,
    the exporter's own check, free of the cache effects of rotating through ~35 models.
 2. **Profiles.** ONNX Runtime's profiler (``SessionOptions.enable_profiling``) on FP32 and the main INT8 variants:
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import tempfile
 import time
@@ -43,7 +45,8 @@ import numpy as np
 from ffnet_deploy.quantize import onnx_int8 as q
 from ffnet_deploy.quantize.groups import layer_group
 from ffnet_deploy.runtimes.onnxruntime import no_spinning
-from studies.common import RESULTS_DIR, interleaved_timing, write_results
+from ffnet_deploy.validate.metrics import sqnr_db, top1_agreement
+from studies.common import RESULTS_DIR, runner_timing, write_results
 
 STEM = "ort_int8_search"
 SQNR_MIN_DB = 20.0
@@ -317,9 +320,17 @@ def profile(path: Path, threads: int, runs: int, kinds: dict[str, str], session:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio of ``out`` against ``ref`` in dB."""
-    return float(10 * np.log10((ref ** 2).sum() / max(((ref - out) ** 2).sum(), 1e-30)))
+def ort_runner(path: Path, threads: int, entries: dict | None = None):
+    """The onnxruntime runner on ``threads`` intra-op threads, spinning off, plus extra session config entries
+    (``{"session.qdqisint8allowed": "1"}``), given through its ``session_options`` hook."""
+    from ffnet_deploy.runtimes import create_runner
+
+    def options(o: Any) -> None:
+        no_spinning(o)  # spinning workers would steal the cores from the other contenders in interleaved rounds
+        for key, value in (entries or {}).items():
+            o.add_session_config_entry(key, value)
+
+    return create_runner("onnxruntime", path, threads=threads, session_options=options)
 
 
 def run(variant: str = "ffnet_1", resolution: int = 256, threads: int = 2, rounds: int = 15, quick: bool = False,
@@ -346,30 +357,34 @@ def run(variant: str = "ffnet_1", resolution: int = 256, threads: int = 2, round
                                                      include_groups=c.include_groups, target=c.name)
         prep_seconds = time.perf_counter() - t0
 
-        sessions = {"fp32": q.cpu_session(fp32, threads)}
-        sessions.update({c.name: q.cpu_session(built[c.name].path, threads, **c.session) for c in cands})
-        ref = np.concatenate([sessions["fp32"].run(None, {"images": evalx[i:i + 1]})[0] for i in range(eval_n)])
+        def logits(r: Any) -> np.ndarray:
+            out = r.output_names()[0]
+            return np.concatenate([r.infer({"images": evalx[i:i + 1]})[out] for i in range(eval_n)])
 
-        def accuracy_of(s: Any) -> dict:
-            out = np.concatenate([s.run(None, {"images": evalx[i:i + 1]})[0] for i in range(eval_n)])
-            return {"sqnr_db": round(sqnr_db(ref, out), 2),
-                    "top1_agreement": float((out.argmax(1) == ref.argmax(1)).mean())}
+        with contextlib.ExitStack() as stack:  # every runner stays active from the accuracy pass to the timing
+            runners = {"fp32": stack.enter_context(ort_runner(fp32, threads))}
+            runners.update({c.name: stack.enter_context(ort_runner(built[c.name].path, threads, c.session))
+                            for c in cands})
+            ref = logits(runners["fp32"])
 
-        accuracy = {c.name: {"minmax": accuracy_of(sessions[c.name])} for c in cands}
-        # The same graphs from percentile ranges (same structure, so the same speed): accuracy only.
-        for c in cands:
-            src = prepare(fp32, c.prep, tmp)
-            key = f"{c.prep}/percentile"
-            if key not in ranges:
-                ranges[key] = q.calibrate_ranges(src, calib, "percentile")
-            pct = q.quantize_with_settings(src, tmp / "pct.onnx", ranges[key], c.settings,
-                                           include_groups=c.include_groups)
-            accuracy[c.name]["percentile"] = accuracy_of(q.cpu_session(pct.path, threads, **c.session))
-            pct.path.unlink()
-        feed = {"images": evalx[:1]}
-        timings = interleaved_timing({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()},
-                                     warmup=3, rounds=rounds)
-        del sessions
+            def accuracy_of(r: Any) -> dict:
+                out = logits(r)
+                return {"sqnr_db": round(sqnr_db(ref, out), 2), "top1_agreement": top1_agreement(ref, out)}
+
+            accuracy = {c.name: {"minmax": accuracy_of(runners[c.name])} for c in cands}
+            # The same graphs from percentile ranges (same structure, so the same speed): accuracy only.
+            for c in cands:
+                src = prepare(fp32, c.prep, tmp)
+                key = f"{c.prep}/percentile"
+                if key not in ranges:
+                    ranges[key] = q.calibrate_ranges(src, calib, "percentile")
+                pct = q.quantize_with_settings(src, tmp / "pct.onnx", ranges[key], c.settings,
+                                               include_groups=c.include_groups)
+                with ort_runner(pct.path, threads, c.session) as r:
+                    accuracy[c.name]["percentile"] = accuracy_of(r)
+                pct.path.unlink()
+            feed = {"images": evalx[:1]}
+            timings = runner_timing(runners, feed, warmup=3, rounds=rounds)
         kinds = conv_kinds_by_name(fp32)
         by_name = {c.name: c for c in cands}
         profiles = {"fp32": profile(fp32, threads, profile_runs, kinds, {})}
@@ -382,11 +397,10 @@ def run(variant: str = "ffnet_1", resolution: int = 256, threads: int = 2, round
                                                 feed=evalx[:1]))
                  for name in PAIRED if name in built}
         # Interleaved at the end too: FP32 with the NCHWc layout transformer off, to show what NCHWc buys FP32.
-        nchwc = {"fp32": q.cpu_session(fp32, threads),
-                 "fp32_no_nchwc": q.cpu_session(fp32, threads, **{
+        nchwc = {"fp32": ort_runner(fp32, threads),
+                 "fp32_no_nchwc": ort_runner(fp32, threads, {
                      "optimization.disable_specified_optimizers": "NchwcTransformer"})}
-        nchwc_t = interleaved_timing({k: (lambda s=s: s.run(None, feed)) for k, s in nchwc.items()}, warmup=3,
-                                     rounds=rounds)
+        nchwc_t = runner_timing(nchwc, feed, warmup=3, rounds=rounds)
     fp32_ms = timings["fp32"]["median_ms"]
     rows = []
     for c in cands:

@@ -182,36 +182,19 @@ def create_ffnet(name: str, num_classes: int = 1000, deploy: bool = False, **ove
 
 @torch.no_grad()
 def count_macs(model: nn.Module, resolution: int, batch: int = 1) -> int:
-    """Multiply-accumulates of one forward pass at ``resolution``.
+    """Multiply-accumulates of one forward pass of ``model`` at ``resolution``: the project's one MAC counter.
 
-    Counts convolutions, linear layers, and what any module declares through a ``forward_macs(inputs, output)``
-    method (the two matmuls of :class:`~ffnet_deploy.models.mixers.DotProductAttention`). Runs on the meta device, so
-    it is free even for the largest variant.
+    :class:`torch.utils.flop_counter.FlopCounterMode` counts at the ATen level, so it sees every convolution and
+    every matrix product (``mm``, ``addmm``, ``bmm``, ``baddbmm``) whatever module or function issues it: an FFNet's
+    convolutions and classifier, the ``q^T k`` and ``attn v`` products of attention (whether written as ``@`` or inside
+    ``scaled_dot_product_attention``, whose reference path of two ``bmm`` runs on the meta device) and any peer
+    model's layers. It reports FLOPs, two per multiply-accumulate; normalization, activations and additions are not
+    counted (the usual "MACs" of a vision model). A copy of the model runs on the meta device, so counting is free
+    even for the largest variant, and ``model`` is not changed.
     """
-    total = 0
-
-    def conv_hook(m: nn.Conv2d, _inp, out) -> None:
-        nonlocal total
-        total += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-
-    def linear_hook(m: nn.Linear, _inp, out) -> None:
-        nonlocal total
-        total += out.numel() * m.in_features
-
-    def declared_hook(m: nn.Module, inp, out) -> None:
-        nonlocal total
-        total += int(m.forward_macs(inp, out))
+    from torch.utils.flop_counter import FlopCounterMode
 
     meta = copy.deepcopy(model).to("meta").eval()
-    handles = []
-    for m in meta.modules():
-        if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
-        elif callable(getattr(m, "forward_macs", None)):
-            handles.append(m.register_forward_hook(declared_hook))
-    meta(torch.empty(batch, 3, resolution, resolution, device="meta"))
-    for h in handles:
-        h.remove()
-    return total
+    with FlopCounterMode(display=False) as counter:
+        meta(torch.empty(batch, 3, resolution, resolution, device="meta"))
+    return counter.get_total_flops() // 2

@@ -103,8 +103,9 @@ def attention_heads(dim: int, head_dim: int = HEAD_DIM) -> int:
 class DotProductAttention(nn.Module):
     """``softmax(q^T k / sqrt(d)) v`` per head over the tokens (Vaswani et al. 2017, Eq. 1).
 
-    Tensors are channel-first, ``(batch, heads, head_dim, tokens)``, as 1x1 convs produce them. A module of its own so
-    that :func:`~ffnet_deploy.models.ffnet.count_macs` can count its two matmuls through :meth:`forward_macs`.
+    Tensors are channel-first, ``(batch, heads, head_dim, tokens)``, as 1x1 convs produce them. :meth:`forward_macs`
+    states the cost of its two matmuls by hand; :func:`~ffnet_deploy.models.ffnet.count_macs` counts the same from the
+    ATen calls, and the tests hold the two equal.
     """
 
     def __init__(self, head_dim: int) -> None:

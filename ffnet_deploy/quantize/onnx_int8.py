@@ -691,28 +691,6 @@ def quantized_nodes(source: Any, quantized: Any, selected: set[str]) -> dict[str
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def cpu_session(path: Path, threads: int = 2, **config: str) -> Any:
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads that sleep between runs.
-
-    Args:
-        path: The model.
-        threads: ``intra_op_num_threads`` (inter-op threads are 1).
-        config: Extra session config entries, e.g. ``{"session.qdqisint8allowed": "1"}`` (keys with dots go
-            through ``**{...}``).
-    """
-    import onnxruntime as ort  # a core dependency
-
-    from ffnet_deploy.runtimes.onnxruntime import no_spinning
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    no_spinning(options)  # spinning workers would steal the cores from the other contender in interleaved rounds
-    for key, value in config.items():
-        options.add_session_config_entry(key, value)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def measure_speedup(fp32_path: Path, int8_path: Path, *, threads: int = 2, rounds: int = 40, seconds: float = 5.0,
                     warmup: int = 3, feed: np.ndarray | None = None) -> SpeedupResult:
     """Time the FP32 and INT8 models in interleaved rounds (FP32, INT8, FP32, ...) and compare medians.

@@ -18,15 +18,20 @@ groups ended up quantized (a convolution or matmul with int8 weights) and which 
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ffnet_deploy.errors import ConfigError, QuantizationError, require
 from ffnet_deploy.quantize.groups import layer_group, sorted_groups
+from ffnet_deploy.validate.metrics import top1_accuracy
 
 PRESETS = ("performance", "mixed")
 MODEL_TYPES = (None, "transformer")
@@ -119,6 +124,13 @@ class QuantizedOpenVINO:
                 "settings": self.settings, "seconds": self.seconds, "statistics_reused": self.statistics_reused,
                 "reverted": self.reverted, "reverted_groups": sorted_groups(
                     g for g in (layer_group(n) for n in self.reverted) if g is not None), **self.extra}
+
+
+@contextlib.contextmanager
+def nncf_output_to_stderr():
+    """NNCF draws its progress bars on stdout; ``--json`` owns stdout, so they go to stderr."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -407,15 +419,41 @@ def collect_statistics(model, calib, settings: NNCFSettings = NNCFSettings(), *,
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _top1(compiled, batches: list[tuple[np.ndarray, np.ndarray]]) -> float:
-    correct = total = 0
+def _logits_of(infer: Callable[[np.ndarray], np.ndarray], items: Iterable[tuple[np.ndarray, np.ndarray]],
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of ``(images, labels)`` items, one image per call (the IR has the artifact's batch of 1)."""
+    logits, labels = [], []
+    for images, batch_labels in items:
+        for i in range(len(batch_labels)):
+            # a copy: an engine may hand back its output buffer, which the next call overwrites
+            logits.append(np.array(infer(images[i:i + 1]), dtype=np.float32).reshape(1, -1))
+        labels.append(np.asarray(batch_labels))
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def _top1(compiled, items: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Top-1 (%) of a model NNCF compiled itself, over the items NNCF asks about (its accuracy-control passes)."""
     request = compiled.create_infer_request()
-    for images, labels in batches:
-        for i in range(len(labels)):
-            logits = request.infer({0: images[i:i + 1]})[compiled.outputs[0]]
-            correct += int(np.argmax(logits[0]) == labels[i])
-            total += 1
-    return 100.0 * correct / max(total, 1)
+    output = compiled.outputs[0]
+    return top1_accuracy(*_logits_of(lambda x: request.infer({0: x})[output], items))
+
+
+def _top1_through_runner(model, items: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Top-1 (%) of an ``ov.Model`` run in the ``openvino`` runner (f32 inference precision), as validate runs it.
+
+    The model is saved as a scratch IR first (uncompressed), since runners load files.
+    """
+    import openvino as ov
+
+    from ffnet_deploy.runtimes import create_runner
+
+    with tempfile.TemporaryDirectory(prefix="ffnet-nncf-eval-") as tmp:
+        xml = Path(tmp) / "model.xml"
+        ov.save_model(model.clone(), str(xml), compress_to_fp16=False)
+        with create_runner("openvino", xml, inference_precision="f32") as runner:
+            name = next(iter(runner.input_metadata()))
+            output = runner.output_names()[0]
+            return top1_accuracy(*_logits_of(lambda x: runner.infer({name: x})[output], items))
 
 
 def quantize_with_accuracy_control(model, calib, eval_source, transform, max_drop: float,
@@ -444,7 +482,6 @@ def quantize_with_accuracy_control(model, calib, eval_source, transform, max_dro
         ConfigError: If ``eval_source`` has no labels or ``max_drop`` is negative.
     """
     nncf = require("nncf", "openvino", "openvino int8")
-    import openvino as ov
 
     if not getattr(eval_source, "labeled", False):
         raise ConfigError("nncf | accuracy control needs a labelled source (an ImageFolder with class folders); "
@@ -457,14 +494,13 @@ def quantize_with_accuracy_control(model, calib, eval_source, transform, max_dro
         items.append((batch.images, batch.labels))
     if not items:
         raise ConfigError("nncf | the validation source yielded no images; check --data")
-    core = ov.Core()
 
-    def validate(compiled_or_model, _data) -> float:
-        compiled = compiled_or_model
-        if isinstance(compiled_or_model, ov.Model):
-            # f32 for what stays float: CPUs with AVX512-BF16 or AMX would otherwise run it in bf16.
-            compiled = core.compile_model(compiled_or_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        return _top1(compiled, items)
+    def validate(compiled, data) -> float:
+        # NNCF calls this with the models it compiled (in f32) and the items it wants scored: the whole set, a
+        # subset while ranking, or one item to score each alone. A plain ov.Model runs through the runner.
+        if not hasattr(compiled, "create_infer_request"):
+            return _top1_through_runner(compiled, list(data))
+        return _top1(compiled, data)
 
     advanced = _advanced(settings)
     ignored = ignored_scope_for(model, settings.ignored_groups) if settings.ignored_groups else None
@@ -478,8 +514,8 @@ def quantize_with_accuracy_control(model, calib, eval_source, transform, max_dro
         model_type=nncf.ModelType(settings.model_type) if settings.model_type else None,
         ignored_scope=ignored, advanced_quantization_parameters=advanced)
     seconds = time.perf_counter() - t0
-    fp32 = validate(model, None)
-    int8 = validate(quantized, None)
+    fp32 = _top1_through_runner(model, items)
+    int8 = _top1_through_runner(quantized, items)
     reverted = _reverted_ops(model, calib, settings, quantized)
     q_groups, f_groups, counts = inspect_quantized(quantized)
     return QuantizedOpenVINO(quantized, q_groups, f_groups, counts, settings.to_dict(), seconds, None,

@@ -14,10 +14,8 @@ came from the cache, and how long calibration took.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import shutil
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -247,7 +245,7 @@ def quantize_openvino_model(ov_model, stage, model, config, log: Log):
         if calib is None:
             raise ConfigError("openvino export | --max-drop runs NNCF's accuracy control, which needs --calib DATA")
         log(f"NNCF accuracy control: at most {q.max_drop} points lost on {q.eval_data}")
-        with _nncf_output_to_stderr():
+        with openvino_int8.nncf_output_to_stderr():
             result = openvino_int8.quantize_with_accuracy_control(
                 ov_model, calib, source_from_spec(q.eval_data, split="test"), transform, q.max_drop, nncf_settings,
                 progress=log)
@@ -262,7 +260,7 @@ def quantize_openvino_model(ov_model, stage, model, config, log: Log):
 
         cache = StatisticsCache(q.cache_dir, "openvino", log)
         entry = cache.lookup(key)
-        with _nncf_output_to_stderr():
+        with openvino_int8.nncf_output_to_stderr():
             if entry is None:
                 if calib is None:
                     cached_statistics(cache, key, dict, None)  # raises: no data and no entry
@@ -297,13 +295,6 @@ def _with_input_shape(ov_model, shape):
     if ov_model.inputs[0].get_partial_shape() != shape:
         ov_model.reshape({ov_model.inputs[0]: shape})
     return ov_model
-
-
-@contextlib.contextmanager
-def _nncf_output_to_stderr():
-    """NNCF draws its progress bars on stdout; ``--json`` owns stdout, so they go to stderr."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
 
 
 def json_settings(value) -> str:

@@ -17,8 +17,9 @@ SQNR (signal-to-quantization-noise ratio) of an activation, in dB::
 
     SQNR = 10 log10( sum(ref^2) / sum((ref - out)^2) )
 
-``inf`` when the two are identical. Healthy fp32 artifacts sit above ~60 dB at every block, fp16 around 40-60 dB,
-int8 around 15-30 dB; a wrong weight drops its block to near or below 0 dB.
+(:func:`ffnet_deploy.validate.metrics.sqnr_db`: ``inf`` when the two are identical, ``nan`` when either holds a
+NaN or Inf, ``-inf`` for a zero reference with noise). Healthy fp32 artifacts sit above ~60 dB at every block, fp16
+around 40-60 dB, int8 around 15-30 dB; a wrong weight drops its block to near or below 0 dB.
 """
 
 from __future__ import annotations
@@ -31,29 +32,7 @@ from typing import Any
 import numpy as np
 
 from ffnet_deploy.errors import FFNetDeployError, RuntimeBackendError
-
-
-def sqnr_db(reference: np.ndarray, output: np.ndarray) -> float:
-    """SQNR of ``output`` against ``reference`` in dB (``inf`` if equal, ``nan`` if anything is non-finite).
-
-    Raises:
-        RuntimeBackendError: If the shapes cannot be matched.
-    """
-    ref = np.asarray(reference, dtype=np.float64)
-    out = np.asarray(output, dtype=np.float64)
-    if out.shape != ref.shape:
-        if out.size != ref.size:
-            raise RuntimeBackendError(f"localize | activation shape {out.shape} does not match reference {ref.shape}")
-        out = out.reshape(ref.shape)
-    if not (np.isfinite(ref).all() and np.isfinite(out).all()):
-        return float("nan")
-    noise = float(((ref - out) ** 2).sum())
-    signal = float((ref**2).sum())
-    if noise == 0.0:
-        return math.inf
-    if signal == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
+from ffnet_deploy.validate.metrics import sqnr_db
 
 
 @dataclass(frozen=True)
@@ -211,7 +190,8 @@ def localize_blocks(runtime: str, artifact, block_outputs: Mapping[str, str], mo
     for block, tensor in zip(order, tensors, strict=True):
         if tensor not in outs:
             raise RuntimeBackendError(f"localize | {runtime} did not return tensor {tensor!r} of block {block}")
-        layers.append(LayerSQNR(block, sqnr_db(ref[block], outs[tensor]), tensor, tuple(ref[block].shape)))
+        layers.append(LayerSQNR(block, sqnr_db(ref[block], outs[tensor], what=f"localize | activation of {block}"),
+                                tensor, tuple(ref[block].shape)))
     note = "artifact block outputs vs PyTorch activations of the same modules"
     if missing:
         note += f"; not in the manifest's block_outputs: {', '.join(missing)}"
@@ -270,7 +250,8 @@ def localize_mil_ops(runtime: str, artifact, batch, input_range: str, threshold_
         a, b = np.concatenate(fp32[op_name]), np.concatenate(as_is[op_name])
         if a.shape != b.shape:
             continue
-        layers.append(LayerSQNR(op_name, sqnr_db(a, b), op_name, None, op_type))
+        layers.append(LayerSQNR(op_name, sqnr_db(a, b, what=f"localize | output of {op_name}"), op_name, None,
+                                op_type))
     return Localization("mil-ops", threshold_db, layers, samples=n, note=MIL_NOTE)
 
 

@@ -1,8 +1,31 @@
-"""Parity metrics: one definition of every number that compares an artifact's outputs with the reference.
+"""Metrics: the one definition of every number that compares outputs with a reference, and of accuracy and SQNR.
 
+Everything in the project that scores an output against a reference calls this module: validation and the export
+gate (:class:`MetricAccumulator`), ``validate --localize`` (:func:`sqnr_db` per block), sensitivity analysis and the
+accuracy budget (:func:`sqnr_db`, :func:`top1_agreement`, :func:`top1_accuracy`, ranked by :func:`sqnr_sort_key`),
+NNCF accuracy control's validation function, the demo's test accuracy, the studies and the tests.
 
-Metrics (every artifact, against the fp32 eager PyTorch reference on the same inputs)
--------------------------------------------------------------------------------------
+One-shot metrics (any pair of arrays)
+-------------------------------------
+All are computed in float64. A ``reference`` and an ``output`` of the same size but another shape (``(B, C, 1, 1)``
+against ``(B, C)``) are compared after reshaping the output to the reference's shape; arrays of different sizes
+raise :class:`~ffnet_deploy.errors.ShapeMismatchError` (a ``ParityError`` and a ``RuntimeBackendError``).
+
+- :func:`sqnr_db`: ``10 log10(sum(ref^2) / sum((ref - out)^2))`` over every element. Identical arrays (no noise,
+  including two all-zero or two empty arrays) give ``inf``; a zero reference with any noise ``-inf``; an all-zero
+  output against a non-zero reference 0 dB; a NaN or Inf in either array ``nan`` (the ratio then means nothing).
+- :func:`sqnr_sort_key`: the order of SQNRs from worst to best, for rankings: ``nan`` first (the output was not even
+  finite, the worst there is), then ascending from ``-inf`` to ``inf``. Python's ``sort`` with ``nan`` in the keys
+  otherwise leaves an order that depends on where the ``nan`` happened to be.
+- :func:`top1_matches` / :func:`top1_agreement`: per sample, whether the arg-max class of ``output`` is that of
+  ``reference`` (logits ``(N, C)``; ties go to the lowest class index, numpy's rule, on both sides). A sample with a
+  NaN or Inf in either row counts as a disagreement, and the fraction is over *all* samples.
+- :func:`topk_hits` / :func:`top1_accuracy`: per sample, whether the label is among the ``k`` highest logits; a
+  sample whose logits hold a NaN or Inf is wrong, whatever its arg-max happens to be. Accuracy is in percent, over
+  all samples. No samples at all is an error (:class:`~ffnet_deploy.errors.ParityError`), not a number.
+
+Streamed parity metrics (every artifact, against the fp32 eager PyTorch reference on the same inputs)
+-----------------------------------------------------------------------------------------------------
 All are accumulated batch by batch (running sums, maxima and counts), so a 50k-image run keeps no logits around.
 Differences are computed in float64.
 
@@ -14,13 +37,14 @@ Differences are computed in float64.
 - ``psnr_db``: over the whole set, ``10 log10(peak^2 / MSE)`` with ``peak`` = the reference logit range
   (``max(ref) - min(ref)`` over all samples and classes) and ``MSE`` the mean squared error over every logit;
   ``inf`` when the outputs are identical.
-- ``top1_agreement``: fraction of samples whose arg-max class is the same; ``top5_overlap``: mean over samples of
+- ``top1_agreement``: :func:`top1_agreement`, counted batch by batch; ``top5_overlap``: mean over samples of
   ``|top5(ref) ∩ top5(out)| / 5`` (``k = min(5, classes)``).
-- With labels: top-1/top-5 accuracy (%) of reference and artifact and ``acc_drop`` = reference top-1 - artifact
-  top-1, in points.
+- With labels: top-1/top-5 accuracy (%) of reference and artifact (:func:`topk_hits`) and ``acc_drop`` = reference
+  top-1 - artifact top-1, in points.
 - ``nonfinite``: number of NaN/Inf values in the output (and in the reference, reported separately). A sample with
-  any non-finite value is left out of the error metrics, counts as a top-1 disagreement, has no top-5 overlap and
-  is wrong for accuracy; the ``finite`` check fails whenever the count is not zero.
+  any non-finite value (in the output or the reference) is left out of the error metrics, counts as a top-1
+  disagreement, has no top-5 overlap and is wrong for the artifact's accuracy; a reference row with a non-finite
+  value is wrong for the reference's accuracy. The ``finite`` check fails whenever the count is not zero.
 """
 
 from __future__ import annotations
@@ -30,9 +54,148 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ffnet_deploy.errors import ParityError
+from ffnet_deploy.errors import ParityError, ShapeMismatchError
 
 _REL_FLOOR = 1e-6  # denominator floor of the relative error
+
+# --------------------------------------------------------------------------------------------------------------------
+# One-shot metrics
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _matched(reference, output, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``reference`` and ``output`` as float64 arrays of the reference's shape (same-size outputs are reshaped)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    out = np.asarray(output, dtype=np.float64)
+    if out.shape != ref.shape:
+        if out.size != ref.size:
+            raise ShapeMismatchError(f"{what} shape {tuple(out.shape)} does not match the reference "
+                                     f"{tuple(ref.shape)}")
+        out = out.reshape(ref.shape)
+    return ref, out
+
+
+def _logits(reference, output, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`_matched`, for ``(N, C)`` logits."""
+    ref, out = _matched(reference, output, what)
+    if ref.ndim != 2:
+        raise ShapeMismatchError(f"{what} shape {tuple(np.shape(output))} does not match the reference "
+                                 f"{tuple(ref.shape)}: logits must be (samples, classes)")
+    return ref, out
+
+
+def _finite_rows(x: np.ndarray) -> np.ndarray:
+    return np.isfinite(x).all(axis=1)
+
+
+def _require_samples(n: int, what: str) -> None:
+    if n == 0:
+        raise ParityError(f"{what} | no samples to compare")
+
+
+def sqnr_db(reference, output, *, what: str = "metrics | output") -> float:
+    """Signal-to-quantization-noise ratio of ``output`` against ``reference``, in dB.
+
+    ``10 log10(sum(ref^2) / sum((ref - out)^2))`` in float64: ``inf`` when identical (also two all-zero or two
+    empty arrays), ``-inf`` for a zero reference with any noise, 0 dB for an all-zero output against a non-zero
+    reference, ``nan`` if either array holds a NaN or Inf (module docstring).
+
+    Args:
+        reference: The reference values, any shape.
+        output: The values compared, the same shape or at least the same size.
+        what: Who compares what, for the error message.
+
+    Raises:
+        ShapeMismatchError: If the sizes differ.
+    """
+    ref, out = _matched(reference, output, what)
+    if not (np.isfinite(ref).all() and np.isfinite(out).all()):
+        return math.nan
+    noise = float(((ref - out) ** 2).sum())
+    if noise == 0.0:
+        return math.inf
+    signal = float((ref**2).sum())
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+def sqnr_sort_key(db: float) -> tuple[int, float]:
+    """Sort key that orders SQNRs worst first: ``nan`` (non-finite output) before every number, then ascending."""
+    return (0, 0.0) if math.isnan(db) else (1, db)
+
+
+def top1_matches(reference, output, *, what: str = "metrics | output") -> np.ndarray:
+    """Per sample (bool ``(N,)``): same arg-max class in ``output`` as in ``reference``; ``False`` where either row
+    holds a NaN or Inf.
+
+    Raises:
+        ShapeMismatchError: If the logits cannot be matched (module docstring).
+    """
+    ref, out = _logits(reference, output, what)
+    return _agreeing(ref, out)
+
+
+def _agreeing(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
+    if ref.shape[0] == 0:
+        return np.zeros(0, dtype=bool)
+    return (ref.argmax(1) == out.argmax(1)) & _finite_rows(ref) & _finite_rows(out)
+
+
+def top1_agreement(reference, output, *, what: str = "metrics | output") -> float:
+    """Fraction of *all* samples whose arg-max class is the same in ``output`` and ``reference`` (a sample with a
+    NaN or Inf counts as a disagreement).
+
+    Raises:
+        ShapeMismatchError: If the logits cannot be matched.
+        ParityError: If there are no samples.
+    """
+    matches = top1_matches(reference, output, what=what)
+    _require_samples(len(matches), what)
+    return int(matches.sum()) / len(matches)
+
+
+def _topk(x: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest values per row (unordered)."""
+    if k >= x.shape[1]:
+        return np.broadcast_to(np.arange(x.shape[1]), x.shape).copy()
+    return np.argpartition(-x, k - 1, axis=1)[:, :k]
+
+
+def topk_hits(logits, labels, k: int = 1, *, what: str = "metrics | labels") -> np.ndarray:
+    """Per sample (bool ``(N,)``): the label is among the ``k`` highest logits (``k`` capped at the class count);
+    ``False`` for a row that holds a NaN or Inf.
+
+    Raises:
+        ShapeMismatchError: If ``logits`` is not ``(N, C)`` or there are not ``N`` labels.
+    """
+    x = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels).reshape(-1)
+    if x.ndim != 2 or labels.shape[0] != x.shape[0]:
+        raise ShapeMismatchError(f"{what} | {labels.shape[0]} labels for logits of shape {tuple(x.shape)}")
+    return _hits(x, labels, k)
+
+
+def _hits(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    finite = _finite_rows(x)
+    if k == 1:
+        hit = np.argmax(x, 1) == labels if len(x) else np.zeros(0, dtype=bool)
+    else:
+        hit = (_topk(np.where(np.isfinite(x), x, -np.inf), min(k, x.shape[1])) == labels[:, None]).any(1)
+    return hit & finite
+
+
+def top1_accuracy(logits, labels, *, what: str = "metrics | labels") -> float:
+    """Top-1 accuracy in percent over all samples (a row with a NaN or Inf is wrong).
+
+    Raises:
+        ShapeMismatchError: If ``logits`` is not ``(N, C)`` or there are not ``N`` labels.
+        ParityError: If there are no samples.
+    """
+    hits = topk_hits(logits, labels, 1, what=what)
+    _require_samples(len(hits), what)
+    return 100.0 * int(hits.sum()) / len(hits)
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Metrics
@@ -76,13 +239,6 @@ class OutputMetrics:
         return {**asdict(self), "acc_drop": self.acc_drop, "top5_drop": self.top5_drop}
 
 
-def _topk(x: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest values per row (unordered)."""
-    if k >= x.shape[1]:
-        return np.broadcast_to(np.arange(x.shape[1]), x.shape).copy()
-    return np.argpartition(-x, k - 1, axis=1)[:, :k]
-
-
 class MetricAccumulator:
     """Streams batches of ``(reference, output[, labels])`` logits into :class:`OutputMetrics`.
 
@@ -123,13 +279,7 @@ class MetricAccumulator:
         Raises:
             ParityError: If the shapes differ.
         """
-        ref = np.asarray(reference, dtype=np.float64)
-        out = np.asarray(output, dtype=np.float64)
-        if out.shape != ref.shape and out.size == ref.size:
-            out = out.reshape(ref.shape)
-        if ref.ndim != 2 or out.shape != ref.shape:
-            raise ParityError(f"parity | artifact output shape {tuple(np.shape(output))} does not match the "
-                              f"reference logits {tuple(ref.shape)}")
+        ref, out = _logits(reference, output, "parity | artifact output")
         if self.num_classes is None:
             self.num_classes = ref.shape[1]
         b, c = ref.shape
@@ -159,24 +309,20 @@ class MetricAccumulator:
             cos = np.clip(cos, -1.0, 1.0)
             self.cos_sum += float(cos.sum())
             self.cos_min = min(self.cos_min, float(cos.min()))
-            self.agree += int((r.argmax(1) == o.argmax(1)).sum())
             tr, to = _topk(r, k), _topk(o, k)
             self.overlap += float((tr[:, :, None] == to[:, None, :]).any(2).sum()) / k
+        # Non-finite samples are disagreements, counted over all samples (the one definition: top1_matches).
+        self.agree += int(_agreeing(ref, out).sum())
         if labels is not None:
             labels = np.asarray(labels).reshape(-1)
             if labels.shape[0] != b:
-                raise ParityError(f"parity | {labels.shape[0]} labels for a batch of {b}")
+                raise ShapeMismatchError(f"parity | {labels.shape[0]} labels for a batch of {b}")
             self.labeled += b
-            ref_safe = np.where(ref_bad, -np.inf, ref)
-            rt = _topk(ref_safe, k)
-            self.ref_correct1 += int((np.argmax(ref_safe, 1) == labels).sum())
-            self.ref_correct5 += int((rt == labels[:, None]).any(1).sum())
-            # A sample whose output holds NaN/Inf is wrong, whatever its arg-max happens to be.
-            ot = _topk(np.where(out_bad, -np.inf, out), k)
-            art1 = (np.argmax(np.where(out_bad, -np.inf, out), 1) == labels) & ok
-            art5 = (ot == labels[:, None]).any(1) & ok
-            self.correct1 += int(art1.sum())
-            self.correct5 += int(art5.sum())
+            self.ref_correct1 += int(_hits(ref, labels, 1).sum())
+            self.ref_correct5 += int(_hits(ref, labels, k).sum())
+            # A sample with a NaN/Inf in the output (or in its reference) is wrong for the artifact.
+            self.correct1 += int((_hits(out, labels, 1) & ok).sum())
+            self.correct5 += int((_hits(out, labels, k) & ok).sum())
 
     def result(self) -> OutputMetrics:
         """The metrics of everything added so far.

@@ -15,7 +15,6 @@ from ffnet_deploy.benchmarks.specs import (
     PEERS,
     ModelSpec,
     ffnet_spec,
-    generic_macs,
     mixer_names,
     mixer_specs,
     peer_info,
@@ -23,7 +22,9 @@ from ffnet_deploy.benchmarks.specs import (
 )
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.models.config import get_config
+from ffnet_deploy.models.ffnet import count_macs
 from ffnet_deploy.models.mixers import TOKEN_MIXERS
+from tests.models.helpers import hook_macs
 
 BASE = "ffnet_test"
 RES = 64
@@ -89,10 +90,11 @@ def test_macs_follow_the_token_count(mixer):
         assert quartic == 0 and m2 > m1
 
 
-def test_generic_counter_agrees_with_count_macs():
+def test_mac_counter_agrees_with_module_hooks():
+    # The one counter (the flop counter, for FFNets and peers alike) against module hooks on every token mixer.
     for spec in mixer_specs((RES,), base=BASE):
         model = spec.build()
-        assert generic_macs(model, RES) == spec.macs(model), spec.name
+        assert hook_macs(model, RES) == spec.macs(model) == count_macs(model, RES), spec.name
 
 
 class _SDPA(torch.nn.Module):
@@ -108,10 +110,10 @@ class _SDPA(torch.nn.Module):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v)
 
 
-def test_generic_counter_sees_fused_attention():
+def test_mac_counter_sees_fused_attention():
     res, dim = 8, 8
     tokens = res * res
-    assert generic_macs(_SDPA(dim), res) == tokens * 3 * dim * 3 + 2 * tokens * tokens * dim
+    assert count_macs(_SDPA(dim), res) == tokens * 3 * dim * 3 + 2 * tokens * tokens * dim
 
 
 def test_ffnet_spec_carries_the_published_top1_at_its_resolution():

@@ -12,7 +12,7 @@ from ffnet_deploy.models.ffnet import ChannelMixer, count_macs, create_ffnet
 from ffnet_deploy.models.layers import ResidualBlock
 from ffnet_deploy.models.stats import count_params
 from tests.conftest import randomize_, reference_keys
-from tests.models.helpers import assert_fuses_exactly
+from tests.models.helpers import assert_fuses_exactly, hook_macs
 from tests.official_reference import official_forward
 
 # Layout of ffnet_test's state_dict ("key (shape)" lines) as built before the token mixer became a config field.
@@ -73,7 +73,9 @@ def test_param_counts_and_macs_match_published_scale():
         with torch.device("meta"):
             model = create_ffnet(name)
         assert abs(count_params(model) / params - 1) < 0.02, name
-        assert abs(count_macs(model, VARIANTS[name].resolution) / macs - 1) < 0.05, name
+        counted = count_macs(model, VARIANTS[name].resolution)
+        assert abs(counted / macs - 1) < 0.05, name
+        assert counted == hook_macs(model, VARIANTS[name].resolution), name  # the flop counter = module hooks
 
 
 @pytest.mark.parametrize("kernel", [3, 7])

@@ -22,7 +22,7 @@ from ffnet_deploy.models.mixers import (
 from ffnet_deploy.models.reparam import reparameterize_model
 from ffnet_deploy.models.stats import count_params
 from tests.conftest import randomize_
-from tests.models.helpers import RTOL, assert_fuses_exactly, rel_err
+from tests.models.helpers import RTOL, assert_fuses_exactly, hook_macs, rel_err
 
 MIXERS = ("ffnified", "attention", "convnext")
 
@@ -168,3 +168,13 @@ def test_attention_macs_include_the_matmuls(deploy):
     assert attention > ffnet
     assert attention - ffnet == expected
     assert DotProductAttention.forward_macs((torch.empty(2, 3, 32, 10, device="meta"),), None) == 2 * 2 * 3 * 100 * 32
+    assert attention == hook_macs(create_ffnet("ffnet_test", token_mixer="attention", deploy=deploy), resolution)
+
+
+def test_flop_counter_counts_attention_as_declared():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    q = k = v = torch.empty(2, 3, 32, 10, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        out = DotProductAttention(32)(q, k, v)
+    assert counter.get_total_flops() // 2 == DotProductAttention.forward_macs((q, k, v), out) == 2 * 2 * 3 * 100 * 32

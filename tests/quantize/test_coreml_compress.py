@@ -25,13 +25,9 @@ from ffnet_deploy.quantize.coreml_compress import (  # noqa: E402
     activation_ranges,
     compress_mlmodel,
 )
+from ffnet_deploy.validate.metrics import sqnr_db  # noqa: E402
 
 TRANSFORM = eval_transform(64, 0.875, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-
-
-def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
-    ref, out = ref.astype(np.float64), out.astype(np.float64)
-    return float(10 * np.log10((ref**2).sum() / ((ref - out) ** 2).sum()))
 
 
 def package_bytes(path: Path) -> int:

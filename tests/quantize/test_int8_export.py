@@ -7,6 +7,7 @@ held-out digits, so the int8 tolerance profile's top-1 agreement and accuracy-dr
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -268,6 +269,43 @@ class _Toy:
         noise = (0.01 if "ok" in active else 0) + (10.0 if "bad" in active else 0)
         rng = np.random.default_rng(0)
         return lambda x: x.reshape(len(x), -1) @ self.w + noise * rng.standard_normal((len(x), self.w.shape[1]))
+
+
+class _Broken(_Toy):
+    """Adds group "nan", whose quantization makes one logit NaN, and "exact", which changes nothing."""
+
+    def groups(self) -> list[str]:
+        return ["exact", "ok", "nan", "bad"]
+
+    def quantized(self, float_groups=(), only_groups=None):
+        active = set(self.groups() if only_groups is None else only_groups) - set(float_groups)
+        base = super().quantized(float_groups, [g for g in ("ok", "bad") if g in active])
+
+        def infer(x):
+            out = base(x)
+            if "nan" in active:
+                out[0, 0] = np.nan
+            return out
+
+        return infer
+
+
+def test_sensitivity_ranks_a_nonfinite_group_first():
+    from ffnet_deploy.quantize.sensitivity import analyze
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((50, 3, 2, 2)).astype(np.float32)
+    w = rng.standard_normal((12, 5))
+    report = analyze(_Broken(w), EvalSet(x, np.argmax(x.reshape(50, -1) @ w, 1), {}))
+    assert report.ranking() == ["nan", "bad", "ok", "exact"]  # NaN is the worst, identical (inf dB) the least
+    nan, _, _, exact = report.effects
+    broken = len(range(0, 50, 16))  # one NaN sample per evaluation batch of 16
+    assert math.isnan(nan.sqnr_db) and nan.top1_agreement == (50 - broken) / 50 and exact.sqnr_db == math.inf
+    assert exact.top1_agreement == 1.0 and exact.accuracy_drop == 0.0
+    assert nan.accuracy_drop == pytest.approx(100 * broken / 50)  # every NaN sample is wrong, none else
+    assert math.isnan(report.int8_sqnr_db)
+    groups = report.to_dict()["groups"]
+    assert [g["sqnr_db"] for g in groups][0] is None and groups[-1]["sqnr_db"] is None  # non-finite as null
 
 
 def test_budget_keeps_the_most_sensitive_group_in_float():

@@ -18,6 +18,9 @@ from ffnet_deploy.errors import ConfigError  # noqa: E402
 from ffnet_deploy.quantize import onnx_int8 as q  # noqa: E402
 from ffnet_deploy.quantize.calibration import calibration_set_from_arrays  # noqa: E402
 from ffnet_deploy.quantize.groups import layer_group  # noqa: E402
+from ffnet_deploy.runtimes import create_runner  # noqa: E402
+from ffnet_deploy.runtimes.onnxruntime import no_spinning  # noqa: E402
+from ffnet_deploy.validate.metrics import sqnr_db  # noqa: E402
 from tests.quantize.helpers import photo_crops  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -86,12 +89,9 @@ def eval_x(transform):
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
-    s = q.cpu_session(path, threads=1)
-    return np.concatenate([s.run(None, {"images": x[i:i + 1]})[0] for i in range(len(x))])
-
-
-def _sqnr(ref: np.ndarray, out: np.ndarray) -> float:
-    return float(10 * np.log10((ref ** 2).sum() / max(((ref - out) ** 2).sum(), 1e-30)))
+    with create_runner("onnxruntime", path, threads=1, session_options=no_spinning) as runner:
+        name = runner.output_names()[0]
+        return np.concatenate([runner.infer({"images": x[i:i + 1]})[name] for i in range(len(x))])
 
 
 def _init(model, name: str) -> np.ndarray:
@@ -107,7 +107,7 @@ def test_targets_run_and_track_fp32(target, prepared, ranges, fp32, eval_x, work
     json.dumps(result.config)  # plain JSON
     ref, out = _run(fp32, eval_x), _run(result.path, eval_x)
     assert out.shape == ref.shape and np.isfinite(out).all()
-    assert _sqnr(ref, out) > 15.0
+    assert sqnr_db(ref, out) > 15.0
 
 
 def test_tensorrt_target_is_symmetric_per_channel_qdq(prepared, ranges, work):
@@ -282,3 +282,32 @@ def test_calibration_temporaries_stay_beside_the_prepared_model(prepared, calib,
                        progress=lambda done, total: seen.append(sorted(p.name for p in local.iterdir())))
     assert any(any(name.startswith(".calib-") for name in names) for names in seen), seen
     assert sorted(p.name for p in local.iterdir()) == ["prepared.onnx"] and list(system.iterdir()) == []
+
+
+def test_sensitivity_runs_every_model_through_the_onnxruntime_runner(fp32, prepared, ranges, eval_x, work):
+    from ffnet_deploy.quantize.sensitivity import EvalSet, OnnxBackend, RunnerInfer, run
+    from ffnet_deploy.runtimes.onnxruntime import OnnxRuntimeRunner
+
+    backend = OnnxBackend(fp32, prepared, ranges, "cpu", work, threads=1)
+    try:
+        reference = backend.reference()
+        assert isinstance(reference, RunnerInfer) and reference.runner is None  # activated on the first call
+        ref = reference(eval_x)  # 8 images through the artifact's fixed batch of 1
+        runner = reference.runner
+        assert isinstance(runner, OnnxRuntimeRunner) and runner.is_active
+        assert runner.threads == 1 and runner.session_options is no_spinning
+        assert len(runner.inference_times_ms) == len(eval_x)
+        np.testing.assert_array_equal(ref, _run(fp32, eval_x))
+        reference.close()
+        assert not runner.is_active
+
+        data = EvalSet(eval_x, None, {"kind": "photo-crops"})
+        head_only = backend.quantized(only_groups=["head"])
+        assert head_only.path.is_file() and head_only.runtime == "onnxruntime"
+        out = run(head_only, data)  # run() releases the runner and deletes the candidate
+        assert head_only.runner is None and not head_only.path.exists()
+        full = run(backend.quantized(), data)
+        assert out.shape == full.shape == ref.shape
+        assert sqnr_db(ref, out) > sqnr_db(ref, full) > 15.0  # one group alone costs less than all of them
+    finally:
+        backend.close()

@@ -21,6 +21,7 @@ from ffnet_deploy.quantize.openvino_int8 import (  # noqa: E402
     quantize_openvino,
     quantize_with_accuracy_control,
 )
+from ffnet_deploy.validate.metrics import sqnr_db  # noqa: E402
 from tests.quantize.helpers import photo_crops  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -33,13 +34,17 @@ def transform():
 
 
 @pytest.fixture(scope="module")
-def fp32_model(tmp_path_factory):
+def fp32_ir(tmp_path_factory):
     from ffnet_deploy.export import export
     from ffnet_deploy.exporters import ExportConfig
 
     out = tmp_path_factory.mktemp("ov") / "ffnet_test-openvino"
-    r = export(ExportConfig("openvino", out), None, "ffnet_test")
-    return ov.Core().read_model(str(r.artifact))
+    return export(ExportConfig("openvino", out), None, "ffnet_test").artifact
+
+
+@pytest.fixture(scope="module")
+def fp32_model(fp32_ir):
+    return ov.Core().read_model(str(fp32_ir))
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +63,6 @@ def _run(model, x: np.ndarray) -> np.ndarray:
     return np.concatenate([request.infer({0: x[i:i + 1]})[compiled.outputs[0]].copy() for i in range(len(x))])
 
 
-def _sqnr(ref: np.ndarray, out: np.ndarray) -> float:
-    return float(10 * np.log10((ref ** 2).sum() / max(((ref - out) ** 2).sum(), 1e-30)))
-
-
 def test_quantized_model_runs_and_tracks_fp32(fp32_model, quantized, transform):
     ops = [op.get_type_name() for op in quantized.model.get_ops()]
     assert "FakeQuantize" in ops
@@ -72,7 +73,7 @@ def test_quantized_model_runs_and_tracks_fp32(fp32_model, quantized, transform):
     x = transform.normalize(photo_crops(6, 64, seed=1))  # other crops of the same photos: calibration-like inputs
     ref, out = _run(fp32_model, x), _run(quantized.model, x)
     assert out.shape == ref.shape and np.isfinite(out).all()
-    assert _sqnr(ref, out) > 8.0  # random weights, 8-bit everywhere; measured ~16 dB
+    assert sqnr_db(ref, out) > 8.0  # random weights, 8-bit everywhere; measured ~16 dB
     details = quantized.details()
     json.dumps(details)
     assert details["settings"]["preset"] == "performance" and details["seconds"] > 0
@@ -156,3 +157,36 @@ def test_accuracy_control_needs_labels(fp32_model, calib, transform):
 
     with pytest.raises(ConfigError, match="labelled"):
         quantize_with_accuracy_control(fp32_model, calib, SyntheticSource(4), transform, max_drop=1.0)
+
+
+def test_sensitivity_runs_nncf_candidates_through_the_openvino_runner(fp32_ir, calib, transform):
+    from ffnet_deploy.quantize.openvino_int8 import inspect_quantized
+    from ffnet_deploy.quantize.sensitivity import EvalSet, OpenVINOBackend, RunnerInfer, run
+    from ffnet_deploy.runtimes.openvino import OpenVINORunner
+
+    backend = OpenVINOBackend(fp32_ir, calib, threads=1)
+    try:
+        groups = backend.groups()
+        assert groups[0] == "patch_embed" and groups[-1] == "head"
+        x = transform.normalize(photo_crops(4, 64, seed=1))
+        data = EvalSet(x, None, {"kind": "photo-crops"})
+        reference = backend.reference()
+        ref = reference(x)
+        runner = reference.runner
+        assert isinstance(reference, RunnerInfer) and isinstance(runner, OpenVINORunner)
+        assert runner.actual_inference_precision() == "f32" and runner.threads == 1
+        reference.close()
+
+        head_only = backend.quantized(only_groups=["head"])
+        quantized_groups, _, _ = inspect_quantized(ov.Core().read_model(str(head_only.path)))
+        assert quantized_groups == ["head"]  # every other group was in NNCF's ignored scope
+        out = run(head_only, data)
+        assert head_only.runner is None and not head_only.path.exists()
+        all_but_stem = backend.quantized(float_groups=["patch_embed"])
+        quantized_groups, float_groups, _ = inspect_quantized(ov.Core().read_model(str(all_but_stem.path)))
+        assert "patch_embed" in float_groups and "patch_embed" not in quantized_groups and "head" in quantized_groups
+        rest = run(all_but_stem, data)
+        assert out.shape == rest.shape == ref.shape and np.isfinite(rest).all()
+        assert sqnr_db(ref, out) > sqnr_db(ref, rest) > 5.0  # one group alone costs less than nearly all of them
+    finally:
+        backend.close()

@@ -19,22 +19,10 @@ from ffnet_deploy.validate.localize import (
     block_names,
     localize_artifact,
     localize_blocks,
-    sqnr_db,
     torch_block_outputs,
 )
+from ffnet_deploy.validate.metrics import sqnr_db
 from tests.test_validate_cli import break_onnx_block, exported_artifact
-
-
-def test_sqnr_definition():
-    ref = np.array([3.0, 4.0])  # signal 25
-    assert sqnr_db(ref, ref) == math.inf
-    assert sqnr_db(ref, ref + [0.5, 0.0]) == pytest.approx(10 * math.log10(25 / 0.25))  # 20 dB
-    assert sqnr_db(ref, ref * 0) == pytest.approx(0.0)
-    assert math.isnan(sqnr_db(ref, [np.nan, 1.0]))
-    assert sqnr_db(np.zeros(2), [1.0, 0.0]) == -math.inf
-    assert sqnr_db(np.ones((1, 4)), np.ones(4)) == math.inf  # same size, other shape
-    with pytest.raises(RuntimeBackendError, match="does not match"):
-        sqnr_db(np.ones(3), np.ones(4))
 
 
 def test_localization_first_below_and_largest_drop():
