@@ -36,6 +36,7 @@ from ffnet_deploy.artifact.manifest import (
     Preprocessing,
     write_manifest,
 )
+from ffnet_deploy.artifact.precisions import is_calibrated
 from ffnet_deploy.artifact.workdir import check_output, publish, workdir_for
 from ffnet_deploy.atomic import os_reason
 from ffnet_deploy.errors import ConfigError, ExportError, Interrupted, ParityError
@@ -264,11 +265,12 @@ profile allows a 1-point accuracy drop; on 64 images a single changed prediction
 def gate_source(config: ExportConfig):
     """``(data source or None for synthetic pixels, description)`` of the parity gate's inputs.
 
-    Quantized and compressed artifacts are gated on real images: ``--eval-data`` (labelled, so the accuracy drop is
+    Quantized (a calibrated precision: ``Precision.calibrated``) and compressed artifacts are gated on real
+    images: ``--eval-data`` (labelled, so the accuracy drop is
     checked too) or else the calibration data; anything else on synthetic pixels.
     """
     q = config.quantization
-    quantized = config.precision == "int8" or (q is not None and q.weights is not None)
+    quantized = is_calibrated(config.precision) or (q is not None and q.weights is not None)
     if not quantized or q is None or (q.eval_data is None and q.calib is None):
         return None, "synthetic inputs"
     from ffnet_deploy.validate.data import source_from_spec
