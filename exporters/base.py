@@ -33,10 +33,11 @@ Every consumer derives from that registry (:mod:`ffnet_deploy.artifact.formats`)
 format it exports for a runner), the pipeline (``--formats``, the demo's formats, ``--plan``'s ``runs_on``) and the
 CLI's help. The spec's fields are documented on :class:`~ffnet_deploy.artifact.formats.FormatSpec`; its precisions
 are entries of :mod:`ffnet_deploy.artifact.precisions`; its runner declares what it loads and executes
-(:class:`~ffnet_deploy.runtimes.base.BaseRunner`, ``formats`` and ``execution_precisions``). The spec lives below the
-exporters (the manifest reader needs it without importing torch-heavy exporter code by name) and its hooks live
-here, in the room. :func:`exporter_registered` registers a format for the length of a ``with`` block (the toy format
-of ``tests/test_toy_format.py``).
+(:class:`~ffnet_deploy.runtimes.base.BaseRunner`: ``formats``, ``executes``, ``precision_unavailable``). The spec
+type lives below the exporters (the manifest reader asks the registry, which imports the rooms on its first lookup)
+and the hooks live here, in the room. A room imports torch and its backend inside the functions that export, never
+at module level, so that reading a manifest or printing help imports neither. :func:`exporter_registered` registers
+a format for the length of a ``with`` block (the toy format of ``tests/test_toy_format.py``).
 
 Settings
 --------
@@ -59,11 +60,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
-from torch import nn
 
 from ffnet_deploy.artifact.formats import FORMATS, FormatSpec, load_builtin_formats
 from ffnet_deploy.artifact.manifest import TensorSpec
@@ -71,6 +70,9 @@ from ffnet_deploy.artifact.precisions import get_precision
 from ffnet_deploy.errors import ConfigError, require
 from ffnet_deploy.quantize.config import QuantizationConfig
 from ffnet_deploy.registry import Registry
+
+if TYPE_CHECKING:  # torch is imported where a model is exported, not with the format declarations
+    from torch import nn
 
 INPUT_RANGES = ("normalized", "0-1", "0-255")
 """What the artifact's input holds: ImageNet-normalized floats (nothing baked in), 0-1 floats, or uint8 pixels."""
@@ -403,31 +405,47 @@ def exporter_registered(spec: FormatSpec, cls: type[Exporter]) -> Iterator[type[
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class Preprocess(nn.Module):
-    """ImageNet normalization in front of a model, so that the artifact takes pixels.
+def __getattr__(name: str) -> Any:
+    # Preprocess subclasses torch's nn.Module: it is defined on first use, so that importing this module (which the
+    # format registry does to read a manifest) does not import torch.
+    if name == "Preprocess":
+        cls = _define_preprocess()
+        globals()["Preprocess"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    ``(x / r - mean) / std`` is computed as one multiply-add per channel, ``x * a + b`` with ``a = 1 / (r * std)``
-    and ``b = -mean / std`` (``r`` = 255 for uint8 input, 1 for 0-1 input). The wrapped model stays under the name
-    ``model`` so that exported node scopes read ``/model/stages.S/...``.
 
-    Args:
-        model: The classifier taking normalized input.
-        mean: Per-channel mean on the 0-1 scale.
-        std: Per-channel std on the 0-1 scale.
-        input_range: ``"0-255"`` (uint8 pixels) or ``"0-1"`` (float).
-    """
+def _define_preprocess() -> type:
+    import torch
+    from torch import nn
 
-    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], input_range: str) -> None:
-        super().__init__()
-        self.model = model
-        scale = 255.0 if input_range == "0-255" else 1.0
-        mean64 = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
-        std64 = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
-        self.register_buffer("a", (1.0 / (scale * std64)).float())
-        self.register_buffer("b", (-mean64 / std64).float())
+    class Preprocess(nn.Module):
+        """ImageNet normalization in front of a model, so that the artifact takes pixels.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.float() * self.a + self.b)
+        ``(x / r - mean) / std`` is computed as one multiply-add per channel, ``x * a + b`` with ``a = 1 / (r * std)``
+        and ``b = -mean / std`` (``r`` = 255 for uint8 input, 1 for 0-1 input). The wrapped model stays under the name
+        ``model`` so that exported node scopes read ``/model/stages.S/...``.
+
+        Args:
+            model: The classifier taking normalized input.
+            mean: Per-channel mean on the 0-1 scale.
+            std: Per-channel std on the 0-1 scale.
+            input_range: ``"0-255"`` (uint8 pixels) or ``"0-1"`` (float).
+        """
+
+        def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], input_range: str) -> None:
+            super().__init__()
+            self.model = model
+            scale = 255.0 if input_range == "0-255" else 1.0
+            mean64 = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
+            std64 = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+            self.register_buffer("a", (1.0 / (scale * std64)).float())
+            self.register_buffer("b", (-mean64 / std64).float())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x.float() * self.a + self.b)
+    Preprocess.__module__, Preprocess.__qualname__ = __name__, "Preprocess"
+    return Preprocess
 
 
 def io_specs(config: ExportConfig, num_classes: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -467,4 +485,5 @@ def expected_block_keys(model: nn.Module) -> list[str]:
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The FFNet inside a :class:`Preprocess` wrapper (or ``model`` itself)."""
-    return model.model if isinstance(model, Preprocess) else model
+    preprocess = globals().get("Preprocess")  # not defined yet: nothing can be wrapped in it
+    return model.model if preprocess is not None and isinstance(model, preprocess) else model

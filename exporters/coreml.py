@@ -33,11 +33,9 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
-from torch import nn
 
 from ffnet_deploy.artifact.formats import FormatSpec, Quantizer, RuntimeChoice
 from ffnet_deploy.artifact.inspect import PrecisionEvidence
@@ -56,6 +54,9 @@ from ffnet_deploy.exporters.base import (
     register_exporter,
     unwrap,
 )
+
+if TYPE_CHECKING:  # torch is imported where a model is exported, not with the format declaration
+    from torch import nn
 
 CLASS_LABEL_NAME = "classLabel"
 INPUT_KINDS = ("image", "tensor")
@@ -184,6 +185,8 @@ class CoreMLExporter(Exporter):
 
     def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log, *,
                source_sha256: str | None = None) -> ExportedArtifact:
+        import torch
+
         ct = self._import_coremltools()
         from ffnet_deploy._version import __version__
 
@@ -195,7 +198,7 @@ class CoreMLExporter(Exporter):
         labels = load_labels(str(options.class_labels), ffnet.num_classes) if options.class_labels else None
         net: nn.Module = fold_input_std(ffnet, ffnet.cfg.std) if image else ffnet
         if labels:
-            net = _WithSoftmax(net)
+            net = with_softmax(net)
         net = net.eval()
 
         lo, opt, hi = config.batch_range()
@@ -327,29 +330,47 @@ class CoreMLExporter(Exporter):
         return ct
 
 
-class _WithSoftmax(nn.Module):
-    """Logits to class probabilities, for a Core ML classifier (whose probability output should sum to one)."""
+def with_softmax(model: nn.Module) -> nn.Module:
+    """``model`` followed by a softmax over the classes, for a Core ML classifier (whose probability output should
+    sum to one). The wrapper class is defined here, on first use, so that importing this module needs no torch."""
+    global _WithSoftmax
+    if _WithSoftmax is None:
+        import torch
+        from torch import nn
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
+        class _WithSoftmax(nn.Module):
+            """Logits to class probabilities, for a Core ML classifier."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x), dim=-1)
+            def __init__(self, model: nn.Module) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return torch.softmax(self.model(x), dim=-1)
+
+        _WithSoftmax.__module__, _WithSoftmax.__qualname__ = __name__, "_WithSoftmax"
+        globals()["_WithSoftmax"] = _WithSoftmax
+    return _WithSoftmax(model)
 
 
-@torch.no_grad()
+_WithSoftmax = None
+
+
 def fold_input_std(model: nn.Module, std: tuple[float, ...]) -> nn.Module:
     """A copy of ``model`` whose stem convolution divides input channel ``c`` by ``std[c]``.
 
     The copy then expects ``pixel / 255 - mean`` instead of ImageNet-normalized input (see the module docstring
     for why this is exact, borders included).
     """
-    folded = copy.deepcopy(model).eval()
-    stem = folded.patch_embed[0]
-    conv = stem if isinstance(stem, nn.Conv2d) else stem.c  # fused Conv2d, or the ConvBN of an unfused model
-    scale = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
-    conv.weight.copy_((conv.weight.double() / scale).to(conv.weight.dtype))
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        folded = copy.deepcopy(model).eval()
+        stem = folded.patch_embed[0]
+        conv = stem if isinstance(stem, nn.Conv2d) else stem.c  # fused Conv2d, or the ConvBN of an unfused model
+        scale = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+        conv.weight.copy_((conv.weight.double() / scale).to(conv.weight.dtype))
     return folded
 
 
@@ -435,6 +456,8 @@ def verify_spec(path: Path, resolution: int, image: bool, model: nn.Module,
     want = [probs, CLASS_LABEL_NAME] if classifier else [OUTPUT_NAME]
     if sorted(outputs) != sorted(want):
         raise ExportError(f"coreml export | outputs are {outputs}, expected {want}")
+    from torch import nn
+
     ops = mil_op_counts(spec)
     convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
     gelus = sum(isinstance(m, nn.GELU) for m in model.modules())

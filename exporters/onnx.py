@@ -50,10 +50,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ffnet_deploy.artifact.formats import FormatSpec, Quantizer, RuntimeChoice
 from ffnet_deploy.artifact.inspect import PrecisionEvidence, weight_share
@@ -66,7 +63,6 @@ from ffnet_deploy.exporters.base import (
     Exporter,
     FormatOptions,
     Log,
-    Preprocess,
     TensorSpec,
     block_key,
     expected_block_keys,
@@ -76,6 +72,10 @@ from ffnet_deploy.exporters.base import (
     unwrap,
 )
 from ffnet_deploy.quantize.onnx_int8 import TARGETS as ONNX_TARGETS  # any CPU, VNNI-class CPUs, TensorRT
+
+if TYPE_CHECKING:  # torch is imported where a model is exported, not with the format declaration
+    import torch
+    from torch import nn
 
 OPSET_RANGE = (13, 21)
 """ONNX opsets an export may target (inclusive)."""
@@ -137,12 +137,16 @@ def prepare_module(model: nn.Module, config: ExportConfig) -> nn.Module:
     """The module that is traced: ``model``, behind :class:`Preprocess` when normalization is baked in."""
     if config.include_preprocessing:
         cfg = unwrap(model).cfg
+        from ffnet_deploy.exporters.base import Preprocess
+
         return Preprocess(model, cfg.mean, cfg.std, config.input_range).eval()
     return model
 
 
 def dummy_input(config: ExportConfig) -> torch.Tensor:
     """A zero input of the export's shape and dtype (opt batch for a dynamic export)."""
+    import torch
+
     _, opt, _ = config.batch_range()
     shape = (opt, 3, config.resolution, config.resolution)
     if config.input_dtype().name == "uint8":
@@ -152,6 +156,8 @@ def dummy_input(config: ExportConfig) -> torch.Tensor:
 
 def torch_onnx_export(module: nn.Module, config: ExportConfig, opset: int, path: Path) -> None:
     """Run the TorchScript ONNX exporter with the ``images``/``logits`` names and optional dynamic batch."""
+    import torch
+
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if config.dynamic_batch else None
     with warnings.catch_warnings():
         # The TorchScript exporter is chosen on purpose (module-scoped node names); its deprecation notice is noise.
@@ -544,6 +550,8 @@ def plain_onnx_export(model: torch.nn.Module, resolution: int, batch: int, path:
     """An in-memory model (a peer or a mixer variant, not an FFNet checkpoint) through plain ``torch.onnx.export``
     (opset 17, no simplification): the ONNX that ``bench`` times for models it has no artifact of, and the baseline
     the export study compares the exporter with."""
+    import torch
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (torch.zeros(batch, 3, resolution, resolution),), str(path), dynamo=False,

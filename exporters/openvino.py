@@ -22,9 +22,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ffnet_deploy.artifact.formats import FormatSpec, Quantizer, RuntimeChoice
 from ffnet_deploy.artifact.inspect import PrecisionEvidence, weight_share
@@ -39,6 +37,9 @@ from ffnet_deploy.exporters.base import (
     register_exporter,
 )
 from ffnet_deploy.exporters.onnx import STAGE_FILE, OnnxOptions, OnnxStage, export_onnx_stage
+
+if TYPE_CHECKING:
+    from torch import nn
 
 """Gate tolerance per weight precision: FP16 weights round each weight to 11 significant bits."""
 

@@ -35,9 +35,7 @@ import shlex
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
-
-from torch import nn
+from typing import TYPE_CHECKING, ClassVar
 
 from ffnet_deploy.artifact.formats import FormatSpec, Quantizer, RuntimeChoice
 from ffnet_deploy.artifact.inspect import PrecisionEvidence
@@ -56,6 +54,9 @@ from ffnet_deploy.exporters.base import (
 )
 from ffnet_deploy.exporters.onnx import FORMAT as ONNX_FORMAT
 from ffnet_deploy.exporters.onnx import STAGE_FILE, OnnxOptions, export_onnx_stage, read_onnx_precision
+
+if TYPE_CHECKING:
+    from torch import nn
 
 """Gate tolerance of a GPU engine: TensorRT allows TF32 for FP32 layers by default, FP16 rounds activations."""
 

@@ -65,3 +65,22 @@ def test_every_runner_declares_its_capabilities(name):
     assert cls.timing_variants and cls.localize in (None, "blocks", "mil-ops")
     assert all(p in precision_names(stored=False) for p in cls.executes)
     assert all(f in FORMATS for f in cls.formats) and (cls.formats or not cls.needs_artifact)
+
+
+def test_the_registries_and_the_cli_load_without_torch():
+    """Reading a manifest asks the format registry, which imports every exporter module: those declare their format
+    at module level and import torch (and their backend) only where they export."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from ffnet_deploy.artifact.formats import format_names\n"
+            "from ffnet_deploy.artifact.manifest import parse_manifest\n"
+            "from ffnet_deploy.runtimes import RUNTIMES\n"
+            "import ffnet_deploy.cli\n"
+            "assert format_names() == ('onnx', 'openvino', 'coreml', 'tensorrt') and RUNTIMES.names()\n"
+            "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'openvino', 'coremltools', 'tensorrt')\n"
+            "         if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
