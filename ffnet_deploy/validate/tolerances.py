@@ -1,7 +1,7 @@
 """Tolerance profiles: which metric values pass, per precision, and the checks that apply them.
 
 Each precision's profile is part of its entry (:mod:`ffnet_deploy.artifact.precisions`: a new precision brings its
-own); :data:`PROFILES` is the live view of them. The built-in numbers and their sources:
+own); :data:`PROFILES` is the live view of them.
 
 Tolerance profiles and where their numbers come from
 ----------------------------------------------------
