@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from ffnet_deploy.artifact.precisions import precision_names
 from ffnet_deploy.atomic import write_bytes
 from ffnet_deploy.benchmarks.results import BenchResult, BenchRow, fmt_ms
 from ffnet_deploy.errors import require
@@ -31,7 +32,7 @@ LOG_SPAN = 10.0
 
 DPI = 110
 
-PRECISION_ORDER = ("fp32", "fp16", "bf16", "int8")
+# Series follow the precisions' declared order (ffnet_deploy.artifact.precisions).
 
 
 class PlotCell(Protocol):
@@ -288,7 +289,8 @@ def _series_name(row: BenchRow) -> str:
 
 
 def _series_order(row: BenchRow) -> tuple:
-    p = PRECISION_ORDER.index(row.precision) if row.precision in PRECISION_ORDER else len(PRECISION_ORDER)
+    order = precision_names()
+    p = order.index(row.precision) if row.precision in order else len(order)
     return (row.runtime, row.compute_units or "", p, row.precision)
 
 

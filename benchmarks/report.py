@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ffnet_deploy.artifact.precisions import precision_names
 from ffnet_deploy.atomic import replace_refusal, write_text
 from ffnet_deploy.benchmarks.plots import not_our_plot, plot_devices
 from ffnet_deploy.benchmarks.results import BenchResult, BenchRow, Device, fmt_ms, read_result
@@ -42,8 +43,7 @@ REQUIRED_COLUMNS = ("variant", "precision", "compute_units", "median_ms", "sourc
 OPTIONAL_COLUMNS = ("resolution", "batch", "p90_ms", "notes")
 """Columns an imported CSV may have."""
 
-IMPORT_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-"""Precisions an imported row may name."""
+# An imported row may name any registered precision (ffnet_deploy.artifact.precisions).
 
 IMPORT_COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
 """Core ML compute units (``coremltools.ComputeUnit`` names) an imported row may name."""
@@ -145,9 +145,9 @@ def _import_row(path: Path, number: int, values: dict[str, str], source_label: s
     if not variant:
         raise ConfigError(f"{where}: variant is empty; name the model, like ffnet_1")
     precision = values["precision"].lower()
-    if precision not in IMPORT_PRECISIONS:
+    if precision not in precision_names():
         raise ConfigError(f"{where}: precision {values['precision']!r} is not known; use one of "
-                          f"{', '.join(IMPORT_PRECISIONS)}")
+                          f"{', '.join(precision_names())}")
     units = values["compute_units"].upper()
     if units not in IMPORT_COMPUTE_UNITS:
         raise ConfigError(f"{where}: compute_units {values['compute_units']!r} is not known; use one of "

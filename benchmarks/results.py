@@ -272,13 +272,13 @@ def to_markdown(result: BenchResult, title: str = "Latency") -> str:
     return "\n".join(lines) + "\n"
 
 
-_ENGINE_NAME = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
-
-
 def execution_differs(row: BenchRow) -> bool:
     """Whether the engine reports running another precision than the row's (fp16 weights computed in f32 on a CPU).
-    INT8 rows compute their float layers in the reported precision, which is expected."""
-    expected = _ENGINE_NAME.get(row.precision)
+    INT8 rows compute their float layers in the reported precision, which is expected (int8 declares no engine
+    spelling: ``Precision.engine_name``)."""
+    from ffnet_deploy.artifact.precisions import PRECISIONS
+
+    expected = PRECISIONS.get(row.precision).engine_name if row.precision in PRECISIONS else None
     return bool(row.execution_precision and expected and row.execution_precision != expected)
 
 

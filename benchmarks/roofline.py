@@ -32,14 +32,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from ffnet_deploy.environment import environment_info
+from ffnet_deploy.environment import BF16_FLAGS, environment_info
 from ffnet_deploy.errors import ConfigError
 
 DTYPES = ("fp32", "bf16", "int8")
 """The data types :func:`gemm_probe` measures."""
 
-BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
-"""ISA flags (as :func:`~ffnet_deploy.environment.environment_info` names them) of a native BF16 GEMM path."""
+# BF16_FLAGS: ISA flags of a native BF16 GEMM path (declared with the CPU facts, where the runners read it too).
 
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 """ISA flags of an INT8 dot-product GEMM path (VNNI or AMX)."""
@@ -48,8 +47,8 @@ SIZES = (512, 768, 1024)
 """Square GEMM sizes M = N = K tried. On a 2-core machine the kernels reach their best already at 512-768; larger
 sizes only make each timed call (and the probe) longer."""
 
-PRECISION_TO_DTYPE = {"fp32": "fp32", "fp16": "fp32", "bf16": "bf16", "int8": "int8"}
-"""Inference precision -> the probe's data type whose peak bounds it (FP16 runs in FP32 on these CPUs)."""
+# Which probe data type bounds an inference precision is the precision's own declaration (Precision.roofline_dtype in
+# ffnet_deploy.artifact.precisions: FP16 runs in FP32 on these CPUs).
 
 
 @dataclass(frozen=True)
@@ -90,8 +89,9 @@ class Roofline:
         """The peak that bounds a model run at ``precision``.
 
         Args:
-            precision: ``"fp32"``, ``"fp16"`` (bounded by the FP32 peak: CPU engines compute FP16 models in FP32
-                here), ``"bf16"`` or ``"int8"`` (Gop/s).
+            precision: A registered precision; its ``roofline_dtype`` picks the peak: ``"fp32"``, ``"fp16"``
+                (bounded by the FP32 peak: CPU engines compute FP16 models in FP32 here), ``"bf16"`` or ``"int8"``
+                (Gop/s).
 
         Returns:
             GFLOP/s (Gop/s for INT8), or ``None`` where the probe has no number for that data type.
@@ -99,10 +99,12 @@ class Roofline:
         Raises:
             ConfigError: Unknown precision.
         """
-        if precision not in PRECISION_TO_DTYPE:
-            raise ConfigError(f"roofline | precision must be one of {sorted(PRECISION_TO_DTYPE)}, got {precision!r}")
-        dtype = PRECISION_TO_DTYPE[precision]
-        return {"fp32": self.fp32_gflops, "bf16": self.bf16_gflops, "int8": self.int8_gops}[dtype]
+        from ffnet_deploy.artifact.precisions import PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise ConfigError(f"roofline | precision must be one of {PRECISIONS.names()}, got {precision!r}")
+        dtype = PRECISIONS.get(precision).roofline_dtype
+        return {"fp32": self.fp32_gflops, "bf16": self.bf16_gflops, "int8": self.int8_gops}.get(dtype)
 
 
 def roofline_fraction(gmacs: float, batch: int, latency_ms: float, peak_gflops: float) -> float:

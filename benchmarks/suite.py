@@ -3,8 +3,9 @@
 A *job* is one future row: a runtime, a precision, a model at a resolution and batch, and how to build its runner.
 Jobs come from three places:
 
-- :func:`artifact_jobs`: artifact directories written by ``ffnet-deploy export`` (the runtime follows the format:
-  ONNX on ONNX Runtime, IR on OpenVINO, engines on TensorRT, Core ML on Core ML with each compute unit);
+- :func:`artifact_jobs`: artifact directories written by ``ffnet-deploy export`` (the runtime is the one the format
+  declares for bench, ``FormatSpec.bench_runtime``: ONNX on ONNX Runtime, IR on OpenVINO, engines on TensorRT, Core ML
+  on Core ML with each of its timing variants, the compute units);
 - :func:`variant_jobs`: a variant (random weights, or a checkpoint), exported here into a work folder for every
   requested runtime and precision, plus eager PyTorch;
 - :func:`spec_jobs`: in-memory models (:class:`~ffnet_deploy.benchmarks.specs.ModelSpec`): the mixer comparison and
@@ -30,26 +31,36 @@ from typing import Any
 
 import numpy as np
 
+from ffnet_deploy.artifact.formats import bench_format_of, bench_runtimes, get_format
 from ffnet_deploy.artifact.manifest import Manifest, read_manifest
+from ffnet_deploy.artifact.precisions import baseline_precision, get_precision, precision_names
 from ffnet_deploy.benchmarks.results import BenchResult, BenchRow, Device
 from ffnet_deploy.benchmarks.specs import MIXER_RESOLUTIONS
 from ffnet_deploy.environment import cap_threads
 from ffnet_deploy.errors import ConfigError
-from ffnet_deploy.runtimes import BaseRunner, create_runner
-from ffnet_deploy.runtimes.onnxruntime import no_spinning
+from ffnet_deploy.runtimes import RUNTIMES, BaseRunner, create_runner
 from ffnet_deploy.runtimes.timing import Contender, Progress, Protocol, latency_stats, measure, throughput
 from ffnet_deploy.validate.engine import runtime_unavailable
 
-RUNTIME_NAMES = ("torch", "onnxruntime", "openvino", "tensorrt", "coreml")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-DEFAULT_RUNTIMES = ("torch", "onnxruntime", "openvino")
-RUNTIME_OF_FORMAT = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "coreml": "coreml"}
-FORMAT_OF_RUNTIME = {v: k for k, v in RUNTIME_OF_FORMAT.items()}
-COREML_COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_ONLY")
-OPENVINO_HINT = {"fp32": "f32", "fp16": "f32", "int8": "f32", "bf16": "bf16"}
-"""OpenVINO inference precision per bench precision. fp16 means fp16 *weights* (the IR); on a CPU its arithmetic is
-f32 unless the CPU has fp16 units, and int8 runs int8 kernels with f32 for the layers NNCF kept in float, so the
-numbers compare with fp32 on the same footing. bf16 is the fp32 IR executed in bf16."""
+# Which runtimes and precisions bench knows, which runner times which format and with which options are declared by
+# the formats (artifact.formats), the precisions (artifact.precisions) and the runners (BaseRunner capabilities).
+
+
+def runtime_names() -> tuple[str, ...]:
+    """The runtimes bench times: the in-memory reference (eager PyTorch), then each format's bench runner."""
+    in_memory = [n for n in RUNTIMES.names() if not RUNTIMES.get(n).needs_artifact]
+    return tuple(dict.fromkeys([*in_memory, *bench_runtimes().values()]))
+
+
+def cpu_runtimes() -> tuple[str, ...]:
+    """The runtimes that time any model on this CPU, in-memory or converted from plain ONNX: ``--variant``'s
+    default, and the mixer and peer comparisons'."""
+    return tuple(n for n in runtime_names() if not RUNTIMES.get(n).needs_artifact or RUNTIMES.get(n).converts_onnx)
+
+
+def bench_precisions() -> tuple[str, ...]:
+    """Every precision bench takes (stored and execution-only), in their declared order."""
+    return precision_names()
 
 CALIB_PHOTOS = 64
 """Calibration images for INT8 rows of a random-weights bench without ``--calib``: crops of scikit-learn's photos."""
@@ -101,36 +112,17 @@ def parse_batches(text: str | Sequence[int], option: str = "--batch", example: s
 # -- what can run here --------------------------------------------------------------------------------------------
 
 
-@functools.cache
-def _isa() -> frozenset[str]:
-    from ffnet_deploy.environment import environment_info
-
-    return frozenset(environment_info()["isa_flags"])
-
-
 def has_bf16() -> bool:
     """Whether this CPU has bf16 arithmetic (AVX512-BF16, AMX, or Arm's BF16)."""
-    from ffnet_deploy.benchmarks.roofline import BF16_FLAGS
+    from ffnet_deploy.environment import has_bf16 as cpu_has_bf16
 
-    return bool(_isa() & set(BF16_FLAGS))
+    return cpu_has_bf16()
 
 
 def unsupported(runtime: str, precision: str) -> str | None:
-    """Why ``runtime`` cannot run ``precision`` on this machine, or ``None``."""
-    if runtime == "torch":
-        if precision == "bf16":
-            return None if has_bf16() else "this CPU has no bf16 arithmetic (AVX512-BF16 or AMX)"
-        if precision != "fp32":
-            return f"eager PyTorch on CPU has no {precision} inference path here; bench onnxruntime or openvino"
-    if runtime == "onnxruntime" and precision == "bf16":
-        return "ONNX Runtime's CPU provider has no bf16 convolution kernels; use openvino for bf16 on a CPU"
-    if runtime == "openvino" and precision == "bf16" and not has_bf16():
-        return "this CPU has no bf16 arithmetic (AVX512-BF16 or AMX)"
-    if runtime == "tensorrt" and precision == "bf16":
-        return "bench builds TensorRT engines in fp32, fp16 or int8"
-    if runtime == "coreml" and precision == "bf16":
-        return "Core ML has no bf16"
-    return None
+    """Why ``runtime`` cannot run ``precision`` on this machine, or ``None`` (the runner says:
+    ``BaseRunner.precision_unavailable``)."""
+    return RUNTIMES.get(runtime).precision_unavailable(precision)
 
 
 # -- model facts ----------------------------------------------------------------------------------------------------
@@ -159,39 +151,17 @@ def _skipped(row: BenchRow, reason: str) -> Job:
 def runner_factory(runtime: str, artifact: Path | None, precision: str, threads: int | None,
                    compute_units: str | None = None, model: Any = None, resolution: int | None = None
                    ) -> Callable[[], BaseRunner]:
-    """A zero-argument builder of the runner that executes ``artifact`` (or ``model``, for torch) at ``precision``."""
+    """A zero-argument builder of the runner that executes ``artifact`` (or ``model``, for an in-memory runner) at
+    ``precision``, with the options the runner asks for (``BaseRunner.bench_options``, ``bench_model``);
+    ``compute_units`` is the runner's timing variant."""
     def make() -> BaseRunner:
-        if runtime == "torch":
-            module = model if precision != "bf16" else _bf16(model)
-            return create_runner("torch", None, model=module, threads=threads, resolution=resolution)
-        if runtime == "onnxruntime":
-            return create_runner("onnxruntime", artifact, threads=threads, session_options=no_spinning)
-        if runtime == "openvino":
-            return create_runner("openvino", artifact, threads=threads, inference_precision=OPENVINO_HINT[precision])
-        if runtime == "coreml":
-            return create_runner("coreml", artifact, threads=threads, compute_units=compute_units or "ALL")
-        return create_runner(runtime, artifact, threads=threads)
+        cls = RUNTIMES.get(runtime)
+        if not cls.needs_artifact:
+            return create_runner(runtime, None, model=cls.bench_model(model, precision), threads=threads,
+                                 resolution=resolution)
+        return create_runner(runtime, artifact, threads=threads, **cls.bench_options(precision, compute_units))
 
     return make
-
-
-def _bf16(model: Any) -> Any:
-    """A bf16 copy of a float32 module (weights and activations) that takes and returns float32."""
-    import copy
-
-    import torch
-
-    inner = copy.deepcopy(model).to(torch.bfloat16).eval()
-
-    class Bf16(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.inner(x.to(torch.bfloat16)).float()
-
-    return Bf16()
 
 
 def artifact_jobs(directories: Sequence[str | Path], *, runtimes: Sequence[str] | None = None,
@@ -199,8 +169,9 @@ def artifact_jobs(directories: Sequence[str | Path], *, runtimes: Sequence[str] 
                   threads: int | None = None) -> list[Job]:
     """Jobs for artifact directories written by ``ffnet-deploy export``.
 
-    The runtime follows the artifact's format and the precision its manifest; an OpenVINO fp32 IR also gets a bf16
-    row when ``precisions`` asks for bf16. ``runtimes``/``precisions`` filter (``None``: all). A fixed-batch
+    The runtime follows the artifact's format and the precision its manifest; an artifact also gets a row for each
+    execution-only precision ``precisions`` asks for that its runner executes from the artifact's precision (an
+    OpenVINO fp32 IR in bf16). ``runtimes``/``precisions`` filter (``None``: all). A fixed-batch
     artifact runs at its own batch; a dynamic one at each of ``batches`` within its range.
 
     Raises:
@@ -213,12 +184,13 @@ def artifact_jobs(directories: Sequence[str | Path], *, runtimes: Sequence[str] 
             raise ConfigError(f"bench | {directory} is not an artifact directory (no manifest.json); pass folders "
                               "written by 'ffnet-deploy export', or use --variant")
         manifest = read_manifest(directory)
-        runtime = RUNTIME_OF_FORMAT[manifest.format]
+        runtime = get_format(manifest.format).bench_runtime
         if runtimes and runtime not in runtimes:
             continue
         wanted = [manifest.precision]
-        if manifest.format == "openvino" and manifest.precision == "fp32" and precisions and "bf16" in precisions:
-            wanted.append("bf16")
+        runner = RUNTIMES.get(runtime)
+        wanted += [p for p in precisions or () if p in runner.executes
+                   and get_precision(p).executes_as == manifest.precision]
         for precision in wanted:
             if precisions and precision not in precisions:
                 continue
@@ -233,7 +205,7 @@ def _artifact_precision_jobs(directory: Path, manifest: Manifest, runtime: str, 
     b = manifest.batch
     sizes = [n for n in batches if b.min <= n <= b.max] if b.dynamic else [b.opt]
     jobs = []
-    units = COREML_COMPUTE_UNITS if runtime == "coreml" else (None,)
+    units = RUNTIMES.get(runtime).timing_variants
     for batch in sizes or [b.opt]:
         for cu in units:
             row = BenchRow(model=manifest.variant, runtime=runtime, precision=precision,
@@ -242,7 +214,8 @@ def _artifact_precision_jobs(directory: Path, manifest: Manifest, runtime: str, 
                            provenance={"random_weights": manifest.random_weights} if manifest.random_weights else {})
             # An artifact that exists is timed whatever its precision; only a missing runtime (or bf16 on a CPU
             # without it) stops it.
-            reason = runtime_unavailable(runtime) or (unsupported(runtime, precision) if precision == "bf16" else None)
+            reason = runtime_unavailable(runtime) or (None if get_precision(precision).stored
+                                                      else unsupported(runtime, precision))
             if reason:
                 jobs.append(_skipped(row, reason))
                 continue
@@ -255,7 +228,7 @@ def _artifact_precision_jobs(directory: Path, manifest: Manifest, runtime: str, 
 
 
 def variant_jobs(variant: str | None, checkpoint: str | Path | None, workdir: Path, *,
-                 runtimes: Sequence[str] = DEFAULT_RUNTIMES, precisions: Sequence[str] = ("fp32",),
+                 runtimes: Sequence[str] | None = None, precisions: Sequence[str] | None = None,
                  resolution: int | None = None, batches: Sequence[int] = (1,), threads: int | None = None,
                  calib: str | Path | None = None, calib_size: int | None = None, trust: bool = False,
                  log: Callable[[str], None] | None = None) -> list[Job]:
@@ -272,6 +245,8 @@ def variant_jobs(variant: str | None, checkpoint: str | Path | None, workdir: Pa
     from ffnet_deploy.quantize.config import QuantizationConfig
 
     say = log or (lambda _m: None)
+    runtimes = cpu_runtimes() if runtimes is None else runtimes
+    precisions = (baseline_precision(),) if precisions is None else precisions
     if checkpoint is None:
         # Random weights, but BatchNorm statistics re-estimated on photo crops: with the raw initialisation the
         # activation ranges are degenerate, and ONNX Runtime then keeps Q/DQ pairs it would otherwise fold (measured
@@ -304,14 +279,17 @@ def variant_jobs(variant: str | None, checkpoint: str | Path | None, workdir: Pa
                     jobs.append(_skipped(row, reason))
                     continue
                 group = (variant, resolution, batch, runtime)
-                if runtime == "torch":
-                    jobs.append(Job(row=row, make_runner=runner_factory("torch", None, precision, threads,
+                if not RUNTIMES.get(runtime).needs_artifact:
+                    jobs.append(Job(row=row, make_runner=runner_factory(runtime, None, precision, threads,
                                                                         model=fused, resolution=resolution),
                                     input_shape=(batch, 3, resolution, resolution), group=group))
                     continue
-                fmt = FORMAT_OF_RUNTIME[runtime]
-                export_precision = "fp32" if precision == "bf16" else precision
-                made = _exporter_precisions(fmt)
+                fmt = bench_format_of(runtime)
+                if fmt is None:
+                    jobs.append(_skipped(row, f"no format is timed on {runtime}"))
+                    continue
+                export_precision = get_precision(precision).artifact_precision
+                made = get_format(fmt).precisions
                 if export_precision not in made:
                     jobs.append(_skipped(row, f"the {fmt} exporter makes {', '.join(made)}"))
                     continue
@@ -319,7 +297,7 @@ def variant_jobs(variant: str | None, checkpoint: str | Path | None, workdir: Pa
                 if key not in exports:
                     out = workdir / f"{variant}-{resolution}-{fmt}-{export_precision}-b{batch}"
                     quant = None
-                    if export_precision == "int8":
+                    if get_precision(export_precision).calibrated:
                         data = calib if calib is not None else _photo_calibration(workdir, resolution)
                         size = calib_size or (CALIB_PHOTOS if calib is None else 300)
                         quant = QuantizationConfig(calib=data, calib_size=size,
@@ -338,12 +316,6 @@ def variant_jobs(variant: str | None, checkpoint: str | Path | None, workdir: Pa
     return jobs
 
 
-def _exporter_precisions(fmt: str) -> tuple[str, ...]:
-    from ffnet_deploy.exporters import get_exporter
-
-    return tuple(get_exporter(fmt).supported_precisions)
-
-
 def _photo_calibration(workdir: Path, resolution: int) -> Path:
     folder = workdir / "calibration-photos"
     if not folder.is_dir():
@@ -353,8 +325,8 @@ def _photo_calibration(workdir: Path, resolution: int) -> Path:
     return folder
 
 
-def spec_jobs(specs: Sequence[Any], workdir: Path, *, runtimes: Sequence[str] = DEFAULT_RUNTIMES,
-              precisions: Sequence[str] = ("fp32",), batches: Sequence[int] = (1,), threads: int | None = None,
+def spec_jobs(specs: Sequence[Any], workdir: Path, *, runtimes: Sequence[str] | None = None,
+              precisions: Sequence[str] | None = None, batches: Sequence[int] = (1,), threads: int | None = None,
               group_by_resolution: bool = False, log: Callable[[str], None] | None = None) -> list[Job]:
     """Jobs for in-memory models (:class:`~ffnet_deploy.benchmarks.specs.ModelSpec`): FP32 ONNX for ONNX Runtime,
     the IR converted from it for OpenVINO (fp32 and bf16), and eager PyTorch.
@@ -363,6 +335,8 @@ def spec_jobs(specs: Sequence[Any], workdir: Path, *, runtimes: Sequence[str] = 
     otherwise every model on one runtime is interleaved (the peers).
     """
     say = log or (lambda _m: None)
+    runtimes = cpu_runtimes() if runtimes is None else runtimes
+    precisions = (baseline_precision(),) if precisions is None else precisions
     jobs: list[Job] = []
     for spec in specs:
         say(f"building {spec.name} at {spec.resolution}")
@@ -379,15 +353,15 @@ def spec_jobs(specs: Sequence[Any], workdir: Path, *, runtimes: Sequence[str] = 
                                    provenance={"random_weights": True,
                                                **({"top1_source": spec.top1_source} if spec.top1_source else {})})
                     reason = runtime_unavailable(runtime) or unsupported(runtime, precision)
-                    if not reason and (runtime not in ("torch", "onnxruntime", "openvino") or precision == "int8"):
+                    if not reason and (runtime not in cpu_runtimes() or get_precision(precision).calibrated):
                         reason = "the mixer and peer comparisons run fp32 and bf16 on the CPU runtimes"
                     if reason:
                         jobs.append(_skipped(row, reason))
                         continue
                     group = (spec.resolution, batch, runtime) if group_by_resolution else (batch, runtime)
                     shape = (batch, 3, spec.resolution, spec.resolution)
-                    if runtime == "torch":
-                        factory = runner_factory("torch", None, precision, threads, model=model,
+                    if not RUNTIMES.get(runtime).needs_artifact:
+                        factory = runner_factory(runtime, None, precision, threads, model=model,
                                                  resolution=spec.resolution)
                         jobs.append(Job(row=row, make_runner=factory, input_shape=shape, group=group))
                         continue
@@ -403,7 +377,8 @@ def spec_jobs(specs: Sequence[Any], workdir: Path, *, runtimes: Sequence[str] = 
 
 def _model_file(spec: Any, model: Any, runtime: str, batch: int, workdir: Path, files: dict,
                 say: Callable[[str], None]) -> Path:
-    """The ONNX file (ONNX Runtime) or IR (OpenVINO) of an in-memory model, converted once per batch."""
+    """The file ``runtime`` loads for an in-memory model: its plain ONNX export (once per batch), as the runner takes
+    it (ONNX Runtime: as is; OpenVINO: the IR converted from it, ``BaseRunner.model_from_onnx``)."""
     import torch
 
     stem = workdir / f"{spec.name.replace('/', '-')}-{spec.resolution}-b{batch}"
@@ -415,15 +390,9 @@ def _model_file(spec: Any, model: Any, runtime: str, batch: int, workdir: Path, 
         with torch.no_grad():
             plain_onnx_export(model, spec.resolution, batch, onnx_path)
         files[("onnx", batch)] = onnx_path
-    if runtime == "onnxruntime":
-        return files[("onnx", batch)]
-    if ("openvino", batch) not in files:
-        import openvino as ov
-
-        xml = stem.with_suffix(".xml")
-        ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
-        files[("openvino", batch)] = xml
-    return files[("openvino", batch)]
+    if (runtime, batch) not in files:
+        files[(runtime, batch)] = RUNTIMES.get(runtime).model_from_onnx(files[("onnx", batch)])
+    return files[(runtime, batch)]
 
 
 # -- running --------------------------------------------------------------------------------------------------------
@@ -502,8 +471,9 @@ class BenchRequest:
     artifacts: tuple[Path, ...] = ()
     variant: str | None = None
     checkpoint: Path | None = None
-    runtimes: tuple[str, ...] | None = None  # None: torch, onnxruntime, openvino (artifacts: each one's own)
-    precisions: tuple[str, ...] | None = None  # None: fp32 (artifacts: each one's own)
+    runtimes: tuple[str, ...] | None = None  # None: cpu_runtimes(), torch, onnxruntime, openvino (artifacts: each one's
+    # own)
+    precisions: tuple[str, ...] | None = None  # None: the baseline, fp32 (artifacts: each one's own)
     resolution: int | None = None
     batches: tuple[int, ...] = (1,)
     threads: int | None = None  # None: every CPU this process may use
@@ -567,8 +537,8 @@ def bench(request: BenchRequest, workdir: Path, *, command: str = "", log: Calla
     if capped:
         say(f"note: {capped}")
     threads = threads or default_threads()
-    runtimes = request.runtimes or DEFAULT_RUNTIMES
-    precisions = request.precisions or ("fp32",)
+    runtimes = request.runtimes or cpu_runtimes()
+    precisions = request.precisions or (baseline_precision(),)
     jobs: list[Job] = []
     if request.artifacts:  # artifacts run on their own runtime and precision unless the options narrow them
         jobs += artifact_jobs(request.artifacts, runtimes=request.runtimes, precisions=request.precisions,
@@ -586,14 +556,13 @@ def bench(request: BenchRequest, workdir: Path, *, command: str = "", log: Calla
         from ffnet_deploy.benchmarks.specs import mixer_specs
 
         jobs += spec_jobs(mixer_specs(request.mixer_resolutions, base=request.mixer_base), workdir,
-                          runtimes=runtimes, precisions=[p for p in precisions if p != "int8"]
-                          or ["fp32"], batches=request.batches, threads=threads, group_by_resolution=True, log=say)
+                          runtimes=runtimes, precisions=_uncalibrated(precisions), batches=request.batches,
+                          threads=threads, group_by_resolution=True, log=say)
     if request.peers:
         from ffnet_deploy.benchmarks.specs import ffnet_spec, peer_specs
 
         jobs += spec_jobs([ffnet_spec(request.mixer_base), *peer_specs()], workdir, runtimes=runtimes,
-                          precisions=[p for p in precisions if p != "int8"] or ["fp32"],
-                          batches=request.batches, threads=threads, log=say)
+                          precisions=_uncalibrated(precisions), batches=request.batches, threads=threads, log=say)
     roofline = None
     if request.roofline:
         from ffnet_deploy.benchmarks.roofline import gemm_probe
@@ -602,6 +571,11 @@ def bench(request: BenchRequest, workdir: Path, *, command: str = "", log: Calla
         roofline = gemm_probe(threads)
     rows = run_jobs(jobs, request.protocol, roofline=roofline, progress=progress)
     return make_result(rows, request.protocol, device_name=request.device_name, command=command, roofline=roofline)
+
+
+def _uncalibrated(precisions: Sequence[str]) -> list[str]:
+    """In-memory models have no calibration data: the mixer and peer comparisons drop calibrated precisions."""
+    return [p for p in precisions if not get_precision(p).calibrated] or [baseline_precision()]
 
 
 PLOT_NAMES = ("latency_vs_top1", "by_runtime", "vs_resolution")

@@ -1,5 +1,9 @@
 """Exporters, one module per deployment format, all subclasses of :class:`~ffnet_deploy.exporters.base.Exporter`.
 
+Each module is the format's room: it declares the format (a :class:`~ffnet_deploy.artifact.formats.FormatSpec`)
+next to its exporter (:mod:`ffnet_deploy.exporters.base` shows how). :func:`load_all` imports every module of this
+folder, so a new format is a new module here and nothing else (plus its test).
+
 Importing an exporter module never imports its backend (coremltools, openvino, tensorrt); backends load inside
 ``export`` so that a missing optional package becomes a clear error only when that format is asked for.
 
@@ -12,6 +16,7 @@ Each format declares its own options dataclass next to its exporter, re-exported
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
@@ -23,6 +28,7 @@ from ffnet_deploy.exporters.base import (
     ExportedArtifact,
     Exporter,
     FormatOptions,
+    exporter_registered,
     register_exporter,
 )
 from ffnet_deploy.exporters.coreml import CoreMLOptions
@@ -30,14 +36,27 @@ from ffnet_deploy.exporters.onnx import OnnxOptions, OnnxStage, export_onnx_stag
 from ffnet_deploy.exporters.openvino import OpenVINOOptions
 from ffnet_deploy.exporters.tensorrt import TensorRTOptions
 
-# Adding a format means adding its module here, plus its test (tests/exporters/test_<format>.py).
-EXPORTER_MODULES = ("onnx", "openvino", "coreml", "tensorrt")
-
 
 def load_all() -> None:
-    """Import every exporter module so that each registers itself."""
-    for module in EXPORTER_MODULES:
-        importlib.import_module(f"ffnet_deploy.exporters.{module}")
+    """Import every module of this folder (private ``_x`` modules aside), so that each registers its format."""
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+def builtin_modules() -> tuple[str, ...]:
+    """The modules of this folder that register an exporter (a format's room is named after its format)."""
+    load_all()
+    prefix = f"{__name__}."
+    return tuple(sorted({cls.__module__[len(prefix):] for cls in EXPORTERS.values()
+                         if cls.__module__.startswith(prefix)}))
+
+
+def __getattr__(name: str) -> Any:
+    # EXPORTER_MODULES is found, not listed: the modules of this folder that register a format.
+    if name == "EXPORTER_MODULES":
+        return builtin_modules()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_exporter(name: str) -> Exporter:
@@ -99,6 +118,8 @@ __all__ = [
     "OpenVINOOptions",
     "TensorRTOptions",
     "build_options",
+    "builtin_modules",
+    "exporter_registered",
     "export_onnx_stage",
     "format_names",
     "get_exporter",

@@ -2,9 +2,45 @@
 
 An exporter turns an (already reparameterized) FFNet into one deployable artifact inside a work directory. It knows
 nothing about checkpoints, temporary directories, manifests or parity: :func:`ffnet_deploy.export.export` does those
-once for every format. Adding a format means one module that subclasses :class:`Exporter`, decorates it with
-``@register_exporter("name")``, is listed in :data:`ffnet_deploy.exporters.EXPORTER_MODULES`, and has its test.
+once for every format.
 
+A format is one room
+--------------------
+Adding a format is one module, ``exporters/<format>.py``, plus its test ``tests/exporters/test_<format>.py`` (a guard
+test fails without it). Nothing else changes: the exporters package imports every module of its folder
+(:func:`ffnet_deploy.exporters.load_all`), and the module declares its format once, next to its exporter, as a frozen
+:class:`~ffnet_deploy.artifact.formats.FormatSpec` handed to :func:`register_exporter`::
+
+    def _read_precision(path: Path) -> PrecisionEvidence: ...     # what the file itself says (artifact.inspect)
+
+    @register_exporter(FormatSpec(
+        name="tflite", title="TFLite", order=50,
+        suffixes=(".tflite",),                          # a bare model file of this format
+        precisions=("fp32", "int8"), default_precision="fp32",
+        runtimes=(RuntimeChoice("tflite"),),            # validation's runner; platform-conditional choices allowed
+        bench_runtime="tflite",                          # what bench times it with
+        runs_on="an Android device (TFLite)",            # what `pipeline --plan` prints
+        read_precision=_read_precision,
+        quantizer=Quantizer(cache_backend="tflite"),     # only if it makes int8
+    ))
+    class TFLiteExporter(Exporter):
+        options_class = TFLiteOptions
+        def export(self, model, config, workdir, log, *, source_sha256=None): ...
+
+Every consumer derives from that registry (:mod:`ffnet_deploy.artifact.formats`): the manifest's accepted formats,
+``inspect``'s precision readers, the validate engine (suffixes, runner, the extra targets a folder holds through the
+``targets`` hook: TensorRT's engine and TRT-ready ONNX, OpenVINO's ``--keep-onnx`` graph), bench (its runner, the
+format it exports for a runner), the pipeline (``--formats``, the demo's formats, ``--plan``'s ``runs_on``) and the
+CLI's help. The spec's fields are documented on :class:`~ffnet_deploy.artifact.formats.FormatSpec`; its precisions
+are entries of :mod:`ffnet_deploy.artifact.precisions`; its runner declares what it loads and executes
+(:class:`~ffnet_deploy.runtimes.base.BaseRunner`: ``formats``, ``executes``, ``precision_unavailable``). The spec
+type lives below the exporters (the manifest reader asks the registry, which imports the rooms on its first lookup)
+and the hooks live here, in the room. A room imports torch and its backend inside the functions that export, never
+at module level, so that reading a manifest or printing help imports neither. :func:`exporter_registered` registers
+a format for the length of a ``with`` block (the toy format of ``tests/test_toy_format.py``).
+
+Settings
+--------
 Settings come in two parts. :class:`ExportConfig` holds what every format understands (output, resolution, batch,
 precision, preprocessing, parity). Whatever only one format understands lives in that format's own frozen options
 dataclass, a :class:`FormatOptions` subclass declared next to its exporter (``OnnxOptions``, ``CoreMLOptions``, ...)
@@ -20,19 +56,23 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
-from torch import nn
 
+from ffnet_deploy.artifact.formats import FORMATS, FormatSpec, load_builtin_formats
 from ffnet_deploy.artifact.manifest import TensorSpec
+from ffnet_deploy.artifact.precisions import get_precision
 from ffnet_deploy.errors import ConfigError, require
 from ffnet_deploy.quantize.config import QuantizationConfig
 from ffnet_deploy.registry import Registry
+
+if TYPE_CHECKING:  # torch is imported where a model is exported, not with the format declarations
+    from torch import nn
 
 INPUT_RANGES = ("normalized", "0-1", "0-255")
 """What the artifact's input holds: ImageNet-normalized floats (nothing baked in), 0-1 floats, or uint8 pixels."""
@@ -109,12 +149,12 @@ class ExportConfig:
     resolves and checks ``options``.
     """
 
-    format: str  # registered exporter name: "onnx", "openvino", "coreml", "tensorrt"
+    format: str  # a registered format name (ffnet_deploy.artifact.formats): "onnx", "openvino", ...
     output: Path  # artifact directory to create (built next to it, then renamed)
     resolution: int | None = None  # input side in pixels, a multiple of 32; None = the variant's default
     batch: int = 1  # fixed batch size (ignored when dynamic_batch is set)
     dynamic_batch: tuple[int, int, int] | None = None  # (min, opt, max) batch for a dynamic batch axis, or None
-    precision: str | None = None  # "fp32" | "fp16" | "int8"; None = the exporter's default_precision
+    precision: str | None = None  # a precision the format makes ("fp32", "int8"); None = the format's default
     reparameterize: bool = True  # fuse BN, branches and layer scales before export (--no-reparam turns it off)
     include_preprocessing: bool = False  # bake ImageNet mean/std normalization into the ONNX graph
     input_range: str = "0-255"  # with include_preprocessing: "0-255" (uint8 input) or "0-1" (float input)
@@ -213,19 +253,21 @@ class ExportedArtifact:
 class Exporter(ABC):
     """Base class of all exporters.
 
-    Subclasses set the class attributes and implement :meth:`export`. Precision handling is per exporter:
-    ``supported_precisions`` lists what a format can produce, so a later ``"int8"`` is one more entry plus the code
-    that handles it, not a change here. Options are per exporter too: ``options_class`` names the format's
+    Subclasses set the class attributes and implement :meth:`export`; :func:`register_exporter` binds the
+    format's :class:`~ffnet_deploy.artifact.formats.FormatSpec` (``spec``) and copies from it what the exporter
+    reads itself (``format_name``, ``supported_precisions``, ``default_precision``, ``artifact_suffix``), so those
+    are declared once, in the spec. Options are per exporter: ``options_class`` names the format's
     :class:`FormatOptions` subclass, and :meth:`resolve_options` turns ``ExportConfig.options`` into a validated
     instance of it.
     """
 
-    format_name: ClassVar[str] = "base"  # set by @register_exporter
+    spec: ClassVar[FormatSpec | None] = None  # the format's declaration (set by @register_exporter)
+    format_name: ClassVar[str] = "base"  # spec.name (set by @register_exporter)
     options_class: ClassVar[type[FormatOptions]] = FormatOptions  # this format's own options dataclass
-    supported_precisions: ClassVar[tuple[str, ...]] = ("fp32",)  # precisions this format can produce
-    default_precision: ClassVar[str] = "fp32"  # used when ExportConfig.precision is None
+    supported_precisions: ClassVar[tuple[str, ...]] = ("fp32",)  # spec.precisions (set by @register_exporter)
+    default_precision: ClassVar[str] = "fp32"  # spec.default_precision (set by @register_exporter)
     requires: ClassVar[tuple[tuple[str, str], ...]] = ()  # (module, pip extra) the export needs
-    artifact_suffix: ClassVar[str] = ""  # suffix of the main model file, for documentation and tests
+    artifact_suffix: ClassVar[str] = ""  # spec.suffixes[0] (set by @register_exporter)
     quantization_flags: ClassVar[tuple[str, ...]] = (  # QuantizationConfig flags this format takes
         "--calib", "--calib-size", "--calib-method", "--max-drop", "--eval-data", "--calib-cache")
     precision_free_flags: ClassVar[tuple[str, ...]] = ()  # of those, the ones valid without --precision int8
@@ -284,15 +326,17 @@ class Exporter(ABC):
         if foreign:
             raise ConfigError(f"{self.format_name} export | --format {self.format_name} does not take "
                               f"{', '.join(foreign)}")
-        if precision == "int8":
+        if get_precision(precision).calibrated:
             from ffnet_deploy.quantize.config import check_int8_config
 
-            check_int8_config(config, self.format_name)
+            check_int8_config(config, self.format_name, precision)
         elif q is not None:
             given = [flag for flag in q.given() if flag not in self.precision_free_flags]
             if given:
-                raise ConfigError(f"{self.format_name} export | {', '.join(given)} apply to --precision int8; add "
-                                  "--precision int8 or drop them")
+                calibrated = " or ".join(f"--precision {p}" for p in self.supported_precisions
+                                         if get_precision(p).calibrated) or "--precision int8"
+                raise ConfigError(f"{self.format_name} export | {', '.join(given)} apply to {calibrated}; add "
+                                  f"{calibrated} or drop them")
 
     @abstractmethod
     def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log, *,
@@ -316,9 +360,45 @@ class Exporter(ABC):
         """
 
 
-EXPORTERS: Registry[type[Exporter]] = Registry("export format", name_attr="format_name")
-register_exporter = EXPORTERS.register
-"""Class decorator registering an :class:`Exporter` subclass under a name (stored as ``format_name``)."""
+EXPORTERS: Registry[type[Exporter]] = Registry("export format", name_attr="format_name", loader=load_builtin_formats)
+"""Exporter classes by format name (the same names as :data:`~ffnet_deploy.artifact.formats.FORMATS`)."""
+
+
+def _bind(spec: FormatSpec, cls: type[Exporter]) -> FormatSpec:
+    """``spec`` with its exporter, and the exporter with what it reads of its spec."""
+    bound = replace(spec, exporter=cls)
+    cls.spec = bound
+    cls.supported_precisions = tuple(spec.precisions)
+    cls.default_precision = spec.default_precision
+    cls.artifact_suffix = spec.suffixes[0]
+    return bound
+
+
+def register_exporter(spec: FormatSpec) -> Callable[[type[Exporter]], type[Exporter]]:
+    """Class decorator: register an :class:`Exporter` subclass and its format's declaration (module docstring).
+
+    Raises:
+        ValueError: If the format is already registered (a bug, not a user error).
+    """
+    if not isinstance(spec, FormatSpec):
+        raise TypeError(f"register_exporter takes the format's FormatSpec, got {spec!r}")
+
+    def deco(cls: type[Exporter]) -> type[Exporter]:
+        bound = _bind(spec, cls)
+        EXPORTERS.register(spec.name)(cls)
+        FORMATS.register(spec.name)(bound)
+        return cls
+
+    return deco
+
+
+@contextmanager
+def exporter_registered(spec: FormatSpec, cls: type[Exporter]) -> Iterator[type[Exporter]]:
+    """Register a format and its exporter inside a ``with`` block only (a test's toy format); afterwards both
+    registries hold exactly the formats they held before."""
+    bound = _bind(spec, cls)
+    with EXPORTERS.temporarily(spec.name, cls), FORMATS.temporarily(spec.name, bound):
+        yield cls
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -326,31 +406,47 @@ register_exporter = EXPORTERS.register
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class Preprocess(nn.Module):
-    """ImageNet normalization in front of a model, so that the artifact takes pixels.
+def __getattr__(name: str) -> Any:
+    # Preprocess subclasses torch's nn.Module: it is defined on first use, so that importing this module (which the
+    # format registry does to read a manifest) does not import torch.
+    if name == "Preprocess":
+        cls = _define_preprocess()
+        globals()["Preprocess"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    ``(x / r - mean) / std`` is computed as one multiply-add per channel, ``x * a + b`` with ``a = 1 / (r * std)``
-    and ``b = -mean / std`` (``r`` = 255 for uint8 input, 1 for 0-1 input). The wrapped model stays under the name
-    ``model`` so that exported node scopes read ``/model/stages.S/...``.
 
-    Args:
-        model: The classifier taking normalized input.
-        mean: Per-channel mean on the 0-1 scale.
-        std: Per-channel std on the 0-1 scale.
-        input_range: ``"0-255"`` (uint8 pixels) or ``"0-1"`` (float).
-    """
+def _define_preprocess() -> type:
+    import torch
+    from torch import nn
 
-    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], input_range: str) -> None:
-        super().__init__()
-        self.model = model
-        scale = 255.0 if input_range == "0-255" else 1.0
-        mean64 = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
-        std64 = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
-        self.register_buffer("a", (1.0 / (scale * std64)).float())
-        self.register_buffer("b", (-mean64 / std64).float())
+    class Preprocess(nn.Module):
+        """ImageNet normalization in front of a model, so that the artifact takes pixels.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.float() * self.a + self.b)
+        ``(x / r - mean) / std`` is computed as one multiply-add per channel, ``x * a + b`` with ``a = 1 / (r * std)``
+        and ``b = -mean / std`` (``r`` = 255 for uint8 input, 1 for 0-1 input). The wrapped model stays under the name
+        ``model`` so that exported node scopes read ``/model/stages.S/...``.
+
+        Args:
+            model: The classifier taking normalized input.
+            mean: Per-channel mean on the 0-1 scale.
+            std: Per-channel std on the 0-1 scale.
+            input_range: ``"0-255"`` (uint8 pixels) or ``"0-1"`` (float).
+        """
+
+        def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], input_range: str) -> None:
+            super().__init__()
+            self.model = model
+            scale = 255.0 if input_range == "0-255" else 1.0
+            mean64 = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
+            std64 = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+            self.register_buffer("a", (1.0 / (scale * std64)).float())
+            self.register_buffer("b", (-mean64 / std64).float())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x.float() * self.a + self.b)
+    Preprocess.__module__, Preprocess.__qualname__ = __name__, "Preprocess"
+    return Preprocess
 
 
 def io_specs(config: ExportConfig, num_classes: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -390,4 +486,5 @@ def expected_block_keys(model: nn.Module) -> list[str]:
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The FFNet inside a :class:`Preprocess` wrapper (or ``model`` itself)."""
-    return model.model if isinstance(model, Preprocess) else model
+    preprocess = globals().get("Preprocess")  # not defined yet: nothing can be wrapped in it
+    return model.model if preprocess is not None and isinstance(model, preprocess) else model

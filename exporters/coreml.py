@@ -14,6 +14,13 @@ original convolution saw. ``tensor`` input takes ImageNet-normalized float32 (N,
 
 Prediction needs macOS; on Linux the saved spec is checked instead: input and output names and types, and the op
 types of the program (every convolution and GELU of the network must be there).
+
+The format (:data:`FORMAT`): ``.mlpackage`` (``.mlmodel`` is recognised), fp16 (default), fp32 or int8 (W8A8, or
+weight-only compression). Validation runs it on Core ML itself on macOS and on the ``coreml-reference`` interpreter
+elsewhere; bench times it on Core ML only (a latency from the reference interpreter would mean nothing). Precision
+read back (:func:`read_coreml_precision`, from the package's spec with :mod:`ffnet_deploy.artifact.coreml_spec`, no
+prediction): weight compression ops (``constexpr_*``, ``quantize``, ``dequantize``) make it int8; a program whose ops
+mostly produce float16 fp16; else fp32.
 """
 
 from __future__ import annotations
@@ -26,13 +33,13 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
-from torch import nn
 
-from ffnet_deploy.errors import ConfigError, ExportError
+from ffnet_deploy.artifact.formats import FormatSpec, Quantizer, RuntimeChoice
+from ffnet_deploy.artifact.inspect import PrecisionEvidence
+from ffnet_deploy.errors import ConfigError, ExportError, FFNetDeployError
 from ffnet_deploy.exporters.base import (
     INPUT_NAME,
     LICENSE_NOTE,
@@ -47,6 +54,9 @@ from ffnet_deploy.exporters.base import (
     register_exporter,
     unwrap,
 )
+
+if TYPE_CHECKING:  # torch is imported where a model is exported, not with the format declaration
+    from torch import nn
 
 CLASS_LABEL_NAME = "classLabel"
 INPUT_KINDS = ("image", "tensor")
@@ -69,15 +79,66 @@ class CoreMLOptions(FormatOptions):
                              "per line, or 'imagenet'")
 
 
-@register_exporter("coreml")
+# --------------------------------------------------------------------------------------------------------------------
+# The format
+# --------------------------------------------------------------------------------------------------------------------
+
+# Core ML ops that decode compressed (quantized, palettized, sparse) weights, or quantize activations.
+COREML_QUANT_OPS = frozenset({"quantize", "dequantize"})
+# MIL DataType enum values (MIL.proto).
+_MIL_FLOAT16, _MIL_FLOAT32 = 10, 11
+
+
+def read_coreml_precision(path: Path) -> PrecisionEvidence:
+    """The precision a Core ML package computes in, read from its spec (rules: module docstring)."""
+    from ffnet_deploy.artifact.coreml_spec import load_spec
+
+    try:
+        spec = load_spec(path, "inspect")
+    except FFNetDeployError as err:  # coremltools missing or an unreadable package: the runner reports it
+        return PrecisionEvidence(None, str(err), path)
+    kind = spec.WhichOneof("Type")
+    if kind != "mlProgram":
+        return PrecisionEvidence(None, f"a {kind} model (only ML programs are inspected)", path)
+    function = spec.mlProgram.functions.get("main")
+    if function is None:
+        return PrecisionEvidence(None, "the ML program has no main function", path)
+    ops = list(function.block_specializations[function.opset].operations)
+    compression = sorted({op.type for op in ops if op.type.startswith("constexpr_") or op.type in COREML_QUANT_OPS})
+    if compression:
+        return PrecisionEvidence("int8", f"compressed weights: {', '.join(compression)}", path)
+    counts = {_MIL_FLOAT16: 0, _MIL_FLOAT32: 0}
+    for op in ops:
+        if op.type == "const":
+            continue
+        for out in op.outputs:
+            if out.type.WhichOneof("type") == "tensorType" and out.type.tensorType.dataType in counts:
+                counts[out.type.tensorType.dataType] += 1
+    n16, n32 = counts[_MIL_FLOAT16], counts[_MIL_FLOAT32]
+    if n16 > n32:
+        return PrecisionEvidence("fp16", f"float16 compute ({n16} of {n16 + n32} float op outputs)", path)
+    return PrecisionEvidence("fp32", f"float32 compute ({n32} of {n16 + n32} float op outputs)", path)
+
+
+FORMAT = FormatSpec(
+    name="coreml", title="Core ML", order=30, suffixes=(".mlpackage", ".mlmodel"),
+    precisions=("fp16", "fp32", "int8"), default_precision="fp16",
+    # Validation: Core ML itself where it predicts (macOS), else the reference interpreter of the saved program.
+    runtimes=(RuntimeChoice("coreml", platforms=("darwin",)), RuntimeChoice("coreml-reference")),
+    bench_runtime="coreml",  # a latency is Core ML's own; the reference interpreter is never timed
+    runs_on="any machine for export and the reference check; a Mac for Core ML latency",
+    read_precision=read_coreml_precision, in_demo=True,
+    quantizer=Quantizer(cache_backend="coreml"),
+)
+"""The Core ML format (module docstring)."""
+
+
+@register_exporter(FORMAT)
 class CoreMLExporter(Exporter):
     """``model.mlpackage``: ML Program, iOS 16 deployment target, FP16 (default) or FP32 compute precision."""
 
     options_class = CoreMLOptions
-    supported_precisions = ("fp16", "fp32", "int8")
-    default_precision = "fp16"
     requires = (("coremltools", "coreml"),)
-    artifact_suffix = ".mlpackage"
     quantization_flags = (*Exporter.quantization_flags, "--weights", "--granularity")
     precision_free_flags = ("--weights", "--granularity")
 
@@ -124,6 +185,8 @@ class CoreMLExporter(Exporter):
 
     def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log, *,
                source_sha256: str | None = None) -> ExportedArtifact:
+        import torch
+
         ct = self._import_coremltools()
         from ffnet_deploy._version import __version__
 
@@ -135,7 +198,7 @@ class CoreMLExporter(Exporter):
         labels = load_labels(str(options.class_labels), ffnet.num_classes) if options.class_labels else None
         net: nn.Module = fold_input_std(ffnet, ffnet.cfg.std) if image else ffnet
         if labels:
-            net = _WithSoftmax(net)
+            net = with_softmax(net)
         net = net.eval()
 
         lo, opt, hi = config.batch_range()
@@ -267,29 +330,47 @@ class CoreMLExporter(Exporter):
         return ct
 
 
-class _WithSoftmax(nn.Module):
-    """Logits to class probabilities, for a Core ML classifier (whose probability output should sum to one)."""
+def with_softmax(model: nn.Module) -> nn.Module:
+    """``model`` followed by a softmax over the classes, for a Core ML classifier (whose probability output should
+    sum to one). The wrapper class is defined here, on first use, so that importing this module needs no torch."""
+    global _WithSoftmax
+    if _WithSoftmax is None:
+        import torch
+        from torch import nn
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
+        class _WithSoftmax(nn.Module):
+            """Logits to class probabilities, for a Core ML classifier."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x), dim=-1)
+            def __init__(self, model: nn.Module) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return torch.softmax(self.model(x), dim=-1)
+
+        _WithSoftmax.__module__, _WithSoftmax.__qualname__ = __name__, "_WithSoftmax"
+        globals()["_WithSoftmax"] = _WithSoftmax
+    return _WithSoftmax(model)
 
 
-@torch.no_grad()
+_WithSoftmax = None
+
+
 def fold_input_std(model: nn.Module, std: tuple[float, ...]) -> nn.Module:
     """A copy of ``model`` whose stem convolution divides input channel ``c`` by ``std[c]``.
 
     The copy then expects ``pixel / 255 - mean`` instead of ImageNet-normalized input (see the module docstring
     for why this is exact, borders included).
     """
-    folded = copy.deepcopy(model).eval()
-    stem = folded.patch_embed[0]
-    conv = stem if isinstance(stem, nn.Conv2d) else stem.c  # fused Conv2d, or the ConvBN of an unfused model
-    scale = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
-    conv.weight.copy_((conv.weight.double() / scale).to(conv.weight.dtype))
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        folded = copy.deepcopy(model).eval()
+        stem = folded.patch_embed[0]
+        conv = stem if isinstance(stem, nn.Conv2d) else stem.c  # fused Conv2d, or the ConvBN of an unfused model
+        scale = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+        conv.weight.copy_((conv.weight.double() / scale).to(conv.weight.dtype))
     return folded
 
 
@@ -375,6 +456,8 @@ def verify_spec(path: Path, resolution: int, image: bool, model: nn.Module,
     want = [probs, CLASS_LABEL_NAME] if classifier else [OUTPUT_NAME]
     if sorted(outputs) != sorted(want):
         raise ExportError(f"coreml export | outputs are {outputs}, expected {want}")
+    from torch import nn
+
     ops = mil_op_counts(spec)
     convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
     gelus = sum(isinstance(m, nn.GELU) for m in model.modules())

@@ -33,6 +33,13 @@ for Conv or Gemm and upcasts the weights to float32 at load (its inserted ``Inse
 there the file behaves as an fp32 model with fp16-rounded weights, runs slower than the fp32 export (ffnet_digits:
 0.159 vs 0.123 ms p50, one thread), and its Erf pattern no longer fuses into ``Gelu`` (the CPU kernel is float32
 only; ``details.gelu`` records it for the file that ships). The ``bench`` suite skips fp16 ONNX Runtime on CPU.
+
+The format (:data:`FORMAT`): ``.onnx`` files, run by ONNX Runtime (validation and bench), fp32/fp16/int8 (int8: the
+ONNX Runtime quantizer, ``--target cpu|cpu-vnni|tensorrt``). Its file ships as ``model.onnx`` inside other formats'
+folders (OpenVINO's ``--keep-onnx``, TensorRT's TRT-ready graph), where validation checks it as the graph it is.
+Precision read back (:func:`read_onnx_precision`): ``QuantizeLinear``/``DequantizeLinear``/``QLinear*``/
+``ConvInteger``/``MatMulInteger`` ops make it int8; float16 weights, or ``Cast`` ops to float16 (mixed-precision
+compute), fp16; anything else fp32.
 """
 
 from __future__ import annotations
@@ -43,11 +50,10 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import nn
-
+from ffnet_deploy.artifact.formats import FormatSpec, Quantizer, RuntimeChoice
+from ffnet_deploy.artifact.inspect import PrecisionEvidence, weight_share
 from ffnet_deploy.errors import ExportError
 from ffnet_deploy.exporters.base import (
     INPUT_NAME,
@@ -57,7 +63,6 @@ from ffnet_deploy.exporters.base import (
     Exporter,
     FormatOptions,
     Log,
-    Preprocess,
     TensorSpec,
     block_key,
     expected_block_keys,
@@ -66,6 +71,11 @@ from ffnet_deploy.exporters.base import (
     register_exporter,
     unwrap,
 )
+from ffnet_deploy.quantize.onnx_int8 import TARGETS as ONNX_TARGETS  # any CPU, VNNI-class CPUs, TensorRT
+
+if TYPE_CHECKING:  # torch is imported where a model is exported, not with the format declaration
+    import torch
+    from torch import nn
 
 OPSET_RANGE = (13, 21)
 """ONNX opsets an export may target (inclusive)."""
@@ -127,12 +137,16 @@ def prepare_module(model: nn.Module, config: ExportConfig) -> nn.Module:
     """The module that is traced: ``model``, behind :class:`Preprocess` when normalization is baked in."""
     if config.include_preprocessing:
         cfg = unwrap(model).cfg
+        from ffnet_deploy.exporters.base import Preprocess
+
         return Preprocess(model, cfg.mean, cfg.std, config.input_range).eval()
     return model
 
 
 def dummy_input(config: ExportConfig) -> torch.Tensor:
     """A zero input of the export's shape and dtype (opt batch for a dynamic export)."""
+    import torch
+
     _, opt, _ = config.batch_range()
     shape = (opt, 3, config.resolution, config.resolution)
     if config.input_dtype().name == "uint8":
@@ -142,6 +156,8 @@ def dummy_input(config: ExportConfig) -> torch.Tensor:
 
 def torch_onnx_export(module: nn.Module, config: ExportConfig, opset: int, path: Path) -> None:
     """Run the TorchScript ONNX exporter with the ``images``/``logits`` names and optional dynamic batch."""
+    import torch
+
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if config.dynamic_batch else None
     with warnings.catch_warnings():
         # The TorchScript exporter is chosen on purpose (module-scoped node names); its deprecation notice is noise.
@@ -421,15 +437,81 @@ def _tensor_names(graph) -> set[str]:
     return {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
 
 
-@register_exporter("onnx")
+# --------------------------------------------------------------------------------------------------------------------
+# The format
+# --------------------------------------------------------------------------------------------------------------------
+
+# ONNX ops that only a quantized graph holds (QLinear* ops are matched by prefix).
+ONNX_QUANT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger",
+                            "MatMulInteger"})
+
+
+def read_onnx_precision(path: Path) -> PrecisionEvidence:
+    """The precision an ONNX file computes in, read from its graph (rules: module docstring)."""
+    import math
+
+    import onnx
+
+    try:
+        # Only the graph's structure and each tensor's data type are needed: external weight files stay unread.
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf/onnx raise many types for a file that is not ONNX; the runner reports it
+        return PrecisionEvidence(None, f"cannot be read as ONNX ({type(err).__name__})", path)
+    nodes = [*model.graph.node, *(n for f in model.functions for n in f.node)]
+    quant = sorted({n.op_type for n in nodes if n.op_type in ONNX_QUANT_OPS or n.op_type.startswith("QLinear")})
+    if quant:
+        return PrecisionEvidence("int8", f"quantized ops: {', '.join(quant)}", path)
+    tensors = [*model.graph.initializer,
+               *(a.t for n in nodes if n.op_type == "Constant" for a in n.attribute if a.name == "value")]
+    sizes = {onnx.TensorProto.FLOAT: 0, onnx.TensorProto.FLOAT16: 0, onnx.TensorProto.BFLOAT16: 0}
+    for t in tensors:
+        if t.data_type in sizes:
+            sizes[t.data_type] += math.prod(t.dims)
+    half = sizes[onnx.TensorProto.FLOAT16] + sizes[onnx.TensorProto.BFLOAT16]
+    total = half + sizes[onnx.TensorProto.FLOAT]
+    if half > total - half:
+        return PrecisionEvidence("fp16", f"float16 weights ({weight_share(half, total)})", path)
+    half_casts = sum(1 for n in nodes if n.op_type == "Cast"
+                     for a in n.attribute if a.name == "to" and a.i in (onnx.TensorProto.FLOAT16,
+                                                                        onnx.TensorProto.BFLOAT16))
+    if half_casts:
+        return PrecisionEvidence("fp16", f"{half_casts} Cast op(s) to float16 (mixed-precision compute)", path)
+    return PrecisionEvidence("fp32", f"float32 weights ({weight_share(total - half, total)}), no quantized or "
+                             "float16 ops", path)
+
+
+def onnx_sensitivity_backend(stage: OnnxStage, config: ExportConfig, calib: Any, transform: Any, work: Path,
+                             log: Log) -> Any:
+    """The ONNX Runtime backend ``sensitivity --format onnx`` ranks layer groups with."""
+    from ffnet_deploy.quantize import onnx_int8
+    from ffnet_deploy.quantize import sensitivity as sens
+    from ffnet_deploy.quantize.stages import onnx_ranges
+
+    prepared = onnx_int8.prepare_onnx(stage.path, work)
+    ranges, _ = onnx_ranges(stage.path, prepared, config, calib, transform, log)
+    return sens.OnnxBackend(stage.path, prepared, ranges, config.quantization.target or ONNX_TARGETS[0], work)
+
+
+FORMAT = FormatSpec(
+    name="onnx", title="ONNX", order=10, suffixes=(".onnx",),
+    precisions=("fp32", "fp16", "int8"), default_precision="fp32",
+    runtimes=(RuntimeChoice("onnxruntime"),), bench_runtime="onnxruntime",
+    runs_on="any machine (ONNX Runtime on the CPU)",
+    read_precision=read_onnx_precision, stage_file=STAGE_FILE, in_demo=True,
+    quantizer=Quantizer(cache_backend="onnxruntime", targets=ONNX_TARGETS, sensitivity=onnx_sensitivity_backend,
+                        sensitivity_label="ONNX Runtime",
+                        help="INT8 ONNX for: cpu (ONNX Runtime on any CPU, default), cpu-vnni (8-bit weights: CPUs "
+                             "with VNNI, AVX-VNNI, AMX or ARM64 only) or tensorrt (explicit symmetric QDQ)."),
+)
+"""The ONNX format (module docstring)."""
+
+
+@register_exporter(FORMAT)
 class OnnxExporter(Exporter):
     """``model.onnx``: input ``images`` (N,3,H,W), output ``logits``; run by ONNX Runtime, OpenVINO, TensorRT."""
 
     options_class = OnnxOptions
-    supported_precisions = ("fp32", "fp16", "int8")
-    default_precision = "fp32"
     requires = ()  # onnx and onnxruntime are core dependencies: no extra installs them
-    artifact_suffix = ".onnx"
     quantization_flags = (*Exporter.quantization_flags, "--target")
 
     def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log, *,
@@ -440,7 +522,7 @@ class OnnxExporter(Exporter):
         if precision == "int8":
             from ffnet_deploy.quantize.stages import quantize_onnx_stage
 
-            target = (config.quantization.target if config.quantization else None) or "cpu"
+            target = (config.quantization.target if config.quantization else None) or FORMAT.quantizer.targets[0]
             stage = quantize_onnx_stage(stage, model, config, log, target)
         elif precision == "fp16":
             stage = convert_stage_fp16(stage, expected_block_keys(unwrap(model)), log)
@@ -468,6 +550,8 @@ def plain_onnx_export(model: torch.nn.Module, resolution: int, batch: int, path:
     """An in-memory model (a peer or a mixer variant, not an FFNet checkpoint) through plain ``torch.onnx.export``
     (opset 17, no simplification): the ONNX that ``bench`` times for models it has no artifact of, and the baseline
     the export study compares the exporter with."""
+    import torch
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (torch.zeros(batch, 3, resolution, resolution),), str(path), dynamo=False,

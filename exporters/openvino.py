@@ -8,6 +8,13 @@ manifest lists it with its sha256 under ``files``. ``--precision fp16``
 stores the weights in FP16 (``ov.save_model(compress_to_fp16=True)``); OpenVINO decompresses them at load time,
 and the inference precision stays the device's choice. After saving, the IR is read back and compiled on CPU to
 check that its input and output names and shapes are the ONNX ones.
+
+The format (:data:`FORMAT`): ``.xml`` (+ ``.bin``), run by OpenVINO (validation and bench), fp32/fp16/int8 (int8:
+NNCF). A folder that keeps its ``model.onnx`` (``--keep-onnx``) is validated twice: the IR, and the intermediate graph
+on the ONNX format's runner as the graph it is (:func:`validation_targets`). Precision read back
+(:func:`read_openvino_precision`, the IR's XML parsed with the standard library): ``FakeQuantize`` ops or 8/4-bit
+weight constants make it int8; ``f16`` weight constants (``compress_to_fp16``, decompressed by a ``Convert`` at
+load) fp16; else fp32.
 """
 
 from __future__ import annotations
@@ -15,10 +22,10 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from torch import nn
-
+from ffnet_deploy.artifact.formats import FormatSpec, Quantizer, RuntimeChoice
+from ffnet_deploy.artifact.inspect import PrecisionEvidence, weight_share
 from ffnet_deploy.errors import ExportError
 from ffnet_deploy.exporters.base import (
     ExportConfig,
@@ -29,7 +36,10 @@ from ffnet_deploy.exporters.base import (
     option,
     register_exporter,
 )
-from ffnet_deploy.exporters.onnx import OnnxOptions, export_onnx_stage
+from ffnet_deploy.exporters.onnx import STAGE_FILE, OnnxOptions, OnnxStage, export_onnx_stage
+
+if TYPE_CHECKING:
+    from torch import nn
 
 """Gate tolerance per weight precision: FP16 weights round each weight to 11 significant bits."""
 
@@ -51,15 +61,90 @@ class OpenVINOOptions(OnnxOptions):
             raise self.error(f"keep_onnx must be True or False, got {self.keep_onnx!r}")
 
 
-@register_exporter("openvino")
+# --------------------------------------------------------------------------------------------------------------------
+# The format
+# --------------------------------------------------------------------------------------------------------------------
+
+# OpenVINO element types of quantized / compressed integer weights.
+OV_LOWBIT_TYPES = frozenset({"u8", "i8", "u4", "i4", "nf4", "f8e4m3", "f8e5m2"})
+OV_FLOAT_TYPES = frozenset({"f32", "f16", "bf16"})
+
+
+def read_openvino_precision(path: Path) -> PrecisionEvidence:
+    """The precision an OpenVINO IR computes in, read from its ``.xml`` (rules: module docstring)."""
+    import math
+    import xml.etree.ElementTree as ET
+
+    elements: dict[str, int] = {}
+    fake_quantize = 0
+    try:
+        # iterparse and clear: the IR's XML can be large, and only each layer's type and constant type are needed.
+        for _event, elem in ET.iterparse(str(path), events=("end",)):
+            if elem.tag != "layer":
+                continue
+            kind = elem.get("type")
+            if kind == "FakeQuantize":
+                fake_quantize += 1
+            elif kind == "Const":
+                data = elem.find("data")
+                if data is not None:
+                    shape = [int(d) for d in (data.get("shape") or "").split(",") if d.strip()]
+                    et = data.get("element_type", "")
+                    elements[et] = elements.get(et, 0) + math.prod(shape)
+            elem.clear()
+    except (ET.ParseError, OSError, ValueError) as err:
+        return PrecisionEvidence(None, f"cannot be read as OpenVINO IR XML ({err})", path)
+    if fake_quantize:
+        return PrecisionEvidence("int8", f"{fake_quantize} FakeQuantize op(s)", path)
+    lowbit = sum(v for k, v in elements.items() if k in OV_LOWBIT_TYPES)
+    floats = sum(v for k, v in elements.items() if k in OV_FLOAT_TYPES)
+    total = lowbit + floats
+    if lowbit > floats:
+        kinds = ", ".join(sorted(k for k in elements if k in OV_LOWBIT_TYPES))
+        return PrecisionEvidence("int8", f"{kinds} weight constants ({weight_share(lowbit, total)})", path)
+    half = elements.get("f16", 0) + elements.get("bf16", 0)
+    if half > floats - half:
+        return PrecisionEvidence("fp16", f"f16 weight constants, compressed ({weight_share(half, total)})", path)
+    return PrecisionEvidence("fp32", f"f32 weight constants ({weight_share(floats - half, total)}), no FakeQuantize",
+                             path)
+
+
+def validation_targets(request) -> list:
+    """The IR on its runner, and with ``--keep-onnx`` the intermediate ``model.onnx`` too, judged as the graph it
+    is (the manifest's precision describes the IR's weights): a :data:`FormatSpec.targets` hook."""
+    targets = [request.default()]
+    onnx = request.folder / STAGE_FILE
+    if request.path.is_dir() and onnx.is_file():
+        targets.append(request.target(onnx, request.runtime_for("onnx"), request.inspect(onnx, "onnx"),
+                                      "the intermediate ONNX", graph=True))
+    return targets
+
+
+def openvino_sensitivity_backend(stage: OnnxStage, config: ExportConfig, calib: Any, transform: Any, work: Path,
+                                 log: Log) -> Any:
+    """The NNCF backend ``sensitivity --format openvino`` ranks layer groups with."""
+    from ffnet_deploy.quantize.sensitivity import OpenVINOBackend
+
+    return OpenVINOBackend(stage.path, calib, work)
+
+
+FORMAT = FormatSpec(
+    name="openvino", title="OpenVINO IR", order=20, suffixes=(".xml",),
+    precisions=("fp32", "fp16", "int8"), default_precision="fp32",
+    runtimes=(RuntimeChoice("openvino"),), bench_runtime="openvino",
+    runs_on="an x86 or Arm CPU with OpenVINO",
+    read_precision=read_openvino_precision, targets=validation_targets, in_demo=True,
+    quantizer=Quantizer(cache_backend="openvino", sensitivity=openvino_sensitivity_backend, sensitivity_label="NNCF"),
+)
+"""The OpenVINO IR format (module docstring)."""
+
+
+@register_exporter(FORMAT)
 class OpenVINOExporter(Exporter):
     """``model.xml``/``model.bin`` (OpenVINO IR) with FP32 or FP16-compressed weights, or NNCF INT8."""
 
     options_class = OpenVINOOptions
-    supported_precisions = ("fp32", "fp16", "int8")
-    default_precision = "fp32"
     requires = (("openvino", "openvino"),)  # onnx is a core dependency
-    artifact_suffix = ".xml"
 
     def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log, *,
                source_sha256: str | None = None) -> ExportedArtifact:

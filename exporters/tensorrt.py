@@ -15,18 +15,31 @@ Versions: the commands target TensorRT 10.x, which JetPack 6 ships. TensorRT 11 
 flags (``--fp16``, ``BuilderFlag.FP16``); FP16 there needs an ONNX converted to mixed precision beforehand, and
 11.x does not support DLA. The Python build detects this and says so instead of failing obscurely. INT8 is meant to
 come from an explicit Q/DQ ONNX (the quantization work); the deprecated implicit calibrator is never used.
+
+The format (:data:`FORMAT`): ``.engine``/``.plan`` files, fp16 (default), fp32 or int8 (the ONNX Runtime quantizer's
+explicit symmetric Q/DQ graph, ``--target tensorrt``; a dynamic batch is allowed). Validation
+(:func:`validation_targets`) runs the engine on the ``tensorrt`` runner when it was built and the TensorRT-ready
+``model.onnx`` on the ONNX format's runner, judged as the graph it is (fp32 for a weakly typed graph); a model file
+inside the folder is validated as TensorRT. The timing cache is a build cache that every engine build updates, so it is
+not hash-checked (:func:`mutable_files`). Precision read back (:func:`read_tensorrt_precision`): the precision of the
+*engine*, which is what the manifest describes. The TensorRT-ready ONNX of an fp16 engine is an fp32 graph (weak
+typing: ``trtexec --fp16`` picks the layer precisions), so the engine's precision is read from the ONNX *and* the
+build: a quantized graph builds an int8 engine, a float16 graph or ``--fp16`` in ``build_engine.sh`` an fp16 one,
+anything else an fp32 one. A serialized engine on its own is not inspected.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from torch import nn
-
+from ffnet_deploy.artifact.formats import FormatSpec, Quantizer, RuntimeChoice
+from ffnet_deploy.artifact.inspect import PrecisionEvidence
+from ffnet_deploy.artifact.manifest import Manifest
 from ffnet_deploy.atomic import write_bytes
 from ffnet_deploy.errors import ConfigError, ExportError
 from ffnet_deploy.exporters.base import (
@@ -39,7 +52,11 @@ from ffnet_deploy.exporters.base import (
     register_exporter,
     unwrap,
 )
-from ffnet_deploy.exporters.onnx import OnnxOptions, export_onnx_stage
+from ffnet_deploy.exporters.onnx import FORMAT as ONNX_FORMAT
+from ffnet_deploy.exporters.onnx import STAGE_FILE, OnnxOptions, export_onnx_stage, read_onnx_precision
+
+if TYPE_CHECKING:
+    from torch import nn
 
 """Gate tolerance of a GPU engine: TensorRT allows TF32 for FP32 layers by default, FP16 rounds activations."""
 
@@ -230,21 +247,112 @@ def build_engine(plan: TrtBuildPlan, workdir: Path, log: Log, timing_cache: Path
     return engine
 
 
-@register_exporter("tensorrt")
+# --------------------------------------------------------------------------------------------------------------------
+# The format
+# --------------------------------------------------------------------------------------------------------------------
+
+BUILD_SCRIPT = "build_engine.sh"
+
+# trtexec precision flags, strongest first.
+_TRT_FLAGS = (("int8", re.compile(r"(?<![\w-])--(int8|best)\b")), ("fp16", re.compile(r"(?<![\w-])--fp16\b")))
+
+
+def read_tensorrt_precision(path: Path) -> PrecisionEvidence:
+    """The precision of a TensorRT artifact's engine, read from its graph and its build script (rules: module
+    docstring); ``path`` is the artifact directory or any file in it."""
+    folder = path if path.is_dir() else path.parent
+    onnx_file = path if path.suffix.lower() in ONNX_FORMAT.suffixes else folder / STAGE_FILE
+    script = folder / BUILD_SCRIPT
+    graph = read_onnx_precision(onnx_file) if onnx_file.is_file() else None
+    if graph is not None and graph.precision in ("int8", "fp16"):
+        # A quantized graph builds an int8 engine and a float16 graph an fp16 one, whatever the builder flags say.
+        return PrecisionEvidence(graph.precision, f"the engine is built from {onnx_file.name}: {graph.evidence}",
+                                 folder)
+    if not script.is_file():
+        why = "its build_engine.sh is not next to it" if graph is not None else "its ONNX and build script are not"
+        return PrecisionEvidence(None, f"a serialized TensorRT engine is not inspected, and {why}", folder)
+    text = script.read_text(errors="replace")
+    command = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    for precision, flag in _TRT_FLAGS:
+        match = flag.search(command)
+        if match:
+            graph_note = f" from an {graph.precision} graph" if graph is not None else ""
+            return PrecisionEvidence(precision, f"build_engine.sh builds with {match.group(0)}{graph_note}", folder)
+    graph_note = f", {onnx_file.name}: {graph.evidence}" if graph is not None else ""
+    return PrecisionEvidence("fp32", f"build_engine.sh has no reduced-precision flag{graph_note}", folder)
+
+
+def validation_targets(request) -> list:
+    """The engine on the TensorRT runner (when it was built), then the TensorRT-ready ONNX on the ONNX format's
+    runner, judged as the graph it is: a :data:`FormatSpec.targets` hook.
+
+    Raises:
+        ConfigError: When the folder holds neither.
+    """
+    path, folder, manifest = request.path, request.folder, request.manifest
+    runtime = FORMAT.validate_runtime()
+    targets = []
+    engine = path if path.suffix.lower() in FORMAT.suffixes else None
+    if engine is None and manifest is not None and Path(manifest.artifact.path).suffix in FORMAT.suffixes:
+        engine = folder / manifest.artifact.path
+    if engine is not None and engine.exists():
+        targets.append(request.target(engine, runtime, request.model_found, "the engine's build"))
+    onnx = path if path.suffix.lower() in ONNX_FORMAT.suffixes else folder / STAGE_FILE
+    if onnx.exists():
+        graph_runtime = request.runtime_for(ONNX_FORMAT.name)
+        # Not said when the engine runs here too (validate then runs the engine, the gate runs both).
+        engine_runs = bool(targets) and request.runtime_unavailable(runtime) is None
+        graph_note = [] if engine_runs else ["the TensorRT engine itself was not run: its TensorRT-ready ONNX graph "
+                                             f"was checked on {graph_runtime} instead"]
+        graph = request.inspect(onnx, ONNX_FORMAT.name)
+        targets.append(request.target(onnx, graph_runtime, graph, "the TensorRT-ready ONNX", graph=True,
+                                      note=graph_note))
+    if not targets:
+        raise ConfigError(f"validate | {path} holds neither a TensorRT engine nor its model.onnx; re-export it")
+    return targets
+
+
+def not_runnable_hint(folder: Path | None) -> str:
+    """What to do when the TensorRT runner cannot run here: check the graph the engine is built from (said when
+    ``folder`` holds it, or always when no folder is given)."""
+    if folder is None or (folder / STAGE_FILE).is_file():
+        return f"; to check the ONNX graph the engine is built from, pass --runtime {ONNX_FORMAT.validate_runtime()}"
+    return ""
+
+
+def mutable_files(manifest: Manifest) -> set[str]:
+    """The timing cache: read *and updated* by every engine build (``build_engine.sh`` on the device), a build
+    cache, not part of the model."""
+    plan = (manifest.details or {}).get("build_plan") or {}
+    cache = plan.get("timing_cache")
+    return {cache} if isinstance(cache, str) and not Path(cache).is_absolute() else set()
+
+
+FORMAT = FormatSpec(
+    name="tensorrt", title="TensorRT", order=40, suffixes=(".engine", ".plan"),
+    precisions=("fp32", "fp16", "int8"), default_precision="fp16",
+    runtimes=(RuntimeChoice("tensorrt"),), bench_runtime="tensorrt",
+    runs_on="the target device with an NVIDIA GPU and TensorRT (e.g. a Jetson)",
+    read_precision=read_tensorrt_precision, reads_folder=True, claims_folder=True, targets=validation_targets,
+    not_runnable_hint=not_runnable_hint, mutable_files=mutable_files,
+    # INT8 is the ONNX Runtime quantizer's explicit Q/DQ graph: its statistics cache is ONNX Runtime's.
+    quantizer=Quantizer(cache_backend="onnxruntime", targets=("tensorrt",), dynamic_batch=True),
+)
+"""The TensorRT format (module docstring)."""
+
+
+@register_exporter(FORMAT)
 class TensorRTExporter(Exporter):
     """``model.onnx`` + ``build_engine.sh`` (+ ``model.engine`` when TensorRT and a GPU are here)."""
 
     options_class = TensorRTOptions
-    supported_precisions = ("fp32", "fp16", "int8")
-    default_precision = "fp16"
     requires = ()  # onnx/onnxruntime are core dependencies; TensorRT itself is optional (module docstring)
-    artifact_suffix = ".engine"
     quantization_flags = (*Exporter.quantization_flags, "--target")
 
     def validate(self, config: ExportConfig) -> None:
         super().validate(config)
         q = config.quantization
-        if q is not None and q.target not in (None, "tensorrt"):
+        if q is not None and q.target not in (None, *FORMAT.quantizer.targets):
             raise ConfigError(f"tensorrt export | --target {q.target} is for --format onnx; a TensorRT INT8 export "
                               "always writes the explicit symmetric QDQ graph (--target tensorrt)")
         if self.resolve_options(config).dla_core is not None and self.resolve_precision(config) == "fp32":
@@ -261,9 +369,9 @@ class TensorRTExporter(Exporter):
         if precision == "int8":
             from ffnet_deploy.quantize.stages import quantize_onnx_stage
 
-            stage = quantize_onnx_stage(stage, model, config, log, "tensorrt")
+            stage = quantize_onnx_stage(stage, model, config, log, FORMAT.quantizer.targets[0])
         plan = TrtBuildPlan.from_config(config, options, precision, onnx=stage.path.name)
-        script = workdir / "build_engine.sh"
+        script = workdir / BUILD_SCRIPT
         header = (f"ffnet-deploy {__version__}: {unwrap(model).cfg.name} {config.resolution}px {precision}, "
                   f"batch {':'.join(map(str, config.batch_range())) if config.dynamic_batch else config.batch}")
         script.write_text(build_script(plan, header))

@@ -24,23 +24,39 @@ if _sys.platform != "darwin":
 
 from ffnet_deploy._version import __version__
 from ffnet_deploy.errors import FFNetDeployError
-from ffnet_deploy.models.checkpoint import (
-    LoadedCheckpoint,
-    inspect_checkpoint,
-    load_checkpoint,
-    load_ffnet,
-    open_checkpoint,
-    save_checkpoint,
-)
-from ffnet_deploy.models.config import VARIANTS, FFNetConfig, get_config
-from ffnet_deploy.models.ffnet import FFNet, create_ffnet
-from ffnet_deploy.models.reparam import reparam_report, reparameterize_model
+
+# The entry points below are imported on first use (PEP 562), not with the package: they need torch, and a process
+# that only reads a manifest or prints help should not pay for importing it.
+_LAZY = {
+    "LoadedCheckpoint": "ffnet_deploy.models.checkpoint", "inspect_checkpoint": "ffnet_deploy.models.checkpoint",
+    "load_checkpoint": "ffnet_deploy.models.checkpoint", "load_ffnet": "ffnet_deploy.models.checkpoint",
+    "open_checkpoint": "ffnet_deploy.models.checkpoint", "save_checkpoint": "ffnet_deploy.models.checkpoint",
+    "VARIANTS": "ffnet_deploy.models.config", "FFNetConfig": "ffnet_deploy.models.config",
+    "get_config": "ffnet_deploy.models.config", "FFNet": "ffnet_deploy.models.ffnet",
+    "create_ffnet": "ffnet_deploy.models.ffnet", "reparam_report": "ffnet_deploy.models.reparam",
+    "reparameterize_model": "ffnet_deploy.models.reparam",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ffnet_deploy' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 # coremltools also logs, at every import, that the installed scikit-learn is outside its range (which only disables
 # its scikit-learn converter, never used here) and that the installed torch is newer than the newest it was tested
 # with (the Core ML export's own parity gate is what tells whether the conversion is right). Both are noise on every
-# Core ML command; exactly these two messages are dropped, any other coremltools warning still shows. None of the
-# imports above imports coremltools, so the filter is in place before it first logs.
+# Core ML command; exactly these two messages are dropped, any other coremltools warning still shows. Nothing above
+# imports coremltools, so the filter is in place before it first logs.
 _COREMLTOOLS_NOISE = (
     _re.compile(r"scikit-learn version \S+ is not supported\. Minimum required version: \S+\. Maximum required "
                 r"version: \S+\. Disabling scikit-learn conversion API\."),

@@ -17,6 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ffnet_deploy.artifact.formats import demo_formats, format_names, format_specs, listing, model_suffixes
+from ffnet_deploy.artifact.precisions import baseline_precision, get_precision, precision_names
 from ffnet_deploy.errors import FFNetDeployError
 
 app = typer.Typer(
@@ -58,6 +60,61 @@ TrustOpt = Annotated[
                  "Only for files you trust: a malicious pickle runs code."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+
+# -- help texts about formats, precisions and runtimes: from the registries (artifact.formats, artifact.precisions,
+# the runners' capabilities), so that a registered format or precision shows up without editing this file.
+
+
+def _formats_help() -> str:
+    return f"{listing(format_names())}."
+
+
+def _precision_help() -> str:
+    """``--precision``: what the formats make and each format's default (fp16 for coreml and tensorrt)."""
+    made = [p for p in precision_names(stored=True) if any(p in s.precisions for s in format_specs())]
+    defaults: dict[str, list[str]] = {}
+    for spec in format_specs():
+        defaults.setdefault(spec.default_precision, []).append(spec.name)
+    default = "; ".join(f"{p} for {listing(names, 'and')}" for p, names in defaults.items())
+    calibrated = [f"{p} is {get_precision(p).summary}" for p in made if get_precision(p).calibrated]
+    return f"{listing(made)} (default: {default}){''.join('; ' + c for c in calibrated)}."
+
+
+def _target_help() -> str:
+    return " ".join(s.quantizer.help for s in format_specs() if s.quantizer is not None and s.quantizer.help)
+
+
+def _sensitivity_formats_help() -> str:
+    ranked = [s for s in format_specs() if s.quantizer is not None and s.quantizer.sensitivity is not None]
+    return f"Quantizer: {listing(f'{s.name} ({s.quantizer.sensitivity_label})' for s in ranked)}."
+
+
+def _sensitivity_target_help() -> str:
+    ranked = [s for s in format_specs() if s.quantizer is not None and s.quantizer.sensitivity is not None
+              and s.quantizer.targets]
+    return " ".join(f"{s.title}: {listing(s.quantizer.targets)} quantization scheme." for s in ranked)
+
+
+def _bench_runtimes_help() -> str:
+    from ffnet_deploy.benchmarks.suite import cpu_runtimes, runtime_names
+
+    return (f"Comma-separated: {', '.join(runtime_names())} (default: {','.join(cpu_runtimes())}; artifacts: each "
+            "one's own).")
+
+
+def _sensitivity_default() -> tuple[str, str]:
+    """``sensitivity``'s default ``--format`` and ``--target``: the first format whose quantizer ranks, and its
+    default target."""
+    spec = next(s for s in format_specs() if s.quantizer is not None and s.quantizer.sensitivity is not None)
+    return spec.name, (spec.quantizer.targets or ("",))[0]
+
+
+def _onnx_stage_formats() -> str:
+    """The formats whose options include the ONNX stage's (``OnnxOptions``): they take --opset and --no-simplify."""
+    from ffnet_deploy.exporters import EXPORTERS, OnnxOptions
+
+    return ", ".join(n for n in format_names() if issubclass(EXPORTERS.get(n).options_class, OnnxOptions))
 
 
 _ARGV: list[str] = []  # the arguments of this invocation (set by main), for results that record their command
@@ -161,7 +218,7 @@ def reparam(
 @app.command()
 def validate(
     artifacts: Annotated[list[Path], typer.Argument(help="Artifact directories (with manifest.json) or model files "
-                                                    "(.onnx, .xml, .mlpackage, .engine).")],
+                                                    f"({', '.join(model_suffixes(main_only=True))}).")],
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="The checkpoint the artifacts came from.")],
     variant: VariantOpt = None,
     data: Annotated[Path | None, typer.Option("--data", help="ImageFolder (one subfolder per class), or 'digits' "
@@ -173,7 +230,7 @@ def validate(
     limit: Annotated[int | None, typer.Option("--limit", help="Use at most N inputs.")] = None,
     batch: Annotated[int, typer.Option("--batch", help="Images per batch.")] = 8,
     precision_profile: Annotated[str, typer.Option("--precision-profile", help="auto (the manifest's precision), "
-                                                   "fp32, fp16 or int8.")] = "auto",
+                                                   f"{listing(precision_names(stored=True))}.")] = "auto",
     tolerance: Annotated[list[str] | None, typer.Option("--tolerance", help="Override a threshold, repeatable: "
                          "atol_scale, max_abs_error, min_cosine, min_cosine_worst, min_psnr_db, min_top1_agreement, "
                          "min_top5_overlap, max_acc_drop, localize_sqnr_db (value or 'none').")] = None,
@@ -280,16 +337,25 @@ def demo_checkpoint(
     console.print(table)
 
 
-_ONNX_PANEL = "ONNX stage options (onnx, openvino, tensorrt)"
+_ONNX_PANEL = f"ONNX stage options ({_onnx_stage_formats()})"
 _COREML_PANEL = "Core ML options"
 _TRT_PANEL = "TensorRT options"
 _QUANT_PANEL = "INT8 and compression options"
 
+_EXPORT_HELP = f"Export a checkpoint to {listing([s.title for s in format_specs()])}, with a manifest and a parity " \
+               """gate.
 
-@app.command()
+    INT8: --precision int8 --calib DATA calibrates (statistics cached per model, data, method and preprocessing) and
+    gates the artifact with the int8 tolerance profile on the calibration or --eval-data images.
+
+    Format options are refused for a format that does not take them (e.g. --dla-core with --format onnx).
+    """
+
+
+@app.command(help=_EXPORT_HELP)
 def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="Artifact directory to create.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="onnx, openvino, coreml or tensorrt.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help=_formats_help())],
     checkpoint: CheckpointOpt = None,
     variant: VariantOpt = None,
     resolution: Annotated[int | None, typer.Option("--resolution", "-r", help="Input side, a multiple of 32 "
@@ -297,8 +363,7 @@ def export(
     batch: Annotated[int, typer.Option("--batch", help="Fixed batch size.")] = 1,
     dynamic_batch: Annotated[str | None, typer.Option("--dynamic-batch", help="Dynamic batch MIN:OPT:MAX "
                                                       "(e.g. 1:8:32).")] = None,
-    precision: Annotated[str | None, typer.Option("--precision", help="fp32 or fp16 (default: fp32; fp16 for "
-                                                  "coreml and tensorrt).")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help=_precision_help())] = None,
     no_reparam: Annotated[bool, typer.Option("--no-reparam", help="Export the unfused model.")] = False,
     include_preprocessing: Annotated[bool, typer.Option("--include-preprocessing", help="Bake ImageNet "
                                                         "normalization into the ONNX graph.")] = False,
@@ -330,9 +395,7 @@ def export(
                                                    rich_help_panel=_QUANT_PANEL)] = None,
     calib_method: Annotated[str | None, typer.Option("--calib-method", help="minmax (default), entropy or "
                                                      "percentile.", rich_help_panel=_QUANT_PANEL)] = None,
-    target: Annotated[str | None, typer.Option("--target", help="INT8 ONNX for: cpu (ONNX Runtime on any CPU, "
-                                               "default), cpu-vnni (8-bit weights: CPUs with VNNI, AVX-VNNI, AMX or "
-                                               "ARM64 only) or tensorrt (explicit symmetric QDQ).",
+    target: Annotated[str | None, typer.Option("--target", help=_target_help(),
                                                rich_help_panel=_QUANT_PANEL)] = None,
     max_drop: Annotated[float | None, typer.Option("--max-drop", help="Accuracy budget in points on --eval-data: "
                                                    "keeps the most sensitive layer groups in float.",
@@ -357,13 +420,7 @@ def export(
     trust_checkpoint: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export a checkpoint to ONNX, OpenVINO IR, Core ML or TensorRT, with a manifest and a parity gate.
-
-    INT8: --precision int8 --calib DATA calibrates (statistics cached per model, data, method and preprocessing) and
-    gates the artifact with the int8 tolerance profile on the calibration or --eval-data images.
-
-    Format options are refused for a format that does not take them (e.g. --dla-core with --format onnx).
-    """
+    # The help is _EXPORT_HELP, which names the formats from the registry.
     from ffnet_deploy.export import export as run_export
     from ffnet_deploy.export import parse_dynamic_batch
     from ffnet_deploy.exporters import build_options
@@ -432,8 +489,7 @@ def sensitivity(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="FFNet checkpoint to analyze.")],
     calib: Annotated[str, typer.Option("--calib", help="Calibration data: an ImageFolder, a folder of images, or "
                                        "'digits'.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="Quantizer: onnx (ONNX Runtime) or openvino "
-                                     "(NNCF).")] = "onnx",
+    fmt: Annotated[str, typer.Option("--format", "-f", help=_sensitivity_formats_help())] = _sensitivity_default()[0],
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="Labelled data (ImageFolder or 'digits') "
                                                   "to rank on; default: the calibration images.")] = None,
     variant: VariantOpt = None,
@@ -441,8 +497,7 @@ def sensitivity(
                                                    "variant's).")] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images.")] = 300,
     calib_method: Annotated[str, typer.Option("--calib-method", help="minmax, entropy or percentile.")] = "minmax",
-    target: Annotated[str, typer.Option("--target", help="ONNX: cpu, cpu-vnni or tensorrt quantization "
-                                            "scheme.")] = "cpu",
+    target: Annotated[str, typer.Option("--target", help=_sensitivity_target_help())] = _sensitivity_default()[1],
     calib_cache: Annotated[Path | None, typer.Option("--calib-cache", help="Calibration-statistics cache "
                                                      "folder.")] = None,
     trust_checkpoint: TrustOpt = False,
@@ -500,11 +555,10 @@ def bench(
                                                            "export' (or use --variant).", show_default=False)] = None,
     variant: VariantOpt = None,
     checkpoint: CheckpointOpt = None,
-    runtimes: Annotated[str | None, typer.Option("--runtimes", help="Comma-separated: torch, onnxruntime, "
-                                                 "openvino, tensorrt, coreml (default: torch,onnxruntime,openvino; "
-                                                 "artifacts: each one's own).")] = None,
-    precisions: Annotated[str | None, typer.Option("--precisions", help="Comma-separated: fp32, fp16, bf16, int8 "
-                                                   "(default: fp32; artifacts: each one's own).")] = None,
+    runtimes: Annotated[str | None, typer.Option("--runtimes", help=_bench_runtimes_help())] = None,
+    precisions: Annotated[str | None, typer.Option("--precisions", help=f"Comma-separated: "
+                                                   f"{', '.join(precision_names())} (default: "
+                                                   f"{baseline_precision()}; artifacts: each one's own).")] = None,
     resolution: Annotated[int | None, typer.Option("--resolution", "-r", help="Input side for --variant "
                                                    "(default: the variant's).")] = None,
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes, comma-separated (e.g. 1,8).")] = "1",
@@ -546,11 +600,11 @@ def bench(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ffnet_deploy.benchmarks.suite import (
-        PRECISIONS,
-        RUNTIME_NAMES,
         BenchRequest,
+        bench_precisions,
         parse_batches,
         parse_list,
+        runtime_names,
         write_outputs,
     )
     from ffnet_deploy.benchmarks.suite import bench as run_bench
@@ -558,8 +612,8 @@ def bench(
 
     request = BenchRequest(
         artifacts=tuple(artifacts or ()), variant=variant, checkpoint=checkpoint,
-        runtimes=parse_list(runtimes, RUNTIME_NAMES, "--runtimes") or None,
-        precisions=parse_list(precisions, PRECISIONS, "--precisions") or None, resolution=resolution,
+        runtimes=parse_list(runtimes, runtime_names(), "--runtimes") or None,
+        precisions=parse_list(precisions, bench_precisions(), "--precisions") or None, resolution=resolution,
         batches=parse_batches(batch), threads=threads,
         protocol=Protocol(warmup=warmup, warmup_time_s=warmup_time, min_iters=min_iters, min_time_s=min_time,
                           max_time_s=max_time),
@@ -731,10 +785,11 @@ def pipeline(
                                               "model and run everything on labelled digits.")] = None,
     config_file: Annotated[Path | None, typer.Option("--config", help="deploy.toml with the same settings; "
                                                      "command-line options override it.")] = None,
-    formats: Annotated[str | None, typer.Option("--formats", help="Comma-separated: onnx, openvino, coreml, "
-                                                "tensorrt (default: all; the demo: onnx,openvino,coreml).")] = None,
-    precisions: Annotated[str | None, typer.Option("--precisions", help="Comma-separated: fp32, fp16, int8 "
-                                                   "(default: all).")] = None,
+    formats: Annotated[str | None, typer.Option("--formats", help=f"Comma-separated: {', '.join(format_names())} "
+                                                f"(default: all; the demo: {','.join(demo_formats())}).")] = None,
+    precisions: Annotated[str | None, typer.Option("--precisions", help="Comma-separated: "
+                                                   f"{', '.join(precision_names(stored=True))} (default: all).")
+                          ] = None,
     calib: Annotated[str | None, typer.Option("--calib", help="Calibration data for int8: an ImageFolder, a "
                                               "folder of images, or 'digits'.")] = None,
     calib_size: Annotated[int | None, typer.Option("--calib-size", help="Calibration images (default 300).")

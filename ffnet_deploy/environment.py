@@ -164,6 +164,13 @@ def cap_threads(threads: int | None, component: str) -> tuple[int | None, str | 
         return threads, None
     return limit, (f"{component} | --threads {threads} is more than the {limit} CPU(s) this process may use; "
                    f"running with {limit}")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+"""ISA flags (as :func:`environment_info` names them) of a native BF16 GEMM path."""
+
+
+def has_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX512-BF16, AMX, or Arm's BF16)."""
+    return bool(set(_cpu_identity()["isa_flags"]) & set(BF16_FLAGS))
 
 
 def isa_class() -> str:

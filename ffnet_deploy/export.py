@@ -37,6 +37,7 @@ from ffnet_deploy.artifact.manifest import (
     read_manifest,
     write_manifest,
 )
+from ffnet_deploy.artifact.precisions import is_calibrated
 from ffnet_deploy.artifact.workdir import check_output, publish, workdir_for
 from ffnet_deploy.atomic import os_reason
 from ffnet_deploy.errors import ConfigError, ExportError, Interrupted, ParityError
@@ -305,7 +306,7 @@ profile allows a 1-point accuracy drop; on 64 images a single changed prediction
 
 def _quantized(config: ExportConfig) -> bool:
     q = config.quantization
-    return config.precision == "int8" or (q is not None and q.weights is not None)
+    return is_calibrated(config.precision) or (q is not None and q.weights is not None)
 
 
 def gate_source(config: ExportConfig, manifest: Manifest | None = None):

@@ -8,9 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ffnet_deploy.artifact.formats import format_specs, get_format, listing
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.quantize.config import QuantizationConfig
-from ffnet_deploy.quantize.stages import Log, onnx_ranges, read_calibration, transform_for
+from ffnet_deploy.quantize.stages import Log, read_calibration, transform_for
+
+
+def sensitivity_formats() -> tuple[str, ...]:
+    """The formats whose quantizer can rank layer groups (``sensitivity --format``): ONNX (ONNX Runtime), OpenVINO
+    (NNCF)."""
+    return tuple(s.name for s in format_specs() if s.quantizer is not None and s.quantizer.sensitivity is not None)
 
 
 def sensitivity_analysis(checkpoint, variant: str | None, fmt: str, quant: QuantizationConfig, *,
@@ -29,8 +36,9 @@ def sensitivity_analysis(checkpoint, variant: str | None, fmt: str, quant: Quant
     from ffnet_deploy.quantize import sensitivity as sens
 
     log = log or (lambda _m: None)
-    if fmt not in ("onnx", "openvino"):
-        raise ConfigError(f"sensitivity | --format must be onnx or openvino, got {fmt!r}")
+    ranked = sensitivity_formats()
+    if fmt not in ranked:
+        raise ConfigError(f"sensitivity | --format must be {listing(ranked)}, got {fmt!r}")
     quant.validate()
     if quant.calib is None and quant.cache_dir is None:
         raise ConfigError("sensitivity | pass --calib DATA (an ImageFolder, a folder of images, or 'digits')")
@@ -48,16 +56,8 @@ def sensitivity_analysis(checkpoint, variant: str | None, fmt: str, quant: Quant
             data = sens.load_eval_set(quant.eval_data, transform)
         elif calib is not None:
             data = sens.EvalSet(np.concatenate(list(calib.batches(32))), None, calib.describe())
-        else:
-            raise ConfigError("sensitivity | nothing to evaluate on: pass --eval-data DATA or --calib DATA")
-        if fmt == "onnx":
-            from ffnet_deploy.quantize import onnx_int8
-
-            prepared = onnx_int8.prepare_onnx(stage.path, work)
-            ranges, _ = onnx_ranges(stage.path, prepared, config, calib, transform, log)
-            backend = sens.OnnxBackend(stage.path, prepared, ranges, quant.target or "cpu", work)
-        else:
-            backend = sens.OpenVINOBackend(stage.path, calib, work)
+        # The format's quantizer builds the backend that ranks (FormatSpec.quantizer.sensitivity, in its room).
+        backend = get_format(fmt).quantizer.sensitivity(stage, config, calib, transform, work, log)
         try:
             return sens.analyze(backend, data, log)
         finally:

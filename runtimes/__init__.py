@@ -17,19 +17,34 @@ Constructor options (every runner also takes ``threads``, ``session_options``, `
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from pathlib import Path
 from typing import Any
 
 from ffnet_deploy.runtimes.base import RUNTIMES, BaseRunner, register_runtime
 
-# Adding a runtime means adding its module here, plus its test.
-RUNNER_MODULES = ("pytorch", "onnxruntime", "openvino", "tensorrt", "coreml", "coreml_reference")
-
 
 def load_all() -> None:
-    """Import every runner module so that each registers itself."""
-    for module in RUNNER_MODULES:
-        importlib.import_module(f"ffnet_deploy.runtimes.{module}")
+    """Import every module of this folder (private ``_x`` modules aside), so that each runner registers itself:
+    adding a runtime is adding its module (and its test), nothing else."""
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+def builtin_modules() -> tuple[str, ...]:
+    """The modules of this folder that register a runner."""
+    load_all()
+    prefix = f"{__name__}."
+    return tuple(sorted({cls.__module__[len(prefix):] for cls in RUNTIMES.values()
+                         if cls.__module__.startswith(prefix)}))
+
+
+def __getattr__(name: str) -> Any:
+    # RUNNER_MODULES is found, not listed: the modules of this folder that register a runner.
+    if name == "RUNNER_MODULES":
+        return builtin_modules()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def create_runner(name: str, artifact: str | Path | None = None, **options: Any) -> BaseRunner:
@@ -47,4 +62,5 @@ def create_runner(name: str, artifact: str | Path | None = None, **options: Any)
     return RUNTIMES.get(name)(artifact, **options)
 
 
-__all__ = ["RUNTIMES", "RUNNER_MODULES", "BaseRunner", "create_runner", "load_all", "register_runtime"]
+__all__ = ["RUNTIMES", "RUNNER_MODULES", "BaseRunner", "builtin_modules", "create_runner", "load_all",
+           "register_runtime"]

@@ -16,6 +16,16 @@ with :func:`~ffnet_deploy.artifact.manifest.read_manifest`, into :attr:`BaseRunn
 
 Runners register themselves by name with :func:`register_runtime`; ``ffnet_deploy.runtimes.create_runner`` builds
 one by name. This module never imports the package ``__init__`` (which imports it), so there is no import cycle.
+
+Capabilities, not names: a runner declares what it can do as class attributes and class methods, and validate, bench
+and the pipeline ask it instead of listing runners: the formats and files it loads (``formats``,
+``model_suffixes``), the execution-only precisions it can run an artifact in (``executes``, bf16) and why a
+precision cannot run here (:meth:`BaseRunner.precision_unavailable`), the options bench builds it with per precision
+and timing variant (:meth:`BaseRunner.bench_options`, ``timing_variants``: Core ML's compute units), whether it runs
+an in-memory model (``needs_artifact = False``) or one converted from plain ONNX (``converts_onnx``), and which
+error localization it supports (``localize``). A format names its runners (``FormatSpec.runtimes``, ``bench_runtime``
+in :mod:`ffnet_deploy.artifact.formats`); each of them must list that format in ``formats`` (the contract test
+checks).
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ffnet_deploy.artifact.manifest import Manifest, TensorSpec, has_manifest, read_manifest
+from ffnet_deploy.artifact.precisions import get_precision
 from ffnet_deploy.environment import cap_threads
 from ffnet_deploy.errors import ConfigError, RuntimeBackendError
 from ffnet_deploy.registry import Registry
@@ -69,6 +80,12 @@ class BaseRunner(ABC):
     needs_artifact: ClassVar[bool] = True  # False for runners that can run an in-memory model
     model_suffixes: ClassVar[tuple[str, ...]] = ()  # model files the runner loads, most preferred first
     session_options_kind: ClassVar[str | None] = None  # what the session_options hook receives; None = unsupported
+    # -- capabilities (module docstring) --
+    formats: ClassVar[tuple[str, ...]] = ()  # artifact formats it loads
+    executes: ClassVar[tuple[str, ...]] = ()  # execution-only precisions it runs an artifact in (bf16)
+    timing_variants: ClassVar[tuple[str | None, ...]] = (None,)  # bench times each; the first is the default
+    converts_onnx: ClassVar[bool] = False  # runs an in-memory model from its plain ONNX export (model_from_onnx)
+    localize: ClassVar[str | None] = None  # error localization: "blocks" (extra_outputs), "mil-ops", None
 
     def __init__(self, artifact: str | Path | None = None, *, threads: int | None = None,
                  session_options: SessionOptionsHook | None = None, manifest: Manifest | None = None,
@@ -118,6 +135,36 @@ class BaseRunner(ABC):
             except ImportError:
                 return f"needs {module}: pip install 'ffnet-deploy[{extra}]'"
         return None
+
+    @classmethod
+    def precision_unavailable(cls, precision: str) -> str | None:
+        """``None`` when this runtime can run ``precision`` here, else one line saying why not.
+
+        An artifact runner runs an artifact of any stored precision (the artifact is what it is) and an
+        execution-only precision only when it lists it in :attr:`executes`; an in-memory runner runs the baseline
+        precision and what it :attr:`executes`. Runners override this to say it in their own words, or to check
+        the hardware (bf16 arithmetic).
+        """
+        p = get_precision(precision)
+        if precision in cls.executes or (p.stored and (cls.needs_artifact or p.baseline)):
+            return None
+        return f"{cls.runtime_name} cannot execute {precision}"
+
+    @classmethod
+    def bench_options(cls, precision: str, variant: str | None = None) -> dict[str, Any]:
+        """Constructor options bench builds this runner with to time ``precision`` (at timing ``variant``)."""
+        return {}
+
+    @classmethod
+    def bench_model(cls, model: Any, precision: str) -> Any:
+        """The in-memory model an in-memory runner (``needs_artifact = False``) times at ``precision``."""
+        return model
+
+    @classmethod
+    def model_from_onnx(cls, onnx: Path) -> Path:
+        """The model file this runner loads for an in-memory model exported to plain ONNX at ``onnx`` (only for
+        runners with ``converts_onnx``); converted next to it, once."""
+        return onnx
 
     def activate(self) -> BaseRunner:
         """Load the artifact and prepare the engine. Activating twice is an error."""
@@ -329,6 +376,12 @@ def resolve_model_file(path: str | Path, suffixes: tuple[str, ...], component: s
     )
 
 
-RUNTIMES: Registry[type[BaseRunner]] = Registry("runtime", name_attr="runtime_name")
+def _load_runners() -> None:
+    import importlib
+
+    importlib.import_module("ffnet_deploy.runtimes").load_all()
+
+
+RUNTIMES: Registry[type[BaseRunner]] = Registry("runtime", name_attr="runtime_name", loader=_load_runners)
 register_runtime = RUNTIMES.register
 """Class decorator registering a :class:`BaseRunner` subclass under a name (stored as ``runtime_name``)."""

@@ -41,6 +41,18 @@ class CoreMLRunner(BaseRunner):
 
     requires = (("coremltools", "coreml"),)
     model_suffixes = (".mlpackage", ".mlmodel")
+    formats = ("coreml",)
+    timing_variants = ("ALL", "CPU_AND_NE", "CPU_ONLY")  # compute units bench times; ALL is the pipeline's
+
+    @classmethod
+    def precision_unavailable(cls, precision: str) -> str | None:
+        if precision == "bf16":
+            return "Core ML has no bf16"
+        return super().precision_unavailable(precision)
+
+    @classmethod
+    def bench_options(cls, precision: str, variant: str | None = None) -> dict[str, Any]:
+        return {"compute_units": variant or "ALL"}
 
     def __init__(self, artifact: str | Path | None, *, compute_units: str = "ALL", threads: int | None = None,
                  session_options: SessionOptionsHook | None = None, manifest: Manifest | None = None,

@@ -55,6 +55,8 @@ class CoreMLReferenceRunner(BaseRunner):
 
     requires = (("coremltools.libmilstoragepython", "coreml"),)
     model_suffixes = (".mlpackage",)
+    formats = ("coreml",)
+    localize = "mil-ops"
 
     def __init__(self, artifact: str | Path | None, *, compute_fp32: bool = False, observer: Observer | None = None,
                  threads: int | None = None, session_options: SessionOptionsHook | None = None,

@@ -63,6 +63,20 @@ class OnnxRuntimeRunner(BaseRunner):
     """
 
     model_suffixes = (".onnx",)
+    formats = ("onnx", "tensorrt")  # ONNX artifacts, and a TensorRT folder's TensorRT-ready graph
+    converts_onnx = True  # an in-memory model runs from its plain ONNX export as is
+    localize = "blocks"
+
+    @classmethod
+    def precision_unavailable(cls, precision: str) -> str | None:
+        if precision == "bf16":
+            return "ONNX Runtime's CPU provider has no bf16 convolution kernels; use openvino for bf16 on a CPU"
+        return super().precision_unavailable(precision)
+
+    @classmethod
+    def bench_options(cls, precision: str, variant: str | None = None) -> dict[str, Any]:
+        # Workers that spin after a call slow whatever runs next (benchmarks.suite); bench tells them not to.
+        return {"session_options": no_spinning}
     session_options_kind = "onnxruntime.SessionOptions"
 
     def __init__(self, artifact: str | Path | None, *, providers: Sequence[str] | None = None,

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ffnet_deploy.artifact.manifest import Manifest, TensorSpec
+from ffnet_deploy.environment import has_bf16
 from ffnet_deploy.errors import ConfigError, RuntimeBackendError, require
 from ffnet_deploy.runtimes.base import BaseRunner, SessionOptionsHook, register_runtime
 
@@ -41,6 +42,34 @@ class OpenVINORunner(BaseRunner):
 
     requires = (("openvino", "openvino"),)
     model_suffixes = (".xml", ".onnx")
+    formats = ("openvino", "onnx")
+    executes = ("bf16",)  # the fp32 IR executed in bf16 (inference precision hint), where the CPU has it
+    converts_onnx = True  # an in-memory model runs from the IR converted from its plain ONNX export
+    localize = "blocks"
+
+    INFERENCE_HINT = {"fp32": "f32", "fp16": "f32", "int8": "f32", "bf16": "bf16"}
+    """Inference precision hint bench sets per precision. fp16 means fp16 *weights* (the IR); on a CPU its arithmetic
+    is f32 unless the CPU has fp16 units, and int8 runs int8 kernels with f32 for the layers NNCF kept in float, so
+    the numbers compare with fp32 on the same footing. bf16 is the fp32 IR executed in bf16. Others: f32."""
+
+    @classmethod
+    def precision_unavailable(cls, precision: str) -> str | None:
+        if precision == "bf16" and not has_bf16():
+            return "this CPU has no bf16 arithmetic (AVX512-BF16 or AMX)"
+        return super().precision_unavailable(precision)
+
+    @classmethod
+    def bench_options(cls, precision: str, variant: str | None = None) -> dict[str, Any]:
+        return {"inference_precision": cls.INFERENCE_HINT.get(precision, "f32")}
+
+    @classmethod
+    def model_from_onnx(cls, onnx: Path) -> Path:
+        import openvino as ov
+
+        xml = onnx.with_suffix(".xml")
+        if not xml.exists():
+            ov.save_model(ov.convert_model(str(onnx)), str(xml), compress_to_fp16=False)
+        return xml
     session_options_kind = "dict of compile_model properties"
 
     def __init__(self, artifact: str | Path | None, *, device: str = "CPU", inference_precision: str = "f32",

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from ffnet_deploy.artifact.manifest import Manifest, TensorSpec
+from ffnet_deploy.artifact.precisions import get_precision
+from ffnet_deploy.environment import has_bf16
 from ffnet_deploy.errors import ConfigError, RuntimeBackendError
 from ffnet_deploy.runtimes.base import BaseRunner, SessionOptionsHook, register_runtime
 
@@ -46,6 +48,19 @@ class TorchRunner(BaseRunner):
     """
 
     needs_artifact = False  # an in-memory model= needs no file
+    executes = ("bf16",)  # a bf16 copy of the model (bench_model), where the CPU has bf16 arithmetic
+
+    @classmethod
+    def precision_unavailable(cls, precision: str) -> str | None:
+        if precision == "bf16":
+            return None if has_bf16() else "this CPU has no bf16 arithmetic (AVX512-BF16 or AMX)"
+        if not get_precision(precision).baseline:
+            return f"eager PyTorch on CPU has no {precision} inference path here; bench onnxruntime or openvino"
+        return None
+
+    @classmethod
+    def bench_model(cls, model: Any, precision: str) -> Any:
+        return bf16_module(model) if precision == "bf16" else model
 
     def __init__(self, artifact: str | Path | None = None, *, model: Any = None, variant: str | None = None,
                  trust: bool = False, resolution: int | None = None, device: str = "cpu",
@@ -129,3 +144,22 @@ class TorchRunner(BaseRunner):
         self._hooks.clear()
         self._captured.clear()
         self.model = None
+
+
+def bf16_module(model: Any) -> Any:
+    """A bf16 copy of a float32 module (weights and activations) that takes and returns float32."""
+    import copy
+
+    import torch
+
+    inner = copy.deepcopy(model).to(torch.bfloat16).eval()
+
+    class Bf16(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x.to(torch.bfloat16)).float()
+
+    return Bf16()

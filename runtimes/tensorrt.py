@@ -36,6 +36,13 @@ class TensorRTRunner(BaseRunner):
 
     requires = (("tensorrt", "tensorrt"),)
     model_suffixes = (".engine", ".plan")
+    formats = ("tensorrt",)
+
+    @classmethod
+    def precision_unavailable(cls, precision: str) -> str | None:
+        if precision == "bf16":
+            return "bench builds TensorRT engines in fp32, fp16 or int8"
+        return super().precision_unavailable(precision)
 
     def __init__(self, artifact: str | Path | None, *, device: int = 0, threads: int | None = None,
                  session_options: SessionOptionsHook | None = None, manifest: Manifest | None = None,

@@ -12,7 +12,8 @@ Schema history
   still load: the role is derived from the recorded dtype (a ``dict`` output of a Core ML classifier holds
   probabilities, a ``string`` output the label, anything else logits).
 
-Reading validates: invalid JSON, a missing field, a wrong type or an unknown precision is one
+Reading validates: invalid JSON, a missing field, a wrong type, an unknown format or precision (the registered ones:
+:mod:`ffnet_deploy.artifact.formats`, :mod:`ffnet_deploy.artifact.precisions`) is one
 :class:`ManifestError` line that names the file and the field, e.g.
 ``manifest | out/m/manifest.json: field 'inputs[0].shape' must be a list of ints or nulls, got 'abc'``.
 """
@@ -28,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from ffnet_deploy.artifact.formats import format_names
+from ffnet_deploy.artifact.precisions import precision_names
 from ffnet_deploy.errors import ConfigError
 
 SCHEMA = "ffnet-deploy/manifest/2"
@@ -37,12 +40,6 @@ READABLE_SCHEMAS = ("ffnet-deploy/manifest/1", SCHEMA)
 """Schemas :func:`read_manifest` accepts."""
 
 MANIFEST_NAME = "manifest.json"
-
-FORMATS = ("onnx", "openvino", "coreml", "tensorrt")
-"""Artifact formats a manifest may declare."""
-
-PRECISIONS = ("fp32", "fp16", "int8")
-"""Precisions a manifest may declare; each has a tolerance profile in :mod:`ffnet_deploy.validate.tolerances`."""
 
 INPUT_RANGES = ("normalized", "0-1", "0-255")
 """What an artifact's input holds: ImageNet-normalized floats, 0-1 floats, or uint8 pixels."""
@@ -173,8 +170,8 @@ class Manifest:
     from (``None`` for one built in memory); it is not written.
     """
 
-    format: str  # one of FORMATS
-    precision: str  # one of PRECISIONS
+    format: str  # a registered format (ffnet_deploy.artifact.formats)
+    precision: str  # a stored precision (ffnet_deploy.artifact.precisions)
     variant: str  # FFNet variant name
     resolution: int  # input side in pixels
     num_classes: int  # classifier outputs
@@ -328,8 +325,10 @@ def parse_manifest(data: Any, source: str = "manifest", directory: Path | None =
     if schema not in READABLE_SCHEMAS:
         r.fail("schema", f"is {schema!r}; this version reads {', '.join(READABLE_SCHEMAS)} (upgrade ffnet-deploy "
                          "or re-export)")
-    fmt = r.choice(data, "format", FORMATS)
-    precision = r.choice(data, "precision", PRECISIONS)
+    # The formats and precisions a manifest may declare are the registered ones (a new format's room registers its
+    # own), so an artifact of any format reads back.
+    fmt = r.choice(data, "format", format_names())
+    precision = r.choice(data, "precision", precision_names(stored=True))
     inputs = tuple(_tensor(r, t, f"inputs[{i}]", True) for i, t in enumerate(r.list(data, "inputs", nonempty=True)))
     outputs = tuple(_tensor(r, t, f"outputs[{i}]", False)
                     for i, t in enumerate(r.list(data, "outputs", nonempty=True)))

@@ -26,14 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ffnet_deploy.artifact.manifest import FORMATS, PRECISIONS
+from ffnet_deploy.artifact.formats import demo_formats, format_names, get_format
+from ffnet_deploy.artifact.precisions import is_calibrated, precision_names
 from ffnet_deploy.errors import ConfigError
 
-DEMO_FORMATS = ("onnx", "openvino", "coreml")
-
-RUNS_ON = {"onnx": "any machine (ONNX Runtime on the CPU)", "openvino": "an x86 or Arm CPU with OpenVINO",
-           "coreml": "any machine for export and the reference check; a Mac for Core ML latency",
-           "tensorrt": "the target device with an NVIDIA GPU and TensorRT (e.g. a Jetson)"}
+# The formats and precisions (all, the demo's, where each runs, which need calibration) are the registries'
+# (ffnet_deploy.artifact.formats, ffnet_deploy.artifact.precisions): a registered format is a pipeline job too.
 
 
 @dataclass(frozen=True)
@@ -59,8 +57,8 @@ class PipelineConfig:
     output: Path
     checkpoint: Path | None = None
     variant: str | None = None
-    formats: tuple[str, ...] = FORMATS
-    precisions: tuple[str, ...] = PRECISIONS
+    formats: tuple[str, ...] | None = None  # None: every registered format
+    precisions: tuple[str, ...] | None = None  # None: every stored precision
     calib: str | None = None  # calibration data for int8 (an ImageFolder, a folder of images, or "digits")
     calib_size: int | None = None  # default: the quantizer's (300), or what the data holds for small sets
     eval_data: str | None = None  # labelled (or unlabelled) data for validation; default: calib, else synthetic
@@ -77,6 +75,12 @@ class PipelineConfig:
     trust: bool = False
     device_name: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.formats is None:
+            object.__setattr__(self, "formats", format_names())
+        if self.precisions is None:
+            object.__setattr__(self, "precisions", precision_names(stored=True))
+
     def validate(self) -> None:
         """Check the settings on their own.
 
@@ -87,8 +91,8 @@ class PipelineConfig:
             raise ConfigError("pipeline | pass --checkpoint FILE (or --demo, which needs no files)")
         if self.demo and self.checkpoint is not None:
             raise ConfigError("pipeline | --demo trains its own checkpoint; leave out --checkpoint")
-        for name, values, allowed in (("--formats", self.formats, FORMATS),
-                                      ("--precisions", self.precisions, PRECISIONS)):
+        for name, values, allowed in (("--formats", self.formats, format_names()),
+                                      ("--precisions", self.precisions, precision_names(stored=True))):
             bad = [v for v in values if v not in allowed]
             if bad or not values:
                 raise ConfigError(f"pipeline | {name} takes a comma-separated list of {', '.join(allowed)}; "
@@ -208,7 +212,7 @@ def build_config(file_settings: Mapping[str, Any], cli_settings: Mapping[str, An
     (``None`` means not given)."""
     merged = {**file_settings, **{k: v for k, v in cli_settings.items() if v is not None}}
     if merged.get("demo"):
-        merged.setdefault("formats", DEMO_FORMATS)
+        merged.setdefault("formats", demo_formats())
         merged.setdefault("calib", "digits")
         merged.setdefault("eval_data", "digits")
     if "output" not in merged:
@@ -234,8 +238,8 @@ class PlannedJob:
 
     def to_dict(self) -> dict:
         return {"id": self.job.id, "format": self.job.format, "precision": self.job.precision,
-                "stages": ["export", "validate", "bench"], "needs": self.needs, "runs_on": RUNS_ON[self.job.format],
-                "command": self.command}
+                "stages": ["export", "validate", "bench"], "needs": self.needs,
+                "runs_on": get_format(self.job.format).runs_on, "command": self.command}
 
 
 def plan_jobs(config: PipelineConfig, argv: Sequence[str]) -> dict:
@@ -246,7 +250,7 @@ def plan_jobs(config: PipelineConfig, argv: Sequence[str]) -> dict:
     base = [a for a in _strip_option(list(argv), ("--plan", "--only", "--resume", "--force"))]
     jobs = []
     for job in config.jobs():
-        needs = ["inspect", "reparameterize"] + (["calibration"] if job.precision == "int8" else [])
+        needs = ["inspect", "reparameterize"] + (["calibration"] if is_calibrated(job.precision) else [])
         jobs.append(PlannedJob(job, shlex.join(["ffnet-deploy", *base, "--only", job.selector]), needs).to_dict())
     out = str(config.output)
     return {"schema": "ffnet-deploy.pipeline-plan/1", "output": out,

@@ -22,6 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ffnet_deploy.artifact.formats import bench_runtimes, format_names
+from ffnet_deploy.artifact.precisions import baseline_precision, is_calibrated, precision_names
 from ffnet_deploy.atomic import os_reason, removed_on_failure, write_hint, write_text
 from ffnet_deploy.errors import ConfigError, FFNetDeployError
 from ffnet_deploy.pipeline.config import Job, PipelineConfig
@@ -251,8 +253,8 @@ def skip_reason(config: PipelineConfig, job: Job) -> str | None:
         return str(err)
     if job.precision not in exporter.supported_precisions:
         return (f"{job.format} exports {', '.join(exporter.supported_precisions)}, not {job.precision}")
-    if job.precision == "int8" and config.calib is None:
-        return "int8 needs calibration data: pass --calib DATA"
+    if is_calibrated(job.precision) and config.calib is None:
+        return f"{job.precision} needs calibration data: pass --calib DATA"
     return None
 
 
@@ -272,7 +274,7 @@ def stage_export(config: PipelineConfig, state: PipelineState, job: Job, record:
         return
     out = config.output / "artifacts" / job.id
     quant = None
-    if job.precision == "int8":
+    if is_calibrated(job.precision):
         quant = QuantizationConfig(calib=config.calib, **({"calib_size": config.calib_size} if config.calib_size
                                                           else {}),
                                    cache_dir=config.output / STATE_DIR / "calibration")
@@ -415,8 +417,9 @@ def stage_bench(config: PipelineConfig, state: PipelineState, fused: Callable[[]
     :mod:`ffnet_deploy.benchmarks.suite` on why runtimes are not interleaved with each other)."""
     from ffnet_deploy.benchmarks.results import BenchRow
     from ffnet_deploy.benchmarks.suite import Job as BenchJob
-    from ffnet_deploy.benchmarks.suite import artifact_jobs, default_threads, run_jobs, runner_factory
+    from ffnet_deploy.benchmarks.suite import artifact_jobs, default_threads, run_jobs, runner_factory, runtime_names
     from ffnet_deploy.environment import cap_threads
+    from ffnet_deploy.runtimes import RUNTIMES
     from ffnet_deploy.runtimes.timing import Protocol
 
     threads, capped = cap_threads(config.threads, "pipeline")
@@ -437,17 +440,20 @@ def stage_bench(config: PipelineConfig, state: PipelineState, fused: Callable[[]
     owner: list[str | None] = []
     for r in benchable:
         for job in artifact_jobs([config.output / r["artifact"]["path"]], batches=[1], threads=threads):
-            if job.row.runtime == "coreml" and job.row.compute_units not in (None, "ALL"):
-                continue  # the pipeline times Core ML once, with every compute unit allowed
+            if job.row.compute_units not in (None, RUNTIMES.get(job.row.runtime).timing_variants[0]):
+                continue  # the pipeline times each runner once, at its default variant (Core ML: every compute unit)
             jobs.append(job)
             owner.append(r["id"])
     model = fused().model
     resolution = info["resolution"]
-    torch_row = BenchRow(model=info["variant"], runtime="torch", precision="fp32", resolution=resolution,
+    # The baseline: the in-memory reference runner (eager PyTorch) at the baseline precision (fp32).
+    reference = runtime_names()[0]
+    baseline = baseline_precision()
+    torch_row = BenchRow(model=info["variant"], runtime=reference, precision=baseline, resolution=resolution,
                          threads=threads)
-    jobs.append(BenchJob(row=torch_row, make_runner=runner_factory("torch", None, "fp32", threads, model=model,
+    jobs.append(BenchJob(row=torch_row, make_runner=runner_factory(reference, None, baseline, threads, model=model,
                                                                    resolution=resolution),
-                         input_shape=(1, 3, resolution, resolution), group=("torch",)))
+                         input_shape=(1, 3, resolution, resolution), group=(reference,)))
     owner.append(None)
     artifacts = sum(rid is not None for rid in owner)
     ui.log(f"bench: {artifacts} artifact(s) and eager PyTorch, {threads} thread(s)")
@@ -484,7 +490,6 @@ def save_job(output: Path, record: dict) -> Path:
 
 def load_jobs(output: Path) -> list[dict]:
     """Every job record in ``output/jobs``, in format then precision order."""
-    from ffnet_deploy.pipeline.config import FORMATS, PRECISIONS
 
     records = []
     for path in sorted((output / "jobs").glob("*.json")):
@@ -495,18 +500,18 @@ def load_jobs(output: Path) -> list[dict]:
         if data.get("schema") != JOB_SCHEMA:
             raise ConfigError(f"pipeline | {path} is not a pipeline job record")
         records.append(data)
-    order = {(f, p): i for i, (f, p) in enumerate((f, p) for f in FORMATS for p in PRECISIONS)}
+    order = {(f, p): i for i, (f, p) in enumerate((f, p) for f in format_names()
+                                                  for p in precision_names(stored=True))}
     return sorted(records, key=lambda r: order.get((r["format"], r["precision"]), 99))
 
 
 def recommend(jobs: Sequence[dict]) -> list[dict]:
     """For each runtime, the fastest artifact that passed parity, with its speedup over that runtime's FP32."""
-    from ffnet_deploy.benchmarks.suite import RUNTIME_OF_FORMAT
-
+    runtime_of = bench_runtimes()  # the runner bench times each format with (a record of an unknown format: its own)
     out = []
-    runtimes = dict.fromkeys(RUNTIME_OF_FORMAT[j["format"]] for j in jobs)
+    runtimes = dict.fromkeys(runtime_of.get(j["format"], j["format"]) for j in jobs)
     for runtime in runtimes:
-        mine = [j for j in jobs if RUNTIME_OF_FORMAT[j["format"]] == runtime]
+        mine = [j for j in jobs if runtime_of.get(j["format"], j["format"]) == runtime]
         timed = [j for j in mine if j["status"] == "passed" and j.get("bench") and j["bench"].get("p50_ms")]
         if not timed:
             why = next((j["bench"]["reason"] for j in mine if j.get("bench") and j["bench"].get("reason")), None)
@@ -516,7 +521,7 @@ def recommend(jobs: Sequence[dict]) -> list[dict]:
             out.append({"runtime": runtime, "job": None, "why": why})
             continue
         best = min(timed, key=lambda j: j["bench"]["p50_ms"])
-        fp32 = next((j for j in timed if j["precision"] == "fp32"), None)
+        fp32 = next((j for j in timed if j["precision"] == baseline_precision()), None)
         entry = {"runtime": runtime, "job": best["id"], "p50_ms": best["bench"]["p50_ms"],
                  "fp32_job": fp32["id"] if fp32 else None,
                  "fp32_p50_ms": fp32["bench"]["p50_ms"] if fp32 else None,
@@ -631,10 +636,8 @@ def merge_runs(folders: Sequence[Path], out: Path, *, command: str = "",
                     publish(work, target, force=True)
         save_job(out, record)
     settings = dict(settings or {})
-    from ffnet_deploy.pipeline.config import FORMATS, PRECISIONS
-
-    formats = [f for f in FORMATS if any(r["format"] == f for r in records.values())]
-    precisions = [p for p in PRECISIONS if any(r["precision"] == p for r in records.values())]
+    formats = [f for f in format_names() if any(r["format"] == f for r in records.values())]
+    precisions = [p for p in precision_names(stored=True) if any(r["precision"] == p for r in records.values())]
     settings.update(formats=formats, precisions=precisions)
     names = list(dict.fromkeys(d.get("name") or "unnamed" for d in devices))
     # the runs' own device (several: their names only; each job's numbers come from the machine that ran it)

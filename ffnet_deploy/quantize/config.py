@@ -6,12 +6,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ffnet_deploy.artifact.formats import quantizer_targets
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.quantize.calibration import DEFAULT_CALIB_SIZE, MAX_CALIB_SIZE, METHODS
-
-TARGETS = ("cpu", "cpu-vnni", "tensorrt")
-"""What an INT8 ONNX is for: ONNX Runtime on any CPU (7-bit weights), ONNX Runtime on CPUs with VNNI, AVX-VNNI, AMX
-or ARM64 only (8-bit weights), or TensorRT (explicit symmetric QDQ)."""
 
 WEIGHT_MODES = ("int8", "int4", "palettize4", "palettize6")
 """Core ML weight-only compression: linear int8 / int4, or 4- / 6-bit k-means palettization."""
@@ -30,6 +27,7 @@ class QuantizationConfig:
     calib_size: int = DEFAULT_CALIB_SIZE  # calibration images (the data must hold this many usable ones)
     method: str = "minmax"  # activation range estimator: minmax, entropy or percentile
     target: str | None = None  # ONNX: "cpu" (any CPU), "cpu-vnni" (VNNI/AMX/ARM64 only) or "tensorrt"; None = format's
+    # (the values are the formats' quantizer targets: ffnet_deploy.artifact.formats.quantizer_targets)
     max_drop: float | None = None  # accuracy budget in points on eval_data; keeps sensitive layer groups in float
     eval_data: str | Path | None = None  # labelled data for max_drop and the export's parity check
     cache_dir: Path | None = None  # calibration-statistics cache folder; None = the per-model default cache
@@ -48,8 +46,10 @@ class QuantizationConfig:
         if not 1 <= self.calib_size <= MAX_CALIB_SIZE:
             raise ConfigError(f"quantize | --calib-size must be between 1 and {MAX_CALIB_SIZE}, got "
                               f"{self.calib_size}")
-        if self.target is not None and self.target not in TARGETS:
-            raise ConfigError(f"quantize | --target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        # The --target values are the formats' quantizers' (ONNX: cpu, cpu-vnni, tensorrt; artifact.formats).
+        targets = quantizer_targets()
+        if self.target is not None and self.target not in targets:
+            raise ConfigError(f"quantize | --target must be one of {', '.join(targets)}, got {self.target!r}")
         if self.max_drop is not None:
             if not 0 <= self.max_drop <= 100:
                 raise ConfigError(f"quantize | --max-drop is in accuracy points (0-100), got {self.max_drop}")
@@ -86,14 +86,15 @@ class QuantizationConfig:
                 for v in [getattr(self, f.name)]}
 
 
-def check_int8_config(config, fmt: str) -> None:
-    """Cross-checks of ``--precision int8`` with the shared export settings.
+def check_int8_config(config, fmt: str, precision: str = "int8") -> None:
+    """Cross-checks of a calibrated precision (``--precision int8``) with the shared export settings.
 
     Raises:
-        ConfigError: Baked-in preprocessing (calibration feeds normalized images), or no calibration source.
+        ConfigError: Baked-in preprocessing (calibration feeds normalized images), or more ``--calib-size`` than
+            ``--calib`` holds.
     """
     if config.include_preprocessing:
-        raise ConfigError(f"{fmt} export | --precision int8 calibrates on normalized images; drop "
+        raise ConfigError(f"{fmt} export | --precision {precision} calibrates on normalized images; drop "
                           "--include-preprocessing")
     q = config.quantization or QuantizationConfig()
     if q.calib is not None:

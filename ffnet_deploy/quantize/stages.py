@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ffnet_deploy.artifact.formats import get_format
 from ffnet_deploy.data.transform import EvalTransform
 from ffnet_deploy.environment import cpu_identity
 from ffnet_deploy.errors import ConfigError
@@ -39,6 +40,15 @@ Log = Callable[[str], None]
 
 PROGRESS_PREFIX = "progress: "
 """Log lines starting with this are transient progress (the CLI shows them in its status line, not as lines)."""
+
+
+def cache_backend(config) -> str:
+    """The calibration-statistics cache of ``config.format``'s quantizer (``<name>.calibration.json``: the format
+    declares it, ``FormatSpec.quantizer.cache_backend``; ONNX and TensorRT share ONNX Runtime's)."""
+    quantizer = get_format(config.format).quantizer
+    if quantizer is None:
+        raise ConfigError(f"{config.format} export | this format has no int8 quantizer")
+    return quantizer.cache_backend
 
 
 def settings(config) -> QuantizationConfig:
@@ -211,7 +221,7 @@ def onnx_ranges(fp32: Path, prepared: Path, config, calib: CalibrationSet | None
             progress=lambda done, total: log(f"{PROGRESS_PREFIX}calibrating {done}/{total}"))
         return {"ranges": {name: [float(lo), float(hi)] for name, (lo, hi) in sorted(ranges.items())}}
 
-    entry = cached_statistics(StatisticsCache(q.cache_dir, "onnxruntime", log),
+    entry = cached_statistics(StatisticsCache(q.cache_dir, cache_backend(config), log),
                               cache_key(sha256_file(fp32), config, calib, transform), collect, calib)
     return {name: (float(lo), float(hi)) for name, (lo, hi) in entry.statistics["ranges"].items()}, entry
 
@@ -258,7 +268,7 @@ def quantize_openvino_model(ov_model, stage, model, config, log: Log):
             log(f"note: NNCF chooses its own range estimators; --calib-method {q.method} is recorded but only "
                 "minmax-style statistics are collected")
 
-        cache = StatisticsCache(q.cache_dir, "openvino", log)
+        cache = StatisticsCache(q.cache_dir, cache_backend(config), log)
         entry = cache.lookup(key)
         with openvino_int8.nncf_output_to_stderr():
             if entry is None:
@@ -356,7 +366,7 @@ def compress_coreml_model(mlmodel, compression, model, config, log: Log):
             return coreml_compress.activation_ranges(
                 mlmodel, calib, progress=lambda done, total: log(f"{PROGRESS_PREFIX}calibrating {done}/{total}"))
 
-        entry = cached_statistics(StatisticsCache(q.cache_dir, "coreml", log), key, collect, calib)
+        entry = cached_statistics(StatisticsCache(q.cache_dir, cache_backend(config), log), key, collect, calib)
         ranges = entry.statistics
         record = quantization_record(q, calib, entry, backend="coreml", quantized_groups=[], float_groups=[],
                                      extra={}, seconds=0.0)

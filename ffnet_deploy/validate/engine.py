@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from ffnet_deploy.artifact.formats import FORMATS, format_names, format_of_suffix, get_format, model_suffixes
 from ffnet_deploy.artifact.inspect import PrecisionEvidence, inspect_precision, precision_mismatch, verify_files
-from ffnet_deploy.artifact.manifest import FORMATS, Manifest, has_manifest, read_manifest
+from ffnet_deploy.artifact.manifest import Manifest, has_manifest, read_manifest
 from ffnet_deploy.environment import cpu_identity, environment_info
 from ffnet_deploy.errors import ConfigError, FFNetDeployError, ParityError, first_line
 from ffnet_deploy.models.checkpoint import LoadedCheckpoint
@@ -55,7 +55,7 @@ class ArtifactResult:
 
     name: str  # display name (the path as given)
     path: str  # artifact directory or model file
-    format: str | None  # "onnx", "openvino", "coreml", "tensorrt"
+    format: str | None  # a registered format ("onnx", "openvino", ...)
     runtime: str | None  # runner that executed it
     precision: str  # precision whose profile was applied
     profile: ToleranceProfile  # thresholds applied
@@ -203,19 +203,16 @@ class ValidationReport:
 # Artifact resolution: the one place that decides which runner executes which file, with which profile
 # --------------------------------------------------------------------------------------------------------------------
 
-FORMAT_BY_SUFFIX = {".onnx": "onnx", ".xml": "openvino", ".mlpackage": "coreml", ".mlmodel": "coreml",
-                    ".engine": "tensorrt", ".plan": "tensorrt"}
-"""Format of a bare model file, by suffix."""
+# Which file is which format, which runner checks it and which targets a folder holds are declared by each format
+# (ffnet_deploy.artifact.formats.FormatSpec, in its exporter's module); nothing here names a format.
 
 
 def default_runtime(fmt: str) -> str:
-    """The runner for an artifact format on this machine (Core ML: the real one on macOS, else the reference)."""
-    if fmt == "coreml":
-        return "coreml" if sys.platform == "darwin" else "coreml-reference"
-    try:
-        return {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}[fmt]
-    except KeyError:
-        raise ConfigError(f"validate | unknown artifact format {fmt!r}; known: {', '.join(FORMATS)}") from None
+    """The runner validation uses for an artifact format on this machine (the format's first runtime choice that
+    applies here: Core ML's is the real one on macOS, else the reference interpreter)."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"validate | unknown artifact format {fmt!r}; known: {', '.join(format_names())}")
+    return get_format(fmt).validate_runtime()
 
 
 def runtime_unavailable(runtime: str) -> str | None:
@@ -236,7 +233,7 @@ class ArtifactSpec:
 
     name: str  # as the user gave it (plus the runner, when an artifact has several targets)
     path: Path  # what the runner is given: the artifact directory, or a model file
-    format: str  # onnx, openvino, coreml, tensorrt
+    format: str  # a registered format
     runtime: str  # runner name
     precision: str  # precision whose tolerance profile applies
     profile_reason: str  # why that profile: the manifest's precision, --precision-profile, or the file actually run
@@ -293,9 +290,11 @@ def artifact_targets(artifact: str | Path, precision_profile: str = "auto", runt
                      manifest: Manifest | None = None, *, verify: bool = False) -> list[ArtifactSpec]:
     """Every way this machine could check an artifact, preferred first.
 
-    Most formats have one target: the format's runner on the model. A TensorRT artifact has two: the engine on the
+    Most formats have one target: the format's runner on the model. A format whose folder holds more declares them
+    (``FormatSpec.targets``, called with a :class:`TargetRequest`): a TensorRT artifact has two, the engine on the
     ``tensorrt`` runner (when it was built), and the TensorRT-ready ONNX graph it is built from, on ONNX Runtime,
-    judged by the ONNX's own precision (fp32 for a weakly typed graph) because that graph is what actually runs.
+    judged by the ONNX's own precision (fp32 for a weakly typed graph) because that graph is what actually runs; an
+    OpenVINO folder with ``--keep-onnx`` also has its intermediate graph checked.
 
     The tolerance profile of each target follows its precision, which is read from the file itself
     (:func:`~ffnet_deploy.artifact.inspect.inspect_precision`) and cross-checked with the manifest: a manifest whose
@@ -304,8 +303,9 @@ def artifact_targets(artifact: str | Path, precision_profile: str = "auto", runt
     the engine's: an fp16 engine built from an fp32 graph with ``--fp16`` agrees with it.
 
     Args:
-        artifact: An artifact directory with ``manifest.json``, or a bare model file (``.onnx``, ``.xml``,
-            ``.mlpackage``, ``.engine``). A model file inside an artifact directory uses that directory's manifest.
+        artifact: An artifact directory with ``manifest.json``, or a bare model file of a registered format
+            (``.onnx``, ``.xml``, ``.mlpackage``, ``.engine``, ...). A model file inside an artifact directory uses
+            that directory's manifest.
         precision_profile: ``"auto"`` takes the manifest's precision confirmed by the file (the file's own without
             a manifest); a precision name forces that profile.
         runtime: Runner to use instead of the format's default (one target).
@@ -325,36 +325,40 @@ def artifact_targets(artifact: str | Path, precision_profile: str = "auto", runt
     path = Path(artifact)
     if not path.exists():
         raise ConfigError(f"validate | artifact {path} does not exist")
-    if path.suffix.lower() in FORMAT_BY_SUFFIX:
-        fmt = FORMAT_BY_SUFFIX[path.suffix.lower()]
+    bare = format_of_suffix(path.suffix)  # a model file (a .mlpackage is a folder with a suffix)
+    if bare is not None:
+        fmt = bare
         if manifest is None and has_manifest(path.parent):
             parent = read_manifest(path.parent)
-            if Path(parent.artifact.path).name == path.name or (fmt, path.name) == ("onnx", "model.onnx"):
+            # The folder's manifest describes its main file, and a format's stage file that ships inside another
+            # format's folder (OpenVINO's --keep-onnx model.onnx, TensorRT's TRT-ready graph).
+            if Path(parent.artifact.path).name == path.name or get_format(fmt).stage_file == path.name:
                 manifest = parent
-                fmt = parent.format if parent.format == "tensorrt" else fmt
+                fmt = parent.format if get_format(parent.format).claims_folder else fmt
     elif path.is_dir():
         if manifest is None:
             if not has_manifest(path):
                 raise ConfigError(f"validate | {path} is a folder without manifest.json; pass an artifact directory "
-                                  "written by 'ffnet-deploy export' or a model file (.onnx, .xml, .mlpackage, "
-                                  ".engine)")
+                                  "written by 'ffnet-deploy export' or a model file "
+                                  f"({', '.join(model_suffixes(main_only=True))})")
             manifest = read_manifest(path)
         fmt = manifest.format
     else:
         raise ConfigError(f"validate | cannot tell the format of {path}; expected an artifact directory or a "
-                          f"{', '.join(FORMAT_BY_SUFFIX)} file")
-    folder = path.parent if path.suffix.lower() in FORMAT_BY_SUFFIX else path  # the artifact directory
+                          f"{', '.join(model_suffixes())} file")
+    folder = path.parent if bare is not None else path  # the artifact directory
     if verify and manifest is not None:
         verify_files(manifest, folder)  # before anything below reads the files
     input_range = manifest.preprocessing.input_range if manifest else None
     declared = manifest.precision if manifest else None
+    format_spec = get_format(fmt)
 
-    # The manifest's precision describes its main model (for TensorRT: the engine, read from graph and build).
-    if fmt == "tensorrt":
-        model_found = inspect_precision(path, "tensorrt")
+    # The manifest's precision describes its main model (for a format whose reader takes the folder, TensorRT: the
+    # engine, read from graph and build).
+    if format_spec.reads_folder:
+        model_found = inspect_precision(path, fmt)
     else:
-        model_found = inspect_precision(path if path.suffix.lower() in FORMAT_BY_SUFFIX
-                                        else folder / manifest.artifact.path, fmt)
+        model_found = inspect_precision(path if bare is not None else folder / manifest.artifact.path, fmt)
     mismatch = precision_mismatch(declared, model_found) if declared else None
     problems = [mismatch] if mismatch else []
 
@@ -367,31 +371,49 @@ def artifact_targets(artifact: str | Path, precision_profile: str = "auto", runt
 
     if runtime is not None:
         return [spec(path, runtime, model_found)]
-    if fmt == "openvino" and path.is_dir() and (folder / "model.onnx").is_file():
-        # --keep-onnx: the intermediate graph ships with the IR, so it is checked too, as the graph it is (the
-        # manifest's precision describes the IR's weights).
-        graph = inspect_precision(folder / "model.onnx", "onnx")
-        return [spec(path, default_runtime(fmt), model_found),
-                spec(folder / "model.onnx", "onnxruntime", graph, "the intermediate ONNX", True)]
-    if fmt != "tensorrt":
-        return [spec(path, default_runtime(fmt), model_found)]
-    targets = []
-    engine = path if path.suffix.lower() in (".engine", ".plan") else None
-    if engine is None and manifest is not None and Path(manifest.artifact.path).suffix in (".engine", ".plan"):
-        engine = folder / manifest.artifact.path
-    if engine is not None and engine.exists():
-        targets.append(spec(engine, "tensorrt", model_found, "the engine's build"))
-    onnx = path if path.suffix.lower() == ".onnx" else folder / "model.onnx"
-    if onnx.exists():
-        # Not said when the engine runs here too (validate then runs the engine, the gate runs both).
-        engine_runs = bool(targets) and runtime_unavailable("tensorrt") is None
-        graph_note = [] if engine_runs else ["the TensorRT engine itself was not run: its TensorRT-ready ONNX graph "
-                                             "was checked on onnxruntime instead"]
-        graph = inspect_precision(onnx, "onnx")
-        targets.append(spec(onnx, "onnxruntime", graph, "the TensorRT-ready ONNX", True, graph_note))
-    if not targets:
-        raise ConfigError(f"validate | {path} holds neither a TensorRT engine nor its model.onnx; re-export it")
-    return targets
+    request = TargetRequest(fmt, path, folder, manifest, model_found, spec)
+    if format_spec.targets is not None:
+        return format_spec.targets(request)
+    return [request.default()]
+
+
+@dataclass
+class TargetRequest:
+    """What a format's ``targets`` hook (``FormatSpec.targets``) gets to list the validation targets of one
+    artifact: the path as given, its folder and manifest, what the main model's files say, and how to build a
+    target."""
+
+    format: str  # the artifact's format
+    path: Path  # the artifact as given: its directory, or a model file
+    folder: Path  # the artifact directory
+    manifest: Manifest | None  # its manifest, if any
+    model_found: PrecisionEvidence  # the precision the main model's files show
+    _make: Callable[..., ArtifactSpec]
+
+    def target(self, path: Path, runtime: str, found: PrecisionEvidence, what: str = "the model", *,
+               graph: bool = False, note: Sequence[str] = ()) -> ArtifactSpec:
+        """One target: ``path`` on ``runtime``, judged by the profile of ``found``'s precision (``graph``: an
+        intermediate graph that ships with the model, judged as the graph it is); ``note`` goes to its warnings."""
+        return self._make(path, runtime, found, what, graph, note)
+
+    def default(self) -> ArtifactSpec:
+        """The artifact itself on its format's validation runner."""
+        return self.target(self.path, default_runtime(self.format), self.model_found)
+
+    @staticmethod
+    def runtime_for(fmt: str) -> str:
+        """The validation runner of format ``fmt`` on this machine."""
+        return default_runtime(fmt)
+
+    @staticmethod
+    def inspect(path: Path, fmt: str) -> PrecisionEvidence:
+        """What the files at ``path`` say, read as format ``fmt``."""
+        return inspect_precision(path, fmt)
+
+    @staticmethod
+    def runtime_unavailable(runtime: str) -> str | None:
+        """See :func:`runtime_unavailable`."""
+        return runtime_unavailable(runtime)
 
 
 def resolve_artifact(artifact: str | Path, precision_profile: str = "auto", runtime: str | None = None, *,
@@ -489,8 +511,8 @@ class _ArtifactRun:
 
         reason = runtime_unavailable(self.spec.runtime)
         if reason:
-            hint = ("; to check the ONNX graph the engine is built from, pass --runtime onnxruntime"
-                    if self.spec.format == "tensorrt" else "")
+            hook = get_format(self.spec.format).not_runnable_hint
+            hint = hook(None) if hook is not None else ""
             raise FFNetDeployError(f"{self.spec.runtime} cannot run here: {reason}{hint}")
         runner = create_runner(self.spec.runtime, self.spec.path)
         runner.activate()
@@ -550,8 +572,8 @@ def _not_runnable(spec: ArtifactSpec) -> str | None:
     if reason is None:
         return None
     folder = spec.path if spec.path.is_dir() else spec.path.parent
-    hint = ("; to check the ONNX graph the engine is built from, pass --runtime onnxruntime"
-            if spec.format == "tensorrt" and (folder / "model.onnx").is_file() else "")
+    hook = get_format(spec.format).not_runnable_hint
+    hint = hook(folder) if hook is not None else ""
     return f"{spec.runtime} cannot run here: {reason}{hint}"
 
 
@@ -719,7 +741,8 @@ def validate(
         checkpoint: The source checkpoint, or one already opened (it is then neither reloaded nor re-hashed).
         variant: FFNet variant (detected from the checkpoint when omitted).
         source: A :mod:`ffnet_deploy.data` source; default 32 synthetic images.
-        precision_profile: ``"auto"`` (manifest precision) or ``"fp32"``/``"fp16"``/``"int8"`` for all artifacts.
+        precision_profile: ``"auto"`` (manifest precision) or a stored precision (``"fp32"``, ``"int8"``, ...) for
+            all artifacts.
         batch: Images per batch.
         localize: For each failing artifact, find the first FFNet block (ONNX/OpenVINO) or MIL op (Core ML
             reference) where the error grows (see :mod:`ffnet_deploy.validate.localize`).

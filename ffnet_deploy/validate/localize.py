@@ -259,12 +259,9 @@ def localize_mil_ops(runtime: str, artifact, batch, input_range: str, threshold_
 # Dispatch
 # --------------------------------------------------------------------------------------------------------------------
 
-BLOCK_RUNTIMES = ("onnxruntime", "openvino")
-MIL_RUNTIMES = ("coreml-reference", "coreml_reference")
-
-
 def localize_artifact(spec, model, batch, threshold_db: float) -> Localization:
-    """Localize one artifact's error with the method its runtime supports.
+    """Localize one artifact's error with the method its runtime declares (``BaseRunner.localize``: ``"blocks"``
+    for runners that return intermediate tensors, ``"mil-ops"`` for the Core ML reference interpreter).
 
     Args:
         spec: A :class:`ffnet_deploy.validate.engine.ArtifactSpec`.
@@ -275,13 +272,17 @@ def localize_artifact(spec, model, batch, threshold_db: float) -> Localization:
     Raises:
         FFNetDeployError: If the runtime supports no localization method or the artifact lacks what it needs.
     """
+    from ffnet_deploy.runtimes import RUNTIMES
+
     input_range = spec.input_range or "normalized"
-    if spec.runtime in BLOCK_RUNTIMES:
+    method = RUNTIMES.get(spec.runtime).localize if spec.runtime in RUNTIMES else None
+    if method == "blocks":
         return localize_blocks(spec.runtime, spec.path, spec.block_outputs, model, batch, input_range, threshold_db)
-    if spec.runtime in MIL_RUNTIMES:
+    if method == "mil-ops":
         return localize_mil_ops(spec.runtime, spec.path, batch, input_range, threshold_db)
+    supported = [n for n in RUNTIMES.names() if RUNTIMES.get(n).localize]
     raise FFNetDeployError(f"localize | runtime {spec.runtime!r} has no localization; supported: "
-                           f"{', '.join(BLOCK_RUNTIMES + MIL_RUNTIMES[:1])}")
+                           f"{', '.join(supported)}")
 
 
 def _run_batch(runner, batch, input_range: str) -> tuple[dict[str, np.ndarray], int]:

@@ -46,10 +46,11 @@ from pathlib import Path
 
 from rich.markup import escape
 
+from ffnet_deploy.artifact.formats import format_of_suffix
 from ffnet_deploy.artifact.manifest import MANIFEST_NAME, ManifestError, read_manifest
 from ffnet_deploy.atomic import replace_refusal, write_text
 from ffnet_deploy.errors import ConfigError
-from ffnet_deploy.validate.engine import FORMAT_BY_SUFFIX, ValidationReport, jsonable
+from ffnet_deploy.validate.engine import ValidationReport, jsonable
 from ffnet_deploy.validate.metrics import format_value
 from ffnet_deploy.validate.tolerances import METRIC_NAMES
 
@@ -244,7 +245,7 @@ def _num(v: float | None, spec: str = ".3g") -> str:
 def short_name(name: str) -> str:
     """A compact column title for an artifact path: the directory name, or ``parent/file`` for a model file."""
     p = Path(name)
-    if p.suffix.lower() in FORMAT_BY_SUFFIX and p.parent.name:
+    if format_of_suffix(p.suffix) is not None and p.parent.name:
         return f"{p.parent.name}/{p.name}"
     return p.name or name
 

@@ -1,5 +1,8 @@
 """Tolerance profiles: which metric values pass, per precision, and the checks that apply them.
 
+Each precision's profile is part of its entry (:mod:`ffnet_deploy.artifact.precisions`: a new precision brings its
+own); :data:`PROFILES` is the live view of them.
+
 Tolerance profiles and where their numbers come from
 ----------------------------------------------------
 Every profile also requires ``finite`` (no NaN/Inf). Any threshold can be overridden (``--tolerance key=value``).
@@ -21,9 +24,10 @@ Every profile also requires ``finite`` (no NaN/Inf). Any threshold can be overri
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
 
+from ffnet_deploy.artifact.precisions import PRECISIONS, ToleranceProfile, precision_names
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.validate.metrics import OutputMetrics, format_value
 
@@ -31,49 +35,35 @@ from ffnet_deploy.validate.metrics import OutputMetrics, format_value
 # Tolerances and checks
 # --------------------------------------------------------------------------------------------------------------------
 
+# ToleranceProfile lives with the precision entries (ffnet_deploy.artifact.precisions), which hold each profile.
+__all__ = ["FP16", "FP32", "INT8", "PROFILES", "Check", "ToleranceProfile", "evaluate_checks",
+           "parse_tolerance_overrides", "resolve_profile"]
 
-@dataclass(frozen=True)
-class ToleranceProfile:
-    """Pass/fail thresholds for one precision. ``None`` disables a check. Sources: module docstring."""
-
-    name: str  # "fp32", "fp16", "int8" (or a custom name)
-    atol_scale: float | None = None  # max_abs_error <= atol_scale * reference logit range
-    max_abs_error: float | None = None  # max_abs_error <= this absolute value
-    min_cosine: float | None = None  # cosine_mean >= this
-    min_cosine_worst: float | None = None  # cosine_min (worst sample) >= this
-    min_psnr_db: float | None = None  # psnr_db >= this (Qualcomm AI Hub: 30 dB)
-    min_top1_agreement: float | None = None  # top1_agreement >= this fraction
-    min_top5_overlap: float | None = None  # top5_overlap >= this fraction
-    max_acc_drop: float | None = None  # reference top-1 - artifact top-1 <= this many points (labels only)
-    localize_sqnr_db: float = 30.0  # --localize: first block / op whose SQNR is below this is reported
-
-    def with_overrides(self, **overrides: float | None) -> ToleranceProfile:
-        """A copy with some thresholds replaced.
-
-        Raises:
-            ConfigError: For an unknown threshold name.
-        """
-        known = {f.name for f in fields(self)} - {"name"}
-        bad = sorted(set(overrides) - known)
-        if bad:
-            raise ConfigError(f"tolerance | unknown threshold(s) {bad}; known: {', '.join(sorted(known))}")
-        if overrides.get("localize_sqnr_db", 0.0) is None:
-            raise ConfigError("tolerance | localize_sqnr_db cannot be 'none'")
-        return replace(self, **overrides)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-FP32 = ToleranceProfile("fp32", atol_scale=1e-4, localize_sqnr_db=30.0)
+FP32 = PRECISIONS.get("fp32").tolerance
 """fp32 artifacts: max abs error <= 1e-4 x logit range."""
-FP16 = ToleranceProfile("fp16", min_cosine=0.9995, min_top1_agreement=0.99, localize_sqnr_db=30.0)
+FP16 = PRECISIONS.get("fp16").tolerance
 """fp16 artifacts: cosine >= 0.9995 and top-1 agreement >= 99 %."""
-INT8 = ToleranceProfile("int8", min_top1_agreement=0.97, max_acc_drop=1.0, localize_sqnr_db=15.0)
+INT8 = PRECISIONS.get("int8").tolerance
 """int8 artifacts: top-1 agreement >= 97 % and, with labels, accuracy drop <= 1 point."""
 
-PROFILES: dict[str, ToleranceProfile] = {p.name: p for p in (FP32, FP16, INT8)}
-"""Default profiles by precision name."""
+
+class _Profiles(Mapping[str, ToleranceProfile]):
+    """The profile of every stored precision, by name, in the precisions' order (a live view of the registry)."""
+
+    def __getitem__(self, name: str) -> ToleranceProfile:
+        if name not in precision_names(stored=True):
+            raise KeyError(name)
+        return PRECISIONS.get(name).tolerance
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(precision_names(stored=True))
+
+    def __len__(self) -> int:
+        return len(precision_names(stored=True))
+
+
+PROFILES: Mapping[str, ToleranceProfile] = _Profiles()
+"""Default profiles by precision name: every stored precision's (:mod:`ffnet_deploy.artifact.precisions`)."""
 
 
 def parse_tolerance_overrides(items: Iterable[str]) -> dict[str, float | None]:
