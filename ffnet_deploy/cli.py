@@ -899,10 +899,13 @@ def main(argv: list[str] | None = None) -> int:
     from ffnet_deploy.errors import Interrupted
     from ffnet_deploy.interrupts import handle_signals
 
+    from ffnet_deploy.reporting.logs import repeats_limited
+
     usage_errors, aborts = _click_exception_types()
     _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     try:
-        with handle_signals():
+        # a warning per corrupt file is shown a few times, then counted (100k files made 16 MB of stderr)
+        with handle_signals(), repeats_limited():
             rv = app(args=argv, standalone_mode=False, prog_name="ffnet-deploy")
         return rv if isinstance(rv, int) else 0
     except FFNetDeployError as err:

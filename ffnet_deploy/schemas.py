@@ -50,6 +50,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     ValidationInfo,
+    field_serializer,
 )
 
 from ffnet_deploy.errors import ConfigError, FFNetDeployError
@@ -173,6 +174,13 @@ class FileModel(Record):
 
     schema_: str = Field(alias="schema")
 
+    @field_serializer("schema_")
+    def _current_schema(self, value: str) -> str:
+        """A file is written with the schema this version writes (the field's default), whatever spelling of it it
+        was read with; a model without a default keeps what it read."""
+        default = type(self).model_fields["schema_"].default
+        return default if isinstance(default, str) else value
+
     def to_json(self) -> str:
         """The file's text: strict JSON with the project's NaN convention (:func:`dumps`)."""
         return dumps(self.to_dict())
@@ -244,7 +252,7 @@ def describe(err: ValidationError, data: Any) -> tuple[str, str]:
     else:
         what = _WANT.get(kind, message[:1].lower() + message[1:])
     if kind not in ("missing", "missing_keyword_only_argument", "missing_positional_argument", "literal_error",
-                    "extra_forbidden", "unexpected_keyword_argument") and not what.startswith("is "):
+                    "extra_forbidden", "unexpected_keyword_argument") and not what.startswith("is ") and first["loc"]:
         what += f", got {show(first.get('input'))}"
     return field_path(first["loc"], data), what
 

@@ -48,6 +48,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field
 from rich.markup import escape
 
 from ffnet_deploy.artifact.manifest import MANIFEST_NAME, ManifestError, read_manifest
@@ -118,6 +119,7 @@ class ArtifactRecord(Record):
 class ReportFile(FileModel):
     """The JSON report (layout: module docstring), as :func:`read_report` returns it."""
 
+    schema_: str = Field(SCHEMA, alias="schema")
     passed: bool
     created: str = ""
     seconds: NonNegative | None = None
