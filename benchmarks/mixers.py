@@ -19,6 +19,7 @@ from ffnet_deploy.benchmarks.results import BenchRow, fmt_ms
 from ffnet_deploy.benchmarks.specs import BASELINE_MIXER as BASELINE
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.models.config import VARIANTS
+from ffnet_deploy.reporting import markdown as md
 
 TIE = 0.05
 """Latency ratios within this fraction of 1 count as on par: closer than that is within timing noise on a CPU."""
@@ -103,7 +104,8 @@ def mixer_table(rows: Sequence[BenchRow], baseline: str = BASELINE) -> str:
     mixer_rows = [r for r in rows if r.family == "mixer"]
     if not mixer_rows:
         raise ConfigError("mixer table: no rows of family 'mixer'; run 'ffnet-deploy bench --compare-mixers'")
-    lines = [f"## Token mixers (ratio = mixer p50 / {baseline} p50; above 1 means {baseline} is faster)", ""]
+    lines = [md.heading(2, f"Token mixers (ratio = mixer p50 / {baseline} p50; above 1 means {baseline} is faster)"),
+             ""]
     findings: list[str] = []
     shortfalls: list[str] = []
     for skeleton in dict.fromkeys(_skeleton(r) for r in mixer_rows):
@@ -116,9 +118,7 @@ def mixer_table(rows: Sequence[BenchRow], baseline: str = BASELINE) -> str:
             label = f"{skeleton}, {_group_label(key)}"
             cells = {(r.resolution, _mixer_of(r)): r for r in group}
             resolutions = sorted({r.resolution for r in group})
-            lines += [f"### {label}", "",
-                      "| res | mixer | p50 ms | ratio | GMACs | MAC ratio | params (M) | peak MB | note |",
-                      "|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+            rows = []
             for res in resolutions:
                 base = cells.get((res, baseline))
                 for mixer in mixers:
@@ -128,19 +128,21 @@ def mixer_table(rows: Sequence[BenchRow], baseline: str = BASELINE) -> str:
                     ratio = row.p50 / base.p50 if _ok(row) and _ok(base) else None
                     mac_ratio = (row.gmacs / base.gmacs if base is not None and row.gmacs and base.gmacs else None)
                     note = (row.reason or "") if row.status != "ok" else ""
-                    lines.append(f"| {res} | {mixer} | {_status_cell(row)} | {_ratio(ratio)} | "
-                                 f"{fmt_gmacs(row.gmacs)} | {_ratio(mac_ratio)} | {_num(row.params_m, '.1f')} | "
-                                 f"{_num(row.peak_rss_mb, '.0f')} | {note} |")
+                    rows.append([res, mixer, _status_cell(row), _ratio(ratio), fmt_gmacs(row.gmacs), _ratio(mac_ratio),
+                                 _num(row.params_m, ".1f"), _num(row.peak_rss_mb, ".0f"), note])
+            lines += [md.heading(3, label), "",
+                      *md.table(["res", "mixer", "p50 ms", "ratio", "GMACs", "MAC ratio", "params (M)", "peak MB",
+                                 "note"], rows, "rlrrrrrrl", padded=False)]
             lines.append("")
             for mixer in mixers[1:]:
                 sentence, short = _mixer_verdict(cells, resolutions, baseline, mixer)
-                findings.append(f"- {label}: {sentence}")
+                findings.append(f"- {md.text(f'{label}: {sentence}')}")
                 shortfalls += [f"{label} against {mixer} {s}" for s in short]
     lines += ["### Verdict", "", *findings, ""]
     if shortfalls:
-        lines.append(f"The claim does not hold for {_join(shortfalls)}.")
+        lines.append(md.text(f"The claim does not hold for {_join(shortfalls)}."))
     else:
-        lines.append(f"Nowhere in these rows is {baseline} slower than, or on par with, another mixer.")
+        lines.append(md.text(f"Nowhere in these rows is {baseline} slower than, or on par with, another mixer."))
     return "\n".join(lines) + "\n"
 
 
@@ -245,27 +247,27 @@ def peer_table(rows: Sequence[BenchRow], reference: str = "ffnet_1") -> str:
     models = list(dict.fromkeys([(reference, ref_res),
                                  *((r.model, r.resolution) for r in selected if r.family == "ffnet"),
                                  *((r.model, r.resolution) for r in selected if r.family == "peer")]))
-    header = "| model | top-1 (%) | res | GMACs | params (M) |"
-    rule = "|---|---:|---:|---:|---:|"
+    headers = ["model", "top-1 (%)", "res", "GMACs", "params (M)"]
     for key in groups:
-        header += f" {_group_label(key)} p50 ms | {reference}/model |"
-        rule += "---:|---:|"
-    lines = [f"## Peers (ratio = {reference} p50 / model p50; below 1 means {reference} is faster)", "", header, rule]
+        headers += [f"{_group_label(key)} p50 ms", f"{reference}/model"]
+    rows = []
     for model, res in models:
         mine = [r for r in selected if (r.model, r.resolution) == (model, res)]
         top1 = next((r.published_top1 for r in mine if r.published_top1 is not None), None)
         gmacs = next((r.gmacs for r in mine if r.gmacs), None)
         params = next((r.params_m for r in mine if r.params_m), None)
-        line = f"| {model} | {_num(top1, '.1f')} | {res} | {fmt_gmacs(gmacs)} | {_num(params, '.1f')} |"
+        cells = [model, _num(top1, ".1f"), res, fmt_gmacs(gmacs), _num(params, ".1f")]
         for key, group in groups.items():
             row = next((r for r in group if (r.model, r.resolution) == (model, res)), None)
             ref = refs[key]
             ratio = ref.p50 / row.p50 if _ok(row) and _ok(ref) else None
-            line += f" {_status_cell(row)} | {_ratio(ratio)} |"
-        lines.append(line)
+            cells += [_status_cell(row), _ratio(ratio)]
+        rows.append(cells)
+    lines = [md.heading(2, f"Peers (ratio = {reference} p50 / model p50; below 1 means {reference} is faster)"), "",
+             *md.table(headers, rows, "lrrrr" + "rr" * len(groups), padded=False)]
     lines += ["", "### Summary", ""]
     for key, group in groups.items():
-        lines.append(f"- {_group_label(key)}: {_peer_summary(group, refs[key], reference)}")
+        lines.append(f"- {md.text(f'{_group_label(key)}: {_peer_summary(group, refs[key], reference)}')}")
     return "\n".join(lines) + "\n"
 
 

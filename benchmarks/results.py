@@ -1,4 +1,4 @@
-"""The result of a ``ffnet-deploy bench`` run: a versioned JSON schema, plus CSV and Markdown renderings.
+"""The result of a ``ffnet-deploy bench`` run: a typed, versioned JSON file, plus CSV and Markdown renderings.
 
 One run is a :class:`BenchResult`: where it ran (:class:`Device`), how it timed (the protocol), this machine's GEMM
 roofline when it was probed, and one :class:`BenchRow` per (model, runtime, precision, resolution, batch). A row is
@@ -6,52 +6,93 @@ measured here (``source="measured"``), imported from a CSV of measurements made 
 e.g. Xcode's Core ML performance report on an iPhone, with its provenance), skipped (the runtime or precision cannot
 run on this machine; ``status="skipped"`` and a reason) or failed (``status="failed"`` and the error line).
 
-Schema ``ffnet-deploy.bench/1`` (JSON, one file per run)::
+Schema ``ffnet-deploy/bench/1`` (JSON, one file per run; ``ffnet-deploy.bench/1``, the spelling of earlier versions,
+is read too)::
 
-    {"schema": "ffnet-deploy.bench/1", "command": str, "created": ISO-8601,
+    {"schema": "ffnet-deploy/bench/1", "command": str, "created": ISO-8601,
      "device": {"name", "cpu", "cores", "isa_flags", "isa_class", "emulated", "os", "machine", "gpu",
                 "versions": {package: version}},
      "protocol": {"warmup", "warmup_time_s", "min_iters", "min_time_s", "interleaved"} | null,
      "roofline": Roofline.to_dict() | null,
      "rows": [BenchRow.to_dict(), ...]}
 
-:func:`read_result` accepts only this schema; a file that is not one is refused with one line that says why.
+The classes are pydantic dataclasses: :func:`read_result` validates a file through them (:mod:`ffnet_deploy.schemas`):
+a wrong type anywhere, a latency that is negative or not finite, an unknown status or precision, a row field this
+version does not know, is one line naming the file and the field. Non-finite numbers follow the project's one
+convention (strings in JSON, an empty cell in CSV).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import platform
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, ConfigDict, ValidationInfo
+from pydantic.dataclasses import dataclass
 
 from ffnet_deploy.atomic import write_text
 from ffnet_deploy.environment import environment_info
-from ffnet_deploy.errors import ConfigError
+from ffnet_deploy.reporting import markdown as md
+from ffnet_deploy.reporting.text import csv_cell
+from ffnet_deploy.schemas import (
+    Count,
+    Finite,
+    NonEmpty,
+    NonNegative,
+    PositiveInt,
+    dumps,
+    one_of,
+    read_json,
+    readable_ids,
+    schema_id,
+)
 
-SCHEMA = "ffnet-deploy.bench/1"
+SCHEMA = schema_id("bench", 1)
 """Identifier of the result format; bumped when a field changes meaning."""
+
+READABLE_SCHEMAS = readable_ids("bench")
+"""What :func:`read_result` accepts: this schema in both spellings."""
 
 STATISTICS = ("min", "p50", "p90", "p99", "mean", "std", "trimmed_mean")
 """Latency statistics of a measured row, in milliseconds (``trimmed_mean`` drops the 10 % highest and lowest)."""
 
 SOURCES = ("measured", "imported")
 STATUSES = ("ok", "skipped", "failed")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+"""Precisions a row may name."""
+FAMILIES = ("ffnet", "mixer", "peer")
+
+Statistic = Literal["min", "p50", "p90", "p99", "mean", "std", "trimmed_mean"]
+
+_READ_HINT = "regenerate it with 'ffnet-deploy bench' (or 'ffnet-deploy report add')"
+
+
+def _peaks(value: dict | None, info: ValidationInfo) -> dict | None:
+    """A roofline's ``*_gflops`` / ``*_gops`` values are what tables format as numbers."""
+    from ffnet_deploy.schemas import READING
+
+    if value is not None and info.context and info.context.get(READING):
+        for key, peak in value.items():
+            if key.endswith(("_gflops", "_gops")) and peak is not None and not (
+                    isinstance(peak, (int, float)) and not isinstance(peak, bool) and 0 <= peak < float("inf")):
+                raise ValueError(f"{key} must be a finite number, at least 0, or null")
+    return value
 
 
 @dataclass(frozen=True)
 class Device:
     """The machine a result comes from."""
 
-    name: str  # what the user calls it (--device-name); the host name when not given
+    name: NonEmpty  # what the user calls it (--device-name); the host name when not given
     cpu: str = ""
-    cores: int | None = None
+    cores: PositiveInt | None = None
     isa_flags: tuple[str, ...] = ()
     isa_class: str = ""  # environment.ISA_CLASSES key of the CPU the process saw ("" in results of older versions)
     emulated: bool = False  # the process saw another CPU than /proc/cpuinfo describes (qemu -cpu, a VM mask)
@@ -96,38 +137,39 @@ def _gpu() -> str | None:
     return f"{name.strip()}, driver {driver.strip()}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class BenchRow:
     """One (model, runtime, precision, resolution, batch) measurement.
 
     ``latency_ms`` maps each name of :data:`STATISTICS` to milliseconds per batch; an imported row may carry only
     ``p50``. ``roofline_fraction`` is the model's FLOPs per second at the p50 latency over the roofline of the
-    precision (``None`` without a probe or FLOP count).
+    precision (``None`` without a probe or FLOP count). A field this version does not know is refused (the file was
+    written by a newer ffnet-deploy).
     """
 
-    model: str  # display name: "ffnet_1", "ffnet_1/attention", "convnext_tiny"
-    runtime: str  # "torch", "onnxruntime", "openvino", "tensorrt", "coreml"
-    precision: str  # "fp32", "fp16", "bf16", "int8"
-    resolution: int
-    batch: int = 1
-    threads: int | None = None
-    family: str = "ffnet"  # "ffnet", "mixer", "peer"
+    model: NonEmpty  # display name: "ffnet_1", "ffnet_1/attention", "convnext_tiny"
+    runtime: NonEmpty  # "torch", "onnxruntime", "openvino", "tensorrt", "coreml"
+    precision: Annotated[str, one_of(PRECISIONS)]  # "fp32", "fp16", "bf16", "int8"
+    resolution: PositiveInt
+    batch: PositiveInt = 1
+    threads: PositiveInt | None = None
+    family: Annotated[str, one_of(FAMILIES)] = "ffnet"  # "ffnet", "mixer", "peer"
     mixer: str | None = None  # the token mixer for FFNet skeletons
     compute_units: str | None = None  # Core ML: ALL, CPU_AND_NE, CPU_ONLY
     artifact: str | None = None  # artifact directory the row ran, when it came from one
-    gmacs: float | None = None  # multiply-accumulates of one image, in 1e9
-    params_m: float | None = None
-    published_top1: float | None = None  # ImageNet-1k top-1 (%) as published; reference only
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    iterations: int = 0
-    throughput_ips: float | None = None  # images per second at the p50 latency
-    first_inference_ms: float | None = None  # load + compile + first inference
-    peak_rss_mb: float | None = None  # resident memory the runtime added at its peak (load + first inference)
-    roofline_fraction: float | None = None
+    gmacs: NonNegative | None = None  # multiply-accumulates of one image, in 1e9
+    params_m: NonNegative | None = None
+    published_top1: NonNegative | None = None  # ImageNet-1k top-1 (%) as published; reference only
+    latency_ms: dict[Statistic, NonNegative] = field(default_factory=dict)
+    iterations: Count = 0
+    throughput_ips: NonNegative | None = None  # images per second at the p50 latency
+    first_inference_ms: NonNegative | None = None  # load + compile + first inference
+    peak_rss_mb: Finite | None = None  # resident memory the runtime added at its peak (load + first inference)
+    roofline_fraction: NonNegative | None = None
     execution_precision: str | None = None  # what the runtime reports it ran (OpenVINO's inference precision)
-    source: str = "measured"
+    source: Literal["measured", "imported"] = "measured"
     provenance: dict[str, Any] = field(default_factory=dict)  # imported rows: file, row, tool; measured: notes
-    status: str = "ok"
+    status: Literal["ok", "skipped", "failed"] = "ok"
     reason: str | None = None  # why a row was skipped or failed
 
     @property
@@ -139,15 +181,12 @@ class BenchRow:
 
     @classmethod
     def from_dict(cls, data: dict) -> BenchRow:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"bench row has unknown fields {unknown}; it was written by a newer ffnet-deploy")
-        row = cls(**data)
-        if row.source not in SOURCES or row.status not in STATUSES:
-            raise ConfigError(f"bench row {row.model}/{row.runtime}: source must be one of {SOURCES} and status one "
-                              f"of {STATUSES}, got {row.source!r}/{row.status!r}")
-        return row
+        """A row from its :meth:`to_dict` form (validated like a file's: :func:`read_result`)."""
+        import json
+
+        from ffnet_deploy.schemas import validate
+
+        return validate(json.dumps(data, default=str), data, cls, "row", "bench row", _READ_HINT)
 
 
 @dataclass(frozen=True)
@@ -159,42 +198,40 @@ class BenchResult:
     command: str = ""
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     protocol: dict[str, Any] | None = None
-    roofline: dict[str, Any] | None = None
+    roofline: Annotated[dict[str, Any] | None, AfterValidator(_peaks)] = None
     schema: str = SCHEMA
 
     def ok_rows(self) -> list[BenchRow]:
         return [r for r in self.rows if r.status == "ok"]
 
     def to_dict(self) -> dict:
-        return {"schema": self.schema, "command": self.command, "created": self.created,
+        """The JSON form, written with :data:`SCHEMA` whatever spelling the result was read with."""
+        return {"schema": SCHEMA, "command": self.command, "created": self.created,
                 "device": self.device.to_dict(), "protocol": self.protocol, "roofline": self.roofline,
                 "rows": [r.to_dict() for r in self.rows]}
 
+    def to_json(self) -> str:
+        """The file's text (strict JSON, :func:`ffnet_deploy.schemas.dumps`)."""
+        return dumps(self.to_dict())
+
     @classmethod
     def from_dict(cls, data: Any, origin: str = "result") -> BenchResult:
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            found = data.get("schema") if isinstance(data, dict) else type(data).__name__
-            raise ConfigError(f"{origin}: not an ffnet-deploy bench result (schema {found!r}, expected {SCHEMA!r}); "
-                              "pass the JSON that 'ffnet-deploy bench' wrote")
-        try:
-            return cls(device=Device.from_dict(data["device"]),
-                       rows=tuple(BenchRow.from_dict(r) for r in data["rows"]), command=data.get("command", ""),
-                       created=data.get("created", ""), protocol=data.get("protocol"), roofline=data.get("roofline"))
-        except (KeyError, TypeError) as err:
-            raise ConfigError(f"{origin}: bench result is missing or has a malformed field ({err}); "
-                              "regenerate it with 'ffnet-deploy bench'") from None
+        """A result from decoded JSON, validated like a file (:func:`read_result`)."""
+        import json
+
+        from ffnet_deploy.schemas import check_schema, validate
+
+        check_schema(data, Path(origin), "bench result", READABLE_SCHEMAS, _READ_HINT)
+        return validate(json.dumps(data, default=str), data, cls, origin, "bench result", _READ_HINT)
 
 
 def read_result(path: str | Path) -> BenchResult:
-    """Load a result JSON written by :func:`write_result`; one-line :class:`ConfigError` for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such result file; pass the results.json that 'ffnet-deploy bench' wrote")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: not readable JSON ({err})") from None
-    return BenchResult.from_dict(data, origin=str(path))
+    """Load a result JSON written by :func:`write_result` (or ``report add``).
+
+    Raises:
+        ConfigError: One line naming the file and, for a wrong value, the field.
+    """
+    return read_json(path, BenchResult, what="bench result", schemas=READABLE_SCHEMAS, hint=_READ_HINT)
 
 
 # -- renderings -----------------------------------------------------------------------------------------------------
@@ -206,7 +243,11 @@ CSV_COLUMNS = ("device", "model", "family", "mixer", "runtime", "precision", "co
 
 
 def to_csv(results: Iterable[BenchResult]) -> str:
-    """Every row of every result, one CSV line each, with the device name as the first column."""
+    """Every row of every result, one CSV line each, with the device name as the first column.
+
+    Text cells (device, model, reason...) are neutralised for spreadsheets (:func:`~ffnet_deploy.reporting.text.
+    csv_cell`); a number that is missing or not finite is an empty cell.
+    """
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -214,14 +255,14 @@ def to_csv(results: Iterable[BenchResult]) -> str:
         for row in result.rows:
             flat = {k: v for k, v in row.to_dict().items() if k in CSV_COLUMNS}
             flat.update({f"{s}_ms": row.latency_ms.get(s) for s in STATISTICS})
-            writer.writerow({"device": result.device.name, **{k: _csv_value(v) for k, v in flat.items()}})
+            writer.writerow({"device": csv_cell(result.device.name), **{k: _csv_value(v) for k, v in flat.items()}})
     return buf.getvalue()
 
 
 def _csv_value(value: Any) -> Any:
     if isinstance(value, float):
         return f"{value:.4g}" if math.isfinite(value) else ""
-    return "" if value is None else value
+    return "" if value is None else csv_cell(value)
 
 
 def fmt_ms(value: float | None) -> str:
@@ -231,26 +272,29 @@ def fmt_ms(value: float | None) -> str:
     return f"{value:.3f}" if value < 1 else f"{value:.2f}" if value < 100 else f"{value:.1f}"
 
 
+_COLUMNS = ("model", "runtime", "precision", "res", "batch", "p50 ms", "p90 ms", "p99 ms", "trimmed mean", "min",
+            "img/s", "first ms", "peak MB", "GMACs", "roofline", "note")
+
+
 def to_markdown(result: BenchResult, title: str = "Latency") -> str:
-    """The run as a Markdown table (median and spread per row), with the device and roofline above it."""
+    """The run as a Markdown table (median and spread per row), with the device and roofline above it; every user
+    string (device, model, reasons) escaped (:mod:`ffnet_deploy.reporting.markdown`)."""
     d = result.device
-    lines = [f"## {title}: {d.name}", "",
-             f"CPU: {d.cpu} ({d.cores} cores; ISA class {d.isa_class or 'not recorded'}: "
-             f"{', '.join(d.isa_flags) or 'no flags reported'}{'; emulated' if d.emulated else ''}); OS: {d.os}"
-             + (f"; GPU: {d.gpu}" if d.gpu else ""), ""]
+    lines = [md.heading(2, f"{title}: {d.name}"), "",
+             md.text(f"CPU: {d.cpu} ({d.cores} cores; ISA class {d.isa_class or 'not recorded'}: "
+                     f"{', '.join(d.isa_flags) or 'no flags reported'}{'; emulated' if d.emulated else ''}); "
+                     f"OS: {d.os}" + (f"; GPU: {d.gpu}" if d.gpu else "")), ""]
     if result.roofline:
         r = result.roofline
         peaks = ", ".join(f"{k.split('_')[0]} {v:.0f} G{'OP' if k.startswith('int8') else 'FLOP'}/s"
                           for k, v in r.items() if k.endswith(("_gflops", "_gops")) and v)
-        lines += [f"GEMM roofline ({r.get('threads')} threads): {peaks}", ""]
+        lines += [md.text(f"GEMM roofline ({r.get('threads')} threads): {peaks}"), ""]
     if result.protocol:
         p = result.protocol
-        lines += [f"Protocol: warmup {p.get('warmup')} iterations and {p.get('warmup_time_s')} s, then at least "
-                  f"{p.get('min_iters')} iterations and {p.get('min_time_s')} s per row"
-                  + (", rows interleaved in rounds" if p.get("interleaved") else "") + ".", ""]
-    lines += ["| model | runtime | precision | res | batch | p50 ms | p90 ms | p99 ms | trimmed mean | min | "
-              "img/s | first ms | peak MB | GMACs | roofline | note |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        lines += [md.text(f"Protocol: warmup {p.get('warmup')} iterations and {p.get('warmup_time_s')} s, then at "
+                          f"least {p.get('min_iters')} iterations and {p.get('min_time_s')} s per row"
+                          + (", rows interleaved in rounds" if p.get("interleaved") else "") + "."), ""]
+    rows = []
     for row in result.rows:
         lat = row.latency_ms
         note = row.reason or ""
@@ -259,16 +303,15 @@ def to_markdown(result: BenchResult, title: str = "Latency") -> str:
         if execution_differs(row):
             note = f"runs {row.execution_precision}" + (f"; {note}" if note else "")
         runtime = row.runtime + (f" ({row.compute_units})" if row.compute_units else "")
+        head = [row.model, runtime, row.precision, row.resolution, row.batch]
         if row.status != "ok":
-            lines.append(f"| {row.model} | {runtime} | {row.precision} | {row.resolution} | {row.batch} | "
-                         f"{row.status} | | | | | | | | | | {note} |")
+            rows.append([*head, row.status, *[""] * 9, note])
             continue
-        lines.append(
-            f"| {row.model} | {runtime} | {row.precision} | {row.resolution} | {row.batch} | {fmt_ms(lat.get('p50'))} "
-            f"| {fmt_ms(lat.get('p90'))} | {fmt_ms(lat.get('p99'))} | {fmt_ms(lat.get('trimmed_mean'))} | "
-            f"{fmt_ms(lat.get('min'))} | {_num(row.throughput_ips, '.1f')} | {fmt_ms(row.first_inference_ms)} | "
-            f"{_num(row.peak_rss_mb, '.0f')} | {_num(row.gmacs, '.2f')} | {_num(row.roofline_fraction, '.2f')} | "
-            f"{note} |")
+        rows.append([*head, fmt_ms(lat.get("p50")), fmt_ms(lat.get("p90")), fmt_ms(lat.get("p99")),
+                     fmt_ms(lat.get("trimmed_mean")), fmt_ms(lat.get("min")), _num(row.throughput_ips, ".1f"),
+                     fmt_ms(row.first_inference_ms), _num(row.peak_rss_mb, ".0f"), _num(row.gmacs, ".2f"),
+                     _num(row.roofline_fraction, ".2f"), note])
+    lines += md.table(_COLUMNS, rows, "lll" + "r" * 12 + "l", padded=False)
     return "\n".join(lines) + "\n"
 
 
@@ -288,16 +331,19 @@ def _num(value: float | None, spec: str) -> str:
 
 MARKDOWN_MARK = "<!-- generated by ffnet-deploy bench"
 
+_JSON_MARKS = tuple(f'"schema": "{s}"' for s in READABLE_SCHEMAS)
+
 
 def owned_by_bench(path: Path) -> bool:
-    """Whether ``path`` is a results file that ffnet-deploy bench wrote (so that a rerun may replace it)."""
+    """Whether ``path`` is a results file that ffnet-deploy bench wrote (so that a rerun may replace it): its
+    ``schema`` key near the top (in either spelling), the CSV header, or the Markdown marker line."""
     try:
         with open(path, encoding="utf-8") as f:
             head = f.read(4096)
     except (OSError, UnicodeDecodeError):
         return False
     if path.suffix == ".json":
-        return f'"schema": "{SCHEMA}"' in head
+        return any(mark in head for mark in _JSON_MARKS)
     if path.suffix == ".csv":
         return head.startswith(",".join(CSV_COLUMNS))
     return head.startswith(MARKDOWN_MARK)
@@ -315,10 +361,10 @@ def write_result(result: BenchResult, out: str | Path, stem: str = "results", ma
     An existing file is replaced only if bench wrote it (:func:`owned_by_bench`); anything else is refused.
     """
     out = Path(out)
-    md = markdown if markdown is not None else to_markdown(result)
-    header = f"{MARKDOWN_MARK}: {result.command or 'the Python API'} -->\n\n"
+    body = markdown if markdown is not None else to_markdown(result)
+    header = f"{MARKDOWN_MARK}: {md.comment(result.command or 'the Python API')} -->\n\n"
     if result.command:
-        header += f"Command: `{result.command}`\n\n"
-    text = {"json": json.dumps(result.to_dict(), indent=2) + "\n", "csv": to_csv([result]), "md": header + md}
-    return {kind: write_text(out / f"{stem}.{kind}", body, "bench result", may_replace=not_written_by_bench)
-            for kind, body in text.items()}
+        header += f"Command: {md.code(result.command)}\n\n"
+    text = {"json": result.to_json(), "csv": to_csv([result]), "md": header + body}
+    return {kind: write_text(out / f"{stem}.{kind}", content, "bench result", may_replace=not_written_by_bench)
+            for kind, content in text.items()}

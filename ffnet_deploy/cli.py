@@ -20,6 +20,7 @@ from rich.table import Table
 from ffnet_deploy.artifact.formats import demo_formats, format_names, format_specs, listing, model_suffixes
 from ffnet_deploy.artifact.precisions import baseline_precision, get_precision, precision_names
 from ffnet_deploy.errors import FFNetDeployError
+from ffnet_deploy.reporting.text import console_text as _esc
 
 app = typer.Typer(
     name="ffnet-deploy",
@@ -128,8 +129,11 @@ def invocation() -> str:
 
 
 def emit_json(data: Any) -> None:
-    """Print ``data`` as JSON on stdout (no colour, no wrapping), for ``--json``."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    """Print ``data`` as JSON on stdout (no colour, no wrapping), for ``--json``: strict JSON, non-finite numbers as
+    ``"nan"``/``"inf"`` strings like every file (:mod:`ffnet_deploy.schemas`)."""
+    from ffnet_deploy.schemas import jsonable
+
+    sys.stdout.write(json.dumps(jsonable(data), indent=2, default=str, allow_nan=False) + "\n")
 
 
 @app.command()
@@ -153,8 +157,11 @@ def models(as_json: JsonOpt = False) -> None:
 
 
 def _num(value: Any, spec: str, suffix: str = "") -> str:
-    """A number for a table cell, ``-`` when it is missing (or not a number: ``"nan"`` in a results file)."""
-    return f"{value:{spec}}{suffix}" if isinstance(value, (int, float)) else "-"
+    """A number for a table cell, ``-`` when it is missing or not finite (``"nan"`` in a results file)."""
+    import math
+
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return f"{value:{spec}}{suffix}" if ok else "-"
 
 
 def _fmt(v: float | None) -> str:
@@ -175,11 +182,11 @@ def inspect(
     if as_json:
         emit_json(info)
         return
-    table = Table(title=f"checkpoint {checkpoint}", show_header=False)
+    table = Table(title=f"checkpoint {_esc(checkpoint)}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
-    for k, v in info.items():
-        table.add_row(k, str(v))
+    for k, v in info.items():  # a path or a recorded version may hold "[/]": text, never markup
+        table.add_row(_esc(k), _esc(v))
     console.print(table)
 
 
@@ -201,7 +208,7 @@ def reparam(
         emit_json(result)
         return
     before, after = result["report"]["before"], result["report"]["after"]
-    table = Table(title=f"reparameterized {result['variant']} -> {output}")
+    table = Table(title=f"reparameterized {_esc(result['variant'])} -> {_esc(output)}")
     for col in ("", "before", "after"):
         table.add_column(col, justify="right" if col else "left")
     table.add_row("modules", str(before["modules"]), str(after["modules"]))
@@ -325,7 +332,7 @@ def demo_checkpoint(
     if as_json:
         emit_json(result.to_dict())
         return
-    table = Table(title=f"demo checkpoint {result.path}", show_header=False)
+    table = Table(title=f"demo checkpoint {_esc(result.path)}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     table.add_row("variant / classes", f"{result.recipe['variant']} / 10")
@@ -333,7 +340,7 @@ def demo_checkpoint(
     seconds = "-" if result.train_seconds is None else f"{result.train_seconds:.1f}"
     table.add_row("training seconds", seconds + (" (earlier run)" if result.cached else ""))
     table.add_row("from cache", "yes" if result.cached else "no (trained now)")
-    table.add_row("cache file", str(result.cache_path))
+    table.add_row("cache file", _esc(result.cache_path))
     console.print(table)
 
 
@@ -464,13 +471,13 @@ def export(
         emit_json(result.to_dict())
         return
     m = result.manifest
-    table = Table(title=f"exported {m.variant} -> {result.output}", show_header=False)
+    table = Table(title=f"exported {_esc(m.variant)} -> {_esc(result.output)}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     table.add_row("format / precision", f"{m.format} / {m.precision}")
-    table.add_row("artifact", f"{m.artifact.path} (sha256 {m.artifact.sha256[:16]}...)")
-    table.add_row("inputs", ", ".join(f"{t.name} {t.describe()}" for t in m.inputs))
-    table.add_row("outputs", ", ".join(f"{t.name} {t.describe()}" for t in m.outputs))
+    table.add_row("artifact", _esc(f"{m.artifact.path} (sha256 {m.artifact.sha256[:16]}...)"))
+    table.add_row("inputs", _esc(", ".join(f"{t.name} {t.describe()}" for t in m.inputs)))
+    table.add_row("outputs", _esc(", ".join(f"{t.name} {t.describe()}" for t in m.outputs)))
     table.add_row("reparameterized", str(m.reparameterized))
     table.add_row("source checkpoint", m.source_checkpoint.sha256[:16] + "..." if m.source_checkpoint
                   else "[yellow]none (random weights)[/]")
@@ -634,7 +641,7 @@ def bench(
             def log(message: str) -> None:
                 bar.update(task, description=message)
                 if not as_json:
-                    err_console.print(f"[dim]{message}[/]", highlight=False)
+                    err_console.print(f"[dim]{_esc(message)}[/]", highlight=False)
 
             result = run_bench(request, work, command=invocation(), log=log, progress=progress)
     finally:
@@ -645,7 +652,7 @@ def bench(
         return
     console.print(bench_table(result))
     for kind, path in written.items():
-        console.print(f"wrote {kind}: {path}", highlight=False)
+        console.print(f"wrote {kind}: {_esc(path)}", highlight=False)
 
 
 def bench_table(result: Any) -> Table:
@@ -655,7 +662,9 @@ def bench_table(result: Any) -> Table:
     d = result.device
     roof = result.roofline or {}
     peaks = ", ".join(f"{k.split('_')[0]} {v:.0f}" for k, v in roof.items() if k.endswith(("_gflops", "_gops")) and v)
-    table = Table(title=f"{d.name}: {d.cpu}, {d.cores} cores" + (f"; GEMM peak G(FL)OP/s: {peaks}" if peaks else ""))
+    # the device name and every row's names are the user's text: escaped, so "[/]" is shown, not read as markup
+    table = Table(title=_esc(f"{d.name}: {d.cpu}, {d.cores} cores" + (f"; GEMM peak G(FL)OP/s: {peaks}" if peaks
+                                                                      else "")))
     for col in ("model", "runtime", "precision", "res", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "first ms",
                 "peak MB", "roofline"):
         table.add_column(col, justify="left" if col in ("model", "runtime", "precision") else "right")
@@ -663,7 +672,7 @@ def bench_table(result: Any) -> Table:
     for row in result.rows:
         runtime = row.runtime + (f" {row.compute_units}" if row.compute_units else "")
         precision = row.precision + (f" (runs {row.execution_precision})" if execution_differs(row) else "")
-        head = (row.model, runtime, precision, str(row.resolution), str(row.batch))
+        head = (_esc(row.model), _esc(runtime), _esc(precision), str(row.resolution), str(row.batch))
         if row.status != "ok":
             notes.append(f"[{len(notes) + 1}] {row.model} {runtime} {row.precision}: {row.status}: {row.reason}")
             table.add_row(*head, f"{row.status} [{len(notes)}]", *[""] * 6, style="dim")
@@ -725,7 +734,7 @@ def report_merge(
 
         outcome = merge_runs(folders, out, command=invocation(), log=lambda m: err_console.print(m))
         if as_json:
-            emit_json(outcome.results)
+            emit_json(outcome.results.to_dict())
         else:
             _print_pipeline_summary(outcome)
         return outcome.exit_code
@@ -736,7 +745,7 @@ def report_merge(
         emit_json({k: str(v) for k, v in written.items()})
         return 0
     for kind, path in written.items():
-        console.print(f"wrote {kind}: {path}", highlight=False)
+        console.print(f"wrote {kind}: {_esc(path)}", highlight=False)
     return 0
 
 
@@ -753,8 +762,6 @@ def report_add(
 ) -> None:
     """Import measurements made elsewhere (Xcode's Core ML performance report on an iPhone) as a bench result
     that 'report merge' takes; each row keeps its provenance and is marked as imported."""
-    import json as _json
-
     from ffnet_deploy.atomic import write_text
     from ffnet_deploy.benchmarks.report import import_measurements
     from ffnet_deploy.benchmarks.results import not_written_by_bench
@@ -765,11 +772,12 @@ def report_add(
     target = out or csv_file.with_suffix(".json")
     if target.resolve() == csv_file.resolve():
         raise FFNetDeployError("report add | --out would overwrite the CSV; choose a .json path")
-    write_text(target, _json.dumps(result.to_dict(), indent=2) + "\n", "report add", may_replace=not_written_by_bench)
+    write_text(target, result.to_json(), "report add", may_replace=not_written_by_bench)
     if as_json:
         emit_json({"written": str(target), "rows": len(result.rows)})
         return
-    console.print(f"imported {len(result.rows)} row(s) measured on {device_name} -> {target}", highlight=False)
+    console.print(f"imported {len(result.rows)} row(s) measured on {_esc(device_name)} -> {_esc(target)}",
+                  highlight=False)
 
 
 _PIPELINE_BENCH = "Benchmark"
@@ -874,11 +882,12 @@ def _pipeline(config_file: Path | None, cli_settings: dict[str, Any], *, plan: b
 
         outcome = run_pipeline(config, command=invocation(), ui=_UI())
     if as_json:
-        emit_json(outcome.results)
+        emit_json(outcome.results.to_dict())
     elif quiet:
-        s = outcome.results["summary"]
-        console.print(f"{s['passed']} passed, {s['failed']} failed, {s['skipped']} skipped, {s['errors']} errors: "
-                      f"{config.output / 'index.html'}", highlight=False)
+        s = outcome.results.summary
+        counts = (s.passed, s.failed, s.skipped, s.errors) if s is not None else (0, 0, 0, 0)
+        console.print(f"{counts[0]} passed, {counts[1]} failed, {counts[2]} skipped, {counts[3]} errors: "
+                      f"{_esc(config.output / 'index.html')}", highlight=False)
     else:
         _print_pipeline_summary(outcome)
     return outcome.exit_code
@@ -886,29 +895,30 @@ def _pipeline(config_file: Path | None, cli_settings: dict[str, Any], *, plan: b
 
 def _print_pipeline_summary(outcome: Any) -> None:
     """A compact terminal view of the report: one line per job, then what to look at and where the report is."""
-    from rich.markup import escape
+    from ffnet_deploy.pipeline.results import Summary
 
     results = outcome.results
-    s = results["summary"]
-    table = Table(title=f"{results['checkpoint']['variant']}: {s['passed']} passed, {s['failed']} failed, "
-                  f"{s['skipped']} skipped, {s['errors']} errors")
+    s = results.summary or Summary(jobs=len(results.jobs))
+    variant = results.checkpoint.variant if results.checkpoint is not None else "model"
+    table = Table(title=f"{_esc(variant)}: {s.passed} passed, {s.failed} failed, {s.skipped} skipped, "
+                  f"{s.errors} errors")
     for col in ("job", "status", "cosine", "accuracy %", "drop", "p50 ms", "vs torch"):
         table.add_column(col, justify="left" if col in ("job", "status") else "right", no_wrap=True)
     style = {"passed": "green", "failed": "red", "error": "red", "skipped": "dim"}
-    for job in results["jobs"]:
-        metrics = (job.get("parity") or {}).get("metrics") or {}
-        bench = job.get("bench") or {}
-        table.add_row(job["id"], f"[{style.get(job['status'], '')}]{job['status']}[/]",
+    for job in results.jobs:
+        metrics = job.parity.metrics if job.parity is not None else {}
+        bench = job.bench
+        table.add_row(_esc(job.id), f"[{style.get(job.status, '')}]{job.status}[/]",
                       _num(metrics.get("cosine_mean"), ".4f"), _num(metrics.get("accuracy"), ".1f"),
-                      _num(metrics.get("accuracy_drop"), ".1f"), _num(bench.get("p50_ms"), ".3g"),
-                      _num(bench.get("speedup_vs_torch"), ".2f", "x"))
+                      _num(metrics.get("accuracy_drop"), ".1f"), _num(bench.p50_ms if bench else None, ".3g"),
+                      _num(bench.speedup_vs_torch if bench else None, ".2f", "x"))
     console.print(table)
     console.print("[bold]What to look at[/]")
-    for line in s["look_at"]:
-        console.print(f"  - {escape(line)}", highlight=False)
+    for line in s.look_at:
+        console.print(f"  - {_esc(line)}", highlight=False)
     index = outcome.written.get("html")
     if index is not None:
-        console.print(f"report: {index}", highlight=False)
+        console.print(f"report: {_esc(index)}", highlight=False)
 
 
 def quantization_rows(record: dict | None) -> list[tuple[str, str]]:
@@ -961,7 +971,6 @@ def main(argv: list[str] | None = None) -> int:
     """
     from ffnet_deploy.errors import Interrupted
     from ffnet_deploy.interrupts import handle_signals
-
     usage_errors, aborts = _click_exception_types()
     _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -14,21 +14,28 @@ as the command line, so a CI job can check in what it deploys::
     bench = true
 
 Keys are the long option names with ``_`` for ``-`` (``bench_iters``, ``trust_checkpoint``). Options given on the
-command line override the file; relative paths in the file resolve against the file's folder.
+command line override the file; relative paths in the file resolve against the file's folder. The file is read
+through its typed model (:class:`DeployToml`): a key of the wrong type (``bench_iters = "5"``, ``demo = "false"``,
+``device_name = {x = 1}``), a value out of range (``resolution = -32``, ``bench_time = nan``) or an unknown key is
+one line naming the key, before anything runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict
 
 from ffnet_deploy.artifact.formats import demo_formats, format_names, get_format
 from ffnet_deploy.artifact.precisions import is_calibrated, precision_names
 from ffnet_deploy.errors import ConfigError
+from ffnet_deploy.schemas import NonEmpty, NonNegative, PositiveInt, constraint, validate_python
 
 # The formats and precisions (all, the demo's, where each runs, which need calibration) are the registries'
 # (ffnet_deploy.artifact.formats, ffnet_deploy.artifact.precisions): a registered format is a pipeline job too.
@@ -99,13 +106,32 @@ class PipelineConfig:
                                   f"got {','.join(values) or 'nothing'}")
         if self.resume and self.force:
             raise ConfigError("pipeline | --resume keeps what is done and --force starts over; pass one of them")
-        if self.min_iters < 1 or self.min_time_s < 0:
-            raise ConfigError("pipeline | --bench-iters must be >= 1 and --bench-time >= 0")
+        self._check_types()
+        if self.min_iters < 1 or not math.isfinite(self.min_time_s) or self.min_time_s < 0:
+            raise ConfigError("pipeline | --bench-iters must be >= 1 and --bench-time a finite number >= 0")
+        if self.resolution is not None and (self.resolution < 32 or self.resolution % 32):
+            raise ConfigError(f"pipeline | --resolution must be a positive multiple of 32 (FFNet downsamples by 32), "
+                              f"got {self.resolution}; try {max(32, round(self.resolution / 32) * 32)}")
+        for flag, value in (("--eval-limit", self.eval_limit), ("--calib-size", self.calib_size),
+                            ("--threads", self.threads)):
+            if value is not None and value < 1:
+                raise ConfigError(f"pipeline | {flag} must be at least 1, got {value}")
         known = {j.selector for j in all_jobs(self.formats, self.precisions)}
         for sel in self.only:
             if sel not in known:
                 raise ConfigError(f"pipeline | --only {sel} is not a job of this pipeline; choose from "
                                   f"{', '.join(sorted(known))} (format/precision)")
+
+    def _check_types(self) -> None:
+        """Each setting has its type (for callers of the Python API; the CLI and :func:`read_toml` type them)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = _TYPES.get(f.name)
+            if kind is None or value is None:
+                continue
+            ok = isinstance(value, kind) and not (kind in (int, (int, float)) and isinstance(value, bool))
+            if not ok:
+                raise ConfigError(f"pipeline | {f.name} must be {_TYPE_NAMES[kind]}, got {value!r}")
 
     def check_data(self) -> None:
         """``--calib`` and ``--eval-data`` name usable data (checked before a run, not by ``--plan``).
@@ -135,6 +161,14 @@ class PipelineConfig:
                 "min_iters": self.min_iters, "min_time_s": self.min_time_s}
 
 
+_TYPES: dict[str, Any] = {"bench": bool, "resume": bool, "force": bool, "demo": bool, "trust": bool,
+                          "calib_size": int, "eval_limit": int, "resolution": int, "threads": int, "min_iters": int,
+                          "min_time_s": (int, float), "variant": str, "calib": str, "eval_data": str,
+                          "device_name": str, "output": Path, "checkpoint": (str, Path)}
+_TYPE_NAMES = {bool: "true or false", int: "an integer", (int, float): "a number", str: "a string", Path: "a path",
+               (str, Path): "a path"}
+
+
 def all_jobs(formats: Sequence[str], precisions: Sequence[str]) -> list[Job]:
     return [Job(f, p) for f in formats for p in precisions]
 
@@ -159,6 +193,40 @@ def toml_keys() -> set[str]:
     return {f.name for f in dataclasses.fields(PipelineConfig)} - _FIELD_ONLY | set(TOML_ALIASES)
 
 
+MAX_TOML_BYTES = 1 << 20
+"""The largest ``deploy.toml`` read (a settings file is a few hundred bytes)."""
+
+
+def _resolution(value: int) -> bool:
+    return value >= 32 and value % 32 == 0
+
+
+class DeployToml(BaseModel):
+    """The keys of a ``deploy.toml`` and their types (the module docstring); a TOML table is validated in strict mode:
+    ``"5"`` is not an integer, ``"false"`` not a boolean, ``nan`` not a number of seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str | None = None
+    output: str | None = None
+    variant: NonEmpty | None = None
+    formats: list[str] | str | None = None
+    precisions: list[str] | str | None = None
+    calib: NonEmpty | None = None
+    calib_size: PositiveInt | None = None
+    eval_data: NonEmpty | None = None
+    eval_limit: PositiveInt | None = None
+    resolution: Annotated[int, constraint(_resolution, "must be a positive multiple of 32 (FFNet downsamples by 32)")] \
+        | None = None
+    bench: bool | None = None
+    threads: PositiveInt | None = None
+    bench_iters: PositiveInt | None = None
+    bench_time: NonNegative | None = None
+    demo: bool | None = None
+    trust_checkpoint: bool | None = None
+    device_name: NonEmpty | None = None
+
+
 _PATH_KEYS = ("checkpoint", "output")
 _DATA_KEYS = ("calib", "eval_data")
 
@@ -175,27 +243,32 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         import tomllib
     else:  # pragma: no cover - Python 3.10
         import tomli as tomllib
+    from ffnet_deploy.inputs import read_bounded
+
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"pipeline | --config {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
+        raw = read_bounded(path, "TOML config", MAX_TOML_BYTES, ConfigError)
+    except ConfigError as err:
+        raise ConfigError(f"pipeline | --config: {err}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
         raise ConfigError(f"pipeline | --config {path}: cannot read it ({err})") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"pipeline | --config {path}: not valid TOML ({err})") from None
+    except RecursionError:
+        raise ConfigError(f"pipeline | --config {path}: not valid TOML (nested too deeply)") from None
     known = toml_keys()
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"pipeline | --config {path}: unknown key(s) {', '.join(unknown)}; known: "
                           f"{', '.join(sorted(known))}")
+    validate_python(data, DeployToml, f"--config {path}", "pipeline", "fix that key of the file")
     base = path.parent
     out: dict[str, Any] = {}
     for key, value in data.items():
         key = TOML_ALIASES.get(key, key)
         if key in ("formats", "precisions"):
-            if not isinstance(value, (list, str)):
-                raise ConfigError(f"pipeline | --config {path}: {key} must be a list of strings")
             out[key] = split_list(value)
         elif key in _PATH_KEYS:
             out[key] = base / str(value) if not Path(str(value)).is_absolute() else Path(str(value))
@@ -253,7 +326,9 @@ def plan_jobs(config: PipelineConfig, argv: Sequence[str]) -> dict:
         needs = ["inspect", "reparameterize"] + (["calibration"] if is_calibrated(job.precision) else [])
         jobs.append(PlannedJob(job, shlex.join(["ffnet-deploy", *base, "--only", job.selector]), needs).to_dict())
     out = str(config.output)
-    return {"schema": "ffnet-deploy.pipeline-plan/1", "output": out,
+    from ffnet_deploy.pipeline.results import PLAN_SCHEMA
+
+    return {"schema": PLAN_SCHEMA, "output": out,
             "shared": [{"stage": "inspect"}, {"stage": "reparameterize"}],
             "jobs": jobs,
             "after": ["recommend", "report"],

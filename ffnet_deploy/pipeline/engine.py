@@ -13,7 +13,6 @@ reason; it never stops the run. A failed export is an ``error`` job; the other j
 from __future__ import annotations
 
 import functools
-import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -27,12 +26,26 @@ from ffnet_deploy.artifact.precisions import baseline_precision, is_calibrated, 
 from ffnet_deploy.atomic import os_reason, removed_on_failure, write_hint, write_text
 from ffnet_deploy.errors import ConfigError, FFNetDeployError
 from ffnet_deploy.pipeline.config import Job, PipelineConfig
-from ffnet_deploy.pipeline.state import SCHEMA, STATE_DIR, PipelineState, data_fingerprint, input_hash
+from ffnet_deploy.pipeline.results import (
+    JOB_SCHEMA,
+    SCHEMA,
+    CheckpointInfo,
+    DataInfo,
+    JobRecord,
+    PipelineResults,
+    Recommendation,
+    Summary,
+    read_job,
+    read_results,
+)
+from ffnet_deploy.pipeline.state import STATE_DIR, PipelineState, data_fingerprint, input_hash
 
 if TYPE_CHECKING:
+    from ffnet_deploy.benchmarks.results import Device
     from ffnet_deploy.models.checkpoint import LoadedCheckpoint
 
-JOB_SCHEMA = "ffnet-deploy.pipeline-job/1"
+__all__ = ["JOB_SCHEMA", "SCHEMA", "STAGES", "WRITTEN", "Outcome", "assemble", "load_jobs", "merge_runs",
+           "recommend", "run_pipeline", "save_job"]
 STAGES = ("inspect", "reparameterize", "export", "validate", "bench", "recommend", "report")
 WRITTEN = ("artifacts", "jobs", "plots", "checkpoint", "index.md", "index.html", "results.json", "junit.xml",
            STATE_DIR)
@@ -62,9 +75,9 @@ class _Silent:
 
 @dataclass
 class Outcome:
-    """What a run produced: the results dict (``results.json``), the files written, and the exit code."""
+    """What a run produced: the results (``results.json``), the files written, and the exit code."""
 
-    results: dict
+    results: PipelineResults
     written: dict[str, Path]
     exit_code: int
 
@@ -185,11 +198,12 @@ def run_pipeline(config: PipelineConfig, *, command: str = "", ui: UI | None = N
     ui.stage(5, "recommend")
     from ffnet_deploy.benchmarks.results import Device
 
-    results = assemble(load_jobs(config.output), checkpoint=info, settings=config.settings(), command=command,
-                       seconds=time.perf_counter() - start, device=Device.here(config.device_name).to_dict())
+    results = assemble(load_jobs(config.output), checkpoint=CheckpointInfo.model_validate(info),
+                       settings=config.settings(), command=command, seconds=time.perf_counter() - start,
+                       device=Device.here(config.device_name))
     ui.stage(6, "report")
     written = write_report(results, config.output)
-    return Outcome(results, written, results["summary"]["exit_code"])
+    return Outcome(results, written, results.exit_code)
 
 
 def stage_inspect(config: PipelineConfig, state: PipelineState) -> dict:
@@ -406,7 +420,8 @@ def parity_entry(result: Any, data: str) -> dict:
                    accuracy_drop=metrics.get("acc_drop"))
     verdict = {"passed": "pass", "failed": "fail", "not run": "not run"}[result.status]
     return jsonable({"verdict": verdict, "profile": result.profile.name, "runtime": result.runtime,
-                     "metrics": out, "failures": result.failures, "reason": result.not_run, "data": data})
+                     "metrics": out, "failures": result.failures, "reason": result.not_run, "data": data,
+                     "checks": [c.to_dict() for c in result.checks]})
 
 
 def stage_bench(config: PipelineConfig, state: PipelineState, fused: Callable[[], LoadedCheckpoint], info: dict,
@@ -484,103 +499,99 @@ def bench_entry(row: Any, torch_p50: float | None) -> dict:
 # -- job records and the report -------------------------------------------------------------------------------------
 
 
-def save_job(output: Path, record: dict) -> Path:
-    return write_text(output / "jobs" / f"{record['id']}.json", json.dumps(record, indent=2) + "\n", "pipeline job")
+def save_job(output: Path, record: dict | JobRecord) -> Path:
+    """Write ``jobs/<id>.json`` (the record through its model, :class:`~ffnet_deploy.pipeline.results.JobRecord`)."""
+    job = record if isinstance(record, JobRecord) else JobRecord.model_validate(record)
+    return write_text(output / "jobs" / f"{job.id}.json", job.to_json(), "pipeline job")
 
 
-def load_jobs(output: Path) -> list[dict]:
-    """Every job record in ``output/jobs``, in format then precision order."""
+def load_jobs(output: Path) -> list[JobRecord]:
+    """Every job record in ``output/jobs``, validated (:func:`~ffnet_deploy.pipeline.results.read_job`), in format
+    then precision order.
 
-    records = []
-    for path in sorted((output / "jobs").glob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ConfigError(f"pipeline | {path} is unreadable ({err}); rerun that job") from None
-        if data.get("schema") != JOB_SCHEMA:
-            raise ConfigError(f"pipeline | {path} is not a pipeline job record")
-        records.append(data)
+    Raises:
+        ConfigError: One line naming a record that is not one, and its field.
+    """
+    records = [read_job(path) for path in sorted((output / "jobs").glob("*.json"))]
     order = {(f, p): i for i, (f, p) in enumerate((f, p) for f in format_names()
                                                   for p in precision_names(stored=True))}
-    return sorted(records, key=lambda r: order.get((r["format"], r["precision"]), 99))
+    return sorted(records, key=lambda r: order.get((r.format, r.precision), 99))
 
 
-def recommend(jobs: Sequence[dict]) -> list[dict]:
+def recommend(jobs: Sequence[JobRecord]) -> list[Recommendation]:
     """For each runtime, the fastest artifact that passed parity, with its speedup over that runtime's FP32."""
     runtime_of = bench_runtimes()  # the runner bench times each format with (a record of an unknown format: its own)
     out = []
-    runtimes = dict.fromkeys(runtime_of.get(j["format"], j["format"]) for j in jobs)
+    runtimes = dict.fromkeys(runtime_of.get(j.format, j.format) for j in jobs)
     for runtime in runtimes:
-        mine = [j for j in jobs if runtime_of.get(j["format"], j["format"]) == runtime]
-        timed = [j for j in mine if j["status"] == "passed" and j.get("bench") and j["bench"].get("p50_ms")]
+        mine = [j for j in jobs if runtime_of.get(j.format, j.format) == runtime]
+        timed = [j for j in mine if j.status == "passed" and j.bench is not None and j.bench.p50_ms]
         if not timed:
-            why = next((j["bench"]["reason"] for j in mine if j.get("bench") and j["bench"].get("reason")), None)
+            why = next((j.bench.reason for j in mine if j.bench is not None and j.bench.reason), None)
             if why is None:
-                why = ("no artifact passed parity" if not any(j["status"] == "passed" for j in mine)
+                why = ("no artifact passed parity" if not any(j.status == "passed" for j in mine)
                        else "not benchmarked (--no-bench)")
-            out.append({"runtime": runtime, "job": None, "why": why})
+            out.append(Recommendation(runtime=runtime, job=None, why=why))
             continue
-        best = min(timed, key=lambda j: j["bench"]["p50_ms"])
-        fp32 = next((j for j in timed if j["precision"] == baseline_precision()), None)
-        entry = {"runtime": runtime, "job": best["id"], "p50_ms": best["bench"]["p50_ms"],
-                 "fp32_job": fp32["id"] if fp32 else None,
-                 "fp32_p50_ms": fp32["bench"]["p50_ms"] if fp32 else None,
-                 "speedup_vs_fp32": fp32["bench"]["p50_ms"] / best["bench"]["p50_ms"] if fp32 else None,
-                 "why": f"fastest of {len(timed)} artifact(s) that passed parity on {runtime}"}
-        out.append(entry)
+        best = min(timed, key=lambda j: j.bench.p50_ms)
+        fp32 = next((j for j in timed if j.precision == baseline_precision()), None)
+        out.append(Recommendation(
+            runtime=runtime, job=best.id, p50_ms=best.bench.p50_ms, fp32_job=fp32.id if fp32 else None,
+            fp32_p50_ms=fp32.bench.p50_ms if fp32 else None,
+            speedup_vs_fp32=fp32.bench.p50_ms / best.bench.p50_ms if fp32 else None,
+            why=f"fastest of {len(timed)} artifact(s) that passed parity on {runtime}"))
     return out
 
 
-def assemble(jobs: Sequence[dict], *, checkpoint: dict, settings: dict, command: str, seconds: float | None,
-             device: dict | None = None) -> dict:
-    """The ``results.json`` dict of a report from job records (a run's, or several runs' merged)."""
+def assemble(jobs: Sequence[JobRecord], *, checkpoint: CheckpointInfo, settings: dict, command: str,
+             seconds: float | None, device: Device | None = None) -> PipelineResults:
+    """The ``results.json`` of a report from job records (a run's, or several runs' merged)."""
     from ffnet_deploy.benchmarks.results import Device
 
-    device = device or Device.here().to_dict()
-    jobs = [dict(j) for j in jobs]
+    device = device or Device.here()
+    jobs = [j.model_copy(deep=True) for j in jobs]
     recommendations = recommend(jobs)
-    counts = {s: sum(j["status"] == s for j in jobs) for s in ("passed", "failed", "skipped", "error")}
+    counts = {s: sum(j.status == s for j in jobs) for s in ("passed", "failed", "skipped", "error")}
     exit_code = 1 if counts["failed"] or counts["error"] else 0
-    data = next((j["parity"]["data"] for j in jobs if j.get("parity")), None)
-    ref_acc = next((j["parity"]["metrics"].get("reference_accuracy") for j in jobs if j.get("parity")
-                    and j["parity"]["metrics"].get("reference_accuracy") is not None), None)
+    data = next((j.parity.data for j in jobs if j.parity is not None), None)
+    ref_acc = next((j.parity.metrics.get("reference_accuracy") for j in jobs if j.parity is not None
+                    and j.parity.metrics.get("reference_accuracy") is not None), None)
     look_at = []
     for rec in recommendations:
-        if rec["job"] is None:
+        if rec.job is None:
             continue
-        job = next(j for j in jobs if j["id"] == rec["job"])
-        line = f"Recommended for {rec['runtime']}: {rec['job']} ({rec['p50_ms']:.3g} ms"
-        if rec.get("speedup_vs_fp32") and rec["job"] != rec["fp32_job"]:
-            line += f", {rec['speedup_vs_fp32']:.2f}x FP32"
-        drop = job["parity"]["metrics"].get("accuracy_drop") if job.get("parity") else None
-        line += f", accuracy drop {drop:.2f} points)" if drop is not None else ")"
+        job = next(j for j in jobs if j.id == rec.job)
+        line = f"Recommended for {rec.runtime}: {rec.job} ({rec.p50_ms:.3g} ms"
+        if rec.speedup_vs_fp32 and rec.job != rec.fp32_job:
+            line += f", {rec.speedup_vs_fp32:.2f}x FP32"
+        drop = job.parity.metrics.get("accuracy_drop") if job.parity is not None else None
+        line += f", accuracy drop {drop:.2f} points)" if isinstance(drop, (int, float)) else ")"
         look_at.append(line)
     for j in jobs:
-        if j["status"] in ("failed", "error"):
-            look_at.append(f"{j['id']} {j['status']}: {j['reason']}")
+        if j.status in ("failed", "error"):
+            look_at.append(f"{j.id} {j.status}: {j.reason}")
     if counts["skipped"]:
         look_at.append(f"{counts['skipped']} job(s) skipped on this machine; their reasons are in the report")
     for rec in recommendations:
-        if rec["job"] is None:
-            look_at.append(f"{rec['runtime']}: no recommendation: {rec['why']}")
-    return {
-        "schema": SCHEMA,
-        "command": command,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": device.get("versions") or {},
-        "device": device,
-        "checkpoint": checkpoint,
-        "settings": settings,
-        "data": {"eval": data, "labelled": ref_acc is not None, "reference_accuracy": ref_acc},
-        "jobs": jobs,
-        "recommendations": recommendations,
-        "plots": {},
-        "summary": {"jobs": len(jobs), **{k: v for k, v in counts.items() if k != "error"},
-                    "errors": counts["error"], "exit_code": exit_code, "seconds": seconds, "look_at": look_at},
-    }
+        if rec.job is None:
+            look_at.append(f"{rec.runtime}: no recommendation: {rec.why}")
+    return PipelineResults(
+        command=command,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        versions=dict(device.versions or {}),
+        device=device,
+        checkpoint=checkpoint,
+        settings=settings,
+        data=DataInfo(eval=data, labelled=ref_acc is not None, reference_accuracy=ref_acc),
+        jobs=jobs,
+        recommendations=recommendations,
+        plots={},
+        summary=Summary(jobs=len(jobs), **{k: v for k, v in counts.items() if k != "error"}, errors=counts["error"],
+                        exit_code=exit_code, seconds=seconds, look_at=look_at),
+    )
 
 
-def write_report(results: dict, output: Path) -> dict[str, Path]:
+def write_report(results: PipelineResults, output: Path) -> dict[str, Path]:
     """index.md, index.html, results.json, junit.xml and the plots (:mod:`ffnet_deploy.pipeline.report`)."""
     from ffnet_deploy.pipeline.report import write_report as write
 
@@ -591,58 +602,61 @@ def merge_runs(folders: Sequence[Path], out: Path, *, command: str = "",
                log: Callable[[str], None] | None = None) -> Outcome:
     """One report from the job records of several pipeline output folders (``--only`` runs on other machines).
 
-    Artifacts are copied into ``out/artifacts``; a job present in several folders takes the last one given.
+    Artifacts are copied into ``out/artifacts``; a job present in several folders takes the last one given. Every
+    ``results.json`` and job record is read through its typed model.
 
     Raises:
-        ConfigError: A folder that is not a pipeline output, runs of different checkpoints, or an unusable ``out``.
+        ConfigError: A folder that is not a pipeline output, a file in it that is not what it should be (one line
+            naming the file and the field), runs of different checkpoints, or an unusable ``out``.
     """
+    from ffnet_deploy.benchmarks.results import Device
+
     say = log or (lambda _m: None)
-    records: dict[str, dict] = {}
-    devices: list[dict] = []
-    checkpoint = settings = None
+    records: dict[str, tuple[JobRecord, Path]] = {}
+    devices: list[Device | None] = []
+    checkpoint: CheckpointInfo | None = None
+    settings: dict | None = None
     for folder in folders:
         results_path = folder / "results.json"
-        if not results_path.is_file():
+        if not (results_path.exists() or results_path.is_symlink()):
             raise ConfigError(f"report merge | {folder} has no results.json; pass output folders of "
                               "'ffnet-deploy pipeline'")
-        results = json.loads(results_path.read_text())
-        if results.get("schema") != SCHEMA:
-            raise ConfigError(f"report merge | {results_path} is not a pipeline report")
-        if checkpoint is not None and results["checkpoint"]["sha256"] != checkpoint["sha256"]:
+        results = read_results(results_path)
+        assert results.checkpoint is not None  # read_results refuses a file without one
+        if checkpoint is not None and results.checkpoint.sha256 != checkpoint.sha256:
             raise ConfigError(f"report merge | {folder} ran another checkpoint (sha256 "
-                              f"{results['checkpoint']['sha256'][:12]} vs {checkpoint['sha256'][:12]}); merge runs "
+                              f"{results.checkpoint.sha256[:12]} vs {checkpoint.sha256[:12]}); merge runs "
                               "of one checkpoint")
-        checkpoint = checkpoint or results["checkpoint"]
-        settings = settings or results["settings"]
-        devices.append(results.get("device") or {})
+        checkpoint = checkpoint or results.checkpoint
+        settings = settings or results.settings
+        devices.append(results.device)
         for record in load_jobs(folder):
-            if record["id"] in records:
-                say(f"{record['id']}: taken from {folder}")
-            records[record["id"]] = {**record, "_from": folder}
+            if record.id in records:
+                say(f"{record.id}: taken from {folder}")
+            records[record.id] = (record, folder)
     if checkpoint is None:
         raise ConfigError("report merge | pass at least one pipeline output folder")
-    prepare_output(PipelineConfig(output=out, checkpoint=Path(checkpoint["path"]), resume=True))
-    for record in records.values():
-        src = record.pop("_from")
-        if record.get("artifact"):
-            target = out / record["artifact"]["path"]
-            if target.resolve() != (src / record["artifact"]["path"]).resolve():
+    prepare_output(PipelineConfig(output=out, checkpoint=Path(checkpoint.path), resume=True))
+    for record, src in records.values():
+        if record.artifact is not None:
+            target = out / record.artifact.path
+            if target.resolve() != (src / record.artifact.path).resolve():
                 # published like an export: an interrupted merge leaves no partial artifact
                 from ffnet_deploy.artifact.workdir import publish, workdir_for
 
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with workdir_for(target) as work:
-                    shutil.copytree(src / record["artifact"]["path"], work, dirs_exist_ok=True)
+                    shutil.copytree(src / record.artifact.path, work, dirs_exist_ok=True)
                     publish(work, target, force=True)
         save_job(out, record)
     settings = dict(settings or {})
-    formats = [f for f in format_names() if any(r["format"] == f for r in records.values())]
-    precisions = [p for p in precision_names(stored=True) if any(r["precision"] == p for r in records.values())]
-    settings.update(formats=formats, precisions=precisions)
-    names = list(dict.fromkeys(d.get("name") or "unnamed" for d in devices))
+    jobs = [r for r, _ in records.values()]
+    settings.update(formats=[f for f in format_names() if any(r.format == f for r in jobs)],
+                    precisions=[p for p in precision_names(stored=True) if any(r.precision == p for r in jobs)])
+    names = list(dict.fromkeys((d.name if d is not None else None) or "unnamed" for d in devices))
     # the runs' own device (several: their names only; each job's numbers come from the machine that ran it)
-    device = devices[0] if len(names) == 1 else {"name": " + ".join(names)}
+    device = (devices[0] or Device(name=names[0])) if len(names) == 1 else Device(name=" + ".join(names))
     results = assemble(load_jobs(out), checkpoint=checkpoint, settings=settings, command=command, seconds=None,
                        device=device)
     written = write_report(results, out)
-    return Outcome(results, written, results["summary"]["exit_code"])
+    return Outcome(results, written, results.exit_code)

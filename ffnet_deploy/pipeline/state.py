@@ -6,7 +6,8 @@ is rewritten atomically after every stage, so a crash or Ctrl-C loses at most th
 itself publishes nothing half-written (exports are built in a temporary folder and renamed into place).
 
 A stage is reused when its recorded input hash equals the new one *and* its outputs are still there; anything else
-runs it again.
+runs it again. The file is read through its typed model (:func:`ffnet_deploy.pipeline.results.read_state`): a state
+that is not one, or a stage record whose outputs a later stage could not use, is one line before any work is done.
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from ffnet_deploy.atomic import write_text
-from ffnet_deploy.errors import ConfigError
+from ffnet_deploy.pipeline.results import SCHEMA, STATE_SCHEMA, read_state
+from ffnet_deploy.schemas import dumps
 
-SCHEMA = "ffnet-deploy.pipeline/1"
-"""Schema of a pipeline run's ``results.json`` (:mod:`ffnet_deploy.pipeline.report` renders it)."""
+__all__ = ["SCHEMA", "STATE_DIR", "STATE_SCHEMA", "PipelineState", "data_fingerprint", "input_hash"]
 
-STATE_SCHEMA = "ffnet-deploy.pipeline-state/1"
 STATE_DIR = ".pipeline"
 
 
@@ -48,16 +48,8 @@ class PipelineState:
     def __init__(self, output: Path) -> None:
         self.path = output / STATE_DIR / "state.json"
         self.stages: dict[str, dict] = {}
-        if self.path.is_file():
-            try:
-                data = json.loads(self.path.read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                raise ConfigError(f"pipeline | {self.path} is unreadable ({err}); rerun with --force to start "
-                                  "over") from None
-            if data.get("schema") != STATE_SCHEMA:
-                raise ConfigError(f"pipeline | {self.path} was written by another ffnet-deploy version; rerun "
-                                  "with --force to start over")
-            self.stages = dict(data.get("stages", {}))
+        if self.path.exists() or self.path.is_symlink():
+            self.stages = {key: record.to_dict() for key, record in read_state(self.path).stages.items()}
 
     def reusable(self, key: str, inputs: str) -> dict | None:
         """The record of ``key`` when it ran with the same ``inputs``; ``None`` when it must run."""
@@ -75,5 +67,4 @@ class PipelineState:
             self.save()
 
     def save(self) -> None:
-        write_text(self.path, json.dumps({"schema": STATE_SCHEMA, "stages": self.stages}, indent=2) + "\n",
-                   "pipeline state")
+        write_text(self.path, dumps({"schema": STATE_SCHEMA, "stages": self.stages}), "pipeline state")

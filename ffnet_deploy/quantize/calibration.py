@@ -40,6 +40,11 @@ The file format (``<dir>/<backend>.calibration.json``), documented so that a cac
 
 With a cache entry present, ``--calib`` may be omitted: the entry for this model, method and preprocessing is used
 as it is (its data fingerprint is then taken on trust, and the output says so).
+
+A cache file is read through its typed model (:class:`CacheFile`, :mod:`ffnet_deploy.schemas`) after a regular-file
+check and a size cap: a damaged or edited file (``seconds: "abc"``, no ``ranges``, a range ``[1, 2, 3]`` or
+``["a", "b"]``) is one :class:`~ffnet_deploy.errors.CalibrationError` line naming the file and the field, never a
+traceback in the middle of an export.
 """
 
 from __future__ import annotations
@@ -54,13 +59,33 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from ffnet_deploy.atomic import write_text
 from ffnet_deploy.cache import cache_root
 from ffnet_deploy.data.transform import EvalTransform
 from ffnet_deploy.errors import CalibrationError, ConfigError
+from ffnet_deploy.inputs import read_bounded
+from ffnet_deploy.schemas import (
+    READING,
+    FileModel,
+    Finite,
+    NonNegative,
+    PositiveInt,
+    Record,
+    check_schema,
+    describe,
+    dumps,
+    parse_json,
+    readable_ids,
+    schema_id,
+    validate,
+)
 
-CACHE_SCHEMA = "ffnet-deploy/calibration-cache/1"
+CACHE_SCHEMA = schema_id("calibration-cache", 1)
+READABLE_SCHEMAS = readable_ids("calibration-cache")
+MAX_CACHE_BYTES = 256 << 20
+"""The largest cache file read (NNCF's statistics of a large model are a few MB)."""
 METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_CALIB_SIZE = 300
 MAX_CALIB_SIZE = 100_000  # a calibration set is held in memory as uint8 crops: 100k at 256 px is ~20 GB already
@@ -198,6 +223,76 @@ class CacheEntry:
     data: dict  # the calibration data's description recorded in the file
 
 
+class CacheKeyRecord(Record):
+    """The key as a cache file records it (:class:`CacheKey`)."""
+
+    model_sha256: str
+    method: str
+    data_fingerprint: str | None = None
+    num_images: PositiveInt | None = None
+    preprocessing: dict[str, Any] = {}
+
+
+class CacheFile(FileModel):
+    """A cache file (layout: module docstring)."""
+
+    backend: str
+    key: CacheKeyRecord
+    data: dict[str, Any] = {}
+    seconds: NonNegative
+    created: str | None = None
+    statistics: dict[str, Any]
+
+
+class RangeStatistics(Record):
+    """The statistics of the ONNX Runtime and Core ML quantizers: ``[low, high]`` per tensor."""
+
+    ranges: dict[str, tuple[Finite, Finite]]
+
+
+class NNCFStatistics(Record):
+    """NNCF's statistics (:func:`ffnet_deploy.quantize.openvino_int8.collect_statistics`); their steps are checked
+    against the model where they are loaded."""
+
+    format: str
+    settings: dict[str, Any] = {}
+    steps: list[dict[str, Any]]
+
+
+STATISTICS_MODELS: dict[str, type[Record]] = {"onnxruntime": RangeStatistics, "coreml": RangeStatistics,
+                                              "openvino": NNCFStatistics}
+"""What each backend's ``statistics`` must hold."""
+
+_DAMAGED = "delete it to recalibrate"
+_FOREIGN = "point --calib-cache at another folder"
+
+
+def read_cache(path: str | Path, backend: str | None = None) -> CacheFile:
+    """A cache file, validated: the file, its key, and the statistics of its backend.
+
+    Raises:
+        CalibrationError: One line naming the file and, for a damaged one, the field.
+    """
+    path = Path(path)
+    what = "calibration cache"
+    raw = read_bounded(path, what, MAX_CACHE_BYTES, CalibrationError)
+    data = parse_json(raw, path, what, _DAMAGED, CalibrationError)
+    check_schema(data, path, what, READABLE_SCHEMAS, _FOREIGN, CalibrationError)
+    if backend is not None and data.get("backend") != backend:
+        raise CalibrationError(f"calibration cache | {path}: field 'backend' is {data.get('backend')!r}, not "
+                               f"{backend!r}; {_DAMAGED}")
+    stored = validate(raw, data, CacheFile, path, what, _DAMAGED, CalibrationError)
+    model = STATISTICS_MODELS.get(stored.backend)
+    if model is not None:
+        try:
+            model.model_validate_json(json.dumps(data["statistics"]), strict=True, context={READING: True})
+        except ValidationError as err:
+            where, problem = describe(err, data["statistics"])
+            field = "statistics" + (f".{where}" if where else "")
+            raise CalibrationError(f"calibration cache | {path}: field {field!r} {problem}; {_DAMAGED}") from None
+    return stored
+
+
 def default_cache_dir(model_sha256: str) -> Path:
     """Where statistics of one model go when ``--calib-cache`` is not given: one folder per model."""
     return cache_root() / "calibration" / model_sha256[:16]
@@ -237,23 +332,22 @@ class StatisticsCache:
         if not path.is_file():
             self.log(f"calibration cache: no entry in {path.parent}; collecting statistics")
             return None
-        stored = self._read(path)
-        old = stored["key"]
-        if old.get("model_sha256") != key.model_sha256:
+        stored = read_cache(path, self.backend)
+        old = stored.key
+        if old.model_sha256 != key.model_sha256:
             raise CalibrationError(
                 f"calibration cache | {path} holds statistics of another model (sha256 "
-                f"{str(old.get('model_sha256'))[:16]}..., this one is {key.model_sha256[:16]}...); use one "
+                f"{old.model_sha256[:16]}..., this one is {key.model_sha256[:16]}...); use one "
                 "--calib-cache folder per model, or delete that file"
             )
         changed = [name for name, value in key.to_dict().items()
-                   if value is not None and old.get(name) != value]
+                   if value is not None and getattr(old, name) != value]
         if changed:
             self.log(f"calibration cache: {path} is stale ({', '.join(changed)} changed); recalibrating")
             return None
-        self.log(f"calibration cache: hit {path} (statistics of {old.get('num_images')} images, "
-                 f"{stored.get('seconds', 0):.1f} s saved)")
-        return CacheEntry(path, stored["statistics"], float(stored.get("seconds", 0.0)), True, old,
-                          stored.get("data", {}))
+        self.log(f"calibration cache: hit {path} (statistics of {old.num_images} images, "
+                 f"{stored.seconds:.1f} s saved)")
+        return CacheEntry(path, stored.statistics, float(stored.seconds), True, old.to_dict(), stored.data)
 
     def store(self, key: CacheKey, statistics: dict, seconds: float, data: dict | None = None) -> CacheEntry:
         """Write (or replace) the entry for ``key`` atomically; refuses to replace a file that is not a cache."""
@@ -261,34 +355,19 @@ class StatisticsCache:
         payload = {"schema": CACHE_SCHEMA, "backend": self.backend, "key": key.to_dict(), "data": data or {},
                    "seconds": round(seconds, 3), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    "statistics": statistics}
-        write_text(path, json.dumps(payload, indent=1, sort_keys=True) + "\n", "calibration cache",
-                   CalibrationError, may_replace=_is_cache_file)
+        write_text(path, dumps(payload, indent=1, sort_keys=True), "calibration cache", CalibrationError,
+                   may_replace=_is_cache_file)
         self.log(f"calibration cache: wrote {path}")
         return CacheEntry(path, statistics, seconds, False, key.to_dict(), data or {})
 
-    def _read(self, path: Path) -> dict[str, Any]:
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CalibrationError(f"calibration cache | cannot read {path}: {err}; delete it to recalibrate") \
-                from None
-        if not isinstance(stored, dict) or stored.get("schema") != CACHE_SCHEMA:
-            raise CalibrationError(f"calibration cache | {path} is not an ffnet-deploy calibration cache (schema "
-                                   f"{CACHE_SCHEMA}); point --calib-cache at another folder")
-        if stored.get("backend") != self.backend or not isinstance(stored.get("key"), dict) \
-                or not isinstance(stored.get("statistics"), dict):
-            raise CalibrationError(f"calibration cache | {path} is damaged (backend, key or statistics missing); "
-                                   "delete it to recalibrate")
-        return stored
-
-
 def _is_cache_file(path: Path) -> str | None:
-    """Replace-verdict for :func:`ffnet_deploy.atomic.write_text`: only our own cache files may be replaced."""
+    """Replace-verdict for :func:`ffnet_deploy.atomic.write_text`: only our own cache files may be replaced (a damaged
+    one of ours too: that is what recalibrating repairs)."""
     try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        stored = json.loads(read_bounded(path, "calibration cache", MAX_CACHE_BYTES, CalibrationError))
+    except (CalibrationError, ValueError, RecursionError):
         return "it is not an ffnet-deploy calibration cache"
-    if not isinstance(stored, dict) or stored.get("schema") != CACHE_SCHEMA:
+    if not isinstance(stored, dict) or stored.get("schema") not in READABLE_SCHEMAS:
         return "it is not an ffnet-deploy calibration cache"
     return None
 

@@ -17,7 +17,6 @@ run where nothing could be checked never reads as proof; its summary counts the 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,6 +31,7 @@ from ffnet_deploy.artifact.manifest import Manifest, has_manifest, read_manifest
 from ffnet_deploy.environment import cpu_identity, environment_info
 from ffnet_deploy.errors import ConfigError, FFNetDeployError, ParityError, first_line
 from ffnet_deploy.models.checkpoint import LoadedCheckpoint
+from ffnet_deploy.schemas import jsonable  # the project's one NaN convention; re-exported for older callers
 from ffnet_deploy.validate.metrics import MetricAccumulator, OutputMetrics, softmax
 from ffnet_deploy.validate.tolerances import (
     FP32,
@@ -128,20 +128,6 @@ class ArtifactResult:
             "manifest": self.manifest.summary() if self.manifest is not None else None,
             "localization": self.localization.to_dict() if self.localization is not None else None,
         })
-
-
-def jsonable(obj: Any) -> Any:
-    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return jsonable(obj.item())
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 STATUSES = ("passed", "failed", "not run")

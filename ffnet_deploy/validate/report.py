@@ -24,12 +24,15 @@ JSON report (schema ``ffnet-deploy/validate-report/1``)::
 Non-finite floats are written as the strings ``"nan"``, ``"inf"``, ``"-inf"`` so the file is strict JSON. A change
 that removes or renames a key bumps the trailing version number; adding keys does not.
 
-JUnit XML follows the common (Jenkins/Ant) JUnit layout that CI systems read: ``<testsuites>`` holds one
-``<testsuite>`` per artifact, which holds one ``<testcase classname=ARTIFACT name=METRIC>`` per metric. A metric
-the tolerance profile gates passes or carries a ``<failure>``; a metric the profile does not gate is reported as
-``<skipped>`` with its value (it was measured, not judged); an artifact that could not be loaded or run carries an
-``<error>`` case, and one that nothing here can run a ``<skipped>`` ``load_and_run`` case with the reason. Every
-case's ``<system-out>`` holds the measured value.
+:func:`read_report` reads a report back through its typed model (:class:`ReportFile`): a file that is not this
+schema, a wrong type anywhere or an unknown status is one line naming the file and the field.
+
+JUnit XML is the project's one layout (:mod:`ffnet_deploy.reporting.junit`, shared with the pipeline):
+``<testsuites>`` holds one ``<testsuite>`` per artifact, which holds one ``<testcase classname=ARTIFACT name=METRIC>``
+per metric. A metric the tolerance profile gates passes or carries a ``<failure>``; a metric the profile does not
+gate is reported as ``<skipped>`` with its value (it was measured, not judged); an artifact that could not be loaded
+or run carries an ``<error>`` case, and one that nothing here can run a ``<skipped>`` ``load_and_run`` case with the
+reason. Every case's ``<system-out>`` holds the measured value.
 
 All writes are atomic: a temporary file in the target folder, then a rename. A report never replaces a file that is
 not a report of the same kind written here (recognised by its ``schema`` key, or the JUnit root element's ``name``),
@@ -43,24 +46,101 @@ import math
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any, Literal
 
+from pydantic import Field
 from rich.markup import escape
 
 from ffnet_deploy.artifact.formats import format_of_suffix
 from ffnet_deploy.artifact.manifest import MANIFEST_NAME, ManifestError, read_manifest
 from ffnet_deploy.atomic import replace_refusal, write_text
 from ffnet_deploy.errors import ConfigError
+from ffnet_deploy.reporting import junit
+from ffnet_deploy.schemas import (
+    MAX_JSON_BYTES,
+    FileModel,
+    NonNegative,
+    Real,
+    Record,
+    dumps,
+    read_json,
+    readable_ids,
+    schema_id,
+)
 from ffnet_deploy.validate.engine import ValidationReport, jsonable
 from ffnet_deploy.validate.metrics import format_value
 from ffnet_deploy.validate.tolerances import METRIC_NAMES
 
-SCHEMA = "ffnet-deploy/validate-report/1"
+SCHEMA = schema_id("validate-report", 1)
 """Identifier and version of the JSON report layout."""
+
+READABLE_SCHEMAS = readable_ids("validate-report")
 
 JUNIT_NAME = "ffnet-deploy validate"
 """The ``name`` of the JUnit root element, by which a JUnit file written here is recognised."""
 
-_JUNIT_HEAD = f'<?xml version="1.0" encoding="UTF-8"?>\n<testsuites name="{JUNIT_NAME}"'
+_JUNIT_HEAD = junit.head(JUNIT_NAME)
+
+
+class CheckRecord(Record):
+    """One check of an artifact, as the report (and a pipeline job record) holds it."""
+
+    name: str
+    value: Real | int | None = None
+    threshold: Real | int | None = None
+    op: str = "<="
+    passed: bool
+    detail: str = ""
+    message: str = ""
+
+
+class ArtifactRecord(Record):
+    """One artifact's entry of ``artifacts``."""
+
+    name: str
+    path: str
+    format: str | None = None
+    runtime: str | None = None
+    precision: str
+    status: Literal["passed", "failed", "not run"]
+    passed: bool
+    not_run: str | None = None
+    profile: dict[str, Any] = {}
+    profile_reason: str = ""
+    metrics: dict[str, Real | int | None] | None = None
+    checks: list[CheckRecord] = []
+    errors: list[str] = []
+    warnings: list[str] = []
+    failures: list[str] = []
+    latency_ms: NonNegative | None = None
+    manifest: dict[str, Any] | None = None
+    localization: dict[str, Any] | None = None
+
+
+class ReportFile(FileModel):
+    """The JSON report (layout: module docstring), as :func:`read_report` returns it."""
+
+    schema_: str = Field(SCHEMA, alias="schema")
+    passed: bool
+    created: str = ""
+    seconds: NonNegative | None = None
+    reference: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    environment: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+    artifacts: list[ArtifactRecord]
+    failures: list[str] = []
+    not_run: list[str] = []
+
+
+def read_report(path: str | Path) -> ReportFile:
+    """A JSON report written by :func:`write_json`, validated.
+
+    Raises:
+        ConfigError: One line naming the file and, for a wrong value, the field.
+    """
+    return read_json(path, ReportFile, what="validate report", schemas=READABLE_SCHEMAS,
+                     hint="write it again with 'ffnet-deploy validate --report'")
 
 
 def report_to_dict(report: ValidationReport) -> dict:
@@ -84,22 +164,17 @@ def _not_json_report(path: Path) -> str | None:
     """Why ``path`` is not a JSON report written here (``None``: it is one, and may be replaced)."""
     try:
         with path.open("rb") as f:
-            data = json.loads(f.read(256 << 20))
-    except (OSError, ValueError):
+            data = json.loads(f.read(MAX_JSON_BYTES))
+    except (OSError, ValueError, RecursionError):
         return "it is not a JSON report written by ffnet-deploy validate"
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+    if not isinstance(data, dict) or data.get("schema") not in READABLE_SCHEMAS:
         return "it is not a JSON report written by ffnet-deploy validate"
     return None
 
 
 def _not_junit_report(path: Path) -> str | None:
     """Why ``path`` is not a JUnit file written here (``None``: it is one, and may be replaced)."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(len(_JUNIT_HEAD.encode()))
-    except OSError:
-        head = b""
-    return None if head == _JUNIT_HEAD.encode() else "it is not a JUnit file written by ffnet-deploy validate"
+    return None if junit.written_here(path, JUNIT_NAME) else "it is not a JUnit file written by ffnet-deploy validate"
 
 
 _VERDICTS = {"json": _not_json_report, "junit": _not_junit_report}
@@ -151,7 +226,7 @@ def write_atomic(path: str | Path, text: str, kind: str = "json") -> Path:
 
 def write_json(report: ValidationReport, path: str | Path) -> Path:
     """Write the JSON report atomically."""
-    return write_atomic(path, json.dumps(report_to_dict(report), indent=2, allow_nan=False) + "\n", "json")
+    return write_atomic(path, dumps(report_to_dict(report)), "json")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -159,74 +234,42 @@ def write_json(report: ValidationReport, path: str | Path) -> Path:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def junit_suites(report: ValidationReport) -> list[junit.Suite]:
+    """One :class:`~ffnet_deploy.reporting.junit.Suite` per artifact (layout: module docstring)."""
+    return [_junit_suite(art, report) for art in report.artifacts]
+
+
 def junit_tree(report: ValidationReport) -> ET.ElementTree:
     """The JUnit XML document (layout: module docstring)."""
-    root = ET.Element("testsuites", name=JUNIT_NAME)
-    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-    for art in report.artifacts:
-        counts = _junit_suite(root, art, report)
-        for k, v in counts.items():
-            totals[k] += v
-    for k, v in totals.items():
-        root.set(k, str(v))
-    root.set("time", f"{report.seconds or 0:.3f}")
-    ET.indent(root)
-    return ET.ElementTree(root)
+    return junit.tree(JUNIT_NAME, junit_suites(report), time=report.seconds or 0)
 
 
-def _junit_suite(root: ET.Element, art, report: ValidationReport) -> dict[str, int]:
-    """Append one artifact's ``<testsuite>``; return its counts."""
-    suite = ET.SubElement(root, "testsuite", name=art.name, timestamp=report.created.replace("+00:00", ""))
-    props = ET.SubElement(suite, "properties")
-    for key, value in (("format", art.format), ("runtime", art.runtime), ("precision", art.precision),
-                       ("data_fingerprint", report.data.get("fingerprint")),
-                       ("num_images", report.data.get("num_images"))):
-        ET.SubElement(props, "property", name=key, value="" if value is None else str(value))
-    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-
-    def case(name: str) -> ET.Element:
-        counts["tests"] += 1
-        return ET.SubElement(suite, "testcase", classname=art.name, name=name, time="0")
-
-    for err in art.errors:
-        tc = case("load_and_run")
-        ET.SubElement(tc, "error", message=err, type="ArtifactError").text = err
-        counts["errors"] += 1
+def _junit_suite(art, report: ValidationReport) -> junit.Suite:
+    props = [("format", art.format), ("runtime", art.runtime), ("precision", art.precision),
+             ("data_fingerprint", report.data.get("fingerprint")), ("num_images", report.data.get("num_images"))]
+    cases = [junit.Case("load_and_run", "error", message=err, type="ArtifactError") for err in art.errors]
     if art.status == "not run":  # nothing here can execute it: skipped, neither failed nor passed
-        tc = case("load_and_run")
-        ET.SubElement(tc, "skipped", message=f"not run: {art.not_run}")
-        ET.SubElement(tc, "system-out").text = f"not run: {art.not_run}"
-        counts["skipped"] += 1
+        cases.append(junit.Case("load_and_run", "skipped", message=f"not run: {art.not_run}",
+                                output=f"not run: {art.not_run}"))
     gated = {c.name for c in art.checks}
     for check in art.checks:
-        tc = case(check.name)
-        if not check.passed:
-            ET.SubElement(tc, "failure", message=check.message, type="ParityFailure").text = check.message
-            counts["failures"] += 1
-        ET.SubElement(tc, "system-out").text = check.message
+        cases.append(junit.Case(check.name, "passed" if check.passed else "failure",
+                                message="" if check.passed else check.message, type="ParityFailure",
+                                output=check.message))
     if art.metrics is not None:
         values = art.metrics.to_dict()
         for name in METRIC_NAMES:
             if name in gated or values.get(name) is None:
                 continue
-            tc = case(name)
             text = f"{name} = {format_value(values[name])} (informational: not gated by the {art.profile.name} profile)"
-            ET.SubElement(tc, "skipped", message=text)
-            ET.SubElement(tc, "system-out").text = text
-            counts["skipped"] += 1
-    if art.localization is not None:
-        ET.SubElement(suite, "system-out").text = "localize: " + art.localization.summary
-    for k, v in counts.items():
-        suite.set(k, str(v))
-    suite.set("time", "0")
-    return counts
+            cases.append(junit.Case(name, "skipped", message=text, output=text))
+    output = "localize: " + art.localization.summary if art.localization is not None else None
+    return junit.Suite(art.name, cases, props, timestamp=junit.timestamp(report.created), output=output)
 
 
 def write_junit(report: ValidationReport, path: str | Path) -> Path:
     """Write the JUnit XML atomically."""
-    tree = junit_tree(report)
-    text = ET.tostring(tree.getroot(), encoding="unicode", xml_declaration=False)
-    return write_atomic(path, '<?xml version="1.0" encoding="UTF-8"?>\n' + text + "\n", "junit")
+    return write_atomic(path, junit.to_text(junit_tree(report)), "junit")
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ def test_variant_bench_writes_every_format(bench_run):
     for name in ("results.json", "results.csv", "results.md"):
         assert (out / name).is_file(), name
     data = json.loads((out / "results.json").read_text())
-    assert data["schema"] == "ffnet-deploy.bench/1" and data["device"]["name"] == "ci box"
+    # the one schema-ID spelling (was ffnet-deploy.bench/1, still read)
+    assert data["schema"] == "ffnet-deploy/bench/1" and data["device"]["name"] == "ci box"
     assert data["device"]["isa_flags"] and data["device"]["versions"]["onnxruntime"]
     assert data["command"].startswith("ffnet-deploy bench --variant ffnet_test")
     rows = {(r["runtime"], r["precision"]): r for r in data["rows"]}

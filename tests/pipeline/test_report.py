@@ -22,6 +22,7 @@ from ffnet_deploy.pipeline.report import (
     write_junit,
     write_report,
 )
+from ffnet_deploy.pipeline.results import PipelineResults
 
 EVIL = "backend crashed: <script>alert('x')</script> & more"
 
@@ -189,7 +190,8 @@ def test_html_self_contained_and_escaped(tmp_path):
     page = render_html(results, tmp_path)
     assert page == paths["html"].read_text()
     assert "<script>" not in page
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; more" in page
+    # jinja2's autoescape (markupsafe) writes the quote as &#39;; the page was html.escape'd (&#x27;) before
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more" in page
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page)
     assert "http://" not in page and "https://" not in page
     assert "<link" not in page and "@import" not in page
@@ -213,19 +215,22 @@ def test_html_missing_plot_is_a_note(tmp_path):
 
 
 def test_junit_counts(tmp_path):
+    """The project's one JUnit layout (shared with validate): one suite per job, one case per gated check. These
+    hand-written records carry no per-check results, so each job is one case (``parity``, or ``export`` for a job
+    that made no artifact) and the counts are the jobs'."""
     results = make_results()
     path = write_junit(results, tmp_path / "junit.xml")
     root = ET.parse(path).getroot()
-    suites = list(root.iter("testsuite"))
-    assert len(suites) == 1
-    suite = suites[0]
-    assert suite.get("name") == "ffnet-deploy pipeline"
-    counts = {k: suite.get(k) for k in ("tests", "failures", "errors", "skipped")}
+    assert root.tag == "testsuites" and root.get("name") == "ffnet-deploy pipeline"
+    suites = {s.get("name"): s for s in root.iter("testsuite")}
+    assert list(suites) == _ids(results)
+    counts = {k: root.get(k) for k in ("tests", "failures", "errors", "skipped")}
     assert counts == {"tests": "9", "failures": "1", "errors": "1", "skipped": "2"}
-    assert {k: root.get(k) for k in counts} == counts
-    cases = {c.get("name"): c for c in suite.iter("testcase")}
-    assert list(cases) == _ids(results)
-    assert all(c.get("classname") == "parity" for c in cases.values())
+    assert {k: str(sum(int(s.get(k)) for s in suites.values())) for k in counts} == counts
+    per_job = {jid: s.findall("testcase") for jid, s in suites.items()}
+    assert all(len(found) == 1 for found in per_job.values())
+    cases = {jid: found[0] for jid, found in per_job.items()}
+    assert all(c.get("classname") == jid for jid, c in cases.items())  # the job, like validate's artifact
     failure = cases["openvino-int8"].find("failure")
     assert "INT8 accuracy drop above the budget" in failure.get("message")
     assert "accuracy_drop, top1_agreement" in failure.get("message")
@@ -234,6 +239,37 @@ def test_junit_counts(tmp_path):
     assert "macOS" in cases["coreml-fp32"].find("skipped").get("message")
     assert all(list(cases[j]) == [] or cases[j][0].tag == "system-out" for j in ("onnx-fp32", "openvino-fp32"))
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_junit_one_case_per_gated_check(tmp_path):
+    """A record with its checks (what the pipeline writes) gets one case per check, as validate's JUnit does."""
+    data = make_results()
+    checks = [{"name": "finite", "value": 0, "threshold": 0, "op": "<=", "passed": True, "detail": "",
+               "message": "finite = 0 (must be <= 0)"},
+              {"name": "top1_agreement", "value": 0.952, "threshold": 0.99, "op": ">=", "passed": False,
+               "detail": "", "message": "top1_agreement = 0.952 (must be >= 0.99)"}]
+    data["jobs"][5]["parity"]["checks"] = checks  # openvino-int8, which failed
+    data["jobs"][0]["parity"]["checks"] = checks[:1]
+    root = ET.parse(write_junit(data, tmp_path / "junit.xml")).getroot()
+    suites = {s.get("name"): s for s in root.iter("testsuite")}
+    failed = {c.get("name"): c for c in suites["openvino-int8"].findall("testcase")}
+    assert list(failed) == ["finite", "top1_agreement"] and suites["openvino-int8"].get("failures") == "1"
+    assert failed["top1_agreement"].find("failure").get("message") == checks[1]["message"]
+    assert failed["finite"].find("failure") is None and failed["finite"].find("system-out").text == checks[0]["message"]
+    assert [c.get("name") for c in suites["onnx-fp32"].findall("testcase")] == ["finite"]
+    from ffnet_deploy.reporting import junit
+
+    assert (tmp_path / "junit.xml").read_text().startswith(junit.head("ffnet-deploy pipeline"))
+
+
+def _holds(loaded, original) -> bool:
+    """Every key and value of ``original`` is in ``loaded`` (which may hold more: the model's defaults)."""
+    if isinstance(original, dict):
+        return isinstance(loaded, dict) and all(k in loaded and _holds(loaded[k], v) for k, v in original.items())
+    if isinstance(original, list):
+        return isinstance(loaded, list) and len(loaded) == len(original) and all(
+            _holds(a, b) for a, b in zip(loaded, original, strict=True))
+    return loaded == original
 
 
 def test_write_report_files_and_roundtrip(tmp_path):
@@ -246,8 +282,11 @@ def test_write_report_files_and_roundtrip(tmp_path):
     assert paths["latency"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert results["plots"] == {"latency": "plots/latency.png", "accuracy": "plots/accuracy.png"}
     loaded = json.loads(paths["json"].read_text())
-    assert loaded == results
-    assert {k: v for k, v in loaded.items() if k != "plots"} == {k: v for k, v in original.items() if k != "plots"}
+    # the file is the typed results (PipelineResults) and holds every value of the dict they were made from
+    assert loaded == json.loads(PipelineResults.model_validate(results).to_json())
+    assert _holds(loaded, results) and loaded["plots"] == results["plots"]
+    assert _holds({k: v for k, v in loaded.items() if k != "plots"},
+                  {k: v for k, v in original.items() if k != "plots"})
     assert "![Median latency per artifact](plots/latency.png)" in paths["markdown"].read_text()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["index.html", "index.md", "junit.xml", "plots",
                                                                        "results.json"]
