@@ -29,10 +29,11 @@ schema, a wrong type anywhere or an unknown status is one line naming the file a
 
 JUnit XML is the project's one layout (:mod:`ffnet_deploy.reporting.junit`, shared with the pipeline):
 ``<testsuites>`` holds one ``<testsuite>`` per artifact, which holds one ``<testcase classname=ARTIFACT name=METRIC>``
-per metric. A metric the tolerance profile gates passes or carries a ``<failure>``; a metric the profile does not
-gate is reported as ``<skipped>`` with its value (it was measured, not judged); an artifact that could not be loaded
-or run carries an ``<error>`` case, and one that nothing here can run a ``<skipped>`` ``load_and_run`` case with the
-reason. Every case's ``<system-out>`` holds the measured value.
+per gated metric, which passes or carries a ``<failure>``. A metric the tolerance profile does not gate was measured,
+not judged: it is a ``metric.NAME`` property of the suite and a line of the suite's ``<system-out>``, never a case
+(CI systems count a ``<skipped>`` case as a test not run, and a passing report read "28 tests, 23 skipped"). An
+artifact that could not be loaded or run carries an ``<error>`` case, and one that nothing here can run a
+``<skipped>`` ``load_and_run`` case with the reason. Every case's ``<system-out>`` holds the measured value.
 
 All writes are atomic: a temporary file in the target folder, then a rename. A report never replaces a file that is
 not a report of the same kind written here (recognised by its ``schema`` key, or the JUnit root element's ``name``),
@@ -256,14 +257,18 @@ def _junit_suite(art, report: ValidationReport) -> junit.Suite:
         cases.append(junit.Case(check.name, "passed" if check.passed else "failure",
                                 message="" if check.passed else check.message, type="ParityFailure",
                                 output=check.message))
+    notes = []
     if art.metrics is not None:
         values = art.metrics.to_dict()
         for name in METRIC_NAMES:
             if name in gated or values.get(name) is None:
                 continue
-            text = f"{name} = {format_value(values[name])} (informational: not gated by the {art.profile.name} profile)"
-            cases.append(junit.Case(name, "skipped", message=text, output=text))
-    output = "localize: " + art.localization.summary if art.localization is not None else None
+            props.append((f"metric.{name}", format_value(values[name])))
+            notes.append(f"{name} = {format_value(values[name])} (informational: not gated by the "
+                         f"{art.profile.name} profile)")
+    if art.localization is not None:
+        notes.append("localize: " + art.localization.summary)
+    output = "\n".join(notes) if notes else None
     return junit.Suite(art.name, cases, props, timestamp=junit.timestamp(report.created), output=output)
 
 

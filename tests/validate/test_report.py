@@ -83,11 +83,14 @@ def test_junit_parses_into_the_expected_cases(tmp_path, report):
     suites = {s.get("name"): s for s in root.findall("testsuite")}
     assert list(suites) == ["out/good", "out/half", "out/bad", "out/dead"]
     cases = {name: {c.get("name"): c for c in s.findall("testcase")} for name, s in suites.items()}
-    # one case per check and per informational metric
-    assert {"finite", "max_abs_error", "cosine_mean", "psnr_db", "top1_agreement", "acc_drop"} <= set(cases["out/good"])
+    # one case per gated check; an informational metric is a property and a note, never a skipped case
+    assert {"finite", "max_abs_error"} <= set(cases["out/good"]) and "cosine_mean" not in cases["out/good"]
     assert cases["out/good"]["max_abs_error"].find("failure") is None
-    assert cases["out/good"]["cosine_mean"].find("skipped") is not None  # fp32 does not gate cosine
-    assert cases["out/half"]["cosine_mean"].find("skipped") is None  # fp16 does
+    good_props = {p.get("name"): p.get("value") for p in suites["out/good"].find("properties")}
+    assert "metric.cosine_mean" in good_props and "metric.psnr_db" in good_props  # fp32 does not gate cosine
+    assert "cosine_mean = " in suites["out/good"].find("system-out").text
+    assert "cosine_mean" in cases["out/half"] and cases["out/half"]["cosine_mean"].find("skipped") is None  # fp16 does
+    assert root.get("skipped") == "0" and not root.findall(".//skipped")  # a passing report skips nothing
     bad = cases["out/bad"]
     assert bad["finite"].find("failure") is not None and bad["max_abs_error"].find("failure") is not None
     assert suites["out/bad"].get("failures") == "2" and "stages.2.0" in suites["out/bad"].find("system-out").text
