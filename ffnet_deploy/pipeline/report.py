@@ -51,6 +51,7 @@ from ffnet_deploy.reporting.document import (
 )
 from ffnet_deploy.reporting.html import render_page
 from ffnet_deploy.reporting.plots import LOG_SPAN, PNG_TAG, figure, legend_below, plain_log_ticks, plain_text, save
+from ffnet_deploy.validate.metrics import reference_accuracy_warning
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -285,6 +286,10 @@ def _header_blocks(results: PipelineResults) -> list[Block]:
         ref = _reference_accuracy(results)
         if ref is not None:
             spans.append(_t(f"; PyTorch reference accuracy {ref:.1f} %"))
+            classes = results.checkpoint.num_classes if results.checkpoint is not None else None
+            warning = reference_accuracy_warning(ref, classes)
+            if warning is not None:
+                spans += [_b(" Warning: "), _t(warning[:1].upper() + warning[1:] + ".")]
         blocks.append(Para(spans))
 
     if summary is not None:
@@ -591,8 +596,9 @@ def plot_latency(results: PipelineResults | dict, path: Path) -> Path | None:
 
 
 def _dot_panel(ax: Axes, jobs: list[JobRecord], values: list[float], reference: float | None, ref_label: str,
-               fmt: str, xlabel: str, upper: float | None, show_labels: bool = True) -> None:
-    """Dots per job on a zoomed axis, with a line from the reference (when given) to each dot."""
+               fmt: str, xlabel: str, upper: float | None, show_labels: bool = True, min_pad: float = 1e-6) -> None:
+    """Dots per job on a zoomed axis, with a line from the reference (when given) to each dot; the axis spans at
+    least ``min_pad`` on each side (equal accuracies drew an axis of +-1e-6 %)."""
     y = list(range(len(jobs)))
     colors = [_FAIL_COLOR if verdict(j) == "fail" else _PASS_COLOR for j in jobs]
     for yi, v, c in zip(y, values, colors, strict=True):
@@ -604,7 +610,7 @@ def _dot_panel(ax: Axes, jobs: list[JobRecord], values: list[float], reference: 
     ax.scatter(values, y, color=colors, s=46, zorder=3)
     span = values + ([reference] if reference is not None else [])
     lo, hi = min(span), max(span)
-    pad = max((hi - lo) * 0.3, abs(hi) * 1e-4, 1e-6)
+    pad = max((hi - lo) * 0.3, abs(hi) * 1e-4, min_pad)
     right = hi + pad * 1.4
     if upper is not None:
         right = min(right, upper + pad * 0.9)
@@ -641,7 +647,7 @@ def plot_accuracy(results: PipelineResults | dict, path: Path) -> Path | None:
         ax = fig.add_subplot()
         data = results.data.eval if results.data is not None else None
         _dot_panel(ax, acc_jobs, values, ref, f"PyTorch reference ({ref:.1f} %)" if ref is not None else "", ".1f",
-                   "top-1 accuracy (%)" + (f" on {data}" if data else ""), upper=100.0)
+                   "top-1 accuracy (%)" + (f" on {data}" if data else ""), upper=100.0, min_pad=1.0)
         legend_below(fig, {line.get_label(): line for line in ax.get_lines() if line.get_linestyle() == "--"},
                      ncols=5)
         ax.set_title(_title(results, "Accuracy per artifact"), fontsize=11)

@@ -32,7 +32,7 @@ from ffnet_deploy.environment import cpu_identity, environment_info
 from ffnet_deploy.errors import ConfigError, FFNetDeployError, ParityError, first_line
 from ffnet_deploy.models.checkpoint import LoadedCheckpoint
 from ffnet_deploy.schemas import jsonable  # the project's one NaN convention; re-exported for older callers
-from ffnet_deploy.validate.metrics import MetricAccumulator, OutputMetrics, softmax
+from ffnet_deploy.validate.metrics import MetricAccumulator, OutputMetrics, reference_accuracy_warning, softmax
 from ffnet_deploy.validate.tolerances import (
     FP32,
     PROFILES,
@@ -685,6 +685,9 @@ def compare_artifacts(specs: Sequence[ArtifactSpec], reference: Any, source: Any
             r.checks = evaluate_checks(r.metrics, r.profile)
             if r.metrics.nonfinite_reference:
                 r.warnings.append("the PyTorch reference itself produced NaN/Inf: the checkpoint is broken")
+            chance = reference_accuracy_warning(r.metrics.ref_top1, reference.num_classes)
+            if chance is not None:
+                r.warnings.append(chance)
         if localize and not r.passed and r.metrics is not None and first_batch is not None:
             from ffnet_deploy.validate.localize import localize_artifact
 

@@ -380,6 +380,23 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=-1, keepdims=True)
 
 
+def reference_accuracy_warning(ref_top1: float | None, num_classes: int | None) -> str | None:
+    """The warning for a PyTorch reference that scores no better than chance on labelled data, else ``None``.
+
+    A reference that scores 0 % (or at most chance, 100 / classes) means the labels do not follow the model's class
+    order (another label file, another class mapping) or the checkpoint is not trained: every accuracy figure, and
+    the accuracy drop the gate checks, is then meaningless although it "passes".
+    """
+    if ref_top1 is None or not math.isfinite(ref_top1):
+        return None
+    chance = 100.0 / num_classes if num_classes else 0.0
+    if ref_top1 > chance:
+        return None
+    return (f"the PyTorch reference scores {ref_top1:.1f} % top-1 on these labels (chance is {chance:.1f} %): the "
+            "labels probably do not follow the model's classes (check the label file or the class order), or the "
+            "checkpoint is untrained; the accuracy figures say nothing")
+
+
 def format_value(v: float | None) -> str:
     if v is None:
         return "n/a"

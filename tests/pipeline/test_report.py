@@ -349,3 +349,40 @@ def test_latency_plot_scales_with_jobs(tmp_path, n):
 
 def test_plots_do_not_use_pyplot():
     assert "matplotlib.pyplot" not in Path(report.__file__).read_text()
+
+
+def test_a_reference_at_chance_is_warned_and_plotted_on_a_readable_axis(tmp_path, monkeypatch):
+    """Issue 22, 6: a PyTorch reference scoring 0 % (labels that do not follow the model's classes) used to pass
+    without a word, and equal accuracies drew an axis of +-1e-6 %."""
+    from ffnet_deploy.pipeline import report as report_module
+
+    results = make_results()
+    results["data"]["reference_accuracy"] = 0.0
+    for job in results["jobs"]:
+        metrics = (job.get("parity") or {}).get("metrics") or {}
+        if "accuracy" in metrics:
+            metrics.update(accuracy=0.0, reference_accuracy=0.0, accuracy_drop=0.0)
+    md = render_markdown(results)
+    assert "PyTorch reference accuracy 0.0 %" in md and "Warning:" in md and "chance is 10.0 %" in md
+    assert "Warning:" not in render_markdown(make_results())  # a trained reference (99 %) is not warned about
+
+    spans = []
+    real_save = report_module.save
+
+    def keep_axis(fig, *args, **kwargs):
+        spans.append(fig.axes[0].get_xlim())
+        return real_save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(report_module, "save", keep_axis)
+    assert plot_accuracy(results, tmp_path / "a.png") is not None
+    (lo, hi), = spans
+    assert hi - lo >= 2.0  # at least a point on each side, never +-1e-6
+
+
+def test_reference_accuracy_warning_bounds():
+    from ffnet_deploy.validate.metrics import reference_accuracy_warning
+
+    assert "0.0 %" in reference_accuracy_warning(0.0, 10)
+    assert reference_accuracy_warning(10.0, 10) is not None  # at chance
+    assert reference_accuracy_warning(10.5, 10) is None and reference_accuracy_warning(99.0, 1000) is None
+    assert reference_accuracy_warning(None, 10) is None and reference_accuracy_warning(float("nan"), 10) is None

@@ -337,3 +337,20 @@ def _fixed64(tmp_path, checkpoint):
     torch.onnx.export(load_ffnet(checkpoint), torch.randn(1, 3, 64, 64), str(path), input_names=["images"],
                       output_names=["logits"], dynamo=False)
     return path
+
+
+def test_a_reference_at_chance_is_a_warning(tmp_path, test_checkpoint, bare_onnx):
+    """Issue 22, 6: labels the reference scores 0 % on (labels that do not follow the model's classes, or an
+    untrained checkpoint) pass every parity check: the artifact says so instead of staying silent."""
+    from PIL import Image
+
+    from ffnet_deploy.data import ImageFolderSource
+
+    for label in ("0", "1"):
+        (tmp_path / label).mkdir()
+        for i in range(2):
+            Image.new("RGB", (48, 48), (40 * i, 90, 200 if label == "0" else 10)).save(tmp_path / label / f"{i}.png")
+    report = validate([bare_onnx], test_checkpoint, source=ImageFolderSource(tmp_path), batch=4)
+    (a,) = report.artifacts
+    assert a.metrics.ref_top1 <= 0.1 * 100 and a.passed  # parity passes: the artifact matches the reference
+    assert any("labels probably do not follow the model's classes" in w for w in a.warnings), a.warnings
