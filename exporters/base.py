@@ -335,8 +335,9 @@ class Exporter(ABC):
             if given:
                 calibrated = " or ".join(f"--precision {p}" for p in self.supported_precisions
                                          if get_precision(p).calibrated) or "--precision int8"
-                raise ConfigError(f"{self.format_name} export | {', '.join(given)} apply to {calibrated}; add "
-                                  f"{calibrated} or drop them")
+                verb, them = ("applies", "it") if len(given) == 1 else ("apply", "them")
+                raise ConfigError(f"{self.format_name} export | {', '.join(given)} {verb} to {calibrated}; add "
+                                  f"{calibrated} or drop {them}")
 
     @abstractmethod
     def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log, *,

@@ -416,3 +416,20 @@ def test_18_newline_and_code_fence_in_a_device_name_stay_in_the_fenced_block(tmp
     assert lines[0].startswith("# FFNet deployment report: ffnet_digits on box ") and len(lines[0].split("\n")) == 1
     page = render_html(results, tmp_path)
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_report_merge_of_a_bench_folder_says_what_to_pass(tmp_path, capsys):
+    """Issue 22, 9: a bench output folder given to report merge said "not a pipeline report"; it names the files to
+    pass instead."""
+    folder = tmp_path / "bench-out"
+    folder.mkdir()
+    phone = tmp_path / "phone.csv"
+    phone.write_text("variant,precision,compute_units,median_ms,source\nffnet_1,fp16,ALL,1.2,Xcode\n")
+    assert main(["report", "add", "--csv", str(phone), "--device-name", "phone", "--out",
+                 str(folder / "results.json")]) == 0
+    capsys.readouterr()
+    assert main(["report", "merge", str(folder), "--out", str(tmp_path / "merged")]) == 1
+    err = capsys.readouterr().err
+    assert one_line(err) and "holds the results of 'ffnet-deploy bench'" in err
+    assert f"report merge {folder / 'results.json'}" in err.replace("\n", "")
+    assert not (tmp_path / "merged").exists()

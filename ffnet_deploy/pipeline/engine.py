@@ -598,6 +598,17 @@ def write_report(results: PipelineResults, output: Path) -> dict[str, Path]:
     return write(results, output)
 
 
+def _is_bench_result(path: Path) -> bool:
+    """Whether ``path`` reads as a bench result file (a user passed a bench folder where a pipeline one belongs)."""
+    from ffnet_deploy.benchmarks.results import read_result
+
+    try:
+        read_result(path)
+    except FFNetDeployError:
+        return False
+    return True
+
+
 def merge_runs(folders: Sequence[Path], out: Path, *, command: str = "",
                log: Callable[[str], None] | None = None) -> Outcome:
     """One report from the job records of several pipeline output folders (``--only`` runs on other machines).
@@ -621,7 +632,14 @@ def merge_runs(folders: Sequence[Path], out: Path, *, command: str = "",
         if not (results_path.exists() or results_path.is_symlink()):
             raise ConfigError(f"report merge | {folder} has no results.json; pass output folders of "
                               "'ffnet-deploy pipeline'")
-        results = read_results(results_path)
+        try:
+            results = read_results(results_path)
+        except ConfigError:
+            if _is_bench_result(results_path):
+                raise ConfigError(f"report merge | {folder} holds the results of 'ffnet-deploy bench', not of a "
+                                  f"pipeline; merge bench results as files: ffnet-deploy report merge "
+                                  f"{results_path} [more results.json ...] --out table.md") from None
+            raise
         assert results.checkpoint is not None  # read_results refuses a file without one
         if checkpoint is not None and results.checkpoint.sha256 != checkpoint.sha256:
             raise ConfigError(f"report merge | {folder} ran another checkpoint (sha256 "

@@ -85,8 +85,8 @@ def test_fp16_with_baked_preprocessing_and_gelu_op(tmp_path, test_checkpoint):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize(("args", "message"), [
-    (["--calib", "digits"], "--calib apply to --precision int8"),
-    (["--target", "cpu"], "--target apply to --precision int8"),
+    (["--calib", "digits"], "--calib applies to --precision int8"),
+    (["--target", "cpu"], "--target applies to --precision int8"),
     (["--weights", "int8"], "does not take --weights"),
 ])
 def test_int8_flags_are_refused_in_one_line(tmp_path, capsys, precision, args, message):

@@ -207,7 +207,7 @@ def test_cache_of_another_model_is_refused(onnx_int8, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--format", "onnx", "--calib", "digits"], "apply to --precision int8"),
+    (["--format", "onnx", "--calib", "digits"], "applies to --precision int8"),
     (["--format", "onnx", "--precision", "int8"], "needs calibration data"),
     (["--format", "onnx", "--weights", "int8"], "does not take --weights"),
     (["--format", "openvino", "--precision", "int8", "--calib", "digits", "--target", "cpu"],
