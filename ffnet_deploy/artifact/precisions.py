@@ -41,6 +41,7 @@ class ToleranceProfile:
     min_top1_agreement: float | None = None  # top1_agreement >= this fraction
     min_top5_overlap: float | None = None  # top5_overlap >= this fraction
     max_acc_drop: float | None = None  # reference top-1 - artifact top-1 <= this many points (labels only)
+    min_samples: float | None = None  # fewer images than this: the top-1 verdicts carry a warning (too few to judge)
     localize_sqnr_db: float = 30.0  # --localize: first block / op whose SQNR is below this is reported
 
     def with_overrides(self, **overrides: float | None) -> ToleranceProfile:
@@ -157,11 +158,13 @@ register_precision(Precision(
     "fp32", 10, ToleranceProfile("fp32", atol_scale=1e-4, localize_sqnr_db=30.0), roofline_dtype="fp32",
     engine_name="f32", baseline=True, summary="float32"))
 register_precision(Precision(
-    "fp16", 20, ToleranceProfile("fp16", min_cosine=0.9995, min_top1_agreement=0.99, localize_sqnr_db=30.0),
+    "fp16", 20, ToleranceProfile("fp16", min_cosine=0.9995, min_top1_agreement=0.99, min_samples=100,
+                           localize_sqnr_db=30.0),
     roofline_dtype="fp32", engine_name="f16", summary="float16 weights"))
 register_precision(Precision(
     "bf16", 30, executes_as="fp32", roofline_dtype="bf16", engine_name="bf16",
     summary="an fp32 artifact executed in bfloat16 (bench only)"))
 register_precision(Precision(
-    "int8", 40, ToleranceProfile("int8", min_top1_agreement=0.97, max_acc_drop=1.0, localize_sqnr_db=15.0),
+    "int8", 40, ToleranceProfile("int8", min_top1_agreement=0.97, max_acc_drop=1.0, min_samples=100,
+                           localize_sqnr_db=15.0),
     calibrated=True, roofline_dtype="int8", summary="calibrated on --calib data"))

@@ -40,6 +40,7 @@ from ffnet_deploy.validate.tolerances import (
     ToleranceProfile,
     evaluate_checks,
     resolve_profile,
+    sample_size_warning,
 )
 
 log = logging.getLogger(__name__)
@@ -685,9 +686,10 @@ def compare_artifacts(specs: Sequence[ArtifactSpec], reference: Any, source: Any
             r.checks = evaluate_checks(r.metrics, r.profile)
             if r.metrics.nonfinite_reference:
                 r.warnings.append("the PyTorch reference itself produced NaN/Inf: the checkpoint is broken")
-            chance = reference_accuracy_warning(r.metrics.ref_top1, reference.num_classes)
-            if chance is not None:
-                r.warnings.append(chance)
+            for warning in (reference_accuracy_warning(r.metrics.ref_top1, reference.num_classes),
+                            sample_size_warning(r.metrics, r.profile)):
+                if warning is not None:
+                    r.warnings.append(warning)
         if localize and not r.passed and r.metrics is not None and first_batch is not None:
             from ffnet_deploy.validate.localize import localize_artifact
 

@@ -20,16 +20,23 @@ Every profile also requires ``finite`` (no NaN/Inf). Any threshold can be overri
 - ``int8``: ``top1_agreement >= 0.97`` and, with labels, ``acc_drop <= 1.0`` point. The 1-point budget follows
   mmdeploy's regression tests (accuracy within ±1 % of the PyTorch metric) and the usual post-training
   quantization target for ImageNet classifiers.
+
+A verdict on a sample states its uncertainty. The ``top1_agreement`` check carries the 95 % Wilson interval of the
+measured fraction; when the interval contains the threshold the check is *borderline*: its verdict follows the point
+estimate but says that another sample of the same size may reverse it (an INT8 artifact passed at exactly 0.97 on
+100 images and failed at 0.96 on 50). ``min_samples`` (100 for fp16 and int8: one image then moves the agreement by
+at most one point, the int8 margin's third) makes a verdict on fewer images carry a warning that names how many to
+use. Neither changes which artifacts pass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from ffnet_deploy.artifact.precisions import PRECISIONS, ToleranceProfile, precision_names
 from ffnet_deploy.errors import ConfigError
-from ffnet_deploy.validate.metrics import OutputMetrics, format_value
+from ffnet_deploy.validate.metrics import OutputMetrics, format_value, wilson_interval
 
 # --------------------------------------------------------------------------------------------------------------------
 # Tolerances and checks
@@ -116,11 +123,18 @@ class Check:
     op: str  # "<=" or ">=": how value must compare to threshold
     passed: bool  # whether it held
     detail: str = ""  # how the threshold was derived, e.g. "1e-04 x logit range 12.3"
+    interval: tuple[float, float] | None = None  # the value's 95 % interval, for a fraction measured on a sample
+    borderline: bool = False  # the interval contains the threshold: another sample may reverse the verdict
 
     @property
     def message(self) -> str:
-        """One line: ``name = value (must be op threshold)``."""
+        """One line: ``name = value (must be op threshold)``, plus the interval of a sampled fraction."""
         extra = f"; {self.detail}" if self.detail else ""
+        if self.interval is not None:
+            lo, hi = self.interval
+            extra += f"; 95 % interval {lo:.3f}-{hi:.3f}"
+            if self.borderline:
+                extra += ", borderline: another sample may reverse this verdict"
         return f"{self.name} = {format_value(self.value)} (must be {self.op} {format_value(self.threshold)}{extra})"
 
     def to_dict(self) -> dict:
@@ -150,14 +164,30 @@ def evaluate_checks(metrics: OutputMetrics, profile: ToleranceProfile) -> list[C
     if profile.min_psnr_db is not None:
         checks.append(_cmp("psnr_db", metrics.psnr_db, profile.min_psnr_db, ">="))
     if profile.min_top1_agreement is not None:
-        checks.append(_cmp("top1_agreement", metrics.top1_agreement, profile.min_top1_agreement, ">=",
-                           f"{metrics.num_samples} samples"))
+        check = _cmp("top1_agreement", metrics.top1_agreement, profile.min_top1_agreement, ">=",
+                     f"{metrics.num_samples} samples")
+        interval = wilson_interval(metrics.top1_agreement, metrics.num_samples)
+        if interval is not None:
+            check = replace(check, interval=(round(interval[0], 4), round(interval[1], 4)),
+                            borderline=interval[0] < profile.min_top1_agreement <= interval[1])
+        checks.append(check)
     if profile.min_top5_overlap is not None:
         checks.append(_cmp("top5_overlap", metrics.top5_overlap, profile.min_top5_overlap, ">="))
     if profile.max_acc_drop is not None and metrics.acc_drop is not None:
         checks.append(_cmp("acc_drop", metrics.acc_drop, profile.max_acc_drop, "<=",
                            f"top-1 {format_value(metrics.ref_top1)}% -> {format_value(metrics.top1)}%"))
     return checks
+
+
+def sample_size_warning(metrics: OutputMetrics, profile: ToleranceProfile) -> str | None:
+    """The warning for a top-1 verdict judged on fewer images than the profile's ``min_samples``, else ``None``."""
+    gates_top1 = profile.min_top1_agreement is not None or profile.max_acc_drop is not None
+    if not gates_top1 or profile.min_samples is None or metrics.num_samples >= profile.min_samples:
+        return None
+    n = metrics.num_samples
+    return (f"the {profile.name} top-1 verdicts rest on {n} image{'s' if n != 1 else ''}: one image moves "
+            f"top1_agreement by {100 / max(n, 1):.1f} points; judge on at least {profile.min_samples:g} images "
+            "(a larger data set, or a larger --limit / --eval-limit) for a verdict a resample does not reverse")
 
 
 # Metrics reported for every artifact; those a profile does not gate appear as informational.

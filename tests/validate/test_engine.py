@@ -354,3 +354,47 @@ def test_a_reference_at_chance_is_a_warning(tmp_path, test_checkpoint, bare_onnx
     (a,) = report.artifacts
     assert a.metrics.ref_top1 <= 0.1 * 100 and a.passed  # parity passes: the artifact matches the reference
     assert any("labels probably do not follow the model's classes" in w for w in a.warnings), a.warnings
+
+
+def _agreeing(n: int, disagree: int, classes: int = 10):
+    """Logits of ``n`` samples whose top-1 differs from the reference's on exactly ``disagree`` of them."""
+    ref = np.tile(np.eye(classes)[0] * 5.0, (n, 1))
+    out = ref.copy()
+    out[:disagree] = np.eye(classes)[1] * 5.0
+    return ref, out
+
+
+@pytest.mark.parametrize(("n", "disagree", "passed", "borderline"), [
+    (100, 3, True, True),  # the issue's pass: 0.97 on 100 images
+    (50, 2, False, True),  # the same artifact's fail: 0.96 on 50
+    (256, 0, True, False),  # clearly above: 95 % interval 0.985-1.0
+    (256, 40, False, False),  # clearly below: 0.844, interval up to 0.883
+])
+def test_a_top1_verdict_states_its_uncertainty(n, disagree, passed, borderline):
+    """Issue 22, 3: a sampled fraction carries its 95 % Wilson interval, and a verdict whose interval contains the
+    threshold says that another sample may reverse it (it passed at 0.97 on 100 and failed at 0.96 on 50, silently)."""
+    from ffnet_deploy.validate.tolerances import sample_size_warning
+
+    metrics = compare_outputs(*_agreeing(n, disagree))
+    check = {c.name: c for c in evaluate_checks(metrics, INT8)}["top1_agreement"]
+    assert check.passed is passed and check.borderline is borderline
+    lo, hi = check.interval
+    assert lo <= check.value <= hi and (lo < 0.97 <= hi) is borderline
+    assert "95 % interval" in check.message and ("borderline" in check.message) is borderline
+    warning = sample_size_warning(metrics, INT8)
+    assert (warning is not None) is (n < 100)
+    if warning:
+        assert f"rest on {n} images" in warning and "at least 100" in warning
+    assert sample_size_warning(metrics, INT8.with_overrides(min_samples=None)) is None
+    assert sample_size_warning(metrics, FP32) is None  # fp32 gates no top-1 verdict
+
+
+def test_wilson_interval_edges():
+    from ffnet_deploy.validate.metrics import wilson_interval
+
+    lo, hi = wilson_interval(0.97, 100)
+    assert lo == pytest.approx(0.9155, abs=1e-3) and hi == pytest.approx(0.9897, abs=1e-3)
+    assert wilson_interval(1.0, 10)[1] == 1.0 and wilson_interval(1.0, 10)[0] < 0.75  # never of zero width
+    assert wilson_interval(0.0, 10)[0] == 0.0
+    assert wilson_interval(None, 10) is None and wilson_interval(0.5, 0) is None
+    assert wilson_interval(float("nan"), 10) is None
