@@ -20,6 +20,7 @@ test fails without it). Nothing else changes: the exporters package imports ever
         runtimes=(RuntimeChoice("tflite"),),            # validation's runner; platform-conditional choices allowed
         bench_runtime="tflite",                          # what bench times it with
         runs_on="an Android device (TFLite)",            # what `pipeline --plan` prints
+        device="android",                                # the machine its job needs (a CI matrix's runner)
         read_precision=_read_precision,
         quantizer=Quantizer(cache_backend="tflite"),     # only if it makes int8
     ))

@@ -127,6 +127,7 @@ FORMAT = FormatSpec(
     runtimes=(RuntimeChoice("coreml", platforms=("darwin",)), RuntimeChoice("coreml-reference")),
     bench_runtime="coreml",  # a latency is Core ML's own; the reference interpreter is never timed
     runs_on="any machine for export and the reference check; a Mac for Core ML latency",
+    device="mac",
     read_precision=read_coreml_precision, in_demo=True,
     quantizer=Quantizer(cache_backend="coreml"),
 )

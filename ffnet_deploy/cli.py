@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ffnet_deploy.artifact.formats import demo_formats, format_names, format_specs, listing, model_suffixes
 from ffnet_deploy.artifact.precisions import baseline_precision, get_precision, precision_names
-from ffnet_deploy.errors import FFNetDeployError
+from ffnet_deploy.errors import ConfigError, FFNetDeployError
 from ffnet_deploy.reporting.text import console_text as _esc
 
 app = typer.Typer(
@@ -823,6 +823,11 @@ def pipeline(
     plan: Annotated[bool, typer.Option("--plan", help="Print the job graph as JSON and run nothing.")] = False,
     only: Annotated[list[str] | None, typer.Option("--only", help="Run one job, e.g. onnx/int8 (repeatable), "
                                                    "into the same output layout.")] = None,
+    emit: Annotated[str, typer.Option("--emit", help="With --plan: json (the job graph) or github-matrix (a "
+                                      "GitHub Actions strategy.matrix, one entry per job).")] = "json",
+    runner: Annotated[list[str] | None, typer.Option("--runner", help="With --emit github-matrix: the runs-on "
+                                                     "labels of a device kind, KIND=LABEL[,LABEL] (repeatable; "
+                                                     "kinds: cpu, mac, nvidia-gpu, android).")] = None,
     device_name: Annotated[str | None, typer.Option("--device-name", help="Name of this device in the report.")
                            ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress; only the summary line.")] = False,
@@ -842,21 +847,33 @@ def pipeline(
                     "only": tuple(only) if only else None, "trust": trust_checkpoint or None,
                     "device_name": device_name}
     try:
-        return _pipeline(config_file, cli_settings, plan=plan, quiet=quiet, as_json=as_json)
+        return _pipeline(config_file, cli_settings, plan=plan, quiet=quiet, as_json=as_json, emit=emit,
+                         runners=runner)
     except FFNetDeployError as err:  # a parity failure never raises: anything raised is a usage error
         _error_line(str(err))
         return 2
 
 
-def _pipeline(config_file: Path | None, cli_settings: dict[str, Any], *, plan: bool, quiet: bool, as_json: bool
-              ) -> int:
-    from ffnet_deploy.pipeline.config import build_config, plan_jobs, read_toml
+def _pipeline(config_file: Path | None, cli_settings: dict[str, Any], *, plan: bool, quiet: bool, as_json: bool,
+              emit: str = "json", runners: list[str] | None = None) -> int:
+    from ffnet_deploy.pipeline.config import EMITS, build_config, github_matrix, parse_runners, plan_jobs, read_toml
     from ffnet_deploy.pipeline.engine import STAGES, run_pipeline
 
+    if emit not in EMITS:
+        raise ConfigError(f"pipeline | --emit {emit!r}: choose one of {', '.join(EMITS)}")
+    if (emit != "json" or runners) and not plan:
+        raise ConfigError(f"pipeline | {'--runner' if runners else '--emit'} applies to --plan; add --plan")
+    if runners and emit != "github-matrix":
+        raise ConfigError("pipeline | --runner applies to --emit github-matrix; add it")
+    labels = parse_runners(runners)
     file_settings = read_toml(config_file) if config_file is not None else {}
     config = build_config(file_settings, cli_settings)
     if plan:
-        emit_json(plan_jobs(config, _ARGV))
+        graph = plan_jobs(config, _ARGV)
+        if emit == "github-matrix":  # one line: what a workflow step writes to $GITHUB_OUTPUT
+            sys.stdout.write(json.dumps(github_matrix(graph, labels), separators=(",", ":")) + "\n")
+        else:
+            emit_json(graph)
         return 0
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -22,7 +22,7 @@ from ffnet_deploy import cli
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 MARKDOWN_DOCS = (README, ROOT / "docs" / "iphone.md", ROOT / "docs" / "jetson.md")
-WORKFLOW = ROOT / "docs" / "ci" / "validate-workflow.yml"
+WORKFLOWS = (ROOT / "docs" / "ci" / "validate-workflow.yml", ROOT / "docs" / "ci" / "pipeline-matrix-workflow.yml")
 CI_RUN = ROOT / ".ci" / "run"
 
 SETUP = 'python3 -m venv .venv && .venv/bin/pip install "torch==2.14.1" "torchvision==0.29.1" -e ".[all,dev]"'
@@ -43,12 +43,18 @@ class Command:
 
 
 def _split(line: str, where: str) -> list[Command]:
-    """A logical shell line -> its simple commands: comments outside quotes dropped, split at ``&&``, ``;``, ``|``."""
-    lexer = shlex.shlex(line, posix=True, punctuation_chars="&;|")
+    """A logical shell line -> its simple commands: comments outside quotes dropped, split at ``&&``, ``;``, ``|``,
+    redirections (``> file``) dropped."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars="&;|<>")
     lexer.whitespace_split = True
     commands, words = [], []
+    redirect = False
     for token in lexer:
-        if token and set(token) <= set("&;|"):
+        if redirect:  # the file of a redirection
+            redirect = False
+        elif token and set(token) <= set("<>&") and set(token) & set("<>"):  # >, >>, <, >&
+            redirect = True
+        elif token and set(token) <= set("&;|"):
             commands.append(Command(where, tuple(words)))
             words = []
         else:
@@ -120,7 +126,8 @@ def workflow_commands(path: Path) -> list[Command]:
 
 
 def all_commands() -> list[Command]:
-    return [c for path in MARKDOWN_DOCS for c in markdown_commands(path)] + workflow_commands(WORKFLOW)
+    return ([c for path in MARKDOWN_DOCS for c in markdown_commands(path)]
+            + [c for path in WORKFLOWS for c in workflow_commands(path)])
 
 
 def _protected_args(ctx) -> list[str]:
@@ -153,7 +160,8 @@ FFNET_COMMANDS = [c for c in COMMANDS if c.is_ffnet_deploy]
 
 def test_documents_have_commands():
     wheres = {c.where.split(":")[0] for c in FFNET_COMMANDS}
-    assert wheres == {"README.md", "docs/iphone.md", "docs/jetson.md", "docs/ci/validate-workflow.yml"}
+    assert wheres == {"README.md", "docs/iphone.md", "docs/jetson.md", "docs/ci/validate-workflow.yml",
+                      "docs/ci/pipeline-matrix-workflow.yml"}
     assert len([c for c in FFNET_COMMANDS if c.where.startswith("README.md")]) >= 20
 
 
@@ -203,7 +211,8 @@ def test_setup_and_test_commands_are_what_ci_runs():
     start = ci.index(setup[0])
     assert ci[start:start + len(setup)] == setup, "README's set-up command differs from .ci/run's install lines"
     assert tuple(shlex.split(TEST)) in ci, "README's test command differs from .ci/run's pytest line"
-    assert SETUP in _lines(WORKFLOW) or f"run: {SETUP}" in _lines(WORKFLOW)
+    for workflow in WORKFLOWS:
+        assert f"run: {SETUP}" in _lines(workflow), f"{workflow.name}: its install step is not the README's set-up"
 
 
 def test_demo_command_is_the_one_the_pipeline_tests_run():

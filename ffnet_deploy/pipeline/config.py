@@ -310,9 +310,62 @@ class PlannedJob:
     needs: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        spec = get_format(self.job.format)
         return {"id": self.job.id, "format": self.job.format, "precision": self.job.precision,
                 "stages": ["export", "validate", "bench"], "needs": self.needs,
-                "runs_on": get_format(self.job.format).runs_on, "command": self.command}
+                "runs_on": spec.runs_on, "device": spec.device, "command": self.command}
+
+
+EMITS = ("json", "github-matrix")
+"""What ``pipeline --plan --emit`` prints: the job graph, or a GitHub Actions ``strategy.matrix``."""
+
+RUNNER_LABELS: dict[str, tuple[str, ...]] = {
+    "cpu": ("ubuntu-latest",),
+    "mac": ("macos-latest",),
+    "nvidia-gpu": ("self-hosted", "linux", "nvidia-gpu"),
+    "android": ("self-hosted", "android"),
+}
+"""The GitHub Actions ``runs-on`` labels of each device kind a job may need (:attr:`FormatSpec.device`), by default:
+GitHub-hosted runners where GitHub has them, else the labels of a self-hosted runner that holds the device (a
+Jetson or a GPU server registered with ``nvidia-gpu``, a host with a phone on adb with ``android``). ``--runner
+KIND=LABEL,...`` replaces them."""
+
+
+def parse_runners(values: Sequence[str] | None) -> dict[str, tuple[str, ...]]:
+    """``--runner KIND=LABEL[,LABEL...]`` values -> the labels per device kind, defaults for the kinds not given.
+
+    Raises:
+        ConfigError: For a value without ``=``, an unknown kind, or no label.
+    """
+    labels = dict(RUNNER_LABELS)
+    kinds = sorted({*RUNNER_LABELS, *(get_format(name).device for name in format_names())})
+    for value in values or ():
+        kind, sep, rest = value.partition("=")
+        names = tuple(label.strip() for label in rest.split(",") if label.strip())
+        if not sep or not names:
+            raise ConfigError(f"pipeline | --runner {value!r}: write KIND=LABEL[,LABEL...], e.g. "
+                              "--runner nvidia-gpu=self-hosted,jetson")
+        if kind.strip() not in kinds:
+            raise ConfigError(f"pipeline | --runner {value!r}: unknown device kind {kind.strip()!r}; "
+                              f"choose from {', '.join(kinds)}")
+        labels[kind.strip()] = names
+    return labels
+
+
+def github_matrix(plan: dict, runners: Mapping[str, Sequence[str]]) -> dict:
+    """The plan as a GitHub Actions ``strategy.matrix`` value: ``{"include": [...]}``, one entry per job.
+
+    Each entry names the job (``job``, also the name to upload its output folder under), the device it needs, the
+    runner labels that give it one (``runs-on``: a string for one label, a list for several, as GitHub takes them)
+    and the ``--only`` command that runs it into the plan's output layout. A last job downloads every job's output
+    folder and runs ``report merge`` over them (see ``docs/ci/pipeline-matrix-workflow.yml``).
+    """
+    include = []
+    for job in plan["jobs"]:
+        labels = list(runners.get(job["device"], RUNNER_LABELS["cpu"]))
+        include.append({"job": job["id"], "device": job["device"],
+                        "runs-on": labels[0] if len(labels) == 1 else labels, "command": job["command"]})
+    return {"include": include}
 
 
 def plan_jobs(config: PipelineConfig, argv: Sequence[str]) -> dict:
@@ -320,7 +373,7 @@ def plan_jobs(config: PipelineConfig, argv: Sequence[str]) -> dict:
     output layout, and the command that merges the jobs' results."""
     import shlex
 
-    base = [a for a in _strip_option(list(argv), ("--plan", "--only", "--resume", "--force"))]
+    base = [a for a in _strip_option(list(argv), ("--plan", "--only", "--resume", "--force", "--emit", "--runner"))]
     jobs = []
     for job in config.jobs():
         needs = ["inspect", "reparameterize"] + (["calibration"] if is_calibrated(job.precision) else [])
@@ -338,7 +391,7 @@ def plan_jobs(config: PipelineConfig, argv: Sequence[str]) -> dict:
 def _strip_option(argv: list[str], names: Sequence[str]) -> list[str]:
     """``argv`` without the options ``names`` (flags, ``--opt value`` and ``--opt=value``)."""
     out, skip = [], False
-    takes_value = {"--only"}
+    takes_value = {"--only", "--emit", "--runner"}
     for arg in argv:
         if skip:
             skip = False

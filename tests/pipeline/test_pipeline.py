@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -124,7 +125,7 @@ def _comparable(results: dict) -> dict:
     return {"jobs": jobs, "recommendations": results["recommendations"], "checkpoint": results["checkpoint"]["sha256"]}
 
 
-def test_only_jobs_merge_to_the_single_run(tmp_path, digits_checkpoint):
+def test_only_jobs_merge_to_the_single_run(tmp_path, digits_checkpoint, monkeypatch):
     common = ["--checkpoint", str(digits_checkpoint), "--formats", "onnx", "--precisions", "fp32,int8",
               "--calib", "digits", "--calib-size", "128", "--eval-data", "digits", "--eval-limit", "200",
               "--no-bench", "--quiet"]
@@ -137,10 +138,27 @@ def test_only_jobs_merge_to_the_single_run(tmp_path, digits_checkpoint):
     assert "calibration" in plan["jobs"][1]["needs"] and "--only onnx/int8" in plan["jobs"][1]["command"]
     assert not (tmp_path / "x").exists()  # --plan runs nothing
 
-    assert main(["pipeline", *common, "--output", str(tmp_path / "a"), "--only", "onnx/fp32"]) == 0
-    assert main(["pipeline", *common, "--output", str(tmp_path / "b"), "--only", "onnx/int8"]) == 0
-    assert [j["id"] for j in json.loads((tmp_path / "a" / "results.json").read_text())["jobs"]] == ["onnx-fp32"]
-    assert main(["report", "merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "merged")]) == 0
+    # The CI matrix: each entry's command runs on its own runner (here: its own folder), into the same layout.
+    matrix_out = subprocess.run([sys.executable, "-m", "ffnet_deploy", "pipeline", *common, "--output",
+                                 "out/pipeline", "--plan", "--emit", "github-matrix"], capture_output=True, text=True,
+                                check=True, cwd=tmp_path).stdout
+    assert len(matrix_out.strip().splitlines()) == 1  # one line, as $GITHUB_OUTPUT takes it
+    include = json.loads(matrix_out)["include"]
+    assert [(e["job"], e["device"], e["runs-on"]) for e in include] == [
+        ("onnx-fp32", "cpu", "ubuntu-latest"), ("onnx-int8", "cpu", "ubuntu-latest")]
+    runners = []
+    for entry in include:
+        words = shlex.split(entry["command"])
+        assert words[0] == "ffnet-deploy" and words[-2:] == ["--only", entry["job"].replace("-", "/")]
+        runner = tmp_path / f"runner-{entry['job']}"
+        runner.mkdir()
+        monkeypatch.chdir(runner)
+        assert main(words[1:]) == 0
+        runners.append(runner / "out" / "pipeline")
+    monkeypatch.chdir(tmp_path)
+    a, b = runners
+    assert [j["id"] for j in json.loads((a / "results.json").read_text())["jobs"]] == ["onnx-fp32"]
+    assert main(["report", "merge", str(a), str(b), "--out", str(tmp_path / "merged")]) == 0
     single = json.loads((tmp_path / "single" / "results.json").read_text())
     merged = json.loads((tmp_path / "merged" / "results.json").read_text())
     assert _comparable(merged) == _comparable(single)
@@ -201,12 +219,31 @@ def test_parity_failure_exits_1_and_still_writes_the_report(tmp_path, digits_che
     (["--formats", "onnx,pdf"], "--formats"),
     (["--precisions", "fp64"], "--precisions"),
     (["--only", "onnx/bf16"], "--only"),
+    (["--emit", "github-matrix"], "--emit applies to --plan"),
+    (["--plan", "--emit", "yaml"], "choose one of json, github-matrix"),
+    (["--plan", "--runner", "mac=macos-14"], "--runner applies to --emit github-matrix"),
+    (["--plan", "--emit", "github-matrix", "--runner", "phone=pixel"], "unknown device kind 'phone'"),
+    (["--plan", "--emit", "github-matrix", "--runner", "mac"], "KIND=LABEL"),
 ])
 def test_usage_errors_exit_2_with_one_line(tmp_path, digits_checkpoint, capsys, args, message):
     code = main(["pipeline", "--checkpoint", str(digits_checkpoint), "--output", str(tmp_path / "o"), *args])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_github_matrix_runner_labels(tmp_path, digits_checkpoint, capsys):
+    code = main(["pipeline", "--checkpoint", str(digits_checkpoint), "--output", str(tmp_path / "o"), "--formats",
+                 "onnx,coreml,tensorrt", "--precisions", "fp32", "--plan", "--emit", "github-matrix",
+                 "--runner", "nvidia-gpu=self-hosted, jetson", "--runner", "mac=macos-14"])
+    include = json.loads(capsys.readouterr().out)["include"]
+    assert code == 0 and not (tmp_path / "o").exists()
+    assert {e["job"]: (e["device"], e["runs-on"]) for e in include} == {
+        "onnx-fp32": ("cpu", "ubuntu-latest"), "coreml-fp32": ("mac", "macos-14"),
+        "tensorrt-fp32": ("nvidia-gpu", ["self-hosted", "jetson"])}
+    for entry in include:  # the options that shape the matrix do not reach the jobs' commands
+        assert "--emit" not in entry["command"] and "--runner" not in entry["command"]
+        assert entry["command"].endswith(f"--only {entry['job'].replace('-', '/')}")
 
 
 def test_missing_checkpoint_and_foreign_output(tmp_path, capsys):
