@@ -333,7 +333,7 @@ FORMAT = FormatSpec(
     precisions=("fp32", "fp16", "int8"), default_precision="fp16",
     runtimes=(RuntimeChoice("tensorrt"),), bench_runtime="tensorrt",
     runs_on="the target device with an NVIDIA GPU and TensorRT (e.g. a Jetson)",
-    device="nvidia-gpu",
+    device="nvidia-gpu", export_device="nvidia-gpu",
     read_precision=read_tensorrt_precision, reads_folder=True, claims_folder=True, targets=validation_targets,
     not_runnable_hint=not_runnable_hint, mutable_files=mutable_files,
     # INT8 is the ONNX Runtime quantizer's explicit Q/DQ graph: its statistics cache is ONNX Runtime's.

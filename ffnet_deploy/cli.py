@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -823,6 +824,14 @@ def pipeline(
     plan: Annotated[bool, typer.Option("--plan", help="Print the job graph as JSON and run nothing.")] = False,
     only: Annotated[list[str] | None, typer.Option("--only", help="Run one job, e.g. onnx/int8 (repeatable), "
                                                    "into the same output layout.")] = None,
+    executor: Annotated[str, typer.Option("--executor", help="Where the jobs run: local (this process) or ray (one "
+                                          "Ray task per job; pip install 'ffnet-deploy[ray]').")] = "local",
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="With --executor ray: the cluster to "
+                                                    "join (default: start a local Ray). --output must be a folder "
+                                                    "every node sees.")] = None,
+    ray_wait: Annotated[float, typer.Option("--ray-wait", help="With --executor ray: seconds a job waits for a "
+                                            "node with its device (e.g. a Mac for Core ML latency) before it is "
+                                            "skipped as unplaceable.")] = 60.0,
     emit: Annotated[str, typer.Option("--emit", help="With --plan: json (the job graph) or github-matrix (a "
                                       "GitHub Actions strategy.matrix, one entry per job).")] = "json",
     runner: Annotated[list[str] | None, typer.Option("--runner", help="With --emit github-matrix: the runs-on "
@@ -848,17 +857,25 @@ def pipeline(
                     "device_name": device_name}
     try:
         return _pipeline(config_file, cli_settings, plan=plan, quiet=quiet, as_json=as_json, emit=emit,
-                         runners=runner)
+                         runners=runner, executor=executor, ray_address=ray_address, ray_wait=ray_wait)
     except FFNetDeployError as err:  # a parity failure never raises: anything raised is a usage error
         _error_line(str(err))
         return 2
 
 
 def _pipeline(config_file: Path | None, cli_settings: dict[str, Any], *, plan: bool, quiet: bool, as_json: bool,
-              emit: str = "json", runners: list[str] | None = None) -> int:
+              emit: str = "json", runners: list[str] | None = None, executor: str = "local",
+              ray_address: str | None = None, ray_wait: float = 60.0) -> int:
     from ffnet_deploy.pipeline.config import EMITS, build_config, github_matrix, parse_runners, plan_jobs, read_toml
+    from ffnet_deploy.pipeline.distributed import EXECUTORS
     from ffnet_deploy.pipeline.engine import STAGES, run_pipeline
 
+    if executor not in EXECUTORS:
+        raise ConfigError(f"pipeline | --executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
+    if ray_address and executor != "ray":
+        raise ConfigError("pipeline | --ray-address applies to --executor ray; add it")
+    if not (math.isfinite(ray_wait) and ray_wait > 0):
+        raise ConfigError(f"pipeline | --ray-wait {ray_wait}: pass a positive number of seconds")
     if emit not in EMITS:
         raise ConfigError(f"pipeline | --emit {emit!r}: choose one of {', '.join(EMITS)}")
     if (emit != "json" or runners) and not plan:
@@ -897,7 +914,14 @@ def _pipeline(config_file: Path | None, cli_settings: dict[str, Any], *, plan: b
                 bars.update(nested, description=f"  {escape(label)}", completed=done, total=max(total, 1),
                             visible=True)
 
-        outcome = run_pipeline(config, command=invocation(), ui=_UI())
+        if executor == "ray":
+            from ffnet_deploy.pipeline.distributed import run_on_ray
+
+            bars.update(overall, visible=False)
+            outcome = run_on_ray(config, address=ray_address, command=invocation(), log=_UI().log,
+                                 placement_timeout=ray_wait)
+        else:
+            outcome = run_pipeline(config, command=invocation(), ui=_UI())
     if as_json:
         emit_json(outcome.results.to_dict())
     elif quiet:

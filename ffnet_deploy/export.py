@@ -11,7 +11,8 @@ it (:mod:`ffnet_deploy.artifact.workdir`).
 
 Test hook: the environment variable ``FFNET_DEPLOY_FAULT=STAGE:SIGNAL`` (e.g. ``simplify:SIGTERM``) makes the export
 send ``SIGNAL`` to itself when it reaches ``STAGE``, one of :data:`STAGES`; the fault-injection tests use it to stop
-an export at a known point. It is read in one place, :func:`_stage`.
+an export at a known point. ``STAGE:SIGNAL:FILE`` fires only in the first process that creates ``FILE`` (a killed
+worker's retry then goes on). It is read in one place, :func:`_stage`.
 """
 
 from __future__ import annotations
@@ -225,7 +226,8 @@ def _open(checkpoint, variant, trust, log: Progress, notices: list[str]) -> Load
 # --------------------------------------------------------------------------------------------------------------------
 
 FAULT_ENV = "FFNET_DEPLOY_FAULT"
-"""Test hook (module docstring): ``STAGE:SIGNAL`` sends ``SIGNAL`` to this process when the export reaches ``STAGE``."""
+"""Test hook (module docstring): ``STAGE:SIGNAL[:FILE]`` sends ``SIGNAL`` to this process when the export reaches
+``STAGE`` (with ``FILE``: once)."""
 
 STAGES = ("load", "reparameterize", "trace", "simplify", "convert", "gate", "manifest", "publish", "published")
 """The export's stages, in order; ``published`` is the moment right after the artifact was renamed into place."""
@@ -239,9 +241,15 @@ def _stage(name: str) -> None:
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
-    stage, _, sig = spec.partition(":")
+    stage, _, rest = spec.partition(":")
+    sig, _, once = rest.partition(":")
     if stage != name:
         return
+    if once:  # STAGE:SIGNAL:FILE fires once: the first process to create FILE
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
     os.kill(os.getpid(), int(sig) if sig.isdigit() else getattr(signal, sig))
     time.sleep(30)  # the handler raises during the sleep (or SIGKILL ends the process); a test should not go on
 

@@ -93,7 +93,8 @@ class FormatSpec:
     runs_on: str  # where it runs, as `pipeline --plan` prints it
     read_precision: Callable[[Path], PrecisionEvidence]  # the precision its files compute in, read from the file
     device: str = "cpu"  # the machine a job of this format needs, whole (export, validate, bench): "cpu" (any
-    # x86 or Arm machine), "mac", "nvidia-gpu", "android"; a CI matrix maps it to runner labels
+    # x86 or Arm machine), "mac", "nvidia-gpu", "android"; a CI matrix maps it to runner labels, Ray to a resource
+    export_device: str = "cpu"  # the machine its export and parity check need (Core ML: any; TensorRT: the GPU)
     reads_folder: bool = False  # read_precision takes the artifact directory or any file in it, which may not exist
     stage_file: str | None = None  # its file's name when it ships inside another format's folder (model.onnx)
     claims_folder: bool = False  # a model file inside its artifact folder is validated as this format (TensorRT's

@@ -301,19 +301,27 @@ def build_config(file_settings: Mapping[str, Any], cli_settings: Mapping[str, An
     return config
 
 
+def job_device(job: Job, bench: bool) -> str:
+    """The device kind ``job`` needs: its format's ``device`` when it is timed, else what exporting and checking it
+    needs (a Core ML job exports and checks on any machine, but its latency needs a Mac)."""
+    spec = get_format(job.format)
+    return spec.device if bench else spec.export_device
+
+
 @dataclass
 class PlannedJob:
     """A job as :func:`plan_jobs` prints it: what it does, what it needs, and how to run it alone."""
 
     job: Job
     command: str
+    device: str
     needs: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         spec = get_format(self.job.format)
         return {"id": self.job.id, "format": self.job.format, "precision": self.job.precision,
                 "stages": ["export", "validate", "bench"], "needs": self.needs,
-                "runs_on": spec.runs_on, "device": spec.device, "command": self.command}
+                "runs_on": spec.runs_on, "device": self.device, "command": self.command}
 
 
 EMITS = ("json", "github-matrix")
@@ -377,7 +385,8 @@ def plan_jobs(config: PipelineConfig, argv: Sequence[str]) -> dict:
     jobs = []
     for job in config.jobs():
         needs = ["inspect", "reparameterize"] + (["calibration"] if is_calibrated(job.precision) else [])
-        jobs.append(PlannedJob(job, shlex.join(["ffnet-deploy", *base, "--only", job.selector]), needs).to_dict())
+        jobs.append(PlannedJob(job, shlex.join(["ffnet-deploy", *base, "--only", job.selector]),
+                               job_device(job, config.bench), needs).to_dict())
     out = str(config.output)
     from ffnet_deploy.pipeline.results import PLAN_SCHEMA
 

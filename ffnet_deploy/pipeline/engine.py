@@ -296,7 +296,7 @@ def stage_export(config: PipelineConfig, state: PipelineState, job: Job, record:
                         data_fingerprint(config.calib) if quant else None, config.calib_size if quant else None,
                         _version())
     done = state.reusable(f"export:{job.id}", inputs)
-    if done and _artifact_intact(out):
+    if done and artifact_intact(out):
         manifest = read_manifest(out)
         record.update(status="exported", artifact=_artifact_entry(config.output, out),
                       export={**_export_entry(manifest), "reused": True})
@@ -333,7 +333,7 @@ def _version() -> str:
     return __version__
 
 
-def _artifact_intact(directory: Path) -> bool:
+def artifact_intact(directory: Path) -> bool:
     """The artifact directory exists and every file matches the sha256 its manifest recorded."""
     from ffnet_deploy.artifact.inspect import verify_files
     from ffnet_deploy.artifact.manifest import has_manifest, read_manifest
@@ -505,6 +505,13 @@ def save_job(output: Path, record: dict | JobRecord) -> Path:
     return write_text(output / "jobs" / f"{job.id}.json", job.to_json(), "pipeline job")
 
 
+def write_job_location(output: Path, job_id: str, host: str | None) -> None:
+    """Record in ``output``'s record of ``job_id`` the machine that ran it (``ran_on``), for a merged report."""
+    path = output / "jobs" / f"{job_id}.json"
+    if host and path.is_file():
+        save_job(output, read_job(path).model_copy(update={"ran_on": host}))
+
+
 def load_jobs(output: Path) -> list[JobRecord]:
     """Every job record in ``output/jobs``, validated (:func:`~ffnet_deploy.pipeline.results.read_job`), in format
     then precision order.
@@ -610,11 +617,12 @@ def _is_bench_result(path: Path) -> bool:
 
 
 def merge_runs(folders: Sequence[Path], out: Path, *, command: str = "",
-               log: Callable[[str], None] | None = None) -> Outcome:
+               log: Callable[[str], None] | None = None, extra: Sequence[JobRecord] = ()) -> Outcome:
     """One report from the job records of several pipeline output folders (``--only`` runs on other machines).
 
     Artifacts are copied into ``out/artifacts``; a job present in several folders takes the last one given. Every
-    ``results.json`` and job record is read through its typed model.
+    ``results.json`` and job record is read through its typed model. ``extra`` are records of jobs that no folder
+    holds (a Ray job that ended as ``error``, or that no node could take): they go into the report as they are.
 
     Raises:
         ConfigError: A folder that is not a pipeline output, a file in it that is not what it should be (one line
@@ -667,8 +675,10 @@ def merge_runs(folders: Sequence[Path], out: Path, *, command: str = "",
                     shutil.copytree(src / record.artifact.path, work, dirs_exist_ok=True)
                     publish(work, target, force=True)
         save_job(out, record)
+    for record in extra:
+        save_job(out, record)
     settings = dict(settings or {})
-    jobs = [r for r, _ in records.values()]
+    jobs = [r for r, _ in records.values()] + list(extra)
     settings.update(formats=[f for f in format_names() if any(r.format == f for r in jobs)],
                     precisions=[p for p in precision_names(stored=True) if any(r.precision == p for r in jobs)])
     names = list(dict.fromkeys((d.name if d is not None else None) or "unnamed" for d in devices))

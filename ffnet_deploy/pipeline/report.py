@@ -190,8 +190,10 @@ SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("p50_ms", "p50 (ms)"),
     ("p90_ms", "p90 (ms)"),
     ("speedup", "vs torch"),
+    ("ran_on", "Ran on"),
 )
-"""The summary table's columns: key in a :func:`summary_rows` row, header."""
+"""The summary table's columns: key in a :func:`summary_rows` row, header (``ran_on`` only for a run whose jobs ran
+on other machines, e.g. Ray nodes)."""
 
 _NUMERIC = {"size", "cosine", "top1_agreement", "accuracy", "accuracy_drop", "p50_ms", "p90_ms", "speedup"}
 _LABELLED_ONLY = {"accuracy", "accuracy_drop"}
@@ -203,8 +205,9 @@ def summary_rows(results: PipelineResults | dict) -> list[dict]:
     Keys: ``artifact`` (the job id), ``format``, ``precision``, ``status``, ``size`` (``"1.2 MB"``), ``verdict``
     (see :func:`verdict`), ``cosine`` (mean cosine similarity), ``top1_agreement`` (%), ``accuracy`` (%) and
     ``accuracy_drop`` (points, against the PyTorch reference) when the data is labelled, ``p50_ms``, ``p90_ms``,
-    ``speedup`` (against PyTorch eager, ``"4.4×"``), ``runtime`` (the bench runtime) and ``reason`` (one line, or
-    ``""``). A value that was not measured is :data:`DASH`.
+    ``speedup`` (against PyTorch eager, ``"4.4×"``), ``runtime`` (the bench runtime), ``reason`` (one line, or
+    ``""``) and ``ran_on`` (the machine of a job that ran elsewhere, e.g. a Ray node). A value that was not
+    measured is :data:`DASH`.
     """
     rows = []
     for job in _results(results).jobs:
@@ -227,6 +230,7 @@ def summary_rows(results: PipelineResults | dict) -> list[dict]:
             "speedup": _fmt(bench.speedup_vs_torch if bench is not None else None, ".2f", "×"),
             "runtime": _bench_runtime(job),
             "reason": _reason(job),
+            "ran_on": job.ran_on or DASH,
         })
     return rows
 
@@ -237,7 +241,9 @@ def _reason(job: JobRecord) -> str:
 
 def _columns(results: PipelineResults) -> list[tuple[str, str]]:
     labelled = _labelled(results)
-    return [(k, h) for k, h in SUMMARY_COLUMNS if labelled or k not in _LABELLED_ONLY]
+    elsewhere = any(job.ran_on for job in results.jobs)
+    return [(k, h) for k, h in SUMMARY_COLUMNS
+            if (labelled or k not in _LABELLED_ONLY) and (elsewhere or k != "ran_on")]
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -145,6 +145,7 @@ class JobRecord(FileModel):
     export: ExportEntry | None = None
     parity: ParityEntry | None = None
     bench: BenchEntry | None = None
+    ran_on: str | None = None  # the machine that ran it when not the run's own (a Ray node's host)
 
     @model_validator(mode="after")
     def _id(self, info: ValidationInfo) -> JobRecord:

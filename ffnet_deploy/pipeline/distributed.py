@@ -1,0 +1,261 @@
+"""The pipeline's jobs on a Ray cluster (``pipeline --executor ray``): one task per job, one report.
+
+The plan of a run (:func:`~ffnet_deploy.pipeline.config.plan_jobs`) is a list of independent jobs, each of which
+``pipeline --only`` can run alone into an output folder, and ``report merge`` assembles the report of such folders
+(:func:`~ffnet_deploy.pipeline.engine.merge_runs`). The Ray executor is that, on a cluster:
+
+- The driver claims ``--output`` as a local run would (``--resume`` and ``--force`` mean the same), then submits one
+  task per job. A task runs :func:`~ffnet_deploy.pipeline.engine.run_pipeline` for its job alone into the job's own
+  folder, ``OUTPUT/.pipeline/ray/<job>``: the location through which artifacts and records move, so ``--output``
+  must be a folder every node sees (a shared file system; on one machine, any folder).
+- A job is placed by what it needs. A job whose format needs a device declares it as a Ray custom resource named
+  after the device kind (:attr:`~ffnet_deploy.artifact.formats.FormatSpec.device`: ``mac``, ``nvidia-gpu``,
+  ``android``); give a node one with ``ray start --resources='{"nvidia-gpu": 1}'``. With ``--bench``, the export and
+  the parity check run as one task and the timing as a second one that asks for every CPU of one node, so that
+  nothing else runs on that node while it times.
+- A task that raises is run again up to ``retries`` times (a worker or node that dies is retried by Ray itself, as
+  often); after that its job is ``error`` with the reason, and the other jobs go on. A job that no node can take
+  (no node has its device) is ``skipped`` with the device named once ``placement_timeout`` seconds passed. An
+  interrupted or killed task leaves nothing half-written: its export publishes atomically, and the retry continues
+  the job's folder as ``--resume`` would.
+- When every task ended, the driver verifies each job folder (every file against the sha256 its records hold, as
+  ``--resume`` does) and merges them into ``--output``: the same layout, records and report as a local run, plus
+  where each job ran (``jobs[].ran_on``).
+
+Ray is the ``ray`` extra; without it ``--executor ray`` says so in one line.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ffnet_deploy.errors import ConfigError, FFNetDeployError, Interrupted, require
+from ffnet_deploy.interrupts import deferred
+from ffnet_deploy.pipeline.config import Job, PipelineConfig, job_device
+from ffnet_deploy.pipeline.state import STATE_DIR
+
+__all__ = ["EXECUTORS", "RAY_DIR", "run_job", "run_on_ray"]
+
+EXECUTORS = ("local", "ray")
+"""What ``pipeline --executor`` takes: this process, or a Ray cluster."""
+
+RAY_DIR = "ray"
+"""The job folders' parent, inside the output's ``.pipeline`` folder."""
+
+CPU = "cpu"
+
+
+@dataclass
+class _Task:
+    """One submitted Ray task of a job: its phase (``build``: export + validate, ``bench``), attempt and ref."""
+
+    job: Job
+    phase: str
+    attempt: int
+    ref: Any
+    device: str
+    submitted: float
+
+
+def _absolute(config: PipelineConfig) -> PipelineConfig:
+    """``config`` with every path it names made absolute: a worker does not run in the driver's folder."""
+    def data(value: str | None) -> str | None:
+        return str(Path(value).resolve()) if value and Path(value).exists() else value
+
+    return replace(config, output=config.output.resolve(),
+                   checkpoint=config.checkpoint.resolve() if config.checkpoint else None,
+                   calib=data(config.calib), eval_data=data(config.eval_data))
+
+
+def run_job(config: PipelineConfig, folder: str, selector: str, bench: bool, command: str) -> dict:
+    """A Ray task: run the job ``selector`` alone into ``folder`` (continued when an earlier attempt began it).
+
+    Returns:
+        Where it ran (``host``, ``node``) and the run's exit code.
+    """
+    import ray
+
+    out = Path(folder)
+    resume = (out / STATE_DIR / "state.json").is_file()
+    job_config = replace(config, output=out, only=(selector,), bench=bench, resume=resume, force=False)
+    from ffnet_deploy.pipeline.engine import run_pipeline
+
+    outcome = run_pipeline(job_config, command=command)
+    return {"host": socket.gethostname(), "node": ray.get_runtime_context().get_node_id(),
+            "exit_code": outcome.exit_code}
+
+
+def _import_ray() -> Any:
+    return require("ray", "ray", "pipeline --executor ray")
+
+
+def _start(ray: Any, address: str | None) -> None:
+    from ffnet_deploy.environment import usable_cpus
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no reporting to a remote service
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=usable_cpus(), **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise ConfigError(f"pipeline | cannot start {where}: {str(err).splitlines()[0] if str(err) else err}; "
+                          "check --ray-address (or leave it out for a local Ray)") from None
+
+
+def _bench_node(ray: Any, device: str, turn: int) -> tuple[str, float] | None:
+    """A live node that has ``device`` (any for ``cpu``), chosen in turn, and its CPU count."""
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")
+             and (device == CPU or n["Resources"].get(device))]
+    if not nodes:
+        return None
+    node = sorted(nodes, key=lambda n: n["NodeID"])[turn % len(nodes)]
+    return node["NodeID"], float(node["Resources"]["CPU"])
+
+
+def _error_text(err: BaseException) -> str:
+    """The one-line reason of a failed task: the user-facing message of the error it raised."""
+    cause = getattr(err, "cause", None) or err
+    text = str(cause).strip().splitlines()
+    return text[-1] if text else type(cause).__name__
+
+
+def run_on_ray(config: PipelineConfig, *, address: str | None = None, command: str = "", retries: int = 2,
+               placement_timeout: float = 60.0, log: Callable[[str], None] | None = None) -> Any:
+    """Run ``config``'s jobs as Ray tasks and write the report into ``config.output`` (module docstring).
+
+    Returns:
+        The :class:`~ffnet_deploy.pipeline.engine.Outcome` of the merged report.
+
+    Raises:
+        ConfigError: Ray missing or unreachable, unusable options or output folder (before any task runs).
+        Interrupted: On Ctrl-C; the tasks are cancelled and every job that finished is kept for ``--resume``.
+    """
+    from ffnet_deploy.pipeline.engine import check_output, merge_runs, prepare_output
+
+    say = log or (lambda _m: None)
+    ray = _import_ray()
+    config.validate()
+    config.check_data()
+    check_output(config)
+    if config.demo:  # trained (or taken from the cache) once, here; the tasks run the checkpoint
+        from ffnet_deploy.demo import demo_checkpoint
+
+        config = replace(config, checkpoint=demo_checkpoint().path, demo=False)
+    if config.checkpoint is None or not Path(config.checkpoint).is_file():
+        raise ConfigError(f"pipeline | --checkpoint {config.checkpoint}: no such file")
+    config = _absolute(config)
+    prepare_output(config)
+    jobs = config.jobs()
+    folders = {job.id: config.output / STATE_DIR / RAY_DIR / job.id for job in jobs}
+    for folder in folders.values():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+
+    _start(ray, address)
+    remote = ray.remote(run_job)
+    ran_on: dict[str, str] = {}
+    failed: dict[str, Any] = {}  # job id -> the JobRecord of a job no task finished
+    pending: list[_Task] = []
+    try:
+        def submit(job: Job, phase: str, attempt: int) -> _Task:
+            device = job_device(job, phase == "bench")
+            options: dict[str, Any] = {"num_cpus": 1, "max_retries": retries, "retry_exceptions": False}
+            if device != CPU:
+                options["resources"] = {device: 1}
+            if phase == "bench":  # the whole of one node: nothing else runs there while it times
+                node = _bench_node(ray, device, len(ran_on))
+                if node is not None:
+                    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+                    options["num_cpus"] = node[1]
+                    options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node[0], soft=False)
+            ref = remote.options(**options).remote(config, str(folders[job.id]), job.selector, phase == "bench",
+                                                   command)
+            return _Task(job, phase, attempt, ref, device, time.monotonic())
+
+        pending.extend(submit(job, "build", 0) for job in jobs)
+        while pending:
+            done, _ = ray.wait([t.ref for t in pending], num_returns=1, timeout=1.0)
+            now = time.monotonic()
+            still: list[_Task] = []
+            for task in pending:
+                if task.ref in done:
+                    try:
+                        where = ray.get(task.ref)
+                    except Exception as err:  # the task raised (after Ray's own retries of dead workers)
+                        reason = _error_text(err)
+                        if task.attempt < retries and not isinstance(getattr(err, "cause", None), FFNetDeployError):
+                            say(f"{task.job.id}: {task.phase} failed ({reason}); retrying")
+                            still.append(submit(task.job, task.phase, task.attempt + 1))
+                        else:
+                            failed[task.job.id] = _record(task.job, "error", f"{task.phase} failed on Ray: {reason}")
+                            say(f"{task.job.id}: error: {reason}")
+                        continue
+                    ran_on[task.job.id] = where["host"]
+                    say(f"{task.job.id}: {task.phase} done on {where['host']}")
+                    if task.phase == "build" and config.bench:
+                        still.append(submit(task.job, "bench", 0))
+                elif task.device != CPU and now - task.submitted > placement_timeout \
+                        and not ray.cluster_resources().get(task.device):
+                    ray.cancel(task.ref, force=True)
+                    failed[task.job.id] = _record(
+                        task.job, "skipped", f"unplaceable: no node of the Ray cluster has a '{task.device}' "
+                        f"resource, which a {task.job.format} job needs (start one with ray start --resources="
+                        f"'{{\"{task.device}\": 1}}')")
+                    say(f"{task.job.id}: skipped: no node has '{task.device}'")
+                else:
+                    still.append(task)
+            pending = still
+    except (KeyboardInterrupt, Interrupted, SystemError) as err:
+        # Ray's C++ wait reports a signal raised in it as a SystemError caused by the Interrupted
+        signal_error = err if isinstance(err, (KeyboardInterrupt, Interrupted)) else err.__cause__
+        if not isinstance(signal_error, (KeyboardInterrupt, Interrupted)):
+            raise
+        for task in pending:
+            ray.cancel(task.ref, force=True)
+        done = sorted(ran_on)
+        kept = (f"kept the finished job{'s' if len(done) != 1 else ''} {', '.join(done)} in "
+                f"{config.output / STATE_DIR / RAY_DIR}; rerun with --resume" if done else None)
+        signum = signal_error.signum if isinstance(signal_error, Interrupted) else signal.SIGINT
+        raise Interrupted(signum, kept) from None
+    finally:
+        with deferred():  # a second Ctrl-C must not leave the local Ray running
+            ray.shutdown()
+
+    from ffnet_deploy.pipeline.engine import artifact_intact, load_jobs, write_job_location
+
+    runs = []
+    for job in jobs:
+        folder = folders[job.id]
+        if job.id in failed:
+            continue
+        records = [r for r in load_jobs(folder) if r.id == job.id] if (folder / "results.json").is_file() else []
+        if not records:
+            failed[job.id] = _record(job, "error", "its Ray task ended without a job record")
+            continue
+        artifact = records[0].artifact
+        if artifact is not None and not artifact_intact(folder / artifact.path):
+            failed[job.id] = _record(job, "error", f"its artifact in {folder} does not match its manifest's sha256")
+            continue
+        write_job_location(folder, job.id, ran_on.get(job.id))
+        runs.append(folder)
+    if not runs:
+        reasons = "; ".join(f"{jid}: {r.reason}" for jid, r in failed.items())
+        raise ConfigError(f"pipeline | no job finished on Ray ({reasons})")
+    return merge_runs(runs, config.output, command=command, log=say, extra=list(failed.values()))
+
+
+def _record(job: Job, status: str, reason: str) -> Any:
+    from ffnet_deploy.pipeline.engine import new_record
+    from ffnet_deploy.pipeline.results import JobRecord
+
+    return JobRecord.model_validate({**new_record(job), "status": status, "reason": reason})

@@ -1,0 +1,119 @@
+"""``pipeline --executor ray`` on a local Ray (2 CPUs): the same report as a local run, an unplaceable job, a killed
+worker (:mod:`ffnet_deploy.pipeline.distributed`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ffnet_deploy.cli import main
+from tests.pipeline.test_pipeline import _comparable
+
+pytest.importorskip("ray", reason="needs Ray: pip install 'ffnet-deploy[ray]'")
+
+COMMON = ["--precisions", "fp32,int8", "--calib", "digits", "--calib-size", "128", "--eval-data", "digits",
+          "--eval-limit", "200", "--no-bench", "--quiet"]
+
+
+def _results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def _artifact_intact(out: Path, job: dict) -> None:
+    """The artifact the record names is in ``out``, every file as its manifest recorded it."""
+    from ffnet_deploy.pipeline.engine import artifact_intact
+
+    assert artifact_intact(out / job["artifact"]["path"]), job
+
+
+def test_ray_report_equals_a_local_run_and_an_unplaceable_job_is_skipped(tmp_path, demo_checkpoint_path):
+    args = ["pipeline", "--checkpoint", str(demo_checkpoint_path), *COMMON]
+    assert main([*args, "--formats", "onnx", "--output", str(tmp_path / "local")]) == 0
+    assert main([*args, "--formats", "onnx,tensorrt", "--output", str(tmp_path / "ray"), "--executor", "ray",
+                 "--ray-wait", "3"]) == 0
+    local, ray = _results(tmp_path / "local"), _results(tmp_path / "ray")
+    onnx_only, expected = _comparable({**ray, "jobs": [j for j in ray["jobs"] if j["format"] == "onnx"]}), \
+        _comparable(local)
+    onnx_only["recommendations"] = [r for r in onnx_only["recommendations"] if r["runtime"] != "tensorrt"]
+    # Ray gives a 1-CPU task one OpenMP thread: sums run in another order, so the float errors (1e-7 for fp32) agree
+    # to rounding; what counts images (accuracy, agreement) agrees exactly
+    for jid, job in expected["jobs"].items():
+        got, want = onnx_only["jobs"][jid].pop("metrics"), job.pop("metrics")
+        assert got.keys() == want.keys(), jid
+        for key, value in want.items():
+            rounding = any(word in key for word in ("error", "psnr", "cosine"))
+            assert got[key] == (pytest.approx(value, rel=1e-2, abs=1e-6) if rounding else value), (jid, key)
+    assert onnx_only == expected
+    jobs = {j["id"]: j for j in ray["jobs"]}
+    # A TensorRT job needs an NVIDIA GPU (its engine is built there; a local run on this CPU machine makes only the
+    # engine's ONNX): no node of the local Ray has one, so it is skipped as unplaceable, naming the device
+    for jid in ("tensorrt-fp32", "tensorrt-int8"):
+        assert jobs[jid]["status"] == "skipped" and "'nvidia-gpu'" in jobs[jid]["reason"], jobs[jid]
+    for jid in ("onnx-fp32", "onnx-int8"):
+        assert jobs[jid]["ran_on"], jobs[jid]  # where it ran, in the report too
+        _artifact_intact(tmp_path / "ray", jobs[jid])
+    assert "Ran on" in (tmp_path / "ray" / "index.md").read_text()
+    assert "Ran on" not in (tmp_path / "local" / "index.md").read_text()
+
+
+def test_a_killed_worker_is_retried_and_nothing_half_written_is_published(tmp_path, demo_checkpoint_path):
+    """SIGKILL of the Ray worker while it writes the manifest (the artifact is staged, not yet published)."""
+    once = tmp_path / "fault-fired"
+    out = tmp_path / "ray"
+    code = subprocess.run(
+        [sys.executable, "-m", "ffnet_deploy", "pipeline", "--checkpoint", str(demo_checkpoint_path), "--formats",
+         "onnx", "--precisions", "fp32", "--eval-data", "digits", "--eval-limit", "100", "--no-bench", "--quiet",
+         "--output", str(out), "--executor", "ray"],
+        env={**os.environ, "FFNET_DEPLOY_FAULT": f"manifest:SIGKILL:{once}"},
+        capture_output=True, text=True, timeout=600)
+    assert once.exists(), "the fault never fired: no worker was killed"
+    assert code.returncode == 0, code.stderr[-2000:]
+    (job,) = _results(out)["jobs"]
+    assert job["status"] == "passed"
+    _artifact_intact(out, job)
+    # the killed attempt's staging folder went with the retry's export; nothing else sits beside the artifact
+    job_folder = out / ".pipeline" / "ray" / "onnx-fp32" / "artifacts"
+    assert sorted(p.name for p in job_folder.iterdir()) == ["onnx-fp32"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--executor", "spark"], "choose one of local, ray"),
+    (["--ray-address", "ray://x:10001"], "--ray-address applies to --executor ray"),
+    (["--executor", "ray", "--ray-wait", "nan"], "--ray-wait nan"),
+])
+def test_ray_usage_errors_exit_2_with_one_line(tmp_path, demo_checkpoint_path, capsys, args, message):
+    code = main(["pipeline", "--checkpoint", str(demo_checkpoint_path), "--output", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_ctrl_c_cancels_the_tasks_and_keeps_what_finished(tmp_path, demo_checkpoint_path):
+    out = tmp_path / "ray"
+    cmd = [sys.executable, "-m", "ffnet_deploy", "pipeline", "--checkpoint", str(demo_checkpoint_path), "--formats",
+           "onnx", "--precisions", "fp32,fp16,int8", "--calib", "digits", "--calib-size", "128", "--eval-data",
+           "digits", "--eval-limit", "100", "--no-bench", "--output", str(out), "--executor", "ray"]
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if ": build done on " in line:  # one job finished, the others still run
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGINT, "".join(seen) + rest
+    assert "kept the finished job" in rest and "--resume" in rest, rest
+    assert not (out / "results.json").exists()  # no report names what did not finish
+
+    again = subprocess.run([*cmd, "--resume", "--quiet"], capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {j["id"]: j["status"] for j in _results(out)["jobs"]} == {
+        "onnx-fp32": "passed", "onnx-fp16": "passed", "onnx-int8": "passed"}
