@@ -99,6 +99,8 @@ class FormatSpec:
     targets: Callable[[Any], list] | None = None  # validation targets of an artifact (validate.engine.TargetRequest
     # -> ArtifactSpec list); None: the artifact on its runtime
     not_runnable_hint: Callable[[Path | None], str] | None = None  # appended when its runtime cannot run here
+    checks: Callable[[Any], list] | None = None  # (validate.engine.ArtifactSpec) -> validate Checks read from the
+    # model file itself, added to every validation of it that ran (ExecuTorch's delegation)
     mutable_files: Callable[[Any], set[str]] | None = None  # (Manifest) -> listed files that change after export
     in_demo: bool = False  # `pipeline --demo` makes it (runs on any machine, no GPU, no extra hardware)
     quantizer: Quantizer | None = None  # how it makes int8 (None: through none of the quantize backends)
