@@ -175,7 +175,7 @@ class ExecuTorchExporter(Exporter):
             raise ConfigError("executorch export | --dynamic-batch is not supported: the program has a fixed batch "
                               "(--batch N)")
         q = config.quantization
-        if q is not None and "--calib-method" in q.given() and q.method != "minmax":
+        if q is not None and q.method != "minmax":
             raise ConfigError(f"executorch export | --calib-method {q.method} is not available: XNNPACK's PT2E "
                               "quantizer uses minmax observers; drop --calib-method")
 

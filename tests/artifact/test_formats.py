@@ -21,11 +21,11 @@ from ffnet_deploy.runtimes import RUNTIMES
 
 
 def test_built_in_formats_in_their_declared_order():
-    assert format_names() == ("onnx", "openvino", "coreml", "tensorrt")
+    assert format_names() == ("onnx", "openvino", "coreml", "tensorrt", "executorch")
     assert demo_formats() == ("onnx", "openvino", "coreml")
-    assert model_suffixes() == (".onnx", ".xml", ".mlpackage", ".mlmodel", ".engine", ".plan")
-    assert [format_of_suffix(s) for s in (".ONNX", ".plan", ".mlmodel", ".pt")] == ["onnx", "tensorrt", "coreml",
-                                                                                      None]
+    assert model_suffixes() == (".onnx", ".xml", ".mlpackage", ".mlmodel", ".engine", ".plan", ".pte")
+    assert [format_of_suffix(s) for s in (".ONNX", ".plan", ".mlmodel", ".pt", ".PTE")] == [
+        "onnx", "tensorrt", "coreml", None, "executorch"]
 
 
 @pytest.mark.parametrize("fmt", FORMATS.names())
