@@ -309,10 +309,18 @@ class PlannedJob:
     command: str
     needs: list[str] = field(default_factory=list)
 
+    artifact: str = ""  # the job's model file in the output layout
+
     def to_dict(self) -> dict:
-        return {"id": self.job.id, "format": self.job.format, "precision": self.job.precision,
-                "stages": ["export", "validate", "bench"], "needs": self.needs,
-                "runs_on": get_format(self.job.format).runs_on, "command": self.command}
+        spec = get_format(self.job.format)
+        out = {"id": self.job.id, "format": self.job.format, "precision": self.job.precision,
+               "stages": ["export", "validate", "bench"], "needs": self.needs,
+               "runs_on": spec.runs_on, "command": self.command}
+        if spec.device_steps:  # a phone runs no pipeline: its own job is these steps, after this one
+            out["device_job"] = {"id": f"{self.job.id}-device", "needs": [self.job.id],
+                                 "steps": [step.format(artifact=self.artifact, id=self.job.id)
+                                           for step in spec.device_steps]}
+        return out
 
 
 def plan_jobs(config: PipelineConfig, argv: Sequence[str]) -> dict:
@@ -324,7 +332,9 @@ def plan_jobs(config: PipelineConfig, argv: Sequence[str]) -> dict:
     jobs = []
     for job in config.jobs():
         needs = ["inspect", "reparameterize"] + (["calibration"] if is_calibrated(job.precision) else [])
-        jobs.append(PlannedJob(job, shlex.join(["ffnet-deploy", *base, "--only", job.selector]), needs).to_dict())
+        model = config.output / "artifacts" / job.id / f"model{get_format(job.format).main_suffix}"
+        jobs.append(PlannedJob(job, shlex.join(["ffnet-deploy", *base, "--only", job.selector]), needs,
+                               str(model)).to_dict())
     out = str(config.output)
     from ffnet_deploy.pipeline.results import PLAN_SCHEMA
 

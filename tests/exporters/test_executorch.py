@@ -41,7 +41,8 @@ def test_fp32_export_parity_manifest_and_delegation(tmp_path, test_checkpoint):
     assert delegation["delegated_subgraphs"] == 1 and delegation["delegated_nodes"] > 0
     ops = delegation["operators"]
     convs = [k for k in ops if "convolution" in k]
-    assert convs and all(ops[k]["not_delegated"] == 0 and ops[k]["delegated"] > 0 for k in convs + ["aten_gelu_default"])
+    gated = [*convs, "aten_gelu_default"]
+    assert convs and all(ops[k]["not_delegated"] == 0 and ops[k]["delegated"] > 0 for k in gated)
     assert set(delegation["not_delegated"]) <= {"getitem"}
     # The gate ran in executorch.runtime, passed the fp32 profile, and read the delegation from the file.
     (gate,) = gate_checks(m)
@@ -140,7 +141,7 @@ def test_int8_digits_export_and_accuracy(int8_digits, demo_checkpoint_path, caps
     (art,) = json.loads(report.read_text())["artifacts"]
     assert code == 0, art["failures"]
     assert (art["runtime"], art["profile"]["name"], art["status"]) == ("executorch", "int8", "passed")
-    assert art["metrics"]["num_samples"] == 500 and art["metrics"]["acc_drop"] <= 0.01
+    assert art["metrics"]["num_samples"] == 500 and art["metrics"]["acc_drop"] <= 1.0  # points
     assert _check(art, "delegation")["passed"]
 
 
@@ -163,3 +164,20 @@ def test_int8_statistics_cache_restores_the_observers(int8_digits, demo_checkpoi
     assert executorch_int8.observer_states(prepared) == stored.statistics
     with pytest.raises(ValueError, match="cached observers"):
         executorch_int8.load_observer_states(prepared, {"observers": {"nope": {"min": [0], "max": [1], "shape": []}}})
+
+
+def test_pipeline_plan_lists_the_phone_job(tmp_path, test_checkpoint, capsys):
+    """``--formats executorch`` is a pipeline format; its plan job runs on Linux (parity, host timing) and names the
+    phone's own job after it: push the program, time it with executor_runner, import the CSV with report add."""
+    code = main(["pipeline", "-c", str(test_checkpoint), "-o", str(tmp_path / "pipe"), "--formats", "executorch",
+                 "--precisions", "fp32", "--plan"])
+    plan = json.loads(capsys.readouterr().out)
+    assert code == 0, plan
+    (job,) = plan["jobs"]
+    assert (job["id"], job["format"]) == ("executorch-fp32", "executorch") and "Android phone" in job["runs_on"]
+    device = job["device_job"]
+    assert device["id"] == "executorch-fp32-device" and device["needs"] == ["executorch-fp32"]
+    artifact = tmp_path / "pipe" / "artifacts" / "executorch-fp32" / "model.pte"
+    assert device["steps"][0] == f"adb push {artifact} /data/local/tmp/executorch-fp32.pte"
+    assert "executor_runner --model_path /data/local/tmp/executorch-fp32.pte" in device["steps"][1]
+    assert device["steps"][-1].startswith("ffnet-deploy report add --csv phone.csv")
