@@ -444,6 +444,7 @@ def merge(results: Sequence[BenchResult], labels: Sequence[str] | None = None) -
     rows: dict[RowKey, None] = {}
     cells: dict[tuple[RowKey, Column], Cell] = {}
     notes: list[str] = []
+    host_noted: set[Column] = set()
     for result, name in zip(results, names, strict=True):
         device = result.device
         if device.name not in info:
@@ -465,6 +466,9 @@ def merge(results: Sequence[BenchResult], labels: Sequence[str] | None = None) -
             if old is not None:
                 notes.append(f"{col.label}, {rkey.label}: measured in both {old.result} ({fmt_ms(old.p50)} ms) and "
                              f"{name} ({fmt_ms(cell.p50)} ms); kept {name}, the later input")
+            if row.host_measurement and col not in host_noted:  # a phone runtime timed on a Linux host
+                host_noted.add(col)
+                notes.append(f"{col.label}: {row.host_measurement}")
             rows.setdefault(rkey)
             columns.setdefault(col)
             cells[(rkey, col)] = cell

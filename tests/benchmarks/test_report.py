@@ -222,3 +222,16 @@ def test_android_executorch_rows_import(tmp_path):
     with pytest.raises(ConfigError, match=r"row 2: runtime 'tflite' is not a phone runtime; use one of coreml, "
                                           r"executorch$"):
         import_measurements(bad, "Pixel 8")
+
+
+def test_merge_notes_host_measurements(measured_rows, tmp_path):
+    """Rows a phone runtime timed on a Linux host (BenchRow.host_measurement) are merged as they are, with one note per
+    column saying they are not device latency; the phone's imported column carries no such note."""
+    note = "host measurement: ExecuTorch's XNNPACK on this CPU, not device latency (time it on the phone)"
+    host = [replace(r, runtime="executorch", host_measurement=note) for r in measured_rows]
+    phone_csv = _csv(tmp_path, ["variant,precision,runtime,compute_units,median_ms,source",
+                                "ffnet_1,fp32,executorch,XNNPACK,41.2,executor_runner"])
+    table = merge([_result("box A", host), import_measurements(phone_csv, "Pixel 8")])
+    assert table.notes == [f"box A · executorch: {note}"]
+    assert [c.label for c in table.columns] == ["box A · executorch", "Pixel 8 · executorch (XNNPACK)"]
+    assert f"box A · executorch: {note}" in table.to_markdown()

@@ -70,3 +70,7 @@ def test_validate_fails_a_program_left_outside_the_delegate(tmp_path, test_check
     (failure,) = art["failures"]
     assert "convolution/GELU outside the delegate: " in failure and "aten::convolution x" in failure
     assert "aten::gelu x" in failure and "delegate: none" in failure
+    # The console table has a delegation row, and the failure line names the operators.
+    code = main(["validate", str(path), "-c", str(test_checkpoint), "--synthetic", "2"])
+    text = capsys.readouterr().out
+    assert code == 1 and "delegation" in text and "FAIL (" in text and "aten::gelu x" in text
