@@ -78,8 +78,9 @@ def test_the_registries_and_the_cli_load_without_torch():
             "from ffnet_deploy.artifact.manifest import parse_manifest\n"
             "from ffnet_deploy.runtimes import RUNTIMES\n"
             "import ffnet_deploy.cli\n"
-            "assert format_names() == ('onnx', 'openvino', 'coreml', 'tensorrt') and RUNTIMES.names()\n"
-            "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'openvino', 'coremltools', 'tensorrt')\n"
+            "assert format_names() == ('onnx', 'openvino', 'coreml', 'tensorrt', 'executorch') and RUNTIMES.names()\n"
+            "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'openvino', 'coremltools', 'tensorrt',\n"
+            "                     'executorch')\n"
             "         if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
