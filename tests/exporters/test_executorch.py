@@ -181,3 +181,20 @@ def test_pipeline_plan_lists_the_phone_job(tmp_path, test_checkpoint, capsys):
     assert device["steps"][0] == f"adb push {artifact} /data/local/tmp/executorch-fp32.pte"
     assert "executor_runner --model_path /data/local/tmp/executorch-fp32.pte" in device["steps"][1]
     assert device["steps"][-1].startswith("ffnet-deploy report add --csv phone.csv")
+
+
+def test_pipeline_runs_an_executorch_job(tmp_path, test_checkpoint):
+    """export -> validate -> bench of a .pte in the pipeline, with no special case: its bench entry and its
+    recommendation say the timing is this host's, not the phone's."""
+    out = tmp_path / "pipe"
+    code = main(["pipeline", "-c", str(test_checkpoint), "-o", str(out), "--formats", "executorch", "--precisions",
+                 "fp32", "--bench-iters", "3", "--bench-time", "0", "--threads", "1", "--quiet"])
+    results = json.loads((out / "results.json").read_text())
+    assert code == 0, results["summary"]
+    (job,) = results["jobs"]
+    assert (job["id"], job["status"]) == ("executorch-fp32", "passed")
+    assert job["bench"]["runtime"] == "executorch" and job["bench"]["p50_ms"] > 0
+    assert job["bench"]["host_measurement"].startswith("host measurement")
+    (rec,) = [r for r in results["recommendations"] if r["runtime"] == "executorch"]
+    assert rec["job"] == "executorch-fp32" and "not device latency" in rec["why"]
+    assert any("timed on this host, not on the device it is for" in line for line in results["summary"]["look_at"])
