@@ -167,6 +167,8 @@ class BenchRow:
     peak_rss_mb: Finite | None = None  # resident memory the runtime added at its peak (load + first inference)
     roofline_fraction: NonNegative | None = None
     execution_precision: str | None = None  # what the runtime reports it ran (OpenVINO's inference precision)
+    host_measurement: str | None = None  # measured on a host, not on the device the artifact is for: why (an
+    # Android program timed on Linux); None for a row of the device itself
     source: Literal["measured", "imported"] = "measured"
     provenance: dict[str, Any] = field(default_factory=dict)  # imported rows: file, row, tool; measured: notes
     status: Literal["ok", "skipped", "failed"] = "ok"
@@ -300,6 +302,8 @@ def to_markdown(result: BenchResult, title: str = "Latency") -> str:
         note = row.reason or ""
         if row.source == "imported":
             note = f"imported ({row.provenance.get('source', 'csv')})" + (f"; {note}" if note else "")
+        if row.host_measurement:
+            note = row.host_measurement + (f"; {note}" if note else "")
         if execution_differs(row):
             note = f"runs {row.execution_precision}" + (f"; {note}" if note else "")
         runtime = row.runtime + (f" ({row.compute_units})" if row.compute_units else "")

@@ -435,11 +435,19 @@ def run_jobs(jobs: Sequence[Job], protocol: Protocol, *, roofline: Any = None,
             if c.runner is not None and c.runner.notices:
                 provenance["notices"] = list(c.runner.notices)
             rows[i] = replace(row, latency_ms=stats, iterations=len(c.samples_ms),
+                              host_measurement=row.host_measurement or _latency_note(row.runtime),
                               throughput_ips=_finite(throughput(row.batch, stats["p50"])),
                               first_inference_ms=c.first_inference_ms, peak_rss_mb=c.peak_rss_mb,
                               roofline_fraction=fraction, execution_precision=c.execution_precision,
                               provenance=provenance)
     return rows
+
+
+def _latency_note(runtime: str) -> str | None:
+    """The runner's note when its timings here are not its target device's (``BaseRunner.latency_note``)."""
+    from ffnet_deploy.runtimes import RUNTIMES
+
+    return RUNTIMES.get(runtime).latency_note if runtime in RUNTIMES else None
 
 
 def _finite(value: float) -> float | None:

@@ -32,6 +32,7 @@ from ffnet_deploy.exporters.base import (
     register_exporter,
 )
 from ffnet_deploy.exporters.coreml import CoreMLOptions
+from ffnet_deploy.exporters.executorch import ExecuTorchOptions
 from ffnet_deploy.exporters.onnx import OnnxOptions, OnnxStage, export_onnx_stage
 from ffnet_deploy.exporters.openvino import OpenVINOOptions
 from ffnet_deploy.exporters.tensorrt import TensorRTOptions
@@ -109,6 +110,7 @@ __all__ = [
     "EXPORTERS",
     "EXPORTER_MODULES",
     "CoreMLOptions",
+    "ExecuTorchOptions",
     "ExportConfig",
     "ExportedArtifact",
     "Exporter",

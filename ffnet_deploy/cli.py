@@ -753,16 +753,17 @@ def report_merge(
 @report_app.command("add")
 def report_add(
     csv_file: Annotated[Path, typer.Option("--csv", help="Measurements made elsewhere: columns variant, precision, "
-                                           "compute_units, median_ms, source (optional: resolution, batch, p90_ms, "
-                                           "notes). See docs/iphone.md.")],
+                                           "compute_units, median_ms, source (optional: runtime, resolution, batch, "
+                                           "p90_ms, notes). See docs/iphone.md; Android: README.")],
     device_name: Annotated[str, typer.Option("--device-name", help="The device they were measured on, e.g. "
                                              "'iPhone 12'.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Result JSON to write (default: "
                                              "<csv name>.json next to the CSV).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Import measurements made elsewhere (Xcode's Core ML performance report on an iPhone) as a bench result
-    that 'report merge' takes; each row keeps its provenance and is marked as imported."""
+    """Import measurements made elsewhere (Xcode's Core ML performance report on an iPhone, ExecuTorch's
+    executor_runner on an Android phone) as a bench result that 'report merge' takes; each row keeps its provenance
+    and is marked as imported."""
     from ffnet_deploy.atomic import write_text
     from ffnet_deploy.benchmarks.report import import_measurements
     from ffnet_deploy.benchmarks.results import not_written_by_bench

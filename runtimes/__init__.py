@@ -12,6 +12,7 @@ Constructor options (every runner also takes ``threads``, ``session_options``, `
 - ``tensorrt``: ``device``
 - ``coreml``: ``compute_units``
 - ``coreml-reference``: ``compute_fp32``, ``observer``
+- ``executorch``: none of its own (``threads`` sizes XNNPACK's process-wide pool)
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ and the pipeline ask it instead of listing runners: the formats and files it loa
 precision cannot run here (:meth:`BaseRunner.precision_unavailable`), the options bench builds it with per precision
 and timing variant (:meth:`BaseRunner.bench_options`, ``timing_variants``: Core ML's compute units), whether it runs
 an in-memory model (``needs_artifact = False``) or one converted from plain ONNX (``converts_onnx``), and which
-error localization it supports (``localize``). A format names its runners (``FormatSpec.runtimes``, ``bench_runtime``
+error localization it supports (``localize``), and whether its timings here are host measurements rather than the
+target device's latency (``latency_note``). A format names its runners (``FormatSpec.runtimes``, ``bench_runtime``
 in :mod:`ffnet_deploy.artifact.formats`); each of them must list that format in ``formats`` (the contract test
 checks).
 """
@@ -86,6 +87,8 @@ class BaseRunner(ABC):
     timing_variants: ClassVar[tuple[str | None, ...]] = (None,)  # bench times each; the first is the default
     converts_onnx: ClassVar[bool] = False  # runs an in-memory model from its plain ONNX export (model_from_onnx)
     localize: ClassVar[str | None] = None  # error localization: "blocks" (extra_outputs), "mil-ops", None
+    latency_note: ClassVar[str | None] = None  # set when its timings here are not the target device's (a phone
+    # runtime on a Linux host): every bench row it times carries the note (BenchRow.host_measurement)
 
     def __init__(self, artifact: str | Path | None = None, *, threads: int | None = None,
                  session_options: SessionOptionsHook | None = None, manifest: Manifest | None = None,

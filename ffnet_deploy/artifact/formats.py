@@ -102,7 +102,11 @@ class FormatSpec:
     targets: Callable[[Any], list] | None = None  # validation targets of an artifact (validate.engine.TargetRequest
     # -> ArtifactSpec list); None: the artifact on its runtime
     not_runnable_hint: Callable[[Path | None], str] | None = None  # appended when its runtime cannot run here
+    checks: Callable[[Any], list] | None = None  # (validate.engine.ArtifactSpec) -> validate Checks read from the
+    # model file itself, added to every validation of it that ran (ExecuTorch's delegation)
     mutable_files: Callable[[Any], set[str]] | None = None  # (Manifest) -> listed files that change after export
+    device_steps: tuple[str, ...] = ()  # what the target device itself runs, when it cannot run the pipeline (a
+    # phone), as `pipeline --plan` prints it: command templates with {artifact} (the model file) and {id} (the job)
     in_demo: bool = False  # `pipeline --demo` makes it (runs on any machine, no GPU, no extra hardware)
     quantizer: Quantizer | None = None  # how it makes int8 (None: through none of the quantize backends)
     exporter: Any = None  # the Exporter class (set by register_exporter)

@@ -317,11 +317,18 @@ class PlannedJob:
     device: str
     needs: list[str] = field(default_factory=list)
 
+    artifact: str = ""  # the job's model file in the output layout
+
     def to_dict(self) -> dict:
         spec = get_format(self.job.format)
-        return {"id": self.job.id, "format": self.job.format, "precision": self.job.precision,
-                "stages": ["export", "validate", "bench"], "needs": self.needs,
-                "runs_on": spec.runs_on, "device": self.device, "command": self.command}
+        out = {"id": self.job.id, "format": self.job.format, "precision": self.job.precision,
+               "stages": ["export", "validate", "bench"], "needs": self.needs,
+               "runs_on": spec.runs_on, "device": self.device, "command": self.command}
+        if spec.device_steps:  # a phone runs no pipeline: its own job is these steps, after this one
+            out["device_job"] = {"id": f"{self.job.id}-device", "needs": [self.job.id],
+                                 "steps": [step.format(artifact=self.artifact, id=self.job.id)
+                                           for step in spec.device_steps]}
+        return out
 
 
 EMITS = ("json", "github-matrix")
@@ -385,8 +392,9 @@ def plan_jobs(config: PipelineConfig, argv: Sequence[str]) -> dict:
     jobs = []
     for job in config.jobs():
         needs = ["inspect", "reparameterize"] + (["calibration"] if is_calibrated(job.precision) else [])
+        model = config.output / "artifacts" / job.id / f"model{get_format(job.format).main_suffix}"
         jobs.append(PlannedJob(job, shlex.join(["ffnet-deploy", *base, "--only", job.selector]),
-                               job_device(job, config.bench), needs).to_dict())
+                               job_device(job, config.bench), needs, str(model)).to_dict())
     out = str(config.output)
     from ffnet_deploy.pipeline.results import PLAN_SCHEMA
 

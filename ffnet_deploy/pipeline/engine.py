@@ -493,7 +493,8 @@ def bench_entry(row: Any, torch_p50: float | None) -> dict:
             "min_ms": lat["min"], "trimmed_mean_ms": lat["trimmed_mean"], "throughput_ips": row.throughput_ips,
             "first_inference_ms": row.first_inference_ms, "peak_rss_mb": row.peak_rss_mb,
             "iterations": row.iterations, "torch_p50_ms": torch_p50,
-            "speedup_vs_torch": torch_p50 / lat["p50"] if torch_p50 else None, "reason": None}
+            "speedup_vs_torch": torch_p50 / lat["p50"] if torch_p50 else None,
+            "host_measurement": row.host_measurement, "reason": None}
 
 
 # -- job records and the report -------------------------------------------------------------------------------------
@@ -546,8 +547,16 @@ def recommend(jobs: Sequence[JobRecord]) -> list[Recommendation]:
             runtime=runtime, job=best.id, p50_ms=best.bench.p50_ms, fp32_job=fp32.id if fp32 else None,
             fp32_p50_ms=fp32.bench.p50_ms if fp32 else None,
             speedup_vs_fp32=fp32.bench.p50_ms / best.bench.p50_ms if fp32 else None,
-            why=f"fastest of {len(timed)} artifact(s) that passed parity on {runtime}"))
+            why=f"fastest of {len(timed)} artifact(s) that passed parity on {runtime}"
+            + (f" ({note})" if (note := _latency_note(runtime)) else "")))
     return out
+
+
+def _latency_note(runtime: str) -> str | None:
+    """The runner's note when its timings here are host measurements (a phone runtime on Linux), else ``None``."""
+    from ffnet_deploy.runtimes import RUNTIMES
+
+    return RUNTIMES.get(runtime).latency_note if runtime in RUNTIMES else None
 
 
 def assemble(jobs: Sequence[JobRecord], *, checkpoint: CheckpointInfo, settings: dict, command: str,
@@ -573,6 +582,8 @@ def assemble(jobs: Sequence[JobRecord], *, checkpoint: CheckpointInfo, settings:
             line += f", {rec.speedup_vs_fp32:.2f}x FP32"
         drop = job.parity.metrics.get("accuracy_drop") if job.parity is not None else None
         line += f", accuracy drop {drop:.2f} points)" if isinstance(drop, (int, float)) else ")"
+        if _latency_note(rec.runtime):
+            line += "; timed on this host, not on the device it is for"
         look_at.append(line)
     for j in jobs:
         if j.status in ("failed", "error"):

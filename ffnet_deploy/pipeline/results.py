@@ -129,6 +129,7 @@ class BenchEntry(Record):
     iterations: Count | None = None
     torch_p50_ms: Positive | None = None
     speedup_vs_torch: NonNegative | None = None
+    host_measurement: str | None = None  # the bench row's: timed on a host, not on the device it is for
     reason: str | None = None
 
 

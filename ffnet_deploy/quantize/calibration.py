@@ -23,7 +23,7 @@ The file format (``<dir>/<backend>.calibration.json``), documented so that a cac
 
     {
       "schema": "ffnet-deploy/calibration-cache/1",
-      "backend": "onnxruntime",              # which quantizer wrote it: onnxruntime | openvino | coreml
+      "backend": "onnxruntime",              # which quantizer wrote it: onnxruntime | openvino | coreml | executorch
       "key": {
         "model_sha256": "...",               # the FP32 model calibrated
         "method": "minmax",                  # minmax | entropy | percentile
@@ -259,8 +259,23 @@ class NNCFStatistics(Record):
     steps: list[dict[str, Any]]
 
 
+class ObserverState(Record):
+    """One PT2E observer's range: per tensor (one value each) or per channel (``shape`` is the observer's)."""
+
+    min: list[Finite]
+    max: list[Finite]
+    shape: list[int]
+
+
+class PT2EStatistics(Record):
+    """The ranges of the PT2E observers of the ExecuTorch quantizer
+    (:func:`ffnet_deploy.quantize.executorch_int8.observer_states`), by observer module name."""
+
+    observers: dict[str, ObserverState]
+
+
 STATISTICS_MODELS: dict[str, type[Record]] = {"onnxruntime": RangeStatistics, "coreml": RangeStatistics,
-                                              "openvino": NNCFStatistics}
+                                              "openvino": NNCFStatistics, "executorch": PT2EStatistics}
 """What each backend's ``statistics`` must hold."""
 
 _DAMAGED = "delete it to recalibrate"

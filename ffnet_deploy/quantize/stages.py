@@ -377,3 +377,83 @@ def compress_coreml_model(mlmodel, compression, model, config, log: Log):
     if record:
         record["quantize_seconds"] = round(time.perf_counter() - start, 3)
     return compressed, {**details, **record}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# ExecuTorch
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def executorch_model_sha256(model, config) -> str:
+    """What the PT2E observers' ranges depend on: the weights, the input shape, and the executorch and torch
+    versions (they decide the exported graph, hence the observers' names)."""
+    import hashlib
+    from importlib.metadata import version
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+    digest.update(repr((config.resolution, config.batch, version("executorch"), torch.__version__)).encode())
+    return digest.hexdigest()
+
+
+def quantize_executorch_model(model, example: tuple, config, log: Log):
+    """PT2E INT8 of ``model`` for XNNPACK, calibrated on ``--calib`` (statistics cached); ``(converted, record)``.
+
+    Args:
+        model: The FP32 FFNet (eval mode).
+        example: Its example input, at the export's batch and resolution.
+        config: The export settings; ``config.quantization`` holds the calibration settings.
+        log: Progress callback.
+
+    Returns:
+        The converted module with its Q/DQ nodes (to be exported and lowered) and the ``details.quantization``
+        record.
+    """
+    import numpy as np
+
+    from ffnet_deploy.quantize import executorch_int8
+
+    q = settings(config)
+    start = time.perf_counter()
+    transform = transform_for(model, config)
+    calib = read_calibration(model, config, log)
+    log("preparing the model for PT2E quantization (XNNPACK quantizer, per-channel symmetric)")
+    prepared = executorch_int8.prepare(model, example)
+    batch = int(example[0].shape[0])
+
+    def collect() -> dict:
+        log(f"collecting activation ranges (minmax observers) over {len(calib)} images")
+
+        def batches():
+            # The graph is traced at the export's batch: a short last chunk repeats its last image (a repeated
+            # image changes no min or max).
+            for chunk in calib.batches(batch):
+                if chunk.shape[0] < batch:
+                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - chunk.shape[0], axis=0)])
+                yield chunk
+
+        executorch_int8.calibrate(prepared, batches(), len(calib),
+                                  progress=lambda done, total: log(f"{PROGRESS_PREFIX}calibrating {done}/{total}"))
+        return executorch_int8.observer_states(prepared)
+
+    entry = cached_statistics(StatisticsCache(q.cache_dir, cache_backend(config), log),
+                              cache_key(executorch_model_sha256(model, config), config, calib, transform),
+                              collect, calib)
+    if entry.hit:
+        try:
+            executorch_int8.load_observer_states(prepared, entry.statistics)
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise ConfigError(f"executorch export | the cached statistics in {entry.path} do not fit this graph "
+                              f"({err}); delete the file to recalibrate") from err
+    converted = executorch_int8.convert(prepared)
+    record = quantization_record(q, calib, entry, backend="executorch/pt2e-xnnpack", quantized_groups=[],
+                                 float_groups=[], extra={"recipe": "XNNPACKQuantizer, symmetric, per-channel weights, "
+                                                                   "static per-tensor activations"},
+                                 seconds=time.perf_counter() - start)
+    record.pop("quantized_groups")
+    record.pop("float_groups")
+    return converted, record

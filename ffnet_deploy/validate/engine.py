@@ -684,6 +684,12 @@ def compare_artifacts(specs: Sequence[ArtifactSpec], reference: Any, source: Any
         if run.acc.n:
             r.metrics = run.acc.result()
             r.checks = evaluate_checks(r.metrics, r.profile)
+            own = get_format(run.spec.format).checks
+            if own is not None:  # what the format reads from the file itself (ExecuTorch's delegation)
+                try:
+                    r.checks += own(run.spec)
+                except FFNetDeployError as err:
+                    r.errors.append(f"cannot inspect: {err}")
             if r.metrics.nonfinite_reference:
                 r.warnings.append("the PyTorch reference itself produced NaN/Inf: the checkpoint is broken")
             for warning in (reference_accuracy_warning(r.metrics.ref_top1, reference.num_classes),

@@ -359,6 +359,15 @@ def render(report: ValidationReport, console) -> None:
                 color = "green" if check.passed else "bold red"
                 cells.append(f"[{color}]{text} {'≤' if check.op == '<=' else '≥'} {_num(check.threshold, spec)}[/]")
         table.add_row(title, *cells)
+    # Checks a format reads from the model file itself (ExecuTorch's delegation): one row each, pass or fail.
+    shown = {"finite", *(key for _, key, _ in _ROWS)}
+    for name in sorted({n for by_name in checks for n in by_name} - shown):
+        cells = []
+        for by_name in checks:
+            c = by_name.get(name)
+            cells.append("-" if c is None else f"[{'green' if c.passed else 'bold red'}]"
+                         f"{'ok' if c.passed else 'FAIL'} ({format_value(c.value)})[/]")
+        table.add_row(escape(name), *cells)
     table.add_row("result", *[_RESULT[a.status] for a in report.artifacts])
     console.print(table)
     for a in report.artifacts:
@@ -368,6 +377,10 @@ def render(report: ValidationReport, console) -> None:
                       highlight=False, soft_wrap=True)
         for w in a.warnings:
             console.print(f"[yellow]warning[/] {name}: {escape(w)}", highlight=False, soft_wrap=True)
+        for c in a.checks:
+            if c.name not in shown and c.passed:  # a failed one is printed with the failures
+                console.print(f"[dim]{escape(c.name)}[/] {name}: {escape(c.detail)}", highlight=False,
+                              soft_wrap=True)
         if a.status == "not run":
             console.print(f"[yellow]NOT RUN[/] {name}: {escape(a.not_run or '')}", highlight=False, soft_wrap=True)
         for f in a.failures:

@@ -21,11 +21,11 @@ from ffnet_deploy.runtimes import RUNTIMES
 
 
 def test_built_in_formats_in_their_declared_order():
-    assert format_names() == ("onnx", "openvino", "coreml", "tensorrt")
+    assert format_names() == ("onnx", "openvino", "coreml", "tensorrt", "executorch")
     assert demo_formats() == ("onnx", "openvino", "coreml")
-    assert model_suffixes() == (".onnx", ".xml", ".mlpackage", ".mlmodel", ".engine", ".plan")
-    assert [format_of_suffix(s) for s in (".ONNX", ".plan", ".mlmodel", ".pt")] == ["onnx", "tensorrt", "coreml",
-                                                                                      None]
+    assert model_suffixes() == (".onnx", ".xml", ".mlpackage", ".mlmodel", ".engine", ".plan", ".pte")
+    assert [format_of_suffix(s) for s in (".ONNX", ".plan", ".mlmodel", ".pt", ".PTE")] == [
+        "onnx", "tensorrt", "coreml", None, "executorch"]
 
 
 @pytest.mark.parametrize("fmt", FORMATS.names())
@@ -78,8 +78,9 @@ def test_the_registries_and_the_cli_load_without_torch():
             "from ffnet_deploy.artifact.manifest import parse_manifest\n"
             "from ffnet_deploy.runtimes import RUNTIMES\n"
             "import ffnet_deploy.cli\n"
-            "assert format_names() == ('onnx', 'openvino', 'coreml', 'tensorrt') and RUNTIMES.names()\n"
-            "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'openvino', 'coremltools', 'tensorrt')\n"
+            "assert format_names() == ('onnx', 'openvino', 'coreml', 'tensorrt', 'executorch') and RUNTIMES.names()\n"
+            "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'openvino', 'coremltools', 'tensorrt',\n"
+            "                     'executorch')\n"
             "         if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

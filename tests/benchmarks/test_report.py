@@ -201,3 +201,37 @@ def test_merge_files_writes_md_csv_png_and_refuses_foreign_files(tmp_path, measu
         merge_files([a, a], out)
     with pytest.raises(ConfigError, match=r"must end in \.md"):
         merge_files([a], tmp_path / "latency.txt")
+
+
+def test_android_executorch_rows_import(tmp_path):
+    """A phone's ExecuTorch timings (executor_runner over adb): column runtime says executorch, its compute units
+    are the delegate; a Core ML unit on an ExecuTorch row, or an unknown runtime, is one line naming the row."""
+    header = "variant,precision,runtime,compute_units,median_ms,source,notes"
+    path = _csv(tmp_path, [header, "ffnet_1,fp32,executorch,XNNPACK,41.2,executor_runner 1.5.1,Pixel 8 4 threads",
+                           "ffnet_1,int8,executorch,xnnpack,30.5,executor_runner 1.5.1,",
+                           "ffnet_1,fp16,,CPU_AND_NE,1.73,Xcode 16.2 performance report,"])
+    result = import_measurements(path, "Pixel 8")
+    fp32, int8, coreml = result.rows
+    assert (fp32.runtime, fp32.compute_units, fp32.p50, fp32.source) == ("executorch", "XNNPACK", 41.2, "imported")
+    assert int8.compute_units == "XNNPACK" and coreml.runtime == "coreml"
+    bad = _csv(tmp_path, [header, "ffnet_1,fp32,executorch,CPU_AND_NE,41.2,executor_runner,"], name="bad.csv")
+    with pytest.raises(ConfigError, match=r"bad\.csv row 2: compute_units 'CPU_AND_NE' is not known for executorch; "
+                                          r"use one of XNNPACK$"):
+        import_measurements(bad, "Pixel 8")
+    bad = _csv(tmp_path, [header, "ffnet_1,fp32,tflite,XNNPACK,41.2,benchmark_model,"], name="bad2.csv")
+    with pytest.raises(ConfigError, match=r"row 2: runtime 'tflite' is not a phone runtime; use one of coreml, "
+                                          r"executorch$"):
+        import_measurements(bad, "Pixel 8")
+
+
+def test_merge_notes_host_measurements(measured_rows, tmp_path):
+    """Rows a phone runtime timed on a Linux host (BenchRow.host_measurement) are merged as they are, with one note per
+    column saying they are not device latency; the phone's imported column carries no such note."""
+    note = "host measurement: ExecuTorch's XNNPACK on this CPU, not device latency (time it on the phone)"
+    host = [replace(r, runtime="executorch", host_measurement=note) for r in measured_rows]
+    phone_csv = _csv(tmp_path, ["variant,precision,runtime,compute_units,median_ms,source",
+                                "ffnet_1,fp32,executorch,XNNPACK,41.2,executor_runner"])
+    table = merge([_result("box A", host), import_measurements(phone_csv, "Pixel 8")])
+    assert table.notes == [f"box A · executorch: {note}"]
+    assert [c.label for c in table.columns] == ["box A · executorch", "Pixel 8 · executorch (XNNPACK)"]
+    assert f"box A · executorch: {note}" in table.to_markdown()

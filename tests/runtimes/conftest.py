@@ -125,3 +125,36 @@ def coreml_dir(tmp_path_factory, fused_model) -> Path:
     convert_coreml(fused_model, directory / "model.mlpackage")
     write_test_manifest(directory, "model.mlpackage", "coreml", dynamic_batch=False)
     return directory
+
+
+def lower_executorch(model: torch.nn.Module, path: Path, batch: int = 2, res: int = RES,
+                     partitioner: list | None = None) -> Path:
+    """Lower ``model`` straight with ExecuTorch (``torch.export`` -> XNNPACK partitioner -> ``.pte``); ``partitioner``
+    ``[]`` leaves every op on ExecuTorch's portable kernels."""
+    pytest.importorskip("executorch.exir")
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    exported = torch.export.export(model, (torch.zeros(batch, 3, res, res),))
+    edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()] if partitioner is None
+                                       else partitioner)
+    path.write_bytes(edge.to_executorch().buffer)
+    return path
+
+
+@pytest.fixture(scope="session")
+def executorch_dir(tmp_path_factory, fused_model) -> Path:
+    """An artifact directory holding an fp32 model.pte (batch 2, XNNPACK) and a manifest."""
+    directory = tmp_path_factory.mktemp("executorch")
+    lower_executorch(fused_model, directory / "model.pte")
+    manifest = make_manifest("model.pte", "executorch", dynamic_batch=False)
+    from dataclasses import replace
+
+    from ffnet_deploy.artifact.manifest import BatchSpec
+
+    n = 2
+    manifest = replace(manifest, batch=BatchSpec.fixed(n),
+                       inputs=(TensorSpec("images", (n, 3, RES, RES), "float32", "tensor"),),
+                       outputs=(TensorSpec("logits", (n, 1000), "float32", "logits"),))
+    write_manifest(manifest, directory)
+    return directory

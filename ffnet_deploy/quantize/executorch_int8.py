@@ -1,0 +1,92 @@
+"""INT8 for ExecuTorch's XNNPACK delegate: PT2E post-training quantization with the XNNPACK quantizer.
+
+The recipe is XNNPACK's own (``XNNPACKQuantizer`` with ``get_symmetric_quantization_config(is_per_channel=True)``):
+symmetric int8 weights per output channel, int8 activations per tensor, static ranges from minmax observers. Those
+are the types XNNPACK's int8 kernels take (``qcint8`` weights, ``qint8`` activations), so the whole graph lowers to
+the delegate. The steps: ``torch.export`` the float model, ``prepare_pt2e`` (observers), run the calibration images
+through it, ``convert_pt2e`` (Q/DQ nodes), then the exporter exports and lowers the result like an FP32 model.
+
+The observers' ranges are the statistics the calibration cache keeps (:func:`observer_states`,
+:func:`load_observer_states`): a cache hit restores them and skips running the calibration images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+Progress = Callable[[int, int], None]
+
+METHOD = "minmax"
+"""The only range estimator of this recipe (XNNPACK's quantization config uses minmax observers)."""
+
+
+def prepare(model: Any, example: tuple, dynamic_shapes: Any = None) -> Any:
+    """The float ``model`` exported and prepared for calibration (observers inserted)."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    graph = torch.export.export(model, example, dynamic_shapes=dynamic_shapes).module()
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    return prepare_pt2e(graph, quantizer)
+
+
+def observers(prepared: Any) -> dict[str, Any]:
+    """The observer modules of a prepared model, by module name (each has ``min_val`` and ``max_val``)."""
+    return {name: module for name, module in prepared.named_modules()
+            if hasattr(module, "min_val") and hasattr(module, "max_val")}
+
+
+def calibrate(prepared: Any, batches: Iterable[np.ndarray], total: int, progress: Progress | None = None) -> None:
+    """Run the calibration ``batches`` (normalized float32 arrays) through the observers."""
+    import torch
+
+    done = 0
+    with torch.no_grad():
+        for batch in batches:
+            prepared(torch.from_numpy(np.ascontiguousarray(batch)))
+            done += batch.shape[0]
+            if progress is not None:
+                progress(min(done, total), total)
+
+
+def observer_states(prepared: Any) -> dict[str, Any]:
+    """The calibrated ranges, as the cache stores them (``PT2EStatistics``)."""
+    out = {}
+    for name, obs in sorted(observers(prepared).items()):
+        lo, hi = obs.min_val.detach().float(), obs.max_val.detach().float()
+        out[name] = {"min": lo.flatten().tolist(), "max": hi.flatten().tolist(), "shape": list(lo.shape)}
+    return {"observers": out}
+
+
+def load_observer_states(prepared: Any, statistics: dict[str, Any]) -> None:
+    """Put cached ranges back into the observers of a freshly prepared model.
+
+    Raises:
+        ValueError: When the observers are not the ones the statistics were collected on (another graph).
+    """
+    import torch
+
+    stored = statistics["observers"]
+    live = observers(prepared)
+    if set(stored) != set(live):
+        raise ValueError(f"{len(stored)} cached observers, {len(live)} in the model")
+    for name, obs in live.items():
+        state = stored[name]
+        shape = tuple(state["shape"])
+        lo = torch.tensor(state["min"], dtype=obs.min_val.dtype).reshape(shape)
+        hi = torch.tensor(state["max"], dtype=obs.max_val.dtype).reshape(shape)
+        obs.min_val, obs.max_val = lo, hi  # registered buffers: assignment replaces them
+
+
+def convert(prepared: Any) -> Any:
+    """The calibrated model with its Q/DQ nodes (``convert_pt2e``)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    return convert_pt2e(prepared)

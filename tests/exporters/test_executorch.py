@@ -1,0 +1,200 @@
+"""ExecuTorch exporter: a real .pte through the XNNPACK delegate, parity in ``executorch.runtime``, delegation recorded
+and gated, PT2E INT8 calibrated on the digits and judged by the int8 profile, the missing extra in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ffnet_deploy.artifact.inspect import inspect_precision
+from ffnet_deploy.cli import main
+from ffnet_deploy.errors import ConfigError, ParityError
+from ffnet_deploy.export import export
+from ffnet_deploy.exporters.base import ExportConfig
+from ffnet_deploy.hashing import sha256_file
+from ffnet_deploy.quantize.config import QuantizationConfig
+from tests.exporters.helpers import gate_checks, gate_max_rel, manifest, run_export
+
+pytest.importorskip("executorch.exir")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _check(result: dict, name: str) -> dict:
+    return next(c for c in result["checks"] if c["name"] == name)
+
+
+def test_fp32_export_parity_manifest_and_delegation(tmp_path, test_checkpoint):
+    result = run_export(tmp_path, "executorch", test_checkpoint)
+    out, m = result.output, manifest(result.output)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.pte"]
+    assert (m["format"], m["precision"], m["artifact"]["path"]) == ("executorch", "fp32", "model.pte")
+    assert m["artifact"]["sha256"] == sha256_file(out / "model.pte") and m["versions"]["executorch"] == "1.5.1"
+    assert m["inputs"][0]["shape"] == [1, 3, 64, 64]
+    # The edge program's delegation: one XNNPACK subgraph holds every convolution and GELU.
+    delegation = m["details"]["delegation"]
+    assert delegation["delegated_subgraphs"] == 1 and delegation["delegated_nodes"] > 0
+    ops = delegation["operators"]
+    convs = [k for k in ops if "convolution" in k]
+    gated = [*convs, "aten_gelu_default"]
+    assert convs and all(ops[k]["not_delegated"] == 0 and ops[k]["delegated"] > 0 for k in gated)
+    assert set(delegation["not_delegated"]) <= {"getitem"}
+    # The gate ran in executorch.runtime, passed the fp32 profile, and read the delegation from the file.
+    (gate,) = gate_checks(m)
+    assert (gate["runtime"], gate["profile"]["name"], gate["status"]) == ("executorch", "fp32", "passed")
+    assert gate_max_rel(gate) <= 1e-4
+    check = _check(gate, "delegation")
+    assert check["passed"] and check["value"] == 0 and "1 XnnpackBackend call" in check["detail"]
+    assert inspect_precision(out / "model.pte", "executorch").precision == "fp32"
+
+
+def test_unsupported_settings_are_one_line(tmp_path, test_checkpoint):
+    with pytest.raises(ConfigError, match=r"^executorch export \| --dynamic-batch is not supported"):
+        run_export(tmp_path, "executorch", test_checkpoint, dynamic_batch=(1, 2, 4))
+    with pytest.raises(ConfigError, match=r"^executorch export \| --include-preprocessing is not supported"):
+        run_export(tmp_path, "executorch", test_checkpoint, include_preprocessing=True)
+    with pytest.raises(ConfigError, match=r"--calib-method entropy is not available"):
+        run_export(tmp_path, "executorch", test_checkpoint, precision="int8",
+                   quantization=QuantizationConfig(calib="digits", method="entropy"))
+    assert not list(tmp_path.iterdir())
+
+
+def test_delegation_gate_fails_when_gelu_falls_back(tmp_path, test_checkpoint, monkeypatch):
+    """A partitioner without XNNPACK's GELU configuration leaves every GELU on the portable kernels: the numbers still
+    match, and the gate fails in one line naming the operator; nothing is published."""
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS, GeluConfig
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    from ffnet_deploy.exporters import executorch as room
+
+    configs = [c for c in ALL_PARTITIONER_CONFIGS if c is not GeluConfig]
+    monkeypatch.setattr(room, "partitioners", lambda: [XnnpackPartitioner(configs=configs)])
+    with pytest.raises(ParityError) as err:
+        run_export(tmp_path, "executorch", test_checkpoint)
+    message = str(err.value)
+    assert "\n" not in message and "delegation = " in message
+    assert "convolution/GELU outside the delegate: aten::gelu x" in message
+    assert "max_abs_error" in message  # the numeric checks are still listed: it computes the right numbers
+    assert not (tmp_path / "executorch-artifact").exists()
+
+
+def test_missing_extra_is_one_line(tmp_path, test_checkpoint):
+    """Without executorch (its import made to fail by a sitecustomize in a subprocess) the export names the extra."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'executorch' or name.startswith('executorch.'):\n"
+        "            raise ImportError(f'No module named {name!r} (blocked by the test)')\n"
+        "sys.meta_path.insert(0, _Block())\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    proc = subprocess.run([sys.executable, "-m", "ffnet_deploy", "export", "-c", str(test_checkpoint), "--format",
+                           "executorch", "-o", str(tmp_path / "out")], capture_output=True, text=True, env=env,
+                          timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert any("pip install 'ffnet-deploy[executorch]'" in line for line in lines), proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# INT8 on the digits model: one export (the slow part, about a minute on 2 cores), shared by the tests below
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def int8_digits(tmp_path_factory, demo_checkpoint_path):
+    root = tmp_path_factory.mktemp("executorch-int8")
+    cache = root / "cache"
+    result = export(ExportConfig("executorch", root / "int8", precision="int8",
+                                 quantization=QuantizationConfig(calib="digits", calib_size=100, cache_dir=cache)),
+                    demo_checkpoint_path)
+    return result, cache
+
+
+def test_int8_digits_export_and_accuracy(int8_digits, demo_checkpoint_path, capsys, tmp_path):
+    result, cache = int8_digits
+    m = manifest(result.output)
+    assert m["precision"] == "int8"
+    q = m["details"]["quantization"]
+    assert q["backend"] == "executorch/pt2e-xnnpack" and q["calibration"]["num_images"] == 100
+    assert q["statistics_cache"]["hit"] is False and (cache / "executorch.calibration.json").is_file()
+    found = inspect_precision(result.artifact, "executorch")
+    assert found.precision == "int8" and "qcint8" in found.evidence
+    assert m["details"]["delegation"]["delegated_subgraphs"] == 1
+    (gate,) = gate_checks(m)
+    assert gate["status"] == "passed" and gate["profile"]["name"] == "int8"
+    assert _check(gate, "delegation")["passed"]
+    # validate on the 500 held-out digits: the int8 profile (agreement, accuracy drop within 1 point) holds
+    report = tmp_path / "report.json"
+    code = main(["validate", str(result.output), "-c", str(demo_checkpoint_path), "--data", "digits", "--report",
+                 str(report)])
+    capsys.readouterr()
+    (art,) = json.loads(report.read_text())["artifacts"]
+    assert code == 0, art["failures"]
+    assert (art["runtime"], art["profile"]["name"], art["status"]) == ("executorch", "int8", "passed")
+    assert art["metrics"]["num_samples"] == 500 and art["metrics"]["acc_drop"] <= 1.0  # points
+    assert _check(art, "delegation")["passed"]
+
+
+def test_int8_statistics_cache_restores_the_observers(int8_digits, demo_checkpoint_path):
+    """The cached observer ranges, put back into a freshly prepared graph, give the same quantized model as the
+    calibration run: the converted graphs' quantization parameters are equal."""
+    import torch
+
+    from ffnet_deploy.models.checkpoint import load_ffnet
+    from ffnet_deploy.models.reparam import reparameterize_model
+    from ffnet_deploy.quantize import executorch_int8
+    from ffnet_deploy.quantize.calibration import read_cache
+
+    _result, cache = int8_digits
+    stored = read_cache(cache / "executorch.calibration.json", "executorch")
+    model = reparameterize_model(load_ffnet(demo_checkpoint_path)).eval()
+    example = (torch.zeros(1, 3, 32, 32),)
+    prepared = executorch_int8.prepare(model, example)
+    executorch_int8.load_observer_states(prepared, stored.statistics)
+    assert executorch_int8.observer_states(prepared) == stored.statistics
+    with pytest.raises(ValueError, match="cached observers"):
+        executorch_int8.load_observer_states(prepared, {"observers": {"nope": {"min": [0], "max": [1], "shape": []}}})
+
+
+def test_pipeline_plan_lists_the_phone_job(tmp_path, test_checkpoint, capsys):
+    """``--formats executorch`` is a pipeline format; its plan job runs on Linux (parity, host timing) and names the
+    phone's own job after it: push the program, time it with executor_runner, import the CSV with report add."""
+    code = main(["pipeline", "-c", str(test_checkpoint), "-o", str(tmp_path / "pipe"), "--formats", "executorch",
+                 "--precisions", "fp32", "--plan"])
+    plan = json.loads(capsys.readouterr().out)
+    assert code == 0, plan
+    (job,) = plan["jobs"]
+    assert (job["id"], job["format"]) == ("executorch-fp32", "executorch") and "Android phone" in job["runs_on"]
+    device = job["device_job"]
+    assert device["id"] == "executorch-fp32-device" and device["needs"] == ["executorch-fp32"]
+    artifact = tmp_path / "pipe" / "artifacts" / "executorch-fp32" / "model.pte"
+    assert device["steps"][0] == f"adb push {artifact} /data/local/tmp/executorch-fp32.pte"
+    assert "executor_runner --model_path /data/local/tmp/executorch-fp32.pte" in device["steps"][1]
+    assert device["steps"][-1].startswith("ffnet-deploy report add --csv phone.csv")
+
+
+def test_pipeline_runs_an_executorch_job(tmp_path, test_checkpoint):
+    """export -> validate -> bench of a .pte in the pipeline, with no special case: its bench entry and its
+    recommendation say the timing is this host's, not the phone's."""
+    out = tmp_path / "pipe"
+    code = main(["pipeline", "-c", str(test_checkpoint), "-o", str(out), "--formats", "executorch", "--precisions",
+                 "fp32", "--bench-iters", "3", "--bench-time", "0", "--threads", "1", "--quiet"])
+    results = json.loads((out / "results.json").read_text())
+    assert code == 0, results["summary"]
+    (job,) = results["jobs"]
+    assert (job["id"], job["status"]) == ("executorch-fp32", "passed")
+    assert job["bench"]["runtime"] == "executorch" and job["bench"]["p50_ms"] > 0
+    assert job["bench"]["host_measurement"].startswith("host measurement")
+    (rec,) = [r for r in results["recommendations"] if r["runtime"] == "executorch"]
+    assert rec["job"] == "executorch-fp32" and "not device latency" in rec["why"]
+    assert any("timed on this host, not on the device it is for" in line for line in results["summary"]["look_at"])
