@@ -161,13 +161,15 @@ def test_2_force_refuses_symlinks_before_deleting_anything(onnx_run, tmp_path, d
 
 def test_2_force_removes_what_it_recorded_and_keeps_what_changed(onnx_run, tmp_path, demo_checkpoint_path):
     f = copy_run(onnx_run, tmp_path / "f")
-    (f / "jobs" / "onnx-fp32.json").write_text((f / "jobs" / "onnx-fp32.json").read_text() + " ")  # edited by a user
+    (f / "artifacts" / "onnx-fp32" / "notes.txt").write_text("mine")  # in a recorded artifact: not ours to delete
     args = _args(demo_checkpoint_path, f, "--force")
     args[args.index("fp32")] = "fp16"
     assert main(args) == 0
-    assert not (f / "artifacts" / "onnx-fp32").exists()  # recorded and unchanged: removed
-    assert (f / "jobs" / "onnx-fp32.json").read_text().endswith(" ")  # changed since: kept
+    assert not (f / "jobs" / "onnx-fp32.json").exists()  # recorded and unchanged: removed
+    assert (f / "artifacts" / "onnx-fp32" / "notes.txt").read_text() == "mine"  # changed since: kept, as export does
     assert (f / "artifacts" / "onnx-fp16" / "manifest.json").is_file()
+    results = json.loads((f / "results.json").read_text())
+    assert [j["id"] for j in results["jobs"]] == ["onnx-fp16"]
 
 
 def test_2_force_keeps_a_recorded_file_given_as_the_checkpoint(onnx_run, tmp_path):
