@@ -74,21 +74,27 @@ def lock_path(target: Path) -> Path:
 
 
 @contextlib.contextmanager
-def locked(target: str | Path) -> Iterator[None]:
+def locked(target: str | Path, *, wait: bool = True) -> Iterator[None]:
     """Hold an exclusive ``flock`` that every ffnet-deploy process writing ``target`` takes before it checks and
     renames, so that the check is still true at the moment of the rename.
 
     The lock file is deleted on release, so that no stray file stays next to the user's output. A process that
     waited on a lock file deleted meanwhile sees that the path no longer names the inode it locked, and retries.
 
+    Args:
+        target: What the lock guards.
+        wait: ``False`` fails at once when another process holds the lock (a pipeline refuses a second one on its
+            output instead of queueing behind it).
+
     Raises:
+        BlockingIOError: Without ``wait``, if another process holds the lock.
         OSError: If the lock file cannot be created (an unwritable folder).
     """
     path = lock_path(Path(target))
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             held = os.fstat(fd)
             try:
                 current = os.stat(path)

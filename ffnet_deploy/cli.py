@@ -821,7 +821,7 @@ def pipeline(
     resume: Annotated[bool, typer.Option("--resume", help="Continue a run in --output: redo only the stages whose "
                                          "inputs changed.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Start over in an --output an earlier pipeline wrote "
-                                        "(removes only what the pipeline writes).")] = False,
+                                        "(removes only the files it recorded writing, never an input).")] = False,
     plan: Annotated[bool, typer.Option("--plan", help="Print the job graph as JSON and run nothing.")] = False,
     only: Annotated[list[str] | None, typer.Option("--only", help="Run one job, e.g. onnx/int8 (repeatable), "
                                                    "into the same output layout.")] = None,

@@ -99,7 +99,8 @@ def mutable_files(manifest: Manifest) -> set[str]:
     return set(spec.mutable_files(manifest)) if spec is not None and spec.mutable_files is not None else set()
 
 
-def verify_files(manifest: Manifest, directory: str | Path | None = None, component: str = "validate") -> int:
+def verify_files(manifest: Manifest, directory: str | Path | None = None, component: str = "validate", *,
+                 fix: str = "re-export it or pass --no-verify") -> int:
     """Check that every file the manifest lists is there with the sha256 it recorded.
 
     ``files`` (every file of the directory) and ``artifact.sha256`` (the model file, or a package's tree hash) are
@@ -109,6 +110,7 @@ def verify_files(manifest: Manifest, directory: str | Path | None = None, compon
         manifest: The artifact's manifest.
         directory: The artifact directory; default ``manifest.directory``.
         component: Prefix of the error line (``validate``, a runner's name).
+        fix: What to do, the end of the error line.
 
     Returns:
         The number of files (and packages) checked.
@@ -128,17 +130,16 @@ def verify_files(manifest: Manifest, directory: str | Path | None = None, compon
     for rel, recorded in sorted(manifest.files.items()):
         if rel in skip:
             continue
-        _compare(directory / rel, recorded, component, tree=False)
+        _compare(directory / rel, recorded, component, tree=False, fix=fix)
         checked[rel] = recorded
     art = manifest.artifact
     if art.sha256 and checked.get(art.path) != art.sha256:
-        _compare(directory / art.path, art.sha256, component, tree=True)
+        _compare(directory / art.path, art.sha256, component, tree=True, fix=fix)
         checked[art.path] = art.sha256
     return len(checked)
 
 
-def _compare(path: Path, recorded: str, component: str, tree: bool) -> None:
-    fix = "re-export it or pass --no-verify"
+def _compare(path: Path, recorded: str, component: str, tree: bool, fix: str) -> None:
     if not path.exists():
         raise ArtifactIntegrityError(f"{component} | {path} is listed in its manifest but missing; {fix}")
     actual = tree_sha256(path) if tree else (sha256_file(path) if path.is_file() else "")

@@ -154,7 +154,8 @@ def run_on_ray(config: PipelineConfig, *, address: str | None = None, command: s
     if config.checkpoint is None or not Path(config.checkpoint).is_file():
         raise ConfigError(f"pipeline | --checkpoint {config.checkpoint}: no such file")
     config = _absolute(config)
-    prepare_output(config)
+    with prepare_output(config):  # claimed (and --force applied) under the lock; merge_runs locks it again
+        pass
     jobs = config.jobs()
     folders = {job.id: config.output / STATE_DIR / RAY_DIR / job.id for job in jobs}
     for folder in folders.values():

@@ -12,10 +12,12 @@ reason; it never stops the run. A failed export is an ``error`` job; the other j
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ffnet_deploy.artifact.formats import bench_runtimes, format_names
 from ffnet_deploy.artifact.precisions import baseline_precision, is_calibrated, precision_names
-from ffnet_deploy.atomic import os_reason, removed_on_failure, write_hint, write_text
-from ffnet_deploy.errors import ConfigError, FFNetDeployError
+from ffnet_deploy.atomic import locked, os_reason, write_hint, write_text
+from ffnet_deploy.errors import ConfigError, FFNetDeployError, Interrupted
 from ffnet_deploy.pipeline.config import Job, PipelineConfig
 from ffnet_deploy.pipeline.results import (
     JOB_SCHEMA,
@@ -39,17 +41,22 @@ from ffnet_deploy.pipeline.results import (
     read_results,
 )
 from ffnet_deploy.pipeline.state import STATE_DIR, PipelineState, data_fingerprint, input_hash
+from ffnet_deploy.pipeline.written import LEDGER_NAME, Ledger, remove_recorded
 
 if TYPE_CHECKING:
     from ffnet_deploy.benchmarks.results import Device
     from ffnet_deploy.models.checkpoint import LoadedCheckpoint
 
 __all__ = ["JOB_SCHEMA", "SCHEMA", "STAGES", "WRITTEN", "Outcome", "assemble", "load_jobs", "merge_runs",
-           "recommend", "run_pipeline", "save_job"]
+           "output_lock", "recommend", "run_pipeline", "save_job"]
 STAGES = ("inspect", "reparameterize", "export", "validate", "bench", "recommend", "report")
 WRITTEN = ("artifacts", "jobs", "plots", "checkpoint", "index.md", "index.html", "results.json", "junit.xml",
            STATE_DIR)
-"""Everything a pipeline writes into its output folder; ``--force`` removes these and nothing else."""
+"""The names a pipeline writes into its output folder. ``--force`` removes only what it recorded writing there
+(:mod:`ffnet_deploy.pipeline.written`), and none of them may be a symbolic link."""
+LOCK_TARGET = "run"
+"""The pipeline's lock on its output is :func:`~ffnet_deploy.atomic.locked` on ``.pipeline/run`` (the file
+``.pipeline/.run.lock``), held for the whole run (:func:`output_lock`)."""
 
 
 class UI(Protocol):
@@ -85,32 +92,100 @@ class Outcome:
 # -- the output folder ----------------------------------------------------------------------------------------------
 
 
-def prepare_output(config: PipelineConfig) -> None:
-    """Make sure ``config.output`` may be used, and claim it (``.pipeline/``).
+@contextlib.contextmanager
+def prepare_output(config: PipelineConfig, component: str = "pipeline") -> Iterator[list[str]]:
+    """Make sure ``config.output`` may be used, claim it (``.pipeline/``) and hold its lock inside the block.
 
     A new or empty folder is claimed. A folder a pipeline wrote is continued with ``--resume`` (or ``--only``, which
-    adds jobs to it) and started over with ``--force`` (which removes only what a pipeline writes). Anything else is
-    refused: the pipeline never writes into a folder holding files it did not make.
+    adds jobs to it) and started over with ``--force``, which removes only the files the pipeline recorded writing
+    and that still hold what it wrote, never an input of this run (:func:`~ffnet_deploy.pipeline.written.
+    remove_recorded`). Anything else is refused: the pipeline never writes into a folder holding files it did not
+    make. Another pipeline (or ``report merge``) writing the folder is refused in one line (:func:`output_lock`).
+
+    Yields:
+        The files ``--force`` kept (relative paths; empty without ``--force``), for a note.
+
+    Raises:
+        ConfigError: One line naming the problem, before anything in the folder is changed.
     """
     out = config.output
-    if check_output(config) and config.force:
-        for name in WRITTEN:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    # If the first write fails (a full disk, Ctrl-C), the folders made here go again: a stray .pipeline/ without a
-    # state would make the next run refuse the folder as "not written by ffnet-deploy pipeline".
+    check_output(config)  # before anything is created: a refused folder stays as it was
+    state_dir = out / STATE_DIR
+    created = [p for p in (state_dir, *state_dir.parents) if not (p.exists() or p.is_symlink())]
+
+    def undo() -> None:
+        # A stray .pipeline/ without a state would make the next run refuse the folder as "not written by
+        # ffnet-deploy pipeline"; only what this call created goes.
+        if created:
+            shutil.rmtree(created[-1], ignore_errors=True)
+
     try:
-        with removed_on_failure(out / STATE_DIR):
-            (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        undo()
+        raise ConfigError(f"{component} | cannot create {state_dir}: {os_reason(err)}; {write_hint(err.errno)} "
+                          "for --output") from None
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(output_lock(out, component))
+        except ConfigError:
+            raise  # another run holds it, and what this call created may already be that run's
+        except BaseException:
+            undo()
+            raise
+        try:
+            earlier = check_output(config)  # again under the lock: another run may have written it meanwhile
+            kept: list[str] = []
+            if earlier and config.force:
+                kept = remove_recorded(out, _inputs(config), WRITTEN)
+                (state_dir / "state.json").unlink(missing_ok=True)  # the pipeline's own marker, rewritten below
             state = PipelineState(out)
             if not state.path.exists():
                 state.save()
-    except OSError as err:
-        raise ConfigError(f"pipeline | cannot create {out / STATE_DIR}: {os_reason(err)}; "
-                          f"{write_hint(err.errno)} for --output") from None
+        except OSError as err:
+            undo()
+            raise ConfigError(f"{component} | cannot create {state_dir}: {os_reason(err)}; "
+                              f"{write_hint(err.errno)} for --output") from None
+        except BaseException:
+            undo()  # a full disk or Ctrl-C at the first write: the folder is as it was
+            raise
+        yield kept
+
+
+def _inputs(config: PipelineConfig) -> list[Path]:
+    """The files and folders this run reads that exist (the checkpoint, data folders): ``--force`` keeps them."""
+    named = [config.checkpoint, config.calib, config.eval_data]
+    return [Path(p) for p in named if p is not None and (Path(p).exists() or Path(p).is_symlink())]
+
+
+@contextlib.contextmanager
+def output_lock(output: Path, component: str = "pipeline") -> Iterator[None]:
+    """Hold the lock of a pipeline output folder (whose ``.pipeline/`` exists) inside the block; refuse at once when
+    another process holds it (a pipeline, ``report merge``), instead of two runs writing one folder.
+
+    Raises:
+        ConfigError: One line, when another process holds it or the lock file cannot be created.
+    """
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(locked(output / STATE_DIR / LOCK_TARGET, wait=False))
+        except BlockingIOError:
+            raise ConfigError(f"{component} | another pipeline (or report merge) is writing {output}; wait for it "
+                              "to finish, or choose another --output") from None
+        except OSError as err:
+            raise ConfigError(f"{component} | cannot lock {output / STATE_DIR}: {os_reason(err)}; "
+                              f"{write_hint(err.errno)} for --output") from None
+        yield
+
+
+def _only_a_stray_claim(out: Path) -> bool:
+    """Whether ``out`` holds nothing but a ``.pipeline/`` without a state (a run killed before it wrote one, or one
+    starting right now, whose lock then refuses this one): the folder counts as empty."""
+    entries = list(out.iterdir())
+    state_dir = out / STATE_DIR
+    if entries != [state_dir] or state_dir.is_symlink() or not state_dir.is_dir():
+        return False
+    return all(p.name == f".{LOCK_TARGET}.lock" for p in state_dir.iterdir())
 
 
 def check_output(config: PipelineConfig) -> bool:
@@ -122,11 +197,15 @@ def check_output(config: PipelineConfig) -> bool:
     out = config.output
     if out.exists() and not out.is_dir():
         raise ConfigError(f"pipeline | --output {out} is a file; pass a folder")
-    if not (out.is_dir() and any(out.iterdir())):
+    if not (out.is_dir() and any(out.iterdir())) or _only_a_stray_claim(out):
         return False
     if not (out / STATE_DIR / "state.json").is_file():
         raise ConfigError(f"pipeline | --output {out} is not empty and was not written by 'ffnet-deploy "
                           "pipeline'; choose a new or empty folder")
+    for rel in (*WRITTEN, f"{STATE_DIR}/state.json", f"{STATE_DIR}/{LEDGER_NAME}"):
+        if (out / rel).is_symlink():
+            raise ConfigError(f"pipeline | {out / rel} is a symbolic link; a pipeline writes only inside {out} and "
+                              "follows no link out of it: replace the link with a folder, or choose a new --output")
     if not (config.resume or config.only or config.force):
         raise ConfigError(f"pipeline | {out} holds an earlier pipeline run; pass --resume to reuse what is done "
                           "or --force to start over")
@@ -159,7 +238,19 @@ def run_pipeline(config: PipelineConfig, *, command: str = "", ui: UI | None = N
     assert checkpoint is not None
     if not Path(checkpoint).is_file():
         raise ConfigError(f"pipeline | --checkpoint {checkpoint}: no such file")
-    prepare_output(config)
+    with prepare_output(config) as kept:
+        if kept:
+            ui.log(f"--force kept {len(kept)} file(s) the pipeline did not record writing, or that changed since: "
+                   f"{', '.join(kept[:5])}" + (f" and {len(kept) - 5} more" if len(kept) > 5 else ""))
+        try:
+            return _run_stages(config, ui, command, start)
+        except Interrupted as err:
+            err.kept = kept_for_resume(config.output, err.kept)
+            raise
+
+
+def _run_stages(config: PipelineConfig, ui: UI, command: str, start: float) -> Outcome:
+    """The stages of :func:`run_pipeline`, while it holds the output folder."""
     state = PipelineState(config.output)
 
     ui.stage(0, "inspect")
@@ -206,6 +297,24 @@ def run_pipeline(config: PipelineConfig, *, command: str = "", ui: UI | None = N
     return Outcome(results, written, results.exit_code)
 
 
+def kept_for_resume(output: Path, already: str | None = None) -> str:
+    """What an interrupted run leaves in ``output``, for :attr:`~ffnet_deploy.errors.Interrupted.kept`: the stages
+    it finished (``--resume`` reuses them) and the artifacts it published."""
+    try:
+        stages = list(PipelineState(output).stages)
+        artifacts = Ledger(output).published()
+    except FFNetDeployError:
+        stages, artifacts = [], []
+    parts = [already] if already else []
+    if stages:
+        parts.append(f"kept in {output} for --resume: finished stages {', '.join(stages)}")
+        if artifacts:
+            parts.append(f"published artifacts {', '.join(artifacts)}")
+    else:
+        parts.append(f"no stage had finished; {output} holds only what earlier runs left")
+    return "; ".join(parts)
+
+
 def stage_inspect(config: PipelineConfig, state: PipelineState) -> dict:
     from ffnet_deploy.checkpoints import describe_checkpoint
     from ffnet_deploy.hashing import sha256_file
@@ -244,8 +353,10 @@ def stage_reparameterize(config: PipelineConfig, state: PipelineState, info: dic
 
     if done and out.is_file() and sha256_file(out) == done["outputs"].get("sha256"):
         ui.log("reparameterize: unchanged, reused")
+        Ledger(config.output).file(out, done["outputs"]["sha256"])
         return out
     result = reparameterize_checkpoint(config.checkpoint, out, info["variant"], force=True, trust=config.trust)
+    Ledger(config.output).file(out, result["output_sha256"])
     ui.log(f"reparameterized: max |fused - unfused| = {result['parity']['max_abs_error']:.2e}")
     state.record("reparameterize", inputs, {"sha256": result["output_sha256"], "path": str(out)})
     return out
@@ -300,6 +411,7 @@ def stage_export(config: PipelineConfig, state: PipelineState, job: Job, record:
         manifest = read_manifest(out)
         record.update(status="exported", artifact=_artifact_entry(config.output, out),
                       export={**_export_entry(manifest), "reused": True})
+        Ledger(config.output).artifact(out)
         ui.log(f"{job.id}: export unchanged, reused")
         return
 
@@ -324,7 +436,21 @@ def stage_export(config: PipelineConfig, state: PipelineState, job: Job, record:
         return
     record.update(status="exported", artifact=_artifact_entry(config.output, out),
                   export={**_export_entry(result.manifest), "reused": False})
+    _record_export(config.output, out, record["export"])
     state.record(f"export:{job.id}", inputs, {"path": str(out)})
+
+
+def _record_export(output: Path, directory: Path, export: dict) -> None:
+    """Record a published artifact, and the calibration cache its quantization wrote into ``.pipeline/``."""
+    ledger = Ledger(output)
+    ledger.artifact(directory)
+    cache = ((export.get("quantization") or {}).get("statistics_cache") or {}).get("path")
+    if cache and _inside_folder(Path(cache), output) and Path(cache).is_file():
+        ledger.file(Path(cache))
+
+
+def _inside_folder(path: Path, folder: Path) -> bool:
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
 
 
 def _version() -> str:
@@ -503,7 +629,10 @@ def bench_entry(row: Any, torch_p50: float | None) -> dict:
 def save_job(output: Path, record: dict | JobRecord) -> Path:
     """Write ``jobs/<id>.json`` (the record through its model, :class:`~ffnet_deploy.pipeline.results.JobRecord`)."""
     job = record if isinstance(record, JobRecord) else JobRecord.model_validate(record)
-    return write_text(output / "jobs" / f"{job.id}.json", job.to_json(), "pipeline job")
+    text = job.to_json()
+    path = write_text(output / "jobs" / f"{job.id}.json", text, "pipeline job")
+    Ledger(output).file(path, text=text)
+    return path
 
 
 def write_job_location(output: Path, job_id: str, host: str | None) -> None:
@@ -613,7 +742,11 @@ def write_report(results: PipelineResults, output: Path) -> dict[str, Path]:
     """index.md, index.html, results.json, junit.xml and the plots (:mod:`ffnet_deploy.pipeline.report`)."""
     from ffnet_deploy.pipeline.report import write_report as write
 
-    return write(results, output)
+    written = write(results, output)
+    ledger = Ledger(output)
+    for path in written.values():
+        ledger.file(path)
+    return written
 
 
 def _is_bench_result(path: Path) -> bool:
@@ -632,14 +765,17 @@ def merge_runs(folders: Sequence[Path], out: Path, *, command: str = "",
     """One report from the job records of several pipeline output folders (``--only`` runs on other machines).
 
     Artifacts are copied into ``out/artifacts``; a job present in several folders takes the last one given. Every
-    ``results.json`` and job record is read through its typed model. ``extra`` are records of jobs that no folder
-    holds (a Ray job that ended as ``error``, or that no node could take): they go into the report as they are.
+    ``results.json`` and job record is read through its typed model, and nothing in them is trusted: a record names
+    only its own artifact folder (``artifacts/<id>``), an artifact that is or holds a symbolic link is refused, and
+    every artifact is checked against its manifest's sha256 before it is copied and again, as copied, before it is
+    published; all of it before anything is written. Nothing outside ``out`` is written, and ``out`` is held locked
+    like a pipeline's output (:func:`output_lock`). ``extra`` are records of jobs that no folder holds (a Ray job
+    that ended as ``error``, or that no node could take): they go into the report as they are.
 
     Raises:
         ConfigError: A folder that is not a pipeline output, a file in it that is not what it should be (one line
             naming the file and the field), runs of different checkpoints, or an unusable ``out``.
     """
-    from ffnet_deploy.benchmarks.results import Device
 
     say = log or (lambda _m: None)
     records: dict[str, tuple[JobRecord, Path]] = {}
@@ -673,18 +809,31 @@ def merge_runs(folders: Sequence[Path], out: Path, *, command: str = "",
             records[record.id] = (record, folder)
     if checkpoint is None:
         raise ConfigError("report merge | pass at least one pipeline output folder")
-    prepare_output(PipelineConfig(output=out, checkpoint=Path(checkpoint.path), resume=True))
-    for record, src in records.values():
+    sources = {record.id: _merge_source(record, src) for record, src in records.values() if record.artifact}
+    with prepare_output(PipelineConfig(output=out, checkpoint=Path(checkpoint.path), resume=True), "report merge"):
+        return _merge_into(out, records, sources, checkpoint, settings, devices, command, extra)
+
+
+def _merge_into(out: Path, records: dict[str, tuple[JobRecord, Path]], sources: dict[str, Path],
+                checkpoint: CheckpointInfo, settings: dict | None, devices: list[Device | None], command: str,
+                extra: Sequence[JobRecord] = ()) -> Outcome:
+    """The writing half of :func:`merge_runs`, while it holds ``out``."""
+    from ffnet_deploy.benchmarks.results import Device
+
+    for record, _ in records.values():
         if record.artifact is not None:
+            source = sources[record.id]
             target = out / record.artifact.path
-            if target.resolve() != (src / record.artifact.path).resolve():
+            if target.resolve() != source.resolve():
                 # published like an export: an interrupted merge leaves no partial artifact
                 from ffnet_deploy.artifact.workdir import publish, workdir_for
 
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with workdir_for(target) as work:
-                    shutil.copytree(src / record.artifact.path, work, dirs_exist_ok=True)
+                    shutil.copytree(source, work, symlinks=True, dirs_exist_ok=True)
+                    _check_artifact(work, record, source)  # the bytes that are published, not those read before
                     publish(work, target, force=True)
+            Ledger(out).artifact(target)
         save_job(out, record)
     for record in extra:
         save_job(out, record)
@@ -699,3 +848,53 @@ def merge_runs(folders: Sequence[Path], out: Path, *, command: str = "",
                        device=device)
     written = write_report(results, out)
     return Outcome(results, written, results.exit_code)
+
+
+def _merge_source(record: JobRecord, run: Path) -> Path:
+    """The artifact folder in ``run`` that ``record`` names, checked (see :func:`merge_runs`); writes nothing."""
+    assert record.artifact is not None
+    where = run / "jobs" / f"{record.id}.json"
+    rel = f"artifacts/{record.id}"
+    for field, value, expected in (("artifact.path", record.artifact.path, (rel,)),
+                                   ("artifact.manifest", record.artifact.manifest, (None, f"{rel}/manifest.json"))):
+        if value not in expected:
+            raise ConfigError(f"report merge | {where}: field {field!r} is {value!r}, but a job's artifact is "
+                              f"{rel}; {_rerun(record, run)}")
+    directory = run / rel
+    link = next((p for p in (run / "artifacts", directory) if p.is_symlink()), None)
+    if link is None and directory.is_dir():
+        link = next((p for p in sorted(directory.rglob("*")) if p.is_symlink()), None)
+    if link is not None:
+        raise ConfigError(f"report merge | {link} is a symbolic link; a merge copies only artifacts that are inside "
+                          f"the runs' folders: {_rerun(record, run)}")
+    if not directory.is_dir():
+        raise ConfigError(f"report merge | {where} names the artifact {rel}, which {run} does not hold; "
+                          f"{_rerun(record, run)}")
+    _check_artifact(directory, record, directory)
+    return directory
+
+
+def _check_artifact(directory: Path, record: JobRecord, source: Path) -> None:
+    """``directory`` is the artifact ``record`` describes, every file as its manifest recorded (the check of
+    ``--resume``, :func:`~ffnet_deploy.artifact.inspect.verify_files`), with nothing its manifest does not list."""
+    from ffnet_deploy.artifact.inspect import verify_files
+    from ffnet_deploy.artifact.manifest import read_manifest
+    from ffnet_deploy.artifact.workdir import artifact_refusal
+
+    fix = _rerun(record, source.parent.parent)
+    reason = artifact_refusal(directory)
+    if reason:
+        raise ConfigError(f"report merge | {source} is not an artifact as a pipeline writes it: {reason}; {fix}")
+    manifest = read_manifest(directory)
+    recorded = record.export.sha256 if record.export is not None else None
+    if (manifest.format, manifest.precision) != (record.format, record.precision) or (
+            recorded and manifest.artifact.sha256 and recorded != manifest.artifact.sha256):
+        raise ConfigError(f"report merge | {source} holds a {manifest.format} {manifest.precision} artifact "
+                          f"(sha256 {str(manifest.artifact.sha256)[:12]}...), not the one its job record describes; "
+                          f"{fix}")
+    verify_files(manifest, directory, "report merge", fix=fix)
+
+
+def _rerun(record: JobRecord, run: Path) -> str:
+    return (f"rerun that job in {run} ('ffnet-deploy pipeline --only {record.format}/{record.precision} --resume'), "
+            "then merge again")
