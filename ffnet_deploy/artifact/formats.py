@@ -92,6 +92,8 @@ class FormatSpec:
     # interpreter)
     runs_on: str  # where it runs, as `pipeline --plan` prints it
     read_precision: Callable[[Path], PrecisionEvidence]  # the precision its files compute in, read from the file
+    recognizes: Callable[[Path], bool] | None = None  # whether a file's bytes are this format's model (not its name:
+    # validate decides a file's format from its content, content_format); None: it cannot tell
     reads_folder: bool = False  # read_precision takes the artifact directory or any file in it, which may not exist
     stage_file: str | None = None  # its file's name when it ships inside another format's folder (model.onnx)
     claims_folder: bool = False  # a model file inside its artifact folder is validated as this format (TensorRT's
@@ -159,6 +161,14 @@ def format_of_suffix(suffix: str) -> str | None:
     """The format whose model files end in ``suffix`` (case-insensitive), or ``None``."""
     suffix = suffix.lower()
     return next((s.name for s in format_specs() if suffix in s.suffixes), None)
+
+
+def content_format(path: Path) -> str | None:
+    """The format whose model a file's bytes are (the first whose ``recognizes`` says so), or ``None`` when no
+    format recognizes it (a folder, or a format that cannot tell its files, TensorRT's engines)."""
+    if not path.is_file():
+        return None
+    return next((s.name for s in format_specs() if s.recognizes is not None and s.recognizes(path)), None)
 
 
 def model_suffixes(main_only: bool = False) -> tuple[str, ...]:
