@@ -93,7 +93,8 @@ class FormatSpec:
     runs_on: str  # where it runs, as `pipeline --plan` prints it
     read_precision: Callable[[Path], PrecisionEvidence]  # the precision its files compute in, read from the file
     recognizes: Callable[[Path], bool] | None = None  # whether a file's bytes are this format's model (not its name:
-    # validate decides a file's format from its content, content_format); None: it cannot tell
+    # validate refuses a file another format recognizes, content_format); a format whose files are another's
+    # container (ONNX bytes under its own suffix) recognizes them too; None: it cannot tell its files
     reads_folder: bool = False  # read_precision takes the artifact directory or any file in it, which may not exist
     stage_file: str | None = None  # its file's name when it ships inside another format's folder (model.onnx)
     claims_folder: bool = False  # a model file inside its artifact folder is validated as this format (TensorRT's

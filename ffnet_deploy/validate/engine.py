@@ -381,10 +381,15 @@ def check_content(model: Path, fmt: str, said_by: str) -> None:
     Raises:
         ConfigError: One line naming the file, what it holds and what claimed otherwise.
     """
+    declared = get_format(fmt)
+    if declared.recognizes is not None and declared.recognizes(model):
+        return  # its own (a format may be built on another's container: the toy format's .toyonnx is ONNX bytes)
     found = content_format(model)
     if found is None or found == fmt:
         return
     spec = get_format(found)
+    if declared.claims_folder and spec.stage_file == model.name:
+        return  # the other format's stage file its folder ships as the model (TensorRT's model.onnx, no engine yet)
     raise ConfigError(f"validate | {model} holds an {spec.title} model, but {said_by} says {fmt}; a file's format "
                       f"is its content: rename it to {spec.main_suffix} (or export the {fmt} artifact again)")
 
