@@ -99,6 +99,9 @@ def _make_key(path: Path) -> bytes | None:
             os.link(tmp, path)
         except FileExistsError:
             pass
+        except OSError:  # a file system without hard links: the last writer wins a race (its rival's records rerun)
+            if not path.exists():
+                os.replace(tmp, path)
         return _read_key(path)
     except OSError:
         return None
