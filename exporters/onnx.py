@@ -492,12 +492,57 @@ def onnx_sensitivity_backend(stage: OnnxStage, config: ExportConfig, calib: Any,
     return sens.OnnxBackend(stage.path, prepared, ranges, config.quantization.target or ONNX_TARGETS[0], work)
 
 
+def is_onnx_model(path: Path) -> bool:
+    """Whether ``path`` holds an ONNX model: a protobuf ``ModelProto`` whose top-level fields run to the end of the
+    file and include ``ir_version`` (1, varint), ``graph`` (7) and ``opset_import`` (8). Only the field headers are
+    read (payloads are skipped), so a large model costs a few reads; a Core ML protobuf has no field 7 or 8."""
+    try:
+        size = path.stat().st_size
+        seen: set[tuple[int, int]] = set()
+        with path.open("rb") as f:
+            for _ in range(100_000):
+                if f.tell() == size:
+                    return {(1, 0), (7, 2), (8, 2)} <= seen
+                tag = _varint(f)
+                number, wire = tag >> 3, tag & 7
+                if number == 0:
+                    return False
+                if wire == 0:
+                    _varint(f)
+                elif wire in (1, 5):
+                    f.seek(8 if wire == 1 else 4, 1)
+                elif wire == 2:
+                    length = _varint(f)
+                    if f.tell() + length > size:
+                        return False
+                    f.seek(length, 1)
+                else:
+                    return False
+                seen.add((number, wire))
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def _varint(f) -> int:
+    value = shift = 0
+    for _ in range(10):
+        byte = f.read(1)
+        if not byte:
+            raise ValueError("truncated varint")
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+    raise ValueError("varint too long")
+
+
 FORMAT = FormatSpec(
     name="onnx", title="ONNX", order=10, suffixes=(".onnx",),
     precisions=("fp32", "fp16", "int8"), default_precision="fp32",
     runtimes=(RuntimeChoice("onnxruntime"),), bench_runtime="onnxruntime",
     runs_on="any machine (ONNX Runtime on the CPU)",
-    read_precision=read_onnx_precision, stage_file=STAGE_FILE, in_demo=True,
+    read_precision=read_onnx_precision, recognizes=is_onnx_model, stage_file=STAGE_FILE, in_demo=True,
     quantizer=Quantizer(cache_backend="onnxruntime", targets=ONNX_TARGETS, sensitivity=onnx_sensitivity_backend,
                         sensitivity_label="ONNX Runtime",
                         help="INT8 ONNX for: cpu (ONNX Runtime on any CPU, default), cpu-vnni (8-bit weights: CPUs "

@@ -128,12 +128,23 @@ def openvino_sensitivity_backend(stage: OnnxStage, config: ExportConfig, calib: 
     return OpenVINOBackend(stage.path, calib, work)
 
 
+def is_openvino_ir(path: Path) -> bool:
+    """Whether ``path`` holds an OpenVINO IR: XML text whose root element is ``<net>`` (read from its first 4 KiB)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    head = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+    return head.startswith((b"<?xml", b"<net")) and b"<net" in head
+
+
 FORMAT = FormatSpec(
     name="openvino", title="OpenVINO IR", order=20, suffixes=(".xml",),
     precisions=("fp32", "fp16", "int8"), default_precision="fp32",
     runtimes=(RuntimeChoice("openvino"),), bench_runtime="openvino",
     runs_on="an x86 or Arm CPU with OpenVINO",
-    read_precision=read_openvino_precision, targets=validation_targets, in_demo=True,
+    read_precision=read_openvino_precision, recognizes=is_openvino_ir, targets=validation_targets, in_demo=True,
     quantizer=Quantizer(cache_backend="openvino", sensitivity=openvino_sensitivity_backend, sensitivity_label="NNCF"),
 )
 """The OpenVINO IR format (module docstring)."""

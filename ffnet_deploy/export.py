@@ -11,15 +11,14 @@ it (:mod:`ffnet_deploy.artifact.workdir`).
 
 Test hook: the environment variable ``FFNET_DEPLOY_FAULT=STAGE:SIGNAL`` (e.g. ``simplify:SIGTERM``) makes the export
 send ``SIGNAL`` to itself when it reaches ``STAGE``, one of :data:`STAGES`; the fault-injection tests use it to stop
-an export at a known point. ``STAGE:SIGNAL:FILE`` fires only in the first process that creates ``FILE`` (a killed
-worker's retry then goes on). It is read in one place, :func:`_stage`.
+an export at a known point. It is read in one place, :func:`ffnet_deploy.interrupts.fault_point` (the pipeline's
+stages are fault points too); ``STAGE:SIGNAL:FILE`` fires only in the first process that creates ``FILE`` (a
+killed worker's retry then goes on).
 """
 
 from __future__ import annotations
 
-import os
 import platform
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -49,7 +48,8 @@ from ffnet_deploy.exporters.base import (
     ExportedArtifact,
 )
 from ffnet_deploy.hashing import sha256_file, tree_sha256
-from ffnet_deploy.interrupts import handle_signals
+from ffnet_deploy.interrupts import FAULT_ENV as FAULT_ENV  # the test hook's variable, where tests import it
+from ffnet_deploy.interrupts import fault_point, handle_signals
 from ffnet_deploy.models.checkpoint import LoadedCheckpoint, open_checkpoint
 from ffnet_deploy.models.config import get_config
 from ffnet_deploy.models.ffnet import FFNet, create_ffnet
@@ -225,10 +225,6 @@ def _open(checkpoint, variant, trust, log: Progress, notices: list[str]) -> Load
 # Interrupts and the fault-injection test hook
 # --------------------------------------------------------------------------------------------------------------------
 
-FAULT_ENV = "FFNET_DEPLOY_FAULT"
-"""Test hook (module docstring): ``STAGE:SIGNAL[:FILE]`` sends ``SIGNAL`` to this process when the export reaches
-``STAGE`` (with ``FILE``: once)."""
-
 STAGES = ("load", "reparameterize", "trace", "simplify", "convert", "gate", "manifest", "publish", "published")
 """The export's stages, in order; ``published`` is the moment right after the artifact was renamed into place."""
 
@@ -237,21 +233,8 @@ _STAGE_LINES = (("tracing", "trace"), ("simplifying", "simplify"), ("converting"
 
 
 def _stage(name: str) -> None:
-    """Reach stage ``name``: the one place that reads :data:`FAULT_ENV`."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    stage, _, rest = spec.partition(":")
-    sig, _, once = rest.partition(":")
-    if stage != name:
-        return
-    if once:  # STAGE:SIGNAL:FILE fires once: the first process to create FILE
-        try:
-            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            return
-    os.kill(os.getpid(), int(sig) if sig.isdigit() else getattr(signal, sig))
-    time.sleep(30)  # the handler raises during the sleep (or SIGKILL ends the process); a test should not go on
+    """Reach stage ``name`` (a fault point of the test hook, :func:`ffnet_deploy.interrupts.fault_point`)."""
+    fault_point(name)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -8,6 +8,12 @@ exits ``128 + signum``. A second signal while the first is being cleaned up is i
 
 :func:`deferred` holds signals back during a critical section (publishing an artifact): one that arrives inside is
 raised when the section ends, or earlier at :func:`raise_pending`, the last point before the irreversible step.
+
+Test hook: the environment variable ``FFNET_DEPLOY_FAULT=POINT:SIGNAL`` (e.g. ``simplify:SIGTERM``,
+``pipeline-validate:SIGKILL``) makes the process send ``SIGNAL`` to itself when it reaches the fault point ``POINT``
+(:func:`fault_point`): the export's stages (``ffnet_deploy.export.STAGES``) and the pipeline's
+(``pipeline-<stage>``, ``ffnet_deploy.pipeline.engine.STAGES``). The fault-injection tests use it to stop a command
+at a known point; it is read in one place, :func:`fault_point`.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
 from ffnet_deploy.errors import Interrupted
@@ -23,6 +30,28 @@ from ffnet_deploy.errors import Interrupted
 SIGNALS: tuple[int, ...] = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
                                  if hasattr(signal, name))
 """The terminating signals turned into :class:`Interrupted`."""
+
+
+FAULT_ENV = "FFNET_DEPLOY_FAULT"
+"""Test hook (module docstring): ``POINT:SIGNAL`` sends ``SIGNAL`` to this process when it reaches ``POINT``."""
+
+
+def fault_point(name: str) -> None:
+    """Reach the fault point ``name``: the one place that reads :data:`FAULT_ENV` (module docstring)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    point, _, rest = spec.partition(":")
+    sig, _, once = rest.partition(":")
+    if point != name:
+        return
+    if once:  # POINT:SIGNAL:FILE fires once: in the first process to create FILE (a killed worker's retry goes on)
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+    os.kill(os.getpid(), int(sig) if sig.isdigit() else getattr(signal, sig))
+    time.sleep(30)  # the handler raises during the sleep (or SIGKILL ends the process); a test should not go on
 
 
 class _State:

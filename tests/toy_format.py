@@ -114,11 +114,19 @@ def read_toy_precision(path: Path) -> PrecisionEvidence:
     return PrecisionEvidence(recorded, f"its metadata says {recorded}", path)
 
 
+def is_toy_file(path: Path) -> bool:
+    """A toy file is ONNX bytes: the format recognizes them as its own, so validate does not refuse them as ONNX."""
+    from ffnet_deploy.exporters.onnx import is_onnx_model
+
+    return is_onnx_model(path)
+
+
 FORMAT = FormatSpec(
     name=FORMAT_NAME, title="Toy", order=90, suffixes=(SUFFIX,),
     precisions=("fp32", PRECISION_NAME), default_precision="fp32",
     runtimes=(RuntimeChoice(RUNTIME_NAME),), bench_runtime=RUNTIME_NAME, runs_on=RUNS_ON,
     read_precision=read_toy_precision,
+    recognizes=lambda path: is_toy_file(path),
 )
 
 

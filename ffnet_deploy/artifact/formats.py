@@ -95,6 +95,9 @@ class FormatSpec:
     device: str = "cpu"  # the machine a job of this format needs, whole (export, validate, bench): "cpu" (any
     # x86 or Arm machine), "mac", "nvidia-gpu", "android"; a CI matrix maps it to runner labels, Ray to a resource
     export_device: str = "cpu"  # the machine its export and parity check need (Core ML: any; TensorRT: the GPU)
+    recognizes: Callable[[Path], bool] | None = None  # whether a file's bytes are this format's model (not its name:
+    # validate refuses a file another format recognizes, content_format); a format whose files are another's
+    # container (ONNX bytes under its own suffix) recognizes them too; None: it cannot tell its files
     reads_folder: bool = False  # read_precision takes the artifact directory or any file in it, which may not exist
     stage_file: str | None = None  # its file's name when it ships inside another format's folder (model.onnx)
     claims_folder: bool = False  # a model file inside its artifact folder is validated as this format (TensorRT's
@@ -166,6 +169,14 @@ def format_of_suffix(suffix: str) -> str | None:
     """The format whose model files end in ``suffix`` (case-insensitive), or ``None``."""
     suffix = suffix.lower()
     return next((s.name for s in format_specs() if suffix in s.suffixes), None)
+
+
+def content_format(path: Path) -> str | None:
+    """The format whose model a file's bytes are (the first whose ``recognizes`` says so), or ``None`` when no
+    format recognizes it (a folder, or a format that cannot tell its files, TensorRT's engines)."""
+    if not path.is_file():
+        return None
+    return next((s.name for s in format_specs() if s.recognizes is not None and s.recognizes(path)), None)
 
 
 def model_suffixes(main_only: bool = False) -> tuple[str, ...]:

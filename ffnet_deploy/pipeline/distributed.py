@@ -28,6 +28,7 @@ Ray is the ``ray`` extra; without it ``--executor ray`` says so in one line.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import time
@@ -158,6 +159,9 @@ def run_on_ray(config: PipelineConfig, *, address: str | None = None, command: s
         pass
     jobs = config.jobs()
     folders = {job.id: config.output / STATE_DIR / RAY_DIR / job.id for job in jobs}
+    ray_dir = config.output / STATE_DIR / RAY_DIR
+    if config.force and ray_dir.is_dir() and not ray_dir.is_symlink():  # the job folders an earlier run made here
+        shutil.rmtree(ray_dir)
     for folder in folders.values():
         folder.parent.mkdir(parents=True, exist_ok=True)
 

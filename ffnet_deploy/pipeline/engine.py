@@ -27,6 +27,7 @@ from ffnet_deploy.artifact.formats import bench_runtimes, format_names
 from ffnet_deploy.artifact.precisions import baseline_precision, is_calibrated, precision_names
 from ffnet_deploy.atomic import locked, os_reason, write_hint, write_text
 from ffnet_deploy.errors import ConfigError, FFNetDeployError, Interrupted
+from ffnet_deploy.interrupts import fault_point
 from ffnet_deploy.pipeline.config import Job, PipelineConfig
 from ffnet_deploy.pipeline.results import (
     JOB_SCHEMA,
@@ -251,12 +252,16 @@ def run_pipeline(config: PipelineConfig, *, command: str = "", ui: UI | None = N
 
 def _run_stages(config: PipelineConfig, ui: UI, command: str, start: float) -> Outcome:
     """The stages of :func:`run_pipeline`, while it holds the output folder."""
-    state = PipelineState(config.output)
+    state = PipelineState(config.output, log=ui.log)
 
-    ui.stage(0, "inspect")
+    def stage(index: int) -> None:
+        ui.stage(index, STAGES[index])
+        fault_point(f"pipeline-{STAGES[index]}")  # the test hook (ffnet_deploy.interrupts)
+
+    stage(0)
     info = stage_inspect(config, state)
     ui.log(f"checkpoint: {info['variant']}, {info['params'] / 1e6:.2f} M parameters, sha256 {info['sha256'][:12]}")
-    ui.stage(1, "reparameterize")
+    stage(1)
     fused_path = stage_reparameterize(config, state, info, ui)
 
     @functools.cache
@@ -268,16 +273,17 @@ def _run_stages(config: PipelineConfig, ui: UI, command: str, start: float) -> O
 
     jobs = config.jobs()
     records = {job.id: new_record(job) for job in jobs}
-    ui.stage(2, "export")
+    withdrawn: list[bool] = []  # whether this run has withdrawn the old report (before its first new artifact)
+    stage(2)
     for i, job in enumerate(jobs):
         ui.bar(f"export {job.id}", i, len(jobs))
-        stage_export(config, state, job, records[job.id], fused, info, ui)
+        stage_export(config, state, job, records[job.id], fused, info, ui, withdrawn)
         save_job(config.output, records[job.id])
-    ui.stage(3, "validate")
+    stage(3)
     stage_validate(config, state, info, [records[j.id] for j in jobs], ui)
     for job in jobs:
         save_job(config.output, records[job.id])
-    ui.stage(4, "bench")
+    stage(4)
     if config.bench:
         stage_bench(config, state, fused, info, [records[j.id] for j in jobs], ui)
     else:
@@ -286,13 +292,14 @@ def _run_stages(config: PipelineConfig, ui: UI, command: str, start: float) -> O
     for job in jobs:
         save_job(config.output, records[job.id])
 
-    ui.stage(5, "recommend")
+    stage(5)
     from ffnet_deploy.benchmarks.results import Device
 
+    drop_other_jobs(config.output, [job.id for job in jobs])
     results = assemble(load_jobs(config.output), checkpoint=CheckpointInfo.model_validate(info),
                        settings=config.settings(), command=command, seconds=time.perf_counter() - start,
                        device=Device.here(config.device_name))
-    ui.stage(6, "report")
+    stage(6)
     written = write_report(results, config.output)
     return Outcome(results, written, results.exit_code)
 
@@ -384,7 +391,16 @@ def skip_reason(config: PipelineConfig, job: Job) -> str | None:
 
 
 def stage_export(config: PipelineConfig, state: PipelineState, job: Job, record: dict,
-                 fused: Callable[[], LoadedCheckpoint], info: dict, ui: UI) -> None:
+                 fused: Callable[[], LoadedCheckpoint], info: dict, ui: UI, withdrawn: list[bool] | None = None
+                 ) -> None:
+    """Export one job into ``artifacts/<id>``, or reuse the artifact there when its record's inputs are unchanged
+    and it is intact and the one recorded (its sha256).
+
+    A new artifact may replace one that an earlier run validated: before it is published, the old report is
+    withdrawn and the job's record says ``pending`` (:func:`withdraw_report`), so that a kill at any point after
+    leaves no report naming an artifact the folder no longer holds. ``withdrawn`` (one flag per run) withdraws the
+    report once.
+    """
     from ffnet_deploy.artifact.manifest import read_manifest
     from ffnet_deploy.export import export
     from ffnet_deploy.exporters.base import ExportConfig
@@ -402,18 +418,27 @@ def stage_export(config: PipelineConfig, state: PipelineState, job: Job, record:
     if is_calibrated(job.precision):
         quant = QuantizationConfig(calib=config.calib, **({"calib_size": config.calib_size} if config.calib_size
                                                           else {}),
-                                   cache_dir=config.output / STATE_DIR / "calibration")
+                                   cache_dir=calibration_cache_dir(config.output, job, info))
     inputs = input_hash("export", job.id, info["sha256"], info["resolution"],
                         data_fingerprint(config.calib) if quant else None, config.calib_size if quant else None,
                         _version())
     done = state.reusable(f"export:{job.id}", inputs)
     if done and artifact_intact(out):
         manifest = read_manifest(out)
-        record.update(status="exported", artifact=_artifact_entry(config.output, out),
-                      export={**_export_entry(manifest), "reused": True})
-        Ledger(config.output).artifact(out)
-        ui.log(f"{job.id}: export unchanged, reused")
-        return
+        # the artifact the record names, not another intact one put in its place (an older record, without its
+        # sha256, is trusted as far as the intact folder goes: whatever judged it is keyed by this sha256)
+        if done["outputs"].get("sha256", manifest.artifact.sha256) == manifest.artifact.sha256:
+            record.update(status="exported", artifact=_artifact_entry(config.output, out),
+                          export={**_export_entry(manifest), "reused": True})
+            Ledger(config.output).artifact(out)
+            ui.log(f"{job.id}: export unchanged, reused")
+            return
+    if withdrawn is None or not withdrawn:
+        withdraw_report(config.output)
+        if withdrawn is not None:
+            withdrawn.append(True)
+    save_job(config.output, new_record(job))  # pending: the artifact there is about to change
+    state.forget(f"export:{job.id}")
 
     def progress(message: str) -> None:
         if message.startswith(PROGRESS_PREFIX):
@@ -437,7 +462,65 @@ def stage_export(config: PipelineConfig, state: PipelineState, job: Job, record:
     record.update(status="exported", artifact=_artifact_entry(config.output, out),
                   export={**_export_entry(result.manifest), "reused": False})
     _record_export(config.output, out, record["export"])
-    state.record(f"export:{job.id}", inputs, {"path": str(out)})
+    state.record(f"export:{job.id}", inputs, {"path": str(out), "sha256": result.manifest.artifact.sha256})
+
+
+def calibration_cache_dir(output: Path, job: Job, info: dict) -> Path:
+    """The calibration-statistics cache of one job's model: ``.pipeline/calibration/<key>/``, one folder per model
+    like the standalone cache (``~/.cache/ffnet-deploy/calibration/<model>/``), keyed by what makes the FP32 graph
+    that is calibrated (checkpoint, resolution, format, version), so a ``--resume`` with another resolution or
+    checkpoint calibrates its own model instead of meeting another model's statistics."""
+    key = input_hash("calibration", info["sha256"], info["resolution"], job.format, _version())
+    return output / STATE_DIR / "calibration" / key[:16]
+
+
+def report_files(output: Path) -> list[Path]:
+    """The files of a pipeline report in ``output`` (:func:`ffnet_deploy.pipeline.report.write_report`): the plots,
+    ``index.md``, ``index.html``, ``junit.xml`` and ``results.json``, last."""
+    from ffnet_deploy.pipeline.report import PLOTS_DIR, PLOTTERS
+
+    plots = [output / PLOTS_DIR / f"{name}.png" for name in PLOTTERS]
+    return [*plots, *(output / name for name in ("index.md", "index.html", "junit.xml", "results.json"))]
+
+
+def withdraw_report(output: Path) -> None:
+    """Remove the report an earlier run wrote in ``output`` (the files only the report writes; a link is removed,
+    not what it points to), before a new artifact replaces one it names: a report is never left describing
+    artifacts the folder no longer holds. The job records stay; the next report is written from them.
+
+    Raises:
+        ConfigError: A report file that cannot be removed (one line).
+    """
+    for path in report_files(output):
+        try:
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+        except OSError as err:
+            raise ConfigError(f"pipeline | cannot remove the old report file {path}: {os_reason(err)}; the "
+                              "artifact it names is about to be replaced") from None
+
+
+def drop_other_jobs(output: Path, ids: Sequence[str]) -> None:
+    """Remove the job records in ``output/jobs`` of jobs this run did not run (another ``--formats``, an earlier
+    checkpoint's), and the old report that lists them: the report is of this run's jobs only. A file there that is
+    not a job record is left alone (the report refuses it, as before). Their state records stay, so asking for such
+    a job again reuses its export."""
+    folder = output / "jobs"
+    if not folder.is_dir():
+        return
+    stale = []
+    for path in sorted(folder.glob("*.json")):
+        if path.stem in ids or path.is_symlink():
+            continue
+        try:
+            read_job(path)
+        except ConfigError:
+            continue
+        stale.append(path)
+    if stale:
+        withdraw_report(output)  # it lists them: it goes first, so that a kill here leaves no report naming them
+    for path in stale:
+        path.unlink()
 
 
 def _record_export(output: Path, directory: Path, export: dict) -> None:
@@ -510,8 +593,7 @@ def stage_validate(config: PipelineConfig, state: PipelineState, info: dict, rec
                             _version())
         done = state.reusable(f"validate:{record['id']}", inputs)
         if done:
-            record["parity"] = done["outputs"]
-            record["status"] = "passed" if done["outputs"]["verdict"] != "fail" else "failed"
+            apply_parity(record, done["outputs"])
             ui.log(f"{record['id']}: validation unchanged, reused")
             continue
         todo.append(record)
@@ -526,11 +608,17 @@ def stage_validate(config: PipelineConfig, state: PipelineState, info: dict, rec
                       progress=lambda n: ui.bar("validation", n, total or n))
     for record, result in zip(todo, report.artifacts, strict=True):
         parity = parity_entry(result, description)
-        record["parity"] = parity
-        record["status"] = {"pass": "passed", "fail": "failed", "not run": "passed"}[parity["verdict"]]
-        if parity["verdict"] == "fail":
-            record["reason"] = "; ".join(parity["failures"])
+        apply_parity(record, parity)
         state.record(f"validate:{record['id']}", keys[record["id"]], parity)
+
+
+def apply_parity(record: dict, parity: dict) -> None:
+    """A job's status and reason from its validation (fresh, or reused from the state): a failure names what
+    failed."""
+    record["parity"] = parity
+    record["status"] = {"pass": "passed", "fail": "failed", "not run": "passed"}[parity["verdict"]]
+    if parity["verdict"] == "fail":
+        record["reason"] = "; ".join(parity.get("failures") or []) or "validation failed"
 
 
 def parity_entry(result: Any, data: str) -> dict:

@@ -243,6 +243,7 @@ class StageRecord(Record):
     inputs: str
     outputs: dict[str, Any] = {}
     finished: str | None = None
+    seal: str | None = None  # HMAC of the record under the user's key (ffnet_deploy.pipeline.state); None: unsealed
 
 
 class StateFile(FileModel):

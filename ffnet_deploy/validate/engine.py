@@ -25,7 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from ffnet_deploy.artifact.formats import FORMATS, format_names, format_of_suffix, get_format, model_suffixes
+from ffnet_deploy.artifact.formats import (
+    FORMATS,
+    content_format,
+    format_names,
+    format_of_suffix,
+    get_format,
+    model_suffixes,
+)
 from ffnet_deploy.artifact.inspect import PrecisionEvidence, inspect_precision, precision_mismatch, verify_files
 from ffnet_deploy.artifact.manifest import Manifest, has_manifest, read_manifest
 from ffnet_deploy.environment import cpu_identity, environment_info
@@ -336,6 +343,8 @@ def artifact_targets(artifact: str | Path, precision_profile: str = "auto", runt
     folder = path.parent if bare is not None else path  # the artifact directory
     if verify and manifest is not None:
         verify_files(manifest, folder)  # before anything below reads the files
+    check_content(path if bare is not None else folder / manifest.artifact.path, bare or fmt,
+                  f"its suffix {path.suffix}" if bare is not None else "its manifest")
     input_range = manifest.preprocessing.input_range if manifest else None
     declared = manifest.precision if manifest else None
     format_spec = get_format(fmt)
@@ -362,6 +371,27 @@ def artifact_targets(artifact: str | Path, precision_profile: str = "auto", runt
     if format_spec.targets is not None:
         return format_spec.targets(request)
     return [request.default()]
+
+
+def check_content(model: Path, fmt: str, said_by: str) -> None:
+    """Refuse a model file whose bytes are another format's than ``fmt`` (what ``said_by``, its suffix or its
+    manifest, says): the format comes from the content, never the name, so an ONNX graph relabelled as a TensorRT
+    engine is not passed over as an engine that cannot run here.
+
+    Raises:
+        ConfigError: One line naming the file, what it holds and what claimed otherwise.
+    """
+    declared = get_format(fmt)
+    if declared.recognizes is not None and declared.recognizes(model):
+        return  # its own (a format may be built on another's container: the toy format's .toyonnx is ONNX bytes)
+    found = content_format(model)
+    if found is None or found == fmt:
+        return
+    spec = get_format(found)
+    if declared.claims_folder and spec.stage_file == model.name:
+        return  # the other format's stage file its folder ships as the model (TensorRT's model.onnx, no engine yet)
+    raise ConfigError(f"validate | {model} holds an {spec.title} model, but {said_by} says {fmt}; a file's format "
+                      f"is its content: rename it to {spec.main_suffix} (or export the {fmt} artifact again)")
 
 
 @dataclass
