@@ -582,6 +582,9 @@ def bench(
     max_time: Annotated[float | None, typer.Option("--max-time", help="Stop a group's timing after this many "
                                                    "seconds even below --min-iters (at least 3 samples).",
                                                    rich_help_panel=_BENCH_PROTOCOL)] = None,
+    blocks: Annotated[int, typer.Option("--blocks", help="Blocks the timing is cut into: each row's best time "
+                                        "per block is paired across rows for the ratios and the noise verdict "
+                                        "(at least 3 to judge).", rich_help_panel=_BENCH_PROTOCOL)] = 5,
     device_name: Annotated[str | None, typer.Option("--device-name", help="Name of this device in the results "
                                                     "(default: the host name).")] = None,
     compare_mixers: Annotated[bool, typer.Option("--compare-mixers", help="The ffnet_1 skeleton with each token "
@@ -623,7 +626,7 @@ def bench(
         precisions=parse_list(precisions, bench_precisions(), "--precisions") or None, resolution=resolution,
         batches=parse_batches(batch), threads=threads,
         protocol=Protocol(warmup=warmup, warmup_time_s=warmup_time, min_iters=min_iters, min_time_s=min_time,
-                          max_time_s=max_time),
+                          max_time_s=max_time, blocks=blocks),
         device_name=device_name, compare_mixers=compare_mixers,
         mixer_resolutions=parse_batches(mixer_resolutions, "--mixer-resolutions", "224,512"), peers=peers,
         calib=calib, roofline=not no_roofline, trust=trust_checkpoint)
@@ -657,7 +660,7 @@ def bench(
 
 def bench_table(result: Any) -> Table:
     """The terminal view of a bench result: one line per row; why a row was skipped or failed goes in a caption."""
-    from ffnet_deploy.benchmarks.results import execution_differs, fmt_ms
+    from ffnet_deploy.benchmarks.results import execution_differs, fmt_ms, noise_text, ratio_text, roofline_text
 
     d = result.device
     roof = result.roofline or {}
@@ -666,8 +669,9 @@ def bench_table(result: Any) -> Table:
     table = Table(title=_esc(f"{d.name}: {d.cpu}, {d.cores} cores" + (f"; GEMM peak G(FL)OP/s: {peaks}" if peaks
                                                                       else "")))
     for col in ("model", "runtime", "precision", "res", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "first ms",
-                "peak MB", "roofline"):
-        table.add_column(col, justify="left" if col in ("model", "runtime", "precision") else "right")
+                "peak MB", "roofline", "vs", "verdict"):
+        table.add_column(col, justify="left" if col in ("model", "runtime", "precision", "vs", "verdict")
+                         else "right")
     notes: list[str] = []
     for row in result.rows:
         runtime = row.runtime + (f" {row.compute_units}" if row.compute_units else "")
@@ -675,12 +679,17 @@ def bench_table(result: Any) -> Table:
         head = (_esc(row.model), _esc(runtime), _esc(precision), str(row.resolution), str(row.batch))
         if row.status != "ok":
             notes.append(f"[{len(notes) + 1}] {row.model} {runtime} {row.precision}: {row.status}: {row.reason}")
-            table.add_row(*head, f"{row.status} [{len(notes)}]", *[""] * 6, style="dim")
+            table.add_row(*head, f"{row.status} [{len(notes)}]", *[""] * 8, style="dim")
             continue
         lat = row.latency_ms
+        if row.omp_wait_policy is not None and row.omp_wait_policy != "PASSIVE":
+            notes.append(f"[{len(notes) + 1}] {row.model} {runtime}: OpenMP {row.omp_wait_policy}, not a reference")
         table.add_row(*head, fmt_ms(lat.get("p50")), fmt_ms(lat.get("p90")), fmt_ms(lat.get("p99")),
                       _num(row.throughput_ips, ".1f"), fmt_ms(row.first_inference_ms), _num(row.peak_rss_mb, ".0f"),
-                      _num(row.roofline_fraction, ".2f"))
+                      _esc(roofline_text(row)), _esc(ratio_text(row)), _esc(row.verdict or "-"),
+                      style="yellow" if row.verdict and row.verdict != "stable" else None)
+    if any(r.verdict for r in result.rows):
+        notes.append(noise_text(result.noise))
     if notes:
         from rich.markup import escape
 
