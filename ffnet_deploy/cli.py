@@ -904,6 +904,7 @@ def _pipeline(config_file: Path | None, cli_settings: dict[str, Any], *, plan: b
 
 def _print_pipeline_summary(outcome: Any) -> None:
     """A compact terminal view of the report: one line per job, then what to look at and where the report is."""
+    from ffnet_deploy.pipeline.report import bench_noise, vs_torch_text
     from ffnet_deploy.pipeline.results import Summary
 
     results = outcome.results
@@ -920,8 +921,11 @@ def _print_pipeline_summary(outcome: Any) -> None:
         table.add_row(_esc(job.id), f"[{style.get(job.status, '')}]{job.status}[/]",
                       _num(metrics.get("cosine_mean"), ".4f"), _num(metrics.get("accuracy"), ".1f"),
                       _num(metrics.get("accuracy_drop"), ".1f"), _num(bench.p50_ms if bench else None, ".3g"),
-                      _num(bench.speedup_vs_torch if bench else None, ".2f", "x"))
+                      _esc(vs_torch_text(bench, "x")))
     console.print(table)
+    noise = bench_noise(results)
+    if noise:
+        console.print(f"bench noise verdict: {_esc(noise)}", highlight=False)
     console.print("[bold]What to look at[/]")
     for line in s.look_at:
         console.print(f"  - {_esc(line)}", highlight=False)
@@ -948,8 +952,13 @@ def quantization_rows(record: dict | None) -> list[tuple[str, str]]:
                                      + (f" ({', '.join(floats)})" if floats else "")))
     speed = record.get("speedup_vs_fp32")
     if speed:
+        from ffnet_deploy.runtimes.noise import PairedRatio, format_ratio
+
+        ratio = f"{speed['speedup']:.2f}x"
+        if speed.get("low") is not None:
+            ratio = format_ratio(PairedRatio(speed["speedup"], speed["low"], speed["high"], ()), "x")
         rows.append(("INT8 vs FP32 here", f"{speed['int8_ms']:.2f} ms vs {speed['fp32_ms']:.2f} ms "
-                                          f"({speed['speedup']:.2f}x)"))
+                                          f"({ratio}; {speed.get('verdict') or 'not judged'})"))
     for key in ("weights", "activations", "minimum_deployment_target"):
         if record.get(key) not in (None, False):
             rows.append((key.replace("_", " "), str(record[key])))
