@@ -565,8 +565,9 @@ def recommend(jobs: Sequence[JobRecord]) -> list[Recommendation]:
             ratio = paired_ratio(fp32.bench.blocks_ms, best.bench.blocks_ms)
             row_noise = [r for j in (best, fp32) for r in j.bench.noise_reasons]
             judged = verdict(ratio)
-            if ratio is not None and ratio.crosses_one:
-                # The blocks disagree on which is faster: keep the FP32 artifact instead of picking on noise.
+            if ratio is not None and ratio.low <= 1.0:
+                # The blocks do not all show it faster (the range holds 1.0): keep the FP32 artifact instead of
+                # picking on noise.
                 why = (f"{best.id} is not clearly faster than {fp32.id} ({format_ratio(ratio)}): within the noise, "
                        f"so the FP32 artifact; rerun on a quiet machine to separate them")
                 best = fp32
@@ -577,10 +578,9 @@ def recommend(jobs: Sequence[JobRecord]) -> list[Recommendation]:
         out.append(Recommendation(
             runtime=runtime, job=best.id, p50_ms=best.bench.p50_ms, fp32_job=fp32.id if fp32 else None,
             fp32_p50_ms=fp32.bench.p50_ms if fp32 else None,
-            speedup_vs_fp32=(ratio.median if ratio is not None and best is not fp32 else
-                             fp32.bench.p50_ms / best.bench.p50_ms) if fp32 else None,
-            speedup_low=ratio.low if ratio is not None and best is not fp32 else None,
-            speedup_high=ratio.high if ratio is not None and best is not fp32 else None,
+            speedup_vs_fp32=fp32.bench.p50_ms / best.bench.p50_ms if fp32 else None,
+            speedup_low=ratio.low if ratio is not None else None,
+            speedup_high=ratio.high if ratio is not None else None,
             verdict=("noisy: rerun on a quiet machine" if noisy else "stable") if best.bench.verdict else None,
             why=why))
     return out

@@ -205,7 +205,7 @@ class Recommendation(Record):
     fp32_job: str | None = None
     fp32_p50_ms: Positive | None = None
     speedup_vs_fp32: NonNegative | None = None
-    speedup_low: NonNegative | None = None  # the per-block range of speedup_vs_fp32
+    speedup_low: NonNegative | None = None  # the range of the per-block ratios behind speedup_vs_fp32 (p50s)
     speedup_high: NonNegative | None = None
     verdict: Literal["stable", "noisy: rerun on a quiet machine"] | None = None
     why: str = ""
