@@ -449,7 +449,7 @@ def measure_rows(jobs: Sequence[Job], protocol: Protocol, *, roofline: Any = Non
             contenders[i], pools[i] = _contender(label, job, i)
     gemm: dict[str, Contender] = {}
     if roofline is not None and protocol.blocks > 1 and roofline.picks:
-        from ffnet_deploy.runtimes.timing import WorkerContender
+        from ffnet_deploy.runtimes._worker import WorkerContender
 
         for dtype, (engine, n) in roofline.picks.items():
             gemm[dtype] = WorkerContender(f"GEMM {dtype} {n}", {
@@ -494,8 +494,7 @@ def _contender(label: str, job: Job, seed: int) -> tuple[Contender, tuple[str | 
     if isinstance(factory, RunnerFactory) and not RUNTIMES.get(factory.runtime).needs_artifact:
         import shutil
 
-        from ffnet_deploy.runtimes._worker import WAIT_POLICY, temp_folder, torch_job
-        from ffnet_deploy.runtimes.timing import WorkerContender
+        from ffnet_deploy.runtimes._worker import WAIT_POLICY, WorkerContender, temp_folder, torch_job
 
         folder = temp_folder()
         try:

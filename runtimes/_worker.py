@@ -27,10 +27,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ffnet_deploy.runtimes.timing import Contender, PeakMemory, _no_runner
 
 WAIT_POLICY = "PASSIVE"
 """What the worker's OpenMP pool is told (``OMP_WAIT_POLICY``): sleep when idle instead of spinning."""
@@ -79,8 +82,6 @@ def main() -> None:
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the answers
     sys.stdout = sys.stderr
-    from ffnet_deploy.runtimes.timing import PeakMemory
-
     job = json.loads(sys.stdin.readline())
     memory = PeakMemory()
     try:
@@ -115,9 +116,10 @@ class WorkerProcess:
     def __init__(self, job: dict[str, Any]) -> None:
         env = {**os.environ, "OMP_WAIT_POLICY": WAIT_POLICY}
         # The worker imports this checkout's ffnet_deploy however the parent found it.
-        import ffnet_deploy
+        import importlib.util
 
-        root = str(Path(ffnet_deploy.__file__).resolve().parent.parent)
+        package = importlib.util.find_spec("ffnet_deploy")
+        root = str(Path(package.origin).resolve().parent.parent) if package and package.origin else ""
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen([sys.executable, "-m", "ffnet_deploy.runtimes._worker"], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -170,6 +172,43 @@ class WorkerProcess:
             for stream in (self.proc.stdout, self.proc.stderr):
                 if stream:
                     stream.close()
+
+
+class WorkerContender(Contender):
+    """A contender timed in a worker process whose OpenMP pool does not spin (this module).
+
+    ``job`` is the worker's job (``_worker.torch_job``, or a ``"call"`` job); ``cleanup`` runs when it is closed
+    (removing the job's temporary files). Each sample is the worker's own time of the inference, so the pipe between
+    the processes is not timed.
+    """
+
+    def __init__(self, name: str, job: dict[str, Any], cleanup: Callable[[], None] | None = None) -> None:
+        super().__init__(name, make_runner=_no_runner, feed={})
+        self.job = job
+        self.cleanup = cleanup
+        self.worker: Any = None
+
+    def load(self) -> None:
+        self.worker = WorkerProcess(self.job)
+
+    def run_once(self) -> float:
+        return self.worker.run()
+
+    def pids(self) -> tuple[int, ...]:
+        return (self.worker.pid,) if self.worker is not None else ()
+
+    def own_memory(self) -> tuple[float | None, str] | None:
+        if self.worker is None:
+            return None
+        return self.worker.peak_mb, f"{self.worker.memory_method} of the worker process (its engine import included)"
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+        if self.cleanup is not None:
+            self.cleanup()
+            self.cleanup = None
 
 
 def torch_job(model: Any, precision: str, threads: int | None, resolution: int | None, feed: np.ndarray,

@@ -184,6 +184,14 @@ class Contender:
         assert self.runner.last_latency_ms is not None
         return self.runner.last_latency_ms
 
+    def pids(self) -> tuple[int, ...]:
+        """Processes besides this one that run the contender (a timing worker's), for the CPU-wait count."""
+        return ()
+
+    def own_memory(self) -> tuple[float | None, str] | None:
+        """The peak memory the contender's own process measured, where it is not this one (``None``: this one)."""
+        return None
+
     def close(self) -> None:
         """Release the runner (errors while releasing are ignored: they must not hide the measurement)."""
         if self.runner is not None and self.runner.is_active:
@@ -210,41 +218,6 @@ class CallContender(Contender):
 
     def close(self) -> None:
         pass
-
-
-class WorkerContender(Contender):
-    """A contender timed in a worker process whose OpenMP pool does not spin (:mod:`._worker`).
-
-    ``job`` is the worker's job (``_worker.torch_job``, or a ``"call"`` job); ``cleanup`` runs when it is closed
-    (removing the job's temporary files). Each sample is the worker's own time of the inference, so the pipe between
-    the processes is not timed.
-    """
-
-    def __init__(self, name: str, job: dict[str, Any], cleanup: Callable[[], None] | None = None) -> None:
-        super().__init__(name, make_runner=_no_runner, feed={})
-        self.job = job
-        self.cleanup = cleanup
-        self.worker: Any = None
-
-    def load(self) -> None:
-        from ffnet_deploy.runtimes._worker import WorkerProcess
-
-        self.worker = WorkerProcess(self.job)
-
-    def run_once(self) -> float:
-        return self.worker.run()
-
-    @property
-    def pid(self) -> int | None:
-        return self.worker.pid if self.worker is not None else None
-
-    def close(self) -> None:
-        if self.worker is not None:
-            self.worker.close()
-            self.worker = None
-        if self.cleanup is not None:
-            self.cleanup()
-            self.cleanup = None
 
 
 def _no_runner() -> BaseRunner:
@@ -294,9 +267,9 @@ def measure_groups(groups: Sequence[Sequence[Contender]], protocol: Protocol, pr
                 c.close()
                 continue
             c.peak_rss_mb, c.memory_method = memory.mb, memory.method
-            if isinstance(c, WorkerContender) and c.worker is not None:  # the worker's memory, not this process's
-                c.peak_rss_mb = c.worker.peak_mb
-                c.memory_method = f"{c.worker.memory_method} of the worker process (its engine import included)"
+            own = c.own_memory()
+            if own is not None:  # a worker's memory, not this process's
+                c.peak_rss_mb, c.memory_method = own
         for c in [c for c in everyone if c.error is None]:
             report(f"warmup {c.name}", 0, 1)
             count, start = 0, time.perf_counter()
@@ -307,7 +280,7 @@ def measure_groups(groups: Sequence[Sequence[Contender]], protocol: Protocol, pr
                 count += 1
                 if c.error:
                     break
-        pids = [pid for c in everyone if isinstance(c, WorkerContender) and (pid := c.pid) is not None]
+        pids = [pid for c in everyone for pid in c.pids()]
         waits = [CpuWait(pids) for _ in groups]
         k = protocol.blocks
         order = list(range(len(groups)))

@@ -86,8 +86,8 @@ def test_cpu_wait_counts_this_process_threads():
 def test_worker_runs_eager_torch_with_a_passive_pool(tmp_path):
     import torch
 
-    from ffnet_deploy.runtimes._worker import WorkerProcess, torch_job
-    from ffnet_deploy.runtimes.timing import Protocol, WorkerContender, measure
+    from ffnet_deploy.runtimes._worker import WorkerContender, WorkerProcess, torch_job
+    from ffnet_deploy.runtimes.timing import Protocol, measure
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     job = torch_job(model, "fp32", 1, 0, np.zeros((1, 3, 16, 16), np.float32), tmp_path)
