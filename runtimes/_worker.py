@@ -121,8 +121,11 @@ class WorkerProcess:
         package = importlib.util.find_spec("ffnet_deploy")
         root = str(Path(package.origin).resolve().parent.parent) if package and package.origin else ""
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        # stderr goes to a file, not a pipe: a worker whose libraries print a lot would otherwise block on a full
+        # pipe that nobody reads while the parent waits for its answer.
+        self._err = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen([sys.executable, "-m", "ffnet_deploy.runtimes._worker"], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
                                      text=True, bufsize=1)
         self._send(json.dumps(job))
         answer = self._receive()
@@ -146,8 +149,9 @@ class WorkerProcess:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
         if not line:
-            err = (self.proc.stderr.read() if self.proc.stderr and self.proc.poll() is not None else "") or ""
-            last = [ln for ln in err.splitlines() if ln.strip()]
+            self.proc.wait()
+            self._err.seek(0)
+            last = [ln for ln in self._err.read().splitlines() if ln.strip()]
             return "error " + (last[-1] if last else "the timing worker stopped")
         return line
 
@@ -169,9 +173,9 @@ class WorkerProcess:
             self.proc.kill()
             self.proc.wait()
         finally:
-            for stream in (self.proc.stdout, self.proc.stderr):
-                if stream:
-                    stream.close()
+            if self.proc.stdout:
+                self.proc.stdout.close()
+            self._err.close()
 
 
 class WorkerContender(Contender):
