@@ -12,9 +12,18 @@ is read too)::
     {"schema": "ffnet-deploy/bench/1", "command": str, "created": ISO-8601,
      "device": {"name", "cpu", "cores", "isa_flags", "isa_class", "emulated", "os", "machine", "gpu",
                 "versions": {package: version}},
-     "protocol": {"warmup", "warmup_time_s", "min_iters", "min_time_s", "interleaved"} | null,
+     "protocol": {"warmup", "warmup_time_s", "min_iters", "min_time_s", "interleaved", "blocks"} | null,
      "roofline": Roofline.to_dict() | null,
+     "noise": Noise.to_dict() | null,
      "rows": [BenchRow.to_dict(), ...]}
+
+Every measured row carries its paired comparison and its noise verdict (:mod:`ffnet_deploy.runtimes.noise`): its
+best time in each of the protocol's blocks (``blocks_ms``), the row it is compared with (``reference``: eager PyTorch
+of the same model when that ran with a quiet OpenMP pool, else the same runtime's FP32), the median and range of the
+per-block ratios (``ratio``), the share of the time its threads waited for a CPU (``cpu_wait``), and ``verdict``
+("stable" or "noisy: rerun on a quiet machine") with its reasons. Eager PyTorch rows say how their OpenMP pool was
+told to wait (``omp_wait_policy``) and whether they ran in a worker process (``worker``). ``noise`` is the table's
+verdict, with the load average before and after the run.
 
 The classes are pydantic dataclasses: :func:`read_result` validates a file through them (:mod:`ffnet_deploy.schemas`):
 a wrong type anywhere, a latency that is negative or not finite, an unknown status or precision, a row field this
@@ -70,6 +79,7 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 FAMILIES = ("ffnet", "mixer", "peer")
 
 Statistic = Literal["min", "p50", "p90", "p99", "mean", "std", "trimmed_mean"]
+VerdictText = Literal["stable", "noisy: rerun on a quiet machine"]  # ffnet_deploy.runtimes.noise.VERDICTS
 
 _READ_HINT = "regenerate it with 'ffnet-deploy bench' (or 'ffnet-deploy report add')"
 
@@ -138,13 +148,61 @@ def _gpu() -> str | None:
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class Ratio:
+    """``reference / row`` per block (above 1: the row is faster), their median and range
+    (:class:`ffnet_deploy.runtimes.noise.PairedRatio`)."""
+
+    median: NonNegative
+    low: NonNegative
+    high: NonNegative
+    blocks: tuple[NonNegative, ...] = ()
+
+    def paired(self):
+        from ffnet_deploy.runtimes.noise import PairedRatio
+
+        return PairedRatio(self.median, self.low, self.high, tuple(self.blocks))
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class Load:
+    """Load averages (``os.getloadavg``)."""
+
+    one: NonNegative
+    five: NonNegative | None = None
+    fifteen: NonNegative | None = None
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class Noise:
+    """The table's noise verdict: its rows' verdicts together, and the machine's load before and after the run."""
+
+    verdict: VerdictText
+    reasons: tuple[str, ...] = ()
+    load_before: Load | None = None
+    load_after: Load | None = None
+    usable_cpus: PositiveInt | None = None
+    blocks: PositiveInt | None = None
+    cpu_wait: NonNegative | None = None  # the whole timed phase, every measured process
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_of(snapshot: dict | None) -> Load | None:
+    """A :class:`Load` from :func:`ffnet_deploy.runtimes.noise.load_snapshot`."""
+    return None if snapshot is None else Load(snapshot["1m"], snapshot.get("5m"), snapshot.get("15m"))
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class BenchRow:
     """One (model, runtime, precision, resolution, batch) measurement.
 
     ``latency_ms`` maps each name of :data:`STATISTICS` to milliseconds per batch; an imported row may carry only
-    ``p50``. ``roofline_fraction`` is the model's FLOPs per second at the p50 latency over the roofline of the
-    precision (``None`` without a probe or FLOP count). A field this version does not know is refused (the file was
-    written by a newer ffnet-deploy).
+    ``p50``. ``roofline_fraction`` is the model's FLOPs per second over the GEMM roofline of the precision: with the
+    probe timed in the same blocks as the rows, the median over blocks of the row's best rate over the GEMM's best
+    rate of that block (without blocks: the p50 latency over the probe's peak); ``None`` without a probe or FLOP
+    count. ``roofline_exceeded``: the row ran faster than that GEMM, so the probe is not a ceiling here. A field this
+    version does not know is refused (the file was written by a newer ffnet-deploy).
     """
 
     model: NonEmpty  # display name: "ffnet_1", "ffnet_1/attention", "convnext_tiny"
@@ -173,6 +231,15 @@ class BenchRow:
     provenance: dict[str, Any] = field(default_factory=dict)  # imported rows: file, row, tool; measured: notes
     status: Literal["ok", "skipped", "failed"] = "ok"
     reason: str | None = None  # why a row was skipped or failed
+    blocks_ms: tuple[NonNegative | None, ...] = ()  # best latency in each block of the protocol (None: no sample)
+    reference: str | None = None  # the row this one is compared with: "torch fp32", "onnxruntime fp32"
+    ratio: Ratio | None = None  # reference / this row, paired by block
+    verdict: VerdictText | None = None  # measured rows: "stable" or "noisy: rerun on a quiet machine"
+    noise_reasons: tuple[str, ...] = ()
+    cpu_wait: NonNegative | None = None  # share of their running time the timed threads waited for a CPU
+    omp_wait_policy: str | None = None  # eager PyTorch: OMP_WAIT_POLICY of the process it ran in
+    worker: bool = False  # timed in a worker process of its own (eager PyTorch, the GEMM probe)
+    roofline_exceeded: bool = False  # faster than the GEMM probe of the same blocks: not a ceiling here
 
     @property
     def p50(self) -> float | None:
@@ -201,6 +268,7 @@ class BenchResult:
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     protocol: dict[str, Any] | None = None
     roofline: Annotated[dict[str, Any] | None, AfterValidator(_peaks)] = None
+    noise: Noise | None = None
     schema: str = SCHEMA
 
     def ok_rows(self) -> list[BenchRow]:
@@ -210,6 +278,7 @@ class BenchResult:
         """The JSON form, written with :data:`SCHEMA` whatever spelling the result was read with."""
         return {"schema": SCHEMA, "command": self.command, "created": self.created,
                 "device": self.device.to_dict(), "protocol": self.protocol, "roofline": self.roofline,
+                "noise": self.noise.to_dict() if self.noise is not None else None,
                 "rows": [r.to_dict() for r in self.rows]}
 
     def to_json(self) -> str:
@@ -275,7 +344,45 @@ def fmt_ms(value: float | None) -> str:
 
 
 _COLUMNS = ("model", "runtime", "precision", "res", "batch", "p50 ms", "p90 ms", "p99 ms", "trimmed mean", "min",
-            "img/s", "first ms", "peak MB", "GMACs", "roofline", "note")
+            "img/s", "first ms", "peak MB", "GMACs", "roofline", "vs", "verdict", "note")
+
+
+def ratio_text(row: BenchRow) -> str:
+    """``"1.52× (1.45–1.60) vs torch fp32"``; a range that holds 1.0 is "no clear difference", never a speedup."""
+    from ffnet_deploy.runtimes.noise import format_ratio
+
+    if row.ratio is None or not row.reference:
+        return "-"
+    return f"{format_ratio(row.ratio.paired())} vs {row.reference}"
+
+
+def roofline_text(row: BenchRow) -> str:
+    """The roofline fraction, or "not a ceiling here" when the row ran faster than the GEMM probe."""
+    if row.roofline_fraction is None:
+        return "-"
+    if row.roofline_exceeded:
+        return f"{row.roofline_fraction:.2f}: not a ceiling here"
+    return f"{row.roofline_fraction:.2f}"
+
+
+def noise_text(noise: Noise | None) -> str:
+    """The table's verdict line, with the load before and after the run."""
+    if noise is None:
+        return "Noise verdict: not judged (a result of an older version)"
+    load = []
+    if noise.load_before is not None:
+        load.append(f"load average {noise.load_before.one:.2f} before")
+    if noise.load_after is not None:
+        load.append(f"{noise.load_after.one:.2f} after")
+    facts = ", ".join(load) + (f" on {noise.usable_cpus} usable CPU(s)" if noise.usable_cpus else "")
+    if noise.cpu_wait is not None:
+        facts += f"; timed threads waited for a CPU {noise.cpu_wait:.0%} of their running time"
+    if noise.blocks:
+        facts += f"; {noise.blocks} paired blocks"
+    text = f"Noise verdict: {noise.verdict} ({facts.strip('; ')})"
+    if noise.reasons:
+        text += ": " + "; ".join(noise.reasons)
+    return text
 
 
 def to_markdown(result: BenchResult, title: str = "Latency") -> str:
@@ -295,7 +402,11 @@ def to_markdown(result: BenchResult, title: str = "Latency") -> str:
         p = result.protocol
         lines += [md.text(f"Protocol: warmup {p.get('warmup')} iterations and {p.get('warmup_time_s')} s, then at "
                           f"least {p.get('min_iters')} iterations and {p.get('min_time_s')} s per row"
-                          + (", rows interleaved in rounds" if p.get("interleaved") else "") + "."), ""]
+                          + (", rows interleaved in rounds" if p.get("interleaved") else "")
+                          + (f", in {p.get('blocks')} blocks (the best of each block paired across rows)"
+                             if (p.get("blocks") or 1) > 1 else "") + "."), ""]
+    if any(r.source == "measured" and r.status == "ok" for r in result.rows):
+        lines += [md.text(noise_text(result.noise)), ""]
     rows = []
     for row in result.rows:
         lat = row.latency_ms
@@ -309,13 +420,18 @@ def to_markdown(result: BenchResult, title: str = "Latency") -> str:
         runtime = row.runtime + (f" ({row.compute_units})" if row.compute_units else "")
         head = [row.model, runtime, row.precision, row.resolution, row.batch]
         if row.status != "ok":
-            rows.append([*head, row.status, *[""] * 9, note])
+            rows.append([*head, row.status, *[""] * 11, note])
             continue
+        if row.omp_wait_policy is not None:
+            pool = f"OpenMP {row.omp_wait_policy}" + (" in a worker process" if row.worker else "")
+            note = pool + (f"; {note}" if note else "")
+        if row.noise_reasons:
+            note = (f"{note}; " if note else "") + "; ".join(row.noise_reasons)
         rows.append([*head, fmt_ms(lat.get("p50")), fmt_ms(lat.get("p90")), fmt_ms(lat.get("p99")),
                      fmt_ms(lat.get("trimmed_mean")), fmt_ms(lat.get("min")), _num(row.throughput_ips, ".1f"),
                      fmt_ms(row.first_inference_ms), _num(row.peak_rss_mb, ".0f"), _num(row.gmacs, ".2f"),
-                     _num(row.roofline_fraction, ".2f"), note])
-    lines += md.table(_COLUMNS, rows, "lll" + "r" * 12 + "l", padded=False)
+                     roofline_text(row), ratio_text(row), row.verdict or "-", note])
+    lines += md.table(_COLUMNS, rows, "lll" + "r" * 12 + "lll", padded=False)
     return "\n".join(lines) + "\n"
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from ffnet_deploy.environment import BF16_FLAGS, environment_info
 from ffnet_deploy.errors import ConfigError
@@ -63,12 +63,17 @@ class Roofline:
     shape: tuple[int, int, int]  # M, N, K of the best FP32 GEMM
     seconds: float  # wall time of the whole probe, start-up included
     notes: tuple[str, ...] = ()  # every engine's number, and why a data type was skipped
+    picks: dict[str, tuple[str, int]] = field(default_factory=dict)  # data type -> (engine, n) of its best GEMM
+    interleaved: bool = False  # the peaks were timed in the bench's blocks, beside the rows (interleave())
+    block_rates: dict[str, tuple[float, ...]] = field(default_factory=dict)  # interleaved: the best of each block
 
     def to_dict(self) -> dict:
         """JSON-ready form (tuples become lists); :meth:`from_dict` reads it back."""
         d = asdict(self)
         d["shape"] = list(self.shape)
         d["notes"] = list(self.notes)
+        d["picks"] = {k: list(v) for k, v in self.picks.items()}
+        d["block_rates"] = {k: list(v) for k, v in self.block_rates.items()}
         return d
 
     @classmethod
@@ -83,6 +88,9 @@ class Roofline:
             shape=tuple(int(v) for v in d["shape"]),  # type: ignore[arg-type]
             seconds=float(d["seconds"]),
             notes=tuple(d.get("notes", ())),
+            picks={k: (str(v[0]), int(v[1])) for k, v in (d.get("picks") or {}).items()},
+            interleaved=bool(d.get("interleaved", False)),
+            block_rates={k: tuple(float(x) for x in v) for k, v in (d.get("block_rates") or {}).items()},
         )
 
     def peak_gflops(self, precision: str) -> float | None:
@@ -200,6 +208,38 @@ ENGINE_CALLS = {
 }
 
 
+def gemm_call(engine: str, dtype: str, n: int, threads: int) -> Callable[[], object]:
+    """One GEMM call of the probe (``ENGINES[engine]`` at ``dtype`` and size ``n``): what a timing worker times when
+    the probe runs in the bench's blocks (:func:`ffnet_deploy.benchmarks.suite.run_jobs`)."""
+    if engine not in ENGINES or dtype not in DTYPES:
+        raise ConfigError(f"roofline | no GEMM {engine}/{dtype}; engines {tuple(ENGINES)}, dtypes {DTYPES}")
+    return ENGINES[engine][1](dtype, int(n), int(threads))
+
+
+def gemm_ops(n: int) -> float:
+    """Operations of one n x n x n GEMM (a multiply-add is 2)."""
+    return 2.0 * n**3
+
+
+def interleaved(roof: Roofline, blocks_ms: dict[str, Sequence[float]]) -> Roofline:
+    """``roof`` with its peaks replaced by the GEMMs timed in the bench's blocks (``dtype -> best ms per block``):
+    the best block of each, and every block's rate kept. A data type without a block keeps the probe's number."""
+    import math
+
+    rates = {dtype: tuple(round(gemm_ops(roof.picks[dtype][1]) / (ms * 1e-3) / 1e9, 1) if ms and math.isfinite(ms)
+                          else 0.0 for ms in values)
+             for dtype, values in blocks_ms.items() if dtype in roof.picks and values}
+    best = {dtype: max(r) for dtype, r in rates.items() if r and max(r) > 0}
+    notes = (*roof.notes, "peaks timed in the bench's blocks, beside the rows (the probe before them: "
+             + ", ".join(f"{k.split('_')[0]} {getattr(roof, k)}" for k in ("fp32_gflops", "bf16_gflops", "int8_gops")
+                         if getattr(roof, k) is not None) + ")")
+    from dataclasses import replace
+
+    return replace(roof, fp32_gflops=best.get("fp32", roof.fp32_gflops),
+                   bf16_gflops=best.get("bf16", roof.bf16_gflops), int8_gops=best.get("int8", roof.int8_gops),
+                   interleaved=True, block_rates=rates, notes=notes)
+
+
 def _available(module: str) -> bool:
     from importlib.util import find_spec
 
@@ -305,6 +345,7 @@ def gemm_probe(
         shape=(fp32_n, fp32_n, fp32_n),
         seconds=round(time.perf_counter() - start, 2),
         notes=tuple(notes),
+        picks={dtype: (engine, n) for dtype, (_r, engine, n) in best.items()},
     )
 
 

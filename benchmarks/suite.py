@@ -15,8 +15,15 @@ A runtime or precision that cannot run here becomes a ``skipped`` row with the r
 compared with each other share a *group* and are timed interleaved. A group never mixes runtimes: a thread pool that
 spins after its call (OpenMP in torch: measured here, ONNX Runtime's FP32 median went from 34.9 to 45.3 ms when eager
 PyTorch ran between its calls) would slow whichever runtime runs next. So a group is one runtime's precisions of one
-model (INT8 against FP32 on ONNX Runtime), or, for the mixer comparison and the peers, every model on one runtime;
-ratios across runtimes come from groups run one after the other. ONNX Runtime's workers are told not to spin.
+model (INT8 against FP32 on ONNX Runtime), or, for the mixer comparison and the peers, every model on one runtime.
+ONNX Runtime's workers are told not to spin; eager PyTorch runs in a worker process of its own whose OpenMP pool is
+told not to spin either (``OMP_WAIT_POLICY=PASSIVE``, :mod:`ffnet_deploy.runtimes._worker`).
+
+Every group is timed in the same blocks (:func:`ffnet_deploy.runtimes.timing.measure_groups`): each block runs every
+group's rounds in turn, so a ratio across runtimes (an artifact against eager PyTorch) is paired by block like one
+within a group, and every row gets a noise verdict (:mod:`ffnet_deploy.runtimes.noise`). The GEMM roofline probe is
+timed in those blocks too, as a group of its own, so that it meets the same machine as the rows: a row that runs
+faster than it is reported with "not a ceiling here".
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from ffnet_deploy.benchmarks.specs import MIXER_RESOLUTIONS
 from ffnet_deploy.environment import cap_threads
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.runtimes import RUNTIMES, BaseRunner, create_runner
-from ffnet_deploy.runtimes.timing import Contender, Progress, Protocol, latency_stats, measure, throughput
+from ffnet_deploy.runtimes.timing import Contender, Progress, Protocol, latency_stats, measure_groups, throughput
 from ffnet_deploy.validate.engine import runtime_unavailable
 
 # Which runtimes and precisions bench knows, which runner times which format and with which options are declared by
@@ -148,20 +155,35 @@ def _skipped(row: BenchRow, reason: str) -> Job:
     return Job(row=replace(row, status="skipped", reason=reason))
 
 
+@dataclass(frozen=True)
+class RunnerFactory:
+    """A zero-argument builder of the runner that executes ``artifact`` (or ``model``, for an in-memory runner) at
+    ``precision``, with the options the runner asks for (``BaseRunner.bench_options``, ``bench_model``);
+    ``compute_units`` is the runner's timing variant. Its fields say what a timing worker needs to build the same
+    runner in a process of its own (:func:`run_jobs`)."""
+
+    runtime: str
+    artifact: Path | None
+    precision: str
+    threads: int | None
+    compute_units: str | None = None
+    model: Any = None
+    resolution: int | None = None
+
+    def __call__(self) -> BaseRunner:
+        cls = RUNTIMES.get(self.runtime)
+        if not cls.needs_artifact:
+            return create_runner(self.runtime, None, model=cls.bench_model(self.model, self.precision),
+                                 threads=self.threads, resolution=self.resolution)
+        return create_runner(self.runtime, self.artifact, threads=self.threads,
+                             **cls.bench_options(self.precision, self.compute_units))
+
+
 def runner_factory(runtime: str, artifact: Path | None, precision: str, threads: int | None,
                    compute_units: str | None = None, model: Any = None, resolution: int | None = None
                    ) -> Callable[[], BaseRunner]:
-    """A zero-argument builder of the runner that executes ``artifact`` (or ``model``, for an in-memory runner) at
-    ``precision``, with the options the runner asks for (``BaseRunner.bench_options``, ``bench_model``);
-    ``compute_units`` is the runner's timing variant."""
-    def make() -> BaseRunner:
-        cls = RUNTIMES.get(runtime)
-        if not cls.needs_artifact:
-            return create_runner(runtime, None, model=cls.bench_model(model, precision), threads=threads,
-                                 resolution=resolution)
-        return create_runner(runtime, artifact, threads=threads, **cls.bench_options(precision, compute_units))
-
-    return make
+    """The :class:`RunnerFactory` of these options."""
+    return RunnerFactory(runtime, artifact, precision, threads, compute_units, model, resolution)
 
 
 def artifact_jobs(directories: Sequence[str | Path], *, runtimes: Sequence[str] | None = None,
@@ -400,47 +422,154 @@ def _model_file(spec: Any, model: Any, runtime: str, batch: int, workdir: Path, 
 
 def run_jobs(jobs: Sequence[Job], protocol: Protocol, *, roofline: Any = None,
              progress: Progress | None = None) -> list[BenchRow]:
-    """Measure every runnable job, group by group (interleaved within a group); returns the rows in job order."""
+    """The rows of :func:`measure_rows` (without the roofline as timed in the blocks)."""
+    return measure_rows(jobs, protocol, roofline=roofline, progress=progress)[0]
+
+
+def measure_rows(jobs: Sequence[Job], protocol: Protocol, *, roofline: Any = None,
+                 progress: Progress | None = None) -> tuple[list[BenchRow], Any]:
+    """Measure every runnable job, every group in the same blocks (interleaved within a group), the roofline's GEMMs
+    as one more group when ``roofline`` has picks and there are several blocks; returns the rows in job order, each
+    with its paired comparison and verdict, and the roofline as timed in the blocks (``roofline`` itself without
+    blocks)."""
     groups: dict[tuple, list[int]] = {}
     for i, job in enumerate(jobs):
         if job.make_runner is not None and job.row.status == "ok":
             groups.setdefault(job.group, []).append(i)
     rows = [job.row for job in jobs]
+    contenders: dict[int, Contender] = {}
+    pools: dict[int, tuple[str | None, bool]] = {}
     for indices in groups.values():
-        contenders = []
         for i in indices:
             job = jobs[i]
             label = f"{job.row.model} {job.row.runtime} {job.row.precision}" + (
                 f" {job.row.compute_units}" if job.row.compute_units else "") + f" @{job.row.resolution}"
             if job.row.batch != 1:
                 label += f" b{job.row.batch}"
-            contenders.append(Contender(name=label, make_runner=job.make_runner, feed=job.feed(i)))
-        measure(contenders, protocol, progress)
-        for i, c in zip(indices, contenders, strict=True):
-            row = rows[i]
+            contenders[i], pools[i] = _contender(label, job, i)
+    gemm: dict[str, Contender] = {}
+    if roofline is not None and protocol.blocks > 1 and roofline.picks:
+        from ffnet_deploy.runtimes._worker import WorkerContender
+
+        for dtype, (engine, n) in roofline.picks.items():
+            gemm[dtype] = WorkerContender(f"GEMM {dtype} {n}", {
+                "kind": "call", "factory": "ffnet_deploy.benchmarks.roofline:gemm_call",
+                "args": [engine, dtype, n, roofline.threads], "threads": roofline.threads})
+    lists = [[contenders[i] for i in indices] for indices in groups.values()]
+    waits = measure_groups(lists + ([list(gemm.values())] if gemm else []), protocol, progress)
+    if gemm:
+        from ffnet_deploy.benchmarks.roofline import interleaved
+
+        ok = {d: c.block_best_ms for d, c in gemm.items() if c.error is None and c.block_best_ms}
+        if ok:
+            roofline = interleaved(roofline, ok)
+    for g, indices in enumerate(groups.values()):
+        for i in indices:
+            row, c = rows[i], contenders[i]
             if c.error is not None or not c.samples_ms:
                 rows[i] = replace(row, status="failed", reason=c.error or "no samples")
                 continue
             stats = latency_stats(c.samples_ms)
-            fraction = None
-            if roofline is not None and row.gmacs:
-                peak = roofline.peak_gflops(row.precision)
-                if peak:
-                    from ffnet_deploy.benchmarks.roofline import roofline_fraction
-
-                    fraction = roofline_fraction(row.gmacs, row.batch, stats["p50"], peak)
             provenance = dict(row.provenance)
             if c.memory_method and c.memory_method != "VmHWM":
                 provenance["memory"] = c.memory_method
             if c.runner is not None and c.runner.notices:
                 provenance["notices"] = list(c.runner.notices)
+            policy, in_worker = pools[i]
             rows[i] = replace(row, latency_ms=stats, iterations=len(c.samples_ms),
                               host_measurement=row.host_measurement or _latency_note(row.runtime),
                               throughput_ips=_finite(throughput(row.batch, stats["p50"])),
                               first_inference_ms=c.first_inference_ms, peak_rss_mb=c.peak_rss_mb,
-                              roofline_fraction=fraction, execution_precision=c.execution_precision,
-                              provenance=provenance)
-    return rows
+                              execution_precision=c.execution_precision, provenance=provenance,
+                              blocks_ms=tuple(b if math.isfinite(b) else None for b in c.block_best_ms),
+                              cpu_wait=waits[g], omp_wait_policy=policy, worker=in_worker)
+            rows[i] = _with_roofline(rows[i], roofline, stats["p50"])
+    return judge(rows, protocol.blocks), roofline
+
+
+def _contender(label: str, job: Job, seed: int) -> tuple[Contender, tuple[str | None, bool]]:
+    """The contender of ``job`` and, for an in-memory (eager PyTorch) runner, its OpenMP wait policy and whether it
+    runs in a worker: there always, unless the model cannot be pickled for one (then in this process, as it is)."""
+    factory = job.make_runner
+    feed = job.feed(seed)
+    if isinstance(factory, RunnerFactory) and not RUNTIMES.get(factory.runtime).needs_artifact:
+        import shutil
+
+        from ffnet_deploy.runtimes._worker import WAIT_POLICY, WorkerContender, temp_folder, torch_job
+
+        folder = temp_folder()
+        try:
+            spec = torch_job(factory.model, factory.precision, factory.threads, factory.resolution, feed, folder)
+        except Exception:  # noqa: BLE001 - a model that does not pickle runs here, and says how its pool waits
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            return (WorkerContender(label, spec, cleanup=lambda: shutil.rmtree(folder, ignore_errors=True)),
+                    (WAIT_POLICY, True))
+        return (Contender(name=label, make_runner=factory, feed=feed),
+                (os.environ.get("OMP_WAIT_POLICY") or "default (spins)", False))
+    return Contender(name=label, make_runner=factory, feed=feed), (None, False)
+
+
+def _with_roofline(row: BenchRow, roofline: Any, p50: float) -> BenchRow:
+    """``row`` with its roofline fraction: paired by block with the interleaved GEMM when there is one."""
+    if roofline is None or not row.gmacs:
+        return row
+    from ffnet_deploy.artifact.precisions import PRECISIONS
+    from ffnet_deploy.benchmarks.roofline import roofline_fraction
+
+    peak = roofline.peak_gflops(row.precision)
+    if not peak:
+        return row
+    fraction = roofline_fraction(row.gmacs, row.batch, p50, peak)
+    dtype = PRECISIONS.get(row.precision).roofline_dtype
+    gemm_blocks = roofline.block_rates.get(dtype, ()) if roofline.interleaved else ()
+    paired = [roofline_fraction(row.gmacs, row.batch, ms, rate) for ms, rate in zip(row.blocks_ms, gemm_blocks,
+                                                                                     strict=False)
+              if ms and rate]
+    if paired:
+        import statistics
+
+        fraction = statistics.median(paired)
+    return replace(row, roofline_fraction=fraction, roofline_exceeded=fraction > 1.0)
+
+
+def judge(rows: Sequence[BenchRow], blocks: int) -> list[BenchRow]:
+    """Every measured row with its reference, its paired ratio to it and its verdict
+    (:func:`ffnet_deploy.runtimes.noise.verdict`).
+
+    The reference of a row is eager PyTorch at the baseline precision of the same model, resolution and batch when it
+    ran with a quiet OpenMP pool (a spinning pool's times swing with the load: never a reference), else the same
+    runtime's baseline-precision row of that model; the reference row itself is judged by its own block times.
+    """
+    from ffnet_deploy.benchmarks.results import Ratio
+    from ffnet_deploy.runtimes._worker import WAIT_POLICY
+    from ffnet_deploy.runtimes.noise import own_spread, paired_ratio, verdict
+
+    reference_runtime = runtime_names()[0]
+    baseline = baseline_precision()
+    ok = [r for r in rows if r.status == "ok" and r.source == "measured" and r.blocks_ms]
+
+    def same(a: BenchRow, b: BenchRow) -> bool:
+        return (a.model, a.resolution, a.batch) == (b.model, b.resolution, b.batch) and a is not b
+
+    out = []
+    for row in rows:
+        if row not in ok:
+            out.append(row)
+            continue
+        ref = next((r for r in ok if same(r, row) and r.runtime == reference_runtime and r.precision == baseline
+                    and r.omp_wait_policy == WAIT_POLICY), None)
+        if ref is None or row.runtime == reference_runtime:
+            ref = next((r for r in ok if same(r, row) and r.runtime == row.runtime and r.precision == baseline
+                        and r.compute_units == row.compute_units), None)
+        ratio = paired_ratio(ref.blocks_ms, row.blocks_ms) if ref is not None else None
+        waits = [w for w in (row.cpu_wait, ref.cpu_wait if ref is not None else None) if w is not None]
+        v = verdict(ratio, own_spread([b for b in row.blocks_ms if b is not None]), blocks=blocks,
+                    cpu_wait=max(waits) if waits else None)
+        out.append(replace(row, reference=f"{ref.runtime} {ref.precision}" if ratio is not None else None,
+                           ratio=Ratio(ratio.median, ratio.low, ratio.high, ratio.blocks) if ratio else None,
+                           verdict=v.verdict, noise_reasons=v.reasons))
+    return out
 
 
 def _latency_note(runtime: str) -> str | None:
@@ -463,10 +592,32 @@ def default_threads() -> int:
 
 
 def make_result(rows: Sequence[BenchRow], protocol: Protocol, *, device_name: str | None, command: str,
-                roofline: Any = None) -> BenchResult:
+                roofline: Any = None, noise: Any = None) -> BenchResult:
     """The :class:`BenchResult` of one run on this machine."""
     return BenchResult(device=Device.here(device_name), rows=tuple(rows), command=command,
-                       protocol=protocol.to_dict(), roofline=roofline.to_dict() if roofline is not None else None)
+                       protocol=protocol.to_dict(), roofline=roofline.to_dict() if roofline is not None else None,
+                       noise=noise)
+
+
+def table_noise(rows: Sequence[BenchRow], protocol: Protocol, load_before: dict | None, load_after: dict | None,
+                threads: int | None) -> Any:
+    """The table's :class:`~ffnet_deploy.benchmarks.results.Noise`: noisy when any measured row is, or when the
+    load average says the machine was oversubscribed (:func:`ffnet_deploy.runtimes.noise.verdict`)."""
+    from ffnet_deploy.benchmarks.results import Noise, load_of
+    from ffnet_deploy.environment import usable_cpus
+    from ffnet_deploy.runtimes.noise import Verdict, combine, verdict
+
+    measured = [r for r in rows if r.status == "ok" and r.verdict is not None]
+    cpus = usable_cpus()
+    load = verdict(load_before=load_before["1m"] if load_before else None,
+                   load_after=load_after["1m"] if load_after else None, cpus=cpus, own_threads=threads or 0)
+    rows_v = [Verdict(r.verdict, tuple(f"{r.model} {r.runtime} {r.precision}: {why}" for why in r.noise_reasons))
+              for r in measured]
+    total = combine([*rows_v, load])
+    waits = [r.cpu_wait for r in measured if r.cpu_wait is not None]
+    return Noise(verdict=total.verdict, reasons=total.reasons, load_before=load_of(load_before),
+                 load_after=load_of(load_after), usable_cpus=cpus, blocks=protocol.blocks,
+                 cpu_wait=max(waits) if waits else None)
 
 
 # -- one bench run --------------------------------------------------------------------------------------------------
@@ -485,7 +636,7 @@ class BenchRequest:
     resolution: int | None = None
     batches: tuple[int, ...] = (1,)
     threads: int | None = None  # None: every CPU this process may use
-    protocol: Protocol = Protocol()
+    protocol: Protocol = Protocol(blocks=5)
     device_name: str | None = None
     compare_mixers: bool = False
     mixer_resolutions: tuple[int, ...] = MIXER_RESOLUTIONS
@@ -540,6 +691,9 @@ def bench(request: BenchRequest, workdir: Path, *, command: str = "", log: Calla
         progress: The timing progress (see :data:`~ffnet_deploy.runtimes.timing.Progress`).
     """
     request.validate()
+    from ffnet_deploy.runtimes.noise import load_snapshot
+
+    load_before = load_snapshot()
     say = log or (lambda _m: None)
     threads, capped = cap_threads(request.threads, "bench")
     if capped:
@@ -577,8 +731,10 @@ def bench(request: BenchRequest, workdir: Path, *, command: str = "", log: Calla
 
         say(f"probing this CPU's GEMM roofline ({threads} threads)")
         roofline = gemm_probe(threads)
-    rows = run_jobs(jobs, request.protocol, roofline=roofline, progress=progress)
-    return make_result(rows, request.protocol, device_name=request.device_name, command=command, roofline=roofline)
+    rows, roofline = measure_rows(jobs, request.protocol, roofline=roofline, progress=progress)
+    noise = table_noise(rows, request.protocol, load_before, load_snapshot(), threads)
+    return make_result(rows, request.protocol, device_name=request.device_name, command=command, roofline=roofline,
+                       noise=noise)
 
 
 def _uncalibrated(precisions: Sequence[str]) -> list[str]:

@@ -583,6 +583,9 @@ def bench(
     max_time: Annotated[float | None, typer.Option("--max-time", help="Stop a group's timing after this many "
                                                    "seconds even below --min-iters (at least 3 samples).",
                                                    rich_help_panel=_BENCH_PROTOCOL)] = None,
+    blocks: Annotated[int, typer.Option("--blocks", help="Blocks the timing is cut into: each row's best time "
+                                        "per block is paired across rows for the ratios and the noise verdict "
+                                        "(at least 3 to judge).", rich_help_panel=_BENCH_PROTOCOL)] = 5,
     device_name: Annotated[str | None, typer.Option("--device-name", help="Name of this device in the results "
                                                     "(default: the host name).")] = None,
     compare_mixers: Annotated[bool, typer.Option("--compare-mixers", help="The ffnet_1 skeleton with each token "
@@ -624,7 +627,7 @@ def bench(
         precisions=parse_list(precisions, bench_precisions(), "--precisions") or None, resolution=resolution,
         batches=parse_batches(batch), threads=threads,
         protocol=Protocol(warmup=warmup, warmup_time_s=warmup_time, min_iters=min_iters, min_time_s=min_time,
-                          max_time_s=max_time),
+                          max_time_s=max_time, blocks=blocks),
         device_name=device_name, compare_mixers=compare_mixers,
         mixer_resolutions=parse_batches(mixer_resolutions, "--mixer-resolutions", "224,512"), peers=peers,
         calib=calib, roofline=not no_roofline, trust=trust_checkpoint)
@@ -658,7 +661,7 @@ def bench(
 
 def bench_table(result: Any) -> Table:
     """The terminal view of a bench result: one line per row; why a row was skipped or failed goes in a caption."""
-    from ffnet_deploy.benchmarks.results import execution_differs, fmt_ms
+    from ffnet_deploy.benchmarks.results import execution_differs, fmt_ms, noise_text, ratio_text, roofline_text
 
     d = result.device
     roof = result.roofline or {}
@@ -667,8 +670,9 @@ def bench_table(result: Any) -> Table:
     table = Table(title=_esc(f"{d.name}: {d.cpu}, {d.cores} cores" + (f"; GEMM peak G(FL)OP/s: {peaks}" if peaks
                                                                       else "")))
     for col in ("model", "runtime", "precision", "res", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "first ms",
-                "peak MB", "roofline"):
-        table.add_column(col, justify="left" if col in ("model", "runtime", "precision") else "right")
+                "peak MB", "roofline", "vs", "verdict"):
+        table.add_column(col, justify="left" if col in ("model", "runtime", "precision", "vs", "verdict")
+                         else "right")
     notes: list[str] = []
     for row in result.rows:
         runtime = row.runtime + (f" {row.compute_units}" if row.compute_units else "")
@@ -676,12 +680,17 @@ def bench_table(result: Any) -> Table:
         head = (_esc(row.model), _esc(runtime), _esc(precision), str(row.resolution), str(row.batch))
         if row.status != "ok":
             notes.append(f"[{len(notes) + 1}] {row.model} {runtime} {row.precision}: {row.status}: {row.reason}")
-            table.add_row(*head, f"{row.status} [{len(notes)}]", *[""] * 6, style="dim")
+            table.add_row(*head, f"{row.status} [{len(notes)}]", *[""] * 8, style="dim")
             continue
         lat = row.latency_ms
+        if row.omp_wait_policy is not None and row.omp_wait_policy != "PASSIVE":
+            notes.append(f"[{len(notes) + 1}] {row.model} {runtime}: OpenMP {row.omp_wait_policy}, not a reference")
         table.add_row(*head, fmt_ms(lat.get("p50")), fmt_ms(lat.get("p90")), fmt_ms(lat.get("p99")),
                       _num(row.throughput_ips, ".1f"), fmt_ms(row.first_inference_ms), _num(row.peak_rss_mb, ".0f"),
-                      _num(row.roofline_fraction, ".2f"))
+                      _esc(roofline_text(row)), _esc(ratio_text(row)), _esc(row.verdict or "-"),
+                      style="yellow" if row.verdict and row.verdict != "stable" else None)
+    if any(r.verdict for r in result.rows):
+        notes.append(noise_text(result.noise))
     if notes:
         from rich.markup import escape
 
@@ -937,6 +946,7 @@ def _pipeline(config_file: Path | None, cli_settings: dict[str, Any], *, plan: b
 
 def _print_pipeline_summary(outcome: Any) -> None:
     """A compact terminal view of the report: one line per job, then what to look at and where the report is."""
+    from ffnet_deploy.pipeline.report import bench_noise, vs_torch_text
     from ffnet_deploy.pipeline.results import Summary
 
     results = outcome.results
@@ -953,8 +963,11 @@ def _print_pipeline_summary(outcome: Any) -> None:
         table.add_row(_esc(job.id), f"[{style.get(job.status, '')}]{job.status}[/]",
                       _num(metrics.get("cosine_mean"), ".4f"), _num(metrics.get("accuracy"), ".1f"),
                       _num(metrics.get("accuracy_drop"), ".1f"), _num(bench.p50_ms if bench else None, ".3g"),
-                      _num(bench.speedup_vs_torch if bench else None, ".2f", "x"))
+                      _esc(vs_torch_text(bench, "x")))
     console.print(table)
+    noise = bench_noise(results)
+    if noise:
+        console.print(f"bench noise verdict: {_esc(noise)}", highlight=False)
     console.print("[bold]What to look at[/]")
     for line in s.look_at:
         console.print(f"  - {_esc(line)}", highlight=False)
@@ -981,8 +994,13 @@ def quantization_rows(record: dict | None) -> list[tuple[str, str]]:
                                      + (f" ({', '.join(floats)})" if floats else "")))
     speed = record.get("speedup_vs_fp32")
     if speed:
+        from ffnet_deploy.runtimes.noise import PairedRatio, format_ratio
+
+        ratio = f"{speed['speedup']:.2f}x"
+        if speed.get("low") is not None:
+            ratio = format_ratio(PairedRatio(speed["speedup"], speed["low"], speed["high"], ()), "x")
         rows.append(("INT8 vs FP32 here", f"{speed['int8_ms']:.2f} ms vs {speed['fp32_ms']:.2f} ms "
-                                          f"({speed['speedup']:.2f}x)"))
+                                          f"({ratio}; {speed.get('verdict') or 'not judged'})"))
     for key in ("weights", "activations", "minimum_deployment_target"):
         if record.get(key) not in (None, False):
             rows.append((key.replace("_", " "), str(record[key])))

@@ -10,10 +10,17 @@ What one measurement does, for a group of contenders (runners, or plain calls, t
    step is the contender's *peak memory* (Linux: the kernel's high-water mark, reset before each load through
    ``/proc/self/clear_refs``; elsewhere the growth of ``ru_maxrss``, which can only grow, so it is a lower bound).
 2. **Warmup**, untimed: each contender runs at least ``warmup`` times and for at least ``warmup_time_s`` seconds.
-3. **Rounds.** Every round runs each contender once, in turn (A, B, C, A, B, C, ...), so a slow phase of the machine
-   hits all of them alike; that is how every ratio in this project is measured. Rounds go on until every contender
-   has ``min_iters`` samples and the timed phase has lasted ``min_time_s`` (or ``max_time_s`` is reached, with at
-   least 3 samples each).
+3. **Rounds, in blocks.** Every round runs each contender once, in turn (A, B, C, A, B, C, ...), so a slow phase of
+   the machine hits all of them alike; that is how every ratio in this project is measured. Rounds go on until every
+   contender has ``min_iters`` samples and the timed phase has lasted ``min_time_s`` (or ``max_time_s`` is reached,
+   with at least 3 samples each). With ``blocks`` = k > 1 the timed phase is cut into k blocks, each with 1/k of
+   those counts and times; the order of the contenders alternates from block to block (A, B, A, B, then B, A, B, A)
+   and each contender's best sample of a block is its *block figure* (:attr:`Contender.block_best_ms`), from which
+   :mod:`ffnet_deploy.runtimes.noise` takes paired ratios and the verdict. :func:`measure_groups` times several
+   groups (contenders that must not share rounds, e.g. two runtimes' thread pools) in the same blocks: each block
+   runs every group's rounds in turn, the groups' order alternating too, so that a ratio across groups is paired by
+   block as well. The kernel's count of how long the timed threads waited for a CPU is kept per group
+   (:class:`~ffnet_deploy.runtimes.noise.CpuWait`).
 4. **Statistics** per contender over the timed samples: min, p50, p90, p99, mean, std and a trimmed mean that drops
    the 10 % highest and lowest samples (ModelBench's trimming).
 
@@ -53,6 +60,7 @@ class Protocol:
     min_time_s: float = 5.0
     max_time_s: float | None = None  # stop the rounds here even if min_iters is not reached (min_samples reached)
     min_samples: int = 3  # samples every contender has before max_time_s may stop the rounds
+    blocks: int = 1  # k blocks of rounds, the contenders' order alternating (1: one block, the plain loop)
 
     def __post_init__(self) -> None:
         # NaN compares False with everything: a NaN --min-time would never end the rounds, so finite is checked first.
@@ -62,7 +70,8 @@ class Protocol:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not math.isfinite(value)):
                 raise ConfigError(f"bench | {flag} must be a finite number of seconds, got {value!r}")
-        for name, flag in (("warmup", "--warmup"), ("min_iters", "--min-iters"), ("min_samples", "min_samples")):
+        for name, flag in (("warmup", "--warmup"), ("min_iters", "--min-iters"), ("min_samples", "min_samples"),
+                           ("blocks", "--blocks")):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"bench | {flag} must be a whole number, got {value!r}")
@@ -70,6 +79,8 @@ class Protocol:
             raise ConfigError("bench | --warmup and --warmup-time must be >= 0, --min-iters >= 1 and --min-time >= 0")
         if self.max_time_s is not None and self.max_time_s <= 0:
             raise ConfigError("bench | --max-time must be a positive number of seconds")
+        if self.blocks < 1:
+            raise ConfigError(f"bench | --blocks must be at least 1, got {self.blocks}")
         if self.min_samples < 1:
             raise ConfigError(f"timing | min_samples must be at least 1, got {self.min_samples}")
 
@@ -150,6 +161,7 @@ class Contender:
     feed: dict[str, np.ndarray]
     runner: BaseRunner | None = None
     samples_ms: list[float] = field(default_factory=list)
+    block_best_ms: list[float] = field(default_factory=list)  # the best sample of each block (NaN: none)
     first_inference_ms: float | None = None
     peak_rss_mb: float | None = None
     memory_method: str = ""
@@ -171,6 +183,14 @@ class Contender:
         self.runner.infer(self.feed)
         assert self.runner.last_latency_ms is not None
         return self.runner.last_latency_ms
+
+    def pids(self) -> tuple[int, ...]:
+        """Processes besides this one that run the contender (a timing worker's), for the CPU-wait count."""
+        return ()
+
+    def own_memory(self) -> tuple[float | None, str] | None:
+        """The peak memory the contender's own process measured, where it is not this one (``None``: this one)."""
+        return None
 
     def close(self) -> None:
         """Release the runner (errors while releasing are ignored: they must not hide the measurement)."""
@@ -215,9 +235,23 @@ def measure(contenders: Sequence[Contender], protocol: Protocol, progress: Progr
     Every runner this function loaded is deactivated at the end, also on an interrupt. A contender handed in with an
     already active ``runner`` is used as it is (no first-inference or memory figures) and left active.
     """
+    measure_groups([contenders], protocol, progress)
+
+
+def measure_groups(groups: Sequence[Sequence[Contender]], protocol: Protocol, progress: Progress | None = None
+                   ) -> list[float | None]:
+    """:func:`measure` for several groups timed in the same blocks (module docstring, step 3).
+
+    Returns, per group, the share of their running time the measured threads waited for a CPU during that group's
+    rounds (``None`` where the kernel does not say).
+    """
+    from ffnet_deploy.runtimes.noise import CpuWait
+
     report = progress or (lambda *_: None)
+    everyone = [c for group in groups for c in group]
+    waits: list[CpuWait] = []
     try:
-        for c in contenders:
+        for c in everyone:
             if c.runner is not None and c.runner.is_active:  # handed in active: the caller loads and releases it
                 c.owned = False
                 continue
@@ -233,8 +267,10 @@ def measure(contenders: Sequence[Contender], protocol: Protocol, progress: Progr
                 c.close()
                 continue
             c.peak_rss_mb, c.memory_method = memory.mb, memory.method
-        live = [c for c in contenders if c.error is None]
-        for c in live:
+            own = c.own_memory()
+            if own is not None:  # a worker's memory, not this process's
+                c.peak_rss_mb, c.memory_method = own
+        for c in [c for c in everyone if c.error is None]:
             report(f"warmup {c.name}", 0, 1)
             count, start = 0, time.perf_counter()
             # --max-time bounds the warm-up too: a huge --warmup must not run for hours.
@@ -244,27 +280,55 @@ def measure(contenders: Sequence[Contender], protocol: Protocol, progress: Progr
                 count += 1
                 if c.error:
                     break
-        live = [c for c in live if c.error is None]
-        start = time.perf_counter()
-        names = ", ".join(c.name for c in live)
-        while live:
-            elapsed = time.perf_counter() - start
-            fewest = min(len(c.samples_ms) for c in live)
-            done_iters, done_time = fewest >= protocol.min_iters, elapsed >= protocol.min_time_s
-            if done_iters and done_time:
-                break
-            if protocol.max_time_s is not None and elapsed >= protocol.max_time_s and fewest >= protocol.min_samples:
-                break
-            frac = min(fewest / protocol.min_iters, elapsed / protocol.min_time_s if protocol.min_time_s else 1.0)
-            report(f"timing {names}", min(frac, 1.0), 1.0)
-            for c in live:
-                _guarded(c, record=True)
-            live = [c for c in live if c.error is None]
-        report(f"timing {names}", 1.0, 1.0)
+        pids = [pid for c in everyone for pid in c.pids()]
+        waits = [CpuWait(pids) for _ in groups]
+        k = protocol.blocks
+        order = list(range(len(groups)))
+        for block in range(k):
+            for g in (order if block % 2 == 0 else order[::-1]):
+                live = [c for c in groups[g] if c.error is None]
+                if not live:
+                    continue
+                if len(groups) > 1:  # one untimed round: the caches were another group's a moment ago
+                    for c in live:
+                        _guarded(c)
+                    live = [c for c in live if c.error is None]
+                with waits[g]:
+                    _block(live if block % 2 == 0 else live[::-1], protocol, block, report)
     finally:
-        for c in contenders:
+        for c in everyone:
             if c.owned:
                 c.close()
+    return [w.share for w in waits] + [None] * (len(groups) - len(waits))
+
+
+def _block(live: list[Contender], protocol: Protocol, block: int, report: Progress) -> None:
+    """One block of rounds of one group: 1/k of the protocol's iterations and times."""
+    k = protocol.blocks
+    min_iters = -(-protocol.min_iters // k)
+    min_time = protocol.min_time_s / k
+    max_time = protocol.max_time_s / k if protocol.max_time_s is not None else None
+    min_samples = -(-protocol.min_samples // k)
+    first = {id(c): len(c.samples_ms) for c in live}
+    start = time.perf_counter()
+    names = ", ".join(c.name for c in live)
+    everyone = list(live)
+    while live:
+        elapsed = time.perf_counter() - start
+        fewest = min(len(c.samples_ms) - first[id(c)] for c in live)
+        if fewest >= min_iters and elapsed >= min_time:
+            break
+        if max_time is not None and elapsed >= max_time and fewest >= min_samples:
+            break
+        frac = min(fewest / min_iters, elapsed / min_time if min_time else 1.0)
+        report(f"timing {names}", min((block + min(frac, 1.0)) / k, 1.0), 1.0)
+        for c in live:
+            _guarded(c, record=True)
+        live = [c for c in live if c.error is None]
+    report(f"timing {names}", (block + 1) / k, 1.0)
+    for c in everyone:
+        mine = c.samples_ms[first[id(c)]:]
+        c.block_best_ms.append(min(mine) if mine else float("nan"))
 
 
 def _error_line(err: BaseException) -> str:

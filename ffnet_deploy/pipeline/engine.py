@@ -655,7 +655,8 @@ def stage_bench(config: PipelineConfig, state: PipelineState, fused: Callable[[]
     if capped:
         ui.log(f"note: {capped}")
     threads = threads or default_threads()
-    protocol = Protocol(warmup=10, warmup_time_s=0.5, min_iters=config.min_iters, min_time_s=config.min_time_s)
+    protocol = Protocol(warmup=10, warmup_time_s=0.5, min_iters=config.min_iters, min_time_s=config.min_time_s,
+                        blocks=5)
     benchable = [r for r in records if r["status"] in ("passed", "failed") and r["artifact"]]
     inputs = input_hash("bench", sorted((r["id"], r["export"]["sha256"]) for r in benchable), threads,
                         protocol.to_dict(), info["sha256"])
@@ -685,30 +686,51 @@ def stage_bench(config: PipelineConfig, state: PipelineState, fused: Callable[[]
                          input_shape=(1, 3, resolution, resolution), group=(reference,)))
     owner.append(None)
     artifacts = sum(rid is not None for rid in owner)
-    ui.log(f"bench: {artifacts} artifact(s) and eager PyTorch, {threads} thread(s)")
+    ui.log(f"bench: {artifacts} artifact(s) and eager PyTorch (OpenMP not spinning, in a worker process), "
+           f"{threads} thread(s)")
+    from ffnet_deploy.runtimes.noise import load_snapshot
+
+    before = load_snapshot()
     rows = run_jobs(jobs, protocol, progress=lambda label, done_, total: ui.bar(label, done_, total))
+    after = load_snapshot()
     torch_p50 = rows[-1].p50 if rows[-1].status == "ok" else None
+    load = {"load_before": before["1m"] if before else None, "load_after": after["1m"] if after else None}
     outputs: dict[str, Any] = {}
     for row, rid in zip(rows, owner, strict=True):
         if rid is None:
             continue
-        outputs[rid] = bench_entry(row, torch_p50)
+        outputs[rid] = {**bench_entry(row, torch_p50, rows[-1]), **load}
     for r in records:
         r["bench"] = outputs.get(r["id"])
     state.record("bench", inputs, outputs)
 
 
-def bench_entry(row: Any, torch_p50: float | None) -> dict:
-    """The report's view of one bench row (with the eager-PyTorch median of the same run)."""
+def bench_entry(row: Any, torch_p50: float | None, torch_row: Any = None) -> dict:
+    """The report's view of one bench row (with the eager-PyTorch median of the same run).
+
+    With ``torch_row`` (the baseline row of the same run), the speedup is the paired one the bench judged
+    (``row.ratio``, its range and verdict), and only when the baseline ran with a quiet OpenMP pool: a spinning
+    pool's times swing with the machine's load (11.4x in one run, 1.04x in the next), so no ratio is kept from it.
+    """
     if row.status != "ok":
         return {"runtime": row.runtime, "reason": row.reason}
     lat = row.latency_ms
-    return {"runtime": row.runtime, "p50_ms": lat["p50"], "p90_ms": lat["p90"], "p99_ms": lat["p99"],
-            "min_ms": lat["min"], "trimmed_mean_ms": lat["trimmed_mean"], "throughput_ips": row.throughput_ips,
-            "first_inference_ms": row.first_inference_ms, "peak_rss_mb": row.peak_rss_mb,
-            "iterations": row.iterations, "torch_p50_ms": torch_p50,
-            "speedup_vs_torch": torch_p50 / lat["p50"] if torch_p50 else None,
-            "host_measurement": row.host_measurement, "reason": None}
+    entry = {"runtime": row.runtime, "p50_ms": lat["p50"], "p90_ms": lat["p90"], "p99_ms": lat["p99"],
+             "min_ms": lat["min"], "trimmed_mean_ms": lat["trimmed_mean"], "throughput_ips": row.throughput_ips,
+             "first_inference_ms": row.first_inference_ms, "peak_rss_mb": row.peak_rss_mb,
+             "iterations": row.iterations, "torch_p50_ms": torch_p50,
+             "speedup_vs_torch": torch_p50 / lat["p50"] if torch_p50 else None,
+             "host_measurement": row.host_measurement, "reason": None}
+    if torch_row is None:
+        return entry
+    from ffnet_deploy.runtimes._worker import WAIT_POLICY
+
+    quiet = torch_row.status == "ok" and torch_row.omp_wait_policy == WAIT_POLICY
+    paired = row.ratio if quiet and row.reference and row.reference.startswith(torch_row.runtime) else None
+    return {**entry, "speedup_vs_torch": paired.median if paired else None,
+            "vs_torch_low": paired.low if paired else None, "vs_torch_high": paired.high if paired else None,
+            "blocks_ms": list(row.blocks_ms), "verdict": row.verdict, "noise_reasons": list(row.noise_reasons),
+            "torch_omp_wait_policy": torch_row.omp_wait_policy}
 
 
 # -- job records and the report -------------------------------------------------------------------------------------
@@ -760,12 +782,33 @@ def recommend(jobs: Sequence[JobRecord]) -> list[Recommendation]:
             continue
         best = min(timed, key=lambda j: j.bench.p50_ms)
         fp32 = next((j for j in timed if j.precision == baseline_precision()), None)
+        why = f"fastest of {len(timed)} artifact(s) that passed parity on {runtime}" + (
+            f" ({note})" if (note := _latency_note(runtime)) else "")
+        ratio, judged = None, None
+        if fp32 is not None and best is not fp32 and best.bench.blocks_ms and fp32.bench.blocks_ms:
+            from ffnet_deploy.runtimes.noise import format_ratio, paired_ratio, verdict
+
+            ratio = paired_ratio(fp32.bench.blocks_ms, best.bench.blocks_ms)
+            row_noise = [r for j in (best, fp32) for r in j.bench.noise_reasons]
+            judged = verdict(ratio)
+            if ratio is not None and ratio.low <= 1.0:
+                # The blocks do not all show it faster (the range holds 1.0): keep the FP32 artifact instead of
+                # picking on noise.
+                why = (f"{best.id} is not clearly faster than {fp32.id} ({format_ratio(ratio)}): within the noise, "
+                       f"so the FP32 artifact; rerun on a quiet machine to separate them")
+                best = fp32
+            elif not judged.stable or row_noise:
+                why += "; the timing was noisy: rerun on a quiet machine"
+        noisy = (judged is not None and not judged.stable) or any(
+            j.bench.verdict not in (None, "stable") for j in (best, fp32) if j is not None)
         out.append(Recommendation(
             runtime=runtime, job=best.id, p50_ms=best.bench.p50_ms, fp32_job=fp32.id if fp32 else None,
             fp32_p50_ms=fp32.bench.p50_ms if fp32 else None,
             speedup_vs_fp32=fp32.bench.p50_ms / best.bench.p50_ms if fp32 else None,
-            why=f"fastest of {len(timed)} artifact(s) that passed parity on {runtime}"
-            + (f" ({note})" if (note := _latency_note(runtime)) else "")))
+            speedup_low=ratio.low if ratio is not None else None,
+            speedup_high=ratio.high if ratio is not None else None,
+            verdict=("noisy: rerun on a quiet machine" if noisy else "stable") if best.bench.verdict else None,
+            why=why))
     return out
 
 
@@ -796,7 +839,9 @@ def assemble(jobs: Sequence[JobRecord], *, checkpoint: CheckpointInfo, settings:
         job = next(j for j in jobs if j.id == rec.job)
         line = f"Recommended for {rec.runtime}: {rec.job} ({rec.p50_ms:.3g} ms"
         if rec.speedup_vs_fp32 and rec.job != rec.fp32_job:
-            line += f", {rec.speedup_vs_fp32:.2f}x FP32"
+            from ffnet_deploy.pipeline.report import vs_fp32_text
+
+            line += f", {vs_fp32_text(rec)} FP32"
         drop = job.parity.metrics.get("accuracy_drop") if job.parity is not None else None
         line += f", accuracy drop {drop:.2f} points)" if isinstance(drop, (int, float)) else ")"
         if _latency_note(rec.runtime):

@@ -114,6 +114,50 @@ def fmt_ms(value: Any) -> str:
     return DASH if v is None else bench_ms(v)
 
 
+def vs_torch_text(bench: Any, unit: str = "×") -> str:
+    """The speedup over eager PyTorch with its per-block range (``"4.41× (4.20–4.63)"``), "no clear difference"
+    when the range holds 1.0, and "(noisy)" when the bench judged the row noisy; :data:`DASH` without one."""
+    from ffnet_deploy.runtimes.noise import PairedRatio, format_ratio
+
+    speedup = _num(bench.speedup_vs_torch) if bench is not None else None
+    if speedup is None:
+        return DASH
+    low, high = _num(bench.vs_torch_low), _num(bench.vs_torch_high)
+    text = (f"{speedup:.2f}{unit}" if low is None or high is None
+            else format_ratio(PairedRatio(speedup, low, high, ()), unit))
+    return text + (" (noisy)" if bench.verdict not in (None, "stable") else "")
+
+
+def vs_fp32_text(rec: Any) -> str:
+    """``"1.36x (1.30-1.41)"``: the recommendation's speedup over FP32 with its per-block range."""
+    from ffnet_deploy.runtimes.noise import PairedRatio, format_ratio
+
+    if rec.speedup_vs_fp32 is None:
+        return "-"
+    if rec.speedup_low is None or rec.speedup_high is None:
+        return f"{rec.speedup_vs_fp32:.2f}x"
+    return format_ratio(PairedRatio(rec.speedup_vs_fp32, rec.speedup_low, rec.speedup_high, ()), "x")
+
+
+def bench_noise(results: Any) -> str | None:
+    """The bench stage's table-level verdict line (its rows' verdicts together, and the load), or ``None``."""
+    from ffnet_deploy.runtimes.noise import NOISY, STABLE
+
+    entries = [j.bench for j in results.jobs if j.bench is not None and j.bench.verdict is not None]
+    if not entries:
+        return None
+    reasons = list(dict.fromkeys(f"{j.id}: {r}" for j in results.jobs if j.bench is not None
+                                 for r in j.bench.noise_reasons))
+    first = entries[0]
+    load = ", ".join(f"{v:.2f} {k}" for k, v in (("before", _num(first.load_before)), ("after", _num(first.load_after)))
+                     if v is not None)
+    policy = first.torch_omp_wait_policy
+    text = f"{NOISY if reasons else STABLE}" + (f" (load average {load})" if load else "")
+    if policy:
+        text += f"; eager PyTorch with OMP_WAIT_POLICY={policy}"
+    return text + (": " + "; ".join(reasons) if reasons else "")
+
+
 def _fmt(value: Any, spec: str, suffix: str = "") -> str:
     v = _num(value)
     return DASH if v is None else f"{v:{spec}}{suffix}"
@@ -227,7 +271,7 @@ def summary_rows(results: PipelineResults | dict) -> list[dict]:
             "accuracy_drop": _fmt(metrics.get("accuracy_drop"), "+.1f"),
             "p50_ms": fmt_ms(bench.p50_ms if bench is not None else None),
             "p90_ms": fmt_ms(bench.p90_ms if bench is not None else None),
-            "speedup": _fmt(bench.speedup_vs_torch if bench is not None else None, ".2f", "×"),
+            "speedup": vs_torch_text(bench),
             "runtime": _bench_runtime(job),
             "reason": _reason(job),
             "ran_on": job.ran_on or DASH,
@@ -306,6 +350,9 @@ def _header_blocks(results: PipelineResults) -> list[Block]:
             line += f" in {_duration(summary.seconds)}"
         line += f"; exit code {summary.exit_code}"
         blocks.append(Para([_b("Result: "), _t(line + ".")]))
+    noise = bench_noise(results)
+    if noise:
+        blocks.append(Para([_b("Bench noise verdict: "), _t(noise + ".")]))
     return blocks
 
 
@@ -315,7 +362,7 @@ def _recommendation_table(results: PipelineResults) -> Table | None:
     rows = []
     for r in results.recommendations:
         speedup = _num(r.speedup_vs_fp32)
-        vs = DASH if speedup is None else f"{speedup:.2f}×"
+        vs = DASH if speedup is None else vs_fp32_text(r).replace("x", "×")
         if r.job and r.job == r.fp32_job:
             vs = "is the FP32 artifact"
         elif speedup is not None and r.fp32_job:
@@ -565,8 +612,8 @@ def plot_latency(results: PipelineResults | dict, path: Path) -> Path | None:
             bar = ax.barh(y, p50, height=0.72, color=palette(gi % 10), label=runtime,
                           hatch="///" if failed else None, edgecolor="white" if not failed else _FAIL_COLOR,
                           linewidth=0.6)
-            speedup = _num(job.bench.speedup_vs_torch)
-            text = f"{fmt_ms(p50)} ms" + (f"  ({speedup:.1f}× torch)" if speedup is not None else "")
+            speedup = vs_torch_text(job.bench)
+            text = f"{fmt_ms(p50)} ms" + (f"  ({speedup} torch)" if speedup != DASH else "")
             ax.bar_label(bar, labels=[text], padding=3, fontsize=8)
             ticks.append(y)
             labels.append(_job_label(job))

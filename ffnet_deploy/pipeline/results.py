@@ -128,7 +128,15 @@ class BenchEntry(Record):
     peak_rss_mb: Finite | None = None
     iterations: Count | None = None
     torch_p50_ms: Positive | None = None
-    speedup_vs_torch: NonNegative | None = None
+    speedup_vs_torch: NonNegative | None = None  # the median of the per-block ratios (None: no quiet torch row)
+    vs_torch_low: NonNegative | None = None  # lowest and highest per-block ratio
+    vs_torch_high: NonNegative | None = None
+    blocks_ms: list[NonNegative | None] = []  # best latency per block, paired with the other jobs' of the run
+    verdict: Literal["stable", "noisy: rerun on a quiet machine"] | None = None
+    noise_reasons: list[str] = []
+    torch_omp_wait_policy: str | None = None  # how the baseline's OpenMP pool waited (PASSIVE: no spinning)
+    load_before: NonNegative | None = None  # 1-minute load average before and after the bench stage
+    load_after: NonNegative | None = None
     host_measurement: str | None = None  # the bench row's: timed on a host, not on the device it is for
     reason: str | None = None
 
@@ -199,6 +207,9 @@ class Recommendation(Record):
     fp32_job: str | None = None
     fp32_p50_ms: Positive | None = None
     speedup_vs_fp32: NonNegative | None = None
+    speedup_low: NonNegative | None = None  # the range of the per-block ratios behind speedup_vs_fp32 (p50s)
+    speedup_high: NonNegative | None = None
+    verdict: Literal["stable", "noisy: rerun on a quiet machine"] | None = None
     why: str = ""
 
 

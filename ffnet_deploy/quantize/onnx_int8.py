@@ -217,13 +217,28 @@ class QuantizedOnnx:
 
 @dataclass(frozen=True)
 class SpeedupResult:
-    """FP32 against INT8 latency on ONNX Runtime's CPU provider, medians of interleaved rounds."""
+    """FP32 against INT8 latency on ONNX Runtime's CPU provider: medians of interleaved rounds, and the paired
+    block ratios with the noise verdict of :mod:`ffnet_deploy.runtimes.noise` (the protocol bench uses)."""
 
     fp32_ms: float  # median FP32 latency of one inference
     int8_ms: float  # median INT8 latency of one inference
-    speedup: float  # fp32_ms / int8_ms; below 1 means INT8 is slower
+    speedup: float  # FP32 / INT8, the median of the per-block ratios; below 1 means INT8 is slower
     threads: int  # intra-op threads of both sessions
     rounds: int  # interleaved rounds timed (each times both models once)
+    low: float | None = None  # the lowest and highest per-block ratio
+    high: float | None = None
+    blocks: int = 1
+    verdict: str | None = None  # "stable" or "noisy: rerun on a quiet machine"
+    reasons: list[str] = field(default_factory=list)
+    cpu_wait: float | None = None
+    load_before: float | None = None
+    load_after: float | None = None
+
+    @property
+    def clear(self) -> bool:
+        """Whether the blocks agree on a side and the timing was stable: only then is the ratio a speedup."""
+        return self.verdict == "stable" and self.low is not None and self.high is not None and not (
+            self.low <= 1.0 <= self.high)
 
     @property
     def faster(self) -> bool:
@@ -692,8 +707,10 @@ def quantized_nodes(source: Any, quantized: Any, selected: set[str]) -> dict[str
 
 
 def measure_speedup(fp32_path: Path, int8_path: Path, *, threads: int = 2, rounds: int = 40, seconds: float = 5.0,
-                    warmup: int = 3, feed: np.ndarray | None = None) -> SpeedupResult:
-    """Time the FP32 and INT8 models in interleaved rounds (FP32, INT8, FP32, ...) and compare medians.
+                    warmup: int = 3, feed: np.ndarray | None = None, blocks: int = 5) -> SpeedupResult:
+    """Time the FP32 and INT8 models in interleaved rounds (FP32, INT8, FP32, ...), in ``blocks`` blocks, and compare
+    them as bench does: the median of the per-block ratios of the best times, its range, and the noise verdict
+    (:func:`ffnet_deploy.runtimes.noise.verdict`).
 
     Both run in the ``onnxruntime`` runner on the CPU provider with ``threads`` intra-op threads and spinning off, so
     neither steals the cores from the other, timed by the project's one timing loop
@@ -708,13 +725,16 @@ def measure_speedup(fp32_path: Path, int8_path: Path, *, threads: int = 2, round
         seconds: Time budget of the timed rounds.
         warmup: Untimed runs of each model first.
         feed: The input; default a fixed random normal tensor of the model's input shape.
+        blocks: Blocks the rounds are cut into (the order alternating), for the paired ratios.
 
     Returns:
-        Median latencies and their ratio.
+        Median latencies, the paired ratio with its range, and the verdict.
     """
+    from ffnet_deploy.environment import usable_cpus
     from ffnet_deploy.runtimes import create_runner
+    from ffnet_deploy.runtimes.noise import load_snapshot, paired_ratio, verdict
     from ffnet_deploy.runtimes.onnxruntime import no_spinning
-    from ffnet_deploy.runtimes.timing import Contender, Protocol, latency_stats, measure
+    from ffnet_deploy.runtimes.timing import Contender, Protocol, latency_stats, measure_groups
 
     def runner(path: Path):
         return create_runner("onnxruntime", path, threads=threads, session_options=no_spinning)
@@ -727,14 +747,21 @@ def measure_speedup(fp32_path: Path, int8_path: Path, *, threads: int = 2, round
     contenders = [Contender(name, lambda p=path: runner(p), {spec.name: feed})
                   for name, path in (("fp32", fp32_path), ("int8", int8_path))]
     done = max(5, rounds)
-    measure(contenders, Protocol(warmup=warmup, warmup_time_s=0.0, min_iters=done, min_time_s=0.0,
-                                 max_time_s=seconds, min_samples=5))
+    before = load_snapshot()
+    (wait,) = measure_groups([contenders], Protocol(warmup=warmup, warmup_time_s=0.0, min_iters=done, min_time_s=0.0,
+                                                    max_time_s=seconds, min_samples=5, blocks=blocks))
+    after = load_snapshot()
     failed = [c for c in contenders if c.error]
     if failed:
         raise OnnxQuantizationError(f"onnx int8 | timing {failed[0].name} failed: {failed[0].error}")
     n = min(len(c.samples_ms) for c in contenders)
     fp32_ms, int8_ms = (latency_stats(c.samples_ms[:n])["p50"] for c in contenders)
-    return SpeedupResult(fp32_ms, int8_ms, fp32_ms / int8_ms, threads, n)
+    ratio = paired_ratio(contenders[0].block_best_ms, contenders[1].block_best_ms)
+    load = {k: v["1m"] if v else None for k, v in (("load_before", before), ("load_after", after))}
+    judged = verdict(ratio, blocks=blocks, cpu_wait=wait, cpus=usable_cpus(), own_threads=threads, **load)
+    return SpeedupResult(fp32_ms, int8_ms, ratio.median if ratio else fp32_ms / int8_ms, threads, n,
+                         low=ratio.low if ratio else None, high=ratio.high if ratio else None, blocks=blocks,
+                         verdict=judged.verdict, reasons=list(judged.reasons), cpu_wait=wait, **load)
 
 
 def _first_line(err: BaseException) -> str:

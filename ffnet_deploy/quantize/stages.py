@@ -188,11 +188,17 @@ def quantize_onnx_stage(stage, model, config, log: Log, target: str):
                                                  "relative_speed": round(cost.fp32_ms / cost.int8_ms, 3)}
                 log(f"keeping {len(float_groups)} layer groups in float for the accuracy budget: "
                     f"{cost.int8_ms:.2f} ms instead of {cost.fp32_ms:.2f} ms fully INT8")
-            if speed.speedup < NOT_FASTER:
+            spread = (f"{speed.speedup:.2f}x, blocks {speed.low:.2f}-{speed.high:.2f}x" if speed.low is not None
+                      else f"{speed.speedup:.2f}x")
+            noisy = "" if speed.verdict == "stable" else (
+                f"; the timing was noisy ({'; '.join(speed.reasons)}): rerun on a quiet machine before choosing")
+            if speed.speedup < NOT_FASTER or not speed.clear:
+                claim = ("INT8 is not faster than FP32" if speed.speedup < NOT_FASTER or speed.verdict == "stable"
+                         else "INT8 is not faster than FP32 measurably")
                 notices.append(
-                    f"INT8 is not faster than FP32 in ONNX Runtime on this CPU ({cpu['isa_class']}, {cpu['cpu']}): "
+                    f"{claim} in ONNX Runtime on this CPU ({cpu['isa_class']}, {cpu['cpu']}): "
                     f"{speed.int8_ms:.2f} ms vs {speed.fp32_ms:.2f} ms at batch 1, {speed.threads} threads "
-                    f"({speed.speedup:.2f}x); keep the FP32 model for ONNX Runtime here, or use --format openvino "
+                    f"({spread}){noisy}; keep the FP32 model for ONNX Runtime here, or use --format openvino "
                     "--precision int8"
                 )
         out.replace(stage.path)
