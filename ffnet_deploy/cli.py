@@ -835,7 +835,7 @@ def pipeline(
     only: Annotated[list[str] | None, typer.Option("--only", help="Run one job, e.g. onnx/int8 (repeatable), "
                                                    "into the same output layout.")] = None,
     executor: Annotated[str, typer.Option("--executor", help="Where the jobs run: local (this process) or ray (one "
-                                          "Ray task per job; pip install 'ffnet-deploy[ray]').")] = "local",
+                                          "Ray task per job; needs the ray extra).")] = "local",
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="With --executor ray: the cluster to "
                                                     "join (default: start a local Ray). --output must be a folder "
                                                     "every node sees.")] = None,

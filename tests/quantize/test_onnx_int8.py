@@ -245,7 +245,10 @@ def test_measure_speedup_returns_medians(fp32, prepared, ranges, work):
     result = q.quantize_onnx(prepared, work / "speed.onnx", ranges, target="cpu")
     speed = q.measure_speedup(fp32, result.path, threads=1, rounds=5, seconds=0.5, warmup=1)
     assert speed.fp32_ms > 0 and speed.int8_ms > 0 and speed.rounds == 5 and speed.threads == 1
-    assert speed.speedup == pytest.approx(speed.fp32_ms / speed.int8_ms)
+    # the speedup is the median of the paired per-block ratios (runtimes/noise.py), inside their range; the medians
+    # of the two rows' own times give a ratio of the same order, not the same number
+    assert speed.low is not None and speed.low <= speed.speedup <= speed.high
+    assert speed.speedup == pytest.approx(speed.fp32_ms / speed.int8_ms, rel=0.5)
 
 
 def test_portability_follows_the_weight_range_that_vpmaddubsw_can_hold():
