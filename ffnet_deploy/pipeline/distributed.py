@@ -236,7 +236,7 @@ def run_on_ray(config: PipelineConfig, *, address: str | None = None, command: s
         with deferred():  # a second Ctrl-C must not leave the local Ray running
             ray.shutdown()
 
-    from ffnet_deploy.pipeline.engine import artifact_intact, load_jobs, write_job_location
+    from ffnet_deploy.pipeline.engine import artifact_intact, drop_other_jobs, load_jobs, write_job_location
 
     runs = []
     for job in jobs:
@@ -256,6 +256,7 @@ def run_on_ray(config: PipelineConfig, *, address: str | None = None, command: s
     if not runs:
         reasons = "; ".join(f"{jid}: {r.reason}" for jid, r in failed.items())
         raise ConfigError(f"pipeline | no job finished on Ray ({reasons})")
+    drop_other_jobs(config.output, [job.id for job in jobs])  # the report is of this run's jobs, as a local run's
     return merge_runs(runs, config.output, command=command, log=say, extra=list(failed.values()))
 
 
