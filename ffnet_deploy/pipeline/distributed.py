@@ -141,22 +141,21 @@ def run_on_ray(config: PipelineConfig, *, address: str | None = None, command: s
         ConfigError: Ray missing or unreachable, unusable options or output folder (before any task runs).
         Interrupted: On Ctrl-C; the tasks are cancelled and every job that finished is kept for ``--resume``.
     """
-    from ffnet_deploy.pipeline.engine import check_output, merge_runs, prepare_output
+    from ffnet_deploy.pipeline.engine import checked_inputs, log_kept, merge_runs, prepare_output
 
     say = log or (lambda _m: None)
     ray = _import_ray()
-    config.validate()
-    config.check_data()
-    check_output(config)
-    if config.demo:  # trained (or taken from the cache) once, here; the tasks run the checkpoint
-        from ffnet_deploy.demo import demo_checkpoint
 
-        config = replace(config, checkpoint=demo_checkpoint().path, demo=False)
-    if config.checkpoint is None or not Path(config.checkpoint).is_file():
-        raise ConfigError(f"pipeline | --checkpoint {config.checkpoint}: no such file")
-    config = _absolute(config)
-    with prepare_output(config):  # claimed (and --force applied) under the lock; merge_runs locks it again
-        pass
+    class _Log:
+        log = staticmethod(say)
+
+        def bar(self, label: str, done: float, total: float) -> None:
+            pass
+
+    # the demo's checkpoint is trained (or taken from the cache) once, here; the tasks run that checkpoint
+    config = _absolute(replace(checked_inputs(config, _Log()), demo=False))
+    with prepare_output(config) as kept:  # claimed (and --force applied) under the lock; merge_runs locks it again
+        log_kept(kept, say)
     jobs = config.jobs()
     folders = {job.id: config.output / STATE_DIR / RAY_DIR / job.id for job in jobs}
     ray_dir = config.output / STATE_DIR / RAY_DIR

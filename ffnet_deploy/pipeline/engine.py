@@ -216,16 +216,12 @@ def check_output(config: PipelineConfig) -> bool:
 # -- stages -----------------------------------------------------------------------------------------------------------
 
 
-def run_pipeline(config: PipelineConfig, *, command: str = "", ui: UI | None = None) -> Outcome:
-    """Run every stage for ``config``'s jobs and write the report; see the module docstring.
+def checked_inputs(config: PipelineConfig, ui: UI) -> PipelineConfig:
+    """``config`` checked before anything runs, with the demo's checkpoint trained (or taken from the cache).
 
     Raises:
-        ConfigError: Unusable options or output folder (before anything runs).
-        CheckpointError: The checkpoint cannot be read.
-        Interrupted: On Ctrl-C / SIGTERM; every stage finished so far is kept for ``--resume``.
+        ConfigError: Unusable options, data or output folder, or a checkpoint that is not a file.
     """
-    ui = ui or _Silent()
-    start = time.perf_counter()
     config.validate()
     config.check_data()
     check_output(config)  # before the demo trains: a refused folder costs nothing
@@ -239,10 +235,29 @@ def run_pipeline(config: PipelineConfig, *, command: str = "", ui: UI | None = N
     assert checkpoint is not None
     if not Path(checkpoint).is_file():
         raise ConfigError(f"pipeline | --checkpoint {checkpoint}: no such file")
+    return config
+
+
+def log_kept(kept: Sequence[str], log: Callable[[str], None]) -> None:
+    """Say which files ``--force`` kept (:func:`prepare_output`)."""
+    if kept:
+        log(f"--force kept {len(kept)} file(s) the pipeline did not record writing, or that changed since: "
+            f"{', '.join(kept[:5])}" + (f" and {len(kept) - 5} more" if len(kept) > 5 else ""))
+
+
+def run_pipeline(config: PipelineConfig, *, command: str = "", ui: UI | None = None) -> Outcome:
+    """Run every stage for ``config``'s jobs and write the report; see the module docstring.
+
+    Raises:
+        ConfigError: Unusable options or output folder (before anything runs).
+        CheckpointError: The checkpoint cannot be read.
+        Interrupted: On Ctrl-C / SIGTERM; every stage finished so far is kept for ``--resume``.
+    """
+    ui = ui or _Silent()
+    start = time.perf_counter()
+    config = checked_inputs(config, ui)
     with prepare_output(config) as kept:
-        if kept:
-            ui.log(f"--force kept {len(kept)} file(s) the pipeline did not record writing, or that changed since: "
-                   f"{', '.join(kept[:5])}" + (f" and {len(kept) - 5} more" if len(kept) > 5 else ""))
+        log_kept(kept, ui.log)
         try:
             return _run_stages(config, ui, command, start)
         except Interrupted as err:
