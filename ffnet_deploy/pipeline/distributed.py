@@ -31,13 +31,15 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ffnet_deploy.errors import ConfigError, FFNetDeployError, Interrupted, require
+from ffnet_deploy.errors import ConfigError, FFNetDeployError, Interrupted, first_line, require
 from ffnet_deploy.interrupts import deferred
 from ffnet_deploy.pipeline.config import Job, PipelineConfig, job_device
 from ffnet_deploy.pipeline.state import STATE_DIR
@@ -106,8 +108,66 @@ def _start(ray: Any, address: str | None) -> None:
             ray.init(num_cpus=usable_cpus(), **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
-        raise ConfigError(f"pipeline | cannot start {where}: {str(err).splitlines()[0] if str(err) else err}; "
+        raise ConfigError(f"pipeline | cannot start {where}: {first_line(err)}; "
                           "check --ray-address (or leave it out for a local Ray)") from None
+
+
+# The HTTP/2 connection preface and an empty SETTINGS frame: a gRPC server (Ray's GCS and its client server both
+# are) answers with a SETTINGS frame of its own, type 0x4 in byte 3 of the 9-byte frame header.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+PROBE_TIMEOUT_S = 5.0
+
+
+def _probe(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Refuse an address where no Ray cluster can answer, before ``ray.init``: given an address where nothing
+    listens, or a server that is not Ray's, ``ray.init`` retries without end (seen with Ray 2.60).
+
+    Raises:
+        ConfigError: the address is not ``HOST:PORT`` / ``ray://HOST:PORT``, nothing accepts a connection there
+            within ``timeout`` seconds, or what answers does not speak gRPC.
+    """
+    hostport = address.removeprefix("ray://")
+    host, _, port_text = hostport.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"pipeline | --ray-address {address!r} is not HOST:PORT; give the head node's GCS address "
+                          "(e.g. 10.0.0.5:6379), ray://HOST:10001 for Ray Client, or auto")
+    try:
+        with socket.create_connection((host, int(port_text)), timeout=timeout) as conn:
+            conn.settimeout(timeout)
+            conn.sendall(_H2_PREFACE)
+            reply = conn.recv(9)
+    except OSError as err:
+        raise ConfigError(f"pipeline | no Ray cluster answers at {hostport}: {first_line(err)}; start one there "
+                          "(`ray start --head`) or check --ray-address") from None
+    if len(reply) < 4 or reply[3] != 4:
+        raise ConfigError(f"pipeline | {hostport} answers but is not a Ray cluster (no gRPC server there); "
+                          "check --ray-address (the head's GCS port is 6379 by default)")
+    _connect_in_child(address, CONNECT_TIMEOUT_S)
+
+
+# A gRPC server that is not Ray's (or a proxy that answers for any address) passes the probe above and still makes
+# ray.init wait without end; a child process that is killed after this long bounds that wait.
+CONNECT_TIMEOUT_S = 30.0
+_CONNECT = ("import sys, ray; ray.init(address=sys.argv[1], include_dashboard=False, logging_level='ERROR'); "
+            "ray.shutdown()")
+
+
+def _connect_in_child(address: str, timeout: float) -> None:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    try:
+        done = subprocess.run([sys.executable, "-c", _CONNECT, address], env=env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"pipeline | no Ray cluster answered at {address} within {timeout:.0f} s; check "
+                          "--ray-address (`ray status` on the head prints its address)") from None
+    if done.returncode != 0:
+        if "Authentication token" in done.stderr:
+            raise ConfigError(f"pipeline | the Ray cluster at {address} refused this machine's auth token; set "
+                              "RAY_AUTH_TOKEN (or ~/.ray/auth_token) to the head's token")
+        lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+        raise ConfigError(f"pipeline | cannot connect to the Ray cluster at {address}: "
+                          f"{lines[-1].strip() if lines else f'exit code {done.returncode}'}; check --ray-address")
 
 
 def _bench_node(ray: Any, device: str, turn: int) -> tuple[str, float] | None:
@@ -142,6 +202,8 @@ def run_on_ray(config: PipelineConfig, *, address: str | None = None, command: s
 
     say = log or (lambda _m: None)
     ray = _import_ray()
+    if address and address != "auto":
+        _probe(address)  # before anything is written: an unreachable cluster leaves the output as it was
 
     class _Log:
         log = staticmethod(say)

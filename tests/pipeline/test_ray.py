@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -117,3 +120,64 @@ def test_ctrl_c_cancels_the_tasks_and_keeps_what_finished(tmp_path, demo_checkpo
     assert again.returncode == 0, again.stderr[-2000:]
     assert {j["id"]: j["status"] for j in _results(out)["jobs"]} == {
         "onnx-fp32": "passed", "onnx-fp16": "passed", "onnx-int8": "passed"}
+
+
+def _serve(reply: bytes) -> tuple[str, threading.Event]:
+    """A local TCP server that answers every connection with ``reply`` and then holds it open until stopped."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def loop() -> None:
+        server.settimeout(0.2)
+        held = []
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            conn.sendall(reply)
+            held.append(conn)
+        for conn in held:
+            conn.close()
+        server.close()
+
+    threading.Thread(target=loop, daemon=True).start()
+    return f"127.0.0.1:{server.getsockname()[1]}", stop
+
+
+# an HTTP/2 SETTINGS frame, what any gRPC server sends first: it passes the quick probe, and then ray.init would wait
+_SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("refused", "no Ray cluster answers at 127.0.0.1:1"),
+    ("not-host-port", "is not HOST:PORT"),
+    ("not-grpc", "answers but is not a Ray cluster"),
+    ("grpc-not-ray", "no Ray cluster answered at"),
+])
+def test_an_unreachable_ray_address_is_one_line_and_bounded(tmp_path, demo_checkpoint_path, capsys, monkeypatch,
+                                                           kind, message):
+    # before the probe, `--ray-address 127.0.0.1:1` made ray.init retry without end
+    from ffnet_deploy.pipeline import distributed
+
+    monkeypatch.setattr(distributed, "CONNECT_TIMEOUT_S", 3.0)
+    stop = None
+    if kind == "refused":
+        address = "127.0.0.1:1"
+    elif kind == "not-host-port":
+        address = "headnode"
+    else:
+        address, stop = _serve(b"HTTP/1.1 400 Bad Request\r\n\r\n" if kind == "not-grpc" else _SETTINGS)
+    out = tmp_path / "o"
+    started = time.monotonic()
+    try:
+        code = main(["pipeline", "--checkpoint", str(demo_checkpoint_path), "--formats", "onnx", "--precisions",
+                     "fp32", "--no-bench", "--output", str(out), "--executor", "ray", "--ray-address", address])
+    finally:
+        if stop is not None:
+            stop.set()
+    err = capsys.readouterr().err
+    assert code != 0 and message in err and "Traceback" not in err, err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
+    assert time.monotonic() - started < 60
+    assert not out.exists()  # refused before anything was written
