@@ -81,12 +81,14 @@ class PipelineConfig:
     only: tuple[str, ...] = ()  # job selectors ("onnx/int8"); empty = every job
     trust: bool = False
     device_name: str | None = None
+    every_precision: bool = False  # precisions not given: each format makes the ones it has, none is skipped
 
     def __post_init__(self) -> None:
         if self.formats is None:
             object.__setattr__(self, "formats", format_names())
         if self.precisions is None:
             object.__setattr__(self, "precisions", precision_names(stored=True))
+            object.__setattr__(self, "every_precision", True)
 
     def validate(self) -> None:
         """Check the settings on their own.
@@ -151,6 +153,8 @@ class PipelineConfig:
     def jobs(self) -> list[Job]:
         """The jobs this run executes: every format x precision, or the ``--only`` ones."""
         jobs = all_jobs(self.formats, self.precisions)
+        if self.every_precision:  # an asked-for combination a format cannot make is a skipped job; a default is not
+            jobs = [j for j in jobs if j.precision in get_format(j.format).precisions]
         return [j for j in jobs if not self.only or j.selector in self.only]
 
     def settings(self) -> dict:

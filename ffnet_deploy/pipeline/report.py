@@ -139,8 +139,15 @@ def vs_fp32_text(rec: Any) -> str:
     return format_ratio(PairedRatio(rec.speedup_vs_fp32, rec.speedup_low, rec.speedup_high, ()), "x")
 
 
-def bench_noise(results: Any) -> str | None:
-    """The bench stage's table-level verdict line (its rows' verdicts together, and the load), or ``None``."""
+NOISE_REASONS_SHOWN = 3
+"""How many of the rows' noise reasons the table-level line spells out; every one is in ``results.json``."""
+
+
+def bench_noise(results: Any, shown: int = NOISE_REASONS_SHOWN) -> str | None:
+    """The bench stage's table-level verdict line (its rows' verdicts together, and the load), or ``None``.
+
+    Names the first ``shown`` reasons and counts the rest (each job's own are its ``bench.noise_reasons``): a
+    loaded machine gives two or three per timed job, a paragraph nobody reads in a terminal."""
     from ffnet_deploy.runtimes.noise import NOISY, STABLE
 
     entries = [j.bench for j in results.jobs if j.bench is not None and j.bench.verdict is not None]
@@ -155,6 +162,8 @@ def bench_noise(results: Any) -> str | None:
     text = f"{NOISY if reasons else STABLE}" + (f" (load average {load})" if load else "")
     if policy:
         text += f"; eager PyTorch with OMP_WAIT_POLICY={policy}"
+    if len(reasons) > shown:
+        reasons = [*reasons[:shown], f"{len(reasons) - shown} more in results.json (each job's bench.noise_reasons)"]
     return text + (": " + "; ".join(reasons) if reasons else "")
 
 

@@ -22,7 +22,7 @@ from ffnet_deploy.runtimes import RUNTIMES
 
 def test_built_in_formats_in_their_declared_order():
     assert format_names() == ("onnx", "openvino", "coreml", "tensorrt", "executorch")
-    assert demo_formats() == ("onnx", "openvino", "coreml")
+    assert demo_formats() == ("onnx", "openvino", "coreml", "executorch")
     assert model_suffixes() == (".onnx", ".xml", ".mlpackage", ".mlmodel", ".engine", ".plan", ".pte")
     assert [format_of_suffix(s) for s in (".ONNX", ".plan", ".mlmodel", ".pt", ".PTE")] == [
         "onnx", "tensorrt", "coreml", None, "executorch"]

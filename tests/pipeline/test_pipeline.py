@@ -46,6 +46,7 @@ def test_demo_passes_parity_everywhere_with_accuracy(demo_run):
     assert results["schema"] == "ffnet-deploy/pipeline/1"  # the one schema-ID spelling (was ffnet-deploy.pipeline/1)
     jobs = {j["id"]: j for j in results["jobs"]}
     expected = {f"{f}-{p}" for f in ("onnx", "openvino", "coreml") for p in ("fp32", "fp16", "int8")}
+    expected |= {"executorch-fp32", "executorch-int8"}  # the precisions ExecuTorch makes; no skipped fp16 job
     assert set(jobs) == expected
     for job in jobs.values():
         assert job["status"] == "passed", (job["id"], job["reason"])
@@ -66,9 +67,9 @@ def test_demo_report_folder(demo_run):
     import xml.etree.ElementTree as ET
 
     root = ET.parse(out / "junit.xml").getroot()
-    # the one JUnit layout: a suite per job (9 jobs), a case per gated check, nothing failed
+    # the one JUnit layout: a suite per job (11 jobs), a case per gated check, nothing failed
     suites = root.findall("testsuite")
-    assert len(suites) == 9 and int(root.get("failures")) == 0 and int(root.get("errors")) == 0
+    assert len(suites) == 11 and int(root.get("failures")) == 0 and int(root.get("errors")) == 0
     assert all(int(s.get("tests")) >= 1 for s in suites)
     html = (out / "index.html").read_text()
     assert "onnx-int8" in html and "data:image/png;base64," in html
@@ -77,10 +78,11 @@ def test_demo_report_folder(demo_run):
 def test_recommendation_is_the_fastest_that_passed(demo_run):
     out, _, _ = demo_run
     results = json.loads((out / "results.json").read_text())
-    runtime_of = {"onnx": "onnxruntime", "openvino": "openvino", "coreml": "coreml"}
+    from ffnet_deploy.artifact.formats import get_format
+
     for rec in results["recommendations"]:
-        timed = [j for j in results["jobs"] if runtime_of[j["format"]] == rec["runtime"] and j["status"] == "passed"
-                 and (j.get("bench") or {}).get("p50_ms")]
+        timed = [j for j in results["jobs"] if get_format(j["format"]).bench_runtime == rec["runtime"]
+                 and j["status"] == "passed" and (j.get("bench") or {}).get("p50_ms")]
         if rec["runtime"] == "coreml":
             assert rec["job"] is None and "macOS" in rec["why"]  # no Core ML latency on Linux
             continue
@@ -108,7 +110,7 @@ def test_resume_reuses_everything_unchanged(demo_run, demo_result, monkeypatch, 
     code = main(["pipeline", "--demo", "--output", str(out), "--resume", *FAST_BENCH])
     assert code == 0
     err = capsys.readouterr().err
-    assert err.count("export unchanged, reused") == 9 and "validation unchanged" in err and "bench: unchanged" in err
+    assert err.count("export unchanged, reused") == 11 and "validation unchanged" in err and "bench: unchanged" in err
     assert {p: p.stat().st_mtime_ns for p in (out / "artifacts").rglob("manifest.json")} == before
 
 

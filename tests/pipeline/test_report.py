@@ -386,3 +386,22 @@ def test_reference_accuracy_warning_bounds():
     assert reference_accuracy_warning(10.0, 10) is not None  # at chance
     assert reference_accuracy_warning(10.5, 10) is None and reference_accuracy_warning(99.0, 1000) is None
     assert reference_accuracy_warning(None, 10) is None and reference_accuracy_warning(float("nan"), 10) is None
+
+
+def test_the_table_level_noise_line_names_three_reasons_and_counts_the_rest():
+    from types import SimpleNamespace
+
+    from ffnet_deploy.pipeline.report import bench_noise
+
+    def job(i: int, reasons: list[str]):
+        bench = SimpleNamespace(verdict="noisy", noise_reasons=reasons, load_before=6.0, load_after=5.5,
+                                torch_omp_wait_policy="PASSIVE")
+        return SimpleNamespace(id=f"job{i}", bench=bench)
+
+    loaded = SimpleNamespace(jobs=[job(i, [f"reason {i}a", f"reason {i}b"]) for i in range(4)])
+    line = bench_noise(loaded)
+    assert line is not None and line.startswith("noisy") and "load average 6.00 before, 5.50 after" in line
+    assert "job0: reason 0a; job0: reason 0b; job1: reason 1a; 5 more in results.json" in line
+    assert "job3" not in line
+    quiet = SimpleNamespace(jobs=[job(0, ["only one"])])
+    assert bench_noise(quiet).endswith("job0: only one")  # nothing counted when all are shown
