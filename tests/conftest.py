@@ -133,3 +133,18 @@ def full_disk(monkeypatch):
         return real_write_text(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", write_text)
+
+
+@pytest.fixture(scope="session")
+def onnx_export(tmp_path_factory, test_checkpoint):
+    """The default ONNX export of :func:`test_checkpoint` (fp32, opset 17, simplified, parity gate on), made once per
+    session: the :class:`~ffnet_deploy.export.ExportResult`; its ``output`` is the artifact folder.
+
+    Read-only by convention (as the demo checkpoint): a test that changes, replaces or re-exports over it works on a
+    copy (``shutil.copytree(onnx_export.output, tmp_path / ...)``).
+    """
+    from ffnet_deploy.export import export
+    from ffnet_deploy.exporters.base import ExportConfig
+
+    out = tmp_path_factory.mktemp("onnx-export") / "onnx-artifact"
+    return export(ExportConfig("onnx", out), test_checkpoint)

@@ -19,8 +19,14 @@ from ffnet_deploy.models.reparam import reparameterize_model
 from tests.exporters.helpers import gate_checks, manifest, run_export
 
 
-def test_coreml_image_input_spec_and_metadata(tmp_path, test_checkpoint):
-    result = run_export(tmp_path, "coreml", test_checkpoint)
+@pytest.fixture(scope="module")
+def coreml_default(tmp_path_factory, test_checkpoint):
+    """The default Core ML export of the ffnet_test checkpoint (fp16, image input), made once for this module."""
+    return run_export(tmp_path_factory.mktemp("coreml"), "coreml", test_checkpoint)
+
+
+def test_coreml_image_input_spec_and_metadata(coreml_default):
+    result = coreml_default
     m = manifest(result.output)
     assert m["precision"] == "fp16" and m["artifact"]["path"] == "model.mlpackage"
     assert m["preprocessing"] == {**m["preprocessing"], "baked": True, "input_range": "0-255"}
@@ -117,8 +123,8 @@ def test_missing_coremltools_names_the_extra(tmp_path, test_checkpoint, monkeypa
     assert not (tmp_path / "coreml-artifact").exists()
 
 
-def test_fp16_output_is_float32(tmp_path, test_checkpoint):
-    spec = ct.utils.load_spec(str(run_export(tmp_path, "coreml", test_checkpoint).output / "model.mlpackage"))
+def test_fp16_output_is_float32(coreml_default):
+    spec = ct.utils.load_spec(str(coreml_default.output / "model.mlpackage"))
     array = spec.description.output[0].type.multiArrayType
     assert array.dataType == ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32
     assert np.prod(list(array.shape)) == 1000

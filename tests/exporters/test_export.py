@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -272,12 +273,13 @@ def test_artifact_files_honour_the_umask(tmp_path, test_checkpoint):
     assert stat.S_IMODE(result.output.stat().st_mode) == 0o755
 
 
-def test_existing_artifact_refused_without_force(tmp_path, test_checkpoint):
-    first = run_export(tmp_path, "onnx", test_checkpoint)
-    sha = manifest(first.output)["artifact"]["sha256"]
+def test_existing_artifact_refused_without_force(tmp_path, test_checkpoint, onnx_export):
+    # an artifact the tool made, where run_export writes (a copy of the session's export: this test replaces it)
+    first = shutil.copytree(onnx_export.output, tmp_path / "onnx-artifact")
+    sha = manifest(first)["artifact"]["sha256"]
     with pytest.raises(ExportError, match="already exists; pass --force"):
         run_export(tmp_path, "onnx", test_checkpoint)
-    assert manifest(first.output)["artifact"]["sha256"] == sha
+    assert manifest(first)["artifact"]["sha256"] == sha
     replaced = run_export(tmp_path, "onnx", test_checkpoint, force=True, dynamic_batch=(1, 1, 2))
     assert manifest(replaced.output)["batch"] == {"min": 1, "opt": 1, "max": 2} and leftovers(tmp_path) == []
 

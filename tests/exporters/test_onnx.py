@@ -13,8 +13,8 @@ from ffnet_deploy.runtimes import create_runner
 from tests.exporters.helpers import gate_checks, gate_max_rel, manifest, max_rel, run_export, torch_logits
 
 
-def test_onnx_parity_and_manifest(tmp_path, test_checkpoint):
-    result = run_export(tmp_path, "onnx", test_checkpoint)
+def test_onnx_parity_and_manifest(onnx_export, test_checkpoint):
+    result = onnx_export
     out = result.output
     m = manifest(out)
     assert (out / "model.onnx").is_file() and m == result.manifest.to_dict()
@@ -37,9 +37,9 @@ def test_onnx_parity_and_manifest(tmp_path, test_checkpoint):
     assert max_rel(got, torch_logits(test_checkpoint, x)) < 1e-4
 
 
-def test_block_outputs_are_the_block_tensors(tmp_path, test_checkpoint):
+def test_block_outputs_are_the_block_tensors(onnx_export, test_checkpoint):
     """Each block_outputs tensor, read from ONNX Runtime, equals that block's output in PyTorch."""
-    out = run_export(tmp_path, "onnx", test_checkpoint).output
+    out = onnx_export.output
     blocks = manifest(out)["block_outputs"]
     model = load_ffnet(test_checkpoint)
     expected_keys = ["patch_embed"] + [f"stages.{s}.{b}" for s, st in enumerate(model.stages) for b in range(len(st))]
@@ -90,8 +90,8 @@ def test_include_preprocessing(tmp_path, test_checkpoint, input_range, dtype):
     assert max_rel(got, torch_logits(test_checkpoint, normalized)) < 1e-4
 
 
-def test_gelu_form_is_recorded_and_fused(tmp_path, test_checkpoint):
-    gelu17 = manifest(run_export(tmp_path, "onnx", test_checkpoint).output)["details"]["gelu"]
+def test_gelu_form_is_recorded_and_fused(tmp_path, test_checkpoint, onnx_export):
+    gelu17 = manifest(onnx_export.output)["details"]["gelu"]
     assert gelu17["exported_form"].startswith("erf decomposition") and gelu17["count"] == 11
     assert gelu17["onnxruntime"]["fused_gelu_nodes"] == 11 and gelu17["onnxruntime"]["all_fused"]
     op20 = manifest(run_export(tmp_path, "onnx", test_checkpoint, name="op20", options=OnnxOptions(opset=20)).output)
@@ -99,7 +99,7 @@ def test_gelu_form_is_recorded_and_fused(tmp_path, test_checkpoint):
     assert gelu20["exported_form"].startswith("onnx Gelu op") and gelu20["onnxruntime"]["all_fused"]
 
 
-def test_onnxsim_failure_keeps_unsimplified_graph(tmp_path, test_checkpoint, monkeypatch):
+def test_onnxsim_failure_keeps_unsimplified_graph(tmp_path, test_checkpoint, onnx_export, monkeypatch):
     import onnxsim
 
     def broken(*_args, **_kwargs):
@@ -111,15 +111,14 @@ def test_onnxsim_failure_keeps_unsimplified_graph(tmp_path, test_checkpoint, mon
     assert m["details"]["simplified"] is False and "simulated onnxsim crash" in m["details"]["simplify_note"]
     assert any("kept the unsimplified graph" in n for n in result.notices)
     assert m["parity"]["passed"] is True
-    monkeypatch.undo()
-    simplified = manifest(run_export(tmp_path, "onnx", test_checkpoint, name="simplified").output)
+    simplified = manifest(onnx_export.output)  # the same export with onnxsim working
     assert simplified["details"]["simplified"] is True
     # What onnxsim folds away (the exporter's Constant nodes) is still there in the kept graph.
     assert m["details"]["op_counts"]["Constant"] > simplified["details"]["op_counts"]["Constant"]
 
 
-def test_no_reparam_exports_the_unfused_graph(tmp_path, test_checkpoint):
-    fused = manifest(run_export(tmp_path, "onnx", test_checkpoint).output)
+def test_no_reparam_exports_the_unfused_graph(tmp_path, test_checkpoint, onnx_export):
+    fused = manifest(onnx_export.output)
     unfused = manifest(run_export(tmp_path, "onnx", test_checkpoint, name="unfused", reparameterize=False).output)
     assert unfused["reparameterized"] is False and unfused["parity"]["passed"] is True
     assert unfused["details"]["op_counts"]["Conv"] > fused["details"]["op_counts"]["Conv"]

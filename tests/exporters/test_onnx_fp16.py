@@ -17,11 +17,13 @@ FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory, test_checkpoint):
-    """The fp16 and fp32 ONNX exports of the ffnet_test checkpoint (64 px), each through its parity gate."""
+def exports(tmp_path_factory, test_checkpoint, onnx_export):
+    """The fp16 and fp32 ONNX exports of the ffnet_test checkpoint (64 px), each through its parity gate; the fp32 one
+    is the session's shared default export (ffnet_test's resolution is 64)."""
     root = tmp_path_factory.mktemp("onnx-fp16")
     fp16 = run_export(root, "onnx", test_checkpoint, "fp16", precision="fp16", resolution=64).output
-    fp32 = run_export(root, "onnx", test_checkpoint, "fp32", resolution=64).output
+    fp32 = onnx_export.output
+    assert manifest(fp32)["inputs"][0]["shape"] == [1, 3, 64, 64]
     return fp16, fp32
 
 

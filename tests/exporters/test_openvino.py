@@ -89,7 +89,7 @@ def test_keep_onnx_keeps_the_stage_with_its_sha256(tmp_path, test_checkpoint, ca
     assert max_rel(session.run(["logits"], {"images": x})[0], torch_logits(test_checkpoint, x)) < 1e-4
 
 
-def test_openvino_converts_the_onnx_exporters_stage(tmp_path, test_checkpoint):
+def test_openvino_converts_the_onnx_exporters_stage(tmp_path, test_checkpoint, onnx_export):
     """One ONNX stage feeds both formats: its block_outputs are the ONNX export's and the OpenVINO export's."""
     model = reparameterize_model(load_ffnet(test_checkpoint))
     config = ExportConfig("openvino", tmp_path / "unused", resolution=64)
@@ -97,7 +97,7 @@ def test_openvino_converts_the_onnx_exporters_stage(tmp_path, test_checkpoint):
     stage = export_onnx_stage(model, config, OpenVINOOptions(keep_onnx=True), tmp_path / "stage", lambda _: None)
     assert stage.path == tmp_path / "stage" / "model.onnx" and stage.path.is_file()
     assert stage.options == OnnxOptions()  # the stage records only its own part of the options
-    onnx_m = manifest(run_export(tmp_path, "onnx", test_checkpoint).output)
+    onnx_m = manifest(onnx_export.output)
     ov_m = manifest(run_export(tmp_path, "openvino", test_checkpoint).output)
     assert list(stage.block_outputs) == list(onnx_m["block_outputs"]) == list(ov_m["block_outputs"])
     assert stage.block_outputs == onnx_m["block_outputs"] == ov_m["block_outputs"]

@@ -44,3 +44,20 @@ def failing_run(tmp_path_factory, demo_checkpoint_path) -> tuple[Path, list[str]
     out = folder / "run"
     assert main(["pipeline", *args, "-o", str(out)]) == 1
     return out, args
+
+
+# The single local run that merged --only runs and a Ray run are compared with: ONNX fp32 + int8, 128 calibration
+# images, 200 evaluation images.
+SINGLE_ARGS = ["--formats", "onnx", "--precisions", "fp32,int8", "--calib", "digits", "--calib-size", "128",
+               "--eval-data", "digits", "--eval-limit", "200", "--no-bench", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def single_run(tmp_path_factory, demo_checkpoint_path) -> Path:
+    """One complete local ``pipeline`` run of :data:`SINGLE_ARGS` on the demo checkpoint. Read only: copy it
+    (:func:`copy_run`) to change it."""
+    from ffnet_deploy.cli import main
+
+    out = tmp_path_factory.mktemp("pipeline-single") / "single"
+    assert main(["pipeline", "--checkpoint", str(demo_checkpoint_path), *SINGLE_ARGS, "--output", str(out)]) == 0
+    return out

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ffnet_deploy.cli import main
+from tests.pipeline.conftest import SINGLE_ARGS
 
 pytest.importorskip("openvino")
 pytest.importorskip("coremltools")
@@ -135,11 +136,8 @@ def _comparable(results: dict) -> dict:
     return {"jobs": jobs, "recommendations": results["recommendations"], "checkpoint": results["checkpoint"]["sha256"]}
 
 
-def test_only_jobs_merge_to_the_single_run(tmp_path, digits_checkpoint, monkeypatch):
-    common = ["--checkpoint", str(digits_checkpoint), "--formats", "onnx", "--precisions", "fp32,int8",
-              "--calib", "digits", "--calib-size", "128", "--eval-data", "digits", "--eval-limit", "200",
-              "--no-bench", "--quiet"]
-    assert main(["pipeline", *common, "--output", str(tmp_path / "single")]) == 0
+def test_only_jobs_merge_to_the_single_run(tmp_path, digits_checkpoint, single_run, monkeypatch):
+    common = ["--checkpoint", str(digits_checkpoint), *SINGLE_ARGS]  # single_run is `pipeline *common` (conftest)
 
     plan_out = subprocess.run([sys.executable, "-m", "ffnet_deploy", "pipeline", *common, "--output",
                                str(tmp_path / "x"), "--plan"], capture_output=True, text=True, check=True).stdout
@@ -169,7 +167,7 @@ def test_only_jobs_merge_to_the_single_run(tmp_path, digits_checkpoint, monkeypa
     a, b = runners
     assert [j["id"] for j in json.loads((a / "results.json").read_text())["jobs"]] == ["onnx-fp32"]
     assert main(["report", "merge", str(a), str(b), "--out", str(tmp_path / "merged")]) == 0
-    single = json.loads((tmp_path / "single" / "results.json").read_text())
+    single = json.loads((single_run / "results.json").read_text())
     merged = json.loads((tmp_path / "merged" / "results.json").read_text())
     assert _comparable(merged) == _comparable(single)
     assert (tmp_path / "merged" / "artifacts" / "onnx-int8" / "manifest.json").is_file()

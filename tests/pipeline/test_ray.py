@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ffnet_deploy.cli import main
+from tests.pipeline.conftest import SINGLE_ARGS
 from tests.pipeline.test_pipeline import _comparable
 
 pytest.importorskip("ray", reason="needs Ray: pip install 'ffnet-deploy[ray]'")
@@ -35,12 +36,13 @@ def _artifact_intact(out: Path, job: dict) -> None:
     assert artifact_intact(out / job["artifact"]["path"]), job
 
 
-def test_ray_report_equals_a_local_run_and_an_unplaceable_job_is_skipped(tmp_path, demo_checkpoint_path):
+def test_ray_report_equals_a_local_run_and_an_unplaceable_job_is_skipped(tmp_path, demo_checkpoint_path, single_run):
+    # the local run is the session's single_run: `pipeline --checkpoint <demo> --formats onnx *COMMON` (conftest)
+    assert SINGLE_ARGS == ["--formats", "onnx", *COMMON]
     args = ["pipeline", "--checkpoint", str(demo_checkpoint_path), *COMMON]
-    assert main([*args, "--formats", "onnx", "--output", str(tmp_path / "local")]) == 0
     assert main([*args, "--formats", "onnx,tensorrt", "--output", str(tmp_path / "ray"), "--executor", "ray",
                  "--ray-wait", "3"]) == 0
-    local, ray = _results(tmp_path / "local"), _results(tmp_path / "ray")
+    local, ray = _results(single_run), _results(tmp_path / "ray")
     onnx_only, expected = _comparable({**ray, "jobs": [j for j in ray["jobs"] if j["format"] == "onnx"]}), \
         _comparable(local)
     onnx_only["recommendations"] = [r for r in onnx_only["recommendations"] if r["runtime"] != "tensorrt"]
@@ -62,7 +64,7 @@ def test_ray_report_equals_a_local_run_and_an_unplaceable_job_is_skipped(tmp_pat
         assert jobs[jid]["ran_on"], jobs[jid]  # where it ran, in the report too
         _artifact_intact(tmp_path / "ray", jobs[jid])
     assert "Ran on" in (tmp_path / "ray" / "index.md").read_text()
-    assert "Ran on" not in (tmp_path / "local" / "index.md").read_text()
+    assert "Ran on" not in (single_run / "index.md").read_text()
 
 
 def test_a_killed_worker_is_retried_and_nothing_half_written_is_published(tmp_path, demo_checkpoint_path):

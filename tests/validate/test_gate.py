@@ -23,10 +23,8 @@ pytestmark = [pytest.mark.filterwarnings("ignore:You are using the legacy TorchS
 
 
 @pytest.fixture(scope="module")
-def onnx_artifact(tmp_path_factory, test_checkpoint) -> Path:
-    out = tmp_path_factory.mktemp("gate") / "onnx"
-    export(ExportConfig("onnx", out), test_checkpoint)
-    return out
+def onnx_artifact(onnx_export) -> Path:
+    return onnx_export.output  # the session's shared default ONNX export of ffnet_test (tests/conftest.py)
 
 
 def test_gate_and_validate_report_the_same_metric_fields(onnx_artifact, test_checkpoint):

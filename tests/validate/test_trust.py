@@ -23,16 +23,13 @@ from tests.test_validate_cli import exported_artifact
 
 
 @pytest.fixture(scope="module")
-def onnx_artifact(tmp_path_factory, test_checkpoint) -> Path:
-    """A real ONNX export of ffnet_test, with its export-time parity gate on (the gate must not trip on hashes)."""
-    from ffnet_deploy.export import export
-    from ffnet_deploy.exporters.base import ExportConfig
-
-    out = tmp_path_factory.mktemp("trust") / "onnx"
-    result = export(ExportConfig("onnx", out), test_checkpoint)
+def onnx_artifact(onnx_export) -> Path:
+    """A real ONNX export of ffnet_test, with its export-time parity gate on (the gate must not trip on hashes): the
+    session's shared one (tests/conftest.py), read only; :func:`perturb` works on copies."""
+    result = onnx_export
     assert result.manifest.parity["passed"] is True
     assert "manifest precision fp32, confirmed by the model" in result.parity[0].profile_reason
-    return out
+    return result.output
 
 
 def perturb(src: Path, dst: Path, factor: float, rehash: bool = True, precision: str | None = None) -> Path:

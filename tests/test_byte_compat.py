@@ -1,0 +1,151 @@
+"""Byte compatibility: the seeded exports, the fused state_dicts and the demo's artifacts hash as recorded.
+
+The hashes in ``tests/data/byte_compat.json`` were recorded from main at commit 079f579 (before the second
+architecture step of issue 17) with ``python -m tests.test_byte_compat --record``; a refactor that keeps behaviour
+keeps them. What is hashed is what is deterministic on one machine (each was computed twice, in two processes):
+
+* ``*.onnx_file``: the bytes of ``model.onnx``, as written;
+* ``*.onnx_canonical``: the ONNX model with ``producer_name``/``producer_version`` and every ``doc_string`` cleared,
+  serialized deterministically, so an upgrade of the exporter's version string alone does not fail the check;
+* ``*.onnx_weights``: the initializers only (name, dtype, dims, raw data), sorted by name;
+* ``*.state_dict``: every tensor of a state_dict (key, dtype, shape, bytes), in order;
+* ``demo.checkpoint_file``: the demo checkpoint's bytes.
+
+Two entries embed a version: the checkpoint's metadata records the package version, the ONNX file's producer the torch
+version; they are compared only under the recorded versions (the canonical and weights-only entries always are).
+
+Quantized artifacts are not checked: their scales come out of float reductions whose results may differ between CPU
+ISA classes (AVX2, AVX-512, ARM).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+RECORD = Path(__file__).resolve().parent / "data" / "byte_compat.json"
+
+
+def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state_dict's keys, dtypes, shapes and tensor bytes, in its own order."""
+    h = hashlib.sha256()
+    for key, t in state_dict.items():
+        t = t.detach().contiguous().cpu()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def onnx_hashes(path: Path) -> dict[str, str]:
+    """``onnx_file``, ``onnx_canonical`` and ``onnx_weights`` hashes of one ONNX file (see the module docstring)."""
+    import onnx
+    from onnx import numpy_helper
+
+    data = path.read_bytes()
+    model = onnx.load_from_string(data)
+    weights = hashlib.sha256()
+    for init in sorted(model.graph.initializer, key=lambda i: i.name):
+        arr = numpy_helper.to_array(init)
+        weights.update(f"{init.name}|{arr.dtype}|{arr.shape}\0".encode() + arr.tobytes())
+    model.producer_name = ""
+    model.producer_version = ""
+    model.doc_string = ""
+    model.graph.doc_string = ""
+    for node in model.graph.node:
+        node.doc_string = ""
+    canonical = model.SerializeToString(deterministic=True)
+    return {"onnx_file": hashlib.sha256(data).hexdigest(), "onnx_canonical": hashlib.sha256(canonical).hexdigest(),
+            "onnx_weights": weights.hexdigest()}
+
+
+def compute(workdir: Path, demo_checkpoint: Path) -> dict[str, str]:
+    """Every recorded hash, from artifacts made under ``workdir`` and the demo checkpoint file."""
+    from ffnet_deploy.export import export
+    from ffnet_deploy.exporters.base import ExportConfig
+    from ffnet_deploy.hashing import sha256_file
+    from ffnet_deploy.models.checkpoint import load_ffnet
+    from ffnet_deploy.models.reparam import reparameterize_model
+    from tests.conftest import official_state_dict, write_checkpoint
+
+    seeded = write_checkpoint(workdir / "ffnet_test.pth.tar", official_state_dict("ffnet_test", seed=0))
+    out: dict[str, str] = {}
+    for prefix, ckpt in (("ffnet_test", seeded), ("demo", demo_checkpoint)):
+        model = load_ffnet(ckpt)
+        out[f"{prefix}.fused_state_dict"] = state_dict_sha256(reparameterize_model(model).state_dict())
+        artifact = workdir / f"{prefix}-onnx"
+        export(ExportConfig("onnx", artifact), ckpt)
+        out.update({f"{prefix}.{k}": v for k, v in onnx_hashes(artifact / "model.onnx").items()})
+    out["demo.checkpoint_file"] = sha256_file(demo_checkpoint)
+    out["demo.state_dict"] = state_dict_sha256(load_ffnet(demo_checkpoint).state_dict())
+    return dict(sorted(out.items()))
+
+
+WHAT = {
+    "onnx_file": "the ONNX file's bytes",
+    "onnx_canonical": "the ONNX graph (producer and doc strings cleared): nodes, attributes, weights or opset",
+    "onnx_weights": "the ONNX initializers (weights)",
+    "fused_state_dict": "the reparameterized (fused) weights",
+    "state_dict": "the trained demo weights",
+    "checkpoint_file": "the demo checkpoint's bytes (weights or metadata, e.g. the package version)",
+}
+
+
+def _versions() -> dict[str, str]:
+    from ffnet_deploy import __version__
+
+    return {"ffnet_deploy": __version__, "torch": torch.__version__}
+
+
+def _applies(key: str, recorded_versions: dict, versions: dict) -> bool:
+    """Whether ``key`` is comparable here: a file's bytes record a version (the checkpoint's metadata our package's,
+    the ONNX file's producer torch's), so those two are compared only under the recorded version."""
+    if key.endswith(".checkpoint_file"):
+        return recorded_versions.get("ffnet_deploy") == versions["ffnet_deploy"]
+    if key.endswith(".onnx_file"):
+        return recorded_versions.get("torch") == versions["torch"]
+    return True
+
+
+def test_artifacts_hash_as_recorded(tmp_path, demo_checkpoint_path):
+    record = json.loads(RECORD.read_text())
+    recorded, versions = record["sha256"], _versions()
+    now = compute(tmp_path, demo_checkpoint_path)
+    assert set(now) == set(recorded), f"hashed entries changed: {sorted(set(now) ^ set(recorded))}"
+    changed = [f"{key} ({WHAT[key.split('.', 1)[1]]}): recorded {recorded[key][:12]}, now {now[key][:12]}"
+               for key in recorded if now[key] != recorded[key] and _applies(key, record["versions"], versions)]
+    assert not changed, ("byte compatibility broken; if the change is intended, re-record with "
+                         "`python -m tests.test_byte_compat --record` and say why in the commit:\n  "
+                         + "\n  ".join(changed))
+
+
+def _main(argv: list[str]) -> int:
+    """``--record``: write tests/data/byte_compat.json; ``--print``: print the hashes (to compare two runs)."""
+    if argv not in (["--record"], ["--print"]):
+        print("usage: python -m tests.test_byte_compat --record | --print", file=sys.stderr)
+        return 2
+    from ffnet_deploy.demo import demo_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["FFNET_DEPLOY_CACHE"] = str(Path(tmp) / "cache")  # train afresh, away from the user's cache
+        hashes = compute(Path(tmp), demo_checkpoint().path)
+    if argv == ["--print"]:
+        print(json.dumps(hashes, indent=1))
+        return 0
+    import subprocess
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    RECORD.write_text(json.dumps({"recorded_at_commit": commit, "versions": _versions(), "sha256": hashes},
+                                 indent=1) + "\n")
+    print(f"wrote {RECORD}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
