@@ -39,7 +39,7 @@ import numpy as np
 
 from ffnet_deploy.artifact.formats import FormatSpec, Quantizer, RuntimeChoice
 from ffnet_deploy.artifact.inspect import PrecisionEvidence
-from ffnet_deploy.errors import ConfigError, ExportError, FFNetDeployError
+from ffnet_deploy.errors import ConfigError, ExportError, FFNetDeployError, first_line
 from ffnet_deploy.exporters.base import (
     INPUT_NAME,
     LICENSE_NOTE,
@@ -241,7 +241,7 @@ class CoreMLExporter(Exporter):
                     **kwargs,
                 )
         except Exception as err:  # coremltools raises ValueError/RuntimeError/NotImplementedError from its passes
-            raise ExportError(f"coreml export | coremltools.convert failed: {str(err).splitlines()[0]}") from err
+            raise ExportError(f"coreml export | coremltools.convert failed: {first_line(err)}") from err
 
         preprocessing = {
             "input": options.input,

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ffnet_deploy.artifact.formats import FormatSpec, Quantizer, RuntimeChoice
 from ffnet_deploy.artifact.inspect import PrecisionEvidence, weight_share
-from ffnet_deploy.errors import ExportError
+from ffnet_deploy.errors import ExportError, first_line
 from ffnet_deploy.exporters.base import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -291,7 +291,7 @@ def export_onnx_stage(model: nn.Module, config: ExportConfig, options: OnnxOptio
     try:
         torch_onnx_export(module, config, options.opset, path)
     except Exception as err:  # the exporter raises many internal types; all mean the same to the user
-        raise ExportError(f"onnx export | torch.onnx.export failed: {str(err).splitlines()[0]}") from err
+        raise ExportError(f"onnx export | torch.onnx.export failed: {first_line(err)}") from err
     proto = onnx.load(str(path))
     _check(path, "exported")
     # Map blocks before simplifying: if onnxsim renames what we need, the unsimplified graph is still valid.
@@ -313,7 +313,7 @@ def export_onnx_stage(model: nn.Module, config: ExportConfig, options: OnnxOptio
                 raise RuntimeError(f"it broke ONNX Runtime's GELU fusion ({fused} of {fused_before} GELUs fused)")
             proto, simplified, gelu = candidate, True, candidate_gelu
         except Exception as err:  # onnxsim failures are recoverable: the unsimplified graph is kept
-            why = str(err).splitlines()[0] if str(err) else type(err).__name__
+            why = first_line(err)
             note = f"onnxsim failed ({why}); kept the unsimplified graph"
             log(f"warning: {note}")
         if simplified:
@@ -430,7 +430,7 @@ def _check(path: Path, what: str) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as err:  # ValidationError and shape-inference errors
-        raise ExportError(f"onnx export | the {what} graph fails onnx.checker: {str(err).splitlines()[0]}") from err
+        raise ExportError(f"onnx export | the {what} graph fails onnx.checker: {first_line(err)}") from err
 
 
 def _tensor_names(graph) -> set[str]:

@@ -1,8 +1,8 @@
 """The ``ffnet-deploy`` command line.
 
 The CLI is thin: each command parses options and calls a library function that a Python user can call the same way.
-User errors (:class:`~ffnet_deploy.errors.FFNetDeployError`) print one red line and exit 1; usage errors exit 2;
-anything else is a bug and keeps its traceback.
+User errors (:class:`~ffnet_deploy.errors.FFNetDeployError`) print one red line and exit 1 from every command; usage
+errors exit 2 (the policy: :mod:`ffnet_deploy.errors`); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from rich.table import Table
 
 from ffnet_deploy.artifact.formats import demo_formats, format_names, format_specs, listing, model_suffixes
 from ffnet_deploy.artifact.precisions import baseline_precision, get_precision, precision_names
-from ffnet_deploy.errors import ConfigError, FFNetDeployError
+from ffnet_deploy.errors import EXIT_OK, EXIT_USER_ERROR, ConfigError, FFNetDeployError
 from ffnet_deploy.reporting.text import console_text as _esc
 
 app = typer.Typer(
@@ -855,7 +855,7 @@ def pipeline(
 ) -> int:
     """Checkpoint to deployable report in one command: inspect, reparameterize, export every format and precision,
     validate, benchmark, recommend, report (index.html). Exit 0 when everything passed, 1 when a parity check
-    failed (the report is still written), 2 for usage errors."""
+    failed (the report is still written) or for a user error, 2 for usage errors."""
     from ffnet_deploy.pipeline.config import split_list
 
     cli_settings = {"output": output, "checkpoint": checkpoint, "variant": variant, "demo": demo,
@@ -865,12 +865,9 @@ def pipeline(
                     "min_time_s": bench_time, "resume": resume or None, "force": force or None,
                     "only": tuple(only) if only else None, "trust": trust_checkpoint or None,
                     "device_name": device_name}
-    try:
-        return _pipeline(config_file, cli_settings, plan=plan, quiet=quiet, as_json=as_json, emit=emit,
-                         runners=runner, executor=executor, ray_address=ray_address, ray_wait=ray_wait)
-    except FFNetDeployError as err:  # a parity failure never raises: anything raised is a usage error
-        _error_line(str(err))
-        return 2
+    # a user error raises FFNetDeployError and exits as from every command (main)
+    return _pipeline(config_file, cli_settings, plan=plan, quiet=quiet, as_json=as_json, emit=emit,
+                     runners=runner, executor=executor, ray_address=ray_address, ray_wait=ray_wait)
 
 
 def _pipeline(config_file: Path | None, cli_settings: dict[str, Any], *, plan: bool, quiet: bool, as_json: bool,
@@ -1036,10 +1033,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with handle_signals():
             rv = app(args=argv, standalone_mode=False, prog_name="ffnet-deploy")
-        return rv if isinstance(rv, int) else 0
+        return rv if isinstance(rv, int) else EXIT_OK
     except FFNetDeployError as err:
         _error_line(str(err))
-        return 1
+        return EXIT_USER_ERROR
     except Interrupted as err:
         _error_line(str(err))
         return err.exit_code
@@ -1049,7 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except aborts:
         err_console.print("[bold red]aborted[/]")
-        return 1
+        return EXIT_USER_ERROR
     except usage_errors as err:
         err.show()
         return err.exit_code
@@ -1058,7 +1055,7 @@ def main(argv: list[str] | None = None) -> int:
         if message is None:
             raise  # not the machine's state: a bug, whose traceback is wanted
         _error_line(message)
-        return 1
+        return EXIT_USER_ERROR
 
 
 # Errors of the machine's state, not of the tool: a full, read-only or forbidden file system.

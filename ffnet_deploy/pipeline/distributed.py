@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ffnet_deploy.errors import ConfigError, FFNetDeployError, Interrupted, require
+from ffnet_deploy.errors import ConfigError, FFNetDeployError, Interrupted, first_line, require
 from ffnet_deploy.interrupts import deferred
 from ffnet_deploy.pipeline.config import Job, PipelineConfig, job_device
 from ffnet_deploy.pipeline.state import STATE_DIR
@@ -106,7 +106,7 @@ def _start(ray: Any, address: str | None) -> None:
             ray.init(num_cpus=usable_cpus(), **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
-        raise ConfigError(f"pipeline | cannot start {where}: {str(err).splitlines()[0] if str(err) else err}; "
+        raise ConfigError(f"pipeline | cannot start {where}: {first_line(err, '')}; "
                           "check --ray-address (or leave it out for a local Ray)") from None
 
 
