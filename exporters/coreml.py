@@ -205,7 +205,8 @@ class CoreMLExporter(Exporter):
         lo, opt, hi = config.batch_range()
         r = config.resolution
         example = torch.zeros(opt, 3, r, r)
-        log("tracing for Core ML (torch.jit.trace)")
+        log.stage("trace")
+        log.note("tracing for Core ML (torch.jit.trace)")
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # The trace check re-traces and reruns the network (two thirds of the trace time for ffnet_4); the
@@ -225,7 +226,8 @@ class CoreMLExporter(Exporter):
             outputs = None
         else:
             outputs = [ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)]
-        log(f"converting with coremltools {ct.__version__} (mlprogram, iOS16, {precision})")
+        log.stage("convert")
+        log.note(f"converting with coremltools {ct.__version__} (mlprogram, iOS16, {precision})")
         # Compression below raises the deployment target where its ops need it (iOS17 W8A8, iOS18 int4/per-block).
         try:
             with _quiet_progress_bars():

@@ -71,6 +71,7 @@ from ffnet_deploy.exporters.base import (
     register_exporter,
     unwrap,
 )
+from ffnet_deploy.progress import as_progress
 from ffnet_deploy.quantize.onnx_int8 import TARGETS as ONNX_TARGETS  # any CPU, VNNI-class CPUs, TensorRT
 
 if TYPE_CHECKING:  # torch is imported where a model is exported, not with the format declaration
@@ -287,7 +288,9 @@ def export_onnx_stage(model: nn.Module, config: ExportConfig, options: OnnxOptio
     path = workdir / STAGE_FILE
     module = prepare_module(model, config)
     keys = expected_block_keys(unwrap(model))
-    log(f"tracing to ONNX (opset {options.opset}, TorchScript exporter)")
+    log = as_progress(log)
+    log.stage("trace")
+    log.note(f"tracing to ONNX (opset {options.opset}, TorchScript exporter)")
     try:
         torch_onnx_export(module, config, options.opset, path)
     except Exception as err:  # the exporter raises many internal types; all mean the same to the user
@@ -298,10 +301,11 @@ def export_onnx_stage(model: nn.Module, config: ExportConfig, options: OnnxOptio
     resolve_block_outputs(proto.graph, keys)
 
     simplified, note = False, None
-    log("checking GELU fusion in ONNX Runtime")
+    log.note("checking GELU fusion in ONNX Runtime")
     gelu = gelu_report(proto, options.opset)
     if options.simplify:
-        log("simplifying with onnxsim")
+        log.stage("simplify")
+        log.note("simplifying with onnxsim")
         try:
             candidate = _simplify(proto)
             candidate_blocks = resolve_block_outputs(candidate.graph, keys)
@@ -315,7 +319,7 @@ def export_onnx_stage(model: nn.Module, config: ExportConfig, options: OnnxOptio
         except Exception as err:  # onnxsim failures are recoverable: the unsimplified graph is kept
             why = first_line(err)
             note = f"onnxsim failed ({why}); kept the unsimplified graph"
-            log(f"warning: {note}")
+            log.warn(f"warning: {note}")
         if simplified:
             onnx.save(proto, str(path))
             _check(path, "simplified")
@@ -380,7 +384,9 @@ def convert_stage_fp16(stage: OnnxStage, keys: list[str], log: Log) -> OnnxStage
     blocked = sorted({*float16.DEFAULT_OP_BLOCK_LIST, *FP16_KEPT_OPS})
     proto = onnx.load(str(stage.path))
     present = {n.op_type for n in proto.graph.node}
-    log(f"converting to float16 ({converter}, float32 input and output kept)")
+    log = as_progress(log)
+    log.stage("convert")
+    log.note(f"converting to float16 ({converter}, float32 input and output kept)")
     with warnings.catch_warnings():
         # It warns about each weight it clamps to float16's range; the parity gate judges the result.
         warnings.simplefilter("ignore", UserWarning)

@@ -171,7 +171,8 @@ class OpenVINOExporter(Exporter):
             stage = export_onnx_stage(model, config, options, stage_dir, log)
             # seam: a graph transform (the INT8 quantizer) turns `stage` into another OnnxStage here. OpenVINO
             # refuses ONNX Runtime's S8S8 Q/DQ graph, so INT8 here is NNCF on the converted FP32 model instead.
-            log(f"converting to OpenVINO IR ({precision} weights)")
+            log.stage("convert")
+            log.note(f"converting to OpenVINO IR ({precision} weights)")
             try:
                 ov_model = ov.convert_model(str(stage.path))
             except Exception as err:  # OpenVINO raises its own RuntimeError subclasses
@@ -189,7 +190,7 @@ class OpenVINOExporter(Exporter):
             if not options.keep_onnx:
                 shutil.rmtree(stage_dir, ignore_errors=True)
 
-        log("checking the IR's inputs and outputs")
+        log.note("checking the IR's inputs and outputs")
         check_ir(workdir / "model.xml", stage.inputs, stage.outputs, stage.block_outputs)
         return ExportedArtifact(
             path="model.xml",

@@ -231,16 +231,12 @@ def test_21_interrupt_says_what_was_kept(onnx_run, tmp_path, demo_checkpoint_pat
 
     f = copy_run(onnx_run, tmp_path / "f")
 
-    class StopAtValidate:
-        def stage(self, index, name):
+    from ffnet_deploy.progress import Events
+
+    class StopAtValidate(Events):
+        def stage(self, name):
             if name == "validate":
                 raise Interrupted(signal.SIGINT)  # where the signal handler would raise it
-
-        def log(self, line):
-            pass
-
-        def bar(self, label, done, total):
-            pass
 
     config = PipelineConfig(output=f, checkpoint=demo_checkpoint_path, formats=("onnx",), precisions=("fp32",),
                             eval_data="digits", eval_limit=50, bench=False, resume=True)
