@@ -69,6 +69,7 @@ from ffnet_deploy.artifact.formats import FORMATS, FormatSpec, load_builtin_form
 from ffnet_deploy.artifact.manifest import TensorSpec
 from ffnet_deploy.artifact.precisions import get_precision
 from ffnet_deploy.errors import ConfigError, require
+from ffnet_deploy.progress import Events
 from ffnet_deploy.quantize.config import QuantizationConfig
 from ffnet_deploy.registry import Registry
 
@@ -86,8 +87,10 @@ LICENSE_NOTE = (
     "their source checkpoint; exported with ffnet-deploy (Apache-2.0)."
 )
 
-Log = Callable[[str], None]
-"""Progress callback: receives one short human-readable line per step."""
+Log = Events
+"""Where an exporter reports (:mod:`ffnet_deploy.progress`): ``log.stage("trace")`` when a stage that is a fault
+point begins (``trace``, ``simplify``, ``convert``), ``log.note(text)`` (or ``log(text)``) for a line, ``log.warn``
+for a warning."""
 
 
 def option(default: Any, flag: str) -> Any:

@@ -39,7 +39,7 @@ import numpy as np
 
 from ffnet_deploy.artifact.formats import FormatSpec, Quantizer, RuntimeChoice
 from ffnet_deploy.artifact.inspect import PrecisionEvidence
-from ffnet_deploy.errors import ConfigError, ExportError, FFNetDeployError
+from ffnet_deploy.errors import ConfigError, ExportError, FFNetDeployError, first_line
 from ffnet_deploy.exporters.base import (
     INPUT_NAME,
     LICENSE_NOTE,
@@ -205,7 +205,8 @@ class CoreMLExporter(Exporter):
         lo, opt, hi = config.batch_range()
         r = config.resolution
         example = torch.zeros(opt, 3, r, r)
-        log("tracing for Core ML (torch.jit.trace)")
+        log.stage("trace")
+        log.note("tracing for Core ML (torch.jit.trace)")
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # The trace check re-traces and reruns the network (two thirds of the trace time for ffnet_4); the
@@ -225,7 +226,8 @@ class CoreMLExporter(Exporter):
             outputs = None
         else:
             outputs = [ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)]
-        log(f"converting with coremltools {ct.__version__} (mlprogram, iOS16, {precision})")
+        log.stage("convert")
+        log.note(f"converting with coremltools {ct.__version__} (mlprogram, iOS16, {precision})")
         # Compression below raises the deployment target where its ops need it (iOS17 W8A8, iOS18 int4/per-block).
         try:
             with _quiet_progress_bars():
@@ -241,7 +243,7 @@ class CoreMLExporter(Exporter):
                     **kwargs,
                 )
         except Exception as err:  # coremltools raises ValueError/RuntimeError/NotImplementedError from its passes
-            raise ExportError(f"coreml export | coremltools.convert failed: {str(err).splitlines()[0]}") from err
+            raise ExportError(f"coreml export | coremltools.convert failed: {first_line(err)}") from err
 
         preprocessing = {
             "input": options.input,

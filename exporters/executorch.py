@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ffnet_deploy.artifact.formats import FormatSpec, PrecisionEvidence, Quantizer, RuntimeChoice
 from ffnet_deploy.artifact.inspect import weight_share
-from ffnet_deploy.errors import ConfigError, ExportError, FFNetDeployError, MissingDependencyError
+from ffnet_deploy.errors import ConfigError, ExportError, FFNetDeployError, MissingDependencyError, first_line
 from ffnet_deploy.exporters.base import (
     ExportConfig,
     ExportedArtifact,
@@ -211,7 +211,7 @@ class ExecuTorchExporter(Exporter):
             raise
         except Exception as err:  # torch.export and ExecuTorch raise many types; the first line says which step
             raise ExportError(f"executorch export | lowering failed: {type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else ''}") from err
+                              f"{first_line(err, '')}") from err
         (workdir / MODEL_FILE).write_bytes(program.buffer)
         lower_seconds = time.perf_counter() - start
         # getitem unpacks a delegate's outputs; it computes nothing.

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ffnet_deploy.artifact.formats import FormatSpec, Quantizer, RuntimeChoice
 from ffnet_deploy.artifact.inspect import PrecisionEvidence, weight_share
-from ffnet_deploy.errors import ExportError
+from ffnet_deploy.errors import ExportError, first_line
 from ffnet_deploy.exporters.base import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -71,6 +71,7 @@ from ffnet_deploy.exporters.base import (
     register_exporter,
     unwrap,
 )
+from ffnet_deploy.progress import as_progress
 from ffnet_deploy.quantize.onnx_int8 import TARGETS as ONNX_TARGETS  # any CPU, VNNI-class CPUs, TensorRT
 
 if TYPE_CHECKING:  # torch is imported where a model is exported, not with the format declaration
@@ -287,21 +288,24 @@ def export_onnx_stage(model: nn.Module, config: ExportConfig, options: OnnxOptio
     path = workdir / STAGE_FILE
     module = prepare_module(model, config)
     keys = expected_block_keys(unwrap(model))
-    log(f"tracing to ONNX (opset {options.opset}, TorchScript exporter)")
+    log = as_progress(log)
+    log.stage("trace")
+    log.note(f"tracing to ONNX (opset {options.opset}, TorchScript exporter)")
     try:
         torch_onnx_export(module, config, options.opset, path)
     except Exception as err:  # the exporter raises many internal types; all mean the same to the user
-        raise ExportError(f"onnx export | torch.onnx.export failed: {str(err).splitlines()[0]}") from err
+        raise ExportError(f"onnx export | torch.onnx.export failed: {first_line(err)}") from err
     proto = onnx.load(str(path))
     _check(path, "exported")
     # Map blocks before simplifying: if onnxsim renames what we need, the unsimplified graph is still valid.
     resolve_block_outputs(proto.graph, keys)
 
     simplified, note = False, None
-    log("checking GELU fusion in ONNX Runtime")
+    log.note("checking GELU fusion in ONNX Runtime")
     gelu = gelu_report(proto, options.opset)
     if options.simplify:
-        log("simplifying with onnxsim")
+        log.stage("simplify")
+        log.note("simplifying with onnxsim")
         try:
             candidate = _simplify(proto)
             candidate_blocks = resolve_block_outputs(candidate.graph, keys)
@@ -313,9 +317,9 @@ def export_onnx_stage(model: nn.Module, config: ExportConfig, options: OnnxOptio
                 raise RuntimeError(f"it broke ONNX Runtime's GELU fusion ({fused} of {fused_before} GELUs fused)")
             proto, simplified, gelu = candidate, True, candidate_gelu
         except Exception as err:  # onnxsim failures are recoverable: the unsimplified graph is kept
-            why = str(err).splitlines()[0] if str(err) else type(err).__name__
+            why = first_line(err)
             note = f"onnxsim failed ({why}); kept the unsimplified graph"
-            log(f"warning: {note}")
+            log.warn(f"warning: {note}")
         if simplified:
             onnx.save(proto, str(path))
             _check(path, "simplified")
@@ -380,7 +384,9 @@ def convert_stage_fp16(stage: OnnxStage, keys: list[str], log: Log) -> OnnxStage
     blocked = sorted({*float16.DEFAULT_OP_BLOCK_LIST, *FP16_KEPT_OPS})
     proto = onnx.load(str(stage.path))
     present = {n.op_type for n in proto.graph.node}
-    log(f"converting to float16 ({converter}, float32 input and output kept)")
+    log = as_progress(log)
+    log.stage("convert")
+    log.note(f"converting to float16 ({converter}, float32 input and output kept)")
     with warnings.catch_warnings():
         # It warns about each weight it clamps to float16's range; the parity gate judges the result.
         warnings.simplefilter("ignore", UserWarning)
@@ -430,7 +436,7 @@ def _check(path: Path, what: str) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as err:  # ValidationError and shape-inference errors
-        raise ExportError(f"onnx export | the {what} graph fails onnx.checker: {str(err).splitlines()[0]}") from err
+        raise ExportError(f"onnx export | the {what} graph fails onnx.checker: {first_line(err)}") from err
 
 
 def _tensor_names(graph) -> set[str]:

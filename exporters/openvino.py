@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ffnet_deploy.artifact.formats import FormatSpec, Quantizer, RuntimeChoice
 from ffnet_deploy.artifact.inspect import PrecisionEvidence, weight_share
-from ffnet_deploy.errors import ExportError
+from ffnet_deploy.errors import ExportError, first_line
 from ffnet_deploy.exporters.base import (
     ExportConfig,
     ExportedArtifact,
@@ -171,11 +171,12 @@ class OpenVINOExporter(Exporter):
             stage = export_onnx_stage(model, config, options, stage_dir, log)
             # seam: a graph transform (the INT8 quantizer) turns `stage` into another OnnxStage here. OpenVINO
             # refuses ONNX Runtime's S8S8 Q/DQ graph, so INT8 here is NNCF on the converted FP32 model instead.
-            log(f"converting to OpenVINO IR ({precision} weights)")
+            log.stage("convert")
+            log.note(f"converting to OpenVINO IR ({precision} weights)")
             try:
                 ov_model = ov.convert_model(str(stage.path))
             except Exception as err:  # OpenVINO raises its own RuntimeError subclasses
-                raise ExportError(f"openvino export | conversion failed: {str(err).splitlines()[0]}") from err
+                raise ExportError(f"openvino export | conversion failed: {first_line(err)}") from err
             quantization = None
             if precision == "int8":
                 from ffnet_deploy.quantize.stages import quantize_openvino_model
@@ -184,12 +185,12 @@ class OpenVINOExporter(Exporter):
             try:
                 ov.save_model(ov_model, str(workdir / "model.xml"), compress_to_fp16=precision == "fp16")
             except Exception as err:  # OpenVINO raises its own RuntimeError subclasses
-                raise ExportError(f"openvino export | saving the IR failed: {str(err).splitlines()[0]}") from err
+                raise ExportError(f"openvino export | saving the IR failed: {first_line(err)}") from err
         finally:
             if not options.keep_onnx:
                 shutil.rmtree(stage_dir, ignore_errors=True)
 
-        log("checking the IR's inputs and outputs")
+        log.note("checking the IR's inputs and outputs")
         check_ir(workdir / "model.xml", stage.inputs, stage.outputs, stage.block_outputs)
         return ExportedArtifact(
             path="model.xml",

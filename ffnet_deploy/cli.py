@@ -1,8 +1,8 @@
 """The ``ffnet-deploy`` command line.
 
 The CLI is thin: each command parses options and calls a library function that a Python user can call the same way.
-User errors (:class:`~ffnet_deploy.errors.FFNetDeployError`) print one red line and exit 1; usage errors exit 2;
-anything else is a bug and keeps its traceback.
+User errors (:class:`~ffnet_deploy.errors.FFNetDeployError`) print one red line and exit 1 from every command; usage
+errors exit 2 (the policy: :mod:`ffnet_deploy.errors`); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from rich.table import Table
 
 from ffnet_deploy.artifact.formats import demo_formats, format_names, format_specs, listing, model_suffixes
 from ffnet_deploy.artifact.precisions import baseline_precision, get_precision, precision_names
-from ffnet_deploy.errors import ConfigError, FFNetDeployError
+from ffnet_deploy.errors import EXIT_OK, EXIT_USER_ERROR, ConfigError, FFNetDeployError
+from ffnet_deploy.progress import Events
 from ffnet_deploy.reporting.text import console_text as _esc
 
 app = typer.Typer(
@@ -345,6 +346,31 @@ def demo_checkpoint(
     console.print(table)
 
 
+class _StatusLine(Events):
+    """Progress events on a rich status line: steps are transient (the status line only); notes and warnings also
+    stay, one dim or bold yellow line each."""
+
+    def __init__(self, status: Any) -> None:
+        self.status = status
+
+    def step(self, done: float, total: float, label: str = "") -> None:
+        from rich.markup import escape
+
+        self.status.update(escape(f"{label} {done:g}/{total:g}" if total > 0 else label))
+
+    def note(self, text: str) -> None:
+        self._line(text, "[dim]  {}[/]")
+
+    def warn(self, text: str) -> None:
+        self._line(text, "[bold yellow]{}[/]")
+
+    def _line(self, text: str, style: str) -> None:
+        from rich.markup import escape
+
+        self.status.update(escape(text))
+        err_console.print(style.format(escape(text)), highlight=False)
+
+
 _ONNX_PANEL = f"ONNX stage options ({_onnx_stage_formats()})"
 _COREML_PANEL = "Core ML options"
 _TRT_PANEL = "TensorRT options"
@@ -433,8 +459,6 @@ def export(
     from ffnet_deploy.export import parse_dynamic_batch
     from ffnet_deploy.exporters import build_options
     from ffnet_deploy.exporters.base import ExportConfig
-    from ffnet_deploy.quantize.stages import PROGRESS_PREFIX
-
     # Field names of the formats' options dataclasses (OnnxOptions, OpenVINOOptions, CoreMLOptions, TensorRTOptions).
     given = {"opset": opset, "simplify": False if no_simplify else None, "keep_onnx": True if keep_onnx else None,
              "input": coreml_input, "class_labels": class_labels, "workspace_mb": trt_workspace,
@@ -456,16 +480,7 @@ def export(
     from rich.markup import escape
 
     with err_console.status(f"exporting to {fmt}...") as status:
-        def progress(message: str) -> None:
-            if message.startswith(PROGRESS_PREFIX):  # transient: the status line only
-                status.update(escape(message[len(PROGRESS_PREFIX):]))
-                return
-            status.update(escape(message))
-            loud = message.lower().startswith("warning")
-            text = escape(message)
-            err_console.print(f"[bold yellow]{text}[/]" if loud else f"[dim]  {text}[/]", highlight=False)
-
-        result = run_export(config, checkpoint, variant, trust=trust_checkpoint, progress=progress)
+        result = run_export(config, checkpoint, variant, trust=trust_checkpoint, progress=_StatusLine(status))
     for notice in result.notices:
         err_console.print(f"[bold yellow]notice:[/] {escape(notice)}", highlight=False, soft_wrap=True)
     if as_json:
@@ -516,23 +531,15 @@ def sensitivity(
     The most harmful groups come first; export --max-drop keeps them in float, in this order, until the accuracy
     budget holds.
     """
-    from rich.markup import escape
 
     from ffnet_deploy.quantize.config import QuantizationConfig
-    from ffnet_deploy.quantize.stages import PROGRESS_PREFIX
     from ffnet_deploy.sensitivity import sensitivity_analysis
 
     quant = QuantizationConfig(calib=calib, calib_size=calib_size, method=calib_method, target=target,
                                eval_data=eval_data, cache_dir=calib_cache)
     with err_console.status("sensitivity analysis...") as status:
-        def progress(message: str) -> None:
-            text = message[len(PROGRESS_PREFIX):] if message.startswith(PROGRESS_PREFIX) else message
-            status.update(escape(text))
-            if not message.startswith(PROGRESS_PREFIX):
-                err_console.print(f"[dim]  {escape(message)}[/]", highlight=False)
-
         report = sensitivity_analysis(checkpoint, variant, fmt, quant, resolution=resolution,
-                                      trust=trust_checkpoint, log=progress)
+                                      trust=trust_checkpoint, log=_StatusLine(status))
     if as_json:
         emit_json(report.to_dict())
         return
@@ -855,7 +862,7 @@ def pipeline(
 ) -> int:
     """Checkpoint to deployable report in one command: inspect, reparameterize, export every format and precision,
     validate, benchmark, recommend, report (index.html). Exit 0 when everything passed, 1 when a parity check
-    failed (the report is still written), 2 for usage errors."""
+    failed (the report is still written) or for a user error, 2 for usage errors."""
     from ffnet_deploy.pipeline.config import split_list
 
     cli_settings = {"output": output, "checkpoint": checkpoint, "variant": variant, "demo": demo,
@@ -865,12 +872,9 @@ def pipeline(
                     "min_time_s": bench_time, "resume": resume or None, "force": force or None,
                     "only": tuple(only) if only else None, "trust": trust_checkpoint or None,
                     "device_name": device_name}
-    try:
-        return _pipeline(config_file, cli_settings, plan=plan, quiet=quiet, as_json=as_json, emit=emit,
-                         runners=runner, executor=executor, ray_address=ray_address, ray_wait=ray_wait)
-    except FFNetDeployError as err:  # a parity failure never raises: anything raised is a usage error
-        _error_line(str(err))
-        return 2
+    # a user error raises FFNetDeployError and exits as from every command (main)
+    return _pipeline(config_file, cli_settings, plan=plan, quiet=quiet, as_json=as_json, emit=emit,
+                     runners=runner, executor=executor, ray_address=ray_address, ray_wait=ray_wait)
 
 
 def _pipeline(config_file: Path | None, cli_settings: dict[str, Any], *, plan: bool, quiet: bool, as_json: bool,
@@ -911,16 +915,19 @@ def _pipeline(config_file: Path | None, cli_settings: dict[str, Any], *, plan: b
         overall = bars.add_task("stages", total=len(STAGES))
         nested = bars.add_task("", total=1, visible=False)
 
-        class _UI:
-            def stage(self, index: int, name: str) -> None:
+        class _UI(Events):
+            def stage(self, name: str) -> None:
+                index = STAGES.index(name)
                 bars.update(overall, completed=index, description=f"stage {index + 1}/{len(STAGES)}: {name}")
                 bars.update(nested, visible=False)
 
-            def log(self, line: str) -> None:
+            def note(self, text: str) -> None:
                 if show:
-                    bars.console.print(f"[dim]{escape(line)}[/]", highlight=False)
+                    bars.console.print(f"[dim]{escape(text)}[/]", highlight=False)
 
-            def bar(self, label: str, done: float, total: float) -> None:
+            warn = note
+
+            def step(self, done: float, total: float, label: str = "") -> None:
                 bars.update(nested, description=f"  {escape(label)}", completed=done, total=max(total, 1),
                             visible=True)
 
@@ -928,7 +935,7 @@ def _pipeline(config_file: Path | None, cli_settings: dict[str, Any], *, plan: b
             from ffnet_deploy.pipeline.distributed import run_on_ray
 
             bars.update(overall, visible=False)
-            outcome = run_on_ray(config, address=ray_address, command=invocation(), log=_UI().log,
+            outcome = run_on_ray(config, address=ray_address, command=invocation(), log=_UI().note,
                                  placement_timeout=ray_wait)
         else:
             outcome = run_pipeline(config, command=invocation(), ui=_UI())
@@ -1036,10 +1043,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with handle_signals():
             rv = app(args=argv, standalone_mode=False, prog_name="ffnet-deploy")
-        return rv if isinstance(rv, int) else 0
+        return rv if isinstance(rv, int) else EXIT_OK
     except FFNetDeployError as err:
         _error_line(str(err))
-        return 1
+        return EXIT_USER_ERROR
     except Interrupted as err:
         _error_line(str(err))
         return err.exit_code
@@ -1049,7 +1056,7 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except aborts:
         err_console.print("[bold red]aborted[/]")
-        return 1
+        return EXIT_USER_ERROR
     except usage_errors as err:
         err.show()
         return err.exit_code
@@ -1058,7 +1065,7 @@ def main(argv: list[str] | None = None) -> int:
         if message is None:
             raise  # not the machine's state: a bug, whose traceback is wanted
         _error_line(message)
-        return 1
+        return EXIT_USER_ERROR
 
 
 # Errors of the machine's state, not of the tool: a full, read-only or forbidden file system.

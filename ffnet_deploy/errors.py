@@ -2,13 +2,28 @@
 
 Every error a user can cause (a bad path, a wrong variant, a missing optional backend, an artifact that fails
 parity) derives from :class:`FFNetDeployError`. The CLI catches exactly this root type and prints its message as
-one line with exit code 1; anything else is a bug and keeps its traceback.
+one line with exit code :data:`EXIT_USER_ERROR`; anything else is a bug and keeps its traceback.
+
+Exit codes, the same from every command (written here once; the README's "Exit codes" section says the same):
+:data:`EXIT_OK` 0, :data:`EXIT_FAILED_CHECK` 1 (a parity or validation check failed, the report is still written),
+:data:`EXIT_USER_ERROR` 1 (one line naming the problem and the fix), :data:`EXIT_USAGE` 2 (click's usage errors:
+an unknown option, a missing argument), and ``128 + signum`` when a terminating signal arrived
+(:attr:`Interrupted.exit_code`).
 
 Messages follow one shape: which component failed, what it expected, what it got, and what to do, e.g.
 ``onnxruntime | input 'images' expects (1, 3, 256, 256), got (1, 3, 224, 224)``.
 """
 
 from __future__ import annotations
+
+EXIT_OK = 0
+"""Everything the command did succeeded."""
+EXIT_FAILED_CHECK = 1
+"""A check failed (a parity gate, a validation metric, a pipeline job): what was measured is still written."""
+EXIT_USER_ERROR = 1
+"""A :class:`FFNetDeployError`: a bad input or option, printed as one line; the same from every command."""
+EXIT_USAGE = 2
+"""click's usage errors (an unknown option, a missing argument), as click itself exits."""
 
 
 def first_line(err: BaseException, default: str | None = None) -> str:
@@ -23,7 +38,7 @@ def first_line(err: BaseException, default: str | None = None) -> str:
 
 
 class FFNetDeployError(Exception):
-    """Root of every user error. The CLI prints ``str(err)`` and exits 1."""
+    """Root of every user error. The CLI prints ``str(err)`` and exits :data:`EXIT_USER_ERROR`."""
 
 
 class ConfigError(FFNetDeployError):

@@ -12,8 +12,9 @@ it (:mod:`ffnet_deploy.artifact.workdir`).
 Test hook: the environment variable ``FFNET_DEPLOY_FAULT=STAGE:SIGNAL`` (e.g. ``simplify:SIGTERM``) makes the export
 send ``SIGNAL`` to itself when it reaches ``STAGE``, one of :data:`STAGES`; the fault-injection tests use it to stop
 an export at a known point. It is read in one place, :func:`ffnet_deploy.interrupts.fault_point` (the pipeline's
-stages are fault points too); ``STAGE:SIGNAL:FILE`` fires only in the first process that creates ``FILE`` (a
-killed worker's retry then goes on).
+stages are fault points too), and reached from the stage events (:mod:`ffnet_deploy.progress`) that the export and
+its exporters emit; ``STAGE:SIGNAL:FILE`` fires only in the first process that creates ``FILE`` (a killed worker's
+retry then goes on).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ffnet_deploy import progress as progress_events
 from ffnet_deploy.artifact.manifest import (
     MANIFEST_NAME,
     BatchSpec,
@@ -64,7 +66,8 @@ RANDOM_WEIGHTS_NOTICE = (
     "latency and integration tests only"
 )
 
-Progress = Callable[[str], None]
+Progress = progress_events.Progress | Callable[[str], None]
+"""What :func:`export` reports to: a sink of :mod:`ffnet_deploy.progress`, or a plain-text log (one line per note)."""
 
 
 @dataclass
@@ -109,7 +112,8 @@ def export(config: ExportConfig, checkpoint: str | Path | LoadedCheckpoint | Non
             of ``variant``.
         variant: Variant name; detected from the checkpoint when omitted, ``ffnet_1`` for random weights.
         trust: Unpickle the checkpoint without the weights-only allow-list.
-        progress: Called with one line per step (the CLI shows them in its progress display).
+        progress: A sink of progress events (:mod:`ffnet_deploy.progress`; the CLI shows them in its progress
+            display), or a plain-text log called with one line per note and warning.
 
     Returns:
         The result, including the manifest that was written.
@@ -130,13 +134,7 @@ def export(config: ExportConfig, checkpoint: str | Path | LoadedCheckpoint | Non
 
 def _export(config: ExportConfig, checkpoint: str | Path | LoadedCheckpoint | None, variant: str | None,
             trust: bool, progress: Progress | None) -> ExportResult:
-    user_log: Progress = progress or (lambda _msg: None)
-
-    def log(message: str) -> None:
-        user_log(message)
-        for prefix, stage in _STAGE_LINES:  # exporters announce their stages through the progress callback
-            if message.startswith(prefix):
-                _stage(stage)
+    log = _Staged(progress_events.as_progress(progress))
 
     start = time.perf_counter()
     config.validate()
@@ -151,14 +149,14 @@ def _export(config: ExportConfig, checkpoint: str | Path | LoadedCheckpoint | No
     output = check_output(Path(config.output), config.force, sources)
 
     notices: list[str] = []
-    _stage("load")
+    log.stage("load")
     loaded = _open(checkpoint, variant, trust, log, notices)
     model = loaded.model if loaded is not None else create_ffnet(variant or DEFAULT_RANDOM_VARIANT).eval()
     # Options resolved here (format defaults filled in) so that the manifest records every option the export used.
     config = replace(config, output=output, precision=precision, resolution=config.resolution or model.cfg.resolution,
                      options=exporter.resolve_options(config))
 
-    _stage("reparameterize")
+    log.stage("reparameterize")
     if config.reparameterize and not model.deploy:
         log("reparameterizing (folding BatchNorm, RepVGG branches, layer scales)")
         deployable = reparameterize_model(model)
@@ -192,16 +190,16 @@ def _export(config: ExportConfig, checkpoint: str | Path | LoadedCheckpoint | No
             gate_block = gate.to_dict()
         else:
             gate_block = {"passed": None, "skipped": "parity gate switched off (--no-parity)"}
-        _stage("manifest")
+        log.stage("manifest")
         manifest = manifest.with_updates(
             parity=gate_block, notices=tuple(notices), files=_file_hashes(workdir),
             export_seconds=round(time.perf_counter() - start, 3),
         )
         _write_manifest(manifest, workdir)
-        _stage("publish")
+        log.stage("publish")
         publish(workdir, output, config.force)
     try:
-        _stage("published")
+        log.stage("published")
         log(f"wrote {output}")
     except Interrupted as err:
         err.kept = f"the artifact was already complete in {output}"
@@ -210,13 +208,13 @@ def _export(config: ExportConfig, checkpoint: str | Path | LoadedCheckpoint | No
     return ExportResult(output, output / artifact.path, manifest, parity, notices, manifest.export_seconds)
 
 
-def _open(checkpoint, variant, trust, log: Progress, notices: list[str]) -> LoadedCheckpoint | None:
+def _open(checkpoint, variant, trust, log: progress_events.Events, notices: list[str]) -> LoadedCheckpoint | None:
     if isinstance(checkpoint, LoadedCheckpoint):
         return checkpoint
     if checkpoint is not None:
         log(f"loading {checkpoint}")
         return open_checkpoint(checkpoint, variant, trust=trust)
-    log(f"WARNING: {RANDOM_WEIGHTS_NOTICE}")
+    log.warn(f"WARNING: {RANDOM_WEIGHTS_NOTICE}")
     notices.append(RANDOM_WEIGHTS_NOTICE)
     return None
 
@@ -228,13 +226,13 @@ def _open(checkpoint, variant, trust, log: Progress, notices: list[str]) -> Load
 STAGES = ("load", "reparameterize", "trace", "simplify", "convert", "gate", "manifest", "publish", "published")
 """The export's stages, in order; ``published`` is the moment right after the artifact was renamed into place."""
 
-# Progress lines with which exporters open a stage (exporters/onnx.py, exporters/openvino.py, exporters/coreml.py).
-_STAGE_LINES = (("tracing", "trace"), ("simplifying", "simplify"), ("converting", "convert"))
+class _Staged(progress_events.Forward):
+    """The caller's sink, where each stage event (the export's own and its exporter's: ``trace``, ``simplify``,
+    ``convert``) is also a fault point of the test hook (:func:`ffnet_deploy.interrupts.fault_point`)."""
 
-
-def _stage(name: str) -> None:
-    """Reach stage ``name`` (a fault point of the test hook, :func:`ffnet_deploy.interrupts.fault_point`)."""
-    fault_point(name)
+    def stage(self, name: str) -> None:
+        super().stage(name)
+        fault_point(name)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -267,7 +265,7 @@ def keep_failed_artifact(workdir: Path, output: Path, manifest: Manifest, gate: 
     return target
 
 
-def run_parity_gate(reference: FFNet, workdir: Path, config: ExportConfig, log: Progress,
+def run_parity_gate(reference: FFNet, workdir: Path, config: ExportConfig, log: progress_events.Events,
                     notices: list[str], decisions: bool = True) -> GateReport:
     """Compare every target of the fresh artifact that runs here with the unfused PyTorch ``reference``.
 
@@ -282,7 +280,7 @@ def run_parity_gate(reference: FFNet, workdir: Path, config: ExportConfig, log: 
                        "data that is not here): errors and cosine were checked, top-1 agreement and accuracy were "
                        "not; pass --eval-data DATA to check them")
     log(f"parity gate: {config.format} ({config.precision} profile) vs PyTorch on {what}")
-    _stage("gate")
+    log.stage("gate")
     unavailable: list[str] = []
     gate = gate_artifact(workdir, reference, samples=config.parity_samples, runtime_notes=unavailable,
                          decisions=decisions, source=source)

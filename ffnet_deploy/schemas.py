@@ -53,7 +53,7 @@ from pydantic import (
     field_serializer,
 )
 
-from ffnet_deploy.errors import ConfigError, FFNetDeployError
+from ffnet_deploy.errors import ConfigError, FFNetDeployError, first_line
 from ffnet_deploy.inputs import read_bounded
 
 PREFIX = "ffnet-deploy"
@@ -299,7 +299,7 @@ def parse_json(raw: bytes, path: Path, what: str, hint: str, error: type[FFNetDe
     except RecursionError:
         raise error(f"{what} | {path} is not valid JSON (nested too deeply); {hint}") from None
     except ValueError as err:
-        raise error(f"{what} | {path} is not valid JSON ({str(err).splitlines()[0] if str(err) else err!r}); "
+        raise error(f"{what} | {path} is not valid JSON ({first_line(err, repr(err))}); "
                     f"{hint}") from None
 
 

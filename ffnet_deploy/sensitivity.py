@@ -10,6 +10,7 @@ import numpy as np
 
 from ffnet_deploy.artifact.formats import format_specs, get_format, listing
 from ffnet_deploy.errors import ConfigError
+from ffnet_deploy.progress import as_progress
 from ffnet_deploy.quantize.config import QuantizationConfig
 from ffnet_deploy.quantize.stages import Log, read_calibration, transform_for
 
@@ -35,7 +36,7 @@ def sensitivity_analysis(checkpoint, variant: str | None, fmt: str, quant: Quant
     from ffnet_deploy.models.reparam import reparameterize_model
     from ffnet_deploy.quantize import sensitivity as sens
 
-    log = log or (lambda _m: None)
+    log = as_progress(log)
     ranked = sensitivity_formats()
     if fmt not in ranked:
         raise ConfigError(f"sensitivity | --format must be {listing(ranked)}, got {fmt!r}")

@@ -85,7 +85,7 @@ def test_13_hostile_state_is_one_line_before_any_work(tmp_path, capsys, state, f
     code = main(["pipeline", "--checkpoint", str(ckpt), "--output", str(out), "--resume", "--formats", "onnx",
                  "--precisions", "fp32", "--no-bench"])
     err = capsys.readouterr().err
-    assert code == 2 and one_line(err) and "state.json" in err and field in err, err
+    assert code == 1 and one_line(err) and "state.json" in err and field in err, err
     assert not (out / "artifacts").exists()
 
 
@@ -221,13 +221,13 @@ def test_15_deploy_toml_types_are_one_line(tmp_path, capsys, line, key):
     toml.write_text(f'checkpoint = "model.pth"\noutput = "out"\n{line}\n')
     code = main(["pipeline", "--config", str(toml), "--plan"])
     captured = capsys.readouterr()
-    assert code == 2 and one_line(captured.err) and key in captured.err and captured.out == "", captured.err
+    assert code == 1 and one_line(captured.err) and key in captured.err and captured.out == "", captured.err
 
 
 def test_15_demo_false_as_a_string_is_refused_not_true(tmp_path, capsys):
     toml = tmp_path / "deploy.toml"
     toml.write_text('output = "out"\ndemo = "false"\n')
-    assert main(["pipeline", "--config", str(toml), "--plan"]) == 2
+    assert main(["pipeline", "--config", str(toml), "--plan"]) == 1
     err = capsys.readouterr().err
     assert one_line(err) and "'demo' must be true or false" in err
 
@@ -243,7 +243,7 @@ def test_15_out_of_range_options_are_refused_before_any_export(tmp_path, capsys,
     code = main(["pipeline", "--checkpoint", str(tmp_path / "model.pth"), "--output", str(tmp_path / "o"), "--plan",
                  *args])
     captured = capsys.readouterr()
-    assert code == 2 and one_line(captured.err) and flag in captured.err and captured.out == ""
+    assert code == 1 and one_line(captured.err) and flag in captured.err and captured.out == ""
 
 
 def test_15_config_that_is_not_a_regular_file(tmp_path, capsys):
@@ -251,14 +251,14 @@ def test_15_config_that_is_not_a_regular_file(tmp_path, capsys):
 
     fifo = tmp_path / "deploy.toml"
     os.mkfifo(fifo)  # reading it would block forever
-    assert main(["pipeline", "--config", str(fifo), "--plan"]) == 2
+    assert main(["pipeline", "--config", str(fifo), "--plan"]) == 1
     assert "not a regular file" in capsys.readouterr().err
-    assert main(["pipeline", "--config", "/dev/zero", "--plan"]) == 2
+    assert main(["pipeline", "--config", "/dev/zero", "--plan"]) == 1
     assert "not a regular file" in capsys.readouterr().err
     big = tmp_path / "big.toml"
     with big.open("wb") as f:
         f.truncate(3 << 30)  # sparse: 3 GB that cost nothing to make, and are not read
-    assert main(["pipeline", "--config", str(big), "--plan"]) == 2
+    assert main(["pipeline", "--config", str(big), "--plan"]) == 1
     assert "larger than" in capsys.readouterr().err
 
 

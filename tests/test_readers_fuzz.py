@@ -97,7 +97,7 @@ def test_state(capsys, text):
         code = main(["pipeline", "--checkpoint", str(root / "model.pth"), "--output", str(out), "--resume",
                      "--formats", "onnx", "--precisions", "fp32", "--no-bench", "--quiet"])
         err = capsys.readouterr().err
-        assert code == 2 and one_line(err), (code, err)
+        assert code == 1 and one_line(err), (code, err)
 
 
 @SETTINGS
@@ -196,7 +196,7 @@ def test_deploy_toml(capsys, table, as_bytes, raw):
         _write(root / "deploy.toml", text)
         code = main(["pipeline", "--config", str(root / "deploy.toml"), "--plan"])
         captured = capsys.readouterr()
-        assert_refused_in_one_line_or_accepted(code, captured.err, refused=(2,))
+        assert_refused_in_one_line_or_accepted(code, captured.err, refused=(1,))
 
 
 def _valid_cache() -> dict:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ffnet_deploy.atomic import atomic_path
-from ffnet_deploy.errors import CheckpointError
+from ffnet_deploy.errors import CheckpointError, first_line
 from ffnet_deploy.hashing import sha256_file
 from ffnet_deploy.inputs import require_regular_file
 from ffnet_deploy.models.config import VARIANTS, get_config
@@ -71,14 +71,13 @@ _UNREADABLE_FIX = "re-download it or re-save it with torch.save"
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    return first_line(err)
 
 
 def _describe(err: BaseException) -> str:
     """``Type: first line of the message`` (just ``Type`` when the message is empty)."""
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+    line = first_line(err, "")
+    return f"{type(err).__name__}: {line}" if line else type(err).__name__
 
 
 _TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")

@@ -43,6 +43,7 @@ from ffnet_deploy.errors import ConfigError, FFNetDeployError, Interrupted, firs
 from ffnet_deploy.interrupts import deferred
 from ffnet_deploy.pipeline.config import Job, PipelineConfig, job_device
 from ffnet_deploy.pipeline.state import STATE_DIR
+from ffnet_deploy.progress import TextLog
 
 __all__ = ["EXECUTORS", "RAY_DIR", "run_job", "run_on_ray"]
 
@@ -205,14 +206,8 @@ def run_on_ray(config: PipelineConfig, *, address: str | None = None, command: s
     if address and address != "auto":
         _probe(address)  # before anything is written: an unreachable cluster leaves the output as it was
 
-    class _Log:
-        log = staticmethod(say)
-
-        def bar(self, label: str, done: float, total: float) -> None:
-            pass
-
     # the demo's checkpoint is trained (or taken from the cache) once, here; the tasks run that checkpoint
-    config = _absolute(replace(checked_inputs(config, _Log()), demo=False))
+    config = _absolute(replace(checked_inputs(config, TextLog(say)), demo=False))
     with prepare_output(config) as kept:  # claimed (and --force applied) under the lock; merge_runs locks it again
         log_kept(kept, say)
     jobs = config.jobs()

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ffnet_deploy.artifact.formats import bench_runtimes, format_names
 from ffnet_deploy.artifact.precisions import baseline_precision, is_calibrated, precision_names
@@ -43,6 +43,7 @@ from ffnet_deploy.pipeline.results import (
 )
 from ffnet_deploy.pipeline.state import STATE_DIR, PipelineState, data_fingerprint, input_hash
 from ffnet_deploy.pipeline.written import LEDGER_NAME, Ledger, remove_recorded
+from ffnet_deploy.progress import Events, Progress, as_progress
 
 if TYPE_CHECKING:
     from ffnet_deploy.benchmarks.results import Device
@@ -60,25 +61,9 @@ LOCK_TARGET = "run"
 ``.pipeline/.run.lock``), held for the whole run (:func:`output_lock`)."""
 
 
-class UI(Protocol):
-    """How the pipeline reports progress (the CLI draws it with rich; tests and ``--quiet`` pass nothing)."""
-
-    def stage(self, index: int, name: str) -> None: ...
-
-    def log(self, line: str) -> None: ...
-
-    def bar(self, label: str, done: float, total: float) -> None: ...
-
-
-class _Silent:
-    def stage(self, index: int, name: str) -> None:
-        pass
-
-    def log(self, line: str) -> None:
-        pass
-
-    def bar(self, label: str, done: float, total: float) -> None:
-        pass
+UI = Progress
+"""How the pipeline reports progress: the events of :mod:`ffnet_deploy.progress`, ``stage(name)`` once per name of
+:data:`STAGES` (the CLI draws them with rich; tests and ``--quiet`` pass nothing)."""
 
 
 @dataclass
@@ -216,7 +201,7 @@ def check_output(config: PipelineConfig) -> bool:
 # -- stages -----------------------------------------------------------------------------------------------------------
 
 
-def checked_inputs(config: PipelineConfig, ui: UI) -> PipelineConfig:
+def checked_inputs(config: PipelineConfig, ui: Progress) -> PipelineConfig:
     """``config`` checked before anything runs, with the demo's checkpoint trained (or taken from the cache).
 
     Raises:
@@ -229,8 +214,8 @@ def checked_inputs(config: PipelineConfig, ui: UI) -> PipelineConfig:
     if config.demo:
         from ffnet_deploy.demo import demo_checkpoint
 
-        ui.log("demo: training (or reusing the cached) ffnet_digits on scikit-learn's digits")
-        checkpoint = demo_checkpoint(progress=lambda step, total, message: ui.bar(message, step, total)).path
+        ui.note("demo: training (or reusing the cached) ffnet_digits on scikit-learn's digits")
+        checkpoint = demo_checkpoint(progress=lambda step, total, message: ui.step(step, total, message)).path
         config = replace(config, checkpoint=checkpoint)
     assert checkpoint is not None
     if not Path(checkpoint).is_file():
@@ -253,11 +238,11 @@ def run_pipeline(config: PipelineConfig, *, command: str = "", ui: UI | None = N
         CheckpointError: The checkpoint cannot be read.
         Interrupted: On Ctrl-C / SIGTERM; every stage finished so far is kept for ``--resume``.
     """
-    ui = ui or _Silent()
+    ui = as_progress(ui)
     start = time.perf_counter()
     config = checked_inputs(config, ui)
     with prepare_output(config) as kept:
-        log_kept(kept, ui.log)
+        log_kept(kept, ui.note)
         try:
             return _run_stages(config, ui, command, start)
         except Interrupted as err:
@@ -267,15 +252,15 @@ def run_pipeline(config: PipelineConfig, *, command: str = "", ui: UI | None = N
 
 def _run_stages(config: PipelineConfig, ui: UI, command: str, start: float) -> Outcome:
     """The stages of :func:`run_pipeline`, while it holds the output folder."""
-    state = PipelineState(config.output, log=ui.log)
+    state = PipelineState(config.output, log=ui.note)
 
     def stage(index: int) -> None:
-        ui.stage(index, STAGES[index])
+        ui.stage(STAGES[index])
         fault_point(f"pipeline-{STAGES[index]}")  # the test hook (ffnet_deploy.interrupts)
 
     stage(0)
     info = stage_inspect(config, state)
-    ui.log(f"checkpoint: {info['variant']}, {info['params'] / 1e6:.2f} M parameters, sha256 {info['sha256'][:12]}")
+    ui.note(f"checkpoint: {info['variant']}, {info['params'] / 1e6:.2f} M parameters, sha256 {info['sha256'][:12]}")
     stage(1)
     fused_path = stage_reparameterize(config, state, info, ui)
 
@@ -291,7 +276,7 @@ def _run_stages(config: PipelineConfig, ui: UI, command: str, start: float) -> O
     withdrawn: list[bool] = []  # whether this run has withdrawn the old report (before its first new artifact)
     stage(2)
     for i, job in enumerate(jobs):
-        ui.bar(f"export {job.id}", i, len(jobs))
+        ui.step(i, len(jobs), f"export {job.id}")
         stage_export(config, state, job, records[job.id], fused, info, ui, withdrawn)
         save_job(config.output, records[job.id])
     stage(3)
@@ -366,7 +351,7 @@ def stage_reparameterize(config: PipelineConfig, state: PipelineState, info: dic
 
     assert config.checkpoint is not None
     if info["fused"]:
-        ui.log("checkpoint is already reparameterized")
+        ui.note("checkpoint is already reparameterized")
         return Path(config.checkpoint)
     out = config.output / "checkpoint" / "fused.pth"
     inputs = input_hash("reparameterize", info["sha256"], info["variant"])
@@ -374,12 +359,12 @@ def stage_reparameterize(config: PipelineConfig, state: PipelineState, info: dic
     from ffnet_deploy.hashing import sha256_file
 
     if done and out.is_file() and sha256_file(out) == done["outputs"].get("sha256"):
-        ui.log("reparameterize: unchanged, reused")
+        ui.note("reparameterize: unchanged, reused")
         Ledger(config.output).file(out, done["outputs"]["sha256"])
         return out
     result = reparameterize_checkpoint(config.checkpoint, out, info["variant"], force=True, trust=config.trust)
     Ledger(config.output).file(out, result["output_sha256"])
-    ui.log(f"reparameterized: max |fused - unfused| = {result['parity']['max_abs_error']:.2e}")
+    ui.note(f"reparameterized: max |fused - unfused| = {result['parity']['max_abs_error']:.2e}")
     state.record("reparameterize", inputs, {"sha256": result["output_sha256"], "path": str(out)})
     return out
 
@@ -420,13 +405,12 @@ def stage_export(config: PipelineConfig, state: PipelineState, job: Job, record:
     from ffnet_deploy.export import export
     from ffnet_deploy.exporters.base import ExportConfig
     from ffnet_deploy.quantize.config import QuantizationConfig
-    from ffnet_deploy.quantize.stages import PROGRESS_PREFIX
 
     reason = skip_reason(config, job)
     if reason:
         record.update(status="skipped", reason=reason)
         state.forget(f"export:{job.id}")
-        ui.log(f"{job.id}: skipped: {reason}")
+        ui.note(f"{job.id}: skipped: {reason}")
         return
     out = config.output / "artifacts" / job.id
     quant = None
@@ -446,7 +430,7 @@ def stage_export(config: PipelineConfig, state: PipelineState, job: Job, record:
             record.update(status="exported", artifact=_artifact_entry(config.output, out),
                           export={**_export_entry(manifest), "reused": True})
             Ledger(config.output).artifact(out)
-            ui.log(f"{job.id}: export unchanged, reused")
+            ui.note(f"{job.id}: export unchanged, reused")
             return
     if withdrawn is None or not withdrawn:
         withdraw_report(config.output)
@@ -455,24 +439,22 @@ def stage_export(config: PipelineConfig, state: PipelineState, job: Job, record:
     save_job(config.output, new_record(job))  # pending: the artifact there is about to change
     state.forget(f"export:{job.id}")
 
-    def progress(message: str) -> None:
-        if message.startswith(PROGRESS_PREFIX):
-            text = message[len(PROGRESS_PREFIX):]
-            if text.startswith("calibration images "):
-                done_s, _, total_s = text.split()[-1].partition("/")
-                ui.bar(f"{job.id}: calibration", float(done_s), float(total_s))
-            else:
-                ui.bar(f"{job.id}: {text}", 0, 1)
+    class _JobSteps(Events):
+        """The export's steps as this job's bar; its notes stay out of the pipeline's log (one line per job)."""
 
-    ui.log(f"{job.id}: exporting")
+        def step(self, done: float, total: float, label: str = "") -> None:
+            label = "calibration" if label == "calibration images" else label
+            ui.step(done, total, f"{job.id}: {label}")
+
+    ui.note(f"{job.id}: exporting")
     try:
         result = export(ExportConfig(job.format, out, resolution=info["resolution"], precision=job.precision,
                                      quantization=quant, check_parity=False, force=True),
-                        fused(), progress=progress)
+                        fused(), progress=_JobSteps())
     except FFNetDeployError as err:
         record.update(status="error", reason=f"export failed: {err}")
         state.forget(f"export:{job.id}")
-        ui.log(f"{job.id}: export failed: {err}")
+        ui.note(f"{job.id}: export failed: {err}")
         return
     record.update(status="exported", artifact=_artifact_entry(config.output, out),
                   export={**_export_entry(result.manifest), "reused": False})
@@ -609,7 +591,7 @@ def stage_validate(config: PipelineConfig, state: PipelineState, info: dict, rec
         done = state.reusable(f"validate:{record['id']}", inputs)
         if done:
             apply_parity(record, done["outputs"])
-            ui.log(f"{record['id']}: validation unchanged, reused")
+            ui.note(f"{record['id']}: validation unchanged, reused")
             continue
         todo.append(record)
         keys[record["id"]] = inputs
@@ -617,10 +599,10 @@ def stage_validate(config: PipelineConfig, state: PipelineState, info: dict, rec
         return
     source, description = eval_source(config)
     total = len(source)
-    ui.log(f"validating {len(todo)} artifact(s) on {description}")
+    ui.note(f"validating {len(todo)} artifact(s) on {description}")
     report = validate([config.output / r["artifact"]["path"] for r in todo], config.checkpoint, info["variant"],
                       source, "auto", 8, trust=config.trust,
-                      progress=lambda n: ui.bar("validation", n, total or n))
+                      progress=lambda n: ui.step(n, total or n, "validation"))
     for record, result in zip(todo, report.artifacts, strict=True):
         parity = parity_entry(result, description)
         apply_parity(record, parity)
@@ -668,7 +650,7 @@ def stage_bench(config: PipelineConfig, state: PipelineState, fused: Callable[[]
 
     threads, capped = cap_threads(config.threads, "pipeline")
     if capped:
-        ui.log(f"note: {capped}")
+        ui.note(f"note: {capped}")
     threads = threads or default_threads()
     protocol = Protocol(warmup=10, warmup_time_s=0.5, min_iters=config.min_iters, min_time_s=config.min_time_s,
                         blocks=5)
@@ -679,7 +661,7 @@ def stage_bench(config: PipelineConfig, state: PipelineState, fused: Callable[[]
     if done:
         for r in records:
             r["bench"] = done["outputs"].get(r["id"])
-        ui.log("bench: unchanged, reused")
+        ui.note("bench: unchanged, reused")
         return
     jobs: list[BenchJob] = []
     owner: list[str | None] = []
@@ -701,12 +683,12 @@ def stage_bench(config: PipelineConfig, state: PipelineState, fused: Callable[[]
                          input_shape=(1, 3, resolution, resolution), group=(reference,)))
     owner.append(None)
     artifacts = sum(rid is not None for rid in owner)
-    ui.log(f"bench: {artifacts} artifact(s) and eager PyTorch (OpenMP not spinning, in a worker process), "
+    ui.note(f"bench: {artifacts} artifact(s) and eager PyTorch (OpenMP not spinning, in a worker process), "
            f"{threads} thread(s)")
     from ffnet_deploy.runtimes.noise import load_snapshot
 
     before = load_snapshot()
-    rows = run_jobs(jobs, protocol, progress=lambda label, done_, total: ui.bar(label, done_, total))
+    rows = run_jobs(jobs, protocol, progress=lambda label, done_, total: ui.step(done_, total, label))
     after = load_snapshot()
     torch_p50 = rows[-1].p50 if rows[-1].status == "ok" else None
     load = {"load_before": before["1m"] if before else None, "load_after": after["1m"] if after else None}

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from ffnet_deploy.errors import ConfigError, QuantizationError, require
+from ffnet_deploy.errors import ConfigError, QuantizationError, first_line, require
 from ffnet_deploy.quantize.calibration import CalibrationSet, Progress
 from ffnet_deploy.quantize.config import WEIGHT_MODES
 
@@ -404,7 +404,7 @@ def compress_mlmodel(mlmodel: Any, compression: CoreMLCompression, calib: Calibr
     except (ValueError, NotImplementedError, AssertionError, RuntimeError) as err:
         # coremltools reports refused programs (unsupported ops, targets, shapes) with these
         raise QuantizationError(f"coreml compression | coremltools refused {compression.describe()}: "
-                                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+                                f"{first_line(err)}") from err
     out_spec = model.get_spec()
     counts = compression_op_counts(out_spec)
     details.update({

@@ -31,11 +31,12 @@ import numpy as np
 
 from ffnet_deploy.data.transform import EvalTransform
 from ffnet_deploy.errors import QuantizationError
+from ffnet_deploy.progress import Progress, as_progress
 from ffnet_deploy.quantize.groups import sorted_groups
 from ffnet_deploy.validate.metrics import sqnr_db, sqnr_sort_key, top1_accuracy, top1_agreement
 
 Infer = Callable[[np.ndarray], np.ndarray]  # normalized float32 (B, 3, H, W) -> logits (B, classes)
-Log = Callable[[str], None]
+Log = Progress | Callable[[str], None]  # a sink of ffnet_deploy.progress, or a plain-text log
 
 MAX_EVAL_IMAGES = 2000
 """Evaluation images read for sensitivity and the budget; beyond this the ranking no longer changes in practice."""
@@ -149,14 +150,14 @@ def analyze(backend: QuantBackend, data: EvalSet, log: Log | None = None) -> Sen
     A group whose quantization makes the logits non-finite (SQNR ``nan``) ranks first, then ascending SQNR from
     ``-inf``; equal SQNRs keep the group-name order (:func:`~ffnet_deploy.validate.metrics.sqnr_sort_key`).
     """
-    log = log or (lambda _m: None)
+    log = as_progress(log)
     ref = run(backend.reference(), data)
     fp32_acc = accuracy(ref, data.labels)
     full = run(backend.quantized(), data)
     groups = backend.groups()
     effects = []
     for i, group in enumerate(groups, 1):
-        log(f"progress: sensitivity {i}/{len(groups)}: {group}")
+        log.step(i, len(groups), f"sensitivity: {group}")
         effects.append(_effect(group, ref, run(backend.quantized(only_groups=[group]), data), data, fp32_acc))
     effects.sort(key=lambda e: (sqnr_sort_key(e.sqnr_db), e.group))
     whole = _effect("all", ref, full, data, fp32_acc)

@@ -27,6 +27,7 @@ from ffnet_deploy.data.transform import EvalTransform
 from ffnet_deploy.environment import cpu_identity
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.hashing import sha256_file
+from ffnet_deploy.progress import Progress, as_progress
 from ffnet_deploy.quantize.calibration import (
     CacheKey,
     CalibrationSet,
@@ -36,10 +37,8 @@ from ffnet_deploy.quantize.calibration import (
 )
 from ffnet_deploy.quantize.config import QuantizationConfig
 
-Log = Callable[[str], None]
-
-PROGRESS_PREFIX = "progress: "
-"""Log lines starting with this are transient progress (the CLI shows them in its status line, not as lines)."""
+Log = Progress | Callable[[str], None]
+"""Where the stages report (:mod:`ffnet_deploy.progress`): a sink, or a plain-text log that gets the notes only."""
 
 
 def cache_backend(config) -> str:
@@ -72,12 +71,13 @@ def read_calibration(model, config, log: Log) -> CalibrationSet | None:
     q = settings(config)
     if q.calib is None:
         return None
-    log(f"reading calibration data {q.calib} ({q.calib_size} images)")
+    log = as_progress(log)
+    log.note(f"reading calibration data {q.calib} ({q.calib_size} images)")
     step = max(1, q.calib_size // 10)
 
     def progress(done: int, total: int) -> None:
         if done == total or done % step < 32:
-            log(f"{PROGRESS_PREFIX}calibration images {done}/{total}")
+            log.step(done, total, "calibration images")
 
     calib = load_calibration(q.calib, transform_for(model, config), q.calib_size, progress=progress)
     skipped = calib.source.get("skipped", {})
@@ -175,7 +175,7 @@ def quantize_onnx_stage(stage, model, config, log: Log, target: str):
                 f"this CPU ({cpu['isa_class']}) adds int8 products in 16 bits, which saturate on this graph's 8-bit "
                 f"weights: the gate judged the saturated model; for CPUs like this one use --target cpu")
         if target in onnx_int8.CPU_TARGETS:
-            log(f"{PROGRESS_PREFIX}measuring INT8 against FP32 on this CPU")
+            as_progress(log).step(0, 0, "measuring INT8 against FP32 on this CPU")
             speed = onnx_int8.measure_speedup(stage.path, out)
             extra["speedup_vs_fp32"] = {**dataclasses.asdict(speed), "isa_class": cpu["isa_class"],
                                         "cpu": cpu["cpu"]}
@@ -224,7 +224,7 @@ def onnx_ranges(fp32: Path, prepared: Path, config, calib: CalibrationSet | None
         log(f"collecting activation ranges ({q.method}) over {len(calib)} images")
         ranges = onnx_int8.calibrate_ranges(
             prepared, calib, q.method,
-            progress=lambda done, total: log(f"{PROGRESS_PREFIX}calibrating {done}/{total}"))
+            progress=lambda done, total: as_progress(log).step(done, total, "calibrating"))
         return {"ranges": {name: [float(lo), float(hi)] for name, (lo, hi) in sorted(ranges.items())}}
 
     entry = cached_statistics(StatisticsCache(q.cache_dir, cache_backend(config), log),
@@ -370,7 +370,7 @@ def compress_coreml_model(mlmodel, compression, model, config, log: Log):
         def collect() -> dict:
             log(f"collecting activation ranges over {len(calib)} images in the coreml-reference interpreter")
             return coreml_compress.activation_ranges(
-                mlmodel, calib, progress=lambda done, total: log(f"{PROGRESS_PREFIX}calibrating {done}/{total}"))
+                mlmodel, calib, progress=lambda done, total: as_progress(log).step(done, total, "calibrating"))
 
         entry = cached_statistics(StatisticsCache(q.cache_dir, cache_backend(config), log), key, collect, calib)
         ranges = entry.statistics
@@ -443,7 +443,7 @@ def quantize_executorch_model(model, example: tuple, config, log: Log):
                 yield chunk
 
         executorch_int8.calibrate(prepared, batches(), len(calib),
-                                  progress=lambda done, total: log(f"{PROGRESS_PREFIX}calibrating {done}/{total}"))
+                                  progress=lambda done, total: as_progress(log).step(done, total, "calibrating"))
         return executorch_int8.observer_states(prepared)
 
     entry = cached_statistics(StatisticsCache(q.cache_dir, cache_backend(config), log),

@@ -117,7 +117,7 @@ def test_resume_reuses_everything_unchanged(demo_run, demo_result, monkeypatch, 
 
 def test_existing_output_needs_resume_or_force(demo_run, capsys):
     out, _, _ = demo_run
-    assert main(["pipeline", "--demo", "--output", str(out)]) == 2
+    assert main(["pipeline", "--demo", "--output", str(out)]) == 1
     assert "--resume" in capsys.readouterr().err
 
 
@@ -233,10 +233,10 @@ def test_parity_failure_exits_1_and_still_writes_the_report(tmp_path, digits_che
     (["--plan", "--emit", "github-matrix", "--runner", "phone=pixel"], "unknown device kind 'phone'"),
     (["--plan", "--emit", "github-matrix", "--runner", "mac"], "KIND=LABEL"),
 ])
-def test_usage_errors_exit_2_with_one_line(tmp_path, digits_checkpoint, capsys, args, message):
+def test_user_errors_exit_1_with_one_line(tmp_path, digits_checkpoint, capsys, args, message):
     code = main(["pipeline", "--checkpoint", str(digits_checkpoint), "--output", str(tmp_path / "o"), *args])
     err = capsys.readouterr().err
-    assert code == 2 and message in err and "Traceback" not in err
+    assert code == 1 and message in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
 
 
@@ -255,12 +255,12 @@ def test_github_matrix_runner_labels(tmp_path, digits_checkpoint, capsys):
 
 
 def test_missing_checkpoint_and_foreign_output(tmp_path, capsys):
-    assert main(["pipeline", "--checkpoint", str(tmp_path / "none.pth"), "--output", str(tmp_path / "o")]) == 2
+    assert main(["pipeline", "--checkpoint", str(tmp_path / "none.pth"), "--output", str(tmp_path / "o")]) == 1
     assert "no such file" in capsys.readouterr().err
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    assert main(["pipeline", "--demo", "--output", str(foreign)]) == 2
+    assert main(["pipeline", "--demo", "--output", str(foreign)]) == 1
     assert "not empty" in capsys.readouterr().err
     assert (foreign / "notes.txt").read_text() == "keep me"
 
@@ -282,7 +282,7 @@ def test_output_that_cannot_be_created_is_one_line(tmp_path, digits_checkpoint, 
     (tmp_path / "file.txt").write_text("a file, not a folder")
     out = tmp_path / "file.txt" / "run"
     assert main(["pipeline", "--checkpoint", str(digits_checkpoint), "--output", str(out), "--formats", "onnx",
-                 "--no-bench"]) == 2
+                 "--no-bench"]) == 1
     err = capsys.readouterr().err
     assert f"cannot create {out / '.pipeline'}: not a directory" in err and "Traceback" not in err
 
@@ -339,11 +339,11 @@ def test_python_api_matches_the_files(tmp_path, digits_checkpoint):
         json.loads(outcome.results.to_json())["jobs"]
 
 
-def test_missing_calibration_folder_is_a_usage_error(tmp_path, digits_checkpoint, capsys):
+def test_missing_calibration_folder_is_a_user_error(tmp_path, digits_checkpoint, capsys):
     out = tmp_path / "o"
     code = main(["pipeline", "--checkpoint", str(digits_checkpoint), "--output", str(out), "--formats", "onnx",
                  "--precisions", "int8", "--calib", str(tmp_path / "nope")])
-    assert code == 2 and "--calib" in capsys.readouterr().err
+    assert code == 1 and "--calib" in capsys.readouterr().err
     assert not out.exists()
 
 

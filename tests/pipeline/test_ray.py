@@ -92,10 +92,10 @@ def test_a_killed_worker_is_retried_and_nothing_half_written_is_published(tmp_pa
     (["--ray-address", "ray://x:10001"], "--ray-address applies to --executor ray"),
     (["--executor", "ray", "--ray-wait", "nan"], "--ray-wait nan"),
 ])
-def test_ray_usage_errors_exit_2_with_one_line(tmp_path, demo_checkpoint_path, capsys, args, message):
+def test_ray_user_errors_exit_1_with_one_line(tmp_path, demo_checkpoint_path, capsys, args, message):
     code = main(["pipeline", "--checkpoint", str(demo_checkpoint_path), "--output", str(tmp_path / "o"), *args])
     err = capsys.readouterr().err
-    assert code == 2 and message in err and "Traceback" not in err
+    assert code == 1 and message in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
 
 

@@ -155,7 +155,7 @@ def test_2_force_refuses_symlinks_before_deleting_anything(onnx_run, tmp_path, d
     before, outside = tree(f), tree(elsewhere)
     code = main(_args(demo_checkpoint_path, f, "--force"))
     err = capsys.readouterr().err
-    assert code == 2 and one_line(err) and "symbolic link" in err and name in err, err
+    assert code == 1 and one_line(err) and "symbolic link" in err and name in err, err
     assert tree(f) == before and tree(elsewhere) == outside
 
 
@@ -202,7 +202,7 @@ def test_4_a_second_pipeline_on_the_same_output_is_refused(onnx_run, tmp_path, d
         err = capsys.readouterr().err
     finally:
         rest = proc.communicate(timeout=300)[1]
-    assert code == 2 and one_line(err) and "another pipeline" in err, err
+    assert code == 1 and one_line(err) and "another pipeline" in err, err
     assert proc.returncode == 0, "".join(seen) + rest
     results = json.loads((f / "results.json").read_text())
     assert [j["status"] for j in results["jobs"]] == ["passed"]
@@ -231,16 +231,12 @@ def test_21_interrupt_says_what_was_kept(onnx_run, tmp_path, demo_checkpoint_pat
 
     f = copy_run(onnx_run, tmp_path / "f")
 
-    class StopAtValidate:
-        def stage(self, index, name):
+    from ffnet_deploy.progress import Events
+
+    class StopAtValidate(Events):
+        def stage(self, name):
             if name == "validate":
                 raise Interrupted(signal.SIGINT)  # where the signal handler would raise it
-
-        def log(self, line):
-            pass
-
-        def bar(self, label, done, total):
-            pass
 
     config = PipelineConfig(output=f, checkpoint=demo_checkpoint_path, formats=("onnx",), precisions=("fp32",),
                             eval_data="digits", eval_limit=50, bench=False, resume=True)
