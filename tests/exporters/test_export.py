@@ -299,7 +299,7 @@ def test_bad_options(tmp_path, test_checkpoint, options, error, message):
 
 def test_unknown_format_lists_valid_ones(tmp_path, test_checkpoint):
     with pytest.raises(ConfigError, match="unknown export format 'tflite'; choose one of: coreml, executorch, litert, "
-                                          "openvino, tensorrt"):
+                                          "onnx, openvino, tensorrt"):
         run_export(tmp_path, "tflite", test_checkpoint)
 
 
