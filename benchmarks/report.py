@@ -19,8 +19,9 @@ CSV accepted by :func:`import_measurements` (header on the first line; names are
     ffnet_1,fp16,CPU_AND_NE,1.73,Xcode 16.2 performance report,256,1,1.81,iOS 18.1
 
 Required: ``variant, precision, compute_units, median_ms, source``. Optional: ``runtime`` (``coreml``, the default,
-``executorch``, whose compute units are ``XNNPACK``, or ``litert``: ``XNNPACK``, ``GPU`` or ``CPU``), ``resolution`` (default: the FFNet variant's own resolution;
-required for any other model), ``batch`` (default 1), ``p90_ms``, ``notes``.
+``executorch``, whose compute units are ``XNNPACK``, or ``litert``: ``XNNPACK``, ``GPU`` or ``CPU``), ``resolution``
+(default: the FFNet variant's own resolution; required for any other model), ``batch`` (default 1), ``p90_ms``,
+``notes``.
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ def _one(precision: str, work: Path, checkpoint: Path, resolution: int, crops: P
         "delegation": {k: delegation[k] for k in ("delegated_subgraphs", "delegated_nodes", "not_delegated_nodes",
                                                   "not_delegated")},
         "delegation_check": check.to_dict(),
-        "gate": None if gate is None else {"status": gate.status, "profile": gate.profile.name, "max_abs_error": gate.metrics.max_abs_error,
+        "gate": None if gate is None else {
+                 "status": gate.status, "profile": gate.profile.name, "max_abs_error": gate.metrics.max_abs_error,
                  "logit_range": gate.metrics.reference_range,
                  "relative_to_range": gate.metrics.max_abs_error / gate.metrics.reference_range,
                  "samples": gate.metrics.num_samples},
@@ -119,7 +120,8 @@ def to_markdown(r: dict) -> str:
         "The fp32 profile allows 1e-4 of the logit range. INT8 of random weights is judged on the crops by the int8 "
         "profile (top-1 agreement >= 0.97), and fails it as a matter of course: random weights give near-tied logits, "
         "so a small error swaps the top class; the cosine is what says how close the numbers are (the INT8 accuracy "
-        "of a trained model is measured on the digits model in tests/exporters/test_litert.py). Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
+        "of a trained model is measured on the digits model in tests/exporters/test_litert.py). Versions: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
         + ".",
         "",
         "Timings are of a busy 2-core machine shared with other work (several engineers' tests and exports ran at the "
