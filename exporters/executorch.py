@@ -54,10 +54,6 @@ INT8_TYPES = frozenset({"xnn_datatype_qint8", "xnn_datatype_quint8", "xnn_dataty
 """XNNPACK data types of quantized weights and activations (int32 bias types are not counted: biases are few)."""
 FLOAT_TYPES = frozenset({"xnn_datatype_fp32", "xnn_datatype_fp16"})
 
-GATED_OPS = ("conv", "gelu")
-"""Operators that fail the delegation check when they run outside the delegate (a substring of the operator name:
-``aten::convolution``, ``aten::gelu``): FFNet's compute is its convolutions and GELUs."""
-
 
 @dataclass(frozen=True)
 class ExecuTorchOptions(FormatOptions):
@@ -96,31 +92,17 @@ def read_executorch_precision(path: Path) -> PrecisionEvidence:
     return PrecisionEvidence("fp32", f"XNNPACK fp32 weights ({weight_share(floats - half, total)})", path)
 
 
-def outside_summary(outside: dict[str, int]) -> str:
-    """``aten::convolution x2, aten::gelu x1``."""
-    return ", ".join(f"{op} x{n}" for op, n in sorted(outside.items()))
-
-
 def delegation_checks(spec: Any) -> list:
     """The ``delegation`` check of a validation target (a ``FormatSpec.checks`` hook): the operators of the program
-    that run outside any delegate, read from the file; a convolution or GELU among them fails it."""
+    that run outside any delegate, read from the file (the shared check: :mod:`ffnet_deploy.validate.delegation`)."""
     from ffnet_deploy.artifact.pte import read_pte
-    from ffnet_deploy.validate.tolerances import Check
+    from ffnet_deploy.validate.delegation import Delegation, delegation_check
 
     path = Path(spec.path)
     if path.is_dir():
         path = path / (spec.manifest.artifact.path if spec.manifest is not None else MODEL_FILE)
     summary = read_pte(path, "executorch")
-    gated = {op: n for op, n in summary.outside.items() if any(g in op.lower() for g in GATED_OPS)}
-    calls = ", ".join(f"{n} {backend} call{'s' if n != 1 else ''}" for backend, n in summary.delegate_calls.items())
-    inside = sum(summary.delegated_nodes.values())
-    detail = f"delegate: {calls or 'none'}" + (f" ({inside} XNNPACK nodes)" if inside else "")
-    if summary.outside:
-        detail += f"; outside the delegate: {outside_summary(summary.outside)}"
-    if gated:
-        detail += f"; convolution/GELU outside the delegate: {outside_summary(gated)}"
-    count = sum(gated.values())
-    return [Check("delegation", float(count), 0.0, "<=", count == 0, detail)]
+    return [delegation_check(Delegation(summary.delegate_calls, summary.outside, summary.delegated_nodes))]
 
 
 def not_runnable_hint(folder: Path | None) -> str:
@@ -217,6 +199,8 @@ class ExecuTorchExporter(Exporter):
         # getitem unpacks a delegate's outputs; it computes nothing.
         computing = {k: v for k, v in delegation["not_delegated"].items() if k != "getitem"}
         if computing:
+            from ffnet_deploy.validate.delegation import outside_summary
+
             log(f"not delegated: {outside_summary(computing)}")
         inputs, outputs = io_specs(config, unwrap(model).num_classes)
         from importlib.metadata import version

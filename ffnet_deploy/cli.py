@@ -778,8 +778,8 @@ def report_add(
     as_json: JsonOpt = False,
 ) -> None:
     """Import measurements made elsewhere (Xcode's Core ML performance report on an iPhone, ExecuTorch's
-    executor_runner on an Android phone) as a bench result that 'report merge' takes; each row keeps its provenance
-    and is marked as imported."""
+    executor_runner or LiteRT's benchmark_model on an Android phone) as a bench result that 'report merge' takes;
+    each row keeps its provenance and is marked as imported."""
     from ffnet_deploy.atomic import write_text
     from ffnet_deploy.benchmarks.report import import_measurements
     from ffnet_deploy.benchmarks.results import not_written_by_bench

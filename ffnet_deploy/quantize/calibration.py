@@ -23,7 +23,7 @@ The file format (``<dir>/<backend>.calibration.json``), documented so that a cac
 
     {
       "schema": "ffnet-deploy/calibration-cache/1",
-      "backend": "onnxruntime",              # which quantizer wrote it: onnxruntime | openvino | coreml | executorch
+      "backend": "onnxruntime",              # the quantizer: onnxruntime | openvino | coreml | executorch | litert
       "key": {
         "model_sha256": "...",               # the FP32 model calibrated
         "method": "minmax",                  # minmax | entropy | percentile
@@ -274,8 +274,16 @@ class PT2EStatistics(Record):
     observers: dict[str, ObserverState]
 
 
+class TensorRanges(Record):
+    """The ranges ``ai-edge-quantizer`` calibrated for the LiteRT quantizer
+    (:func:`ffnet_deploy.quantize.litert_int8.to_statistics`), by tensor name (same layout as a PT2E observer's)."""
+
+    tensors: dict[str, ObserverState]
+
+
 STATISTICS_MODELS: dict[str, type[Record]] = {"onnxruntime": RangeStatistics, "coreml": RangeStatistics,
-                                              "openvino": NNCFStatistics, "executorch": PT2EStatistics}
+                                              "openvino": NNCFStatistics, "executorch": PT2EStatistics,
+                                              "litert": TensorRanges}
 """What each backend's ``statistics`` must hold."""
 
 _DAMAGED = "delete it to recalibrate"

@@ -6,6 +6,8 @@
 - OpenVINO: :func:`quantize_openvino_model` runs NNCF on the converted model
   (:mod:`~ffnet_deploy.quantize.openvino_int8`).
 - Core ML: :func:`compress_coreml_model` (:mod:`~ffnet_deploy.quantize.coreml_compress`).
+- ExecuTorch: :func:`quantize_executorch_model` (PT2E, :mod:`~ffnet_deploy.quantize.executorch_int8`).
+- LiteRT: :func:`quantize_litert_model` quantizes the FP32 ``.tflite`` (:mod:`~ffnet_deploy.quantize.litert_int8`).
 
 Each records what it did in a ``quantization`` block that the exporter puts in the manifest's ``details``: the method,
 the calibration set (fingerprint, count, skipped files), the quantized and float layer groups, whether the statistics
@@ -463,3 +465,68 @@ def quantize_executorch_model(model, example: tuple, config, log: Log):
     record.pop("quantized_groups")
     record.pop("float_groups")
     return converted, record
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# LiteRT
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def quantize_litert_model(fp32: Path, out: Path, model, config, log: Log, *, quantize_gelu: bool = False):
+    """Full-integer INT8 of the FP32 LiteRT model at ``fp32`` into ``out`` with ``ai-edge-quantizer``, calibrated on
+    ``--calib`` (statistics cached, keyed by the FP32 model's bytes and the recipe); returns the
+    ``details.quantization`` record.
+
+    Args:
+        fp32: The converted FP32 ``.tflite`` (in the export's work directory).
+        out: Where the INT8 model is written (a path of the work directory).
+        model: The FP32 FFNet (for the calibration transform).
+        config: The export settings; ``config.quantization`` holds the calibration settings.
+        log: Progress callback.
+        quantize_gelu: Quantize the GELUs too (XNNPACK then leaves them outside the delegate; for tests).
+    """
+    import hashlib
+
+    import numpy as np
+
+    from ffnet_deploy.quantize import litert_int8
+
+    q = settings(config)
+    start = time.perf_counter()
+    transform = transform_for(model, config)
+    calib = read_calibration(model, config, log)
+    entries = litert_int8.recipe(quantize_gelu)
+    recipe_digest = hashlib.sha256(litert_int8.recipe_id(entries).encode()).hexdigest()[:16]
+    batch = config.batch
+
+    def collect() -> dict:
+        log(f"collecting activation ranges (min/max) over {len(calib)} images")
+
+        def batches():
+            # The model has the export's fixed batch: a short last chunk repeats its last image (a repeated image
+            # changes no min or max).
+            for chunk in calib.batches(batch):
+                if chunk.shape[0] < batch:
+                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - chunk.shape[0], axis=0)])
+                yield chunk
+
+        return litert_int8.calibrate(fp32, entries, batches(), len(calib),
+                                     progress=lambda done, total: log(f"{PROGRESS_PREFIX}calibrating {done}/{total}"))
+
+    key = dataclasses.replace(cache_key(sha256_file(fp32), config, calib, transform),
+                              method=f"{q.method}+ai-edge-quantizer:{recipe_digest}")
+    entry = cached_statistics(StatisticsCache(q.cache_dir, cache_backend(config), log), key, collect, calib)
+    log("quantizing with ai-edge-quantizer (static_wi8_ai8" + (")" if quantize_gelu else ", GELU float)"))
+    try:
+        litert_int8.quantize(fp32, entries, entry.statistics, out)
+    except (KeyError, ValueError) as err:
+        raise ConfigError(f"litert export | the cached statistics in {entry.path} do not fit this model ({err}); "
+                          "delete the file to recalibrate") from err
+    record = quantization_record(q, calib, entry, backend="litert/ai-edge-quantizer", quantized_groups=[],
+                                 float_groups=[], extra={"recipe": "static_wi8_ai8: symmetric int8 weights per "
+                                                         "channel, static asymmetric int8 activations per tensor"
+                                                         + ("" if quantize_gelu else "; GELU float")},
+                                 seconds=time.perf_counter() - start)
+    record.pop("quantized_groups")
+    record.pop("float_groups")
+    return record

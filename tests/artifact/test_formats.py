@@ -21,11 +21,12 @@ from ffnet_deploy.runtimes import RUNTIMES
 
 
 def test_built_in_formats_in_their_declared_order():
-    assert format_names() == ("onnx", "openvino", "coreml", "tensorrt", "executorch")
-    assert demo_formats() == ("onnx", "openvino", "coreml", "executorch")
-    assert model_suffixes() == (".onnx", ".xml", ".mlpackage", ".mlmodel", ".engine", ".plan", ".pte")
-    assert [format_of_suffix(s) for s in (".ONNX", ".plan", ".mlmodel", ".pt", ".PTE")] == [
-        "onnx", "tensorrt", "coreml", None, "executorch"]
+    assert format_names() == ("onnx", "openvino", "coreml", "tensorrt", "executorch", "litert")
+    assert demo_formats() == ("onnx", "openvino", "coreml", "executorch", "litert")
+    assert model_suffixes() == (".onnx", ".xml", ".mlpackage", ".mlmodel", ".engine", ".plan", ".pte",
+                                ".tflite")
+    assert [format_of_suffix(s) for s in (".ONNX", ".plan", ".mlmodel", ".pt", ".PTE", ".TFLite")] == [
+        "onnx", "tensorrt", "coreml", None, "executorch", "litert"]
 
 
 @pytest.mark.parametrize("fmt", FORMATS.names())
@@ -78,9 +79,10 @@ def test_the_registries_and_the_cli_load_without_torch():
             "from ffnet_deploy.artifact.manifest import parse_manifest\n"
             "from ffnet_deploy.runtimes import RUNTIMES\n"
             "import ffnet_deploy.cli\n"
-            "assert format_names() == ('onnx', 'openvino', 'coreml', 'tensorrt', 'executorch') and RUNTIMES.names()\n"
+            "assert format_names() == ('onnx', 'openvino', 'coreml', 'tensorrt', 'executorch', 'litert')\n"
+            "assert RUNTIMES.names()\n"
             "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'openvino', 'coremltools', 'tensorrt',\n"
-            "                     'executorch')\n"
+            "                     'executorch', 'litert_torch', 'ai_edge_litert', 'ai_edge_quantizer')\n"
             "         if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

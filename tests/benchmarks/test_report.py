@@ -220,7 +220,7 @@ def test_android_executorch_rows_import(tmp_path):
         import_measurements(bad, "Pixel 8")
     bad = _csv(tmp_path, [header, "ffnet_1,fp32,tflite,XNNPACK,41.2,benchmark_model,"], name="bad2.csv")
     with pytest.raises(ConfigError, match=r"row 2: runtime 'tflite' is not a phone runtime; use one of coreml, "
-                                          r"executorch$"):
+                                          r"executorch, litert$"):
         import_measurements(bad, "Pixel 8")
 
 
@@ -235,3 +235,29 @@ def test_merge_notes_host_measurements(measured_rows, tmp_path):
     assert table.notes == [f"box A · executorch: {note}"]
     assert [c.label for c in table.columns] == ["box A · executorch", "Pixel 8 · executorch (XNNPACK)"]
     assert f"box A · executorch: {note}" in table.to_markdown()
+
+
+def test_android_litert_rows_import_and_merge(tmp_path):
+    """A phone's LiteRT timings (benchmark_model over adb): runtime litert with the delegate it ran on (XNNPACK, GPU,
+    or CPU for no delegate), checked like the others; a Core ML unit on a LiteRT row is one line naming the row; the
+    rows merge into their own columns beside ExecuTorch's."""
+    header = "variant,precision,runtime,compute_units,median_ms,source,notes"
+    path = _csv(tmp_path, [header, "ffnet_1,fp32,litert,XNNPACK,38.9,benchmark_model 2.3.0,Pixel 8 4 threads",
+                           "ffnet_1,fp32,litert,gpu,12.4,benchmark_model 2.3.0,--use_gpu=true",
+                           "ffnet_1,int8,litert,XNNPACK,27.0,benchmark_model 2.3.0,",
+                           "ffnet_1,fp32,executorch,XNNPACK,41.2,executor_runner 1.5.1,"])
+    result = import_measurements(path, "Pixel 8")
+    xnn, gpu, int8, et = result.rows
+    assert (xnn.runtime, xnn.compute_units, xnn.p50, xnn.source) == ("litert", "XNNPACK", 38.9, "imported")
+    assert (gpu.compute_units, int8.precision, et.runtime) == ("GPU", "int8", "executorch")
+    bad = _csv(tmp_path, [header, "ffnet_1,fp32,litert,CPU_AND_NE,41.2,benchmark_model,"], name="bad.csv")
+    with pytest.raises(ConfigError, match=r"bad\.csv row 2: compute_units 'CPU_AND_NE' is not known for litert; "
+                                          r"use one of XNNPACK, GPU, CPU$"):
+        import_measurements(bad, "Pixel 8")
+    dup = _csv(tmp_path, [header, "ffnet_1,fp32,litert,XNNPACK,38.9,benchmark_model,",
+                          "ffnet_1,fp32,litert,xnnpack,39.0,benchmark_model,"], name="dup.csv")
+    with pytest.raises(ConfigError, match=r"dup\.csv row 3: duplicates row 2 \(ffnet_1 fp32 litert XNNPACK"):
+        import_measurements(dup, "Pixel 8")
+    table = merge([result])
+    assert [c.label for c in table.columns] == ["Pixel 8 · litert (XNNPACK)", "Pixel 8 · litert (GPU)",
+                                                "Pixel 8 · executorch (XNNPACK)"]

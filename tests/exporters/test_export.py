@@ -300,8 +300,8 @@ def test_bad_options(tmp_path, test_checkpoint, options, error, message):
 
 
 def test_unknown_format_lists_valid_ones(tmp_path, test_checkpoint):
-    with pytest.raises(ConfigError, match="unknown export format 'tflite'; choose one of: coreml, executorch, onnx, "
-                                          "openvino, tensorrt"):
+    with pytest.raises(ConfigError, match="unknown export format 'tflite'; choose one of: coreml, executorch, litert, "
+                                          "onnx, openvino, tensorrt"):
         run_export(tmp_path, "tflite", test_checkpoint)
 
 
@@ -335,7 +335,7 @@ def test_parse_dynamic_batch():
     ("args", "message"),
     [
         (["-f", "tflite"],
-         "unknown export format 'tflite'; choose one of: coreml, executorch, onnx, openvino, tensorrt"),
+         "unknown export format 'tflite'; choose one of: coreml, executorch, litert, onnx, openvino, tensorrt"),
         (["-f", "onnx", "-r", "250"], "multiple of 32"),
         (["-f", "onnx", "--dynamic-batch", "1-8"], "--dynamic-batch needs MIN:OPT:MAX"),
         (["-f", "onnx", "--opset", "12"], "onnx export | --opset must be an integer within 13..21, got 12"),

@@ -158,3 +158,37 @@ def executorch_dir(tmp_path_factory, fused_model) -> Path:
                        outputs=(TensorSpec("logits", (n, 1000), "float32", "logits"),))
     write_manifest(manifest, directory)
     return directory
+
+
+def convert_litert(model: torch.nn.Module, path: Path, batch: int = 2, res: int = RES) -> Path:
+    """Convert ``model`` straight with litert-torch (``litert_torch.convert`` -> ``.tflite``), fp32."""
+    pytest.importorskip("litert_torch", reason="needs the litert extra: pip install -e '.[litert]'")
+    import os
+
+    import litert_torch
+
+    old = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
+    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"  # its progress tree on stdout
+    try:
+        litert_torch.convert(model, (torch.zeros(batch, 3, res, res),)).export(str(path))
+    finally:
+        if old is None:
+            os.environ.pop("LITERT_TORCH_SHOW_PROGRESS")
+        else:
+            os.environ["LITERT_TORCH_SHOW_PROGRESS"] = old
+    return path
+
+
+@pytest.fixture(scope="session")
+def litert_dir(tmp_path_factory, fused_model) -> Path:
+    """An artifact directory holding an fp32 model.tflite (batch 2) and a manifest."""
+    from dataclasses import replace
+
+    directory = tmp_path_factory.mktemp("litert")
+    convert_litert(fused_model, directory / "model.tflite")
+    n = 2
+    manifest = replace(make_manifest("model.tflite", "litert", dynamic_batch=False), batch=BatchSpec.fixed(n),
+                       inputs=(TensorSpec("images", (n, 3, RES, RES), "float32", "tensor"),),
+                       outputs=(TensorSpec("logits", (n, 1000), "float32", "logits"),))
+    write_manifest(manifest, directory)
+    return directory

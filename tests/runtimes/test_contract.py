@@ -22,7 +22,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 
 # Tolerance per runtime: max |out - torch| / max |torch| on the fp32 artifact.
 TOLERANCE = {"torch": 0.0, "onnxruntime": 1e-4, "openvino": 1e-4, "tensorrt": 1e-3, "coreml": 1e-2,
-             "coreml-reference": 1e-4, "executorch": 1e-4}
+             "coreml-reference": 1e-4, "executorch": 1e-4, "litert": 1e-4}
 
 
 def _artifact(name: str, request: pytest.FixtureRequest):
@@ -37,6 +37,8 @@ def _artifact(name: str, request: pytest.FixtureRequest):
         return request.getfixturevalue("coreml_dir"), {}
     if name == "executorch":
         return request.getfixturevalue("executorch_dir"), {}
+    if name == "litert":
+        return request.getfixturevalue("litert_dir"), {}
     if name == "tensorrt":
         from tests.runtimes.test_tensorrt import build_engine_dir
 
@@ -134,4 +136,4 @@ def test_every_runtime_has_a_test_module():
     modules = {RUNTIMES.get(n).__module__.rsplit(".", 1)[-1] for n in RUNTIMES.names()}
     assert modules <= set(RUNNER_MODULES), f"registered runtimes from unlisted modules: {modules - set(RUNNER_MODULES)}"
     assert set(RUNTIMES.names()) == {"torch", "onnxruntime", "openvino", "tensorrt", "coreml", "coreml-reference",
-                                     "executorch"}
+                                     "executorch", "litert"}
