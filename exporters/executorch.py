@@ -115,7 +115,7 @@ FORMAT = FormatSpec(
     runtimes=(RuntimeChoice("executorch"),), bench_runtime="executorch",
     runs_on="an Android phone (ExecuTorch, XNNPACK); Linux runs its parity and host timing",
     read_precision=read_executorch_precision, checks=delegation_checks, not_runnable_hint=not_runnable_hint,
-    in_demo=True,
+    in_demo=True, demo_requires=("executorch",),
     device_steps=("adb push {artifact} /data/local/tmp/{id}.pte",
                   "adb shell /data/local/tmp/executor_runner --model_path /data/local/tmp/{id}.pte "
                   "--num_executions 100",

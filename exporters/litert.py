@@ -121,7 +121,8 @@ FORMAT = FormatSpec(
     runtimes=(RuntimeChoice("litert"),), bench_runtime="litert",
     runs_on="an Android phone (LiteRT, XNNPACK or GPU delegate); Linux runs its parity and host timing",
     read_precision=read_litert_precision, recognizes=looks_like_tflite, checks=delegation_checks,
-    not_runnable_hint=not_runnable_hint,
+    not_runnable_hint=not_runnable_hint, in_demo=True,
+    demo_requires=("litert_torch", "ai_edge_quantizer", "ai_edge_litert"),
     device_steps=("adb push {artifact} /data/local/tmp/{id}.tflite",
                   "adb shell /data/local/tmp/benchmark_model --graph=/data/local/tmp/{id}.tflite --num_threads=4 "
                   "--use_xnnpack=true --num_runs=100 --warmup_runs=10",

@@ -111,6 +111,8 @@ class FormatSpec:
     device_steps: tuple[str, ...] = ()  # what the target device itself runs, when it cannot run the pipeline (a
     # phone), as `pipeline --plan` prints it: command templates with {artifact} (the model file) and {id} (the job)
     in_demo: bool = False  # `pipeline --demo` makes it (runs on any machine, no GPU, no extra hardware)
+    demo_requires: tuple[str, ...] = ()  # modules the demo needs for it: without them (an extra not installed) the
+    # demo leaves it out rather than fail the main job
     quantizer: Quantizer | None = None  # how it makes int8 (None: through none of the quantize backends)
     exporter: Any = None  # the Exporter class (set by register_exporter)
 
@@ -195,8 +197,10 @@ def bench_format_of(runtime: str) -> str | None:
 
 
 def demo_formats() -> tuple[str, ...]:
-    """The formats `pipeline --demo` makes."""
-    return tuple(s.name for s in format_specs() if s.in_demo)
+    """The formats `pipeline --demo` makes: those marked for it whose extra is installed."""
+    from importlib.util import find_spec
+
+    return tuple(s.name for s in format_specs() if s.in_demo and all(find_spec(m) for m in s.demo_requires))
 
 
 def quantizer_targets() -> tuple[str, ...]:

@@ -189,7 +189,8 @@ def split_list(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
 
 TOML_ALIASES = {"bench_iters": "min_iters", "bench_time": "min_time_s", "trust_checkpoint": "trust"}
 """deploy.toml keys are the long option names; these three name config fields of another name."""
-_FIELD_ONLY = {"resume", "force", "only", *TOML_ALIASES.values()}  # not settable in the file, or only by alias
+# not settable in the file, or only by alias
+_FIELD_ONLY = {"resume", "force", "only", "every_precision", *TOML_ALIASES.values()}
 
 
 def toml_keys() -> set[str]:

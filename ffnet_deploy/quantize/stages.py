@@ -511,7 +511,7 @@ def quantize_litert_model(fp32: Path, out: Path, model, config, log: Log, *, qua
                 yield chunk
 
         return litert_int8.calibrate(fp32, entries, batches(), len(calib),
-                                     progress=lambda done, total: log(f"{PROGRESS_PREFIX}calibrating {done}/{total}"))
+                                     progress=lambda done, total: as_progress(log).step(done, total, "calibrating"))
 
     key = dataclasses.replace(cache_key(sha256_file(fp32), config, calib, transform),
                               method=f"{q.method}+ai-edge-quantizer:{recipe_digest}")

@@ -390,8 +390,9 @@ def check_content(model: Path, fmt: str, said_by: str) -> None:
     spec = get_format(found)
     if declared.claims_folder and spec.stage_file == model.name:
         return  # the other format's stage file its folder ships as the model (TensorRT's model.onnx, no engine yet)
-    raise ConfigError(f"validate | {model} holds an {spec.title} model, but {said_by} says {fmt}; a file's format "
-                      f"is its content: rename it to {spec.main_suffix} (or export the {fmt} artifact again)")
+    article = "an" if spec.title[0] in "AEIOU" else "a"  # an ONNX, a LiteRT
+    raise ConfigError(f"validate | {model} holds {article} {spec.title} model, but {said_by} says {fmt}; a file's "
+                      f"format is its content: rename it to {spec.main_suffix} (or export the {fmt} artifact again)")
 
 
 @dataclass

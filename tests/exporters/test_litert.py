@@ -83,7 +83,7 @@ def test_malformed_and_relabelled_models_are_refused_in_one_line(tmp_path, fp32_
              "cut.tflite": real[:len(real) // 2], "relabelled.onnx": real, "onnx.tflite": onnx.read_bytes()}
     said = {"garbage.tflite": "is not a LiteRT model (.tflite: no TFL3 file identifier)",
             "fake.tflite": "not a valid Flatbuffer", "cut.tflite": "not a valid Flatbuffer",
-            "relabelled.onnx": "holds an LiteRT model, but its suffix .onnx says onnx",
+            "relabelled.onnx": "holds a LiteRT model, but its suffix .onnx says onnx",
             "onnx.tflite": "holds an ONNX model, but its suffix .tflite says litert"}
     for name, content in cases.items():
         path = tmp_path / name

@@ -47,7 +47,8 @@ def test_demo_passes_parity_everywhere_with_accuracy(demo_run):
     assert results["schema"] == "ffnet-deploy/pipeline/1"  # the one schema-ID spelling (was ffnet-deploy.pipeline/1)
     jobs = {j["id"]: j for j in results["jobs"]}
     expected = {f"{f}-{p}" for f in ("onnx", "openvino", "coreml") for p in ("fp32", "fp16", "int8")}
-    expected |= {"executorch-fp32", "executorch-int8"}  # the precisions ExecuTorch makes; no skipped fp16 job
+    # the precisions ExecuTorch and LiteRT make; no skipped fp16 job (CI installs the litert extra)
+    expected |= {f"{f}-{p}" for f in ("executorch", "litert") for p in ("fp32", "int8")}
     assert set(jobs) == expected
     for job in jobs.values():
         assert job["status"] == "passed", (job["id"], job["reason"])
@@ -68,9 +69,9 @@ def test_demo_report_folder(demo_run):
     import xml.etree.ElementTree as ET
 
     root = ET.parse(out / "junit.xml").getroot()
-    # the one JUnit layout: a suite per job (11 jobs), a case per gated check, nothing failed
+    # the one JUnit layout: a suite per job (13 jobs), a case per gated check, nothing failed
     suites = root.findall("testsuite")
-    assert len(suites) == 11 and int(root.get("failures")) == 0 and int(root.get("errors")) == 0
+    assert len(suites) == 13 and int(root.get("failures")) == 0 and int(root.get("errors")) == 0
     assert all(int(s.get("tests")) >= 1 for s in suites)
     html = (out / "index.html").read_text()
     assert "onnx-int8" in html and "data:image/png;base64," in html
@@ -111,7 +112,7 @@ def test_resume_reuses_everything_unchanged(demo_run, demo_result, monkeypatch, 
     code = main(["pipeline", "--demo", "--output", str(out), "--resume", *FAST_BENCH])
     assert code == 0
     err = capsys.readouterr().err
-    assert err.count("export unchanged, reused") == 11 and "validation unchanged" in err and "bench: unchanged" in err
+    assert err.count("export unchanged, reused") == 13 and "validation unchanged" in err and "bench: unchanged" in err
     assert {p: p.stat().st_mtime_ns for p in (out / "artifacts").rglob("manifest.json")} == before
 
 
