@@ -198,9 +198,17 @@ def bench_format_of(runtime: str) -> str | None:
 
 def demo_formats() -> tuple[str, ...]:
     """The formats `pipeline --demo` makes: those marked for it whose extra is installed."""
+    return tuple(s.name for s in format_specs() if s.in_demo and all(_installed(m) for m in s.demo_requires))
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it (an import hook may refuse it: not installed)."""
     from importlib.util import find_spec
 
-    return tuple(s.name for s in format_specs() if s.in_demo and all(find_spec(m) for m in s.demo_requires))
+    try:
+        return find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def quantizer_targets() -> tuple[str, ...]:
