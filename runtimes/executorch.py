@@ -15,11 +15,7 @@ whatever else it printed goes into the error message when loading fails.
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,30 +23,12 @@ import numpy as np
 
 from ffnet_deploy.artifact.manifest import Manifest, TensorSpec
 from ffnet_deploy.errors import RuntimeBackendError, require
+from ffnet_deploy.native_stderr import captured_stderr
 from ffnet_deploy.runtimes.base import BaseRunner, SessionOptionsHook, register_runtime
 
 # ExecuTorch ScalarType codes (c10's numbering) of the dtypes an FFNet program takes.
 _DTYPES = {0: "uint8", 1: "int8", 3: "int32", 4: "int64", 5: "float16", 6: "float32"}
 _NOISE = ("cpuinfo_utils.cpp",)
-
-
-@contextmanager
-def _captured_stderr() -> Iterator[list[str]]:
-    """Collect what C++ code writes to file descriptor 2 inside the block (Python's ``sys.stderr`` is untouched);
-    the lines that are not ExecuTorch's CPU-detection noise are yielded back to the caller's list."""
-    lines: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            text = sink.read().decode("utf-8", "replace")
-            lines += [line for line in text.splitlines() if line.strip() and not any(n in line for n in _NOISE)]
 
 
 @register_runtime("executorch")
@@ -89,7 +67,7 @@ class ExecuTorchRunner(BaseRunner):
         if not looks_like_pte(path):
             raise RuntimeBackendError(f"{self.name} | {path} is not an ExecuTorch program (.pte); re-export it with "
                                       "'ffnet-deploy export --format executorch'")
-        with _captured_stderr() as said:
+        with captured_stderr(_NOISE) as said:
             try:
                 if self.threads is not None:
                     from executorch.extension.pybindings import portable_lib

@@ -106,7 +106,7 @@ def test_package_has_no_import_cycle():
 # of its modules.
 LAYERS = (
     ("base", ("errors", "registry", "atomic", "hashing", "cache", "environment", "inputs", "interrupts", "progress",
-              "_version", "schemas")),
+              "native_stderr", "_version", "schemas")),
     ("reporting", ("reporting",)),
     ("models and data", ("models", "data")),
     ("artifact", ("artifact",)),

@@ -18,17 +18,14 @@ a delegation or a precision the model does not have:
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ffnet_deploy.errors import RuntimeBackendError, require
+from ffnet_deploy.native_stderr import captured_stderr
 
 MAGIC = b"TFL3"
 """The FlatBuffer file identifier of every LiteRT (TensorFlow Lite) model, at bytes 4-8."""
@@ -68,23 +65,10 @@ def looks_like_tflite(path: Path) -> bool:
     return len(head) == 8 and head[4:8] == MAGIC
 
 
-@contextmanager
-def quiet_stderr() -> Iterator[list[str]]:
+def quiet_stderr() -> AbstractContextManager[list[str]]:
     """Collect what LiteRT's C++ code writes to file descriptor 2 inside the block (its "Created TensorFlow Lite
     XNNPACK delegate" line on every interpreter); the other lines are yielded back for an error message."""
-    lines: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            text = sink.read().decode("utf-8", "replace")
-            lines += [line for line in text.splitlines() if line.strip() and not any(n in line for n in _NOISE)]
+    return captured_stderr(_NOISE)
 
 
 def open_interpreter(path: str | Path, component: str = "litert", threads: int | None = None) -> Any:
