@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ffnet_deploy.artifact.formats import FormatSpec, PrecisionEvidence, Quantizer, RuntimeChoice
+from ffnet_deploy.artifact.formats import Extra, FormatSpec, PrecisionEvidence, Quantizer, RuntimeChoice
 from ffnet_deploy.artifact.inspect import weight_share
 from ffnet_deploy.errors import ConfigError, ExportError, FFNetDeployError, MissingDependencyError, first_line
 from ffnet_deploy.exporters.base import (
@@ -115,7 +115,7 @@ FORMAT = FormatSpec(
     runtimes=(RuntimeChoice("executorch"),), bench_runtime="executorch",
     runs_on="an Android phone (ExecuTorch, XNNPACK); Linux runs its parity and host timing",
     read_precision=read_executorch_precision, checks=delegation_checks, not_runnable_hint=not_runnable_hint,
-    in_demo=True, demo_requires=("executorch",),
+    extra=Extra("executorch", ("executorch.exir",)), in_demo=True, demo_if_installed=True,
     device_steps=("adb push {artifact} /data/local/tmp/{id}.pte",
                   "adb shell /data/local/tmp/executor_runner --model_path /data/local/tmp/{id}.pte "
                   "--num_executions 100",
@@ -151,7 +151,6 @@ class ExecuTorchExporter(Exporter):
     """``model.pte``: the model lowered to ExecuTorch with the XNNPACK delegate, FP32 or PT2E INT8."""
 
     options_class = ExecuTorchOptions
-    requires = (("executorch.exir", "executorch"),)
     quantization_flags = ("--calib", "--calib-size", "--calib-method", "--eval-data", "--calib-cache")
 
     def validate(self, config: ExportConfig) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ffnet_deploy.artifact.formats import FormatSpec, PrecisionEvidence, Quantizer, RuntimeChoice
+from ffnet_deploy.artifact.formats import Extra, FormatSpec, PrecisionEvidence, Quantizer, RuntimeChoice
 from ffnet_deploy.artifact.inspect import weight_share
 from ffnet_deploy.artifact.tflite import looks_like_tflite
 from ffnet_deploy.errors import ConfigError, ExportError, FFNetDeployError, MissingDependencyError
@@ -121,8 +121,8 @@ FORMAT = FormatSpec(
     runtimes=(RuntimeChoice("litert"),), bench_runtime="litert",
     runs_on="an Android phone (LiteRT, XNNPACK or GPU delegate); Linux runs its parity and host timing",
     read_precision=read_litert_precision, recognizes=looks_like_tflite, checks=delegation_checks,
-    not_runnable_hint=not_runnable_hint, in_demo=True,
-    demo_requires=("litert_torch", "ai_edge_quantizer", "ai_edge_litert"),
+    not_runnable_hint=not_runnable_hint, in_demo=True, demo_if_installed=True,
+    extra=Extra("litert", ("litert_torch", "ai_edge_quantizer", "ai_edge_litert.interpreter")),
     device_steps=("adb push {artifact} /data/local/tmp/{id}.tflite",
                   "adb shell /data/local/tmp/benchmark_model --graph=/data/local/tmp/{id}.tflite --num_threads=4 "
                   "--use_xnnpack=true --num_runs=100 --warmup_runs=10",
@@ -191,7 +191,6 @@ class LiteRTExporter(Exporter):
     """``model.tflite``: the model converted by litert-torch, FP32 or full-integer INT8 (ai-edge-quantizer)."""
 
     options_class = LiteRTOptions
-    requires = (("litert_torch", "litert"), ("ai_edge_quantizer", "litert"), ("ai_edge_litert.interpreter", "litert"))
     quantization_flags = ("--calib", "--calib-size", "--calib-method", "--eval-data", "--calib-cache")
     quantize_gelu: ClassVar[bool] = False  # a test sets it to make XNNPACK leave the GELUs out (delegation gate)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ffnet_deploy.artifact.formats import FormatSpec, Quantizer, RuntimeChoice
+from ffnet_deploy.artifact.formats import Extra, FormatSpec, Quantizer, RuntimeChoice
 from ffnet_deploy.artifact.inspect import PrecisionEvidence, weight_share
 from ffnet_deploy.errors import ExportError, first_line
 from ffnet_deploy.exporters.base import (
@@ -144,6 +144,7 @@ FORMAT = FormatSpec(
     precisions=("fp32", "fp16", "int8"), default_precision="fp32",
     runtimes=(RuntimeChoice("openvino"),), bench_runtime="openvino",
     runs_on="an x86 or Arm CPU with OpenVINO",
+    extra=Extra("openvino", ("openvino",)),  # onnx is a core dependency
     read_precision=read_openvino_precision, recognizes=is_openvino_ir, targets=validation_targets, in_demo=True,
     quantizer=Quantizer(cache_backend="openvino", sensitivity=openvino_sensitivity_backend, sensitivity_label="NNCF"),
 )
@@ -155,7 +156,6 @@ class OpenVINOExporter(Exporter):
     """``model.xml``/``model.bin`` (OpenVINO IR) with FP32 or FP16-compressed weights, or NNCF INT8."""
 
     options_class = OpenVINOOptions
-    requires = (("openvino", "openvino"),)  # onnx is a core dependency
 
     def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log, *,
                source_sha256: str | None = None) -> ExportedArtifact:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ffnet_deploy.artifact.manifest import Manifest, TensorSpec
-from ffnet_deploy.errors import RuntimeBackendError, require
+from ffnet_deploy.errors import RuntimeBackendError
 from ffnet_deploy.native_stderr import captured_stderr
 from ffnet_deploy.runtimes.base import BaseRunner, SessionOptionsHook, register_runtime
 
@@ -58,7 +58,7 @@ class ExecuTorchRunner(BaseRunner):
         self._meta: Any = None
 
     def _activate(self) -> None:
-        require("executorch.runtime", "executorch", self.name)
+        self._import_required("executorch.runtime")
         from executorch.runtime import Runtime
 
         from ffnet_deploy.artifact.pte import looks_like_pte
