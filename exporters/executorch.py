@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ffnet_deploy.artifact.formats import Extra, FormatSpec, PrecisionEvidence, Quantizer, RuntimeChoice
-from ffnet_deploy.artifact.inspect import weight_share
-from ffnet_deploy.errors import ConfigError, ExportError, FFNetDeployError, MissingDependencyError, first_line
+from ffnet_deploy.artifact.inspect import precision_of_weights, read_for_precision
+from ffnet_deploy.errors import ConfigError, ExportError, FFNetDeployError, first_line
 from ffnet_deploy.exporters.base import (
     ExportConfig,
     ExportedArtifact,
@@ -71,25 +71,18 @@ def read_executorch_precision(path: Path) -> PrecisionEvidence:
     """The precision a ``.pte`` computes in, read from its XNNPACK delegate (rules: module docstring)."""
     from ffnet_deploy.artifact.pte import read_pte
 
-    try:
-        summary = read_pte(path, "executorch")
-    except MissingDependencyError:
-        return PrecisionEvidence(None, "executorch is not installed here", path)
-    except FFNetDeployError as err:  # not a program: the runner says so when it loads it
-        return PrecisionEvidence(None, str(err).split(" | ", 1)[-1], path)
+    summary = read_for_precision(lambda: read_pte(path, "executorch"), path, "executorch")
+    if isinstance(summary, PrecisionEvidence):
+        return summary
     counts = summary.constant_elements
     if not counts:
         return PrecisionEvidence(None, "no XNNPACK delegate holds the weights", path)
-    low = sum(v for k, v in counts.items() if k in INT8_TYPES)
-    floats = sum(v for k, v in counts.items() if k in FLOAT_TYPES)
-    total = low + floats
-    if low > floats:
-        kinds = ", ".join(sorted(k.removeprefix("xnn_datatype_") for k in counts if k in INT8_TYPES))
-        return PrecisionEvidence("int8", f"XNNPACK {kinds} weights ({weight_share(low, total)})", path)
-    half = counts.get("xnn_datatype_fp16", 0)
-    if half > floats - half:
-        return PrecisionEvidence("fp16", f"XNNPACK fp16 weights ({weight_share(half, total)})", path)
-    return PrecisionEvidence("fp32", f"XNNPACK fp32 weights ({weight_share(floats - half, total)})", path)
+    kinds = ", ".join(sorted(k.removeprefix("xnn_datatype_") for k in counts if k in INT8_TYPES))
+    return precision_of_weights(path, low=sum(v for k, v in counts.items() if k in INT8_TYPES),
+                                floats=sum(v for k, v in counts.items() if k in FLOAT_TYPES),
+                                half=counts.get("xnn_datatype_fp16", 0),
+                                evidence=(f"XNNPACK {kinds} weights ({{share}})", "XNNPACK fp16 weights ({share})",
+                                          "XNNPACK fp32 weights ({share})"))
 
 
 def delegation_checks(spec: Any) -> list:

@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ffnet_deploy.artifact.formats import Extra, FormatSpec, PrecisionEvidence, Quantizer, RuntimeChoice
-from ffnet_deploy.artifact.inspect import weight_share
+from ffnet_deploy.artifact.inspect import precision_of_weights, read_for_precision
 from ffnet_deploy.artifact.tflite import looks_like_tflite
-from ffnet_deploy.errors import ConfigError, ExportError, FFNetDeployError, MissingDependencyError
+from ffnet_deploy.errors import ConfigError, ExportError, FFNetDeployError
 from ffnet_deploy.exporters.base import (
     ExportConfig,
     ExportedArtifact,
@@ -73,24 +73,17 @@ def read_litert_precision(path: Path) -> PrecisionEvidence:
     """The precision a ``.tflite`` computes in, read from its constant tensors (rules: module docstring)."""
     from ffnet_deploy.artifact.tflite import read_tflite
 
-    try:
-        summary = read_tflite(path, "litert")
-    except MissingDependencyError:
-        return PrecisionEvidence(None, "ai-edge-litert is not installed here", path)
-    except FFNetDeployError as err:  # not a model: the runner says so when it loads it
-        return PrecisionEvidence(None, str(err).split(" | ", 1)[-1], path)
+    summary = read_for_precision(lambda: read_tflite(path, "litert"), path, "ai-edge-litert")
+    if isinstance(summary, PrecisionEvidence):
+        return summary
     counts = summary.constant_elements
     low = counts.get("int8", 0)
     floats = sum(counts.get(t, 0) for t in FLOAT_TYPES)
-    total = low + floats
-    if not total:
+    if not low + floats:
         return PrecisionEvidence(None, "no int8 or float constant tensors", path)
-    if low > floats:
-        return PrecisionEvidence("int8", f"int8 weights ({weight_share(low, total)})", path)
-    half = counts.get("float16", 0)
-    if half > floats - half:
-        return PrecisionEvidence("fp16", f"float16 weights ({weight_share(half, total)})", path)
-    return PrecisionEvidence("fp32", f"float32 weights ({weight_share(floats - half, total)})", path)
+    return precision_of_weights(path, low, floats, half=counts.get("float16", 0),
+                                evidence=("int8 weights ({share})", "float16 weights ({share})",
+                                          "float32 weights ({share})"))
 
 
 def model_file(spec: Any) -> Path:
