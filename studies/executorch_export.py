@@ -14,15 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from studies.common import (
-    add_output_options,
-    delegation_summary,
-    export_study_parser,
-    outside_delegate,
-    parity_numbers,
-    print_and_write,
-    versions_line,
-)
+from studies import common
 
 
 def run(variant: str = "ffnet_1", resolution: int = 256, images: int = 16) -> dict:
@@ -49,10 +41,10 @@ def run(variant: str = "ffnet_1", resolution: int = 256, images: int = 16) -> di
             "variant": variant, "resolution": resolution,
             "export_seconds": round(wall, 1), "lower_seconds": m.details["lower_seconds"],
             "pte_bytes": size, "pte_mb": round(size / 1e6, 2),
-            "delegation": delegation_summary(m.details),
+            "delegation": common.delegation_summary(m.details),
             "pte_delegation_check": check.to_dict(),
-            "gate": {"status": gate.status, **parity_numbers(gate.metrics), "samples": gate.metrics.num_samples},
-            "photos": {"status": art.status, "images": art.metrics.num_samples, **parity_numbers(art.metrics),
+            "gate": {"status": gate.status, **common.parity_numbers(gate.metrics), "samples": gate.metrics.num_samples},
+            "photos": {"status": art.status, "images": art.metrics.num_samples, **common.parity_numbers(art.metrics),
                        "cosine_min": art.metrics.cosine_min, "top1_agreement": art.metrics.top1_agreement},
             "versions": dict(m.versions),
         }
@@ -60,7 +52,7 @@ def run(variant: str = "ffnet_1", resolution: int = 256, images: int = 16) -> di
 
 def to_markdown(r: dict) -> str:
     d, g, p = r["delegation"], r["gate"], r["photos"]
-    outside = outside_delegate(d["not_delegated"])
+    outside = common.outside_delegate(d["not_delegated"])
     return "\n".join([
         f"# ExecuTorch export of {r['variant']} at {r['resolution']} px (fp32, XNNPACK delegate)",
         "",
@@ -74,7 +66,7 @@ def to_markdown(r: dict) -> str:
         "",
         f"Delegation check read from the .pte: {r['pte_delegation_check']['message']}.",
         f"Parity: {g['status']} (gate), {p['status']} (validate on photo crops); the fp32 profile allows 1e-4 of the "
-        "logit range. Versions: " + versions_line(r["versions"]) + ".",
+        "logit range. Versions: " + common.versions_line(r["versions"]) + ".",
         "",
         "Timings are of a busy 2-core machine shared with other work: a rough size of the export cost, not a "
         "benchmark.",
@@ -82,9 +74,9 @@ def to_markdown(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = add_output_options(export_study_parser(__doc__.splitlines()[0])).parse_args(argv)
+    args = common.add_output_options(common.export_study_parser(__doc__.splitlines()[0])).parse_args(argv)
     result = run(args.variant, args.resolution, args.images)
-    print_and_write(f"executorch_export_{args.variant}", result, to_markdown, args)
+    common.print_and_write(f"executorch_export_{args.variant}", result, to_markdown, args)
     return result
 
 

@@ -16,15 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from studies.common import (
-    add_output_options,
-    delegation_summary,
-    export_study_parser,
-    outside_delegate,
-    parity_numbers,
-    print_and_write,
-    versions_line,
-)
+from studies import common
 
 
 def _one(precision: str, work: Path, checkpoint: Path, resolution: int, crops: Path, calib: Path | None,
@@ -53,11 +45,11 @@ def _one(precision: str, work: Path, checkpoint: Path, resolution: int, crops: P
     out = {
         "precision": precision, "export_seconds": round(wall, 1), "convert_seconds": m.details["convert_seconds"],
         "tflite_bytes": size, "tflite_mb": round(size / 1e6, 2),
-        "delegation": delegation_summary(m.details),
+        "delegation": common.delegation_summary(m.details),
         "delegation_check": check.to_dict(),
         "gate": None if gate is None else {"status": gate.status, "profile": gate.profile.name,
-                                           **parity_numbers(gate.metrics), "samples": gate.metrics.num_samples},
-        "photos": {"status": art.status, "images": art.metrics.num_samples, **parity_numbers(art.metrics),
+                                           **common.parity_numbers(gate.metrics), "samples": gate.metrics.num_samples},
+        "photos": {"status": art.status, "images": art.metrics.num_samples, **common.parity_numbers(art.metrics),
                    "cosine_mean": art.metrics.cosine_mean, "cosine_min": art.metrics.cosine_min,
                    "top1_agreement": art.metrics.top1_agreement},
         "io": m.details["io"],
@@ -96,7 +88,7 @@ def to_markdown(r: dict) -> str:
     ]
     for x in r["results"]:
         d, g, p = x["delegation"], x["gate"], x["photos"]
-        outside = outside_delegate(d["not_delegated"])
+        outside = common.outside_delegate(d["not_delegated"])
         gate = ("not run (judged on the crops)" if g is None else
                 f"{g['relative_to_range']:.1e} ({g['max_abs_error']:.1e} of {g['logit_range']:.2f}, {g['profile']} "
                 f"profile: {g['status']})")
@@ -121,7 +113,7 @@ def to_markdown(r: dict) -> str:
         "profile (top-1 agreement >= 0.97), and fails it as a matter of course: random weights give near-tied logits, "
         "so a small error swaps the top class; the cosine is what says how close the numbers are (the INT8 accuracy "
         "of a trained model is measured on the digits model in tests/exporters/test_litert.py). Versions: "
-        + versions_line(versions)
+        + common.versions_line(versions)
         + ".",
         "",
         "Timings are of a busy 2-core machine shared with other work (several engineers' tests and exports ran at the "
@@ -131,12 +123,12 @@ def to_markdown(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = export_study_parser(__doc__.splitlines()[0])
+    parser = common.export_study_parser(__doc__.splitlines()[0])
     parser.add_argument("--int8", action="store_true", help="also export and check full-integer INT8")
     parser.add_argument("--calib", type=int, default=32, help="photo crops to calibrate INT8 on")
-    args = add_output_options(parser).parse_args(argv)
+    args = common.add_output_options(parser).parse_args(argv)
     result = run(args.variant, args.resolution, args.images, args.int8, args.calib)
-    print_and_write(f"litert_export_{args.variant}", result, to_markdown, args)
+    common.print_and_write(f"litert_export_{args.variant}", result, to_markdown, args)
     return result
 
 
