@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ffnet_deploy.artifact.formats import Extra, FormatSpec, PrecisionEvidence, Quantizer, RuntimeChoice
 from ffnet_deploy.artifact.inspect import precision_of_weights, read_for_precision
 from ffnet_deploy.artifact.tflite import looks_like_tflite
-from ffnet_deploy.errors import ConfigError, ExportError, FFNetDeployError
+from ffnet_deploy.errors import ConfigError, ExportError, FFNetDeployError, first_line
 from ffnet_deploy.exporters.base import (
     ExportConfig,
     ExportedArtifact,
@@ -219,7 +219,7 @@ class LiteRTExporter(Exporter):
             raise
         except Exception as err:  # torch.export and the MLIR converter raise many types; the first line says which
             raise ExportError(f"litert export | conversion failed: {type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else ''}") from err
+                              f"{first_line(err, '')}") from err
         convert_seconds = time.perf_counter() - start
         quantization = None
         if precision == "int8":

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ffnet_deploy.artifact.manifest import TensorSpec
-from ffnet_deploy.errors import RuntimeBackendError
+from ffnet_deploy.errors import RuntimeBackendError, first_line
 from ffnet_deploy.runtimes._xnnpack import XnnpackHostRunner
 from ffnet_deploy.runtimes.base import register_runtime
 
@@ -71,7 +71,7 @@ class LiteRTRunner(XnnpackHostRunner):
             self._interpreter.invoke()
             outs = [self._interpreter.get_tensor(d["index"]) for d in self._outputs]
         except (ValueError, RuntimeError) as err:  # a shape or type the model does not take
-            raise RuntimeBackendError(f"{self.name} | invoke failed: {str(err).splitlines()[0]}") from err
+            raise RuntimeBackendError(f"{self.name} | invoke failed: {first_line(err)}") from err
         result = {}
         for name, d, out in zip(self._output_names(), self._outputs, outs, strict=True):
             if d["dtype"] in _INTEGER:
