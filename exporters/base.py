@@ -459,6 +459,26 @@ def _define_preprocess() -> type:
     return Preprocess
 
 
+def refuse_app_side_settings(config: ExportConfig, fmt: str, *, holder: str, calibration: str) -> None:
+    """Refuse the settings a phone format (ExecuTorch, LiteRT) cannot honour, each in one line: preprocessing (the
+    app passes the normalized tensor), a dynamic batch (``holder``, "program" or "model", has a fixed one) and a
+    calibration method other than minmax (``calibration`` says what its quantizer uses).
+
+    Raises:
+        ConfigError: For the first of those settings that ``config`` asks for.
+    """
+    if config.include_preprocessing:
+        raise ConfigError(f"{fmt} export | --include-preprocessing is not supported: the app passes the normalized "
+                          "tensor (the manifest's preprocessing says how)")
+    if config.dynamic_batch is not None:
+        raise ConfigError(f"{fmt} export | --dynamic-batch is not supported: the {holder} has a fixed batch "
+                          "(--batch N)")
+    q = config.quantization
+    if q is not None and q.method != "minmax":
+        raise ConfigError(f"{fmt} export | --calib-method {q.method} is not available: {calibration}; drop "
+                          "--calib-method")
+
+
 def io_specs(config: ExportConfig, num_classes: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The ``images``/``logits`` specs of a graph export (batch ``None`` when dynamic)."""
     n = None if config.dynamic_batch else config.batch

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ffnet_deploy.artifact.formats import Extra, FormatSpec, PrecisionEvidence, Quantizer, RuntimeChoice
 from ffnet_deploy.artifact.inspect import precision_of_weights, read_for_precision
-from ffnet_deploy.errors import ConfigError, ExportError, FFNetDeployError, first_line
+from ffnet_deploy.errors import ExportError, FFNetDeployError, first_line
 from ffnet_deploy.exporters.base import (
     ExportConfig,
     ExportedArtifact,
@@ -40,6 +40,7 @@ from ffnet_deploy.exporters.base import (
     FormatOptions,
     Log,
     io_specs,
+    refuse_app_side_settings,
     register_exporter,
     unwrap,
 )
@@ -148,16 +149,8 @@ class ExecuTorchExporter(Exporter):
 
     def validate(self, config: ExportConfig) -> None:
         super().validate(config)
-        if config.include_preprocessing:
-            raise ConfigError("executorch export | --include-preprocessing is not supported: the app passes the "
-                              "normalized tensor (the manifest's preprocessing says how)")
-        if config.dynamic_batch is not None:
-            raise ConfigError("executorch export | --dynamic-batch is not supported: the program has a fixed batch "
-                              "(--batch N)")
-        q = config.quantization
-        if q is not None and q.method != "minmax":
-            raise ConfigError(f"executorch export | --calib-method {q.method} is not available: XNNPACK's PT2E "
-                              "quantizer uses minmax observers; drop --calib-method")
+        refuse_app_side_settings(config, "executorch", holder="program",
+                                 calibration="XNNPACK's PT2E quantizer uses minmax observers")
 
     def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log, *,
                source_sha256: str | None = None) -> ExportedArtifact:
