@@ -16,6 +16,7 @@ test fails without it). Nothing else changes: the exporters package imports ever
     @register_exporter(FormatSpec(
         name="tflite", title="TFLite", order=50,
         suffixes=(".tflite",),                          # a bare model file of this format
+        extra=Extra("tflite", ("tflite_converter",)),   # the optional extra its export imports, if any
         precisions=("fp32", "int8"), default_precision="fp32",
         runtimes=(RuntimeChoice("tflite"),),            # validation's runner; platform-conditional choices allowed
         bench_runtime="tflite",                          # what bench times it with
@@ -270,7 +271,8 @@ class Exporter(ABC):
     options_class: ClassVar[type[FormatOptions]] = FormatOptions  # this format's own options dataclass
     supported_precisions: ClassVar[tuple[str, ...]] = ("fp32",)  # spec.precisions (set by @register_exporter)
     default_precision: ClassVar[str] = "fp32"  # spec.default_precision (set by @register_exporter)
-    requires: ClassVar[tuple[tuple[str, str], ...]] = ()  # (module, pip extra) the export needs
+    requires: ClassVar[tuple[tuple[str, str], ...]] = ()  # (module, pip extra) the export needs: spec.extra's
+    # (set by @register_exporter; a format declares its extra once, on its FormatSpec)
     artifact_suffix: ClassVar[str] = ""  # spec.suffixes[0] (set by @register_exporter)
     quantization_flags: ClassVar[tuple[str, ...]] = (  # QuantizationConfig flags this format takes
         "--calib", "--calib-size", "--calib-method", "--max-drop", "--eval-data", "--calib-cache")
@@ -371,8 +373,11 @@ EXPORTERS: Registry[type[Exporter]] = Registry("export format", name_attr="forma
 
 def _bind(spec: FormatSpec, cls: type[Exporter]) -> FormatSpec:
     """``spec`` with its exporter, and the exporter with what it reads of its spec."""
+    if "requires" in vars(cls) and "spec" not in vars(cls):  # its own, not what an earlier _bind set
+        raise TypeError(f"{cls.__name__} sets requires: declare the format's extra once, as FormatSpec(extra=...)")
     bound = replace(spec, exporter=cls)
     cls.spec = bound
+    cls.requires = spec.extra.requires if spec.extra is not None else ()
     cls.supported_precisions = tuple(spec.precisions)
     cls.default_precision = spec.default_precision
     cls.artifact_suffix = spec.suffixes[0]
@@ -452,6 +457,26 @@ def _define_preprocess() -> type:
             return self.model(x.float() * self.a + self.b)
     Preprocess.__module__, Preprocess.__qualname__ = __name__, "Preprocess"
     return Preprocess
+
+
+def refuse_app_side_settings(config: ExportConfig, fmt: str, *, holder: str, calibration: str) -> None:
+    """Refuse the settings a phone format (ExecuTorch, LiteRT) cannot honour, each in one line: preprocessing (the
+    app passes the normalized tensor), a dynamic batch (``holder``, "program" or "model", has a fixed one) and a
+    calibration method other than minmax (``calibration`` says what its quantizer uses).
+
+    Raises:
+        ConfigError: For the first of those settings that ``config`` asks for.
+    """
+    if config.include_preprocessing:
+        raise ConfigError(f"{fmt} export | --include-preprocessing is not supported: the app passes the normalized "
+                          "tensor (the manifest's preprocessing says how)")
+    if config.dynamic_batch is not None:
+        raise ConfigError(f"{fmt} export | --dynamic-batch is not supported: the {holder} has a fixed batch "
+                          "(--batch N)")
+    q = config.quantization
+    if q is not None and q.method != "minmax":
+        raise ConfigError(f"{fmt} export | --calib-method {q.method} is not available: {calibration}; drop "
+                          "--calib-method")
 
 
 def io_specs(config: ExportConfig, num_classes: int) -> tuple[list[TensorSpec], list[TensorSpec]]:

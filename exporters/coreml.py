@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ffnet_deploy.artifact.formats import FormatSpec, Quantizer, RuntimeChoice
+from ffnet_deploy.artifact.formats import Extra, FormatSpec, Quantizer, RuntimeChoice
 from ffnet_deploy.artifact.inspect import PrecisionEvidence
 from ffnet_deploy.errors import ConfigError, ExportError, FFNetDeployError, first_line
 from ffnet_deploy.exporters.base import (
@@ -127,7 +127,7 @@ FORMAT = FormatSpec(
     runtimes=(RuntimeChoice("coreml", platforms=("darwin",)), RuntimeChoice("coreml-reference")),
     bench_runtime="coreml",  # a latency is Core ML's own; the reference interpreter is never timed
     runs_on="any machine for export and the reference check; a Mac for Core ML latency",
-    device="mac",
+    device="mac", extra=Extra("coreml", ("coremltools",)),
     read_precision=read_coreml_precision, in_demo=True,
     quantizer=Quantizer(cache_backend="coreml"),
 )
@@ -139,7 +139,6 @@ class CoreMLExporter(Exporter):
     """``model.mlpackage``: ML Program, iOS 16 deployment target, FP16 (default) or FP32 compute precision."""
 
     options_class = CoreMLOptions
-    requires = (("coremltools", "coreml"),)
     quantization_flags = (*Exporter.quantization_flags, "--weights", "--granularity")
     precision_free_flags = ("--weights", "--granularity")
 

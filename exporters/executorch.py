@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ffnet_deploy.artifact.formats import FormatSpec, PrecisionEvidence, Quantizer, RuntimeChoice
-from ffnet_deploy.artifact.inspect import weight_share
-from ffnet_deploy.errors import ConfigError, ExportError, FFNetDeployError, MissingDependencyError, first_line
+from ffnet_deploy.artifact.formats import Extra, FormatSpec, PrecisionEvidence, Quantizer, RuntimeChoice
+from ffnet_deploy.artifact.inspect import precision_of_weights, read_for_precision
+from ffnet_deploy.errors import ExportError, FFNetDeployError, first_line
 from ffnet_deploy.exporters.base import (
     ExportConfig,
     ExportedArtifact,
@@ -40,6 +40,7 @@ from ffnet_deploy.exporters.base import (
     FormatOptions,
     Log,
     io_specs,
+    refuse_app_side_settings,
     register_exporter,
     unwrap,
 )
@@ -71,25 +72,18 @@ def read_executorch_precision(path: Path) -> PrecisionEvidence:
     """The precision a ``.pte`` computes in, read from its XNNPACK delegate (rules: module docstring)."""
     from ffnet_deploy.artifact.pte import read_pte
 
-    try:
-        summary = read_pte(path, "executorch")
-    except MissingDependencyError:
-        return PrecisionEvidence(None, "executorch is not installed here", path)
-    except FFNetDeployError as err:  # not a program: the runner says so when it loads it
-        return PrecisionEvidence(None, str(err).split(" | ", 1)[-1], path)
+    summary = read_for_precision(lambda: read_pte(path, "executorch"), path, "executorch")
+    if isinstance(summary, PrecisionEvidence):
+        return summary
     counts = summary.constant_elements
     if not counts:
         return PrecisionEvidence(None, "no XNNPACK delegate holds the weights", path)
-    low = sum(v for k, v in counts.items() if k in INT8_TYPES)
-    floats = sum(v for k, v in counts.items() if k in FLOAT_TYPES)
-    total = low + floats
-    if low > floats:
-        kinds = ", ".join(sorted(k.removeprefix("xnn_datatype_") for k in counts if k in INT8_TYPES))
-        return PrecisionEvidence("int8", f"XNNPACK {kinds} weights ({weight_share(low, total)})", path)
-    half = counts.get("xnn_datatype_fp16", 0)
-    if half > floats - half:
-        return PrecisionEvidence("fp16", f"XNNPACK fp16 weights ({weight_share(half, total)})", path)
-    return PrecisionEvidence("fp32", f"XNNPACK fp32 weights ({weight_share(floats - half, total)})", path)
+    kinds = ", ".join(sorted(k.removeprefix("xnn_datatype_") for k in counts if k in INT8_TYPES))
+    return precision_of_weights(path, low=sum(v for k, v in counts.items() if k in INT8_TYPES),
+                                floats=sum(v for k, v in counts.items() if k in FLOAT_TYPES),
+                                half=counts.get("xnn_datatype_fp16", 0),
+                                evidence=(f"XNNPACK {kinds} weights ({{share}})", "XNNPACK fp16 weights ({share})",
+                                          "XNNPACK fp32 weights ({share})"))
 
 
 def delegation_checks(spec: Any) -> list:
@@ -115,7 +109,7 @@ FORMAT = FormatSpec(
     runtimes=(RuntimeChoice("executorch"),), bench_runtime="executorch",
     runs_on="an Android phone (ExecuTorch, XNNPACK); Linux runs its parity and host timing",
     read_precision=read_executorch_precision, checks=delegation_checks, not_runnable_hint=not_runnable_hint,
-    in_demo=True, demo_requires=("executorch",),
+    extra=Extra("executorch", ("executorch.exir",)), in_demo=True, demo_if_installed=True,
     device_steps=("adb push {artifact} /data/local/tmp/{id}.pte",
                   "adb shell /data/local/tmp/executor_runner --model_path /data/local/tmp/{id}.pte "
                   "--num_executions 100",
@@ -151,21 +145,12 @@ class ExecuTorchExporter(Exporter):
     """``model.pte``: the model lowered to ExecuTorch with the XNNPACK delegate, FP32 or PT2E INT8."""
 
     options_class = ExecuTorchOptions
-    requires = (("executorch.exir", "executorch"),)
     quantization_flags = ("--calib", "--calib-size", "--calib-method", "--eval-data", "--calib-cache")
 
     def validate(self, config: ExportConfig) -> None:
         super().validate(config)
-        if config.include_preprocessing:
-            raise ConfigError("executorch export | --include-preprocessing is not supported: the app passes the "
-                              "normalized tensor (the manifest's preprocessing says how)")
-        if config.dynamic_batch is not None:
-            raise ConfigError("executorch export | --dynamic-batch is not supported: the program has a fixed batch "
-                              "(--batch N)")
-        q = config.quantization
-        if q is not None and q.method != "minmax":
-            raise ConfigError(f"executorch export | --calib-method {q.method} is not available: XNNPACK's PT2E "
-                              "quantizer uses minmax observers; drop --calib-method")
+        refuse_app_side_settings(config, "executorch", holder="program",
+                                 calibration="XNNPACK's PT2E quantizer uses minmax observers")
 
     def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log, *,
                source_sha256: str | None = None) -> ExportedArtifact:

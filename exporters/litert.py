@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ffnet_deploy.artifact.formats import FormatSpec, PrecisionEvidence, Quantizer, RuntimeChoice
-from ffnet_deploy.artifact.inspect import weight_share
+from ffnet_deploy.artifact.formats import Extra, FormatSpec, PrecisionEvidence, Quantizer, RuntimeChoice
+from ffnet_deploy.artifact.inspect import precision_of_weights, read_for_precision
 from ffnet_deploy.artifact.tflite import looks_like_tflite
-from ffnet_deploy.errors import ConfigError, ExportError, FFNetDeployError, MissingDependencyError
+from ffnet_deploy.errors import ExportError, FFNetDeployError, first_line
 from ffnet_deploy.exporters.base import (
     ExportConfig,
     ExportedArtifact,
@@ -44,6 +44,7 @@ from ffnet_deploy.exporters.base import (
     FormatOptions,
     Log,
     io_specs,
+    refuse_app_side_settings,
     register_exporter,
     unwrap,
 )
@@ -73,24 +74,17 @@ def read_litert_precision(path: Path) -> PrecisionEvidence:
     """The precision a ``.tflite`` computes in, read from its constant tensors (rules: module docstring)."""
     from ffnet_deploy.artifact.tflite import read_tflite
 
-    try:
-        summary = read_tflite(path, "litert")
-    except MissingDependencyError:
-        return PrecisionEvidence(None, "ai-edge-litert is not installed here", path)
-    except FFNetDeployError as err:  # not a model: the runner says so when it loads it
-        return PrecisionEvidence(None, str(err).split(" | ", 1)[-1], path)
+    summary = read_for_precision(lambda: read_tflite(path, "litert"), path, "ai-edge-litert")
+    if isinstance(summary, PrecisionEvidence):
+        return summary
     counts = summary.constant_elements
     low = counts.get("int8", 0)
     floats = sum(counts.get(t, 0) for t in FLOAT_TYPES)
-    total = low + floats
-    if not total:
+    if not low + floats:
         return PrecisionEvidence(None, "no int8 or float constant tensors", path)
-    if low > floats:
-        return PrecisionEvidence("int8", f"int8 weights ({weight_share(low, total)})", path)
-    half = counts.get("float16", 0)
-    if half > floats - half:
-        return PrecisionEvidence("fp16", f"float16 weights ({weight_share(half, total)})", path)
-    return PrecisionEvidence("fp32", f"float32 weights ({weight_share(floats - half, total)})", path)
+    return precision_of_weights(path, low, floats, half=counts.get("float16", 0),
+                                evidence=("int8 weights ({share})", "float16 weights ({share})",
+                                          "float32 weights ({share})"))
 
 
 def model_file(spec: Any) -> Path:
@@ -121,8 +115,8 @@ FORMAT = FormatSpec(
     runtimes=(RuntimeChoice("litert"),), bench_runtime="litert",
     runs_on="an Android phone (LiteRT, XNNPACK or GPU delegate); Linux runs its parity and host timing",
     read_precision=read_litert_precision, recognizes=looks_like_tflite, checks=delegation_checks,
-    not_runnable_hint=not_runnable_hint, in_demo=True,
-    demo_requires=("litert_torch", "ai_edge_quantizer", "ai_edge_litert"),
+    not_runnable_hint=not_runnable_hint, in_demo=True, demo_if_installed=True,
+    extra=Extra("litert", ("litert_torch", "ai_edge_quantizer", "ai_edge_litert.interpreter")),
     device_steps=("adb push {artifact} /data/local/tmp/{id}.tflite",
                   "adb shell /data/local/tmp/benchmark_model --graph=/data/local/tmp/{id}.tflite --num_threads=4 "
                   "--use_xnnpack=true --num_runs=100 --warmup_runs=10",
@@ -191,7 +185,6 @@ class LiteRTExporter(Exporter):
     """``model.tflite``: the model converted by litert-torch, FP32 or full-integer INT8 (ai-edge-quantizer)."""
 
     options_class = LiteRTOptions
-    requires = (("litert_torch", "litert"), ("ai_edge_quantizer", "litert"), ("ai_edge_litert.interpreter", "litert"))
     quantization_flags = ("--calib", "--calib-size", "--calib-method", "--eval-data", "--calib-cache")
     quantize_gelu: ClassVar[bool] = False  # a test sets it to make XNNPACK leave the GELUs out (delegation gate)
 
@@ -201,16 +194,8 @@ class LiteRTExporter(Exporter):
 
     def validate(self, config: ExportConfig) -> None:
         super().validate(config)
-        if config.include_preprocessing:
-            raise ConfigError("litert export | --include-preprocessing is not supported: the app passes the "
-                              "normalized tensor (the manifest's preprocessing says how)")
-        if config.dynamic_batch is not None:
-            raise ConfigError("litert export | --dynamic-batch is not supported: the model has a fixed batch "
-                              "(--batch N)")
-        q = config.quantization
-        if q is not None and q.method != "minmax":
-            raise ConfigError(f"litert export | --calib-method {q.method} is not available: ai-edge-quantizer's "
-                              "static recipe uses min/max ranges; drop --calib-method")
+        refuse_app_side_settings(config, "litert", holder="model",
+                                 calibration="ai-edge-quantizer's static recipe uses min/max ranges")
 
     def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log, *,
                source_sha256: str | None = None) -> ExportedArtifact:
@@ -227,7 +212,7 @@ class LiteRTExporter(Exporter):
             raise
         except Exception as err:  # torch.export and the MLIR converter raise many types; the first line says which
             raise ExportError(f"litert export | conversion failed: {type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else ''}") from err
+                              f"{first_line(err, '')}") from err
         convert_seconds = time.perf_counter() - start
         quantization = None
         if precision == "int8":

@@ -549,6 +549,7 @@ FORMAT = FormatSpec(
     runtimes=(RuntimeChoice("onnxruntime"),), bench_runtime="onnxruntime",
     runs_on="any machine (ONNX Runtime on the CPU)",
     read_precision=read_onnx_precision, recognizes=is_onnx_model, stage_file=STAGE_FILE, in_demo=True,
+    # No extra: onnx and onnxruntime are core dependencies.
     quantizer=Quantizer(cache_backend="onnxruntime", targets=ONNX_TARGETS, sensitivity=onnx_sensitivity_backend,
                         sensitivity_label="ONNX Runtime",
                         help="INT8 ONNX for: cpu (ONNX Runtime on any CPU, default), cpu-vnni (8-bit weights: CPUs "
@@ -562,7 +563,6 @@ class OnnxExporter(Exporter):
     """``model.onnx``: input ``images`` (N,3,H,W), output ``logits``; run by ONNX Runtime, OpenVINO, TensorRT."""
 
     options_class = OnnxOptions
-    requires = ()  # onnx and onnxruntime are core dependencies: no extra installs them
     quantization_flags = (*Exporter.quantization_flags, "--target")
 
     def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log, *,

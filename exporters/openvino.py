@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ffnet_deploy.artifact.formats import FormatSpec, Quantizer, RuntimeChoice
-from ffnet_deploy.artifact.inspect import PrecisionEvidence, weight_share
+from ffnet_deploy.artifact.formats import Extra, FormatSpec, Quantizer, RuntimeChoice
+from ffnet_deploy.artifact.inspect import PrecisionEvidence, precision_of_weights
 from ffnet_deploy.errors import ExportError, first_line
 from ffnet_deploy.exporters.base import (
     ExportConfig,
@@ -96,17 +96,13 @@ def read_openvino_precision(path: Path) -> PrecisionEvidence:
         return PrecisionEvidence(None, f"cannot be read as OpenVINO IR XML ({err})", path)
     if fake_quantize:
         return PrecisionEvidence("int8", f"{fake_quantize} FakeQuantize op(s)", path)
-    lowbit = sum(v for k, v in elements.items() if k in OV_LOWBIT_TYPES)
-    floats = sum(v for k, v in elements.items() if k in OV_FLOAT_TYPES)
-    total = lowbit + floats
-    if lowbit > floats:
-        kinds = ", ".join(sorted(k for k in elements if k in OV_LOWBIT_TYPES))
-        return PrecisionEvidence("int8", f"{kinds} weight constants ({weight_share(lowbit, total)})", path)
-    half = elements.get("f16", 0) + elements.get("bf16", 0)
-    if half > floats - half:
-        return PrecisionEvidence("fp16", f"f16 weight constants, compressed ({weight_share(half, total)})", path)
-    return PrecisionEvidence("fp32", f"f32 weight constants ({weight_share(floats - half, total)}), no FakeQuantize",
-                             path)
+    kinds = ", ".join(sorted(k for k in elements if k in OV_LOWBIT_TYPES))
+    return precision_of_weights(path, low=sum(v for k, v in elements.items() if k in OV_LOWBIT_TYPES),
+                                floats=sum(v for k, v in elements.items() if k in OV_FLOAT_TYPES),
+                                half=elements.get("f16", 0) + elements.get("bf16", 0),
+                                evidence=(f"{kinds} weight constants ({{share}})",
+                                          "f16 weight constants, compressed ({share})",
+                                          "f32 weight constants ({share}), no FakeQuantize"))
 
 
 def validation_targets(request) -> list:
@@ -144,6 +140,7 @@ FORMAT = FormatSpec(
     precisions=("fp32", "fp16", "int8"), default_precision="fp32",
     runtimes=(RuntimeChoice("openvino"),), bench_runtime="openvino",
     runs_on="an x86 or Arm CPU with OpenVINO",
+    extra=Extra("openvino", ("openvino",)),  # onnx is a core dependency
     read_precision=read_openvino_precision, recognizes=is_openvino_ir, targets=validation_targets, in_demo=True,
     quantizer=Quantizer(cache_backend="openvino", sensitivity=openvino_sensitivity_backend, sensitivity_label="NNCF"),
 )
@@ -155,7 +152,6 @@ class OpenVINOExporter(Exporter):
     """``model.xml``/``model.bin`` (OpenVINO IR) with FP32 or FP16-compressed weights, or NNCF INT8."""
 
     options_class = OpenVINOOptions
-    requires = (("openvino", "openvino"),)  # onnx is a core dependency
 
     def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log, *,
                source_sha256: str | None = None) -> ExportedArtifact:

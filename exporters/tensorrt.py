@@ -336,6 +336,7 @@ FORMAT = FormatSpec(
     device="nvidia-gpu", export_device="nvidia-gpu",
     read_precision=read_tensorrt_precision, reads_folder=True, claims_folder=True, targets=validation_targets,
     not_runnable_hint=not_runnable_hint, mutable_files=mutable_files,
+    # No extra: onnx/onnxruntime are core dependencies; TensorRT itself is optional (module docstring).
     # INT8 is the ONNX Runtime quantizer's explicit Q/DQ graph: its statistics cache is ONNX Runtime's.
     quantizer=Quantizer(cache_backend="onnxruntime", targets=("tensorrt",), dynamic_batch=True),
 )
@@ -347,7 +348,6 @@ class TensorRTExporter(Exporter):
     """``model.onnx`` + ``build_engine.sh`` (+ ``model.engine`` when TensorRT and a GPU are here)."""
 
     options_class = TensorRTOptions
-    requires = ()  # onnx/onnxruntime are core dependencies; TensorRT itself is optional (module docstring)
     quantization_flags = (*Exporter.quantization_flags, "--target")
 
     def validate(self, config: ExportConfig) -> None:

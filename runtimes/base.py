@@ -42,7 +42,7 @@ import numpy as np
 from ffnet_deploy.artifact.manifest import Manifest, TensorSpec, has_manifest, read_manifest
 from ffnet_deploy.artifact.precisions import get_precision
 from ffnet_deploy.environment import cap_threads
-from ffnet_deploy.errors import ConfigError, RuntimeBackendError
+from ffnet_deploy.errors import ConfigError, RuntimeBackendError, require
 from ffnet_deploy.registry import Registry
 
 Feed = Mapping[str, np.ndarray]
@@ -281,6 +281,11 @@ class BaseRunner(ABC):
         :func:`resolve_model_file`)."""
         assert self.artifact is not None  # needs_artifact runners always have one
         return resolve_model_file(self.artifact, self.model_suffixes, self.name, self.manifest)
+
+    def _import_required(self, module: str) -> Any:
+        """Import ``module``, one of :attr:`requires`, or raise the one-line error naming the extra it declares
+        there (the declaration :meth:`unavailable_reason` checks, so the module and its extra are named once)."""
+        return require(module, dict(self.requires)[module], self.name)
 
     def _call_session_options(self, options: Any) -> None:
         """Give the user's hook the engine's native options object (see ``session_options``)."""

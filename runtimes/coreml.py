@@ -20,7 +20,7 @@ import numpy as np
 
 from ffnet_deploy.artifact.coreml_spec import image_channels, input_specs, is_image_feature, output_names
 from ffnet_deploy.artifact.manifest import Manifest, TensorSpec
-from ffnet_deploy.errors import ConfigError, RuntimeBackendError, require
+from ffnet_deploy.errors import ConfigError, RuntimeBackendError
 from ffnet_deploy.runtimes.base import BaseRunner, SessionOptionsHook, register_runtime
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
@@ -73,7 +73,7 @@ class CoreMLRunner(BaseRunner):
         return super().unavailable_reason()
 
     def _activate(self) -> None:
-        ct = require("coremltools", "coreml", self.name)
+        ct = self._import_required("coremltools")
         if platform.system() != "Darwin":
             raise RuntimeBackendError(
                 f"{self.name} | Core ML prediction needs macOS, this is {platform.system()}; "

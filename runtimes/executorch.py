@@ -16,15 +16,15 @@ whatever else it printed goes into the error message when loading fails.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ffnet_deploy.artifact.manifest import Manifest, TensorSpec
-from ffnet_deploy.errors import RuntimeBackendError, require
+from ffnet_deploy.artifact.manifest import TensorSpec
+from ffnet_deploy.errors import RuntimeBackendError
 from ffnet_deploy.native_stderr import captured_stderr
-from ffnet_deploy.runtimes.base import BaseRunner, SessionOptionsHook, register_runtime
+from ffnet_deploy.runtimes._xnnpack import XnnpackHostRunner
+from ffnet_deploy.runtimes.base import register_runtime
 
 # ExecuTorch ScalarType codes (c10's numbering) of the dtypes an FFNet program takes.
 _DTYPES = {0: "uint8", 1: "int8", 3: "int32", 4: "int64", 5: "float16", 6: "float32"}
@@ -32,7 +32,7 @@ _NOISE = ("cpuinfo_utils.cpp",)
 
 
 @register_runtime("executorch")
-class ExecuTorchRunner(BaseRunner):
+class ExecuTorchRunner(XnnpackHostRunner):
     """Runs an ExecuTorch program (``model.pte``) with ``executorch.runtime``.
 
     Args:
@@ -49,16 +49,8 @@ class ExecuTorchRunner(BaseRunner):
     latency_note: ClassVar[str | None] = (
         "host measurement: ExecuTorch's XNNPACK on this CPU, not device latency (time it on the phone)")
 
-    def __init__(self, artifact: str | Path | None, *, threads: int | None = None,
-                 session_options: SessionOptionsHook | None = None, manifest: Manifest | None = None,
-                 name: str | None = None) -> None:
-        super().__init__(artifact, threads=threads, session_options=session_options, manifest=manifest, name=name)
-        self._program: Any = None
-        self._method: Any = None
-        self._meta: Any = None
-
     def _activate(self) -> None:
-        require("executorch.runtime", "executorch", self.name)
+        self._import_required("executorch.runtime")
         from executorch.runtime import Runtime
 
         from ffnet_deploy.artifact.pte import looks_like_pte
@@ -86,7 +78,9 @@ class ExecuTorchRunner(BaseRunner):
                                       "'ffnet-deploy export --format executorch'") from error
 
     def _deactivate(self) -> None:
-        self._program = self._method = self._meta = None
+        self._program: Any = None
+        self._method: Any = None
+        self._meta: Any = None
 
     def _infer(self, feed: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         import torch
@@ -103,14 +97,8 @@ class ExecuTorchRunner(BaseRunner):
         for i in range(self._meta.num_inputs()):
             info = self._meta.input_tensor_meta(i)
             dtype = _DTYPES.get(int(info.dtype()), "float32")
-            name = "images" if i == 0 else f"input_{i}"
-            if self.manifest is not None and i < len(self.manifest.inputs):
-                name = self.manifest.inputs[i].name
-            specs.append(TensorSpec(name, tuple(int(d) for d in info.sizes()), dtype, "tensor"))
+            specs.append(TensorSpec(self._input_name(i), tuple(int(d) for d in info.sizes()), dtype, "tensor"))
         return specs
 
-    def _output_names(self) -> list[str]:
-        n = self._meta.num_outputs()
-        if self.manifest is not None and len(self.manifest.outputs) == n:
-            return [o.name for o in self.manifest.outputs]
-        return ["logits"] + [f"output_{i}" for i in range(1, n)]
+    def _output_count(self) -> int:
+        return self._meta.num_outputs()

@@ -17,20 +17,20 @@ FlatBuffer verifier, both in one line (:func:`ffnet_deploy.artifact.tflite.open_
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ffnet_deploy.artifact.manifest import Manifest, TensorSpec
-from ffnet_deploy.errors import RuntimeBackendError
-from ffnet_deploy.runtimes.base import BaseRunner, SessionOptionsHook, register_runtime
+from ffnet_deploy.artifact.manifest import TensorSpec
+from ffnet_deploy.errors import RuntimeBackendError, first_line
+from ffnet_deploy.runtimes._xnnpack import XnnpackHostRunner
+from ffnet_deploy.runtimes.base import register_runtime
 
 _INTEGER = (np.int8, np.uint8, np.int16)
 
 
 @register_runtime("litert")
-class LiteRTRunner(BaseRunner):
+class LiteRTRunner(XnnpackHostRunner):
     """Runs a LiteRT model (``model.tflite``) with ``ai_edge_litert``'s interpreter and its default XNNPACK delegate.
 
     Args:
@@ -47,14 +47,6 @@ class LiteRTRunner(BaseRunner):
     latency_note: ClassVar[str | None] = (
         "host measurement: LiteRT's XNNPACK on this CPU, not device latency (time it on the phone)")
 
-    def __init__(self, artifact: str | Path | None, *, threads: int | None = None,
-                 session_options: SessionOptionsHook | None = None, manifest: Manifest | None = None,
-                 name: str | None = None) -> None:
-        super().__init__(artifact, threads=threads, session_options=session_options, manifest=manifest, name=name)
-        self._interpreter: Any = None
-        self._input: dict | None = None
-        self._outputs: list[dict] = []
-
     def _activate(self) -> None:
         from ffnet_deploy.artifact.tflite import open_interpreter
 
@@ -63,7 +55,9 @@ class LiteRTRunner(BaseRunner):
         self._outputs = list(self._interpreter.get_output_details())
 
     def _deactivate(self) -> None:
-        self._interpreter, self._input, self._outputs = None, None, []
+        self._interpreter: Any = None
+        self._input: dict | None = None
+        self._outputs: list[dict] = []
 
     def _infer(self, feed: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         (array,) = feed.values()
@@ -77,7 +71,7 @@ class LiteRTRunner(BaseRunner):
             self._interpreter.invoke()
             outs = [self._interpreter.get_tensor(d["index"]) for d in self._outputs]
         except (ValueError, RuntimeError) as err:  # a shape or type the model does not take
-            raise RuntimeBackendError(f"{self.name} | invoke failed: {str(err).splitlines()[0]}") from err
+            raise RuntimeBackendError(f"{self.name} | invoke failed: {first_line(err)}") from err
         result = {}
         for name, d, out in zip(self._output_names(), self._outputs, outs, strict=True):
             if d["dtype"] in _INTEGER:
@@ -88,11 +82,7 @@ class LiteRTRunner(BaseRunner):
 
     def _input_metadata(self) -> list[TensorSpec]:
         # The runner's feed is the float image whatever the model stores (it quantizes an int8 input itself).
-        name = self.manifest.inputs[0].name if self.manifest is not None and self.manifest.inputs else "images"
-        return [TensorSpec(name, tuple(int(d) for d in self._input["shape"]), "float32", "tensor")]
+        return [TensorSpec(self._input_name(0), tuple(int(d) for d in self._input["shape"]), "float32", "tensor")]
 
-    def _output_names(self) -> list[str]:
-        n = len(self._outputs)
-        if self.manifest is not None and len(self.manifest.outputs) == n:
-            return [o.name for o in self.manifest.outputs]
-        return ["logits"] + [f"output_{i}" for i in range(1, n)]
+    def _output_count(self) -> int:
+        return len(self._outputs)

@@ -19,7 +19,7 @@ import numpy as np
 
 from ffnet_deploy.artifact.manifest import Manifest, TensorSpec
 from ffnet_deploy.environment import has_bf16
-from ffnet_deploy.errors import ConfigError, RuntimeBackendError, require
+from ffnet_deploy.errors import ConfigError, RuntimeBackendError
 from ffnet_deploy.runtimes.base import BaseRunner, SessionOptionsHook, register_runtime
 
 PRECISIONS = ("f32", "bf16", "f16")
@@ -90,7 +90,7 @@ class OpenVINORunner(BaseRunner):
         self._out_names: list[str] = []
 
     def _activate(self) -> None:
-        ov = require("openvino", "openvino", self.name)
+        ov = self._import_required("openvino")
         import openvino.properties as props
         import openvino.properties.hint as hints
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ffnet_deploy.artifact.manifest import Manifest, TensorSpec
-from ffnet_deploy.errors import RuntimeBackendError, require
+from ffnet_deploy.errors import RuntimeBackendError
 from ffnet_deploy.runtimes.base import BaseRunner, SessionOptionsHook, register_runtime
 
 
@@ -71,7 +71,7 @@ class TensorRTRunner(BaseRunner):
         return None
 
     def _activate(self) -> None:
-        trt = require("tensorrt", "tensorrt", self.name)
+        trt = self._import_required("tensorrt")
         import torch
 
         if not torch.cuda.is_available():

@@ -24,7 +24,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ffnet_deploy.atomic import write_text
 from ffnet_deploy.environment import environment_info
@@ -109,6 +109,14 @@ def command_line() -> str:
     return shlex.join(["python", script.as_posix(), *sys.argv[1:]])
 
 
+def add_output_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--out DIR`` and ``--no-write``, the options :func:`print_and_write` reads."""
+    p.add_argument("--out", type=Path, default=RESULTS_DIR, metavar="DIR",
+                   help=f"folder for <name>.md and <name>.json (default: ./{RESULTS_DIR.as_posix()})")
+    p.add_argument("--no-write", action="store_true", help="print only; write no result files")
+    return p
+
+
 def standard_parser(description: str, rounds: int) -> argparse.ArgumentParser:
     """The options every latency benchmark takes: variant, resolution, batch, threads, rounds, --out, --no-write."""
     p = argparse.ArgumentParser(description=description)
@@ -117,10 +125,27 @@ def standard_parser(description: str, rounds: int) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=rounds)
-    p.add_argument("--out", type=Path, default=RESULTS_DIR, metavar="DIR",
-                   help=f"folder for <name>.md and <name>.json (default: ./{RESULTS_DIR.as_posix()})")
-    p.add_argument("--no-write", action="store_true", help="print only; write no result files")
+    return add_output_options(p)
+
+
+def export_study_parser(description: str) -> argparse.ArgumentParser:
+    """The options of the export studies (a full-size model to a phone format): variant, resolution, the photo
+    crops validation runs on; the caller adds its own and then :func:`add_output_options`."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--variant", default="ffnet_1")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--images", type=int, default=16)
     return p
+
+
+def print_and_write(stem: str, result: dict, to_markdown: Callable[[dict], str], args: argparse.Namespace) -> str:
+    """Print the Markdown of ``result`` and write ``args.out/<stem>.{md,json}`` unless ``args.no_write`` (the options
+    of :func:`add_output_options`); returns the Markdown."""
+    md = to_markdown(result)
+    print(md)
+    if not args.no_write:
+        write_results(stem, md, result, results_dir=args.out)
+    return md
 
 
 def run_standard(stem: str, description: str, run: Callable[..., dict], to_markdown: Callable[[dict], str],
@@ -137,11 +162,37 @@ def run_standard(stem: str, description: str, run: Callable[..., dict], to_markd
     """
     args = standard_parser(description, rounds).parse_args(argv)
     result = run(args.variant, args.resolution, args.batch, args.threads, args.rounds)
-    md = to_markdown(result)
-    print(md)
-    if not args.no_write:
-        write_results(stem, md, result, results_dir=args.out)
+    print_and_write(stem, result, to_markdown, args)
     return result
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# What the export studies record (studies.executorch_export, studies.litert_export)
+# --------------------------------------------------------------------------------------------------------------------
+
+DELEGATION_KEYS = ("delegated_subgraphs", "delegated_nodes", "not_delegated_nodes", "not_delegated")
+"""What an export study keeps of a manifest's ``details.delegation``."""
+
+
+def delegation_summary(details: dict[str, Any]) -> dict[str, Any]:
+    """The delegation counts of a manifest's ``details`` (:data:`DELEGATION_KEYS`)."""
+    return {k: details["delegation"][k] for k in DELEGATION_KEYS}
+
+
+def parity_numbers(metrics: Any) -> dict[str, float]:
+    """Max absolute error, the logit range and their ratio, of a parity check's metrics."""
+    return {"max_abs_error": metrics.max_abs_error, "logit_range": metrics.reference_range,
+            "relative_to_range": metrics.max_abs_error / metrics.reference_range}
+
+
+def outside_delegate(not_delegated: dict[str, int]) -> str:
+    """``"aten.gelu x2, ..."`` or ``"none"``: the operators left outside the delegate, for a Markdown cell."""
+    return ", ".join(f"{k} x{v}" for k, v in not_delegated.items()) or "none"
+
+
+def versions_line(versions: dict[str, str]) -> str:
+    """``"executorch 1.5.1, torch 2.14.1"``: the backend versions of a manifest, sorted."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
 
 
 def write_results(stem: str, markdown: str, data: dict, results_dir: str | Path = RESULTS_DIR) -> tuple[Path, Path]:

@@ -10,12 +10,11 @@ over the logit range (the fp32 profile allows 1e-4). No timing of inference: x86
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
-from studies.common import RESULTS_DIR, write_results
+from studies import common
 
 
 def run(variant: str = "ffnet_1", resolution: int = 256, images: int = 16) -> dict:
@@ -37,22 +36,15 @@ def run(variant: str = "ffnet_1", resolution: int = 256, images: int = 16) -> di
         report = validate([result.output], checkpoint, source=source_from_spec(str(crops)))
         (art,) = report.artifacts
         size = result.artifact.stat().st_size
-        delegation = m.details["delegation"]
         check = next(c for c in art.checks if c.name == "delegation")
         return {
             "variant": variant, "resolution": resolution,
             "export_seconds": round(wall, 1), "lower_seconds": m.details["lower_seconds"],
             "pte_bytes": size, "pte_mb": round(size / 1e6, 2),
-            "delegation": {k: delegation[k] for k in ("delegated_subgraphs", "delegated_nodes", "not_delegated_nodes",
-                                                      "not_delegated")},
+            "delegation": common.delegation_summary(m.details),
             "pte_delegation_check": check.to_dict(),
-            "gate": {"status": gate.status, "max_abs_error": gate.metrics.max_abs_error,
-                     "logit_range": gate.metrics.reference_range,
-                     "relative_to_range": gate.metrics.max_abs_error / gate.metrics.reference_range,
-                     "samples": gate.metrics.num_samples},
-            "photos": {"status": art.status, "images": art.metrics.num_samples,
-                       "max_abs_error": art.metrics.max_abs_error, "logit_range": art.metrics.reference_range,
-                       "relative_to_range": art.metrics.max_abs_error / art.metrics.reference_range,
+            "gate": {"status": gate.status, **common.parity_numbers(gate.metrics), "samples": gate.metrics.num_samples},
+            "photos": {"status": art.status, "images": art.metrics.num_samples, **common.parity_numbers(art.metrics),
                        "cosine_min": art.metrics.cosine_min, "top1_agreement": art.metrics.top1_agreement},
             "versions": dict(m.versions),
         }
@@ -60,7 +52,7 @@ def run(variant: str = "ffnet_1", resolution: int = 256, images: int = 16) -> di
 
 def to_markdown(r: dict) -> str:
     d, g, p = r["delegation"], r["gate"], r["photos"]
-    outside = ", ".join(f"{k} x{v}" for k, v in d["not_delegated"].items()) or "none"
+    outside = common.outside_delegate(d["not_delegated"])
     return "\n".join([
         f"# ExecuTorch export of {r['variant']} at {r['resolution']} px (fp32, XNNPACK delegate)",
         "",
@@ -74,7 +66,7 @@ def to_markdown(r: dict) -> str:
         "",
         f"Delegation check read from the .pte: {r['pte_delegation_check']['message']}.",
         f"Parity: {g['status']} (gate), {p['status']} (validate on photo crops); the fp32 profile allows 1e-4 of the "
-        "logit range. Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(r["versions"].items())) + ".",
+        "logit range. Versions: " + common.versions_line(r["versions"]) + ".",
         "",
         "Timings are of a busy 2-core machine shared with other work: a rough size of the export cost, not a "
         "benchmark.",
@@ -82,18 +74,9 @@ def to_markdown(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", default="ffnet_1")
-    parser.add_argument("--resolution", type=int, default=256)
-    parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, metavar="DIR")
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args(argv)
+    args = common.add_output_options(common.export_study_parser(__doc__.splitlines()[0])).parse_args(argv)
     result = run(args.variant, args.resolution, args.images)
-    md = to_markdown(result)
-    print(md)
-    if not args.no_write:
-        write_results(f"executorch_export_{args.variant}", md, result, results_dir=args.out)
+    common.print_and_write(f"executorch_export_{args.variant}", result, to_markdown, args)
     return result
 
 

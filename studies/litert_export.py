@@ -12,12 +12,11 @@ inference: x86 XNNPACK says nothing about a phone.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
-from studies.common import RESULTS_DIR, write_results
+from studies import common
 
 
 def _one(precision: str, work: Path, checkpoint: Path, resolution: int, crops: Path, calib: Path | None,
@@ -42,22 +41,15 @@ def _one(precision: str, work: Path, checkpoint: Path, resolution: int, crops: P
     report = validate([result.output], checkpoint, source=source_from_spec(str(crops)))
     (art,) = report.artifacts
     size = result.artifact.stat().st_size
-    delegation = m.details["delegation"]
     check = next(c for c in art.checks if c.name == "delegation")
     out = {
         "precision": precision, "export_seconds": round(wall, 1), "convert_seconds": m.details["convert_seconds"],
         "tflite_bytes": size, "tflite_mb": round(size / 1e6, 2),
-        "delegation": {k: delegation[k] for k in ("delegated_subgraphs", "delegated_nodes", "not_delegated_nodes",
-                                                  "not_delegated")},
+        "delegation": common.delegation_summary(m.details),
         "delegation_check": check.to_dict(),
-        "gate": None if gate is None else {
-                 "status": gate.status, "profile": gate.profile.name, "max_abs_error": gate.metrics.max_abs_error,
-                 "logit_range": gate.metrics.reference_range,
-                 "relative_to_range": gate.metrics.max_abs_error / gate.metrics.reference_range,
-                 "samples": gate.metrics.num_samples},
-        "photos": {"status": art.status, "images": art.metrics.num_samples,
-                   "max_abs_error": art.metrics.max_abs_error, "logit_range": art.metrics.reference_range,
-                   "relative_to_range": art.metrics.max_abs_error / art.metrics.reference_range,
+        "gate": None if gate is None else {"status": gate.status, "profile": gate.profile.name,
+                                           **common.parity_numbers(gate.metrics), "samples": gate.metrics.num_samples},
+        "photos": {"status": art.status, "images": art.metrics.num_samples, **common.parity_numbers(art.metrics),
                    "cosine_mean": art.metrics.cosine_mean, "cosine_min": art.metrics.cosine_min,
                    "top1_agreement": art.metrics.top1_agreement},
         "io": m.details["io"],
@@ -96,7 +88,7 @@ def to_markdown(r: dict) -> str:
     ]
     for x in r["results"]:
         d, g, p = x["delegation"], x["gate"], x["photos"]
-        outside = ", ".join(f"{k} x{v}" for k, v in d["not_delegated"].items()) or "none"
+        outside = common.outside_delegate(d["not_delegated"])
         gate = ("not run (judged on the crops)" if g is None else
                 f"{g['relative_to_range']:.1e} ({g['max_abs_error']:.1e} of {g['logit_range']:.2f}, {g['profile']} "
                 f"profile: {g['status']})")
@@ -121,7 +113,7 @@ def to_markdown(r: dict) -> str:
         "profile (top-1 agreement >= 0.97), and fails it as a matter of course: random weights give near-tied logits, "
         "so a small error swaps the top class; the cosine is what says how close the numbers are (the INT8 accuracy "
         "of a trained model is measured on the digits model in tests/exporters/test_litert.py). Versions: "
-        + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
+        + common.versions_line(versions)
         + ".",
         "",
         "Timings are of a busy 2-core machine shared with other work (several engineers' tests and exports ran at the "
@@ -131,20 +123,12 @@ def to_markdown(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", default="ffnet_1")
-    parser.add_argument("--resolution", type=int, default=256)
-    parser.add_argument("--images", type=int, default=16)
+    parser = common.export_study_parser(__doc__.splitlines()[0])
     parser.add_argument("--int8", action="store_true", help="also export and check full-integer INT8")
     parser.add_argument("--calib", type=int, default=32, help="photo crops to calibrate INT8 on")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, metavar="DIR")
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args(argv)
+    args = common.add_output_options(parser).parse_args(argv)
     result = run(args.variant, args.resolution, args.images, args.int8, args.calib)
-    md = to_markdown(result)
-    print(md)
-    if not args.no_write:
-        write_results(f"litert_export_{args.variant}", md, result, results_dir=args.out)
+    common.print_and_write(f"litert_export_{args.variant}", result, to_markdown, args)
     return result
 
 

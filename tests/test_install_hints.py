@@ -2,8 +2,9 @@
 
 The extras are read from ``pyproject.toml``. Hints are found three ways, so that neither a literal string nor a
 message built at run time escapes: ``ffnet-deploy[X]`` text anywhere in the tree (sources, tests, docs), the
-``require(module, extra)`` calls, and the ``requires = ((module, extra), ...)`` declarations of runners and exporters
-(read from the source with ``ast`` and from the registered classes).
+``require(module, extra)`` calls, the ``requires = ((module, extra), ...)`` declarations of runners and the
+``Extra(name, modules)`` declarations of formats (read from the source with ``ast``), and the registered classes'
+``requires`` (an exporter's is its format's extra).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def literal_hints() -> list[tuple[str, str]]:
 
 
 def declared_extras() -> list[tuple[str, str]]:
-    """(``file:line``, extra) from ``require(module, "extra", ...)`` calls and ``requires = (...)`` tuples."""
+    """(``file:line``, extra) from ``require(module, "extra", ...)`` calls, ``Extra("extra", ...)`` declarations
+    and ``requires = (...)`` tuples."""
     found = []
     for path in source_files():
         if path.suffix != ".py":
@@ -68,6 +70,10 @@ def declared_extras() -> list[tuple[str, str]]:
                 if len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(
                         node.args[1].value, str):
                     found.append((where, node.args[1].value))
+            elif isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "Extra":
+                name = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "name"), None)
+                if isinstance(name, ast.Constant) and isinstance(name.value, str):
+                    found.append((where, name.value))
             elif isinstance(node, (ast.Assign, ast.AnnAssign)):
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 if not any(isinstance(t, ast.Name) and t.id == "requires" for t in targets):
@@ -86,7 +92,7 @@ def test_the_scan_finds_hints():
     literal = {extra for _, extra in literal_hints()}
     declared = {extra for _, extra in declared_extras()}
     assert {"coreml", "tensorrt"} <= literal
-    assert {"openvino", "coreml", "tensorrt"} <= declared
+    assert {"openvino", "coreml", "tensorrt", "executorch", "litert"} <= declared
     assert {"openvino", "coreml", "tensorrt", "peers", "dev", "all"} <= extras()
 
 

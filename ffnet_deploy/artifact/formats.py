@@ -61,6 +61,29 @@ class RuntimeChoice:
 
 
 @dataclass(frozen=True)
+class Extra:
+    """The optional ``ffnet-deploy`` extra a format's export needs, and the modules of it the export imports.
+
+    Declared once, on the format (:attr:`FormatSpec.extra`): the exporter's check (``Exporter.requires`` is derived
+    from it, and a missing module is the one-line ``pip install 'ffnet-deploy[{name}]'`` error) and the demo's
+    installed check (:func:`demo_formats`) both read it.
+    """
+
+    name: str  # the extra in pyproject.toml: pip install 'ffnet-deploy[{name}]'
+    modules: tuple[str, ...]  # what the export imports from it, e.g. ("executorch.exir",)
+
+    @property
+    def requires(self) -> tuple[tuple[str, str], ...]:
+        """``(module, extra)`` pairs, as :func:`ffnet_deploy.errors.require` and the runners' ``requires`` take."""
+        return tuple((module, self.name) for module in self.modules)
+
+    def installed(self) -> bool:
+        """Whether the extra is installed: each module's top-level package is found, without importing anything
+        (importing a submodule would import its package; an import hook may refuse one: not installed)."""
+        return all(_installed(module.partition(".")[0]) for module in self.modules)
+
+
+@dataclass(frozen=True)
 class Quantizer:
     """How a format makes ``int8``: what the quantization options and commands need to know about it."""
 
@@ -110,9 +133,10 @@ class FormatSpec:
     mutable_files: Callable[[Any], set[str]] | None = None  # (Manifest) -> listed files that change after export
     device_steps: tuple[str, ...] = ()  # what the target device itself runs, when it cannot run the pipeline (a
     # phone), as `pipeline --plan` prints it: command templates with {artifact} (the model file) and {id} (the job)
+    extra: Extra | None = None  # the optional extra its export needs (None: the core dependencies are enough)
     in_demo: bool = False  # `pipeline --demo` makes it (runs on any machine, no GPU, no extra hardware)
-    demo_requires: tuple[str, ...] = ()  # modules the demo needs for it: without them (an extra not installed) the
-    # demo leaves it out rather than fail the main job
+    demo_if_installed: bool = False  # the demo leaves it out when its extra is not installed, rather than fail the
+    # main job on it (False: the demo's job fails, naming the extra to install)
     quantizer: Quantizer | None = None  # how it makes int8 (None: through none of the quantize backends)
     exporter: Any = None  # the Exporter class (set by register_exporter)
 
@@ -197,8 +221,10 @@ def bench_format_of(runtime: str) -> str | None:
 
 
 def demo_formats() -> tuple[str, ...]:
-    """The formats `pipeline --demo` makes: those marked for it whose extra is installed."""
-    return tuple(s.name for s in format_specs() if s.in_demo and all(_installed(m) for m in s.demo_requires))
+    """The formats `pipeline --demo` makes: those marked for it, less those it makes only when their extra is
+    installed (:attr:`FormatSpec.demo_if_installed`) and it is not."""
+    return tuple(s.name for s in format_specs()
+                 if s.in_demo and not (s.demo_if_installed and s.extra is not None and not s.extra.installed()))
 
 
 def _installed(module: str) -> bool:

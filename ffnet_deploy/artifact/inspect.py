@@ -18,14 +18,20 @@ artifact is judged, so both are checked against the files themselves before vali
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from ffnet_deploy.artifact.formats import FORMATS, PrecisionEvidence
 from ffnet_deploy.artifact.manifest import Manifest, ManifestError
+from ffnet_deploy.errors import FFNetDeployError, MissingDependencyError
 from ffnet_deploy.hashing import sha256_file, tree_sha256
 
 __all__ = ["UNKNOWN", "ArtifactIntegrityError", "PrecisionEvidence", "detect_precision", "inspect_precision",
-           "mutable_files", "precision_mismatch", "verify_files", "weight_share"]
+           "mutable_files", "precision_mismatch", "precision_of_weights", "read_for_precision", "verify_files",
+           "weight_share"]
+
+T = TypeVar("T")
 
 UNKNOWN = "unknown"
 """What :func:`detect_precision` returns when the file cannot be inspected here."""
@@ -82,6 +88,39 @@ def precision_mismatch(declared: str, found: PrecisionEvidence) -> str | None:
 def weight_share(part: int, total: int) -> str:
     """``"99% of weight values"``: how evidence states a share of the weights."""
     return f"{100.0 * part / total:.0f}% of weight values" if total else "no weights"
+
+
+def read_for_precision(read: Callable[[], T], path: Path, backend: str) -> T | PrecisionEvidence:
+    """``read()`` (a format's parser of ``path``), or the evidence of why the file cannot be inspected here: its
+    ``backend`` package is not installed, or the file is not a model (the runner says so when it loads it)."""
+    try:
+        return read()
+    except MissingDependencyError:
+        return PrecisionEvidence(None, f"{backend} is not installed here", path)
+    except FFNetDeployError as err:
+        return PrecisionEvidence(None, str(err).split(" | ", 1)[-1], path)
+
+
+def precision_of_weights(path: Path, low: int, floats: int, half: int,
+                         evidence: tuple[str, str, str]) -> PrecisionEvidence:
+    """The precision that counts of weight elements show: int8 when the low-bit (int8 or narrower) elements outnumber
+    the float ones, else fp16 when the 16-bit floats are most of the floats, else fp32.
+
+    Args:
+        path: The file the counts were read from.
+        low: Elements of low-bit constants.
+        floats: Elements of float constants, ``half`` of them 16-bit.
+        evidence: What shows int8, fp16 and fp32 in this format's words, each with ``{share}`` where the share of
+            the weight values goes (:func:`weight_share`), e.g. ``"float16 weights ({share})"``.
+    """
+    total = low + floats
+    if low > floats:
+        precision, part, said = "int8", low, evidence[0]
+    elif half > floats - half:
+        precision, part, said = "fp16", half, evidence[1]
+    else:
+        precision, part, said = "fp32", floats - half, evidence[2]
+    return PrecisionEvidence(precision, said.replace("{share}", weight_share(part, total)), path)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -87,3 +87,41 @@ def test_the_registries_and_the_cli_load_without_torch():
             "assert not heavy, heavy\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_format_declares_its_extra_once():
+    """``FormatSpec.extra`` is the one declaration: the exporter's check (its derived ``requires``, the one-line
+    install hint) and the demo's installed check read it; an exporter that also sets ``requires`` is refused."""
+    from dataclasses import replace
+
+    from ffnet_deploy.artifact.formats import Extra
+    from ffnet_deploy.errors import MissingDependencyError
+    from ffnet_deploy.exporters.base import exporter_registered
+    from tests.toy_format import FORMAT, ToyExporter
+
+    missing = Extra("openvino", ("no_such_backend_xyz.sub",))
+
+    class MissingExtraExporter(ToyExporter):
+        pass
+
+    spec = replace(FORMAT, name="toy-extra", order=91, suffixes=(".toyextra",), extra=missing, in_demo=True,
+                   demo_if_installed=True)
+    with exporter_registered(spec, MissingExtraExporter):
+        assert MissingExtraExporter.requires == (("no_such_backend_xyz.sub", "openvino"),)
+        assert "toy-extra" in format_names() and "toy-extra" not in demo_formats()  # left out: not installed
+        with pytest.raises(MissingDependencyError, match=r"toy-extra export needs no_such_backend_xyz\.sub .*"
+                                                         r"pip install 'ffnet-deploy\[openvino\]'"):
+            MissingExtraExporter().check_available()
+    with exporter_registered(replace(spec, demo_if_installed=False), MissingExtraExporter):
+        assert "toy-extra" in demo_formats()  # the demo's job fails instead, naming the extra
+    with exporter_registered(replace(spec, extra=Extra("openvino", ("numpy",))), MissingExtraExporter):
+        assert "toy-extra" in demo_formats()
+        MissingExtraExporter().check_available()
+
+    class TwiceDeclared(ToyExporter):
+        requires = (("numpy", "dev"),)
+
+    with pytest.raises(TypeError, match="declare the format's extra once"):
+        with exporter_registered(spec, TwiceDeclared):
+            pass
+    assert "toy-extra" not in format_names()

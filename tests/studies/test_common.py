@@ -58,3 +58,17 @@ def test_help_documents_out(capsys):
     with pytest.raises(SystemExit):
         common.standard_parser("fake", 2).parse_args(["--help"])
     assert "--out DIR" in capsys.readouterr().out
+
+
+def test_export_study_options_and_no_write(tmp_path, capsys):
+    """The export studies' shared options; ``--no-write`` prints the Markdown and writes nothing."""
+    from types import SimpleNamespace
+
+    args = common.add_output_options(common.export_study_parser("fake")).parse_args(
+        ["--images", "3", "--out", str(tmp_path / "out"), "--no-write"])
+    assert (args.variant, args.resolution, args.images) == ("ffnet_1", 256, 3)
+    md = common.print_and_write("fake_export", {"variant": "v", "threads": 1}, _to_markdown, args)
+    assert md == "# fake v 1 threads" and md in capsys.readouterr().out and not (tmp_path / "out").exists()
+    metrics = SimpleNamespace(max_abs_error=0.5, reference_range=4.0)
+    assert common.parity_numbers(metrics) == {"max_abs_error": 0.5, "logit_range": 4.0, "relative_to_range": 0.125}
+    assert common.outside_delegate({}) == "none" and common.outside_delegate({"aten.gelu": 2}) == "aten.gelu x2"
