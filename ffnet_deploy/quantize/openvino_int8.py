@@ -535,7 +535,7 @@ def _reverted_ops(model, calib, settings: NNCFSettings, quantized) -> list[str]:
 
     NNCF logs the operations it reverts but does not return them, so they are read off the models.
     """
-    plain, _ = _run_ptq(model, settings, calib, None, None)
+    plain, _ = _run_ptq(model, settings, calib, None, NULL)
     kept = _int8_ops(quantized)
     order = [op.get_friendly_name() for op in plain.get_ops()]
     return [name for name in order if name in _int8_ops(plain) - kept]
