@@ -45,8 +45,9 @@ from ffnet_deploy.benchmarks.results import BenchResult, BenchRow, Device
 from ffnet_deploy.benchmarks.specs import MIXER_RESOLUTIONS
 from ffnet_deploy.environment import cap_threads
 from ffnet_deploy.errors import ConfigError
+from ffnet_deploy.progress import NULL, Progress
 from ffnet_deploy.runtimes import RUNTIMES, BaseRunner, create_runner
-from ffnet_deploy.runtimes.timing import Contender, Progress, Protocol, latency_stats, measure_groups, throughput
+from ffnet_deploy.runtimes.timing import Contender, Protocol, latency_stats, measure_groups, throughput
 from ffnet_deploy.validate.engine import runtime_unavailable
 
 # Which runtimes and precisions bench knows, which runner times which format and with which options are declared by
@@ -253,7 +254,7 @@ def variant_jobs(variant: str | None, checkpoint: str | Path | None, workdir: Pa
                  runtimes: Sequence[str] | None = None, precisions: Sequence[str] | None = None,
                  resolution: int | None = None, batches: Sequence[int] = (1,), threads: int | None = None,
                  calib: str | Path | None = None, calib_size: int | None = None, trust: bool = False,
-                 log: Callable[[str], None] | None = None) -> list[Job]:
+                 progress: Progress = NULL) -> list[Job]:
     """Export ``variant`` (random weights, or ``checkpoint``) into ``workdir`` for each runtime and precision, and
     return the jobs that run the exports (plus eager PyTorch on the reparameterized model).
 
@@ -266,7 +267,7 @@ def variant_jobs(variant: str | None, checkpoint: str | Path | None, workdir: Pa
     from ffnet_deploy.models.config import get_config
     from ffnet_deploy.quantize.config import QuantizationConfig
 
-    say = log or (lambda _m: None)
+    say = progress.note
     runtimes = cpu_runtimes() if runtimes is None else runtimes
     precisions = (baseline_precision(),) if precisions is None else precisions
     if checkpoint is None:
@@ -349,14 +350,14 @@ def _photo_calibration(workdir: Path, resolution: int) -> Path:
 
 def spec_jobs(specs: Sequence[Any], workdir: Path, *, runtimes: Sequence[str] | None = None,
               precisions: Sequence[str] | None = None, batches: Sequence[int] = (1,), threads: int | None = None,
-              group_by_resolution: bool = False, log: Callable[[str], None] | None = None) -> list[Job]:
+              group_by_resolution: bool = False, progress: Progress = NULL) -> list[Job]:
     """Jobs for in-memory models (:class:`~ffnet_deploy.benchmarks.specs.ModelSpec`): FP32 ONNX for ONNX Runtime,
     the IR converted from it for OpenVINO (fp32 and bf16), and eager PyTorch.
 
     ``group_by_resolution`` interleaves the models of one resolution on one runtime (the mixer comparison);
     otherwise every model on one runtime is interleaved (the peers).
     """
-    say = log or (lambda _m: None)
+    say = progress.note
     runtimes = cpu_runtimes() if runtimes is None else runtimes
     precisions = (baseline_precision(),) if precisions is None else precisions
     jobs: list[Job] = []
@@ -421,13 +422,13 @@ def _model_file(spec: Any, model: Any, runtime: str, batch: int, workdir: Path, 
 
 
 def run_jobs(jobs: Sequence[Job], protocol: Protocol, *, roofline: Any = None,
-             progress: Progress | None = None) -> list[BenchRow]:
+             progress: Progress = NULL) -> list[BenchRow]:
     """The rows of :func:`measure_rows` (without the roofline as timed in the blocks)."""
     return measure_rows(jobs, protocol, roofline=roofline, progress=progress)[0]
 
 
 def measure_rows(jobs: Sequence[Job], protocol: Protocol, *, roofline: Any = None,
-                 progress: Progress | None = None) -> tuple[list[BenchRow], Any]:
+                 progress: Progress = NULL) -> tuple[list[BenchRow], Any]:
     """Measure every runnable job, every group in the same blocks (interleaved within a group), the roofline's GEMMs
     as one more group when ``roofline`` has picks and there are several blocks; returns the rows in job order, each
     with its paired comparison and verdict, and the roofline as timed in the blocks (``roofline`` itself without
@@ -679,22 +680,21 @@ class BenchRequest:
             source_from_spec(self.calib, split="train")  # one line for a missing or unusable folder
 
 
-def bench(request: BenchRequest, workdir: Path, *, command: str = "", log: Callable[[str], None] | None = None,
-          progress: Progress | None = None) -> BenchResult:
+def bench(request: BenchRequest, workdir: Path, *, command: str = "", progress: Progress = NULL) -> BenchResult:
     """Run one bench: build the jobs, probe the roofline, measure, and return the result.
 
     Args:
         request: What to measure.
         workdir: A scratch folder for exports (the caller removes it).
         command: The command line, recorded in the result.
-        log: One line per step (exports, probes).
-        progress: The timing progress (see :data:`~ffnet_deploy.runtimes.timing.Progress`).
+        progress: Gets a note per preparation (exports, probes) and the timing steps
+            (:func:`~ffnet_deploy.runtimes.timing.measure`).
     """
     request.validate()
     from ffnet_deploy.runtimes.noise import load_snapshot
 
     load_before = load_snapshot()
-    say = log or (lambda _m: None)
+    say = progress.note
     threads, capped = cap_threads(request.threads, "bench")
     if capped:
         say(f"note: {capped}")
@@ -713,18 +713,19 @@ def bench(request: BenchRequest, workdir: Path, *, command: str = "", log: Calla
             jobs += variant_jobs(variant, request.checkpoint, workdir, runtimes=runtimes,
                                  precisions=precisions, resolution=request.resolution,
                                  batches=request.batches, threads=threads, calib=request.calib, trust=request.trust,
-                                 log=say)
+                                 progress=progress)
     if request.compare_mixers:
         from ffnet_deploy.benchmarks.specs import mixer_specs
 
         jobs += spec_jobs(mixer_specs(request.mixer_resolutions, base=request.mixer_base), workdir,
                           runtimes=runtimes, precisions=_uncalibrated(precisions), batches=request.batches,
-                          threads=threads, group_by_resolution=True, log=say)
+                          threads=threads, group_by_resolution=True, progress=progress)
     if request.peers:
         from ffnet_deploy.benchmarks.specs import ffnet_spec, peer_specs
 
         jobs += spec_jobs([ffnet_spec(request.mixer_base), *peer_specs()], workdir, runtimes=runtimes,
-                          precisions=_uncalibrated(precisions), batches=request.batches, threads=threads, log=say)
+                          precisions=_uncalibrated(precisions), batches=request.batches, threads=threads,
+                          progress=progress)
     roofline = None
     if request.roofline:
         from ffnet_deploy.benchmarks.roofline import gemm_probe

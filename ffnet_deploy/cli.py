@@ -295,7 +295,7 @@ def validate(
         task = bar.add_task("validating", total=len(source))  # a count: --synthetic never lists its items
         report = run_validation(artifacts, checkpoint, variant, source, precision_profile, batch, localize, overrides,
                                 trust=trust_checkpoint, runtime=runtime, verify=not no_verify,
-                                progress=lambda n: bar.update(task, completed=n))
+                                progress=_Bar(bar, task))
     if report_path is not None:
         write_json(report, report_path)
     if junit_path is not None:
@@ -329,8 +329,7 @@ def demo_checkpoint(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task("training ffnet_digits", total=None)
-        result = run_demo(output, force=force, progress=lambda step, total, message: bar.update(
-            task, completed=step, total=total, description=message))
+        result = run_demo(output, force=force, progress=_Bar(bar, task))
     if as_json:
         emit_json(result.to_dict())
         return
@@ -369,6 +368,28 @@ class _StatusLine(Events):
 
         self.status.update(escape(text))
         err_console.print(style.format(escape(text)), highlight=False)
+
+
+class _Bar(Events):
+    """Progress events on one task of a rich progress bar: a step moves it (``total`` 0: no total known) and names
+    it; a note or a warning names it too and stays, one dim or bold yellow line (none when ``quiet``)."""
+
+    def __init__(self, bar: Any, task: Any, quiet: bool = False) -> None:
+        self.bar, self.task, self.quiet = bar, task, quiet
+
+    def step(self, done: float, total: float, label: str = "") -> None:
+        self.bar.update(self.task, completed=done, total=total if total > 0 else None, description=_esc(label))
+
+    def note(self, text: str) -> None:
+        self._line(text, "[dim]{}[/]")
+
+    def warn(self, text: str) -> None:
+        self._line(text, "[bold yellow]{}[/]")
+
+    def _line(self, text: str, style: str) -> None:
+        self.bar.update(self.task, description=_esc(text))
+        if not self.quiet:
+            err_console.print(style.format(_esc(text)), highlight=False)
 
 
 _ONNX_PANEL = f"ONNX stage options ({_onnx_stage_formats()})"
@@ -645,16 +666,7 @@ def bench(
     try:
         with Progress(*columns, console=err_console, transient=True, disable=as_json) as bar:
             task = bar.add_task("bench", total=1.0)
-
-            def progress(description: str, done: float, total: float) -> None:
-                bar.update(task, description=description, completed=done, total=total)
-
-            def log(message: str) -> None:
-                bar.update(task, description=message)
-                if not as_json:
-                    err_console.print(f"[dim]{_esc(message)}[/]", highlight=False)
-
-            result = run_bench(request, work, command=invocation(), log=log, progress=progress)
+            result = run_bench(request, work, command=invocation(), progress=_Bar(bar, task, quiet=as_json))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     written = write_outputs(result, out) if out is not None else {}

@@ -25,7 +25,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from ffnet_deploy.errors import CheckpointError, ConfigError
 from ffnet_deploy.models.checkpoint import file_metadata, save_checkpoint
 from ffnet_deploy.models.config import get_config
 from ffnet_deploy.models.ffnet import FFNet, create_ffnet
+from ffnet_deploy.progress import NULL, Progress
 from ffnet_deploy.validate.metrics import topk_hits
 
 DEMO_VARIANT = "ffnet_digits"
@@ -52,8 +53,8 @@ MODEL_CODE_VERSION = "ffnet-digits-1"
 DEMO_METADATA_KEY = "demo"
 """Key, inside the checkpoint's ``ffnet_deploy`` metadata, of the demo record (recipe, accuracy, cache key)."""
 
-Progress = Callable[[int, int, str], None]
-"""``progress(step, total, message)``: called after every training step and before the evaluation."""
+TRAINING = "training ffnet_digits"
+"""The label of the training steps :func:`train_demo_model` reports (its epoch and loss follow in the label)."""
 
 
 @dataclass(frozen=True)
@@ -199,12 +200,13 @@ def evaluate_digits(model: FFNet, split: str = "test", batch_size: int = 100) ->
     return correct / total
 
 
-def train_demo_model(recipe: DemoRecipe = DEFAULT_RECIPE, *, progress: Progress | None = None) -> FFNet:
+def train_demo_model(recipe: DemoRecipe = DEFAULT_RECIPE, *, progress: Progress = NULL) -> FFNet:
     """Train ``recipe.variant`` on the digits training split, deterministically; nothing is written.
 
     Args:
         recipe: Hyper-parameters (see :class:`DemoRecipe`).
-        progress: ``progress(step, total, message)`` after every step.
+        progress: Gets ``step(steps done, steps, label)`` after every training step (the label: the epoch and
+            the loss, for the eye).
 
     Returns:
         The trained, unfused model in eval mode.
@@ -242,8 +244,7 @@ def train_demo_model(recipe: DemoRecipe = DEFAULT_RECIPE, *, progress: Progress 
                 opt.step()
                 sched.step()
                 step += 1
-                if progress is not None:
-                    progress(step, total, f"epoch {epoch + 1}/{recipe.epochs}, loss {loss.item():.3f}")
+                progress.step(step, total, f"{TRAINING}: epoch {epoch + 1} of {recipe.epochs}, loss {loss.item():.3f}")
     return model.eval()
 
 
@@ -286,7 +287,7 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def demo_checkpoint(output: str | Path | None = None, *, progress: Progress | None = None, force: bool = False,
+def demo_checkpoint(output: str | Path | None = None, *, progress: Progress = NULL, force: bool = False,
                     recipe: DemoRecipe = DEFAULT_RECIPE) -> DemoResult:
     """The demo checkpoint: ``ffnet_digits`` trained on the digits training split, from the cache when it is there.
 
@@ -299,7 +300,8 @@ def demo_checkpoint(output: str | Path | None = None, *, progress: Progress | No
     Args:
         output: Also copy the checkpoint here (atomically). An existing file is refused unless ``force`` is given
             and it is a checkpoint written by ffnet-deploy.
-        progress: ``progress(step, total, message)`` during training.
+        progress: Gets the training steps (:func:`train_demo_model`), then ``step(0, 0, ...)`` for the
+            evaluation (of unknown length); steps only, no stages.
         force: Replace an existing ``output`` written by ffnet-deploy.
         recipe: Training recipe; the default is what the CLI and the tests use.
 
@@ -324,8 +326,7 @@ def demo_checkpoint(output: str | Path | None = None, *, progress: Progress | No
     else:
         start = time.perf_counter()
         model = train_demo_model(recipe, progress=progress)
-        if progress is not None:
-            progress(1, 1, "evaluating on the digits test split")
+        progress.step(0, 0, "evaluating on the digits test split")
         with _deterministic(recipe.threads):  # the caller's thread count can be much slower on a busy machine
             accuracy = evaluate_digits(model)
         seconds = time.perf_counter() - start

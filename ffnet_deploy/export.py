@@ -22,7 +22,6 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -66,10 +65,6 @@ RANDOM_WEIGHTS_NOTICE = (
     "latency and integration tests only"
 )
 
-Progress = progress_events.Progress | Callable[[str], None]
-"""What :func:`export` reports to: a sink of :mod:`ffnet_deploy.progress`, or a plain-text log (one line per note)."""
-
-
 @dataclass
 class ExportResult:
     """What :func:`export` wrote and measured."""
@@ -102,7 +97,7 @@ class ExportResult:
 
 
 def export(config: ExportConfig, checkpoint: str | Path | LoadedCheckpoint | None = None, variant: str | None = None,
-           *, trust: bool = False, progress: Progress | None = None) -> ExportResult:
+           *, trust: bool = False, progress: progress_events.Sink | None = None) -> ExportResult:
     """Export an FFNet to ``config.format`` in ``config.output``.
 
     Args:
@@ -133,7 +128,7 @@ def export(config: ExportConfig, checkpoint: str | Path | LoadedCheckpoint | Non
 
 
 def _export(config: ExportConfig, checkpoint: str | Path | LoadedCheckpoint | None, variant: str | None,
-            trust: bool, progress: Progress | None) -> ExportResult:
+            trust: bool, progress: progress_events.Sink | None) -> ExportResult:
     log = _Staged(progress_events.as_progress(progress))
 
     start = time.perf_counter()

@@ -92,7 +92,12 @@ class Forward(Events):
         self.target.warn(text)
 
 
-def as_progress(progress: Progress | Callable[[str], None] | None) -> Events:
+Sink = Progress | Callable[[str], None]
+"""What a producer that also takes a plain-text log accepts (export, the quantization stages, sensitivity): a sink,
+or a ``Callable[[str], None]`` that gets the notes and warnings (through :func:`as_progress`)."""
+
+
+def as_progress(progress: Sink | None) -> Events:
     """The sink for what a caller passed: :data:`NULL` for ``None``, a plain-text log wrapped in :class:`TextLog`,
     a sink as it is (wrapped in :class:`Forward` when it is not an :class:`Events`, so that it can be called)."""
     if progress is None:

@@ -10,9 +10,9 @@ import numpy as np
 
 from ffnet_deploy.artifact.formats import format_specs, get_format, listing
 from ffnet_deploy.errors import ConfigError
-from ffnet_deploy.progress import as_progress
+from ffnet_deploy.progress import Sink, as_progress
 from ffnet_deploy.quantize.config import QuantizationConfig
-from ffnet_deploy.quantize.stages import Log, read_calibration, transform_for
+from ffnet_deploy.quantize.stages import read_calibration, transform_for
 
 
 def sensitivity_formats() -> tuple[str, ...]:
@@ -22,7 +22,7 @@ def sensitivity_formats() -> tuple[str, ...]:
 
 
 def sensitivity_analysis(checkpoint, variant: str | None, fmt: str, quant: QuantizationConfig, *,
-                         resolution: int | None = None, trust: bool = False, log: Log | None = None):
+                         resolution: int | None = None, trust: bool = False, log: Sink | None = None):
     """Rank the layer groups of a checkpoint by what quantizing each alone costs
     (:mod:`ffnet_deploy.quantize.sensitivity`).
 

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from ffnet_deploy.errors import ConfigError
+from ffnet_deploy.progress import NULL, Progress
 from ffnet_deploy.runtimes.base import BaseRunner
 
 TRIM = 0.10
@@ -224,21 +225,22 @@ def _no_runner() -> BaseRunner:
     raise AssertionError("a CallContender has no runner")
 
 
-Progress = Callable[[str, float, float], None]
-"""``progress(description, completed, total)``; ``total`` is in the same unit as ``completed``."""
 
 
-def measure(contenders: Sequence[Contender], protocol: Protocol, progress: Progress | None = None) -> None:
+def measure(contenders: Sequence[Contender], protocol: Protocol, progress: Progress = NULL) -> None:
     """Load, warm up and time ``contenders`` interleaved, filling each one's samples in place.
 
     A contender whose runner fails to load or run gets ``error`` set (one line) and drops out; the others go on.
     Every runner this function loaded is deactivated at the end, also on an interrupt. A contender handed in with an
     already active ``runner`` is used as it is (no first-inference or memory figures) and left active.
+
+    ``progress`` gets ``step(done, total, label)``: ``0`` of ``1`` as each contender loads (``"loading <name>"``)
+    and warms up (``"warmup <name>"``), then the fraction of the timed phase done (of ``1.0``, ``"timing <names>"``).
     """
     measure_groups([contenders], protocol, progress)
 
 
-def measure_groups(groups: Sequence[Sequence[Contender]], protocol: Protocol, progress: Progress | None = None
+def measure_groups(groups: Sequence[Sequence[Contender]], protocol: Protocol, progress: Progress = NULL
                    ) -> list[float | None]:
     """:func:`measure` for several groups timed in the same blocks (module docstring, step 3).
 
@@ -247,7 +249,6 @@ def measure_groups(groups: Sequence[Sequence[Contender]], protocol: Protocol, pr
     """
     from ffnet_deploy.runtimes.noise import CpuWait
 
-    report = progress or (lambda *_: None)
     everyone = [c for group in groups for c in group]
     waits: list[CpuWait] = []
     try:
@@ -255,7 +256,7 @@ def measure_groups(groups: Sequence[Sequence[Contender]], protocol: Protocol, pr
             if c.runner is not None and c.runner.is_active:  # handed in active: the caller loads and releases it
                 c.owned = False
                 continue
-            report(f"loading {c.name}", 0, 1)
+            progress.step(0, 1, f"loading {c.name}")
             memory = PeakMemory()
             try:
                 with memory:
@@ -271,7 +272,7 @@ def measure_groups(groups: Sequence[Sequence[Contender]], protocol: Protocol, pr
             if own is not None:  # a worker's memory, not this process's
                 c.peak_rss_mb, c.memory_method = own
         for c in [c for c in everyone if c.error is None]:
-            report(f"warmup {c.name}", 0, 1)
+            progress.step(0, 1, f"warmup {c.name}")
             count, start = 0, time.perf_counter()
             # --max-time bounds the warm-up too: a huge --warmup must not run for hours.
             while ((count < protocol.warmup or time.perf_counter() - start < protocol.warmup_time_s)
@@ -294,7 +295,7 @@ def measure_groups(groups: Sequence[Sequence[Contender]], protocol: Protocol, pr
                         _guarded(c)
                     live = [c for c in live if c.error is None]
                 with waits[g]:
-                    _block(live if block % 2 == 0 else live[::-1], protocol, block, report)
+                    _block(live if block % 2 == 0 else live[::-1], protocol, block, progress)
     finally:
         for c in everyone:
             if c.owned:
@@ -302,7 +303,7 @@ def measure_groups(groups: Sequence[Sequence[Contender]], protocol: Protocol, pr
     return [w.share for w in waits] + [None] * (len(groups) - len(waits))
 
 
-def _block(live: list[Contender], protocol: Protocol, block: int, report: Progress) -> None:
+def _block(live: list[Contender], protocol: Protocol, block: int, progress: Progress) -> None:
     """One block of rounds of one group: 1/k of the protocol's iterations and times."""
     k = protocol.blocks
     min_iters = -(-protocol.min_iters // k)
@@ -321,11 +322,11 @@ def _block(live: list[Contender], protocol: Protocol, block: int, report: Progre
         if max_time is not None and elapsed >= max_time and fewest >= min_samples:
             break
         frac = min(fewest / min_iters, elapsed / min_time if min_time else 1.0)
-        report(f"timing {names}", min((block + min(frac, 1.0)) / k, 1.0), 1.0)
+        progress.step(min((block + min(frac, 1.0)) / k, 1.0), 1.0, f"timing {names}")
         for c in live:
             _guarded(c, record=True)
         live = [c for c in live if c.error is None]
-    report(f"timing {names}", (block + 1) / k, 1.0)
+    progress.step((block + 1) / k, 1.0, f"timing {names}")
     for c in everyone:
         mine = c.samples_ms[first[id(c)]:]
         c.block_best_ms.append(min(mine) if mine else float("nan"))

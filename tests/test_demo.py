@@ -125,12 +125,15 @@ def test_cache_hit_is_instant_and_copies_to_output(demo_result, demo_cache, tmp_
 def test_interrupt_leaves_no_cache_file(tmp_path, monkeypatch):
     monkeypatch.setenv("FFNET_DEPLOY_CACHE", str(tmp_path / "cache"))
 
-    def interrupt(step, total, message):
-        if step == 2:
-            raise KeyboardInterrupt
+    from ffnet_deploy.progress import Events
+
+    class Interrupt(Events):
+        def step(self, done, total, label=""):
+            if done == 2:
+                raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        demo_checkpoint(tmp_path / "out.pth", progress=interrupt, recipe=SHORT)
+        demo_checkpoint(tmp_path / "out.pth", progress=Interrupt(), recipe=SHORT)
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert leftovers == []
 

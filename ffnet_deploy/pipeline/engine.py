@@ -215,7 +215,7 @@ def checked_inputs(config: PipelineConfig, ui: Progress) -> PipelineConfig:
         from ffnet_deploy.demo import demo_checkpoint
 
         ui.note("demo: training (or reusing the cached) ffnet_digits on scikit-learn's digits")
-        checkpoint = demo_checkpoint(progress=lambda step, total, message: ui.step(step, total, message)).path
+        checkpoint = demo_checkpoint(progress=ui).path  # steps only: no stage of the demo reaches the fault points
         config = replace(config, checkpoint=checkpoint)
     assert checkpoint is not None
     if not Path(checkpoint).is_file():
@@ -598,11 +598,10 @@ def stage_validate(config: PipelineConfig, state: PipelineState, info: dict, rec
     if not todo:
         return
     source, description = eval_source(config)
-    total = len(source)
     ui.note(f"validating {len(todo)} artifact(s) on {description}")
     report = validate([config.output / r["artifact"]["path"] for r in todo], config.checkpoint, info["variant"],
                       source, "auto", 8, trust=config.trust,
-                      progress=lambda n: ui.step(n, total or n, "validation"))
+                      progress=ui)
     for record, result in zip(todo, report.artifacts, strict=True):
         parity = parity_entry(result, description)
         apply_parity(record, parity)
@@ -688,7 +687,7 @@ def stage_bench(config: PipelineConfig, state: PipelineState, fused: Callable[[]
     from ffnet_deploy.runtimes.noise import load_snapshot
 
     before = load_snapshot()
-    rows = run_jobs(jobs, protocol, progress=lambda label, done_, total: ui.step(done_, total, label))
+    rows = run_jobs(jobs, protocol, progress=ui)
     after = load_snapshot()
     torch_p50 = rows[-1].p50 if rows[-1].status == "ok" else None
     load = {"load_before": before["1m"] if before else None, "load_after": after["1m"] if after else None}

@@ -66,6 +66,7 @@ from ffnet_deploy.cache import cache_root
 from ffnet_deploy.data.transform import EvalTransform
 from ffnet_deploy.errors import CalibrationError, ConfigError
 from ffnet_deploy.inputs import read_bounded
+from ffnet_deploy.progress import NULL, Progress
 from ffnet_deploy.schemas import (
     READING,
     FileModel,
@@ -90,7 +91,10 @@ METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_CALIB_SIZE = 300
 MAX_CALIB_SIZE = 100_000  # a calibration set is held in memory as uint8 crops: 100k at 256 px is ~20 GB already
 
-Progress = Callable[[int, int], None]  # (images done, images wanted)
+CALIBRATION_IMAGES = "calibration images"
+"""The label of the steps of :func:`load_calibration` (images decoded)."""
+CALIBRATING = "calibrating"
+"""The label of the steps of every quantizer's statistics collection (images run through the float model)."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -135,14 +139,15 @@ def calibration_set_from_arrays(pixels: np.ndarray, transform: EvalTransform, na
 
 
 def load_calibration(data: str | Path, transform: EvalTransform, size: int = DEFAULT_CALIB_SIZE, *,
-                     progress: Progress | None = None) -> CalibrationSet:
+                     progress: Progress = NULL) -> CalibrationSet:
     """Read the first ``size`` usable images of ``data`` (an ImageFolder, a folder of images, or ``digits``).
 
     Args:
         data: What ``--calib`` names; ``digits`` means the training split of scikit-learn's digits.
         transform: Validation's transform for the model being calibrated.
         size: Images wanted (``--calib-size``); the source must hold at least this many usable ones.
-        progress: Called with ``(images read, size)`` after every batch.
+        progress: Where the reading is reported: ``step(images read, size, "calibration images")`` after every
+            batch.
 
     Raises:
         ConfigError: ``data`` is not a usable source (missing, empty, not a folder), or ``size`` is out of range.
@@ -161,8 +166,7 @@ def load_calibration(data: str | Path, transform: EvalTransform, size: int = DEF
         take = min(len(batch.pixels), size - count)
         crops[count:count + take] = batch.pixels[:take]
         count += take
-        if progress is not None:
-            progress(count, size)
+        progress.step(count, size, CALIBRATION_IMAGES)
         if count == size:
             break
     described = source.describe()

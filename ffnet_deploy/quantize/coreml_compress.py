@@ -48,7 +48,8 @@ from typing import Any
 import numpy as np
 
 from ffnet_deploy.errors import ConfigError, QuantizationError, first_line, require
-from ffnet_deploy.quantize.calibration import CalibrationSet, Progress
+from ffnet_deploy.progress import NULL, Progress
+from ffnet_deploy.quantize.calibration import CALIBRATING, CalibrationSet
 from ffnet_deploy.quantize.config import WEIGHT_MODES
 
 __all__ = ["DEPLOYMENT_TARGETS", "GRANULARITIES", "WEIGHT_MODES", "CoreMLCompression", "activation_ranges",
@@ -189,13 +190,13 @@ def _input_hw(feature: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in feature.type.multiArrayType.shape[2:])
 
 
-def activation_ranges(mlmodel: Any, calib: CalibrationSet, *, progress: Progress | None = None) -> dict:
+def activation_ranges(mlmodel: Any, calib: CalibrationSet, *, progress: Progress = NULL) -> dict:
     """Min/max of every tensor of the float program over the calibration images, by the interpreter.
 
     Args:
         mlmodel: The float ``ct.models.MLModel`` (an ML program, saved or held in a temporary package).
         calib: Calibration images.
-        progress: Called as ``progress(done, total)`` after each image.
+        progress: Where the collection is reported: ``step(images done, total, "calibrating")`` after each image.
 
     Returns:
         Plain JSON for the statistics cache: ``{"ranges": {tensor name: [min, max]}}``, the function input and every
@@ -231,8 +232,7 @@ def activation_ranges(mlmodel: Any, calib: CalibrationSet, *, progress: Progress
     for done, sample in enumerate(samples, 1):
         update(name, sample)
         program.run({name: sample}, observer=observe)
-        if progress is not None:
-            progress(done, len(samples))
+        progress.step(done, len(samples), CALIBRATING)
     _share_concat_ranges(program, low, high)
     return {"ranges": {t: [low[t], high[t]] for t in low}}
 
@@ -342,14 +342,14 @@ def compression_op_counts(spec: Any) -> dict[str, int]:
 
 
 def compress_mlmodel(mlmodel: Any, compression: CoreMLCompression, calib: CalibrationSet | None = None, *,
-                     progress: Progress | None = None, ranges: dict | None = None) -> tuple[Any, dict]:
+                     progress: Progress = NULL, ranges: dict | None = None) -> tuple[Any, dict]:
     """Compress a float Core ML ML program: weights, and with ``activations=True`` activations too (W8A8).
 
     Args:
         mlmodel: A float ``ct.models.MLModel`` of type ``mlprogram`` (fp32 or fp16 compute precision).
         compression: What to do; validated here.
         calib: Calibration images, needed for activation quantization unless ``ranges`` are given.
-        progress: Called as ``progress(done, total)`` after each calibration image.
+        progress: Where the calibration is reported (:func:`activation_ranges`).
         ranges: Precomputed :func:`activation_ranges` output (e.g. from the statistics cache); skips calibration.
 
     Returns:

@@ -12,12 +12,13 @@ The observers' ranges are the statistics the calibration cache keeps (:func:`obs
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-Progress = Callable[[int, int], None]
+from ffnet_deploy.progress import NULL, Progress
+from ffnet_deploy.quantize.calibration import CALIBRATING
 
 METHOD = "minmax"
 """The only range estimator of this recipe (XNNPACK's quantization config uses minmax observers)."""
@@ -43,8 +44,9 @@ def observers(prepared: Any) -> dict[str, Any]:
             if hasattr(module, "min_val") and hasattr(module, "max_val")}
 
 
-def calibrate(prepared: Any, batches: Iterable[np.ndarray], total: int, progress: Progress | None = None) -> None:
-    """Run the calibration ``batches`` (normalized float32 arrays) through the observers."""
+def calibrate(prepared: Any, batches: Iterable[np.ndarray], total: int, progress: Progress = NULL) -> None:
+    """Run the calibration ``batches`` (normalized float32 arrays) through the observers, reporting
+    ``step(images done, total, "calibrating")`` after each."""
     import torch
 
     done = 0
@@ -52,8 +54,7 @@ def calibrate(prepared: Any, batches: Iterable[np.ndarray], total: int, progress
         for batch in batches:
             prepared(torch.from_numpy(np.ascontiguousarray(batch)))
             done += batch.shape[0]
-            if progress is not None:
-                progress(min(done, total), total)
+            progress.step(min(done, total), total, CALIBRATING)
 
 
 def observer_states(prepared: Any) -> dict[str, Any]:

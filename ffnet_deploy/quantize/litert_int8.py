@@ -19,13 +19,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-Progress = Callable[[int, int], None]
+from ffnet_deploy.progress import NULL, Progress
+from ffnet_deploy.quantize.calibration import CALIBRATING
 
 METHOD = "minmax"
 """The only range estimator of this recipe (``ai-edge-quantizer``'s ``min_max_uniform_quantize``)."""
@@ -57,9 +58,10 @@ def signature(model_path: Path) -> tuple[str, str]:
 
 
 def calibrate(model_path: Path, entries: list[dict[str, Any]], batches: Iterable[np.ndarray], total: int,
-              progress: Progress | None = None) -> dict[str, Any]:
+              progress: Progress = NULL) -> dict[str, Any]:
     """Min/max ranges of every tensor of the FP32 model over the calibration ``batches`` (normalized float32
-    arrays at the model's batch), as the cache stores them (:func:`to_statistics`)."""
+    arrays at the model's batch), as the cache stores them (:func:`to_statistics`); ``step(images done, total,
+    "calibrating")`` is reported as each batch is taken (``Quantizer.calibrate`` then runs them all at once)."""
     from ai_edge_quantizer import quantizer
 
     from ffnet_deploy.artifact.tflite import quiet_stderr
@@ -70,8 +72,7 @@ def calibrate(model_path: Path, entries: list[dict[str, Any]], batches: Iterable
     for batch in batches:
         samples.append({name: np.ascontiguousarray(batch, dtype=np.float32)})
         done += batch.shape[0]
-        if progress is not None:
-            progress(min(done, total), total)
+        progress.step(min(done, total), total, CALIBRATING)
     q = quantizer.Quantizer(str(model_path))
     q.load_quantization_recipe(entries)
     with quiet_stderr():

@@ -39,7 +39,7 @@ import io
 import math
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,8 @@ from typing import Any
 import numpy as np
 
 from ffnet_deploy.errors import ConfigError, FFNetDeployError, QuantizationError, first_line
+from ffnet_deploy.progress import NULL, Progress
+from ffnet_deploy.quantize.calibration import CALIBRATING
 from ffnet_deploy.quantize.groups import layer_group, sorted_groups
 
 TARGETS = ("cpu", "cpu-vnni", "tensorrt")
@@ -56,7 +58,6 @@ QUANT_TYPES = ("int8", "uint8")
 CONV_KINDS = ("pointwise", "dense", "depthwise")
 """Convolutions by shape: 1x1 with one group, any other kernel with one group (stem, patch merging), grouped."""
 
-Progress = Callable[[int, int], None]  # (images done, images in all)
 
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 # Batches per calibrator.collect_data call: its stored outputs of a full-size FFNet at 256 px (about 60 MB per image)
@@ -295,7 +296,7 @@ def prepare_onnx(fp32_onnx: Path, workdir: Path) -> Path:
 class _Reader:
     """ONNX Runtime ``CalibrationDataReader`` over a calibration set's batches, reporting progress."""
 
-    def __init__(self, batches: Iterator[np.ndarray], input_name: str, total: int, progress: Progress | None) -> None:
+    def __init__(self, batches: Iterator[np.ndarray], input_name: str, total: int, progress: Progress) -> None:
         self.batches = batches
         self.input_name = input_name
         self.total = total  # images
@@ -310,9 +311,8 @@ class _Reader:
             self.exhausted = True
             return None
         self.done += len(batch)
-        if self.progress is not None:
-            with contextlib.redirect_stdout(self.stdout):  # the caller's stdout, not the one muting ORT's prints
-                self.progress(self.done, self.total)
+        with contextlib.redirect_stdout(self.stdout):  # the caller's stdout, not the one muting ORT's prints
+            self.progress.step(self.done, self.total, CALIBRATING)
         return {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
 
 
@@ -326,7 +326,7 @@ def _input_batch(model: Any) -> tuple[str, int | None]:
     return inputs[0].name, (dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None)
 
 
-def calibrate_ranges(model_path: Path, calib: Any, method: str, *, progress: Progress | None = None,
+def calibrate_ranges(model_path: Path, calib: Any, method: str, *, progress: Progress = NULL,
                      ) -> dict[str, tuple[float, float]]:
     """Run the FP32 model over ``calib`` and return every float tensor's activation range.
 
@@ -341,7 +341,8 @@ def calibrate_ranges(model_path: Path, calib: Any, method: str, *, progress: Pro
             ``batches(batch_size)`` giving normalized float32 NCHW arrays).
         method: ``"minmax"`` (min/max over all images), ``"entropy"`` (KL-divergence threshold on a histogram) or
             ``"percentile"`` (99.999th percentile of ``|x|``, symmetric).
-        progress: Called with ``(images done, images in all)`` after every batch.
+        progress: Where the collection is reported: ``step(images done, images in all, "calibrating")`` after
+            every batch.
 
     Returns:
         Tensor name -> ``(low, high)`` as Python floats, ``low <= high``.

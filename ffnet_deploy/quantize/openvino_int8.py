@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ffnet_deploy.errors import ConfigError, QuantizationError, require
+from ffnet_deploy.progress import NULL, Progress
 from ffnet_deploy.quantize.groups import layer_group, sorted_groups
 from ffnet_deploy.validate.metrics import top1_accuracy
 
@@ -39,11 +40,11 @@ TARGET_DEVICES = ("ANY", "CPU", "CPU_SPR", "GPU", "NPU")
 OVERFLOW_FIXES = ("enable", "first_layer_only", "disable")
 STATISTICS_FORMAT = "nncf-ptq-statistics/1"
 """Tag of the JSON that :func:`collect_statistics` returns; statistics with another tag are refused."""
+STATISTICS_STEPS = "nncf statistics steps"
+"""The label of the steps of :func:`quantize_openvino` (NNCF pipeline steps whose statistics are collected)."""
 
 _WEIGHTED_OPS = ("Convolution", "GroupConvolution", "MatMul")
 _DEQUANT_OPS = ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze")
-
-Progress = Callable[[str], None] | None
 
 
 @dataclass(frozen=True)
@@ -363,19 +364,19 @@ def _run_ptq(model, settings: NNCFSettings, calib, statistics: dict | None, prog
         else:
             if dataset is None:
                 dataset = _dataset(calib)
-            if progress:
-                progress(f"nncf | step {i + 1}/{n_steps}: statistics over {min(len(calib), settings.subset_size)} "
-                         "calibration images")
+            progress.step(i, n_steps, STATISTICS_STEPS)
             aggregator = StatisticsAggregatorFactory.create(model, dataset)
             aggregator.register_statistic_points(points)
             aggregator.collect_statistics(model, graph)
         steps.append(_encode(aggregator._prepare_statistics()))
         model = pipeline.run_step(i, aggregator.statistic_points, model, graph)
+    if statistics is None:
+        progress.step(n_steps, n_steps, STATISTICS_STEPS)
     compress_quantize_weights_transformation(model)
     return model, {"format": STATISTICS_FORMAT, "settings": settings.to_dict(), "steps": steps}
 
 
-def quantize_openvino(model, calib, settings: NNCFSettings = NNCFSettings(), *, progress: Progress = None,
+def quantize_openvino(model, calib, settings: NNCFSettings = NNCFSettings(), *, progress: Progress = NULL,
                       statistics: dict | None = None) -> QuantizedOpenVINO:
     """Quantize an FP32 ``ov.Model`` to INT8 with NNCF post-training quantization.
 
@@ -383,7 +384,8 @@ def quantize_openvino(model, calib, settings: NNCFSettings = NNCFSettings(), *, 
         model: The FP32 model (``ov.Core().read_model("model.xml")``); it is not changed.
         calib: A :class:`~ffnet_deploy.quantize.calibration.CalibrationSet`; its ``batches(1)`` feed NNCF.
         settings: NNCF settings.
-        progress: Called with one line per calibration pass.
+        progress: Where the collection is reported: ``step(steps done, steps, "nncf statistics steps")`` before
+            each of the pipeline's statistics passes over ``min(len(calib), subset_size)`` images, and at the end.
         statistics: What :func:`collect_statistics` (or an earlier result's ``statistics``) returned for the same
             model, data and settings; then no forward pass runs and the result is the same model.
 
@@ -403,7 +405,7 @@ def quantize_openvino(model, calib, settings: NNCFSettings = NNCFSettings(), *, 
                              statistics_reused=statistics is not None)
 
 
-def collect_statistics(model, calib, settings: NNCFSettings = NNCFSettings(), *, progress: Progress = None) -> dict:
+def collect_statistics(model, calib, settings: NNCFSettings = NNCFSettings(), *, progress: Progress = NULL) -> dict:
     """The calibration statistics of ``model`` under ``settings``, as plain JSON (lists of floats).
 
     Pass them back as ``quantize_openvino(..., statistics=...)`` to quantize without forward passes. The
@@ -457,7 +459,7 @@ def _top1_through_runner(model, items: Sequence[tuple[np.ndarray, np.ndarray]]) 
 
 
 def quantize_with_accuracy_control(model, calib, eval_source, transform, max_drop: float,
-                                   settings: NNCFSettings = NNCFSettings(), *, progress: Progress = None,
+                                   settings: NNCFSettings = NNCFSettings(), *, progress: Progress = NULL,
                                    batch_size: int = 8) -> QuantizedOpenVINO:
     """Quantize, then revert layers to float until top-1 on ``eval_source`` drops by at most ``max_drop`` points.
 
@@ -472,7 +474,7 @@ def quantize_with_accuracy_control(model, calib, eval_source, transform, max_dro
         transform: The eval transform for ``eval_source``.
         max_drop: Largest allowed top-1 drop, in percentage points.
         settings: NNCF settings (``statistics`` caching does not apply: NNCF collects its own).
-        progress: Called with progress lines.
+        progress: Gets one note before NNCF runs (NNCF's own passes are not reported).
         batch_size: Batch size for reading ``eval_source``.
 
     Returns:
@@ -504,8 +506,8 @@ def quantize_with_accuracy_control(model, calib, eval_source, transform, max_dro
 
     advanced = _advanced(settings)
     ignored = ignored_scope_for(model, settings.ignored_groups) if settings.ignored_groups else None
-    if progress:
-        progress(f"nncf | accuracy control: max top-1 drop {max_drop} points on {sum(len(y) for _, y in items)} images")
+    images = sum(len(y) for _, y in items)
+    progress.note(f"nncf | accuracy control: max top-1 drop {max_drop} points on {images} images")
     quantized = nncf.quantize_with_accuracy_control(
         model.clone(), _dataset(calib), nncf.Dataset(items), validate, max_drop=max_drop,
         drop_type=nncf.DropType.ABSOLUTE, preset=nncf.QuantizationPreset(settings.preset),
@@ -533,7 +535,7 @@ def _reverted_ops(model, calib, settings: NNCFSettings, quantized) -> list[str]:
 
     NNCF logs the operations it reverts but does not return them, so they are read off the models.
     """
-    plain, _ = _run_ptq(model, settings, calib, None, None)
+    plain, _ = _run_ptq(model, settings, calib, None, NULL)
     kept = _int8_ops(quantized)
     order = [op.get_friendly_name() for op in plain.get_ops()]
     return [name for name in order if name in _int8_ops(plain) - kept]

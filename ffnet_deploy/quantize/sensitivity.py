@@ -31,12 +31,11 @@ import numpy as np
 
 from ffnet_deploy.data.transform import EvalTransform
 from ffnet_deploy.errors import QuantizationError
-from ffnet_deploy.progress import Progress, as_progress
+from ffnet_deploy.progress import Sink, as_progress
 from ffnet_deploy.quantize.groups import sorted_groups
 from ffnet_deploy.validate.metrics import sqnr_db, sqnr_sort_key, top1_accuracy, top1_agreement
 
 Infer = Callable[[np.ndarray], np.ndarray]  # normalized float32 (B, 3, H, W) -> logits (B, classes)
-Log = Progress | Callable[[str], None]  # a sink of ffnet_deploy.progress, or a plain-text log
 
 MAX_EVAL_IMAGES = 2000
 """Evaluation images read for sensitivity and the budget; beyond this the ranking no longer changes in practice."""
@@ -144,7 +143,7 @@ def _effect(group: str, ref: np.ndarray, out: np.ndarray, data: EvalSet, fp32_ac
                        None if acc is None else fp32_acc - acc)
 
 
-def analyze(backend: QuantBackend, data: EvalSet, log: Log | None = None) -> SensitivityReport:
+def analyze(backend: QuantBackend, data: EvalSet, log: Sink | None = None) -> SensitivityReport:
     """Quantize each layer group alone and rank the groups by the logit SQNR they leave, worst first.
 
     A group whose quantization makes the logits non-finite (SQNR ``nan``) ranks first, then ascending SQNR from
@@ -186,7 +185,7 @@ class BudgetFit:
 
 
 def fit_accuracy_budget(backend: QuantBackend, eval_data, transform: EvalTransform, max_drop: float,
-                        log: Log | None = None, data: EvalSet | None = None) -> BudgetFit:
+                        log: Sink | None = None, data: EvalSet | None = None) -> BudgetFit:
     """Keep the most sensitive layer groups in float until the accuracy drop is within ``max_drop`` points.
 
     Raises:

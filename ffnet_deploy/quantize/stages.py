@@ -20,7 +20,8 @@ import dataclasses
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from ffnet_deploy.data.transform import EvalTransform
 from ffnet_deploy.environment import cpu_identity
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.hashing import sha256_file
-from ffnet_deploy.progress import Progress, as_progress
+from ffnet_deploy.progress import Progress, Sink, as_progress
 from ffnet_deploy.quantize.calibration import (
     CacheKey,
     CalibrationSet,
@@ -38,9 +39,6 @@ from ffnet_deploy.quantize.calibration import (
     load_calibration,
 )
 from ffnet_deploy.quantize.config import QuantizationConfig
-
-Log = Progress | Callable[[str], None]
-"""Where the stages report (:mod:`ffnet_deploy.progress`): a sink, or a plain-text log that gets the notes only."""
 
 
 def cache_backend(config) -> str:
@@ -68,20 +66,14 @@ NOT_FASTER = 1.05
 a few seconds of interleaved rounds vary by a few percent)."""
 
 
-def read_calibration(model, config, log: Log) -> CalibrationSet | None:
+def read_calibration(model, config, log: Sink) -> CalibrationSet | None:
     """The ``--calib`` images, decoded with validation's preprocessing; ``None`` when ``--calib`` was not given."""
     q = settings(config)
     if q.calib is None:
         return None
     log = as_progress(log)
     log.note(f"reading calibration data {q.calib} ({q.calib_size} images)")
-    step = max(1, q.calib_size // 10)
-
-    def progress(done: int, total: int) -> None:
-        if done == total or done % step < 32:
-            log.step(done, total, "calibration images")
-
-    calib = load_calibration(q.calib, transform_for(model, config), q.calib_size, progress=progress)
+    calib = load_calibration(q.calib, transform_for(model, config), q.calib_size, progress=log)
     skipped = calib.source.get("skipped", {})
     bad = sum(v for k, v in skipped.items() if k != "examples")
     log(f"calibration set: {len(calib)} images" + (f" ({bad} unusable files skipped)" if bad else ""))
@@ -123,7 +115,7 @@ def quantization_record(q: QuantizationConfig, calib: CalibrationSet | None, ent
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def quantize_onnx_stage(stage, model, config, log: Log, target: str):
+def quantize_onnx_stage(stage, model, config, log: Sink, target: str):
     """The INT8 version of the FP32 ONNX ``stage`` (an :class:`~ffnet_deploy.exporters.onnx.OnnxStage`).
 
     Args:
@@ -139,6 +131,7 @@ def quantize_onnx_stage(stage, model, config, log: Log, target: str):
     """
     from ffnet_deploy.quantize import onnx_int8
 
+    log = as_progress(log)
     q = settings(config)
     start = time.perf_counter()
     transform = transform_for(model, config)
@@ -177,7 +170,7 @@ def quantize_onnx_stage(stage, model, config, log: Log, target: str):
                 f"this CPU ({cpu['isa_class']}) adds int8 products in 16 bits, which saturate on this graph's 8-bit "
                 f"weights: the gate judged the saturated model; for CPUs like this one use --target cpu")
         if target in onnx_int8.CPU_TARGETS:
-            as_progress(log).step(0, 0, "measuring INT8 against FP32 on this CPU")
+            log.step(0, 0, "measuring INT8 against FP32 on this CPU")
             speed = onnx_int8.measure_speedup(stage.path, out)
             extra["speedup_vs_fp32"] = {**dataclasses.asdict(speed), "isa_class": cpu["isa_class"],
                                         "cpu": cpu["cpu"]}
@@ -216,7 +209,7 @@ def quantize_onnx_stage(stage, model, config, log: Log, target: str):
 
 
 def onnx_ranges(fp32: Path, prepared: Path, config, calib: CalibrationSet | None, transform: EvalTransform,
-                log: Log) -> tuple[dict[str, tuple[float, float]], Any]:
+                log: Sink) -> tuple[dict[str, tuple[float, float]], Any]:
     """Activation ranges of the ``prepared`` graph of ``fp32``: from the cache, or collected and cached."""
     from ffnet_deploy.quantize import onnx_int8
 
@@ -224,9 +217,7 @@ def onnx_ranges(fp32: Path, prepared: Path, config, calib: CalibrationSet | None
 
     def collect() -> dict:
         log(f"collecting activation ranges ({q.method}) over {len(calib)} images")
-        ranges = onnx_int8.calibrate_ranges(
-            prepared, calib, q.method,
-            progress=lambda done, total: as_progress(log).step(done, total, "calibrating"))
+        ranges = onnx_int8.calibrate_ranges(prepared, calib, q.method, progress=as_progress(log))
         return {"ranges": {name: [float(lo), float(hi)] for name, (lo, hi) in sorted(ranges.items())}}
 
     entry = cached_statistics(StatisticsCache(q.cache_dir, cache_backend(config), log),
@@ -239,7 +230,7 @@ def onnx_ranges(fp32: Path, prepared: Path, config, calib: CalibrationSet | None
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def quantize_openvino_model(ov_model, stage, model, config, log: Log):
+def quantize_openvino_model(ov_model, stage, model, config, log: Sink):
     """NNCF INT8 of the converted FP32 ``ov_model`` (from the ONNX ``stage``); returns ``(model, record)``.
 
     Statistics are cached like ONNX Runtime's (keyed by the FP32 ONNX stage, which fixes the IR). With ``--max-drop``
@@ -247,6 +238,7 @@ def quantize_openvino_model(ov_model, stage, model, config, log: Log):
     """
     from ffnet_deploy.quantize import openvino_int8
 
+    log = as_progress(log)
     q = settings(config)
     start = time.perf_counter()
     transform = transform_for(model, config)
@@ -350,7 +342,7 @@ def coreml_model_sha256(model, config, compression) -> str:
     return digest.hexdigest()
 
 
-def compress_coreml_model(mlmodel, compression, model, config, log: Log):
+def compress_coreml_model(mlmodel, compression, model, config, log: Sink):
     """Weight compression, or W8A8 with activation ranges from the calibration data (cached); ``(model, record)``.
 
     Activation statistics come from running the float program in the ``coreml-reference`` interpreter, since Core
@@ -371,8 +363,7 @@ def compress_coreml_model(mlmodel, compression, model, config, log: Log):
 
         def collect() -> dict:
             log(f"collecting activation ranges over {len(calib)} images in the coreml-reference interpreter")
-            return coreml_compress.activation_ranges(
-                mlmodel, calib, progress=lambda done, total: as_progress(log).step(done, total, "calibrating"))
+            return coreml_compress.activation_ranges(mlmodel, calib, progress=as_progress(log))
 
         entry = cached_statistics(StatisticsCache(q.cache_dir, cache_backend(config), log), key, collect, calib)
         ranges = entry.statistics
@@ -388,8 +379,75 @@ def compress_coreml_model(mlmodel, compression, model, config, log: Log):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# ExecuTorch
+# ExecuTorch and LiteRT: min/max observers over the calibration batches
 # --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MinMaxRecipe:
+    """What differs between the ExecuTorch and the LiteRT INT8 stage; :func:`minmax_int8_stage` is the rest (read the
+    calibration images, run them through the float model at the export's batch, cache the ranges, record).
+
+    The callables take the stage's ``state``: what :attr:`prepare` returned (ExecuTorch's prepared graph; nothing for
+    LiteRT, which calibrates the FP32 file).
+    """
+
+    fmt: str  # the format, the prefix of the refusal
+    backend: str  # the record's backend
+    recipe: str  # the record's recipe
+    observers: str  # how the ranges are taken, for the log ("minmax observers")
+    fits: str  # what the cached statistics must fit ("graph", "model"), for the refusal
+    model_sha256: Callable[[], str]  # the cache key's model: what the ranges depend on
+    method: str | None  # the cache key's method; None: ``--calib-method`` itself
+    prepare: Callable[[], Any]  # after the images are read: the state
+    calibrate: Callable[[Any, Iterator[Any], int, Progress], dict]  # (state, batches, images, progress) -> statistics
+    restore: Callable[[Any, Any], Any]  # (state, cache entry) -> result; a misfit raises ``misfits``
+    misfits: tuple[type[Exception], ...] = (KeyError, ValueError)
+    finish: Callable[[Any], Any] | None = None  # result -> result, outside the misfit refusal
+
+
+def minmax_int8_stage(model, config, log: Sink, batch: int, recipe: MinMaxRecipe) -> tuple[Any, dict]:
+    """INT8 with static min/max ranges from ``--calib`` (cached), shared by ExecuTorch and LiteRT; returns
+    ``(result, record)`` (the ``details.quantization`` record).
+
+    The float model takes batches of ``batch``: a short last chunk repeats its last image (a repeated image changes
+    no min or max).
+    """
+    import numpy as np
+
+    log = as_progress(log)
+    q = settings(config)
+    start = time.perf_counter()
+    transform = transform_for(model, config)
+    calib = read_calibration(model, config, log)
+    state = recipe.prepare()
+
+    def batches() -> Iterator[Any]:
+        for chunk in calib.batches(batch):
+            if chunk.shape[0] < batch:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - chunk.shape[0], axis=0)])
+            yield chunk
+
+    def collect() -> dict:
+        log(f"collecting activation ranges ({recipe.observers}) over {len(calib)} images")
+        return recipe.calibrate(state, batches(), len(calib), log)
+
+    key = cache_key(recipe.model_sha256(), config, calib, transform)
+    if recipe.method is not None:
+        key = dataclasses.replace(key, method=recipe.method)
+    entry = cached_statistics(StatisticsCache(q.cache_dir, cache_backend(config), log), key, collect, calib)
+    try:
+        result = recipe.restore(state, entry)
+    except recipe.misfits as err:
+        raise ConfigError(f"{recipe.fmt} export | the cached statistics in {entry.path} do not fit this "
+                          f"{recipe.fits} ({err}); delete the file to recalibrate") from err
+    if recipe.finish is not None:
+        result = recipe.finish(result)
+    record = quantization_record(q, calib, entry, backend=recipe.backend, quantized_groups=[], float_groups=[],
+                                 extra={"recipe": recipe.recipe}, seconds=time.perf_counter() - start)
+    record.pop("quantized_groups")
+    record.pop("float_groups")
+    return result, record
 
 
 def executorch_model_sha256(model, config) -> str:
@@ -408,71 +466,45 @@ def executorch_model_sha256(model, config) -> str:
     return digest.hexdigest()
 
 
-def quantize_executorch_model(model, example: tuple, config, log: Log):
+def quantize_executorch_model(model, example: tuple, config, log: Sink):
     """PT2E INT8 of ``model`` for XNNPACK, calibrated on ``--calib`` (statistics cached); ``(converted, record)``.
 
     Args:
         model: The FP32 FFNet (eval mode).
         example: Its example input, at the export's batch and resolution.
         config: The export settings; ``config.quantization`` holds the calibration settings.
-        log: Progress callback.
+        log: Where the stage reports (:mod:`ffnet_deploy.progress`).
 
     Returns:
         The converted module with its Q/DQ nodes (to be exported and lowered) and the ``details.quantization``
         record.
     """
-    import numpy as np
-
     from ffnet_deploy.quantize import executorch_int8
 
-    q = settings(config)
-    start = time.perf_counter()
-    transform = transform_for(model, config)
-    calib = read_calibration(model, config, log)
-    log("preparing the model for PT2E quantization (XNNPACK quantizer, per-channel symmetric)")
-    prepared = executorch_int8.prepare(model, example)
-    batch = int(example[0].shape[0])
+    log = as_progress(log)
 
-    def collect() -> dict:
-        log(f"collecting activation ranges (minmax observers) over {len(calib)} images")
+    def prepare():
+        log("preparing the model for PT2E quantization (XNNPACK quantizer, per-channel symmetric)")
+        return executorch_int8.prepare(model, example)
 
-        def batches():
-            # The graph is traced at the export's batch: a short last chunk repeats its last image (a repeated
-            # image changes no min or max).
-            for chunk in calib.batches(batch):
-                if chunk.shape[0] < batch:
-                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - chunk.shape[0], axis=0)])
-                yield chunk
-
-        executorch_int8.calibrate(prepared, batches(), len(calib),
-                                  progress=lambda done, total: as_progress(log).step(done, total, "calibrating"))
+    def calibrate(prepared, batches, total: int, progress: Progress) -> dict:
+        executorch_int8.calibrate(prepared, batches, total, progress=progress)
         return executorch_int8.observer_states(prepared)
 
-    entry = cached_statistics(StatisticsCache(q.cache_dir, cache_backend(config), log),
-                              cache_key(executorch_model_sha256(model, config), config, calib, transform),
-                              collect, calib)
-    if entry.hit:
-        try:
+    def restore(prepared, entry):
+        if entry.hit:  # a fresh collection left its ranges in the observers
             executorch_int8.load_observer_states(prepared, entry.statistics)
-        except (KeyError, ValueError, RuntimeError) as err:
-            raise ConfigError(f"executorch export | the cached statistics in {entry.path} do not fit this graph "
-                              f"({err}); delete the file to recalibrate") from err
-    converted = executorch_int8.convert(prepared)
-    record = quantization_record(q, calib, entry, backend="executorch/pt2e-xnnpack", quantized_groups=[],
-                                 float_groups=[], extra={"recipe": "XNNPACKQuantizer, symmetric, per-channel weights, "
-                                                                   "static per-tensor activations"},
-                                 seconds=time.perf_counter() - start)
-    record.pop("quantized_groups")
-    record.pop("float_groups")
-    return converted, record
+        return prepared
+
+    return minmax_int8_stage(model, config, log, int(example[0].shape[0]), MinMaxRecipe(
+        fmt="executorch", backend="executorch/pt2e-xnnpack",
+        recipe="XNNPACKQuantizer, symmetric, per-channel weights, static per-tensor activations",
+        observers="minmax observers", fits="graph", model_sha256=lambda: executorch_model_sha256(model, config),
+        method=None, prepare=prepare, calibrate=calibrate, restore=restore,
+        misfits=(KeyError, ValueError, RuntimeError), finish=executorch_int8.convert))
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# LiteRT
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def quantize_litert_model(fp32: Path, out: Path, model, config, log: Log, *, quantize_gelu: bool = False):
+def quantize_litert_model(fp32: Path, out: Path, model, config, log: Sink, *, quantize_gelu: bool = False):
     """Full-integer INT8 of the FP32 LiteRT model at ``fp32`` into ``out`` with ``ai-edge-quantizer``, calibrated on
     ``--calib`` (statistics cached, keyed by the FP32 model's bytes and the recipe); returns the
     ``details.quantization`` record.
@@ -482,51 +514,28 @@ def quantize_litert_model(fp32: Path, out: Path, model, config, log: Log, *, qua
         out: Where the INT8 model is written (a path of the work directory).
         model: The FP32 FFNet (for the calibration transform).
         config: The export settings; ``config.quantization`` holds the calibration settings.
-        log: Progress callback.
+        log: Where the stage reports (:mod:`ffnet_deploy.progress`).
         quantize_gelu: Quantize the GELUs too (XNNPACK then leaves them outside the delegate; for tests).
     """
     import hashlib
 
-    import numpy as np
-
     from ffnet_deploy.quantize import litert_int8
 
-    q = settings(config)
-    start = time.perf_counter()
-    transform = transform_for(model, config)
-    calib = read_calibration(model, config, log)
+    log = as_progress(log)
     entries = litert_int8.recipe(quantize_gelu)
     recipe_digest = hashlib.sha256(litert_int8.recipe_id(entries).encode()).hexdigest()[:16]
-    batch = config.batch
 
-    def collect() -> dict:
-        log(f"collecting activation ranges (min/max) over {len(calib)} images")
-
-        def batches():
-            # The model has the export's fixed batch: a short last chunk repeats its last image (a repeated image
-            # changes no min or max).
-            for chunk in calib.batches(batch):
-                if chunk.shape[0] < batch:
-                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - chunk.shape[0], axis=0)])
-                yield chunk
-
-        return litert_int8.calibrate(fp32, entries, batches(), len(calib),
-                                     progress=lambda done, total: as_progress(log).step(done, total, "calibrating"))
-
-    key = dataclasses.replace(cache_key(sha256_file(fp32), config, calib, transform),
-                              method=f"{q.method}+ai-edge-quantizer:{recipe_digest}")
-    entry = cached_statistics(StatisticsCache(q.cache_dir, cache_backend(config), log), key, collect, calib)
-    log("quantizing with ai-edge-quantizer (static_wi8_ai8" + (")" if quantize_gelu else ", GELU float)"))
-    try:
+    def restore(_state, entry) -> None:
+        log("quantizing with ai-edge-quantizer (static_wi8_ai8" + (")" if quantize_gelu else ", GELU float)"))
         litert_int8.quantize(fp32, entries, entry.statistics, out)
-    except (KeyError, ValueError) as err:
-        raise ConfigError(f"litert export | the cached statistics in {entry.path} do not fit this model ({err}); "
-                          "delete the file to recalibrate") from err
-    record = quantization_record(q, calib, entry, backend="litert/ai-edge-quantizer", quantized_groups=[],
-                                 float_groups=[], extra={"recipe": "static_wi8_ai8: symmetric int8 weights per "
-                                                         "channel, static asymmetric int8 activations per tensor"
-                                                         + ("" if quantize_gelu else "; GELU float")},
-                                 seconds=time.perf_counter() - start)
-    record.pop("quantized_groups")
-    record.pop("float_groups")
+
+    _, record = minmax_int8_stage(model, config, log, config.batch, MinMaxRecipe(
+        fmt="litert", backend="litert/ai-edge-quantizer",
+        recipe="static_wi8_ai8: symmetric int8 weights per channel, static asymmetric int8 activations per tensor"
+               + ("" if quantize_gelu else "; GELU float"),
+        observers="min/max", fits="model", model_sha256=lambda: sha256_file(fp32),
+        method=f"{settings(config).method}+ai-edge-quantizer:{recipe_digest}", prepare=lambda: None,
+        calibrate=lambda _state, batches, total, progress: litert_int8.calibrate(fp32, entries, batches, total,
+                                                                                progress=progress),
+        restore=restore))
     return record

@@ -38,6 +38,7 @@ from ffnet_deploy.artifact.manifest import Manifest, has_manifest, read_manifest
 from ffnet_deploy.environment import cpu_identity, environment_info
 from ffnet_deploy.errors import ConfigError, FFNetDeployError, ParityError, first_line
 from ffnet_deploy.models.checkpoint import LoadedCheckpoint
+from ffnet_deploy.progress import NULL, Progress
 from ffnet_deploy.schemas import jsonable  # the project's one NaN convention; re-exported for older callers
 from ffnet_deploy.validate.metrics import MetricAccumulator, OutputMetrics, reference_accuracy_warning, softmax
 from ffnet_deploy.validate.tolerances import (
@@ -625,10 +626,14 @@ class Comparison:
     images: int  # inputs compared
 
 
+VALIDATING = "validating"
+"""The label of the steps of :func:`compare_artifacts` (images through the reference and every target)."""
+
+
 def compare_artifacts(specs: Sequence[ArtifactSpec], reference: Any, source: Any, batch: int = 8,
                       overrides: Mapping[str, float | None] | None = None, *, checkpoint_sha256: str | None = None,
                       localize: bool = False, localize_samples: int = 4,
-                      progress: Callable[[int], None] | None = None) -> Comparison:
+                      progress: Progress = NULL) -> Comparison:
     """The parity engine: stream ``source`` through ``reference`` and every target, and judge each target.
 
     Both ``ffnet-deploy validate`` (a data set) and the export-time gate (synthetic pixels) call this; metrics,
@@ -644,7 +649,8 @@ def compare_artifacts(specs: Sequence[ArtifactSpec], reference: Any, source: Any
         checkpoint_sha256: The reference checkpoint's hash, checked against each manifest's source.
         localize: For each failing target, find the first FFNet block or MIL op where the error grows.
         localize_samples: Images used by ``localize``.
-        progress: Called with the number of images processed after each batch.
+        progress: Gets ``step(images done, images in all, "validating")`` after each batch (in all: the source's
+            length before skips; 0 when it has none).
 
     Raises:
         ConfigError: If the targets take different input sizes or the source yields nothing.
@@ -658,6 +664,7 @@ def compare_artifacts(specs: Sequence[ArtifactSpec], reference: Any, source: Any
     runs: list[_ArtifactRun] = []
     first_batch = None
     done = 0
+    total = len(source) if hasattr(source, "__len__") else 0  # a count: a synthetic source never lists its items
     try:
         for spec in specs:
             check_against_reference(spec, cfg.name, reference.num_classes, None, checkpoint_sha256)
@@ -701,8 +708,7 @@ def compare_artifacts(specs: Sequence[ArtifactSpec], reference: Any, source: Any
                     run.result.errors.append(f"inference failed after {run.acc.n} images: {err}")
                     run.stop()
             done += len(b.names)
-            if progress is not None:
-                progress(done)
+            progress.step(done, max(total, done) if total else 0, VALIDATING)
     finally:
         for run in runs:
             run.stop()
@@ -756,7 +762,7 @@ def validate(
     runtime: str | None = None,
     localize_samples: int = 4,
     verify: bool = True,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress = NULL,
 ) -> ValidationReport:
     """Validate artifacts against the PyTorch model of ``checkpoint``; never raises for a parity failure.
 
@@ -778,7 +784,7 @@ def validate(
         trust: Unpickle the checkpoint without the weights-only allow-list.
         runtime: Runner name to use instead of each format's default.
         localize_samples: Images used by ``localize``.
-        progress: Called with the number of images processed after each batch.
+        progress: Gets the images validated (:func:`compare_artifacts`).
         verify: Fail an artifact whose files do not have the sha256 its manifest recorded (checked before any
             file is read, so such an artifact never runs; ``False`` is ``--no-verify``).
 

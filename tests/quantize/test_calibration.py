@@ -19,6 +19,7 @@ from ffnet_deploy.quantize.calibration import (
     load_calibration,
 )
 from ffnet_deploy.quantize.groups import layer_group, sorted_groups
+from tests.recording import Recording
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -64,11 +65,11 @@ def test_corrupt_images_are_skipped_and_counted(photo_dir, transform, tmp_path):
     root = tmp_path / "mixed"
     shutil.copytree(photo_dir, root)
     (root / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    progress = []
-    calib = load_calibration(root, transform, size=12, progress=lambda done, total: progress.append((done, total)))
+    progress = Recording()
+    calib = load_calibration(root, transform, size=12, progress=progress)
     assert len(calib) == 12
     assert calib.source["skipped"]["corrupt"] == 1
-    assert progress[-1] == (12, 12)
+    assert progress.steps("calibration images")[-1] == (12, 12)
 
 
 def test_too_few_images_names_the_count_and_the_fix(photo_dir, transform, tmp_path):

@@ -26,6 +26,7 @@ from ffnet_deploy.quantize.coreml_compress import (  # noqa: E402
     compress_mlmodel,
 )
 from ffnet_deploy.validate.metrics import sqnr_db  # noqa: E402
+from tests.recording import Recording  # noqa: E402
 
 TRANSFORM = eval_transform(64, 0.875, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -114,10 +115,10 @@ def test_more_bits_means_closer_logits():
 
 def test_w8a8_calibrates_with_the_interpreter(programs, photos, calib, tmp_path):
     source = programs["fp16"]
-    done = []
+    done = Recording()
     model, details = compress_mlmodel(ct.models.MLModel(str(source)), CoreMLCompression("int8", activations=True),
-                                      calib, progress=lambda i, n: done.append((i, n)))
-    assert done[-1] == (len(calib), len(calib))
+                                      calib, progress=done)
+    assert done.steps("calibrating")[-1] == (len(calib), len(calib))
     path = tmp_path / "w8a8.mlpackage"
     model.save(str(path))
     ops = MILProgram.load(path).op_types()

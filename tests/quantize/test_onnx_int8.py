@@ -22,6 +22,7 @@ from ffnet_deploy.runtimes import create_runner  # noqa: E402
 from ffnet_deploy.runtimes.onnxruntime import no_spinning  # noqa: E402
 from ffnet_deploy.validate.metrics import sqnr_db  # noqa: E402
 from tests.quantize.helpers import photo_crops  # noqa: E402
+from tests.recording import Recording  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 RES = 64
@@ -213,8 +214,9 @@ def test_ranges_of_another_model_are_refused(prepared, work):
 @pytest.mark.parametrize("method", q.METHODS)
 def test_calibrate_ranges_methods(method, prepared, calib, monkeypatch, tmp_path):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the augmented model goes
-    seen = []
-    ranges = q.calibrate_ranges(prepared, calib, method, progress=lambda done, total: seen.append((done, total)))
+    recording = Recording()
+    ranges = q.calibrate_ranges(prepared, calib, method, progress=recording)
+    seen = recording.steps("calibrating")
     assert seen[-1] == (len(calib), len(calib)) and len(seen) == len(calib)
     model = onnx.load(str(prepared))
     convs = [n.output[0] for n in model.graph.node if n.op_type == "Conv"]
@@ -282,7 +284,7 @@ def test_calibration_temporaries_stay_beside_the_prepared_model(prepared, calib,
     model = Path(shutil.copy(prepared, local / "prepared.onnx"))
     seen: list[list[str]] = []
     q.calibrate_ranges(model, calib, "minmax",
-                       progress=lambda done, total: seen.append(sorted(p.name for p in local.iterdir())))
+                       progress=Recording(on_step=lambda *_: seen.append(sorted(p.name for p in local.iterdir()))))
     assert any(any(name.startswith(".calib-") for name in names) for names in seen), seen
     assert sorted(p.name for p in local.iterdir()) == ["prepared.onnx"] and list(system.iterdir()) == []
 
