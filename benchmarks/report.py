@@ -279,6 +279,33 @@ def _import_row(path: Path, number: int, values: dict[str, str], source_label: s
                     source="imported", provenance=provenance, status="ok")
 
 
+def import_to_file(csv_file: Path, device_name: str, out: Path | None = None, *,
+                   command: str = "") -> tuple[Path, BenchResult]:
+    """``report add``: :func:`import_measurements` written as a result JSON that ``report merge`` takes.
+
+    Args:
+        csv_file: The CSV of measurements.
+        device_name: The device they were measured on.
+        out: The JSON to write (default: the CSV's name with ``.json``). It may replace only a result file that
+            ffnet-deploy wrote, never the CSV.
+        command: The command line, recorded in the result.
+
+    Returns:
+        The path written and the result.
+    """
+    from ffnet_deploy.benchmarks.results import not_written_by_bench
+    from ffnet_deploy.errors import FFNetDeployError
+
+    if not device_name.strip():
+        raise FFNetDeployError("report add | --device-name must not be empty, e.g. --device-name 'iPhone 12'")
+    result = import_measurements(csv_file, device_name, command=command)
+    target = out or csv_file.with_suffix(".json")
+    if target.resolve() == csv_file.resolve():
+        raise FFNetDeployError("report add | --out would overwrite the CSV; choose a .json path")
+    write_text(target, result.to_json(), "report add", may_replace=not_written_by_bench)
+    return target, result
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # report merge
 # --------------------------------------------------------------------------------------------------------------------

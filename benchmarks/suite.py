@@ -44,7 +44,7 @@ from ffnet_deploy.artifact.precisions import baseline_precision, get_precision, 
 from ffnet_deploy.benchmarks.results import BenchResult, BenchRow, Device
 from ffnet_deploy.benchmarks.specs import MIXER_RESOLUTIONS
 from ffnet_deploy.environment import cap_threads
-from ffnet_deploy.errors import ConfigError
+from ffnet_deploy.errors import ConfigError, FFNetDeployError
 from ffnet_deploy.progress import NULL, Progress
 from ffnet_deploy.runtimes import RUNTIMES, BaseRunner, create_runner
 from ffnet_deploy.runtimes.timing import Contender, Protocol, latency_stats, measure_groups, throughput
@@ -773,3 +773,38 @@ def write_outputs(result: BenchResult, out: Path) -> dict[str, Path]:
             sections.append("## Plots\n\n" + "\n".join(f"![{name}]({p.name})" for name, p in pngs.items()) + "\n")
         paths = write_result(result, out, markdown="\n".join(sections))
     return {**paths, **pngs}
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse an ``--out`` that is a file, or a folder holding results files ffnet-deploy did not write: before
+    anything is measured (:func:`write_outputs` checks each file again when it writes it)."""
+    from ffnet_deploy.atomic import replace_refusal
+    from ffnet_deploy.benchmarks.plots import not_our_plot
+    from ffnet_deploy.benchmarks.results import not_written_by_bench
+
+    if out.exists() and not out.is_dir():
+        raise FFNetDeployError(f"bench | --out {out} is a file; pass a folder for the results")
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:  # found now, not after the measurements
+        raise FFNetDeployError(f"bench | --out {out} cannot be created: {blocker} is a file; pass another folder")
+    # checked again when each file is written; here, before anything is measured
+    verdicts = {**{f"results.{kind}": not_written_by_bench for kind in ("json", "csv", "md")},
+                **{f"{name}.png": not_our_plot for name in PLOT_NAMES}}
+    for name, verdict in verdicts.items():
+        reason = replace_refusal(out / name, verdict)
+        if reason:
+            raise FFNetDeployError(f"bench | refusing to overwrite {out / name}: {reason}; choose another --out "
+                                   "folder")
+
+
+def bench_scratch(request: BenchRequest, *, command: str = "", progress: Progress = NULL) -> BenchResult:
+    """:func:`bench` in a scratch folder of its own (``ffnet-bench-*`` under the temporary folder), removed
+    afterwards whatever happens."""
+    import shutil
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="ffnet-bench-"))
+    try:
+        return bench(request, work, command=command, progress=progress)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

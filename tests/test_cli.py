@@ -133,7 +133,7 @@ def test_full_disk_in_a_converter_is_one_line(capsys, tmp_path, monkeypatch, kin
     import os
     import shutil
 
-    from ffnet_deploy import cli
+    from ffnet_deploy.cli import _main
 
     staging = tmp_path / ".coreml.tmp-1-ab" / "model.mlpackage" / "weights.bin"
     full = f"[Errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)}: '{staging}'"
@@ -143,19 +143,19 @@ def test_full_disk_in_a_converter_is_one_line(capsys, tmp_path, monkeypatch, kin
     def app(**_kwargs):
         raise err
 
-    monkeypatch.setattr(cli, "app", app)
+    monkeypatch.setattr(_main, "app", app)  # the app that main() runs
     assert main(["export"]) == 1
     assert capsys.readouterr().err.strip() == (f"error: cannot write in {tmp_path}: no space left on device; free "
                                                "some space or choose another folder")
 
 
 def test_other_os_errors_are_not_hidden(monkeypatch):
-    from ffnet_deploy import cli
+    from ffnet_deploy.cli import _main
 
     def app(**_kwargs):
         raise ConnectionResetError("a bug, not the machine's state")
 
-    monkeypatch.setattr(cli, "app", app)
+    monkeypatch.setattr(_main, "app", app)
     with pytest.raises(ConnectionResetError):
         main(["models"])
 

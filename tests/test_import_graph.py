@@ -83,10 +83,13 @@ def test_walker_sees_the_whole_tree():
     modules = package_modules()
     for expected in ("ffnet_deploy.models.ffnet", "ffnet_deploy.models.reparam", "ffnet_deploy.artifact.manifest",
                      "ffnet_deploy.validate.engine", "ffnet_deploy.exporters.onnx", "ffnet_deploy.runtimes.base",
-                     "ffnet_deploy.cli"):
+                     "ffnet_deploy.cli", "ffnet_deploy.cli._main", "ffnet_deploy.cli.export"):
         assert expected in modules
-    edges = import_edges("ffnet_deploy.cli", modules["ffnet_deploy.cli"], modules)
+    edges = import_edges("ffnet_deploy.cli._main", modules["ffnet_deploy.cli._main"], modules)
     assert "ffnet_deploy.errors" in edges
+    # the package __init__ re-exports from its modules (the one downward import allowed)
+    assert {"ffnet_deploy.cli._main", "ffnet_deploy.cli.registry"} <= import_edges(
+        "ffnet_deploy.cli", modules["ffnet_deploy.cli"], modules)
 
 
 def test_find_cycle_detects_a_cycle():
@@ -116,7 +119,7 @@ LAYERS = (
     ("export", ("export", "demo", "checkpoints", "sensitivity")),
     ("bench", ("benchmarks",)),
     ("pipeline", ("pipeline",)),
-    ("cli", ("cli", "__main__", "")),
+    ("cli", ("cli", "__main__", "")),  # the cli package (one module per command) is the top floor
 )
 
 
@@ -156,3 +159,5 @@ def test_no_product_module_imports_a_study():
 def test_layer_rule_catches_an_upward_import():
     assert layer_of("ffnet_deploy.models.ffnet") < layer_of("ffnet_deploy.validate.metrics")
     assert layer_of("ffnet_deploy.errors") == 0 and layer_of("ffnet_deploy.cli") == len(LAYERS) - 1
+    assert layer_of("ffnet_deploy.cli.bench") == layer_of("ffnet_deploy.cli") > layer_of("ffnet_deploy.pipeline.engine")
+    assert layer_of("ffnet_deploy.reporting.console") < layer_of("ffnet_deploy.models.ffnet")

@@ -59,7 +59,7 @@ def test_no_handler_can_absorb_an_interrupt():
             for node, names in _handlers(path):
                 if not any(n in names for n in ("bare", "BaseException", "KeyboardInterrupt", "Interrupted")):
                     continue
-                if path.name == "cli.py":
+                if path == ROOT / "ffnet_deploy" / "cli" / "_main.py":  # main(), the one place
                     continue
                 if not any(isinstance(n, ast.Raise) and n.exc is None for n in ast.walk(node)):
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} except {names}")

@@ -169,7 +169,7 @@ def test_documents_have_commands():
 
 @pytest.mark.parametrize("command", FFNET_COMMANDS, ids=[c.where for c in FFNET_COMMANDS])
 def test_command_parses(command: Command):
-    usage_errors, _ = cli._click_exception_types()
+    usage_errors, _ = cli.click_exception_types()
     try:
         parse(list(command.words[1:]))
     except usage_errors as err:
@@ -186,7 +186,7 @@ def test_every_mentioned_subcommand_has_help(capsys):
 
 
 def test_parse_rejects_a_bad_option():
-    usage_errors, _ = cli._click_exception_types()
+    usage_errors, _ = cli.click_exception_types()
     with pytest.raises(usage_errors):
         parse(["report", "add", "iphone12.csv", "--device-name", "iPhone 12"])  # --csv is an option
     with pytest.raises(usage_errors):

@@ -351,6 +351,17 @@ Jetson or a GPU server registered with ``nvidia-gpu``, a host with a phone on ad
 KIND=LABEL,...`` replaces them."""
 
 
+def check_plan_options(*, plan: bool, emit: str, runners: Sequence[str] | None) -> None:
+    """Refuse ``--emit`` or ``--runner`` that do not apply: an unknown emit, either without ``--plan``, ``--runner``
+    without ``--emit github-matrix``."""
+    if emit not in EMITS:
+        raise ConfigError(f"pipeline | --emit {emit!r}: choose one of {', '.join(EMITS)}")
+    if (emit != "json" or runners) and not plan:
+        raise ConfigError(f"pipeline | {'--runner' if runners else '--emit'} applies to --plan; add --plan")
+    if runners and emit != "github-matrix":
+        raise ConfigError("pipeline | --runner applies to --emit github-matrix; add it")
+
+
 def parse_runners(values: Sequence[str] | None) -> dict[str, tuple[str, ...]]:
     """``--runner KIND=LABEL[,LABEL...]`` values -> the labels per device kind, defaults for the kinds not given.
 

@@ -45,7 +45,7 @@ from ffnet_deploy.pipeline.config import Job, PipelineConfig, job_device
 from ffnet_deploy.pipeline.state import STATE_DIR
 from ffnet_deploy.progress import TextLog
 
-__all__ = ["EXECUTORS", "RAY_DIR", "run_job", "run_on_ray"]
+__all__ = ["EXECUTORS", "RAY_DIR", "check_executor_options", "run_job", "run_on_ray"]
 
 EXECUTORS = ("local", "ray")
 """What ``pipeline --executor`` takes: this process, or a Ray cluster."""
@@ -54,6 +54,19 @@ RAY_DIR = "ray"
 """The job folders' parent, inside the output's ``.pipeline`` folder."""
 
 CPU = "cpu"
+
+
+def check_executor_options(executor: str, ray_address: str | None, ray_wait: float) -> None:
+    """Refuse an unknown executor, ``--ray-address`` without ``--executor ray``, and a ``--ray-wait`` that is not a
+    positive number of seconds."""
+    import math
+
+    if executor not in EXECUTORS:
+        raise ConfigError(f"pipeline | --executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
+    if ray_address and executor != "ray":
+        raise ConfigError("pipeline | --ray-address applies to --executor ray; add it")
+    if not (math.isfinite(ray_wait) and ray_wait > 0):
+        raise ConfigError(f"pipeline | --ray-wait {ray_wait}: pass a positive number of seconds")
 
 
 @dataclass

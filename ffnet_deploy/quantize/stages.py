@@ -539,3 +539,38 @@ def quantize_litert_model(fp32: Path, out: Path, model, config, log: Sink, *, qu
                                                                                 progress=progress),
         restore=restore))
     return record
+
+
+def describe_record(record: dict | None) -> list[tuple[str, str]]:
+    """What a ``quantization`` (or ``compression``) record says, as ``(field, text)`` rows for a person: the
+    calibration set, the statistics cache, the layer groups kept in float, INT8 against FP32 here, the schemes.
+
+    ``export`` shows them under the artifact's fields; ``[]`` for no record.
+    """
+    if not record:
+        return []
+    rows = []
+    calib = record.get("calibration") or {}
+    if calib.get("num_images"):
+        rows.append(("calibration", f"{calib['num_images']} images of {calib.get('data') or 'the cached set'}, "
+                                    f"{record.get('method')}, {record.get('calibration_seconds', 0):.1f} s"))
+    cache = record.get("statistics_cache")
+    if cache:
+        rows.append(("statistics cache", f"{'hit' if cache['hit'] else 'written'}: {cache['path']}"))
+    if "quantized_groups" in record:
+        floats = record.get("float_groups") or []
+        rows.append(("layer groups", f"{len(record['quantized_groups'])} quantized, {len(floats)} in float"
+                                     + (f" ({', '.join(floats)})" if floats else "")))
+    speed = record.get("speedup_vs_fp32")
+    if speed:
+        from ffnet_deploy.runtimes.noise import PairedRatio, format_ratio
+
+        ratio = f"{speed['speedup']:.2f}x"
+        if speed.get("low") is not None:
+            ratio = format_ratio(PairedRatio(speed["speedup"], speed["low"], speed["high"], ()), "x")
+        rows.append(("INT8 vs FP32 here", f"{speed['int8_ms']:.2f} ms vs {speed['fp32_ms']:.2f} ms "
+                                          f"({ratio}; {speed.get('verdict') or 'not judged'})"))
+    for key in ("weights", "activations", "minimum_deployment_target"):
+        if record.get(key) not in (None, False):
+            rows.append((key.replace("_", " "), str(record[key])))
+    return rows

@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ffnet_deploy.reporting.document import Block, Bullets, Code, Heading, Image, Para, Table
+from ffnet_deploy.reporting.document import Block, Bullets, Code, Heading, Image, Para, Table, cell_text
 from ffnet_deploy.reporting.text import one_line
 
 TEMPLATE = "report.html.j2"
@@ -65,7 +65,8 @@ def _view(block: Block, folder: Path | None, cell_class) -> dict[str, Any]:
 
         return {"kind": "table", "id": block.id,
                 "headers": [{"text": h, "classes": classes(i)} for i, h in enumerate(block.headers)],
-                "rows": [[{"text": c, "classes": classes(i, c)} for i, c in enumerate(row)] for row in block.rows]}
+                "rows": [[{"text": cell_text(c), "classes": classes(i, cell_text(c))} for i, c in enumerate(row)]
+                         for row in block.rows]}
     if isinstance(block, Image):
         return {"kind": "image", "alt": block.alt, "rel": block.rel, "uri": _data_uri(folder, block.rel)}
     if isinstance(block, Code):

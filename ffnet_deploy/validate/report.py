@@ -1,4 +1,4 @@
-"""Rendering a :class:`~ffnet_deploy.validate.engine.ValidationReport`: JSON, JUnit XML and a rich table.
+"""Rendering a :class:`~ffnet_deploy.validate.engine.ValidationReport`: JSON, JUnit XML and the terminal table.
 
 JSON report (schema ``ffnet-deploy/validate-report/1``)::
 
@@ -50,13 +50,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
-from rich.markup import escape
 
 from ffnet_deploy.artifact.formats import format_of_suffix
 from ffnet_deploy.artifact.manifest import MANIFEST_NAME, ManifestError, read_manifest
 from ffnet_deploy.atomic import replace_refusal, write_text
 from ffnet_deploy.errors import ConfigError
 from ffnet_deploy.reporting import junit
+from ffnet_deploy.reporting.console import print_line, print_table
+from ffnet_deploy.reporting.document import Cell, Table
 from ffnet_deploy.schemas import (
     MAX_JSON_BYTES,
     FileModel,
@@ -319,33 +320,51 @@ _ROWS = (
 def render(report: ValidationReport, console) -> None:
     """Print the results table (one column per artifact, one row per metric), failures, and any localization.
 
-    A gated metric shows ``value ≤/≥ threshold`` in green or red; an informational one is dimmed. Every text that
-    comes from outside this function (names, reasons, error messages) is escaped: messages quote extras such as
-    ``ffnet-deploy[tensorrt]``, which rich would otherwise swallow as markup.
+    A gated metric shows ``value ≤/≥ threshold`` in green or red; an informational one is dimmed. The table and the
+    lines are drawn by :mod:`ffnet_deploy.reporting.console`, which shows every text that comes from outside
+    (names, reasons, error messages) as text: messages quote extras such as ``ffnet-deploy[tensorrt]``, which rich
+    would otherwise swallow as markup.
     """
-    from rich.table import Table
+    print_table(console, results_table(report))
+    shown = {"finite", *(key for _, key, _ in _ROWS)}
+    for a in report.artifacts:
+        name = a.name
+        # soft_wrap: a message is one line (CI logs are searched for it, install hints are copied from it)
+        print_line(console, [("muted", "profile"), ("text", f" {name}: {a.profile.name}, {a.profile_reason}")],
+                   soft_wrap=True)
+        for w in a.warnings:
+            print_line(console, [("warn", "warning"), ("text", f" {name}: {w}")], soft_wrap=True)
+        for c in a.checks:
+            if c.name not in shown and c.passed:  # a failed one is printed with the failures
+                print_line(console, [("muted", c.name), ("text", f" {name}: {c.detail}")], soft_wrap=True)
+        if a.status == "not run":
+            print_line(console, [("warn", "NOT RUN"), ("text", f" {name}: {a.not_run or ''}")], soft_wrap=True)
+        for f in a.failures:
+            print_line(console, [("bad", "FAIL"), ("text", f" {name}: {f}")], soft_wrap=True)
+        if a.localization is not None:
+            render_localization(a.name, a.localization, console)
 
+
+def results_table(report: ValidationReport) -> Table:
+    """The results table: one column per artifact, one row per metric, the data set in the caption."""
     d = report.data
     skipped = d.get("skipped") or {}
     caption = (f"{d.get('num_images')} images ({d.get('kind')}, fingerprint {str(d.get('fingerprint'))[:12]}; "
                f"skipped {skipped.get('corrupt', 0)} corrupt, {skipped.get('unsupported', 0)} unsupported) vs "
                f"{report.reference.get('variant')} @ {report.reference.get('resolution')}px, fp32 eager PyTorch")
-    table = Table(title="ffnet-deploy validate", caption=escape(caption))
-    table.add_column("metric")
-    for a in report.artifacts:
-        table.add_column(escape(short_name(a.name)), justify="right")
-    table.add_row("runtime / precision", *[escape(f"{a.runtime or '-'} / {a.precision}") for a in report.artifacts])
+    rows: list[list[Cell]] = [["runtime / precision", *[f"{a.runtime or '-'} / {a.precision}"
+                                                        for a in report.artifacts]]]
     labeled = any(a.metrics is not None and a.metrics.top1 is not None for a in report.artifacts)
     checks = [{c.name: c for c in a.checks} for a in report.artifacts]
-    finite = []
+    finite: list[Cell] = []
     for by_name in checks:
         c = by_name.get("finite")
-        finite.append("-" if c is None else f"[{'green' if c.passed else 'red'}]{int(c.value or 0)}[/]")
-    table.add_row("NaN/Inf values", *finite)
+        finite.append("-" if c is None else [("ok" if c.passed else "bad", str(int(c.value or 0)))])
+    rows.append(["NaN/Inf values", *finite])
     for title, key, spec in _ROWS:
         if not labeled and key in ("ref_top1", "top1", "ref_top5", "top5", "acc_drop"):
             continue
-        cells = []
+        cells: list[Cell] = []
         for a, by_name in zip(report.artifacts, checks, strict=True):
             if a.metrics is None:
                 cells.append("-")
@@ -354,42 +373,26 @@ def render(report: ValidationReport, console) -> None:
             text = _num(value, spec)
             check = by_name.get(key)
             if check is None:
-                cells.append(f"[dim]{text}[/]")
+                cells.append([("muted", text)])
             else:
-                color = "green" if check.passed else "bold red"
-                cells.append(f"[{color}]{text} {'≤' if check.op == '<=' else '≥'} {_num(check.threshold, spec)}[/]")
-        table.add_row(title, *cells)
+                cells.append([("ok" if check.passed else "alert",
+                               f"{text} {'≤' if check.op == '<=' else '≥'} {_num(check.threshold, spec)}")])
+        rows.append([title, *cells])
     # Checks a format reads from the model file itself (ExecuTorch's delegation): one row each, pass or fail.
     shown = {"finite", *(key for _, key, _ in _ROWS)}
     for name in sorted({n for by_name in checks for n in by_name} - shown):
         cells = []
         for by_name in checks:
             c = by_name.get(name)
-            cells.append("-" if c is None else f"[{'green' if c.passed else 'bold red'}]"
-                         f"{'ok' if c.passed else 'FAIL'} ({format_value(c.value)})[/]")
-        table.add_row(escape(name), *cells)
-    table.add_row("result", *[_RESULT[a.status] for a in report.artifacts])
-    console.print(table)
-    for a in report.artifacts:
-        name = escape(a.name)
-        # soft_wrap: a message is one line (CI logs are searched for it, install hints are copied from it)
-        console.print(f"[dim]profile[/] {name}: {escape(a.profile.name)}, {escape(a.profile_reason)}",
-                      highlight=False, soft_wrap=True)
-        for w in a.warnings:
-            console.print(f"[yellow]warning[/] {name}: {escape(w)}", highlight=False, soft_wrap=True)
-        for c in a.checks:
-            if c.name not in shown and c.passed:  # a failed one is printed with the failures
-                console.print(f"[dim]{escape(c.name)}[/] {name}: {escape(c.detail)}", highlight=False,
-                              soft_wrap=True)
-        if a.status == "not run":
-            console.print(f"[yellow]NOT RUN[/] {name}: {escape(a.not_run or '')}", highlight=False, soft_wrap=True)
-        for f in a.failures:
-            console.print(f"[red]FAIL[/] {name}: {escape(f)}", highlight=False, soft_wrap=True)
-        if a.localization is not None:
-            render_localization(a.name, a.localization, console)
+            cells.append("-" if c is None else [("ok" if c.passed else "alert",
+                                                 f"{'ok' if c.passed else 'FAIL'} ({format_value(c.value)})")])
+        rows.append([name, *cells])
+    rows.append(["result", *[[_RESULT[a.status]] for a in report.artifacts]])
+    return Table(["metric", *[short_name(a.name) for a in report.artifacts]], rows,
+                 numeric=set(range(1, len(report.artifacts) + 1)), title="ffnet-deploy validate", caption=[caption])
 
 
-_RESULT = {"passed": "[bold green]PASS[/]", "failed": "[bold red]FAIL[/]", "not run": "[bold yellow]NOT RUN[/]"}
+_RESULT = {"passed": ("success", "PASS"), "failed": ("alert", "FAIL"), "not run": ("notice", "NOT RUN")}
 
 
 def summary_line(report: ValidationReport) -> str:
@@ -408,18 +411,21 @@ def summary_line(report: ValidationReport) -> str:
 
 def render_localization(name: str, loc, console, limit: int = 40) -> None:
     """Print one artifact's per-block / per-op SQNR table."""
-    from rich.table import Table
+    print_table(console, localization_table(name, loc, limit))
 
+
+def localization_table(name: str, loc, limit: int = 40) -> Table:
+    """One artifact's per-block / per-op SQNR table, the first layer below the threshold marked."""
     from ffnet_deploy.validate.localize import format_layers
 
     first = loc.first_below
-    table = Table(title=escape(f"localize {name}: {loc.summary}"), caption=escape(loc.note or ""))
-    for c in ("layer", "op" if loc.method == "mil-ops" else "tensor", "shape", "SQNR dB", ""):
-        table.add_column(c, justify="right" if c == "SQNR dB" else "left")
+    rows: list[list[Cell]] = []
     for layer in format_layers(loc, limit):
         bad = math.isnan(layer.sqnr_db) or layer.sqnr_db < loc.threshold_db
-        mark = "[bold red]<- first below threshold[/]" if layer is first else ("[red]below[/]" if bad else "")
+        mark: Cell = ([("alert", "<- first below threshold")] if layer is first
+                      else [("bad", "below")] if bad else "")
         other = layer.op_type if loc.method == "mil-ops" else layer.tensor
-        table.add_row(escape(layer.name), escape(str(other or "")), "x".join(map(str, layer.shape or ())),
-                      _num(layer.sqnr_db, ".1f"), mark)
-    console.print(table)
+        rows.append([layer.name, str(other or ""), "x".join(map(str, layer.shape or ())), _num(layer.sqnr_db, ".1f"),
+                     mark])
+    return Table(["layer", "op" if loc.method == "mil-ops" else "tensor", "shape", "SQNR dB", ""], rows,
+                 numeric={3}, title=f"localize {name}: {loc.summary}", caption=[loc.note] if loc.note else [])
