@@ -148,3 +148,28 @@ def onnx_export(tmp_path_factory, test_checkpoint):
 
     out = tmp_path_factory.mktemp("onnx-export") / "onnx-artifact"
     return export(ExportConfig("onnx", out), test_checkpoint)
+
+
+# Two tiers. The default run is the fast tier (the tiny variant, the demo model): what a developer runs after each
+# change. ``--slow`` adds the tests whose point is scale or another CPU (full-size variants, the qemu-emulated AVX2
+# INT8 check); CI (.ci/run) runs both. A test left out is reported as skipped with the reason, never silently.
+SLOW_TIER = ("slow", "emulated")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", default=False,
+                     help="also run the slow tier: full-size models and the qemu-emulated CPU (CI runs it)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow tier (full-size models or an emulated CPU): run with --slow, as CI does")
+    for item in items:
+        if any(item.get_closest_marker(name) for name in SLOW_TIER):
+            item.add_marker(skip)
+
+
+def tiered(variants, fast=()):
+    """``variants`` as parameters, each full-size one in the slow tier except those named in ``fast``."""
+    return [v if v == "ffnet_test" or v in fast else pytest.param(v, marks=pytest.mark.slow) for v in variants]

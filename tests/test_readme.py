@@ -30,6 +30,8 @@ SETUP = 'python3 -m venv .venv && .venv/bin/pip install "torch==2.14.1" "torchvi
 SETUP_CI = SETUP.replace('".[all,dev]"', '".[all,dev,litert]"')
 DEMO = ".venv/bin/ffnet-deploy pipeline --demo --output out/demo"
 TEST = ".venv/bin/python -m pytest -q"
+# CI runs both tiers (README, Tests: --slow adds the full-size models and the emulated CPU).
+TEST_CI = TEST + " --slow"
 
 
 @dataclass(frozen=True)
@@ -207,12 +209,12 @@ def _lines(path: Path) -> list[str]:
 
 def test_setup_and_test_commands_are_what_ci_runs():
     readme = _lines(README)
-    assert SETUP in readme and SETUP_CI in readme and TEST in readme
+    assert SETUP in readme and SETUP_CI in readme and TEST in readme and TEST_CI in readme
     ci = [c.words for line in _lines(CI_RUN) if line and not line.startswith("#") for c in _split(line, "ci")]
     setup = [c.words for c in _split(SETUP_CI, "README")]
     start = ci.index(setup[0])
     assert ci[start:start + len(setup)] == setup, "README's set-up command differs from .ci/run's install lines"
-    assert tuple(shlex.split(TEST)) in ci, "README's test command differs from .ci/run's pytest line"
+    assert tuple(shlex.split(TEST_CI)) in ci, "README's test command (both tiers) differs from .ci/run's pytest line"
     for workflow in WORKFLOWS:
         assert f"run: {SETUP}" in _lines(workflow), f"{workflow.name}: its install step is not the README's set-up"
 

@@ -220,6 +220,7 @@ def test_mixer_table_reports_rows_that_did_not_run(mixer_rows):
         mixer_table([r for r in mixer_rows if r.mixer != "ffnified"])
 
 
+@pytest.mark.slow  # full-size ffnet_1 and ResNet-50
 def test_peer_table_from_measured_rows():
     pytest.importorskip("timm")
     ffnet = ffnet_spec("ffnet_1")

@@ -13,7 +13,7 @@ from ffnet_deploy import create_ffnet, inspect_checkpoint, load_ffnet, reparamet
 from ffnet_deploy.errors import CheckpointError, ConfigError
 from ffnet_deploy.models.checkpoint import detect_variant, load_checkpoint
 from ffnet_deploy.models.config import PUBLISHED
-from tests.conftest import official_state_dict, write_checkpoint
+from tests.conftest import official_state_dict, tiered, write_checkpoint
 from tests.official_reference import official_forward
 
 CONTAINERS = [("state_dict", False), ("model", False), ("state_dict_ema", False), ("bare", False),
@@ -24,7 +24,8 @@ def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-@pytest.mark.parametrize("variant", [*PUBLISHED, "ffnet_test"])
+# six containers of each full-size variant take half a minute or more each on 2 cores: the slow tier
+@pytest.mark.parametrize("variant", tiered([*PUBLISHED, "ffnet_test"]))
 def test_every_variant_every_container_reproduces_official_logits(variant, tmp_path):
     sd = official_state_dict(variant, seed=11)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))

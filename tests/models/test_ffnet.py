@@ -11,7 +11,7 @@ from ffnet_deploy.models.config import PUBLISHED, VARIANTS
 from ffnet_deploy.models.ffnet import ChannelMixer, count_macs, create_ffnet
 from ffnet_deploy.models.layers import ResidualBlock
 from ffnet_deploy.models.stats import count_params
-from tests.conftest import randomize_, reference_keys
+from tests.conftest import randomize_, reference_keys, tiered
 from tests.models.helpers import assert_fuses_exactly, hook_macs
 from tests.official_reference import official_forward
 
@@ -42,7 +42,7 @@ def test_tiny_variant_layout_is_unchanged():
     assert len(sd) == TINY_KEYS and hashlib.sha256(layout.encode()).hexdigest() == TINY_LAYOUT_SHA256
 
 
-@pytest.mark.parametrize("variant", [*PUBLISHED, "ffnet_test"])
+@pytest.mark.parametrize("variant", tiered([*PUBLISHED, "ffnet_test"], fast=("ffnet_1",)))  # the larger ones: slow tier
 def test_outputs_equal_official_semantics(variant):
     model = randomize_(create_ffnet(variant), seed=3).eval()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))

@@ -22,7 +22,7 @@ from ffnet_deploy.models.reparam import (
     reparameterize_model,
     unfused_modules,
 )
-from tests.conftest import randomize_
+from tests.conftest import randomize_, tiered
 from tests.models.helpers import RTOL, rel_err
 
 
@@ -73,7 +73,7 @@ def test_a_block_that_declares_itself_unfused_is_reported():
         reparameterize_model(nn.Sequential(Stubborn()))
 
 
-@pytest.mark.parametrize("variant", [*PUBLISHED, "ffnet_test"])
+@pytest.mark.parametrize("variant", tiered([*PUBLISHED, "ffnet_test"], fast=("ffnet_1",)))  # the larger ones: slow tier
 def test_every_variant_fuses_exactly(variant):
     model = randomize_(create_ffnet(variant), seed=7).eval()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
