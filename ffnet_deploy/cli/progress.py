@@ -59,6 +59,12 @@ def status(text: str) -> Iterator[StatusLine]:
         yield StatusLine(line)
 
 
+def _live() -> bool:
+    """Whether stderr can show a live bar: on a file or a pipe (a CI log) rich draws nothing but leaves one blank line
+    when a transient bar ends, so there the bars are off and only the lines that stay are written."""
+    return err_console.is_terminal
+
+
 class Bar(Events):
     """Progress events on one task of a transient rich bar: a step moves it (``total`` 0: no total known) and, with a
     label, names it; a note or a warning names it too and stays, one dim or bold yellow line (none when ``quiet``)."""
@@ -90,7 +96,7 @@ def bar(description: str, *, counted: bool = True, quiet: bool = False) -> Itera
 
     columns = (TextColumn("{task.description}"), BarColumn(), *((MofNCompleteColumn(),) if counted else ()),
                TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True, disable=quiet) as bars:
+    with Progress(*columns, console=err_console, transient=True, disable=quiet or not _live()) as bars:
         yield Bar(bars, bars.add_task(console_text(description), total=None), quiet=quiet)
 
 
@@ -130,5 +136,5 @@ def pipeline_bars(stages: Sequence[str], *, show: bool) -> Iterator[PipelineBars
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True, disable=not show) as bars:
+    with Progress(*columns, console=err_console, transient=True, disable=not (show and _live())) as bars:
         yield PipelineBars(bars, stages, show)
