@@ -210,7 +210,8 @@ def run_on_ray(config: PipelineConfig, *, address: str | None = None, command: s
 
     Raises:
         ConfigError: Ray missing or unreachable, unusable options or output folder (before any task runs).
-        Interrupted: On Ctrl-C; the tasks are cancelled and every job that finished is kept for ``--resume``.
+        Interrupted: On Ctrl-C; the job ends with the driver (its tasks die with it) and every job that finished is
+            kept for ``--resume``.
     """
     from ffnet_deploy.pipeline.engine import checked_inputs, log_kept, merge_runs, prepare_output
 
@@ -291,8 +292,10 @@ def run_on_ray(config: PipelineConfig, *, address: str | None = None, command: s
         signal_error = err if isinstance(err, (KeyboardInterrupt, Interrupted)) else err.__cause__
         if not isinstance(signal_error, (KeyboardInterrupt, Interrupted)):
             raise
-        for task in pending:
-            ray.cancel(task.ref, force=True)
+        # No ray.cancel here: with Ray 2.60 a force-cancel that races a task's own completion aborts this process
+        # (RAY_CHECK "Tried to complete task that was not pending"; Ray's cancel/reply races, ray-project/ray#54798),
+        # which killed the Ctrl-C test's driver about one run in two. The shutdown below ends the job instead, and Ray
+        # kills the workers of a job whose driver is gone, on a local Ray and on a cluster alike.
         done = sorted(ran_on)
         kept = (f"kept the finished job{'s' if len(done) != 1 else ''} {', '.join(done)} in "
                 f"{config.output / STATE_DIR / RAY_DIR}; rerun with --resume" if done else None)

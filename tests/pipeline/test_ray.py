@@ -117,11 +117,22 @@ def test_ctrl_c_cancels_the_tasks_and_keeps_what_finished(tmp_path, demo_checkpo
     assert proc.returncode == 128 + signal.SIGINT, "".join(seen) + rest
     assert "kept the finished job" in rest and "--resume" in rest, rest
     assert not (out / "results.json").exists()  # no report names what did not finish
+    # the unfinished tasks died with the driver: no Ray worker is left running them
+    deadline = time.monotonic() + 15
+    while _ray_workers() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _ray_workers(), _ray_workers()
 
     again = subprocess.run([*cmd, "--resume", "--quiet"], capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert {j["id"]: j["status"] for j in _results(out)["jobs"]} == {
         "onnx-fp32": "passed", "onnx-fp16": "passed", "onnx-int8": "passed"}
+
+
+def _ray_workers() -> list[str]:
+    """The command lines of this machine's Ray worker processes (``ray::<task>``)."""
+    found = subprocess.run(["pgrep", "-af", "ray::"], capture_output=True, text=True).stdout
+    return [line for line in found.splitlines() if "pgrep" not in line]
 
 
 def _serve(reply: bytes) -> tuple[str, threading.Event]:
