@@ -19,7 +19,7 @@ from ffnet_deploy.export import export
 from ffnet_deploy.exporters.base import ExportConfig
 from ffnet_deploy.hashing import sha256_file
 from ffnet_deploy.quantize.config import QuantizationConfig
-from tests.exporters.helpers import gate_checks, gate_max_rel, manifest, run_export
+from tests.exporters.helpers import assert_pipeline_times_on_host, gate_checks, gate_max_rel, manifest, run_export
 
 pytest.importorskip("litert_torch", reason="needs the litert extra: pip install -e '.[litert]'")
 pytest.importorskip("ai_edge_quantizer", reason="needs the litert extra: pip install -e '.[litert]'")
@@ -223,16 +223,6 @@ def test_pipeline_plan_lists_the_phone_job(tmp_path, test_checkpoint, capsys):
 
 
 def test_pipeline_runs_a_litert_job(tmp_path, test_checkpoint):
-    """export -> validate -> bench of a .tflite in the pipeline, with no special case: its bench entry and its
-    recommendation say the timing is this host's, not the phone's."""
-    out = tmp_path / "pipe"
-    code = main(["pipeline", "-c", str(test_checkpoint), "-o", str(out), "--formats", "litert", "--precisions",
-                 "fp32", "--bench-iters", "3", "--bench-time", "0", "--threads", "1", "--quiet"])
-    results = json.loads((out / "results.json").read_text())
-    assert code == 0, results["summary"]
-    (job,) = results["jobs"]
-    assert (job["id"], job["status"]) == ("litert-fp32", "passed")
-    assert job["bench"]["runtime"] == "litert" and job["bench"]["p50_ms"] > 0
-    assert job["bench"]["host_measurement"].startswith("host measurement")
-    (rec,) = [r for r in results["recommendations"] if r["runtime"] == "litert"]
-    assert rec["job"] == "litert-fp32" and "not device latency" in rec["why"]
+    """export -> validate -> bench of a .tflite in the pipeline (the shared check: its timing is marked as this
+    host's)."""
+    assert_pipeline_times_on_host(tmp_path, test_checkpoint, "litert")
