@@ -65,6 +65,16 @@ def _live() -> bool:
     return err_console.is_terminal
 
 
+def _transient_bars(*, counted: bool, off: bool) -> Any:
+    """A transient rich progress display on stderr: description, bar, ``done/total`` when ``counted``, time elapsed;
+    drawn only when not ``off`` and stderr is a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), *((MofNCompleteColumn(),) if counted else ()),
+               TimeElapsedColumn())
+    return Progress(*columns, console=err_console, transient=True, disable=off or not _live())
+
+
 class Bar(Events):
     """Progress events on one task of a transient rich bar: a step moves it (``total`` 0: no total known) and, with a
     label, names it; a note or a warning names it too and stays, one dim or bold yellow line (none when ``quiet``)."""
@@ -92,11 +102,7 @@ class Bar(Events):
 def bar(description: str, *, counted: bool = True, quiet: bool = False) -> Iterator[Bar]:
     """A transient bar while the block runs; its events sink. ``counted``: show ``done/total`` (images, steps);
     otherwise the bar alone (bench's fraction of its plan). ``quiet`` (``--json``): no bar and no lines."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), *((MofNCompleteColumn(),) if counted else ()),
-               TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True, disable=quiet or not _live()) as bars:
+    with _transient_bars(counted=counted, off=quiet) as bars:
         yield Bar(bars, bars.add_task(console_text(description), total=None), quiet=quiet)
 
 
@@ -133,8 +139,5 @@ class PipelineBars(Events):
 @contextmanager
 def pipeline_bars(stages: Sequence[str], *, show: bool) -> Iterator[PipelineBars]:
     """The pipeline's bars while the block runs; yields their events sink."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True, disable=not (show and _live())) as bars:
+    with _transient_bars(counted=True, off=not show) as bars:
         yield PipelineBars(bars, stages, show)

@@ -17,11 +17,6 @@ def num(value: Any, spec: str, suffix: str = "") -> str:
     return f"{value:{spec}}{suffix}" if ok else "-"
 
 
-def fmt(v: float | None) -> str:
-    """``-`` for a missing reference number, else the shortest form (``%g``)."""
-    return "-" if v is None else f"{v:g}"
-
-
 def show(table: Table) -> None:
     """Draw a table on stdout."""
     print_table(console, table)
