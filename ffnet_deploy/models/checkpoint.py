@@ -25,6 +25,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import BinaryIO
 
 import torch
@@ -589,9 +590,7 @@ def _check_metadata(meta: Mapping, sd: Mapping[str, torch.Tensor], path: Path, c
     if claimed not in VARIANTS:
         raise CheckpointError(f"checkpoint {path} metadata names variant {_show(claimed)}, which is not an FFNet "
                               f"variant ({', '.join(VARIANTS)}); {fix}, or pass --variant")
-    with torch.device("meta"):
-        expected = create_ffnet(claimed, num_classes=classes, deploy=fused)
-    problem = mismatch_summary(expected, sd, limit=3)
+    problem = mismatch_summary(_expected_shapes(claimed, fused, classes), sd, limit=3)
     if problem:
         try:
             hint = f"; the weights are {detect_variant(sd)}: pass --variant {detect_variant(sd)} to go by the weights"
@@ -608,10 +607,12 @@ def _check_metadata(meta: Mapping, sd: Mapping[str, torch.Tensor], path: Path, c
 _QUALCOMM_MARKERS = ("fam_32_sm", "adapter_conv", "up_head", "fam_4.")
 
 
-def _expected_shapes(variant: str, deploy: bool, num_classes: int) -> dict[str, tuple[int, ...]]:
+@functools.lru_cache(maxsize=64)
+def _expected_shapes(variant: str, deploy: bool, num_classes: int) -> Mapping[str, tuple[int, ...]]:
+    """The state_dict keys and shapes of ``variant``, read off a model built on the meta device, once per process."""
     with torch.device("meta"):
         model = create_ffnet(variant, num_classes=num_classes, deploy=deploy)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return MappingProxyType({k: tuple(v.shape) for k, v in model.state_dict().items()})
 
 
 def _num_classes(sd: Mapping[str, torch.Tensor]) -> int:
@@ -655,7 +656,15 @@ def detect_variant(sd: Mapping[str, torch.Tensor]) -> str:
             "the MetaMixer FFNet (ysj9909/FFNet, variants ffnet_1..ffnet_4)"
         )
     fused, classes = _is_fused(sd), _num_classes(sd)
-    counts = {name: _match_counts(sd, _expected_shapes(name, fused, classes)) for name in VARIANTS}
+    head = sd.get("head.weight")
+    width = int(head.shape[1]) if head is not None and head.ndim == 2 else None
+    # Variants whose last stage is as wide as the head's input first: an exact match ends the search, and only a
+    # checkpoint that matches nothing pays for building every variant's key list.
+    counts = {}
+    for name in sorted(VARIANTS, key=lambda name: VARIANTS[name].embed_dims[-1] != width):
+        counts[name] = _match_counts(sd, _expected_shapes(name, fused, classes))
+        if counts[name][0] == counts[name][1]:
+            return name
     best = max(counts, key=lambda name: counts[name][0] / max(counts[name][1], 1))
     same, total = counts[best]
     if same == total:
@@ -666,12 +675,15 @@ def detect_variant(sd: Mapping[str, torch.Tensor]) -> str:
     )
 
 
-def mismatch_summary(model: nn.Module, sd: Mapping[str, torch.Tensor], limit: int = 5) -> str | None:
-    """One readable paragraph of what differs between ``model``'s state_dict and ``sd``, or ``None`` if nothing."""
-    want = model.state_dict()
+def mismatch_summary(model: nn.Module | Mapping[str, tuple[int, ...]], sd: Mapping[str, torch.Tensor],
+                     limit: int = 5) -> str | None:
+    """One readable paragraph of what differs between ``model``'s state_dict (or a mapping of the keys and shapes it
+    expects) and ``sd``, or ``None`` if nothing."""
+    want = ({k: tuple(v.shape) for k, v in model.state_dict().items()} if isinstance(model, nn.Module)
+            else model)
     missing = [k for k in want if k not in sd]
     unexpected = [k for k in sd if k not in want]
-    shapes = [(k, tuple(sd[k].shape), tuple(want[k].shape)) for k in want if k in sd and sd[k].shape != want[k].shape]
+    shapes = [(k, tuple(sd[k].shape), want[k]) for k in want if k in sd and tuple(sd[k].shape) != want[k]]
     if not (missing or unexpected or shapes):
         return None
     parts = []
