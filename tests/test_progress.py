@@ -63,16 +63,28 @@ def test_a_calibration_run_reports_numbered_steps(ffnet_test):
     assert events.notes() and not [n for n in events.notes() if COUNT_IN_TEXT.search(n)], events.notes()
 
 
-def test_validation_reports_the_images_done(ffnet_test):
+def test_validation_reports_the_images_done(ffnet_test, monkeypatch):
     from ffnet_deploy.data.sources import SyntheticSource
-    from ffnet_deploy.validate.engine import validate
+    from ffnet_deploy.runtimes.onnxruntime import OnnxRuntimeRunner
+    from ffnet_deploy.validate.engine import reference_batch, validate
 
     _, work, result = ffnet_test
+    fed = []
+    real_infer = OnnxRuntimeRunner.infer
+
+    def infer(self, feed):
+        fed.append(next(iter(feed.values())).shape[0])
+        return real_infer(self, feed)
+
+    monkeypatch.setattr(OnnxRuntimeRunner, "infer", infer)
     events = Recording()
-    report = validate([result.output], work / "test.pth", "ffnet_test", SyntheticSource(10), batch=4,
+    report = validate([result.output], work / "test.pth", "ffnet_test", SyntheticSource(40), batch=4,
                       progress=events)
     assert report
-    assert events.steps("validating") == [(4, 10), (8, 10), (10, 10)]
+    # One step per reference call: a multiple of the batch (the artifacts are still fed 4 at a time).
+    assert reference_batch(4, 64) == 32
+    assert events.steps("validating") == [(32, 40), (40, 40)]
+    assert fed == [1] * 40  # the export's fixed batch of 1
 
 
 def test_the_timing_loop_reports_fractions_of_the_timed_phase():

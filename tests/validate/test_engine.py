@@ -278,9 +278,15 @@ def test_resolve_artifact(tmp_path, bare_onnx):
     assert lying.precision == "fp32" and "contradicts the model" in lying.profile_reason
 
 
-def test_validate_bare_onnx_passes_fp32(test_checkpoint, bare_onnx):
+def test_validate_bare_onnx_passes_fp32(test_checkpoint, bare_onnx, monkeypatch):
+    from ffnet_deploy.runtimes.onnxruntime import OnnxRuntimeRunner
+
+    fed, real_infer = [], OnnxRuntimeRunner.infer
+    monkeypatch.setattr(OnnxRuntimeRunner, "infer", lambda self, feed: fed.append(feed["images"].shape[0]) or
+                        real_infer(self, feed))
     report = validate([bare_onnx], test_checkpoint, source=SyntheticSource(6), batch=4)
     assert report, report.failures()
+    assert fed == [4, 2]  # a dynamic batch is fed --batch images at a time (the reference reads all 6 at once)
     a = report.artifacts[0]
     assert a.metrics.num_samples == 6 and a.metrics.max_abs_error < 1e-4
     assert [c.name for c in a.checks] == ["finite", "max_abs_error"]
