@@ -35,3 +35,18 @@ class Recording(Events):
 
     def notes(self) -> list[str]:
         return [e[1] for e in self.events if e[0] == "note"]
+
+
+def record_feeds(monkeypatch) -> list[int]:
+    """The batch size of every ONNX Runtime call from now on (the list fills as the runners are called)."""
+    from ffnet_deploy.runtimes.onnxruntime import OnnxRuntimeRunner
+
+    fed: list[int] = []
+    real_infer = OnnxRuntimeRunner.infer
+
+    def infer(self, feed):
+        fed.append(next(iter(feed.values())).shape[0])
+        return real_infer(self, feed)
+
+    monkeypatch.setattr(OnnxRuntimeRunner, "infer", infer)
+    return fed

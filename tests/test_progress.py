@@ -9,7 +9,7 @@ import re
 import pytest
 
 from ffnet_deploy.progress import NULL, Events, Forward, TextLog, as_progress
-from tests.recording import Recording
+from tests.recording import Recording, record_feeds
 from tests.test_import_graph import ROOT, package_modules
 
 COUNT_IN_TEXT = re.compile(r"\d+\s*/\s*\d+")  # "12/300": a count written into a line instead of a step
@@ -65,23 +65,15 @@ def test_a_calibration_run_reports_numbered_steps(ffnet_test):
 
 def test_validation_reports_the_images_done(ffnet_test, monkeypatch):
     from ffnet_deploy.data.sources import SyntheticSource
-    from ffnet_deploy.runtimes.onnxruntime import OnnxRuntimeRunner
     from ffnet_deploy.validate.engine import reference_batch, validate
 
     _, work, result = ffnet_test
-    fed = []
-    real_infer = OnnxRuntimeRunner.infer
-
-    def infer(self, feed):
-        fed.append(next(iter(feed.values())).shape[0])
-        return real_infer(self, feed)
-
-    monkeypatch.setattr(OnnxRuntimeRunner, "infer", infer)
+    fed = record_feeds(monkeypatch)
     events = Recording()
     report = validate([result.output], work / "test.pth", "ffnet_test", SyntheticSource(40), batch=4,
                       progress=events)
     assert report
-    # One step per reference call: a multiple of the batch (the artifacts are still fed 4 at a time).
+    # One step per reference call, a multiple of the batch; the artifact is still fed its own batch.
     assert reference_batch(4, 64) == 32
     assert events.steps("validating") == [(32, 40), (40, 40)]
     assert fed == [1] * 40  # the export's fixed batch of 1

@@ -510,13 +510,13 @@ def cpu_class_note(m: Manifest) -> str | None:
 class _ArtifactRun:
     """One artifact being validated: its runner, its accumulator, and how to feed it."""
 
-    def __init__(self, spec: ArtifactSpec, result: ArtifactResult) -> None:
+    def __init__(self, spec: ArtifactSpec, result: ArtifactResult, batch: int) -> None:
         self.spec, self.result = spec, result
+        self.batch = batch  # the images a dynamic-batch artifact is fed per call (the caller's --batch)
         self.runner = None
         self.input_name: str | None = None
         self.input_dtype = np.float32
         self.fixed_batch: int | None = None
-        self.batch: int | None = None  # the batch a dynamic-batch artifact is fed (the caller's --batch)
         self.input_hw: tuple[int, int] | None = None  # fixed spatial size of the input, if the artifact has one
         self.output_name: str | None = None
         self.output_is_probs = False  # a classifier's probability output: compared with softmax(reference logits)
@@ -564,7 +564,7 @@ class _ArtifactRun:
 
         feed = feed_from_pixels(batch.pixels, batch.images, self.spec.input_range, self.input_dtype)
         n = feed.shape[0]
-        step = self.fixed_batch or self.batch or n
+        step = self.fixed_batch or self.batch
         chunks = []
         for start in range(0, n, step):
             part = feed[start:start + step]
@@ -687,8 +687,7 @@ def compare_artifacts(specs: Sequence[ArtifactSpec], reference: Any, source: Any
             result = ArtifactResult(name=spec.name, path=str(spec.path), format=spec.format, runtime=spec.runtime,
                                     precision=spec.precision, profile=profile, profile_reason=spec.profile_reason,
                                     manifest=spec.manifest, warnings=list(spec.warnings), errors=list(spec.problems))
-            run = _ArtifactRun(spec, result)
-            run.batch = batch
+            run = _ArtifactRun(spec, result, batch)
             if not result.errors:
                 try:
                     result.not_run = _not_runnable(spec)

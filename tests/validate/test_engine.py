@@ -279,11 +279,9 @@ def test_resolve_artifact(tmp_path, bare_onnx):
 
 
 def test_validate_bare_onnx_passes_fp32(test_checkpoint, bare_onnx, monkeypatch):
-    from ffnet_deploy.runtimes.onnxruntime import OnnxRuntimeRunner
+    from tests.recording import record_feeds
 
-    fed, real_infer = [], OnnxRuntimeRunner.infer
-    monkeypatch.setattr(OnnxRuntimeRunner, "infer", lambda self, feed: fed.append(feed["images"].shape[0]) or
-                        real_infer(self, feed))
+    fed = record_feeds(monkeypatch)
     report = validate([bare_onnx], test_checkpoint, source=SyntheticSource(6), batch=4)
     assert report, report.failures()
     assert fed == [4, 2]  # a dynamic batch is fed --batch images at a time (the reference reads all 6 at once)
