@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -59,7 +61,8 @@ def test_errors_are_clear(onnx_dir, tmp_path):
         create_runner("onnxruntime", tmp_path).activate()
 
 
-def test_threads_set_intra_op_threads_and_the_hook_gets_the_session_options(onnx_dir, fused_model, images):
+def test_threads_set_intra_op_threads_and_the_hook_gets_the_session_options(every_cpu, onnx_dir, fused_model,
+                                                                           images):
     import onnxruntime as ort
 
     seen = []
@@ -78,10 +81,26 @@ def test_threads_set_intra_op_threads_and_the_hook_gets_the_session_options(onnx
     np.testing.assert_allclose(out, torch_logits(fused_model, images), rtol=1e-4, atol=1e-4)
 
 
-def test_without_threads_onnxruntime_keeps_its_defaults(onnx_dir):
+def test_without_threads_onnxruntime_keeps_its_defaults(every_cpu, onnx_dir):
     with create_runner("onnxruntime", onnx_dir) as runner:
         effective = runner.session.get_session_options()
     assert effective.intra_op_num_threads == 0 and effective.inter_op_num_threads == 0  # 0: ORT chooses
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2,
+                    reason="needs CPU affinity and 2 CPUs")
+def test_without_threads_a_process_kept_to_one_cpu_gets_one_thread(every_cpu, onnx_dir, images):
+    """ONNX Runtime sizes its default pool by the machine's cores, not by the CPUs the process may use (taskset, a
+    container's cpuset): the runner asks for as many threads as those CPUs."""
+    everything = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(everything)})
+    try:
+        with create_runner("onnxruntime", onnx_dir) as runner:
+            effective = runner.session.get_session_options()
+            runner.infer(images)
+    finally:
+        os.sched_setaffinity(0, everything)
+    assert effective.intra_op_num_threads == 1 and effective.inter_op_num_threads == 1
 
 
 def test_session_options_must_be_callable(onnx_dir):
