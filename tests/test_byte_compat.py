@@ -14,13 +14,20 @@ keeps them. What is hashed is what is deterministic on one machine (each was com
 Two entries embed a version: the checkpoint's metadata records the package version, the ONNX file's producer the torch
 version; they are compared only under the recorded versions (the canonical and weights-only entries always are).
 
-The demo entries come out of training, whose float kernels torch picks by the CPU
-(``torch.backends.cpu.get_cpu_capability()``: ``AVX512``, ``AVX2``, ...), and the last bits of a training step differ
-between them, so they are recorded per capability (``trained_sha256``). Both records were computed from 079f579: the
-``AVX512`` one on an AVX-512 host, the ``AVX2`` one on an AMD EPYC with AVX2 only (commit 079f579 in a worktree, the
-current ``compute`` run against it with ``--print``). On a capability with no record the seeded entries are still
-compared and the demo's are skipped, with that reason. The seeded ``ffnet_test`` entries involve no training and
-hash alike on both.
+The demo entries come out of training, whose float kernels depend on the CPU: torch dispatches by its capability
+(``torch.backends.cpu.get_cpu_capability()``: ``AVX512``, ``AVX2``, ...), and oneDNN picks its kernels by the ISA
+class inside one capability (an AMX Xeon and an AVX-512 VNNI one, both ``AVX512``, train to different last bits). So
+they are recorded per ``<capability>/<ISA class>`` (``trained_sha256``; the class is
+:func:`ffnet_deploy.environment.classify`'s). Every record stands for commit 079f579:
+
+* ``AVX2/avx2``: computed from 079f579 on an AVX2-only AMD EPYC (079f579 in a worktree, the current ``compute`` run
+  against it with ``--print``), equal to what HEAD made there;
+* ``AVX512/amx``: the same way on an Intel Xeon with AMX (Sapphire Rapids class), equal to what HEAD made there;
+* ``AVX512/avx512-vnni``: the first record, made on 079f579 itself; its host's class was not recorded, and every
+  result committed that day (``benchmarks/results/``) came from an ``avx512-vnni`` host.
+
+On a CPU with no record the seeded entries are still compared and the demo's are skipped, with that reason. The seeded
+``ffnet_test`` entries involve no training and hash alike on every host.
 
 Quantized artifacts are not checked: their scales come out of float reductions whose results may differ between CPU
 ISA classes (AVX2, AVX-512, ARM).
@@ -122,8 +129,11 @@ def _applies(key: str, recorded_versions: dict, versions: dict) -> bool:
 
 
 def capability() -> str:
-    """The CPU capability torch dispatches its float kernels for (``AVX512``, ``AVX2``, ``DEFAULT``, ...)."""
-    return torch.backends.cpu.get_cpu_capability()
+    """The key of this CPU's training record: the capability torch dispatches its float kernels for (``AVX512``,
+    ``AVX2``, ``DEFAULT``, ...) and the ISA class (``amx``, ``avx512-vnni``, ``avx2``, ...), e.g. ``AVX512/amx``."""
+    from ffnet_deploy.environment import cpu_identity
+
+    return f"{torch.backends.cpu.get_cpu_capability()}/{cpu_identity()['isa_class']}"
 
 
 def trained(key: str) -> bool:
@@ -145,8 +155,8 @@ def test_artifacts_hash_as_recorded(tmp_path, demo_checkpoint_path):
                          + "\n  ".join(changed))
     if here is None:
         pytest.skip(f"the seeded entries hash as recorded; the demo's (trained) have no record for torch's CPU "
-                    f"capability {capability()} (recorded: {sorted(record['trained_sha256'])}): record them with "
-                    "`python -m tests.test_byte_compat --record` on a commit known to be right")
+                    f"capability and ISA class {capability()} (recorded: {sorted(record['trained_sha256'])}): record "
+                    "them with `python -m tests.test_byte_compat --record` on a commit known to be right")
 
 
 def _main(argv: list[str]) -> int:
