@@ -15,6 +15,12 @@ import pytest
 import torch
 
 from ffnet_deploy.models.ffnet import create_ffnet
+from tests.session_builds import all_cpus, needed, shared, shared_root, start_background, stop_background
+
+# The suite runs as in a CI log, whatever terminal started it: the CLI's consoles take their width from COLUMNS when
+# ffnet_deploy.cli is first imported (pytest-xdist's workers have COLUMNS=80); a test that needs a width sets it.
+for _var in ("COLUMNS", "LINES"):
+    os.environ.pop(_var, None)
 
 # Copied from the project's shared/reference so that every clone runs the official-format tests.
 REFERENCE_DIR = Path(__file__).resolve().parent / "data"
@@ -89,25 +95,29 @@ def ffnet1_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_result(tmp_path_factory):
-    """The demo model (``ffnet_digits`` trained on the digits training split), trained once per test session.
+    """The demo model (``ffnet_digits`` trained on the digits training split), trained once per test run.
 
-    Training takes about a minute, so every test that needs a real, accurate model shares this one. The cache is a
-    temporary folder (``FFNET_DEPLOY_CACHE`` is set only while it trains, then restored), so the user's own cache is
-    neither read nor written. Returns the :class:`~ffnet_deploy.demo.DemoResult`.
+    Training takes about 45 s, so every test that needs a real, accurate model shares this one, across the xdist
+    workers too (:mod:`tests.session_builds`, which starts it in the background at collection). The cache is a
+    temporary folder of the run (``FFNET_DEPLOY_CACHE`` is set only while it trains, then restored), so the user's own
+    cache is neither read nor written. Returns the :class:`~ffnet_deploy.demo.DemoResult` of the training.
     """
     pytest.importorskip("sklearn.datasets", reason="the digits data set comes with scikit-learn")
-    from ffnet_deploy.demo import demo_checkpoint
+    from ffnet_deploy.demo import DemoResult
 
-    cache = tmp_path_factory.mktemp("ffnet-deploy-cache")
-    old = os.environ.get("FFNET_DEPLOY_CACHE")
-    os.environ["FFNET_DEPLOY_CACHE"] = str(cache)
-    try:
-        return demo_checkpoint()
-    finally:
-        if old is None:
-            os.environ.pop("FFNET_DEPLOY_CACHE", None)
-        else:
-            os.environ["FFNET_DEPLOY_CACHE"] = old
+    d = shared(shared_root(tmp_path_factory), "demo")
+    return DemoResult(path=Path(d["path"]), test_accuracy=d["test_accuracy"], train_seconds=d["train_seconds"],
+                      cached=d["cached"], recipe=d["recipe"], cache_key=d["cache_key"],
+                      cache_path=Path(d["cache_path"]) if d["cache_path"] else None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _background_builds(request, tmp_path_factory):
+    """Start the session builds that the selected tests need in one background process (tests/session_builds.py);
+    end it with the run if it is still going."""
+    start_background(shared_root(tmp_path_factory), needed(request.session.items))
+    yield
+    stop_background()
 
 
 @pytest.fixture(scope="session")
@@ -154,6 +164,36 @@ def onnx_export(tmp_path_factory, test_checkpoint):
 # change. ``--slow`` adds the tests whose point is scale or another CPU (full-size variants, the qemu-emulated AVX2
 # INT8 check); CI (.ci/run) runs both. A test left out is reported as skipped with the reason, never silently.
 SLOW_TIER = ("slow", "emulated")
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``-n N``), each worker keeps to its own share of the CPUs.
+
+    The runtimes size their thread pools to the CPUs they see, and ONNX Runtime's and OpenMP's pools spin after a
+    call: two workers that each use every core slow each other by about 3x, more than the second worker gains. Pinned,
+    a worker (and every process it starts) has its cores to itself, and torch is told how many that is. The original
+    set goes on in ``FFNET_DEPLOY_TEST_CPUS`` for the background builds (tests/session_builds.py), which use them all.
+    """
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker or not count or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    os.environ.setdefault("FFNET_DEPLOY_TEST_CPUS", ",".join(map(str, cpus)))
+    index, count = int(worker.removeprefix("gw")), int(count)
+    if count > len(cpus):  # more workers than CPUs: nothing to split
+        return
+    mine = cpus[index::count]
+    os.sched_setaffinity(0, mine)
+    torch.set_num_threads(len(mine))
+
+
+@pytest.fixture
+def every_cpu():
+    """The whole machine for one test, in a pinned xdist worker (:func:`pytest_configure`): for the tests that ask a
+    runtime for 2 threads and check that 2 reach it (the runners cap a request at the CPUs the process may use), and
+    for those that resume a session build (made on every CPU)."""
+    with all_cpus():
+        yield
 
 
 def pytest_addoption(parser):

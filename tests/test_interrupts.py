@@ -67,7 +67,7 @@ def test_no_handler_can_absorb_an_interrupt():
 
 
 FALLBACK_CASE = r"""
-import os, signal, sys, time
+import os, signal, time
 from pathlib import Path
 
 import onnxruntime
@@ -77,7 +77,7 @@ from ffnet_deploy.errors import Interrupted
 from ffnet_deploy.export import export
 from ffnet_deploy.exporters.base import ExportConfig
 
-where, how, checkpoint, folder = sys.argv[1:]
+where, how, checkpoint, folder = os.environ["CASE"].split("|")
 
 
 def interrupt(*_args, **_kwargs):
@@ -95,24 +95,25 @@ expected = Interrupted if how == "SIGTERM" else KeyboardInterrupt
 try:
     export(ExportConfig("onnx", Path(folder) / "out"), checkpoint)
 except expected:
-    sys.exit(0 if not any(Path(folder).iterdir()) else 3)
-sys.exit(2)  # the export finished: the fallback absorbed the interrupt
+    os._exit(0 if not any(Path(folder).iterdir()) else 3)
+os._exit(2)  # the export finished: the fallback absorbed the interrupt
 """
 
 
 @pytest.mark.parametrize("where", ["simplify", "gate"])
 @pytest.mark.parametrize("how", ["SIGTERM", "KeyboardInterrupt"])
-def test_fallbacks_do_not_absorb_interrupts(tmp_path, test_checkpoint, where, how):
+def test_fallbacks_do_not_absorb_interrupts(server, tmp_path, test_checkpoint, where, how):
     """A signal inside onnxsim (whose failures fall back to the unsimplified graph) or inside the gate's runtime
     (whose errors become parity failures) ends the export, and nothing is published.
 
-    It runs in its own process: a real signal is sent, and the test process must not share its fate.
+    It runs in a process of its own (a child of the fork server): a real signal is sent, and the test process must
+    not share its fate. The case calls ``export()`` and leaves with its own code before the server's ``main()``.
     """
     folder = tmp_path / "work"
     folder.mkdir()
-    proc = subprocess.run([sys.executable, "-c", FALLBACK_CASE, where, how, str(test_checkpoint), str(folder)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    case = "|".join([where, how, str(test_checkpoint), str(folder)])
+    code, log = server.run([], tmp_path, {"CASE": case}, setup=FALLBACK_CASE)
+    assert code == 0, (code, log[-2000:])
 
 
 def test_handlers_are_restored(tmp_path):

@@ -29,7 +29,7 @@ SETUP = 'python3 -m venv .venv && .venv/bin/pip install "torch==2.14.1" "torchvi
 # CI runs the README's set-up with the litert extra beside it (README, Set-up: litert is not in `all`).
 SETUP_CI = SETUP.replace('".[all,dev]"', '".[all,dev,litert]"')
 DEMO = ".venv/bin/ffnet-deploy pipeline --demo --output out/demo"
-TEST = ".venv/bin/python -m pytest -q"
+TEST = ".venv/bin/python -m pytest -q -n auto"
 # CI runs both tiers (README, Tests: --slow adds the full-size models and the emulated CPU).
 TEST_CI = TEST + " --slow"
 

@@ -16,6 +16,8 @@ import pytest
 from ffnet_deploy.artifact.formats import demo_formats, get_format
 from ffnet_deploy.cli import main
 from tests.pipeline.conftest import SINGLE_ARGS
+from tests.session_builds import DEMO_BENCH as FAST_BENCH
+from tests.session_builds import folder_of, shared, shared_root
 
 pytest.importorskip("openvino")
 pytest.importorskip("coremltools")
@@ -26,27 +28,21 @@ def _demo_jobs() -> int:
     return sum(len(get_format(f).precisions) for f in demo_formats())
 
 
-FAST_BENCH = ["--bench-iters", "5", "--bench-time", "0.2"]
+# The tests of the session's demo run go to one xdist worker (``--dist loadgroup``), in this order: one resumes it in
+# place, one runs a second pipeline on its folder.
+DEMO_RUN_GROUP = pytest.mark.xdist_group("demo-run")
 
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory, demo_result):
-    """``pipeline --demo`` once per session (the demo checkpoint comes from the session's cache)."""
-    out = tmp_path_factory.mktemp("pipeline") / "demo"
-    old = os.environ.get("FFNET_DEPLOY_CACHE")
-    os.environ["FFNET_DEPLOY_CACHE"] = str(demo_result.path.parent.parent)
-    try:
-        start = time.perf_counter()
-        code = main(["pipeline", "--demo", "--output", str(out), "--quiet", *FAST_BENCH])
-        seconds = time.perf_counter() - start
-    finally:
-        if old is None:
-            os.environ.pop("FFNET_DEPLOY_CACHE", None)
-        else:
-            os.environ["FFNET_DEPLOY_CACHE"] = old
-    return out, code, seconds
+    """``pipeline --demo`` once per test run (tests/session_builds.py; the demo checkpoint comes from the run's
+    cache): the output folder, the exit code and the seconds it took."""
+    root = shared_root(tmp_path_factory)
+    value = shared(root, "demo-run")
+    return folder_of(root, "demo-run") / "demo", value["code"], value["seconds"]
 
 
+@DEMO_RUN_GROUP
 def test_demo_passes_parity_everywhere_with_accuracy(demo_run):
     out, code, _ = demo_run
     assert code == 0
@@ -69,6 +65,7 @@ def test_demo_passes_parity_everywhere_with_accuracy(demo_run):
     assert results["data"]["labelled"] is True
 
 
+@DEMO_RUN_GROUP
 def test_demo_report_folder(demo_run):
     out, _, _ = demo_run
     for name in ("index.md", "index.html", "results.json", "junit.xml"):
@@ -84,6 +81,7 @@ def test_demo_report_folder(demo_run):
     assert "onnx-int8" in html and "data:image/png;base64," in html
 
 
+@DEMO_RUN_GROUP
 def test_recommendation_is_the_fastest_that_passed(demo_run):
     out, _, _ = demo_run
     results = json.loads((out / "results.json").read_text())
@@ -110,7 +108,9 @@ def test_recommendation_is_the_fastest_that_passed(demo_run):
         assert all(j["bench"]["verdict"] in ("stable", "noisy: rerun on a quiet machine") for j in timed)
 
 
-def test_resume_reuses_everything_unchanged(demo_run, demo_result, monkeypatch, capsys):
+@DEMO_RUN_GROUP
+def test_resume_reuses_everything_unchanged(demo_run, demo_result, every_cpu, monkeypatch, capsys):
+    # every_cpu: the run was made on every CPU, and the bench's thread count is part of what it reuses
     out, _, _ = demo_run
     monkeypatch.setenv("FFNET_DEPLOY_CACHE", str(demo_result.path.parent.parent))
     before = {p: p.stat().st_mtime_ns for p in (out / "artifacts").rglob("manifest.json")}
@@ -122,6 +122,7 @@ def test_resume_reuses_everything_unchanged(demo_run, demo_result, monkeypatch, 
     assert {p: p.stat().st_mtime_ns for p in (out / "artifacts").rglob("manifest.json")} == before
 
 
+@DEMO_RUN_GROUP
 def test_existing_output_needs_resume_or_force(demo_run, capsys):
     out, _, _ = demo_run
     assert main(["pipeline", "--demo", "--output", str(out)]) == 1
@@ -354,6 +355,7 @@ def test_missing_calibration_folder_is_a_user_error(tmp_path, digits_checkpoint,
     assert not out.exists()
 
 
+@DEMO_RUN_GROUP
 def test_pipeline_artifacts_validate_against_the_users_checkpoint_without_a_provenance_warning(demo_run,
                                                                                                demo_checkpoint_path):
     """The pipeline exports from the fused checkpoint it made; the manifest says which checkpoint that came from,

@@ -21,6 +21,10 @@ from tests.pipeline.test_pipeline import _comparable
 
 pytest.importorskip("ray", reason="needs Ray: pip install 'ffnet-deploy[ray]'")
 
+# One xdist worker runs them all, one after another (``--dist loadgroup``): _ray_workers() counts this machine's Ray
+# worker processes, which must be this file's own.
+pytestmark = pytest.mark.xdist_group("ray")
+
 COMMON = ["--precisions", "fp32,int8", "--calib", "digits", "--calib-size", "128", "--eval-data", "digits",
           "--eval-limit", "200", "--no-bench", "--quiet"]
 

@@ -36,7 +36,7 @@ def test_prediction_matches_torch_and_the_reference_interpreter(coreml_dir, fuse
     np.testing.assert_allclose(out, reference, rtol=1e-3, atol=1e-3)
 
 
-def test_threads_are_accepted_and_recorded_as_not_applying(coreml_dir):
+def test_threads_are_accepted_and_recorded_as_not_applying(every_cpu, coreml_dir):
     runner = create_runner("coreml", coreml_dir, threads=2)
     assert runner.threads == 2
     assert runner.notices == ["threads=2 does not apply: Core ML schedules CPU, GPU and Neural Engine work itself"]

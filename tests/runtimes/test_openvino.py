@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -62,20 +66,43 @@ def test_errors_are_clear(openvino_dir):
         create_runner("openvino", openvino_dir, extra_outputs=["nope"]).activate()
 
 
-def test_threads_and_the_hook_reach_compile_model(openvino_dir, fused_model, images):
-    import openvino.properties as props
+# OpenVINO's CPU plugin counts the CPUs it may use once, when a process first loads it, and caps a thread request
+# there: in a pinned xdist worker (tests/conftest.py) that is one CPU whatever the affinity is later. So this case runs
+# in a process of its own, started with every CPU (every_cpu), and reports what it saw.
+THREADS_CASE = r"""
+import json, sys
 
-    seen = []
+import numpy as np
+import openvino.properties as props
 
-    def hook(config):
-        seen.append(dict(config))
-        config[props.inference_num_threads()] = 1  # the hook edits the dict compile_model receives
+from ffnet_deploy.runtimes import create_runner
 
-    with create_runner("openvino", openvino_dir, threads=2) as runner:
-        assert runner.compiled.get_property(props.inference_num_threads()) == 2
-    with create_runner("openvino", openvino_dir, threads=2, session_options=hook) as runner:
-        assert runner.compiled.get_property(props.inference_num_threads()) == 1
-        out = runner.infer(images)["logits"]
-    assert len(seen) == 1 and isinstance(seen[0], dict)
-    assert seen[0][props.inference_num_threads()] == 2 and props.hint.inference_precision() in seen[0]
-    np.testing.assert_allclose(out, torch_logits(fused_model, images), rtol=1e-4, atol=1e-4)
+folder, images, out = sys.argv[1:]
+seen = []
+
+
+def hook(config):
+    seen.append({"is_dict": isinstance(config, dict), "threads": config.get(props.inference_num_threads()),
+                 "has_precision_hint": props.hint.inference_precision() in config})
+    config[props.inference_num_threads()] = 1  # the hook edits the dict compile_model receives
+
+
+with create_runner("openvino", folder, threads=2) as runner:
+    plain = runner.compiled.get_property(props.inference_num_threads())
+with create_runner("openvino", folder, threads=2, session_options=hook) as runner:
+    hooked = runner.compiled.get_property(props.inference_num_threads())
+    np.save(out, runner.infer(np.load(images))["logits"])
+print(json.dumps({"plain": plain, "hooked": hooked, "seen": seen}))
+"""
+
+
+def test_threads_and_the_hook_reach_compile_model(every_cpu, openvino_dir, fused_model, images, tmp_path):
+    np.save(tmp_path / "images.npy", images)
+    proc = subprocess.run([sys.executable, "-c", THREADS_CASE, str(openvino_dir), str(tmp_path / "images.npy"),
+                           str(tmp_path / "out.npy")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["plain"] == 2 and seen["hooked"] == 1
+    assert len(seen["seen"]) == 1 and seen["seen"][0]["is_dict"]
+    assert seen["seen"][0]["threads"] == 2 and seen["seen"][0]["has_precision_hint"]
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), torch_logits(fused_model, images), rtol=1e-4, atol=1e-4)

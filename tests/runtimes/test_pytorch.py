@@ -52,7 +52,7 @@ def test_wrong_resolution_is_rejected(fused_model):
             runner.infer(np.zeros((1, 3, 32, 32), np.float32))
 
 
-def test_threads_apply_during_inference_only(fused_model, images):
+def test_threads_apply_during_inference_only(every_cpu, fused_model, images):
     """torch's thread count is process-wide: the runner sets it for each inference and restores it after."""
     before = torch.get_num_threads()
     threads = 1 if before != 1 else 2

@@ -60,7 +60,7 @@ def test_engine_matches_torch(onnx_dir, tmp_path, fused_model, images):
     np.testing.assert_allclose(out, torch_logits(fused_model, images), rtol=1e-3, atol=1e-3)
 
 
-def test_threads_are_accepted_and_recorded_as_not_applying(tmp_path):
+def test_threads_are_accepted_and_recorded_as_not_applying(every_cpu, tmp_path):
     runner = create_runner("tensorrt", tmp_path, threads=2)
     assert runner.threads == 2
     assert runner.notices == ["threads=2 does not apply: TensorRT executes the network on the GPU"]
