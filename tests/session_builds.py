@@ -214,7 +214,23 @@ def stop_background() -> None:
             _started.kill()
 
 
+def _leave_with_parent() -> None:
+    """End this process when the pytest worker that started it is gone (killed, or stopped with Ctrl-C, which this
+    process, in a session of its own, does not receive): a half-made build is redone by the next run, never read."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _main(argv: list[str]) -> int:
+    _leave_with_parent()
     root = Path(argv[0])
     for name in argv[1:]:
         start = time.perf_counter()
