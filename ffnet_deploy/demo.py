@@ -117,6 +117,13 @@ class DemoResult:
                 "cached": self.cached, "recipe": self.recipe, "cache_key": self.cache_key,
                 "cache_path": str(self.cache_path) if self.cache_path else None}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> DemoResult:
+        """The result :meth:`to_dict` wrote."""
+        return cls(path=Path(data["path"]), test_accuracy=data["test_accuracy"], train_seconds=data["train_seconds"],
+                   cached=data["cached"], recipe=data["recipe"], cache_key=data["cache_key"],
+                   cache_path=Path(data["cache_path"]) if data["cache_path"] else None)
+
 
 def torch_version() -> str:
     """torch's ``major.minor`` (``"2.14"``), the part of its version that the cache key includes."""

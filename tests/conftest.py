@@ -105,10 +105,7 @@ def demo_result(tmp_path_factory):
     pytest.importorskip("sklearn.datasets", reason="the digits data set comes with scikit-learn")
     from ffnet_deploy.demo import DemoResult
 
-    d = shared(shared_root(tmp_path_factory), "demo")
-    return DemoResult(path=Path(d["path"]), test_accuracy=d["test_accuracy"], train_seconds=d["train_seconds"],
-                      cached=d["cached"], recipe=d["recipe"], cache_key=d["cache_key"],
-                      cache_path=Path(d["cache_path"]) if d["cache_path"] else None)
+    return DemoResult.from_dict(shared(shared_root(tmp_path_factory), "demo"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -29,7 +29,9 @@ from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# the pipeline runs' arguments (tests/pipeline/conftest.py imports them from here)
+# The pipeline runs' arguments (tests/pipeline/conftest.py imports them from here). BASE: P of issue 18 on the digits
+# demo model, kept small: ONNX fp32 + int8, 64 calibration images, 100 evaluation images. SINGLE: the single local run
+# that merged --only runs and a Ray run are compared with: 128 calibration images, 200 evaluation images.
 BASE_ARGS = ["--formats", "onnx", "--precisions", "fp32,int8", "--calib", "digits", "--calib-size", "64",
              "--eval-data", "digits", "--eval-limit", "100", "--no-bench", "--quiet"]
 SINGLE_ARGS = ["--formats", "onnx", "--precisions", "fp32,int8", "--calib", "digits", "--calib-size", "128",
@@ -57,17 +59,25 @@ def _cache(folder: Path):
             os.environ["FFNET_DEPLOY_CACHE"] = old
 
 
+def run_cpus() -> set[int] | None:
+    """Every CPU of the run, where a pinned xdist worker (tests/conftest.py) or a process it started runs on fewer;
+    ``None`` elsewhere (nothing was pinned)."""
+    cpus = os.environ.get("FFNET_DEPLOY_TEST_CPUS")
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        return None
+    return {int(c) for c in cpus.split(",")}
+
+
 @contextmanager
 def all_cpus():
     """Inside the block, a pinned xdist worker (tests/conftest.py) may run on every CPU of the run again and torch uses
     them all; elsewhere it changes nothing. The affinity and torch's thread count are restored after it."""
-    cpus = os.environ.get("FFNET_DEPLOY_TEST_CPUS")
-    if not cpus or not hasattr(os, "sched_setaffinity"):
+    every = run_cpus()
+    if every is None:
         yield
         return
     import torch
 
-    every = {int(c) for c in cpus.split(",")}
     mine, threads = os.sched_getaffinity(0), torch.get_num_threads()
     os.sched_setaffinity(0, every)
     torch.set_num_threads(len(every))
@@ -193,8 +203,7 @@ def start_background(root: Path, names: list[str]) -> None:
         os.close(os.open(root / "shared-builder.started", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
         return
-    cpus = os.environ.get("FFNET_DEPLOY_TEST_CPUS")  # set by a pinned xdist worker (tests/conftest.py)
-    every_cpu = {int(c) for c in cpus.split(",")} if cpus and hasattr(os, "sched_setaffinity") else None
+    every_cpu = run_cpus()
     log = open(root / "shared-builder.log", "wb")
     _started = subprocess.Popen([sys.executable, "-m", "tests.session_builds", str(root), *names], cwd=ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

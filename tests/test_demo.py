@@ -85,6 +85,7 @@ def test_short_trainings_give_identical_weights_and_bytes(tmp_path):
 def test_demo_model_is_accurate_unfused_and_self_describing(demo_result, demo_checkpoint_path):
     assert demo_result.test_accuracy >= 0.97
     assert not demo_result.cached and demo_result.train_seconds > 0
+    assert type(demo_result).from_dict(demo_result.to_dict()) == demo_result  # how the workers share it
     loaded = open_checkpoint(demo_checkpoint_path)  # variant and classes detected from the file
     assert (loaded.variant, loaded.model.num_classes, loaded.fused) == ("ffnet_digits", 10, False)
     meta = read_checkpoint(demo_checkpoint_path)[FORMAT_KEY]

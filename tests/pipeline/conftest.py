@@ -10,11 +10,8 @@ import pytest
 
 from tests.session_builds import BASE_ARGS, SINGLE_ARGS, folder_of, shared, shared_root
 
-# P of issue 18 on the digits demo model, kept small: ONNX fp32 + int8, 64 calibration images, 100 evaluation images.
-ARGS = BASE_ARGS
-# The single local run that merged --only runs and a Ray run are compared with: ONNX fp32 + int8, 128 calibration
-# images, 200 evaluation images.
-__all__ = ["ARGS", "SINGLE_ARGS", "copy_run"]
+ARGS = BASE_ARGS  # BASE's arguments (tests/session_builds.py says what they are)
+__all__ = ["ARGS", "SINGLE_ARGS", "copy_run"]  # SINGLE_ARGS is imported from here by the pipeline tests
 
 
 def copy_run(src: Path, dst: Path) -> Path:
