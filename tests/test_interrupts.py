@@ -135,6 +135,10 @@ try:
 except ImportError:
     pass
 import ffnet_deploy.cli, ffnet_deploy.export, ffnet_deploy.exporters.onnx, ffnet_deploy.validate.engine
+# what a forked pipeline run loads on first use (the digits, the report's plots): each child would pay it again
+import matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot, sklearn.datasets, ffnet_deploy.pipeline.engine, ffnet_deploy.pipeline.report
 
 for line in sys.stdin:
     job = json.loads(line)
