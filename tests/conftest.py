@@ -207,6 +207,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def pytest_collection_finish(session):
+    """In a pytest-xdist worker of a ``--dist loadgroup`` run, every test marked ``xdist_group(NAME)`` must carry
+    ``@NAME`` in its node id: that suffix is what sends a group to one worker. pytest-xdist 3.8 writes it to
+    ``item._nodeid``, which pytest 9.2 no longer reads (its node ids moved to ``item._id``): the groups then split
+    silently over the workers, each worker makes a grouped module's fixtures again, and the Ray tests, which count this
+    machine's Ray workers, see another test's. Fail the run in one line instead (pyproject.toml keeps pytest < 9.2)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not getattr(session.config.option, "loadgroup", False):
+        return
+    for item in session.items:
+        names = sorted({str(m.args[0]) for m in item.iter_markers("xdist_group") if m.args})
+        if names and not item.nodeid.endswith("@" + "_".join(names)):
+            raise pytest.UsageError(
+                f"xdist_group has no effect here ({item.nodeid} lacks its '@{names[0]}' suffix): this pytest-xdist "
+                "does not support this pytest; install the dev extra's versions: pip install -e '.[dev]'")
+
+
 def tiered(variants, fast=()):
     """``variants`` as parameters, each full-size one in the slow tier except those named in ``fast``."""
     return [v if v == "ffnet_test" or v in fast else pytest.param(v, marks=pytest.mark.slow) for v in variants]

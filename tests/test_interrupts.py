@@ -139,6 +139,9 @@ import ffnet_deploy.cli, ffnet_deploy.export, ffnet_deploy.exporters.onnx, ffnet
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot, sklearn.datasets, ffnet_deploy.pipeline.engine, ffnet_deploy.pipeline.report
+# and torch._dynamo, which torch imports on the first call of a function it keeps out of compilation (the pipeline's
+# MAC count, through FlopCounterMode): about 0.9 s a child; importing it starts no thread
+import torch._dynamo
 
 for line in sys.stdin:
     job = json.loads(line)

@@ -25,6 +25,10 @@ pytest.importorskip("litert_torch", reason="needs the litert extra: pip install 
 pytest.importorskip("ai_edge_quantizer", reason="needs the litert extra: pip install -e '.[litert]'")
 pytest.importorskip("ai_edge_litert.interpreter", reason="needs the litert extra: pip install -e '.[litert]'")
 
+# One xdist worker runs every test of this module (tests/conftest.py, pytest_collection_finish): its module
+# fixtures are made once a run, not once a worker.
+pytestmark = pytest.mark.xdist_group("litert-export")
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -13,6 +13,10 @@ from ffnet_deploy.runtimes import create_runner
 from ffnet_deploy.validate.metrics import top1_agreement
 from tests.runtimes.conftest import RES, convert_coreml, fused_test_model, torch_logits
 
+# One xdist worker runs every test of this module (tests/conftest.py, pytest_collection_finish): its module
+# fixtures are made once a run, not once a worker.
+pytestmark = pytest.mark.xdist_group("coreml-reference")
+
 ct = pytest.importorskip("coremltools")
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
