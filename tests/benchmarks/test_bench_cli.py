@@ -10,8 +10,7 @@ from ffnet_deploy.cli import main
 
 pytest.importorskip("openvino")
 
-# One xdist worker runs every test of this module (tests/conftest.py, pytest_collection_finish): its module
-# fixtures are made once a run, not once a worker.
+# on one xdist worker, so that its module fixtures are made once a run (README, Tests)
 pytestmark = pytest.mark.xdist_group("bench-cli")
 
 FAST = ["--warmup", "1", "--warmup-time", "0", "--min-iters", "5", "--min-time", "0", "--no-roofline"]

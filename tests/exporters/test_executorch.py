@@ -22,8 +22,7 @@ from tests.exporters.helpers import assert_pipeline_times_on_host, gate_checks, 
 
 pytest.importorskip("executorch.exir")
 
-# One xdist worker runs every test of this module (tests/conftest.py, pytest_collection_finish): its module
-# fixtures are made once a run, not once a worker.
+# on one xdist worker, so that its module fixtures are made once a run (README, Tests)
 pytestmark = pytest.mark.xdist_group("executorch-export")
 
 ROOT = Path(__file__).resolve().parents[2]

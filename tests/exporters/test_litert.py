@@ -25,8 +25,7 @@ pytest.importorskip("litert_torch", reason="needs the litert extra: pip install 
 pytest.importorskip("ai_edge_quantizer", reason="needs the litert extra: pip install -e '.[litert]'")
 pytest.importorskip("ai_edge_litert.interpreter", reason="needs the litert extra: pip install -e '.[litert]'")
 
-# One xdist worker runs every test of this module (tests/conftest.py, pytest_collection_finish): its module
-# fixtures are made once a run, not once a worker.
+# on one xdist worker, so that its module fixtures are made once a run (README, Tests)
 pytestmark = pytest.mark.xdist_group("litert-export")
 
 ROOT = Path(__file__).resolve().parents[2]

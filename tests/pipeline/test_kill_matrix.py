@@ -19,8 +19,7 @@ from tests.pipeline.conftest import ARGS, copy_run
 from tests.pipeline.test_resume_integrity import assert_report_holds
 from tests.test_interrupts import ForkServer
 
-# One xdist worker runs every test of this module (tests/conftest.py, pytest_collection_finish): its module
-# fixtures are made once a run, not once a worker.
+# on one xdist worker, so that its module fixtures are made once a run (README, Tests)
 pytestmark = pytest.mark.xdist_group("kill-matrix")
 
 PIPELINE_POINTS = ["pipeline-inspect", "pipeline-reparameterize", "pipeline-export", "pipeline-validate",

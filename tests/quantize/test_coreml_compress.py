@@ -28,8 +28,7 @@ from ffnet_deploy.quantize.coreml_compress import (  # noqa: E402
 from ffnet_deploy.validate.metrics import sqnr_db  # noqa: E402
 from tests.recording import Recording  # noqa: E402
 
-# One xdist worker runs every test of this module (tests/conftest.py, pytest_collection_finish): its module
-# fixtures are made once a run, not once a worker.
+# on one xdist worker, so that its module fixtures are made once a run (README, Tests)
 pytestmark = pytest.mark.xdist_group("coreml-compress")
 
 TRANSFORM = eval_transform(64, 0.875, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

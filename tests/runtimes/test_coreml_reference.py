@@ -13,8 +13,7 @@ from ffnet_deploy.runtimes import create_runner
 from ffnet_deploy.validate.metrics import top1_agreement
 from tests.runtimes.conftest import RES, convert_coreml, fused_test_model, torch_logits
 
-# One xdist worker runs every test of this module (tests/conftest.py, pytest_collection_finish): its module
-# fixtures are made once a run, not once a worker.
+# on one xdist worker, so that its module fixtures are made once a run (README, Tests)
 pytestmark = pytest.mark.xdist_group("coreml-reference")
 
 ct = pytest.importorskip("coremltools")
