@@ -150,7 +150,8 @@ class ExecuTorchExporter(Exporter):
     def validate(self, config: ExportConfig) -> None:
         super().validate(config)
         refuse_app_side_settings(config, "executorch", holder="program",
-                                 calibration="XNNPACK's PT2E quantizer uses minmax observers")
+                                 calibration="XNNPACK's PT2E quantizer fixes its observers (histograms for "
+                                 "activations, min/max for weights)")
 
     def export(self, model: nn.Module, config: ExportConfig, workdir: Path, log: Log, *,
                source_sha256: str | None = None) -> ExportedArtifact:

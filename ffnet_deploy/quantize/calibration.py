@@ -264,11 +264,13 @@ class NNCFStatistics(Record):
 
 
 class ObserverState(Record):
-    """One PT2E observer's range: per tensor (one value each) or per channel (``shape`` is the observer's)."""
+    """One PT2E observer's range: per tensor (one value each) or per channel (``shape`` is the observer's); a
+    histogram observer's counts too."""
 
     min: list[Finite]
     max: list[Finite]
     shape: list[int]
+    histogram: list[NonNegative] | None = None
 
 
 class PT2EStatistics(Record):

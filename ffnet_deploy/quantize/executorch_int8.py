@@ -1,13 +1,17 @@
 """INT8 for ExecuTorch's XNNPACK delegate: PT2E post-training quantization with the XNNPACK quantizer.
 
 The recipe is XNNPACK's own (``XNNPACKQuantizer`` with ``get_symmetric_quantization_config(is_per_channel=True)``):
-symmetric int8 weights per output channel, int8 activations per tensor, static ranges from minmax observers. Those
-are the types XNNPACK's int8 kernels take (``qcint8`` weights, ``qint8`` activations), so the whole graph lowers to
-the delegate. The steps: ``torch.export`` the float model, ``prepare_pt2e`` (observers), run the calibration images
-through it, ``convert_pt2e`` (Q/DQ nodes), then the exporter exports and lowers the result like an FP32 model.
+symmetric int8 weights per output channel (min/max observers), int8 activations per tensor, with static ranges that
+histogram observers choose (an L2-error search over each activation's histogram, which clips outliers). Those are the
+types XNNPACK's int8 kernels take (``qcint8`` weights, ``qint8`` activations), so the whole graph lowers to the
+delegate. The steps: ``torch.export`` the float model, ``prepare_pt2e`` (observers), run the calibration images through
+it, ``convert_pt2e`` (Q/DQ nodes), then the exporter exports and lowers the result like an FP32 model.
 
-The observers' ranges are the statistics the calibration cache keeps (:func:`observer_states`,
-:func:`load_observer_states`): a cache hit restores them and skips running the calibration images.
+The observers' states are the statistics the calibration cache keeps (:func:`observer_states`,
+:func:`load_observer_states`): the min/max of every observer and the histogram of every histogram observer. A cache hit
+restores them and skips running the calibration images; the quantization parameters are the calibration run's. (The
+histogram is what ``convert_pt2e`` searches the range in: without it, the search finds nothing to clip, returns the
+plain min/max, and takes a second per observer to walk its whole step range.)
 """
 
 from __future__ import annotations
@@ -21,7 +25,11 @@ from ffnet_deploy.progress import NULL, Progress
 from ffnet_deploy.quantize.calibration import CALIBRATING
 
 METHOD = "minmax"
-"""The only range estimator of this recipe (XNNPACK's quantization config uses minmax observers)."""
+"""The ``--calib-method`` this recipe takes: the default only (XNNPACK's configuration fixes the observers)."""
+
+REVISION = "histograms"
+"""What the cache key records of this module's statistics layout: entries written before the histograms were kept
+(``min``/``max`` only) are another key, hence recalibrated, not restored without them."""
 
 
 def prepare(model: Any, example: tuple, dynamic_shapes: Any = None) -> Any:
@@ -58,19 +66,31 @@ def calibrate(prepared: Any, batches: Iterable[np.ndarray], total: int, progress
 
 
 def observer_states(prepared: Any) -> dict[str, Any]:
-    """The calibrated ranges, as the cache stores them (``PT2EStatistics``)."""
+    """The calibrated states, as the cache stores them (``PT2EStatistics``): each observer's min/max, and the
+    histogram of a histogram observer."""
     out = {}
     for name, obs in sorted(observers(prepared).items()):
         lo, hi = obs.min_val.detach().float(), obs.max_val.detach().float()
         out[name] = {"min": lo.flatten().tolist(), "max": hi.flatten().tolist(), "shape": list(lo.shape)}
+        if _histogram(obs) is not None:
+            out[name]["histogram"] = _histogram(obs).detach().float().tolist()
     return {"observers": out}
+
+
+def _histogram(observer: Any) -> Any:
+    """The histogram buffer of a histogram observer; ``None`` for the others."""
+    import torch
+
+    found = getattr(observer, "histogram", None)
+    return found if isinstance(found, torch.Tensor) else None
 
 
 def load_observer_states(prepared: Any, statistics: dict[str, Any]) -> None:
     """Put cached ranges back into the observers of a freshly prepared model.
 
     Raises:
-        ValueError: When the observers are not the ones the statistics were collected on (another graph).
+        ValueError: When the observers are not the ones the statistics were collected on (another graph), or a
+            histogram is missing or has another number of bins.
     """
     import torch
 
@@ -83,6 +103,13 @@ def load_observer_states(prepared: Any, statistics: dict[str, Any]) -> None:
         shape = tuple(state["shape"])
         lo = torch.tensor(state["min"], dtype=obs.min_val.dtype).reshape(shape)
         hi = torch.tensor(state["max"], dtype=obs.max_val.dtype).reshape(shape)
+        histogram = _histogram(obs)
+        if histogram is not None:
+            cached = state.get("histogram")
+            if cached is None or len(cached) != histogram.numel():
+                raise ValueError(f"observer {name}: {histogram.numel()} histogram bins, "
+                                 f"{'none' if cached is None else len(cached)} cached")
+            obs.histogram = torch.tensor(cached, dtype=histogram.dtype)
         obs.min_val, obs.max_val = lo, hi  # registered buffers: assignment replaces them
 
 

@@ -452,17 +452,19 @@ def minmax_int8_stage(model, config, log: Sink, batch: int, recipe: MinMaxRecipe
 
 def executorch_model_sha256(model, config) -> str:
     """What the PT2E observers' ranges depend on: the weights, the input shape, and the executorch and torch
-    versions (they decide the exported graph, hence the observers' names)."""
+    versions (they decide the exported graph, hence the observers' names); and the layout of the cached states."""
     import hashlib
     from importlib.metadata import version
 
     import torch
 
+    from ffnet_deploy.quantize.executorch_int8 import REVISION
+
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
-    digest.update(repr((config.resolution, config.batch, version("executorch"), torch.__version__)).encode())
+    digest.update(repr((config.resolution, config.batch, version("executorch"), torch.__version__, REVISION)).encode())
     return digest.hexdigest()
 
 
@@ -499,8 +501,9 @@ def quantize_executorch_model(model, example: tuple, config, log: Sink):
     return minmax_int8_stage(model, config, log, int(example[0].shape[0]), MinMaxRecipe(
         fmt="executorch", backend="executorch/pt2e-xnnpack",
         recipe="XNNPACKQuantizer, symmetric, per-channel weights, static per-tensor activations",
-        observers="minmax observers", fits="graph", model_sha256=lambda: executorch_model_sha256(model, config),
-        method=None, prepare=prepare, calibrate=calibrate, restore=restore,
+        observers="histogram observers, min/max for weights", fits="graph",
+        model_sha256=lambda: executorch_model_sha256(model, config), method=None, prepare=prepare,
+        calibrate=calibrate, restore=restore,
         misfits=(KeyError, ValueError, RuntimeError), finish=executorch_int8.convert))
 
 

@@ -169,6 +169,39 @@ def test_int8_statistics_cache_restores_the_observers(int8_digits, demo_checkpoi
         executorch_int8.load_observer_states(prepared, {"observers": {"nope": {"min": [0], "max": [1], "shape": []}}})
 
 
+def test_restored_states_give_the_calibration_runs_quantization_parameters(demo_checkpoint_path):
+    """The activation observers are histogram observers: their ranges come from a search over the histogram, not from
+    the min/max alone. The cached states (through JSON, as the cache file holds them) give a freshly prepared graph
+    the calibration run's quantization parameters; states without the histograms are refused, not restored."""
+    import torch
+
+    from ffnet_deploy.models.checkpoint import load_ffnet
+    from ffnet_deploy.models.reparam import reparameterize_model
+    from ffnet_deploy.quantize import executorch_int8
+
+    model = reparameterize_model(load_ffnet(demo_checkpoint_path)).eval()
+    example = (torch.zeros(1, 3, 32, 32),)
+    calibrated = executorch_int8.prepare(model, example)
+    g = torch.Generator().manual_seed(0)
+    executorch_int8.calibrate(calibrated, [torch.randn(1, 3, 32, 32, generator=g).numpy() for _ in range(16)], 16)
+    states = json.loads(json.dumps(executorch_int8.observer_states(calibrated)))
+    restored = executorch_int8.prepare(model, example)
+    executorch_int8.load_observer_states(restored, states)
+    live, fresh = executorch_int8.observers(restored), executorch_int8.observers(calibrated)
+    searched = 0
+    for name, obs in fresh.items():
+        scale, zero_point = obs.calculate_qparams()
+        again = live[name].calculate_qparams()
+        assert torch.equal(scale, again[0]) and torch.equal(zero_point, again[1]), name
+        if "histogram" in states["observers"][name]:
+            searched += not torch.equal(scale, obs._calculate_qparams(obs.min_val, obs.max_val)[0])
+    assert searched > 0  # the histogram decides some ranges: min/max alone would give other parameters
+    name = next(n for n, state in states["observers"].items() if "histogram" in state)
+    del states["observers"][name]["histogram"]
+    with pytest.raises(ValueError, match=f"observer {name}: 2048 histogram bins, none cached"):
+        executorch_int8.load_observer_states(executorch_int8.prepare(model, example), states)
+
+
 def test_pipeline_plan_lists_the_phone_job(tmp_path, test_checkpoint, capsys):
     """``--formats executorch`` is a pipeline format; its plan job runs on Linux (parity, host timing) and names the
     phone's own job after it: push the program, time it with executor_runner, import the CSV with report add."""
