@@ -48,22 +48,3 @@ def torch_logits(checkpoint: Path, x: np.ndarray) -> np.ndarray:
 def max_rel(out: np.ndarray, ref: np.ndarray) -> float:
     """Max |out - ref| / max |ref|, the parity metric of the acceptance criteria."""
     return float(np.max(np.abs(out.astype(np.float64) - ref)) / np.max(np.abs(ref)))
-
-
-def assert_pipeline_times_on_host(tmp_path: Path, checkpoint: Path, fmt: str) -> None:
-    """A phone format's fp32 job runs export -> validate -> bench in the pipeline with no special case, and its bench
-    entry and its recommendation say the timing is this host's, not the phone's."""
-    from ffnet_deploy.cli import main
-
-    out = tmp_path / "pipe"
-    code = main(["pipeline", "-c", str(checkpoint), "-o", str(out), "--formats", fmt, "--precisions", "fp32",
-                 "--bench-iters", "3", "--bench-time", "0", "--threads", "1", "--quiet"])
-    results = json.loads((out / "results.json").read_text())
-    assert code == 0, results["summary"]
-    (job,) = results["jobs"]
-    assert (job["id"], job["status"]) == (f"{fmt}-fp32", "passed")
-    assert job["bench"]["runtime"] == fmt and job["bench"]["p50_ms"] > 0
-    assert job["bench"]["host_measurement"].startswith("host measurement")
-    (rec,) = [r for r in results["recommendations"] if r["runtime"] == fmt]
-    assert rec["job"] == f"{fmt}-fp32" and "not device latency" in rec["why"]
-    assert any("timed on this host, not on the device it is for" in line for line in results["summary"]["look_at"])

@@ -19,7 +19,7 @@ from ffnet_deploy.export import export
 from ffnet_deploy.exporters.base import ExportConfig
 from ffnet_deploy.hashing import sha256_file
 from ffnet_deploy.quantize.config import QuantizationConfig
-from tests.exporters.helpers import assert_pipeline_times_on_host, gate_checks, gate_max_rel, manifest, run_export
+from tests.exporters.helpers import gate_checks, gate_max_rel, manifest, run_export
 
 pytest.importorskip("litert_torch", reason="needs the litert extra: pip install -e '.[litert]'")
 pytest.importorskip("ai_edge_quantizer", reason="needs the litert extra: pip install -e '.[litert]'")
@@ -223,9 +223,3 @@ def test_pipeline_plan_lists_the_phone_job(tmp_path, test_checkpoint, capsys):
         assert f"benchmark_model --graph=/data/local/tmp/{job['id']}.tflite" in device["steps"][1]
         assert "--use_xnnpack=true" in device["steps"][1]
         assert device["steps"][-1].startswith("ffnet-deploy report add --csv phone.csv")
-
-
-def test_pipeline_runs_a_litert_job(tmp_path, test_checkpoint):
-    """export -> validate -> bench of a .tflite in the pipeline (the shared check: its timing is marked as this
-    host's)."""
-    assert_pipeline_times_on_host(tmp_path, test_checkpoint, "litert")

@@ -109,6 +109,27 @@ def test_recommendation_is_the_fastest_that_passed(demo_run):
 
 
 @DEMO_RUN_GROUP
+@pytest.mark.parametrize("fmt", ["executorch", "litert"])
+def test_phone_formats_run_in_the_pipeline_timed_on_this_host(demo_run, fmt):
+    """A phone format's jobs run export -> validate -> bench in the pipeline with no special case, and their bench
+    entries and the recommendation say the timing is this host's, not the phone's."""
+    if fmt not in demo_formats():
+        pytest.skip(f"the {fmt} extra is not installed, so the demo runs no {fmt} job")
+    out, code, _ = demo_run
+    results = json.loads((out / "results.json").read_text())
+    assert code == 0, results["summary"]
+    jobs = {j["id"]: j for j in results["jobs"] if j["format"] == fmt}
+    assert set(jobs) == {f"{fmt}-{p}" for p in get_format(fmt).precisions}
+    for job in jobs.values():
+        assert job["status"] == "passed", job
+        assert job["bench"]["runtime"] == fmt and job["bench"]["p50_ms"] > 0
+        assert job["bench"]["host_measurement"].startswith("host measurement")
+    (rec,) = [r for r in results["recommendations"] if r["runtime"] == fmt]
+    assert rec["job"] in jobs and "not device latency" in rec["why"]
+    assert any("timed on this host, not on the device it is for" in line for line in results["summary"]["look_at"])
+
+
+@DEMO_RUN_GROUP
 def test_resume_reuses_everything_unchanged(demo_run, demo_result, every_cpu, monkeypatch, capsys):
     # every_cpu: the run was made on every CPU, and the bench's thread count is part of what it reuses
     out, _, _ = demo_run
