@@ -415,7 +415,8 @@ def test_int8_at_a_fixed_and_a_dynamic_batch_exports_passes_the_gate_and_benches
         assert m.parity["data"]["kind"] == "digits"
     out = tmp_path / "bench"
     code = main(["bench", str(fixed.output), str(dynamic.output), "--batch", "1,8", "--min-iters", "3",
-                 "--min-time", "0", "--warmup", "1", "--warmup-time", "0", "--out", str(out), "--json"])
+                 "--min-time", "0", "--warmup", "1", "--warmup-time", "0", "--no-roofline", "--out", str(out),
+                 "--json"])
     assert code == 0, capsys.readouterr().err
     rows = json.loads((out / "results.json").read_text())["rows"]
     batches = sorted((Path(r["artifact"]).name, r["batch"]) for r in rows if r["status"] == "ok")
