@@ -778,8 +778,9 @@ def recommend(jobs: Sequence[JobRecord]) -> list[Recommendation]:
             continue
         best = min(timed, key=lambda j: j.bench.p50_ms)
         fp32 = next((j for j in timed if j.precision == baseline_precision()), None)
-        why = f"fastest of {len(timed)} artifact(s) that passed parity on {runtime}" + (
-            f" ({note})" if (note := _latency_note(runtime)) else "")
+        # a phone runtime's timings here are the host's: whichever branch below picks, the reason says so
+        host_note = f" ({note})" if (note := _latency_note(runtime)) else ""
+        why = f"fastest of {len(timed)} artifact(s) that passed parity on {runtime}{host_note}"
         ratio, judged = None, None
         if fp32 is not None and best is not fp32 and best.bench.blocks_ms and fp32.bench.blocks_ms:
             from ffnet_deploy.runtimes.noise import format_ratio, paired_ratio, verdict
@@ -791,7 +792,7 @@ def recommend(jobs: Sequence[JobRecord]) -> list[Recommendation]:
                 # The blocks do not all show it faster (the range holds 1.0): keep the FP32 artifact instead of
                 # picking on noise.
                 why = (f"{best.id} is not clearly faster than {fp32.id} ({format_ratio(ratio)}): within the noise, "
-                       f"so the FP32 artifact; rerun on a quiet machine to separate them")
+                       f"so the FP32 artifact{host_note}; rerun on a quiet machine to separate them")
                 best = fp32
             elif not judged.stable or row_noise:
                 why += "; the timing was noisy: rerun on a quiet machine"

@@ -405,3 +405,24 @@ def test_the_table_level_noise_line_names_three_reasons_and_counts_the_rest():
     assert "job3" not in line
     quiet = SimpleNamespace(jobs=[job(0, ["only one"])])
     assert bench_noise(quiet).endswith("job0: only one")  # nothing counted when all are shown
+
+
+@pytest.mark.parametrize("int8_blocks, picked", [
+    ([0.40, 0.62, 0.45], "litert-fp32"),  # the blocks disagree: FP32 is kept
+    ([0.30, 0.31, 0.29], "litert-int8"),  # every block shows INT8 faster
+])
+def test_a_phone_runtimes_recommendation_says_it_was_timed_on_this_host(int8_blocks, picked):
+    """Whether the pick is the fastest or FP32 kept because the blocks disagree, the reason says the timing is this
+    host's (the kept-FP32 reason once dropped it)."""
+    from ffnet_deploy.pipeline.engine import recommend
+    from ffnet_deploy.pipeline.results import JobRecord
+    from ffnet_deploy.runtimes import RUNTIMES
+
+    def job(precision: str, blocks: list[float]) -> JobRecord:
+        return JobRecord.model_validate({
+            "id": f"litert-{precision}", "format": "litert", "precision": precision, "status": "passed",
+            "bench": {"runtime": "litert", "p50_ms": min(blocks), "blocks_ms": blocks, "verdict": "stable"}})
+
+    (rec,) = recommend([job("fp32", [0.50, 0.50, 0.50]), job("int8", int8_blocks)])
+    assert rec.job == picked
+    assert RUNTIMES.get("litert").latency_note in rec.why and "not device latency" in rec.why
