@@ -126,6 +126,16 @@ def demo_checkpoint_path(demo_result) -> Path:
     return demo_result.path
 
 
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """This process's fork server (tests/forkserver.py): the CLI in a process of its own, without the imports."""
+    from tests.forkserver import ForkServer
+
+    srv = ForkServer(tmp_path_factory.mktemp("forkserver"))
+    yield srv
+    srv.close()
+
+
 @pytest.fixture
 def full_disk(monkeypatch):
     """Every text write to an atomic writer's temporary (``.<name>.<hex>.tmp``) fails with ENOSPC, as on a full disk;

@@ -9,11 +9,8 @@ once (it runs no torch op, so forking it is safe) and forks one child per case; 
 from __future__ import annotations
 
 import ast
-import json
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +19,7 @@ from ffnet_deploy.errors import FFNetDeployError, Interrupted
 from ffnet_deploy.export import FAULT_ENV, STAGES
 from ffnet_deploy.interrupts import SIGNALS, handle_signals
 from tests.artifact.test_workdir import assert_complete, snapshot
+from tests.forkserver import ForkServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,81 +124,6 @@ def test_handlers_are_restored(tmp_path):
 # --------------------------------------------------------------------------------------------------------------------
 # The fork server
 # --------------------------------------------------------------------------------------------------------------------
-
-SERVER = r"""
-import json, os, sys, traceback
-import torch, onnx, onnxruntime  # imported once here; no torch op runs in this process, so forking it is safe
-try:
-    import onnxsim
-except ImportError:
-    pass
-import ffnet_deploy.cli, ffnet_deploy.export, ffnet_deploy.exporters.onnx, ffnet_deploy.validate.engine
-# what a forked pipeline run loads on first use (the digits, the report's plots): each child would pay it again
-import matplotlib
-matplotlib.use('Agg')
-import matplotlib.pyplot, sklearn.datasets, ffnet_deploy.pipeline.engine, ffnet_deploy.pipeline.report
-# and torch._dynamo, which torch imports on the first call of a function it keeps out of compilation (the pipeline's
-# MAC count, through FlopCounterMode): about 0.9 s a child; importing it starts no thread
-import torch._dynamo
-
-for line in sys.stdin:
-    job = json.loads(line)
-    pid = os.fork()
-    if pid == 0:
-        code = 99
-        try:
-            fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            os.chdir(job["cwd"])
-            os.environ.update(job["env"])
-            torch.set_num_threads(1)
-            exec(job["setup"], {})
-            code = ffnet_deploy.cli.main(job["args"])
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    print(json.dumps(os.waitstatus_to_exitcode(status)), flush=True)
-"""
-
-
-class ForkServer:
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, cwd=ROOT)
-        self.count = 0
-
-    def run(self, args: list[str], cwd: Path, env: dict[str, str] | None = None, setup: str = "") -> tuple[int, str]:
-        """Run ``ffnet-deploy ARGS`` in a forked child, after the Python code ``setup``.
-
-        Returns:
-            The exit code (``-signum`` when a signal killed it) and its stdout and stderr.
-        """
-        self.count += 1
-        log = self.folder / f"log-{self.count}.txt"
-        job = {"args": args, "cwd": str(cwd), "env": env or {}, "log": str(log), "setup": setup}
-        self.proc.stdin.write(json.dumps(job) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        assert line, "the fork server died"
-        return json.loads(line), log.read_text()
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = ForkServer(tmp_path_factory.mktemp("forkserver"))
-    yield srv
-    srv.close()
-
 
 @pytest.fixture(scope="module")
 def old_artifact(server, tmp_path_factory, test_checkpoint) -> Path:

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -146,32 +145,31 @@ def test_publish_refuses_what_appeared_meanwhile(tmp_path, artifact_template):
 
 
 RACER = """
-import sys, time
+import os, time
 from pathlib import Path
 import ffnet_deploy.export as E
-from ffnet_deploy.cli import main
 
 real = E.publish
 def gated(workdir, output, force=False):
-    Path(sys.argv[3]).touch()  # this export is finished and about to publish
-    while not all(Path(p).exists() for p in sys.argv[4:]):  # ... and so is the other one
+    Path(os.environ["MINE"]).touch()  # this export is finished and about to publish
+    while not all(Path(p).exists() for p in os.environ["READY"].split(os.pathsep)):  # ... and so is the other one
         time.sleep(0.05)
     return real(workdir, output, force)
 E.publish = gated
-sys.exit(main(["export", "-c", sys.argv[1], "-o", sys.argv[2], "-f", "onnx", "--no-parity"]))
 """
 
 
-def test_two_exports_to_one_output_one_wins(tmp_path, test_checkpoint):
-    script = tmp_path / "racer.py"
-    script.write_text(textwrap.dedent(RACER))
+def test_two_exports_to_one_output_one_wins(tmp_path, test_checkpoint, server):
+    """Two CLI exports in processes of their own (forked from the fork server, tests/forkserver.py), each held just
+    before publishing until the other is there too."""
     folder = tmp_path / "folder"
     folder.mkdir()
     out = folder / "art"
     ready = [tmp_path / "ready-0", tmp_path / "ready-1"]
-    procs = [subprocess.Popen([sys.executable, str(script), str(test_checkpoint), str(out), str(mine),
-                               *map(str, ready)], stderr=subprocess.PIPE, text=True, cwd=tmp_path) for mine in ready]
-    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    args = ["export", "-c", str(test_checkpoint), "-o", str(out), "-f", "onnx", "--no-parity"]
+    children = [server.start(args, tmp_path, {"MINE": str(mine), "READY": os.pathsep.join(map(str, ready))},
+                             setup=RACER) for mine in ready]
+    results = [server.wait(child) for child in children]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 1], results
     loser = next(err for code, err in results if code == 1)

@@ -6,9 +6,7 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -188,7 +186,7 @@ def test_parity_failure_exits_and_keeps_nothing(tmp_path, test_checkpoint, monke
 
 
 SLOW_EXPORT = """
-import sys, time
+import os, time
 from pathlib import Path
 from ffnet_deploy.export import export
 from ffnet_deploy.exporters.base import ExportConfig
@@ -197,29 +195,29 @@ from ffnet_deploy.exporters.onnx import OnnxExporter
 original = OnnxExporter.export
 def slow(self, model, config, workdir, log, **kwargs):
     info = original(self, model, config, workdir, log, **kwargs)
-    Path(sys.argv[2]).write_text(str(workdir))  # tell the test we are midway: the model file is written
+    Path(os.environ["MIDWAY"]).write_text(str(workdir))  # tell the test we are midway: the model file is written
     time.sleep(60)
     return info
 OnnxExporter.export = slow
-export(ExportConfig("onnx", Path(sys.argv[1])), None, "ffnet_test")
+export(ExportConfig("onnx", Path(os.environ["OUT"])), None, "ffnet_test")
 """
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_export_leaves_no_artifact(tmp_path, sig):
+def test_killed_export_leaves_no_artifact(tmp_path, sig, server):
+    """The export runs in a process of its own (forked from the fork server, tests/forkserver.py), killed midway."""
     out, marker = tmp_path / "out", tmp_path / "midway"
-    script = tmp_path / "slow_export.py"
-    script.write_text(textwrap.dedent(SLOW_EXPORT))
-    proc = subprocess.Popen([sys.executable, str(script), str(out), str(marker)], stderr=subprocess.PIPE)
+    child = server.start(None, tmp_path, {"OUT": str(out), "MIDWAY": str(marker)}, setup=SLOW_EXPORT)
     deadline = time.time() + 120
     while not marker.exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert child.alive(), child.log.read_text()[-2000:]
         assert time.time() < deadline, "the export never reached the midway point"
         time.sleep(0.2)
     workdir = Path(marker.read_text())
     assert (workdir / "model.onnx").is_file()  # midway: something was written
-    proc.send_signal(sig)
-    proc.wait(timeout=60)
+    os.kill(child.pid, sig)
+    code, _log = server.wait(child)
+    assert code == -sig or sig == signal.SIGTERM  # SIGTERM: the export's handler ends it, with its own code
     assert not out.exists()
     if sig == signal.SIGTERM:  # the process cleans up after itself
         assert leftovers(tmp_path) == []

@@ -5,7 +5,7 @@ Each case resumes a copy of the session's BASE run with a new resolution (so eve
 replaces one that was validated), killed with SIGKILL (nothing of the dying process cleans up) at one stage: the
 pipeline's own (``pipeline-<stage>``) and the export's inside it (``publish``: the new artifact is about to replace
 the old one; ``published``: it just did). The runs are forked from a server that imported torch once
-(tests/test_interrupts.py).
+(tests/forkserver.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import pytest
 from ffnet_deploy.export import FAULT_ENV
 from tests.pipeline.conftest import ARGS, copy_run
 from tests.pipeline.test_resume_integrity import assert_report_holds
-from tests.test_interrupts import ForkServer
 
 # on one xdist worker, so that its module fixtures are made once a run (README, Tests)
 pytestmark = pytest.mark.xdist_group("kill-matrix")
@@ -26,13 +25,6 @@ PIPELINE_POINTS = ["pipeline-inspect", "pipeline-reparameterize", "pipeline-expo
                    "pipeline-bench", "pipeline-recommend", "pipeline-report"]
 EXPORT_POINTS = ["manifest", "publish", "published"]
 FP32_ONLY = [a if a != "fp32,int8" else "fp32" for a in ARGS]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = ForkServer(tmp_path_factory.mktemp("forkserver"))
-    yield srv
-    srv.close()
 
 
 @pytest.mark.parametrize("point", [*PIPELINE_POINTS, *EXPORT_POINTS])

@@ -203,29 +203,27 @@ def test_only_jobs_merge_to_the_single_run(tmp_path, digits_checkpoint, single_r
     assert (tmp_path / "merged" / "index.html").is_file()
 
 
-def test_interrupt_during_calibration_then_resume_keeps_the_exports(tmp_path, digits_checkpoint, capsys):
+def test_interrupt_during_calibration_then_resume_keeps_the_exports(tmp_path, digits_checkpoint, capsys, server):
+    """The interrupted run is a process of its own (forked from the fork server, tests/forkserver.py); the resume runs
+    in this one."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "ffnet_deploy", "pipeline", "--checkpoint", str(digits_checkpoint), "--formats",
-           "onnx,openvino", "--precisions", "fp32,int8", "--calib", "digits", "--eval-data", "digits",
-           "--eval-limit", "100", "--no-bench", "--output", str(out)]
-    env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
-    seen = []
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        seen.append(line)
-        if "onnx-int8: exporting" in line:  # calibration starts now: onnx-fp32 is done
-            time.sleep(0.5)
-            proc.send_signal(signal.SIGINT)
-            break
-    rest = proc.communicate(timeout=120)[1]
-    assert proc.returncode == 128 + signal.SIGINT, "".join(seen) + rest
+    cmd = ["pipeline", "--checkpoint", str(digits_checkpoint), "--formats", "onnx,openvino", "--precisions",
+           "fp32,int8", "--calib", "digits", "--eval-data", "digits", "--eval-limit", "100", "--no-bench", "--output",
+           str(out)]
+    child = server.start(cmd, tmp_path, {"COLUMNS": "200"})
+    deadline = time.monotonic() + 300
+    while "onnx-int8: exporting" not in child.log.read_text():  # calibration starts now: onnx-fp32 is done
+        assert child.alive() and time.monotonic() < deadline, child.log.read_text()[-2000:]
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(child.pid, signal.SIGINT)
+    code, log = server.wait(child)
+    assert code == 128 + signal.SIGINT, log[-2000:]
     assert (out / "artifacts" / "onnx-fp32" / "manifest.json").is_file()
     assert not (out / "artifacts" / "onnx-int8").exists()  # nothing half-written
     fp32_mtime = (out / "artifacts" / "onnx-fp32" / "manifest.json").stat().st_mtime_ns
 
-    # the resume runs in this process: the interrupted run was the one that needed a process of its own
-    code = main([*cmd[3:], "--resume"])
+    code = main([*cmd, "--resume"])
     err = capsys.readouterr().err
     assert code == 0, err
     assert "onnx-fp32: export unchanged, reused" in err

@@ -9,11 +9,9 @@ FP32 of the digits model, ``--no-bench``) instead of running their own where the
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -184,26 +182,25 @@ def test_2_force_keeps_a_recorded_file_given_as_the_checkpoint(onnx_run, tmp_pat
 # -- 4: one pipeline per output folder ------------------------------------------------------------------------------
 
 
-def test_4_a_second_pipeline_on_the_same_output_is_refused(onnx_run, tmp_path, demo_checkpoint_path, capsys):
+def test_4_a_second_pipeline_on_the_same_output_is_refused(onnx_run, tmp_path, demo_checkpoint_path, capsys, server):
+    """The first pipeline is a process of its own (forked from the fork server, tests/forkserver.py); the second,
+    started while the first validates, runs in this one."""
     f = copy_run(onnx_run, tmp_path / "f")
-    cmd = [sys.executable, "-m", "ffnet_deploy", *_args(demo_checkpoint_path, f, "--force")]
-    cmd.remove("--quiet")
-    cmd[cmd.index("50")] = "300"  # validation long enough for the second one to start meanwhile
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
-    assert proc.stderr is not None
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if "onnx-fp32: exporting" in line:
-            break
+    first = _args(demo_checkpoint_path, f, "--force")
+    first.remove("--quiet")
+    first[first.index("50")] = "300"  # validation long enough for the second one to start meanwhile
+    child = server.start(first, tmp_path, {"COLUMNS": "200"})
+    deadline = time.monotonic() + 300
+    while "onnx-fp32: exporting" not in child.log.read_text():
+        assert child.alive() and time.monotonic() < deadline, child.log.read_text()[-2000:]
+        time.sleep(0.05)
     try:
         code = main(_args(demo_checkpoint_path, f, "--force"))
         err = capsys.readouterr().err
     finally:
-        rest = proc.communicate(timeout=300)[1]
+        first_code, log = server.wait(child)
     assert code == 1 and one_line(err) and "another pipeline" in err, err
-    assert proc.returncode == 0, "".join(seen) + rest
+    assert first_code == 0, log[-2000:]
     results = json.loads((f / "results.json").read_text())
     assert [j["status"] for j in results["jobs"]] == ["passed"]
 
