@@ -122,8 +122,9 @@ def test_handlers_are_restored(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The fork server
+# The old artifact of the --force cases (the fork server, ``server``: tests/forkserver.py)
 # --------------------------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def old_artifact(server, tmp_path_factory, test_checkpoint) -> Path:

@@ -72,8 +72,9 @@ def observer_states(prepared: Any) -> dict[str, Any]:
     for name, obs in sorted(observers(prepared).items()):
         lo, hi = obs.min_val.detach().float(), obs.max_val.detach().float()
         out[name] = {"min": lo.flatten().tolist(), "max": hi.flatten().tolist(), "shape": list(lo.shape)}
-        if _histogram(obs) is not None:
-            out[name]["histogram"] = _histogram(obs).detach().float().tolist()
+        histogram = _histogram(obs)
+        if histogram is not None:
+            out[name]["histogram"] = histogram.detach().float().tolist()
     return {"observers": out}
 
 
