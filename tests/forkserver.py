@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +43,11 @@ for line in sys.stdin:
         _, status = os.waitpid(job["wait"], 0)
         print(json.dumps(os.waitstatus_to_exitcode(status)), flush=True)
         continue
+    fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)  # there before the client hears the PID
     pid = os.fork()
     if pid == 0:
         code = 99
         try:
-            fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
             os.chdir(job["cwd"])
@@ -61,6 +63,7 @@ for line in sys.stdin:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+    os.close(fd)
     if job["detach"]:  # the client waits for it later ("wait"): it runs beside the next jobs
         print(json.dumps(pid), flush=True)
         continue
@@ -83,6 +86,18 @@ class Child:
         except (FileNotFoundError, IndexError):
             return False
         return state != "Z"
+
+    def wait_until(self, reached: Callable[[], bool], what: str, timeout: float = 300) -> None:
+        """Return once ``reached()`` holds; fail with the child's output if it ended first or ``timeout`` passed."""
+        deadline = time.monotonic() + timeout
+        while not reached():
+            assert self.alive(), f"the child ended before {what}: {self.log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s: {self.log.read_text()[-2000:]}"
+            time.sleep(0.05)
+
+    def wait_for_line(self, text: str, timeout: float = 300) -> None:
+        """Return once the child's output holds ``text`` (:meth:`wait_until`)."""
+        self.wait_until(lambda: text in self.log.read_text(), repr(text), timeout)
 
 
 class ForkServer:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -190,10 +189,7 @@ def test_4_a_second_pipeline_on_the_same_output_is_refused(onnx_run, tmp_path, d
     first.remove("--quiet")
     first[first.index("50")] = "300"  # validation long enough for the second one to start meanwhile
     child = server.start(first, tmp_path, {"COLUMNS": "200"})
-    deadline = time.monotonic() + 300
-    while "onnx-fp32: exporting" not in child.log.read_text():
-        assert child.alive() and time.monotonic() < deadline, child.log.read_text()[-2000:]
-        time.sleep(0.05)
+    child.wait_for_line("onnx-fp32: exporting")
     try:
         code = main(_args(demo_checkpoint_path, f, "--force"))
         err = capsys.readouterr().err
