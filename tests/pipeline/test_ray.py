@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -71,18 +70,17 @@ def test_ray_report_equals_a_local_run_and_an_unplaceable_job_is_skipped(tmp_pat
     assert "Ran on" not in (single_run / "index.md").read_text()
 
 
-def test_a_killed_worker_is_retried_and_nothing_half_written_is_published(tmp_path, demo_checkpoint_path):
-    """SIGKILL of the Ray worker while it writes the manifest (the artifact is staged, not yet published)."""
+def test_a_killed_worker_is_retried_and_nothing_half_written_is_published(tmp_path, demo_checkpoint_path, server):
+    """SIGKILL of the Ray worker while it writes the manifest (the artifact is staged, not yet published). The driver
+    is a process of its own, forked from the fork server (tests/forkserver.py); Ray starts its workers fresh."""
     once = tmp_path / "fault-fired"
     out = tmp_path / "ray"
-    code = subprocess.run(
-        [sys.executable, "-m", "ffnet_deploy", "pipeline", "--checkpoint", str(demo_checkpoint_path), "--formats",
-         "onnx", "--precisions", "fp32", "--eval-data", "digits", "--eval-limit", "100", "--no-bench", "--quiet",
-         "--output", str(out), "--executor", "ray"],
-        env={**os.environ, "FFNET_DEPLOY_FAULT": f"manifest:SIGKILL:{once}"},
-        capture_output=True, text=True, timeout=600)
+    code, log = server.run(
+        ["pipeline", "--checkpoint", str(demo_checkpoint_path), "--formats", "onnx", "--precisions", "fp32",
+         "--eval-data", "digits", "--eval-limit", "100", "--no-bench", "--quiet", "--output", str(out), "--executor",
+         "ray"], tmp_path, {"FFNET_DEPLOY_FAULT": f"manifest:SIGKILL:{once}"})
     assert once.exists(), "the fault never fired: no worker was killed"
-    assert code.returncode == 0, code.stderr[-2000:]
+    assert code == 0, log[-2000:]
     (job,) = _results(out)["jobs"]
     assert job["status"] == "passed"
     _artifact_intact(out, job)
@@ -103,22 +101,19 @@ def test_ray_user_errors_exit_1_with_one_line(tmp_path, demo_checkpoint_path, ca
     assert not (tmp_path / "o").exists()
 
 
-def test_ctrl_c_cancels_the_tasks_and_keeps_what_finished(tmp_path, demo_checkpoint_path):
+def test_ctrl_c_cancels_the_tasks_and_keeps_what_finished(tmp_path, demo_checkpoint_path, server):
+    """Both drivers are processes of their own, forked from the fork server (tests/forkserver.py)."""
     out = tmp_path / "ray"
-    cmd = [sys.executable, "-m", "ffnet_deploy", "pipeline", "--checkpoint", str(demo_checkpoint_path), "--formats",
-           "onnx", "--precisions", "fp32,fp16,int8", "--calib", "digits", "--calib-size", "128", "--eval-data",
-           "digits", "--eval-limit", "100", "--no-bench", "--output", str(out), "--executor", "ray"]
-    env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
-    assert proc.stderr is not None
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if ": build done on " in line:  # one job finished, the others still run
-            proc.send_signal(signal.SIGINT)
-            break
-    rest = proc.communicate(timeout=120)[1]
-    assert proc.returncode == 128 + signal.SIGINT, "".join(seen) + rest
+    cmd = ["pipeline", "--checkpoint", str(demo_checkpoint_path), "--formats", "onnx", "--precisions",
+           "fp32,fp16,int8", "--calib", "digits", "--calib-size", "128", "--eval-data", "digits", "--eval-limit",
+           "100", "--no-bench", "--output", str(out), "--executor", "ray"]
+    env = {"COLUMNS": "200"}
+    child = server.start(cmd, tmp_path, env)
+    child.wait_for_line(": build done on ")  # one job finished, the others still run
+    os.kill(child.pid, signal.SIGINT)
+    code, log = server.wait(child)
+    assert code == 128 + signal.SIGINT, log[-3000:]
+    rest = log[log.index(": build done on "):]
     assert "kept the finished job" in rest and "--resume" in rest, rest
     assert not (out / "results.json").exists()  # no report names what did not finish
     # the unfinished tasks died with the driver: no Ray worker is left running them
@@ -127,8 +122,8 @@ def test_ctrl_c_cancels_the_tasks_and_keeps_what_finished(tmp_path, demo_checkpo
         time.sleep(0.5)
     assert not _ray_workers(), _ray_workers()
 
-    again = subprocess.run([*cmd, "--resume", "--quiet"], capture_output=True, text=True, env=env, timeout=600)
-    assert again.returncode == 0, again.stderr[-2000:]
+    code, log = server.run([*cmd, "--resume", "--quiet"], tmp_path, env)
+    assert code == 0, log[-2000:]
     assert {j["id"]: j["status"] for j in _results(out)["jobs"]} == {
         "onnx-fp32": "passed", "onnx-fp16": "passed", "onnx-int8": "passed"}
 
