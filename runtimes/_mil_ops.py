@@ -587,3 +587,134 @@ def _classify(ctx: OpContext) -> tuple[Any, np.ndarray]:
     flat = probs.reshape(-1, probs.shape[-1])
     labels = classes[flat.argmax(axis=-1)]
     return (labels[0] if labels.size == 1 else labels), probs
+
+
+# -- several samples through a batch-1 program ------------------------------------------------------------------
+# Converted programs fix the batch at 1. They still compute each sample on its own when n samples are stacked on
+# axis 0 and no op mixes that axis, which turns n runs (each paying the per-op numpy overhead, dominant at FFNet's
+# small maps) into one. Before an op that reads a stacked value the interpreter asks STACKING[op.type]: the rule
+# returns the context to run (a reshape's leading 1 becomes n) or raises NotStackable, and the caller then runs the
+# samples one by one. An op without a rule is never stacked. After the op, every output must lead with n.
+
+
+class NotStackable(Exception):
+    """An op of the program would mix the samples stacked on axis 0 (internal: the runner falls back)."""
+
+
+StackRule = Callable[[OpContext, dict[str, list[bool]], int], OpContext]
+STACKING: dict[str, StackRule] = {}
+
+
+def _stacking(*names: str) -> Callable[[StackRule], StackRule]:
+    def deco(fn: StackRule) -> StackRule:
+        for name in names:
+            STACKING[name] = fn
+        return fn
+
+    return deco
+
+
+def _only(stacked: dict[str, list[bool]], key: str) -> None:
+    if set(stacked) != {key} or not all(stacked[key]):
+        raise NotStackable(f"only {key!r} may be stacked")
+
+
+def _off_axis0(axes: list[int] | None, rank: int) -> None:
+    if axes is None or any(a % rank == 0 for a in axes):
+        raise NotStackable("the op works along axis 0")
+
+
+@_stacking(*_UNARY, *_BINARY, "gelu", "leaky_relu", "clip", "sigmoid_hard", "inverse", "cast")
+def _stack_elementwise(ctx: OpContext, stacked: dict[str, list[bool]], n: int) -> OpContext:
+    rank = max(np.ndim(ctx.inputs[k][i]) for k, flags in stacked.items() for i, f in enumerate(flags) if f)
+    for key, values in ctx.inputs.items():
+        for i, value in enumerate(values):
+            on = stacked.get(key, [False] * len(values))[i]
+            # broadcasting keeps the samples apart only if the other operand has no axis 0 of its own beyond 1
+            if not on and isinstance(value, np.ndarray) and value.ndim >= rank and value.shape[0] != 1:
+                raise NotStackable(f"{key!r} has its own leading axis")
+    return ctx
+
+
+@_stacking("conv", "batch_norm", "avg_pool", "max_pool", "linear")
+def _stack_x(ctx: OpContext, stacked: dict[str, list[bool]], n: int) -> OpContext:
+    _only(stacked, "x")
+    if np.ndim(ctx.get("x")) < 2:
+        raise NotStackable("x has no sample axis")
+    return ctx
+
+
+@_stacking("matmul")
+def _stack_matmul(ctx: OpContext, stacked: dict[str, list[bool]], n: int) -> OpContext:
+    _only(stacked, "x")
+    rank = np.ndim(ctx.get("x"))
+    if rank < 2 or (rank == 2 and bool(ctx.scalar("transpose_x", False))):
+        raise NotStackable("x's axis 0 is a matrix axis")
+    return ctx
+
+
+@_stacking("quantize", "dequantize")
+def _stack_quantize(ctx: OpContext, stacked: dict[str, list[bool]], n: int) -> OpContext:
+    _only(stacked, "input")
+    axis = ctx.scalar("axis", None)
+    if axis is not None:
+        _off_axis0([int(axis)], np.ndim(ctx.get("input")))
+    return ctx
+
+
+@_stacking(*_REDUCE, "layer_norm")
+def _stack_axes(ctx: OpContext, stacked: dict[str, list[bool]], n: int) -> OpContext:
+    _only(stacked, "x")
+    _off_axis0(ctx.ints("axes") if ctx.get("axes", None) is not None else None, np.ndim(ctx.get("x")))
+    return ctx
+
+
+@_stacking("softmax")
+def _stack_softmax(ctx: OpContext, stacked: dict[str, list[bool]], n: int) -> OpContext:
+    _only(stacked, "x")
+    _off_axis0([int(ctx.scalar("axis", -1))], np.ndim(ctx.get("x")))
+    return ctx
+
+
+@_stacking("transpose")
+def _stack_transpose(ctx: OpContext, stacked: dict[str, list[bool]], n: int) -> OpContext:
+    _only(stacked, "x")
+    if ctx.ints("perm")[0] % np.ndim(ctx.get("x")) != 0:
+        raise NotStackable("the transpose moves axis 0")
+    return ctx
+
+
+@_stacking("squeeze")
+def _stack_squeeze(ctx: OpContext, stacked: dict[str, list[bool]], n: int) -> OpContext:
+    _only(stacked, "x")
+    _off_axis0(ctx.ints("axes") if ctx.get("axes", None) is not None else None, np.ndim(ctx.get("x")))
+    return ctx
+
+
+@_stacking("expand_dims")
+def _stack_expand_dims(ctx: OpContext, stacked: dict[str, list[bool]], n: int) -> OpContext:
+    _only(stacked, "x")
+    _off_axis0(ctx.ints("axes"), np.ndim(ctx.get("x")) + len(ctx.ints("axes")))
+    return ctx
+
+
+@_stacking("concat")
+def _stack_concat(ctx: OpContext, stacked: dict[str, list[bool]], n: int) -> OpContext:
+    _only(stacked, "values")
+    _off_axis0([int(ctx.scalar("axis"))], np.ndim(ctx.values("values")[0]))
+    return ctx
+
+
+@_stacking("reshape")
+def _stack_reshape(ctx: OpContext, stacked: dict[str, list[bool]], n: int) -> OpContext:
+    # Samples are contiguous blocks of a C-order array led by the stacked axis; a target led by that axis keeps them.
+    _only(stacked, "x")
+    shape = ctx.ints("shape")
+    x_rank = np.ndim(ctx.get("x"))
+    if shape and shape[0] == 0 and len(shape) == x_rank:  # a leading 0 copies axis 0, the stacked one
+        return ctx
+    if not shape or shape[0] != 1:
+        raise NotStackable("the reshape does not keep axis 0 as the samples")
+    inputs = dict(ctx.inputs)
+    inputs["shape"] = [np.array([n, *shape[1:]], dtype=np.int64)]
+    return OpContext(ctx.type, ctx.name, inputs, ctx.output_dtypes, ctx.attributes)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ffnet_deploy.errors import RuntimeBackendError, require
-from ffnet_deploy.runtimes._mil_ops import KERNELS, OpContext, unpack_bits
+from ffnet_deploy.runtimes._mil_ops import KERNELS, STACKING, NotStackable, OpContext, unpack_bits
 
 # MIL DataType enum (MIL.proto) -> numpy dtype, and bit width for sub-byte integer types.
 _DTYPES: dict[int, Any] = {
@@ -127,7 +127,7 @@ class MILProgram:
     # -- execution ------------------------------------------------------------------------------------------------
 
     def run(self, feed: dict[str, np.ndarray], *, observer: Observer | None = None,
-            compute_fp32: bool = False) -> dict[str, Any]:
+            compute_fp32: bool = False, stacked: int | None = None) -> dict[str, Any]:
         """Execute the program.
 
         Args:
@@ -135,9 +135,14 @@ class MILProgram:
             observer: Called as ``observer(name, op_type, value)`` for every output of every non-const op, in
                 execution order; ``validate --localize`` uses it to compute per-op errors.
             compute_fp32: Run every float16 value and op in float32 instead (fp16 casts become fp32 casts).
+            stacked: The feed holds this many samples stacked on axis 0 of a program converted for one: they run
+                together, each computed on its own (see ``_mil_ops.STACKING``).
 
         Returns:
             The block outputs by name.
+
+        Raises:
+            NotStackable: With ``stacked``, when an op of the program would mix the samples; run them one by one.
         """
         env: dict[str, Any] = {}
         for name, (dtype, _shape) in self.inputs.items():
@@ -145,7 +150,10 @@ class MILProgram:
                 raise RuntimeBackendError(f"coreml-reference | input {name!r} is missing; the program takes "
                                           f"{list(self.inputs)}")
             env[name] = np.asarray(feed[name]).astype(_float(dtype, compute_fp32), copy=False)
-        self._execute(self.operations, env, observer, compute_fp32)
+            if stacked is not None and (env[name].ndim == 0 or env[name].shape[0] != stacked):
+                raise NotStackable(f"input {name!r} does not lead with the {stacked} samples")
+        self._execute(self.operations, env, observer, compute_fp32,
+                      None if stacked is None else (set(self.inputs), stacked))
         return {name: env[name] for name in self.outputs}
 
     def constants(self, *, compute_fp32: bool = False) -> dict[str, np.ndarray]:
@@ -159,7 +167,7 @@ class MILProgram:
         return {op.outputs[0]: self._const_cache[(op.outputs[0], compute_fp32)] for op in constant_ops}
 
     def _execute(self, operations: list[MILOperation], env: dict[str, Any], observer: Observer | None,
-                 compute_fp32: bool) -> None:
+                 compute_fp32: bool, stacking: tuple[set[str], int] | None = None) -> None:
         for op in operations:
             constant = _is_constant(op)
             key = (op.outputs[0], compute_fp32)
@@ -169,11 +177,23 @@ class MILProgram:
             ctx = OpContext(op.type, op.name, {k: self._resolve(v, env) for k, v in op.inputs.items()},
                             [None if d is None else _float(d, compute_fp32) for d in op.output_dtypes],
                             op.attributes)
+            flags: dict[str, list[bool]] = {}
+            if stacking is not None:
+                flags = {k: [name in stacking[0] for name, _ in v] for k, v in op.inputs.items()}
+                flags = {k: f for k, f in flags.items() if any(f)}
+            reads_stacked = bool(flags)
+            if reads_stacked and op.type not in STACKING:
+                raise NotStackable(f"op {op.type!r} has no stacking rule")
             try:
+                if reads_stacked:
+                    ctx = STACKING[op.type](ctx, flags, stacking[1])
                 result = KERNELS[op.type](ctx)
-            except RuntimeBackendError:
-                raise
-            except Exception as err:  # a kernel failure is reported with the op that caused it
+            except Exception as err:
+                if reads_stacked:  # whatever the cause, the one-by-one run reports it (or does not meet it)
+                    raise NotStackable(f"op {op.type!r} failed on the stacked samples: {err}") from err
+                if isinstance(err, RuntimeBackendError):
+                    raise
+                # a kernel failure is reported with the op that caused it
                 raise RuntimeBackendError(
                     f"coreml-reference | op {op.type!r} producing {op.outputs[0]!r} failed: {err}"
                 ) from err
@@ -186,6 +206,10 @@ class MILProgram:
             for name, value, dtype in zip(op.outputs, results, ctx.output_dtypes, strict=True):
                 if dtype is not None and isinstance(value, np.ndarray | np.generic):
                     value = np.asarray(value).astype(dtype, copy=False)
+                if reads_stacked:
+                    if not isinstance(value, np.ndarray) or value.ndim == 0 or value.shape[0] != stacking[1]:
+                        raise NotStackable(f"op {op.type!r} output {name!r} does not lead with the samples")
+                    stacking[0].add(name)
                 env[name] = value
                 if observer is not None and not constant:
                     observer(name, op.type, value)

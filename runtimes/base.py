@@ -86,6 +86,7 @@ class BaseRunner(ABC):
     executes: ClassVar[tuple[str, ...]] = ()  # execution-only precisions it runs an artifact in (bf16)
     timing_variants: ClassVar[tuple[str | None, ...]] = (None,)  # bench times each; the first is the default
     converts_onnx: ClassVar[bool] = False  # runs an in-memory model from its plain ONNX export (model_from_onnx)
+    any_batch: ClassVar[bool] = False  # takes feeds larger than a fixed-batch artifact's batch (and runs them right)
     localize: ClassVar[str | None] = None  # error localization: "blocks" (extra_outputs), "mil-ops", None
     latency_note: ClassVar[str | None] = None  # set when its timings here are not the target device's (a phone
     # runtime on a Linux host): every bench row it times carries the note (BenchRow.host_measurement)

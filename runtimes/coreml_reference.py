@@ -34,6 +34,7 @@ import numpy as np
 
 from ffnet_deploy.artifact.coreml_spec import input_specs, load_spec, output_names
 from ffnet_deploy.artifact.manifest import Manifest, TensorSpec
+from ffnet_deploy.runtimes._mil_ops import NotStackable
 from ffnet_deploy.runtimes._mil_program import MILProgram, Observer
 from ffnet_deploy.runtimes.base import BaseRunner, SessionOptionsHook, register_runtime
 
@@ -57,6 +58,7 @@ class CoreMLReferenceRunner(BaseRunner):
     model_suffixes = (".mlpackage",)
     formats = ("coreml",)
     localize = "mil-ops"
+    any_batch = True  # a batch-1 program runs larger batches stacked or item by item (see _infer)
 
     def __init__(self, artifact: str | Path | None, *, compute_fp32: bool = False, observer: Observer | None = None,
                  threads: int | None = None, session_options: SessionOptionsHook | None = None,
@@ -76,11 +78,13 @@ class CoreMLReferenceRunner(BaseRunner):
         self.model_path: Path | None = None
         self.program: MILProgram | None = None
         self._spec: Any = None
+        self._stackable: bool | None = None  # whether batches can run stacked; None until the first one is tried
 
     def _activate(self) -> None:
         self.model_path = self._model_file()
         self._spec = load_spec(self.model_path, self.name)
         self.program = MILProgram.load(self.model_path, self._spec)
+        self._stackable = None
 
     def _input_metadata(self) -> list[TensorSpec]:
         specs = input_specs(self._spec, self.name)
@@ -93,17 +97,28 @@ class CoreMLReferenceRunner(BaseRunner):
 
     def _infer(self, feed: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         assert self.program is not None
+        program = self.program
         batch = next(iter(feed.values())).shape[0]
-        # Converted programs usually fix the batch at 1 (and bake it into reshapes): run larger batches item by item.
-        fixed_one = all(shape[:1] == (1,) for _dtype, shape in self.program.inputs.values())
-        chunks = [feed] if not fixed_one or batch == 1 else [
-            {k: v[i : i + 1] for k, v in feed.items()} for i in range(batch)
-        ]
+        # Converted programs usually fix the batch at 1 (and bake it into reshapes). A larger batch runs stacked in
+        # one pass when no op mixes the samples (MILProgram.run(stacked=...)), else item by item; an observer sees
+        # the ops of one sample at a time, as it would on the program's own batch.
+        fixed_one = all(shape[:1] == (1,) for _dtype, shape in program.inputs.values())
         limit = nullcontext()
         if self._threadpools is not None:
             limit = self._threadpools.limit(limits=self.threads, user_api="blas")
         with limit:
-            runs = [self.program.run(chunk, observer=self.observer, compute_fp32=self.compute_fp32) for chunk in chunks]
+            runs = None
+            if not fixed_one or batch == 1:
+                runs = [program.run(feed, observer=self.observer, compute_fp32=self.compute_fp32)]
+            elif self.observer is None and self._stackable is not False:
+                try:
+                    runs = [program.run(feed, compute_fp32=self.compute_fp32, stacked=batch)]
+                    self._stackable = True
+                except NotStackable:
+                    self._stackable = False
+            if runs is None:
+                runs = [program.run({k: v[i : i + 1] for k, v in feed.items()}, observer=self.observer,
+                                    compute_fp32=self.compute_fp32) for i in range(batch)]
         out: dict[str, np.ndarray] = {}
         for name in self._output_names():
             values = [np.asarray(r[name]) for r in runs]

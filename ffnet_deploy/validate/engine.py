@@ -544,7 +544,9 @@ class _ArtifactRun:
         self.input_name, self.input_dtype = m.name, np.dtype(m.dtype)
         if len(m.shape) != 4:
             raise FFNetDeployError(f"{self.spec.runtime} | input {m.name!r} is {m.describe()}, expected (N, 3, H, W)")
-        self.fixed_batch = m.shape[0]
+        # A runner that takes any batch (the Core ML interpreter runs a batch-1 program's larger feeds) gets the
+        # caller's batch: fewer, larger calls, the same values per image.
+        self.fixed_batch = None if runner.any_batch else m.shape[0]
         if m.shape[2] is not None and m.shape[3] is not None:
             self.input_hw = (int(m.shape[2]), int(m.shape[3]))
         if self.spec.input_range is None:

@@ -346,3 +346,49 @@ def test_threads_without_threadpoolctl_are_recorded_as_not_honoured(coreml_dir, 
     with create_runner("coreml-reference", coreml_dir, threads=1) as runner:
         runner.infer(images[:1])
     assert len(runner.notices) == 1 and "threads=1 is not honoured: threadpoolctl is not installed" in runner.notices[0]
+
+
+@pytest.mark.parametrize("package", ["fp32", "fp16"])
+def test_a_batch_runs_stacked_and_equals_one_by_one(package, coreml_dir, fp16_package, images, monkeypatch):
+    from ffnet_deploy.runtimes import _mil_ops
+
+    path = coreml_dir if package == "fp32" else fp16_package
+    feed = {"images": np.concatenate([images, images[::-1], images])}  # 6 samples
+    with create_runner("coreml-reference", path) as runner:
+        name = next(iter(runner.program.inputs))
+        one_by_one = np.concatenate([runner.program.run({name: feed["images"][i:i + 1]})["logits"]
+                                     for i in range(6)])
+        stacked = runner.infer(feed)["logits"]
+        assert runner._stackable is True  # every op of an FFNet program has a rule
+    if package == "fp16":
+        assert np.array_equal(stacked, one_by_one)
+    else:  # a 6-row GEMM may round its last bit unlike a 1-row one
+        assert rel_err(stacked, one_by_one) < 1e-6
+    # An op without a rule: the runner falls back to one sample at a time, with the same values.
+    monkeypatch.delitem(_mil_ops.STACKING, "conv")
+    with create_runner("coreml-reference", path) as runner:
+        fallback = runner.infer(feed)["logits"]
+        assert runner._stackable is False
+    assert np.array_equal(fallback, one_by_one)
+
+
+def test_stacking_rules_refuse_what_mixes_the_samples():
+    from ffnet_deploy.runtimes._mil_ops import STACKING, NotStackable, OpContext
+
+    x = np.zeros((4, 8, 2, 2), np.float32)
+
+    def ctx(op, **inputs):
+        return OpContext(op, op, {k: [v] for k, v in inputs.items()}, [np.dtype(np.float32)], {})
+
+    out = STACKING["reshape"](ctx("reshape", x=x, shape=np.array([1, 32])), {"x": [True]}, 4)
+    assert list(out.get("shape")) == [4, 32]
+    for op, inputs in [("reshape", {"x": x, "shape": np.array([32, 4])}),
+                       ("transpose", {"x": x, "perm": np.array([1, 0, 2, 3])}),
+                       ("reduce_mean", {"x": x, "axes": np.array([0])}),
+                       ("softmax", {"x": x, "axis": np.array(-4)}),
+                       ("squeeze", {"x": x}),
+                       ("add", {"x": x, "y": np.ones((4, 8, 2, 2), np.float32)})]:
+        flags = {"x": [True]}
+        with pytest.raises(NotStackable):
+            STACKING[op](ctx(op, **inputs), flags, 4)
+    assert "classify" not in STACKING
