@@ -67,13 +67,17 @@ Kernel = Callable[[OpContext], Any]
 KERNELS: dict[str, Kernel] = {}
 
 
-def kernel(*names: str) -> Callable[[Kernel], Kernel]:
-    def deco(fn: Kernel) -> Kernel:
+def _register(table: dict[str, Any], names: tuple[str, ...]) -> Callable[[Any], Any]:
+    def deco(fn: Any) -> Any:
         for name in names:
-            KERNELS[name] = fn
+            table[name] = fn
         return fn
 
     return deco
+
+
+def kernel(*names: str) -> Callable[[Kernel], Kernel]:
+    return _register(KERNELS, names)
 
 
 def _f32(x: np.ndarray) -> np.ndarray:
@@ -606,12 +610,7 @@ STACKING: dict[str, StackRule] = {}
 
 
 def _stacking(*names: str) -> Callable[[StackRule], StackRule]:
-    def deco(fn: StackRule) -> StackRule:
-        for name in names:
-            STACKING[name] = fn
-        return fn
-
-    return deco
+    return _register(STACKING, names)
 
 
 def _only(stacked: dict[str, list[bool]], key: str) -> None:
