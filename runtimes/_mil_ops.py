@@ -661,7 +661,7 @@ def _stack_quantize(ctx: OpContext, stacked: dict[str, list[bool]], n: int) -> O
     return ctx
 
 
-@_stacking(*_REDUCE, "layer_norm")
+@_stacking(*_REDUCE, "layer_norm", "squeeze")  # with no axes they work on every axis, 0 included
 def _stack_axes(ctx: OpContext, stacked: dict[str, list[bool]], n: int) -> OpContext:
     _only(stacked, "x")
     _off_axis0(ctx.ints("axes") if ctx.get("axes", None) is not None else None, np.ndim(ctx.get("x")))
@@ -680,13 +680,6 @@ def _stack_transpose(ctx: OpContext, stacked: dict[str, list[bool]], n: int) -> 
     _only(stacked, "x")
     if ctx.ints("perm")[0] % np.ndim(ctx.get("x")) != 0:
         raise NotStackable("the transpose moves axis 0")
-    return ctx
-
-
-@_stacking("squeeze")
-def _stack_squeeze(ctx: OpContext, stacked: dict[str, list[bool]], n: int) -> OpContext:
-    _only(stacked, "x")
-    _off_axis0(ctx.ints("axes") if ctx.get("axes", None) is not None else None, np.ndim(ctx.get("x")))
     return ctx
 
 
