@@ -12,6 +12,7 @@ import hashlib
 
 import numpy as np
 
+from ffnet_deploy.data.files import sklearn_datasets_path
 from ffnet_deploy.errors import ConfigError
 
 DIGITS_TEST_SIZE = 500
@@ -29,6 +30,29 @@ DIGITS_SPECS = ("digits", "digits:train", "digits:test")
 """The data specs that name the digits data set (``digits`` alone takes the caller's default split)."""
 
 
+def _digits_table() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as ``(values (1797, 8, 8) on 0-16, labels (1797,))``: its bundled ``digits.csv.gz``
+    (64 pixel columns and the label, one row an image) read as ``load_digits`` reads it, or through ``load_digits``
+    where that file is not found."""
+    found = sklearn_datasets_path("data", "digits.csv.gz")
+    if found is not None and found.is_file():
+        import gzip
+
+        with gzip.open(found, "rt") as f:
+            table = np.loadtxt(f, delimiter=",")
+        if table.ndim == 2 and table.shape[1] == 65:
+            return table[:, :-1].reshape(-1, 8, 8), table[:, -1]
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        from ffnet_deploy.errors import MissingDependencyError
+
+        raise MissingDependencyError("data | the digits data set comes with scikit-learn: pip install "
+                                     "scikit-learn") from None
+    digits = load_digits()
+    return digits.images, digits.target
+
+
 @functools.lru_cache(maxsize=1)
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits as ``(uint8 images (1797, 8, 8) on 0-255, int64 labels (1797,))``, read once.
@@ -38,18 +62,11 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     Raises:
         MissingDependencyError: Without scikit-learn.
     """
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        from ffnet_deploy.errors import MissingDependencyError
-
-        raise MissingDependencyError("data | the digits data set comes with scikit-learn: pip install "
-                                     "scikit-learn") from None
-    digits = load_digits()
-    values = np.asarray(digits.images, dtype=np.int64)
+    raw_images, raw_labels = _digits_table()
+    values = np.asarray(raw_images, dtype=np.int64)
     images = ((values * 255 * 2 + 16) // 32).astype(np.uint8)  # round(v * 255 / 16), half up
     images.setflags(write=False)
-    labels = np.asarray(digits.target, dtype=np.int64)
+    labels = np.asarray(raw_labels, dtype=np.int64)
     labels.setflags(write=False)
     return images, labels
 

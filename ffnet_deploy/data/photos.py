@@ -13,6 +13,27 @@ from pathlib import Path
 import numpy as np
 
 
+def sample_photos() -> list[np.ndarray]:
+    """scikit-learn's sample photos (``china.jpg``, ``flower.jpg``: uint8 HxWx3), read as ``load_sample_images``
+    reads them (every ``.jpg`` of its images folder, by name, decoded by Pillow), without importing scikit-learn; its
+    loader where that folder is not found."""
+    from PIL import Image
+
+    from ffnet_deploy.data.files import sklearn_datasets_path
+
+    folder = sklearn_datasets_path("images")
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.match("*.jpg")) if folder is not None else []
+    if not paths:
+        from sklearn.datasets import load_sample_images
+
+        return list(load_sample_images().images)
+    photos = []
+    for path in paths:
+        with Image.open(path) as image:
+            photos.append(np.asarray(image))
+    return photos
+
+
 def photo_crops(folder: Path, count: int, size: int, seed: int) -> Path:
     """``count`` random square crops (``size`` px, JPEG) of scikit-learn's two sample photos.
 
@@ -26,10 +47,9 @@ def photo_crops(folder: Path, count: int, size: int, seed: int) -> Path:
         ``folder``.
     """
     from PIL import Image
-    from sklearn.datasets import load_sample_images
 
     folder.mkdir(parents=True, exist_ok=True)
-    photos = load_sample_images().images
+    photos = sample_photos()
     rng = np.random.default_rng(seed)
     for i in range(count):
         photo = photos[i % len(photos)]
@@ -55,7 +75,6 @@ def photo_bn_checkpoint(variant: str, path: Path, resolution: int = 256, batches
         ``path``.
     """
     import torch
-    from sklearn.datasets import load_sample_images
 
     from ffnet_deploy.models.ffnet import create_ffnet
 
@@ -65,7 +84,7 @@ def photo_bn_checkpoint(variant: str, path: Path, resolution: int = 256, batches
         if isinstance(m, torch.nn.BatchNorm2d):
             m.reset_running_stats()
             m.momentum = None  # cumulative average over all batches
-    photos = [torch.from_numpy(p.copy()).permute(2, 0, 1).float() / 255 for p in load_sample_images().images]
+    photos = [torch.from_numpy(p.copy()).permute(2, 0, 1).float() / 255 for p in sample_photos()]
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     g = torch.Generator().manual_seed(seed)

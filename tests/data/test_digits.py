@@ -50,6 +50,29 @@ def test_split_is_fixed_disjoint_and_complete():
         digits_split("val")
 
 
+@pytest.mark.parametrize("bundled", [True, False], ids=["bundled-csv", "load_digits"])
+def test_digits_arrays_are_load_digits(bundled, monkeypatch):
+    """The digits read from scikit-learn's bundled csv.gz (without importing scikit-learn) are ``load_digits``'
+    exactly; where that file is not found, ``load_digits`` itself gives them."""
+    from ffnet_deploy.data import digits as room
+    from ffnet_deploy.data.files import sklearn_datasets_path
+
+    assert sklearn_datasets_path("data", "digits.csv.gz").is_file()  # this scikit-learn keeps it where it is read
+    digits, calls = sklearn_datasets.load_digits(), []
+    monkeypatch.setattr(sklearn_datasets, "load_digits", lambda: calls.append(1) or digits)
+    if not bundled:
+        monkeypatch.setattr(room, "sklearn_datasets_path", lambda *parts: None)
+    room.digits_arrays.cache_clear()
+    try:
+        images, labels = room.digits_arrays()
+    finally:
+        room.digits_arrays.cache_clear()
+    assert len(calls) == (0 if bundled else 1)  # the bundled file is read without scikit-learn's loader
+    assert images.shape == (1797, 8, 8) and images.dtype == np.uint8 and labels.dtype == np.int64
+    assert np.array_equal(images, np.floor(digits.images * 255 / 16 + 0.5).astype(np.uint8))
+    assert np.array_equal(labels, digits.target) and not images.flags.writeable
+
+
 def test_pixels_are_eval_transform_of_the_pil_image(transform):
     digits = sklearn_datasets.load_digits()
     source = DigitsSource("test", limit=20)

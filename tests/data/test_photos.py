@@ -20,6 +20,27 @@ def _digests(folder) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
+@pytest.mark.parametrize("bundled", [True, False], ids=["bundled-jpegs", "load_sample_images"])
+def test_sample_photos_are_load_sample_images(bundled, monkeypatch):
+    """The photos read from scikit-learn's images folder (without importing scikit-learn) are
+    ``load_sample_images``' exactly, in its order; where that folder is not found, its loader gives them."""
+    import sklearn.datasets
+    import sklearn.utils
+
+    from ffnet_deploy.data import files
+    from ffnet_deploy.data.photos import sample_photos
+
+    expected, calls = sklearn.datasets.load_sample_images().images, []
+    monkeypatch.setattr(sklearn.datasets, "load_sample_images",
+                        lambda: calls.append(1) or sklearn.utils.Bunch(images=expected))
+    if not bundled:
+        monkeypatch.setattr(files, "sklearn_datasets_path", lambda *parts: None)
+    photos = sample_photos()
+    assert len(calls) == (0 if bundled else 1)  # the bundled files are read without scikit-learn's loader
+    assert [p.shape for p in photos] == [(427, 640, 3), (427, 640, 3)] == [p.shape for p in expected]
+    assert all(p.dtype == np.uint8 and np.array_equal(p, q) for p, q in zip(photos, expected, strict=True))
+
+
 def test_photo_crops_are_seeded_square_jpegs_a_source_reads(tmp_path):
     folder = photo_crops(tmp_path / "a", 5, 48, seed=1)
     assert folder == tmp_path / "a"
