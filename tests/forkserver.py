@@ -29,13 +29,18 @@ try:
 except ImportError:
     pass
 import ffnet_deploy.cli, ffnet_deploy.export, ffnet_deploy.exporters.onnx, ffnet_deploy.validate.engine
-# what a forked pipeline run loads on first use (the digits, the report's plots): each child would pay it again
+# what a forked pipeline run loads on first use (the report's plots): each child would pay it again
 import matplotlib
 matplotlib.use('Agg')
-import matplotlib.pyplot, sklearn.datasets, ffnet_deploy.pipeline.engine, ffnet_deploy.pipeline.report
+import matplotlib.pyplot, ffnet_deploy.pipeline.engine, ffnet_deploy.pipeline.report
 # and torch._dynamo, which torch imports on the first call of a function it keeps out of compilation (the pipeline's
 # MAC count, through FlopCounterMode): about 0.9 s a child; importing it starts no thread
 import torch._dynamo
+# what was imported is frozen out of the cycle collector (tests/conftest.py, pytest_collection_finish): a child's
+# collections skip it, and its pages stay shared with the server's instead of being written by the collector
+import gc
+gc.collect()
+gc.freeze()
 
 for line in sys.stdin:
     job = json.loads(line)

@@ -242,11 +242,36 @@ def _leave_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def _import_and_freeze() -> None:
+    """Once a process: import the CLI and every installed format's backend (its declared extra's modules), then
+    freeze it all out of the cycle collector, as pytest_collection_finish does in the workers (tests/conftest.py):
+    the builds' collections (coremltools calls one a conversion) then do not walk those imports again."""
+    import gc
+    import importlib
+
+    if gc.get_freeze_count():
+        return
+    import ffnet_deploy.cli  # noqa: F401
+    from ffnet_deploy.artifact.formats import format_specs, load_builtin_formats
+
+    load_builtin_formats()
+    for spec in format_specs():
+        for module in spec.extra.modules if spec.extra else ():
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                pass
+    gc.collect()
+    gc.freeze()
+
+
 def _main(argv: list[str]) -> int:
     _leave_with_parent()
     root = Path(argv[0])
     for name in argv[1:]:
         start = time.perf_counter()
+        if name != "demo":  # the pipeline runs: they import the backends (after the training, which imports none)
+            _import_and_freeze()
         shared(root, name)
         print(f"{name}: {time.perf_counter() - start:.1f} s", flush=True)
     return 0
