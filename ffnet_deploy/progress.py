@@ -20,7 +20,9 @@ written against a plain-text log keeps working when it is handed a sink.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Protocol, runtime_checkable
 
 
@@ -107,3 +109,23 @@ def as_progress(progress: Sink | None) -> Events:
     if isinstance(progress, Progress):
         return Forward(progress)
     return TextLog(progress)
+
+
+_LIBRARY_OUTPUT: ContextVar[bool] = ContextVar("ffnet_deploy_library_output", default=True)
+
+
+@contextmanager
+def library_output(shown: bool) -> Iterator[None]:
+    """Whether the libraries' own progress bars and info lines (NNCF's) are shown inside the block: ``pipeline
+    --quiet`` and ``--json`` print nothing but their result, so they pass ``False``; the producers report their
+    progress through this protocol either way."""
+    token = _LIBRARY_OUTPUT.set(shown)
+    try:
+        yield
+    finally:
+        _LIBRARY_OUTPUT.reset(token)
+
+
+def library_output_shown() -> bool:
+    """``False`` inside ``library_output(False)`` (:func:`library_output`)."""
+    return _LIBRARY_OUTPUT.get()

@@ -109,10 +109,37 @@ def _demo_run(folder: Path, root: Path) -> dict:
     from ffnet_deploy.cli import main
 
     demo = shared(root, "demo")
-    with _cache(Path(demo["cache_path"]).parent.parent):
+    with _cache(Path(demo["cache_path"]).parent.parent), _captured_fds(folder) as printed:
         start = time.perf_counter()
         code = main(["pipeline", "--demo", "--output", str(folder / "demo"), "--quiet", *DEMO_BENCH])
-    return {"code": code, "seconds": time.perf_counter() - start}
+    return {"code": code, "seconds": time.perf_counter() - start, **printed}
+
+
+@contextmanager
+def _captured_fds(folder: Path):
+    """What the block writes to stdout and stderr, as ``stdout`` and ``stderr`` in the yielded dict once the block
+    ends (also copied to the caller's streams): descriptors 1 and 2 (native code's) and Python's ``sys.stdout`` and
+    ``sys.stderr``, which in a pytest worker are its capture's, not the descriptors."""
+    printed: dict[str, str] = {}
+    files = {name: folder / f"{name}.txt" for name in ("stdout", "stderr")}
+    saved, streams = {}, {}
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        getattr(sys, name).flush()
+        saved[fd] = os.dup(fd)
+        with open(files[name], "wb") as f:
+            os.dup2(f.fileno(), fd)
+        streams[name] = getattr(sys, name)
+        setattr(sys, name, open(fd, "w", buffering=1, closefd=False))
+    try:
+        yield printed
+    finally:
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            getattr(sys, name).close()  # flushes; the descriptor stays open (closefd=False)
+            setattr(sys, name, streams[name])
+            os.dup2(saved[fd], fd)
+            os.close(saved[fd])
+            printed[name] = files[name].read_text(errors="replace")
+            streams[name].write(printed[name])
 
 
 def _pipeline(name: str, args: list[str], expect: int) -> Callable[[Path, Path], dict]:

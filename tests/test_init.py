@@ -47,3 +47,33 @@ def test_coreml_export_prints_no_version_noise(tmp_path):
     assert "has not been tested with coremltools" not in proc.stderr
     assert "Failed to load _ML" not in proc.stderr or sys.platform == "darwin"
     assert (tmp_path / "m" / "model.mlpackage").is_dir()
+
+
+def _dropped(logger: str, msg: str, *args) -> bool:
+    record = logging.LogRecord(logger, logging.WARNING, __file__, 1, msg, args, None)
+    return not logging.getLogger(logger).filter(record)
+
+
+def test_only_the_known_torch_noise_is_dropped():
+    import enum
+
+    assert _dropped("torch.utils.cpp_extension", "No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local")
+    assert not _dropped("torch.utils.cpp_extension", "No ROCm runtime is found, using ROCM_HOME='%s'", "/opt/rocm")
+    enum_warning = ("%s is an Enum subclass and is now natively supported by torch.compile as an opaque value type. "
+                    "Calling register_constant() on Enum subclasses is deprecated and will be an error in a future "
+                    "release.")
+    torchao_enum = enum.Enum("KernelPreference", "AUTO")
+    torchao_enum.__module__ = "torchao.quantization.quantize_.common.kernel_preference"
+    other_enum = enum.Enum("Mine", "A")
+    assert _dropped("torch.utils._pytree", enum_warning, torchao_enum)
+    assert not _dropped("torch.utils._pytree", enum_warning, other_enum)  # another package's Enum still shows
+    assert not _dropped("torch.utils._pytree", "something else about %s", torchao_enum)
+
+
+def test_importing_the_int8_backends_prints_nothing():
+    """What importing NNCF and torchao set off on a CPU machine (the two torch warnings above) never shows."""
+    pytest.importorskip("nncf")
+    code = "import ffnet_deploy, nncf.torch, torchao, torch.utils.cpp_extension"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "No CUDA runtime is found" not in proc.stderr and "is an Enum subclass" not in proc.stderr, proc.stderr

@@ -164,3 +164,31 @@ def test_one_progress_protocol():
                     if arg.arg == "progress" and _is_callable_annotation(arg.annotation):
                         offenders.append(f"{name}:{node.lineno} {node.name}() takes a Callable progress")
     assert not offenders, "progress types outside ffnet_deploy.progress:\n" + "\n".join(offenders)
+
+
+def test_nncf_output_goes_to_stderr_or_nowhere(capfd):
+    """NNCF's bars (drawn on stdout) and its info lines: on stderr by default (``--json`` owns stdout), nowhere under
+    ``library_output(False)`` (``pipeline --quiet``); its warnings show either way."""
+    import logging
+
+    pytest.importorskip("nncf")
+    from ffnet_deploy.progress import library_output, library_output_shown
+    from ffnet_deploy.quantize.openvino_int8 import nncf_output
+
+    nncf_logger = logging.getLogger("nncf")
+    level = nncf_logger.level
+    with nncf_output():
+        print("bar: shown")
+        nncf_logger.info("info: shown")
+    out, err = capfd.readouterr()
+    assert out == "" and "bar: shown" in err and "info: shown" in err
+    with library_output(False):
+        assert not library_output_shown()
+        with nncf_output():
+            print("bar: hidden")
+            nncf_logger.info("info: hidden")
+            nncf_logger.warning("warning: shown")
+    assert library_output_shown()
+    out, err = capfd.readouterr()
+    assert out == "" and "hidden" not in err and "warning: shown" in err, err
+    assert nncf_logger.level == level  # put back as it was

@@ -108,6 +108,7 @@ def _pipeline(config_file: Path | None, cli_settings: dict[str, Any], *, plan: b
     )
     from ffnet_deploy.pipeline.distributed import check_executor_options
     from ffnet_deploy.pipeline.engine import STAGES, run_pipeline
+    from ffnet_deploy.progress import library_output
 
     check_executor_options(executor, ray_address, ray_wait)
     check_plan_options(plan=plan, emit=emit, runners=runners)
@@ -121,7 +122,7 @@ def _pipeline(config_file: Path | None, cli_settings: dict[str, Any], *, plan: b
         else:
             emit_json(graph)
         return 0
-    with pipeline_bars(STAGES, show=not (quiet or as_json)) as ui:
+    with library_output(shown=not (quiet or as_json)), pipeline_bars(STAGES, show=not (quiet or as_json)) as ui:
         if executor == "ray":
             from ffnet_deploy.pipeline.distributed import run_on_ray
 

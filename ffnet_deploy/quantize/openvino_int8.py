@@ -19,6 +19,8 @@ groups ended up quantized (a convolution or matmul with int8 weights) and which 
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import sys
 import tempfile
 import time
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ffnet_deploy.errors import ConfigError, QuantizationError, require
-from ffnet_deploy.progress import NULL, Progress
+from ffnet_deploy.progress import NULL, Progress, library_output_shown
 from ffnet_deploy.quantize.groups import layer_group, sorted_groups
 from ffnet_deploy.validate.metrics import top1_accuracy
 
@@ -128,10 +130,28 @@ class QuantizedOpenVINO:
 
 
 @contextlib.contextmanager
-def nncf_output_to_stderr():
-    """NNCF draws its progress bars on stdout; ``--json`` owns stdout, so they go to stderr."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
+def nncf_output():
+    """NNCF draws its progress bars on stdout and logs its info lines there: ``--json`` owns stdout, so both go to
+    stderr; and nowhere where the caller hides the libraries' output (:func:`~ffnet_deploy.progress.library_output`:
+    ``pipeline --quiet``). Its warnings show on stderr either way."""
+    with contextlib.suppress(ImportError):  # a missing extra is said by the call inside the block
+        import nncf  # noqa: F401  (its logger and handler exist once it is imported)
+    logger = logging.getLogger("nncf")
+    # its handler took whatever sys.stdout was when NNCF was imported; pointed at stderr inside the block
+    streams = [(h, h.stream) for h in logger.handlers if type(h) is logging.StreamHandler]
+    level = logger.level
+    shown = library_output_shown()
+    for handler, _ in streams:
+        handler.setStream(sys.stderr)
+    if not shown:
+        logger.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(sys.stderr if shown else io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+        for handler, stream in streams:
+            handler.stream = stream  # as it was (setStream would flush it: it may be closed by now)
 
 
 # --------------------------------------------------------------------------------------------------------------------

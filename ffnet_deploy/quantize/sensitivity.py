@@ -370,12 +370,12 @@ class OpenVINOBackend:
         return self._infer(self._fp32_ir)
 
     def quantized(self, float_groups: Sequence[str] = (), only_groups: Sequence[str] | None = None) -> RunnerInfer:
-        from ffnet_deploy.quantize.openvino_int8 import nncf_output_to_stderr, quantize_openvino
+        from ffnet_deploy.quantize.openvino_int8 import nncf_output, quantize_openvino
 
         groups = self.groups()
         floating = set(float_groups) | (set() if only_groups is None else set(groups) - set(only_groups))
         settings = dataclasses.replace(self.settings, ignored_groups=tuple(g for g in groups if g in floating))
-        with nncf_output_to_stderr():
+        with nncf_output():
             result = quantize_openvino(self._fp32_model(), self.calib, settings)
         self._count += 1
         xml, files = self._save(result.model, f"candidate{self._count}")

@@ -255,7 +255,7 @@ def quantize_openvino_model(ov_model, stage, model, config, log: Sink):
         if calib is None:
             raise ConfigError("openvino export | --max-drop runs NNCF's accuracy control, which needs --calib DATA")
         log(f"NNCF accuracy control: at most {q.max_drop} points lost on {q.eval_data}")
-        with openvino_int8.nncf_output_to_stderr():
+        with openvino_int8.nncf_output():
             result = openvino_int8.quantize_with_accuracy_control(
                 ov_model, calib, source_from_spec(q.eval_data, split="test"), transform, q.max_drop, nncf_settings,
                 progress=log)
@@ -270,7 +270,7 @@ def quantize_openvino_model(ov_model, stage, model, config, log: Sink):
 
         cache = StatisticsCache(q.cache_dir, cache_backend(config), log)
         entry = cache.lookup(key)
-        with openvino_int8.nncf_output_to_stderr():
+        with openvino_int8.nncf_output():
             if entry is None:
                 if calib is None:
                     cached_statistics(cache, key, dict, None)  # raises: no data and no entry

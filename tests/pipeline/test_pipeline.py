@@ -66,6 +66,18 @@ def test_demo_passes_parity_everywhere_with_accuracy(demo_run):
 
 
 @DEMO_RUN_GROUP
+def test_demo_quiet_prints_the_summary_line_alone(demo_run, tmp_path_factory):
+    """``--quiet`` (README: "prints one summary line"): nothing else on stdout or stderr, neither the pipeline's
+    progress nor the libraries' (NNCF's bars and info lines, torch's warnings on importing NNCF and torchao, the
+    native lines of ExecuTorch and LiteRT)."""
+    out, code, _ = demo_run
+    printed = shared(shared_root(tmp_path_factory), "demo-run")
+    assert code == 0
+    assert printed["stdout"] == f"{_demo_jobs()} passed, 0 failed, 0 skipped, 0 errors: {out / 'index.html'}\n"
+    assert printed["stderr"] == "", printed["stderr"]
+
+
+@DEMO_RUN_GROUP
 def test_demo_report_folder(demo_run):
     out, _, _ = demo_run
     for name in ("index.md", "index.html", "results.json", "junit.xml"):
