@@ -95,6 +95,19 @@ def test_user_errors_are_one_line_without_traceback(capsys, tmp_path):
     assert len(err.strip().splitlines()) <= 3  # one logical line (rich may wrap it on a narrow terminal)
 
 
+@pytest.mark.parametrize("kinds", ["missing+missing", "folder+missing", "missing+file"])
+def test_report_merge_names_a_missing_input_first(capsys, tmp_path, kinds):
+    """A missing input is named as missing, never taken for one kind of merge ('--out must end in .md') or for a mix
+    of both; nothing is written."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file.json").write_text("{}")
+    paths = {"missing": tmp_path / "nope", "folder": tmp_path / "folder", "file": tmp_path / "file.json"}
+    inputs = [str(paths[k]) for k in kinds.split("+")]
+    code, _, err = run(capsys, "report", "merge", *inputs, "--out", str(tmp_path / "merged"))
+    assert code == 1 and f"{tmp_path / 'nope'} does not exist" in err and "Traceback" not in err, err
+    assert not (tmp_path / "merged").exists()
+
+
 def test_usage_error_exits_2(capsys):
     code, _, err = run(capsys, "inspect")
     assert code == 2 and "Missing argument" in err

@@ -23,6 +23,10 @@ def report_merge(
 ) -> int:
     """Merge results: bench JSONs into one table (rows variant x precision, columns devices), or the job
     folders of 'pipeline --only' runs into one report."""
+    missing = next((p for p in inputs if not p.exists()), None)
+    if missing is not None:  # before guessing from the others which kind of merge this is
+        raise FFNetDeployError(f"report merge | {missing} does not exist; pass bench result files (results.json of "
+                               "'ffnet-deploy bench' or 'report add') or pipeline output folders")
     folders = [p for p in inputs if p.is_dir()]
     if folders and len(folders) != len(inputs):
         raise FFNetDeployError("report merge | pass either bench result files or pipeline output folders, not both")

@@ -253,7 +253,7 @@ def _check_dir(root: Path, what: str) -> Path:
     if not root.exists():
         raise ConfigError(f"data | {what} {root} does not exist; pass an existing folder")
     if not root.is_dir():
-        raise ConfigError(f"data | {what} {root} is not a folder")
+        raise ConfigError(f"data | {what} {root} is not a folder; pass the folder that holds the images")
     return root
 
 
@@ -398,8 +398,9 @@ class ImageFolderSource(DataSource):
         # _scan_files reports names relative to the class folder; that is fine for examples.
         _warn_unsupported(self._scan_skipped, self.root)
         if not self._files:
-            raise ConfigError(f"data | --data folder {self.root} has class folders but no image files "
-                              f"({'/'.join(IMAGE_EXTENSIONS)})")
+            # reached from --data, --calib and --eval-data alike: the message names the folder, not an option
+            raise ConfigError(f"data | data folder {self.root} has class folders but no image files "
+                              f"({'/'.join(IMAGE_EXTENSIONS)}); put the images in one subfolder per class")
         self.skipped = self._scan_skipped
 
     def _default_labels(self, classes: list[str]) -> tuple[dict[str, int], str]:

@@ -101,11 +101,13 @@ def test_missing_or_empty_folders_are_clear_errors(tmp_path):
         ImageDirSource(tmp_path / "empty")
     (tmp_path / "empty" / "a").mkdir()
     (tmp_path / "empty" / "a" / "x.txt").write_text("x")
-    with pytest.raises(ConfigError, match="no image files"):
+    with pytest.raises(ConfigError, match="no image files") as refused:
         ImageFolderSource(tmp_path / "empty")
+    # the same message whichever option named the folder (--data, --calib, --eval-data), and it says what to do
+    assert "--data" not in str(refused.value) and "one subfolder per class" in str(refused.value)
     f = tmp_path / "file.jpg"
     f.write_bytes(b"x")
-    with pytest.raises(ConfigError, match="not a folder"):
+    with pytest.raises(ConfigError, match="not a folder; pass the folder that holds the images"):
         ImageDirSource(f)
 
 
