@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ffnet_deploy.artifact.formats import bench_runtimes, format_names
 from ffnet_deploy.artifact.precisions import baseline_precision, is_calibrated, precision_names
-from ffnet_deploy.atomic import locked, os_reason, write_hint, write_text
+from ffnet_deploy.atomic import lock_path, locked, os_reason, write_hint, write_text
 from ffnet_deploy.errors import ConfigError, FFNetDeployError, Interrupted
 from ffnet_deploy.interrupts import fault_point
 from ffnet_deploy.pipeline.config import Job, PipelineConfig
@@ -165,13 +165,21 @@ def output_lock(output: Path, component: str = "pipeline") -> Iterator[None]:
 
 
 def _only_a_stray_claim(out: Path) -> bool:
-    """Whether ``out`` holds nothing but a ``.pipeline/`` without a state (a run killed before it wrote one, or one
-    starting right now, whose lock then refuses this one): the folder counts as empty."""
+    """Whether ``out`` holds nothing but a ``.pipeline/`` without a state, only empty lock files in it (a run killed
+    before it wrote its state, even while it held the lock of a file it was writing there; or one starting right
+    now, whose lock then refuses this one): the folder counts as empty."""
     entries = list(out.iterdir())
     state_dir = out / STATE_DIR
     if entries != [state_dir] or state_dir.is_symlink() or not state_dir.is_dir():
         return False
-    return all(p.name == f".{LOCK_TARGET}.lock" for p in state_dir.iterdir())
+    return all(_is_a_lock_file(p) for p in state_dir.iterdir())
+
+
+def _is_a_lock_file(path: Path) -> bool:
+    """An empty regular file named as :func:`~ffnet_deploy.atomic.lock_path` names them (``.<name>.lock``)."""
+    name = path.name[1:-len(".lock")] if path.name.startswith(".") and path.name.endswith(".lock") else ""
+    return (bool(name) and lock_path(path.with_name(name)) == path and not path.is_symlink() and path.is_file()
+            and path.stat().st_size == 0)
 
 
 def check_output(config: PipelineConfig) -> bool:

@@ -303,6 +303,35 @@ def test_missing_checkpoint_and_foreign_output(tmp_path, capsys):
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
+@pytest.mark.parametrize("left", [[".run.lock"], [".run.lock", ".state.json.lock"], [".state.json.lock"]])
+def test_a_run_killed_before_its_state_leaves_a_folder_that_counts_as_empty(tmp_path, left):
+    """Killed after it locked its output (and, seen in a Ray job's folder on Ctrl-C, while it held the lock of the
+    state it was writing): only empty lock files stay, and the next run takes the folder as new."""
+    from ffnet_deploy.pipeline.config import PipelineConfig
+    from ffnet_deploy.pipeline.engine import check_output
+
+    out = tmp_path / "run"
+    (out / ".pipeline").mkdir(parents=True)
+    for name in left:
+        (out / ".pipeline" / name).touch()
+    assert check_output(PipelineConfig(output=out)) is False  # empty: no earlier run, nothing refused
+
+
+@pytest.mark.parametrize("planted", ["notes.lock", ".notes.txt", ".x.lock:full"])
+def test_a_state_folder_with_anything_else_is_refused(tmp_path, planted):
+    from ffnet_deploy.errors import ConfigError
+    from ffnet_deploy.pipeline.config import PipelineConfig
+    from ffnet_deploy.pipeline.engine import check_output
+
+    out = tmp_path / "run"
+    (out / ".pipeline").mkdir(parents=True)
+    (out / ".pipeline" / ".run.lock").touch()
+    name, _, full = planted.partition(":")
+    (out / ".pipeline" / name).write_text("keep me" if full else "")
+    with pytest.raises(ConfigError, match="is not empty and was not written by"):
+        check_output(PipelineConfig(output=out))
+
+
 def test_device_name_and_a_new_resolution_on_resume(tmp_path, digits_checkpoint):
     out = tmp_path / "o"
     base = ["pipeline", "--checkpoint", str(digits_checkpoint), "--output", str(out), "--formats", "onnx",
