@@ -67,18 +67,6 @@ _logging.getLogger("coremltools").addFilter(
     lambda record: not any(p.fullmatch(record.getMessage()) for p in _COREMLTOOLS_NOISE)
 )
 
-# Two torch warnings that the INT8 backends set off (importing NNCF and torchao) on every machine this CPU tool runs
-# on: that no CUDA runtime is found (none is used), and torchao's registering its own Enums in a way torch now calls
-# deprecated. Dropped on exactly those loggers and messages; a deprecation for any other package's Enum still shows.
-_logging.getLogger("torch.utils.cpp_extension").addFilter(
-    lambda record: not record.getMessage().startswith("No CUDA runtime is found, using CUDA_HOME=")
-)
-_logging.getLogger("torch.utils._pytree").addFilter(
-    lambda record: not (str(record.msg).startswith("%s is an Enum subclass and is now natively supported")
-                        and isinstance(record.args, tuple) and len(record.args) == 1
-                        and str(getattr(record.args[0], "__module__", "")).split(".")[0] == "torchao")
-)
-
 __all__ = [
     "LoadedCheckpoint",
     "VARIANTS",

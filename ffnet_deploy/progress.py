@@ -116,14 +116,27 @@ _LIBRARY_OUTPUT: ContextVar[bool] = ContextVar("ffnet_deploy_library_output", de
 
 @contextmanager
 def library_output(shown: bool) -> Iterator[None]:
-    """Whether the libraries' own progress bars and info lines (NNCF's) are shown inside the block: ``pipeline
-    --quiet`` and ``--json`` print nothing but their result, so they pass ``False``; the producers report their
-    progress through this protocol either way."""
+    """Whether the libraries' own progress bars and info lines (NNCF's) and the torch warnings of
+    :data:`_LIBRARY_WARNINGS` are shown inside the block: ``pipeline --quiet`` and ``--json`` print nothing but their
+    result, so they pass ``False``; the producers report their progress through this protocol either way."""
+    import logging
+
     token = _LIBRARY_OUTPUT.set(shown)
+    # torch's warnings that importing NNCF and torchao set off on a CPU machine (no CUDA runtime found; torchao's
+    # Enum registration deprecated): hidden with the rest; shown as before everywhere else
+    loggers = [] if shown else [logging.getLogger(name) for name in _LIBRARY_WARNINGS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
         _LIBRARY_OUTPUT.reset(token)
+
+
+_LIBRARY_WARNINGS = ("torch.utils.cpp_extension", "torch.utils._pytree")
 
 
 def library_output_shown() -> bool:
