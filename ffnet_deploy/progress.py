@@ -20,7 +20,8 @@ written against a plain-text log keeps working when it is handed a sink.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Protocol, runtime_checkable
@@ -113,30 +114,36 @@ def as_progress(progress: Sink | None) -> Events:
 
 _LIBRARY_OUTPUT: ContextVar[bool] = ContextVar("ffnet_deploy_library_output", default=True)
 
+# torch's warnings that importing NNCF and torchao set off on a CPU machine (no CUDA runtime found; torchao's Enum
+# registration deprecated): hidden inside library_output(False), shown as before everywhere else
+_LIBRARY_WARNINGS = ("torch.utils.cpp_extension", "torch.utils._pytree")
+
+
+@contextmanager
+def logger_levels(names: Sequence[str], level: int) -> Iterator[None]:
+    """The loggers ``names`` at ``level`` inside the block; their own levels put back after it."""
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, old in zip(loggers, saved, strict=True):
+            logger.setLevel(old)
+
 
 @contextmanager
 def library_output(shown: bool) -> Iterator[None]:
     """Whether the libraries' own progress bars and info lines (NNCF's) and the torch warnings of
     :data:`_LIBRARY_WARNINGS` are shown inside the block: ``pipeline --quiet`` and ``--json`` print nothing but their
     result, so they pass ``False``; the producers report their progress through this protocol either way."""
-    import logging
-
     token = _LIBRARY_OUTPUT.set(shown)
-    # torch's warnings that importing NNCF and torchao set off on a CPU machine (no CUDA runtime found; torchao's
-    # Enum registration deprecated): hidden with the rest; shown as before everywhere else
-    loggers = [] if shown else [logging.getLogger(name) for name in _LIBRARY_WARNINGS]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
     try:
-        yield
+        with logger_levels(() if shown else _LIBRARY_WARNINGS, logging.ERROR):
+            yield
     finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
         _LIBRARY_OUTPUT.reset(token)
-
-
-_LIBRARY_WARNINGS = ("torch.utils.cpp_extension", "torch.utils._pytree")
 
 
 def library_output_shown() -> bool:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ffnet_deploy.artifact.formats import bench_runtimes, format_names
 from ffnet_deploy.artifact.precisions import baseline_precision, is_calibrated, precision_names
-from ffnet_deploy.atomic import lock_path, locked, os_reason, write_hint, write_text
+from ffnet_deploy.atomic import locked, os_reason, write_hint, write_text
 from ffnet_deploy.errors import ConfigError, FFNetDeployError, Interrupted
 from ffnet_deploy.interrupts import fault_point
 from ffnet_deploy.pipeline.config import Job, PipelineConfig
@@ -177,9 +177,8 @@ def _only_a_stray_claim(out: Path) -> bool:
 
 def _is_a_lock_file(path: Path) -> bool:
     """An empty regular file named as :func:`~ffnet_deploy.atomic.lock_path` names them (``.<name>.lock``)."""
-    name = path.name[1:-len(".lock")] if path.name.startswith(".") and path.name.endswith(".lock") else ""
-    return (bool(name) and lock_path(path.with_name(name)) == path and not path.is_symlink() and path.is_file()
-            and path.stat().st_size == 0)
+    named = len(path.name) > len("..lock") and path.name.startswith(".") and path.name.endswith(".lock")
+    return named and not path.is_symlink() and path.is_file() and path.stat().st_size == 0
 
 
 def check_output(config: PipelineConfig) -> bool:

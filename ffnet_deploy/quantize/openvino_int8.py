@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ffnet_deploy.errors import ConfigError, QuantizationError, require
-from ffnet_deploy.progress import NULL, Progress, library_output_shown
+from ffnet_deploy.progress import NULL, Progress, library_output_shown, logger_levels
 from ffnet_deploy.quantize.groups import layer_group, sorted_groups
 from ffnet_deploy.validate.metrics import top1_accuracy
 
@@ -139,17 +139,14 @@ def nncf_output():
     logger = logging.getLogger("nncf")
     # its handler took whatever sys.stdout was when NNCF was imported; pointed at stderr inside the block
     streams = [(h, h.stream) for h in logger.handlers if type(h) is logging.StreamHandler]
-    level = logger.level
     shown = library_output_shown()
     for handler, _ in streams:
         handler.setStream(sys.stderr)
-    if not shown:
-        logger.setLevel(logging.WARNING)
     try:
-        with contextlib.redirect_stdout(sys.stderr if shown else io.StringIO()):
+        with (logger_levels(() if shown else ("nncf",), logging.WARNING),
+              contextlib.redirect_stdout(sys.stderr if shown else io.StringIO())):
             yield
     finally:
-        logger.setLevel(level)
         for handler, stream in streams:
             handler.stream = stream  # as it was (setStream would flush it: it may be closed by now)
 
