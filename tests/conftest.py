@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from ffnet_deploy.models.ffnet import create_ffnet
-from tests.session_builds import all_cpus, needed, shared, shared_root, start_background, stop_background
+from tests.session_builds import all_cpus, folder_of, needed, shared, shared_root, start_background, stop_background
 
 # The suite runs as in a CI log, whatever terminal started it: the CLI's consoles take their width from COLUMNS when
 # ffnet_deploy.cli is first imported (pytest-xdist's workers have COLUMNS=80); a test that needs a width sets it.
@@ -125,6 +125,16 @@ def demo_checkpoint_path(demo_result) -> Path:
     Read-only by convention: it is the cache's own file, which the cache-hit tests expect unchanged.
     """
     return demo_result.path
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, demo_result):
+    """``pipeline --demo`` once per test run (tests/session_builds.py; the demo checkpoint comes from the run's
+    cache): the output folder, the exit code and the seconds it took. Its tests share one xdist worker
+    (``xdist_group(DEMO_RUN)``): some resume it in place, the others read its artifacts."""
+    root = shared_root(tmp_path_factory)
+    value = shared(root, "demo-run")
+    return folder_of(root, "demo-run") / "demo", value["code"], value["seconds"]
 
 
 @pytest.fixture(scope="session")

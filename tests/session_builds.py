@@ -37,6 +37,9 @@ BASE_ARGS = ["--formats", "onnx", "--precisions", "fp32,int8", "--calib", "digit
 SINGLE_ARGS = ["--formats", "onnx", "--precisions", "fp32,int8", "--calib", "digits", "--calib-size", "128",
                "--eval-data", "digits", "--eval-limit", "200", "--no-bench", "--quiet"]
 DEMO_BENCH = ["--bench-iters", "5", "--bench-time", "0.2"]
+DEMO_RUN = "demo-run"
+"""The xdist group of the tests that use the demo run's folder (``pytest.mark.xdist_group(DEMO_RUN)``): one worker
+runs them in collection order, so the tests that read its artifacts come before those that resume it in place."""
 
 
 def shared_root(tmp_path_factory) -> Path:
@@ -140,6 +143,15 @@ def _captured_fds(folder: Path):
             os.close(saved[fd])
             printed[name] = files[name].read_text(errors="replace")
             streams[name].write(printed[name])
+
+
+def demo_run_artifact(demo_run: tuple[Path, int, float], job: str) -> tuple[Path, dict]:
+    """The artifact folder of job ``job`` (``executorch-int8``) of the ``demo_run`` fixture's run, and its manifest.
+    Read-only: its tests are in the :data:`DEMO_RUN` group, which also resumes that run in place."""
+    out, code, _ = demo_run
+    assert code == 0, f"pipeline --demo exited {code}"
+    folder = out / "artifacts" / job
+    return folder, json.loads((folder / "manifest.json").read_text())
 
 
 def _pipeline(name: str, args: list[str], expect: int) -> Callable[[Path, Path], dict]:

@@ -29,6 +29,26 @@ def gate_checks(m: dict) -> list[dict]:
     return m["parity"]["checks"]
 
 
+def gate_of(folder: Path, checkpoint: Path) -> dict:
+    """The export parity gate's block (``parity`` in a manifest) for the published artifact ``folder``: the gate
+    :func:`~ffnet_deploy.export.export` runs before it publishes (the validate engine's ``gate_artifact`` on
+    ``gate_source``'s images, the precision's profile), run on it now with the options its manifest records. For an
+    artifact made with the gate off, as the pipeline makes them (its validate stage checks them after)."""
+    from ffnet_deploy.artifact.manifest import read_manifest
+    from ffnet_deploy.export import gate_source
+    from ffnet_deploy.quantize.config import QuantizationConfig
+    from ffnet_deploy.validate.engine import gate_artifact
+
+    m = manifest(folder)
+    q = m["options"]["quantization"] or {}
+    config = ExportConfig(m["format"], folder, precision=m["precision"],
+                          quantization=QuantizationConfig(calib=q.get("calib"), calib_size=q.get("calib_size"),
+                                                          eval_data=q.get("eval_data")))
+    source, _ = gate_source(config, read_manifest(folder))
+    return gate_artifact(folder, load_ffnet(checkpoint), samples=m["options"]["parity_samples"],
+                         source=source).to_dict()
+
+
 def gate_max_rel(check: dict) -> float:
     """Max |artifact - torch| over the reference logits' range, from one gate result (see :func:`gate_checks`).
 

@@ -14,16 +14,17 @@ import pytest
 from ffnet_deploy.artifact.inspect import inspect_precision
 from ffnet_deploy.cli import main
 from ffnet_deploy.errors import ConfigError, ParityError
-from ffnet_deploy.export import export
-from ffnet_deploy.exporters.base import ExportConfig
 from ffnet_deploy.hashing import sha256_file
 from ffnet_deploy.quantize.config import QuantizationConfig
-from tests.exporters.helpers import gate_checks, gate_max_rel, manifest, run_export
+from tests.exporters.helpers import gate_checks, gate_max_rel, gate_of, manifest, run_export
+from tests.session_builds import DEMO_RUN, demo_run_artifact
 
 pytest.importorskip("executorch.exir")
 
-# on one xdist worker, so that its module fixtures are made once a run (README, Tests)
-pytestmark = pytest.mark.xdist_group("executorch-export")
+# on one xdist worker, so that its module fixtures and executorch's first-call set-up are made once a run (README,
+# Tests); the tests of the demo run's artifacts are in that run's group instead (a test has one group: xdist joins
+# the names of every group mark it carries, the module's too)
+EXPORT_GROUP = pytest.mark.xdist_group("executorch-export")
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,6 +33,7 @@ def _check(result: dict, name: str) -> dict:
     return next(c for c in result["checks"] if c["name"] == name)
 
 
+@EXPORT_GROUP
 def test_fp32_export_parity_manifest_and_delegation(tmp_path, test_checkpoint):
     result = run_export(tmp_path, "executorch", test_checkpoint)
     out, m = result.output, manifest(result.output)
@@ -56,6 +58,7 @@ def test_fp32_export_parity_manifest_and_delegation(tmp_path, test_checkpoint):
     assert inspect_precision(out / "model.pte", "executorch").precision == "fp32"
 
 
+@EXPORT_GROUP
 def test_unsupported_settings_are_one_line(tmp_path, test_checkpoint):
     with pytest.raises(ConfigError, match=r"^executorch export \| --dynamic-batch is not supported"):
         run_export(tmp_path, "executorch", test_checkpoint, dynamic_batch=(1, 2, 4))
@@ -67,6 +70,7 @@ def test_unsupported_settings_are_one_line(tmp_path, test_checkpoint):
     assert not list(tmp_path.iterdir())
 
 
+@EXPORT_GROUP
 def test_delegation_gate_fails_when_gelu_falls_back(tmp_path, test_checkpoint, monkeypatch):
     """A partitioner without XNNPACK's GELU configuration leaves every GELU on the portable kernels: the numbers still
     match, and the gate fails in one line naming the operator; nothing is published."""
@@ -86,6 +90,7 @@ def test_delegation_gate_fails_when_gelu_falls_back(tmp_path, test_checkpoint, m
     assert not (tmp_path / "executorch-artifact").exists()
 
 
+@EXPORT_GROUP
 def test_missing_extra_is_one_line(tmp_path, test_checkpoint):
     """Without executorch (its import made to fail by a sitecustomize in a subprocess) the export names the extra."""
     site = tmp_path / "site"
@@ -109,36 +114,36 @@ def test_missing_extra_is_one_line(tmp_path, test_checkpoint):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# INT8 on the digits model: one export (the slow part, about a minute on 2 cores), shared by the tests below
+# INT8 on the digits model: the demo run's (tests/session_builds.py) executorch-int8 job, the same export a user's
+# `pipeline --demo` makes (300 calibration digits), shared with the pipeline's tests instead of lowered again here
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def int8_digits(tmp_path_factory, demo_checkpoint_path):
-    root = tmp_path_factory.mktemp("executorch-int8")
-    cache = root / "cache"
-    result = export(ExportConfig("executorch", root / "int8", precision="int8",
-                                 quantization=QuantizationConfig(calib="digits", calib_size=100, cache_dir=cache)),
-                    demo_checkpoint_path)
-    return result, cache
+@pytest.fixture
+def int8_digits(demo_run):
+    """The demo run's executorch-int8 artifact folder, its manifest and its calibration cache file."""
+    folder, m = demo_run_artifact(demo_run, "executorch-int8")
+    return folder, m, Path(m["details"]["quantization"]["statistics_cache"]["path"])
 
 
-def test_int8_digits_export_and_accuracy(int8_digits, demo_checkpoint_path, capsys, tmp_path):
-    result, cache = int8_digits
-    m = manifest(result.output)
+@pytest.mark.xdist_group(DEMO_RUN)
+def test_int8_digits_export_and_accuracy(int8_digits, demo_run, demo_checkpoint_path, capsys, tmp_path):
+    output, m, cache = int8_digits
     assert m["precision"] == "int8"
     q = m["details"]["quantization"]
-    assert q["backend"] == "executorch/pt2e-xnnpack" and q["calibration"]["num_images"] == 100
-    assert q["statistics_cache"]["hit"] is False and (cache / "executorch.calibration.json").is_file()
-    found = inspect_precision(result.artifact, "executorch")
+    assert q["backend"] == "executorch/pt2e-xnnpack" and q["calibration"]["num_images"] == 300
+    assert q["statistics_cache"]["hit"] is False and cache.name == "executorch.calibration.json" and cache.is_file()
+    assert cache.is_relative_to(demo_run[0] / ".pipeline" / "calibration")
+    found = inspect_precision(output / m["artifact"]["path"], "executorch")
     assert found.precision == "int8" and "qcint8" in found.evidence
     assert m["details"]["delegation"]["delegated_subgraphs"] == 1
-    (gate,) = gate_checks(m)
+    # The export gate (which the pipeline leaves to its validate stage) passes it with the int8 profile.
+    (gate,) = gate_checks({"parity": gate_of(output, demo_checkpoint_path)})
     assert gate["status"] == "passed" and gate["profile"]["name"] == "int8"
     assert _check(gate, "delegation")["passed"]
     # validate on the 500 held-out digits: the int8 profile (agreement, accuracy drop within 1 point) holds
     report = tmp_path / "report.json"
-    code = main(["validate", str(result.output), "-c", str(demo_checkpoint_path), "--data", "digits", "--report",
+    code = main(["validate", str(output), "-c", str(demo_checkpoint_path), "--data", "digits", "--report",
                  str(report)])
     capsys.readouterr()
     (art,) = json.loads(report.read_text())["artifacts"]
@@ -148,6 +153,7 @@ def test_int8_digits_export_and_accuracy(int8_digits, demo_checkpoint_path, caps
     assert _check(art, "delegation")["passed"]
 
 
+@pytest.mark.xdist_group(DEMO_RUN)
 def test_int8_statistics_cache_restores_the_observers(int8_digits, demo_checkpoint_path):
     """The cached observer ranges, put back into a freshly prepared graph, give the same quantized model as the
     calibration run: the converted graphs' quantization parameters are equal."""
@@ -158,8 +164,8 @@ def test_int8_statistics_cache_restores_the_observers(int8_digits, demo_checkpoi
     from ffnet_deploy.quantize import executorch_int8
     from ffnet_deploy.quantize.calibration import read_cache
 
-    _result, cache = int8_digits
-    stored = read_cache(cache / "executorch.calibration.json", "executorch")
+    _output, _m, cache = int8_digits
+    stored = read_cache(cache, "executorch")
     model = reparameterize_model(load_ffnet(demo_checkpoint_path)).eval()
     example = (torch.zeros(1, 3, 32, 32),)
     prepared = executorch_int8.prepare(model, example)
@@ -169,6 +175,7 @@ def test_int8_statistics_cache_restores_the_observers(int8_digits, demo_checkpoi
         executorch_int8.load_observer_states(prepared, {"observers": {"nope": {"min": [0], "max": [1], "shape": []}}})
 
 
+@EXPORT_GROUP
 def test_restored_states_give_the_calibration_runs_quantization_parameters(demo_checkpoint_path):
     """The activation observers are histogram observers: their ranges come from a search over the histogram, not from
     the min/max alone. The cached states (through JSON, as the cache file holds them) give a freshly prepared graph
@@ -202,6 +209,7 @@ def test_restored_states_give_the_calibration_runs_quantization_parameters(demo_
         executorch_int8.load_observer_states(restored, states)
 
 
+@EXPORT_GROUP
 def test_pipeline_plan_lists_the_phone_job(tmp_path, test_checkpoint, capsys):
     """``--formats executorch`` is a pipeline format; its plan job runs on Linux (parity, host timing) and names the
     phone's own job after it: push the program, time it with executor_runner, import the CSV with report add."""

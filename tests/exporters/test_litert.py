@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,14 +20,17 @@ from ffnet_deploy.export import export
 from ffnet_deploy.exporters.base import ExportConfig
 from ffnet_deploy.hashing import sha256_file
 from ffnet_deploy.quantize.config import QuantizationConfig
-from tests.exporters.helpers import gate_checks, gate_max_rel, manifest, run_export
+from tests.exporters.helpers import gate_checks, gate_max_rel, gate_of, manifest, run_export
+from tests.session_builds import DEMO_RUN, demo_run_artifact
 
 pytest.importorskip("litert_torch", reason="needs the litert extra: pip install -e '.[litert]'")
 pytest.importorskip("ai_edge_quantizer", reason="needs the litert extra: pip install -e '.[litert]'")
 pytest.importorskip("ai_edge_litert.interpreter", reason="needs the litert extra: pip install -e '.[litert]'")
 
-# on one xdist worker, so that its module fixtures are made once a run (README, Tests)
-pytestmark = pytest.mark.xdist_group("litert-export")
+# on one xdist worker, so that its module fixtures and litert's first-call set-up are made once a run (README,
+# Tests); the tests of the demo run's artifacts are in that run's group instead (a test has one group: xdist joins
+# the names of every group mark it carries, the module's too)
+EXPORT_GROUP = pytest.mark.xdist_group("litert-export")
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,6 +45,7 @@ def fp32_artifact(tmp_path_factory, test_checkpoint):
     return run_export(tmp_path_factory.mktemp("litert-fp32"), "litert", test_checkpoint)
 
 
+@EXPORT_GROUP
 def test_fp32_export_parity_manifest_and_delegation(fp32_artifact):
     out, m = fp32_artifact.output, manifest(fp32_artifact.output)
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.tflite"]
@@ -65,6 +70,7 @@ def test_fp32_export_parity_manifest_and_delegation(fp32_artifact):
     assert found.precision == "fp32" and "float32 weights" in found.evidence
 
 
+@EXPORT_GROUP
 def test_unsupported_settings_are_one_line(tmp_path, test_checkpoint):
     with pytest.raises(ConfigError, match=r"^litert export \| --dynamic-batch is not supported"):
         run_export(tmp_path, "litert", test_checkpoint, dynamic_batch=(1, 2, 4))
@@ -76,6 +82,7 @@ def test_unsupported_settings_are_one_line(tmp_path, test_checkpoint):
     assert not list(tmp_path.iterdir())
 
 
+@EXPORT_GROUP
 def test_malformed_and_relabelled_models_are_refused_in_one_line(tmp_path, fp32_artifact, test_checkpoint, capfd):
     """Through the CLI: a file named .tflite that is not one (garbage, or garbage after a TFL3 identifier, which
     LiteRT's verifier refuses) fails validation in one line, no traceback; a .tflite renamed .onnx is refused by its
@@ -102,6 +109,7 @@ def test_malformed_and_relabelled_models_are_refused_in_one_line(tmp_path, fp32_
             assert inspect_precision(path, "litert").precision is None  # the reader says so, it does not crash
 
 
+@EXPORT_GROUP
 def test_missing_extra_is_one_line(tmp_path, test_checkpoint):
     """Without the litert extra (its imports made to fail by a sitecustomize in a subprocess) the export names it."""
     site = tmp_path / "site"
@@ -126,46 +134,48 @@ def test_missing_extra_is_one_line(tmp_path, test_checkpoint):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# INT8 on the digits model: one export, shared by the tests below
+# INT8 on the digits model: the demo run's (tests/session_builds.py) litert-int8 job, the same export a user's
+# `pipeline --demo` makes (300 calibration digits), shared with the pipeline's tests instead of converted again here
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _int8(out: Path, checkpoint: Path, cache: Path):
+def _int8(out: Path, checkpoint: Path, cache: Path, calib_size: int = 100):
     return export(ExportConfig("litert", out, precision="int8",
-                               quantization=QuantizationConfig(calib="digits", calib_size=100, cache_dir=cache)),
+                               quantization=QuantizationConfig(calib="digits", calib_size=calib_size, cache_dir=cache)),
                   checkpoint)
 
 
-@pytest.fixture(scope="module")
-def int8_digits(tmp_path_factory, demo_checkpoint_path):
-    root = tmp_path_factory.mktemp("litert-int8")
-    cache = root / "cache"
-    return _int8(root / "int8", demo_checkpoint_path, cache), cache
+@pytest.fixture
+def int8_digits(demo_run):
+    """The demo run's litert-int8 artifact folder, its manifest and its calibration cache file."""
+    folder, m = demo_run_artifact(demo_run, "litert-int8")
+    return folder, m, Path(m["details"]["quantization"]["statistics_cache"]["path"])
 
 
-def test_int8_digits_export_and_accuracy(int8_digits, demo_checkpoint_path, capsys, tmp_path):
-    result, cache = int8_digits
-    m = manifest(result.output)
-    assert m["precision"] == "int8" and sorted(p.name for p in result.output.iterdir()) == ["manifest.json",
-                                                                                               "model.tflite"]
+@pytest.mark.xdist_group(DEMO_RUN)
+def test_int8_digits_export_and_accuracy(int8_digits, demo_run, demo_checkpoint_path, capsys, tmp_path):
+    output, m, cache = int8_digits
+    assert m["precision"] == "int8" and sorted(p.name for p in output.iterdir()) == ["manifest.json", "model.tflite"]
     q = m["details"]["quantization"]
-    assert q["backend"] == "litert/ai-edge-quantizer" and q["calibration"]["num_images"] == 100
+    assert q["backend"] == "litert/ai-edge-quantizer" and q["calibration"]["num_images"] == 300
     assert "GELU float" in q["recipe"] and m["versions"]["ai-edge-quantizer"] == "0.10.0"
-    assert q["statistics_cache"]["hit"] is False and (cache / "litert.calibration.json").is_file()
+    assert q["statistics_cache"]["hit"] is False and cache.name == "litert.calibration.json" and cache.is_file()
+    assert cache.is_relative_to(demo_run[0] / ".pipeline" / "calibration")
     # Full integer: the app feeds int8 and reads int8, with these (scale, zero point) pairs.
     io = m["details"]["io"]
     assert io["input"]["dtype"] == io["output"]["dtype"] == "int8" and io["input"]["scale"] > 0
-    found = inspect_precision(result.artifact, "litert")
+    found = inspect_precision(output / m["artifact"]["path"], "litert")
     assert found.precision == "int8" and "int8 weights" in found.evidence
     # With GELU float, XNNPACK takes the whole graph: one partition, nothing outside.
     assert m["details"]["delegation"]["delegated_subgraphs"] == 1
     assert m["details"]["delegation"]["not_delegated"] == {}
-    (gate,) = gate_checks(m)
+    # The export gate (which the pipeline leaves to its validate stage) passes it with the int8 profile.
+    (gate,) = gate_checks({"parity": gate_of(output, demo_checkpoint_path)})
     assert (gate["runtime"], gate["status"], gate["profile"]["name"]) == ("litert", "passed", "int8")
     assert _check(gate, "delegation")["passed"]
     # validate on the 500 held-out digits: the int8 profile (agreement, accuracy drop within 1 point) holds
     report = tmp_path / "report.json"
-    code = main(["validate", str(result.output), "-c", str(demo_checkpoint_path), "--data", "digits", "--report",
+    code = main(["validate", str(output), "-c", str(demo_checkpoint_path), "--data", "digits", "--report",
                  str(report)])
     capsys.readouterr()
     (art,) = json.loads(report.read_text())["artifacts"]
@@ -175,16 +185,21 @@ def test_int8_digits_export_and_accuracy(int8_digits, demo_checkpoint_path, caps
     assert _check(art, "delegation")["passed"]
 
 
+@pytest.mark.xdist_group(DEMO_RUN)
 def test_int8_statistics_cache_is_hit_and_the_export_reproduces(int8_digits, demo_checkpoint_path, tmp_path):
-    """A second export with the same calibration cache reuses the statistics (no images run) and writes the same
-    bytes: the FP32 conversion is deterministic, so the key (its sha256) is stable."""
-    first, cache = int8_digits
-    again = _int8(tmp_path / "again", demo_checkpoint_path, cache)
+    """An export with a copy of the pipeline's calibration cache reuses the statistics (no images run) and writes the
+    same bytes as the pipeline did from its fused checkpoint: the FP32 conversion is deterministic, so the key (its
+    sha256) is stable."""
+    output, m, cache = int8_digits
+    (tmp_path / "cache").mkdir()
+    shutil.copy2(cache, tmp_path / "cache" / cache.name)
+    again = _int8(tmp_path / "again", demo_checkpoint_path, tmp_path / "cache", calib_size=300)
     q = manifest(again.output)["details"]["quantization"]
     assert q["statistics_cache"]["hit"] is True
-    assert sha256_file(again.artifact) == sha256_file(first.artifact)
+    assert sha256_file(again.artifact) == sha256_file(output / m["artifact"]["path"])
 
 
+@EXPORT_GROUP
 def test_delegation_gate_fails_when_gelu_is_quantized(tmp_path, demo_checkpoint_path, monkeypatch):
     """XNNPACK has no int8 GELU: with the GELUs quantized they fall out of the delegate and the graph splits. The
     numbers still pass the int8 profile, and the gate fails in one line naming the operator; nothing is published."""
@@ -206,6 +221,7 @@ def test_delegation_gate_fails_when_gelu_is_quantized(tmp_path, demo_checkpoint_
 # --------------------------------------------------------------------------------------------------------------------
 
 
+@EXPORT_GROUP
 def test_pipeline_plan_lists_the_phone_job(tmp_path, test_checkpoint, capsys):
     """``--formats litert`` is a pipeline format; its plan job runs on Linux (parity, host timing) and names the
     phone's own job after it: push the model, time it with benchmark_model, import the CSV with report add."""

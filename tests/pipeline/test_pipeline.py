@@ -17,7 +17,7 @@ from ffnet_deploy.artifact.formats import demo_formats, get_format
 from ffnet_deploy.cli import main
 from tests.pipeline.conftest import SINGLE_ARGS
 from tests.session_builds import DEMO_BENCH as FAST_BENCH
-from tests.session_builds import folder_of, shared, shared_root
+from tests.session_builds import DEMO_RUN, shared, shared_root
 
 pytest.importorskip("openvino")
 pytest.importorskip("coremltools")
@@ -28,18 +28,9 @@ def _demo_jobs() -> int:
     return sum(len(get_format(f).precisions) for f in demo_formats())
 
 
-# The tests of the session's demo run go to one xdist worker (``--dist loadgroup``), in this order: one resumes it in
-# place, one runs a second pipeline on its folder.
-DEMO_RUN_GROUP = pytest.mark.xdist_group("demo-run")
-
-
-@pytest.fixture(scope="session")
-def demo_run(tmp_path_factory, demo_result):
-    """``pipeline --demo`` once per test run (tests/session_builds.py; the demo checkpoint comes from the run's
-    cache): the output folder, the exit code and the seconds it took."""
-    root = shared_root(tmp_path_factory)
-    value = shared(root, "demo-run")
-    return folder_of(root, "demo-run") / "demo", value["code"], value["seconds"]
+# The tests of the session's demo run (the demo_run fixture, tests/conftest.py) go to one xdist worker (``--dist
+# loadgroup``), in this order: one resumes it in place, one runs a second pipeline on its folder.
+DEMO_RUN_GROUP = pytest.mark.xdist_group(DEMO_RUN)
 
 
 @DEMO_RUN_GROUP
