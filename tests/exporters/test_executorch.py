@@ -17,9 +17,10 @@ from ffnet_deploy.errors import ConfigError, ParityError
 from ffnet_deploy.hashing import sha256_file
 from ffnet_deploy.quantize.config import QuantizationConfig
 from tests.exporters.helpers import gate_checks, gate_max_rel, gate_of, manifest, run_export
+from tests.extras import needs
 from tests.session_builds import DEMO_RUN, demo_run_artifact
 
-pytest.importorskip("executorch.exir")
+pytestmark = needs("executorch.exir")
 
 # on one xdist worker, so that its module fixtures and executorch's first-call set-up are made once a run (README,
 # Tests); the tests of the demo run's artifacts are in that run's group instead (a test has one group: xdist joins

@@ -21,11 +21,10 @@ from ffnet_deploy.exporters.base import ExportConfig
 from ffnet_deploy.hashing import sha256_file
 from ffnet_deploy.quantize.config import QuantizationConfig
 from tests.exporters.helpers import gate_checks, gate_max_rel, gate_of, manifest, run_export
+from tests.extras import LITERT_EXTRA, needs
 from tests.session_builds import DEMO_RUN, demo_run_artifact
 
-pytest.importorskip("litert_torch", reason="needs the litert extra: pip install -e '.[litert]'")
-pytest.importorskip("ai_edge_quantizer", reason="needs the litert extra: pip install -e '.[litert]'")
-pytest.importorskip("ai_edge_litert.interpreter", reason="needs the litert extra: pip install -e '.[litert]'")
+pytestmark = needs("litert_torch", "ai_edge_quantizer", "ai_edge_litert.interpreter", reason=LITERT_EXTRA)
 
 # on one xdist worker, so that its module fixtures and litert's first-call set-up are made once a run (README,
 # Tests); the tests of the demo run's artifacts are in that run's group instead (a test has one group: xdist joins

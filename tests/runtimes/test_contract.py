@@ -46,7 +46,12 @@ def _artifact(name: str, request: pytest.FixtureRequest):
     raise AssertionError(f"no contract artifact for runtime {name!r}: add one here")
 
 
-@pytest.mark.parametrize("name", RUNTIMES.names())
+# the programs ExecuTorch lowers and the models litert-torch converts are made on their exporter tests' worker
+_GROUPS = {"executorch": "executorch-export", "litert": "litert-export"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xdist_group(_GROUPS[n])) if n in _GROUPS else n
+                                  for n in RUNTIMES.names()])
 def test_runner_contract(name, request, fused_model, images):
     cls = RUNTIMES.get(name)
     reason = cls.unavailable_reason()

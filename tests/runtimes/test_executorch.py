@@ -10,9 +10,11 @@ import pytest
 
 from ffnet_deploy.errors import RuntimeBackendError
 from ffnet_deploy.runtimes import create_runner
+from tests.extras import needs
 from tests.runtimes.conftest import RES, lower_executorch, torch_logits
 
-pytest.importorskip("executorch.runtime")
+# on the worker of the ExecuTorch exporter's tests (tests/exporters/test_executorch.py): one process lowers programs
+pytestmark = [needs("executorch.runtime"), pytest.mark.xdist_group("executorch-export")]
 
 
 def test_runs_the_program_and_matches_torch(executorch_dir, fused_model, images):

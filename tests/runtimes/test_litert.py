@@ -10,9 +10,11 @@ import pytest
 
 from ffnet_deploy.errors import RuntimeBackendError
 from ffnet_deploy.runtimes import create_runner
+from tests.extras import LITERT_EXTRA, needs
 from tests.runtimes.conftest import RES, torch_logits
 
-pytest.importorskip("ai_edge_litert.interpreter", reason="needs the litert extra: pip install -e '.[litert]'")
+# on the worker of the LiteRT exporter's tests (tests/exporters/test_litert.py): one process converts models
+pytestmark = [needs("ai_edge_litert.interpreter", reason=LITERT_EXTRA), pytest.mark.xdist_group("litert-export")]
 
 
 def test_runs_the_model_and_matches_torch(litert_dir, fused_model, images):
