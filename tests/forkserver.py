@@ -36,6 +36,9 @@ import matplotlib.pyplot, ffnet_deploy.pipeline.engine, ffnet_deploy.pipeline.re
 # and torch._dynamo, which torch imports on the first call of a function it keeps out of compilation (the pipeline's
 # MAC count, through FlopCounterMode): about 0.9 s a child; importing it starts no thread
 import torch._dynamo
+# the CLI's click command, built once here instead of once in every child (ffnet_deploy.cli._main.command: about 40 ms)
+import ffnet_deploy.cli._main
+ffnet_deploy.cli._main.command()
 # what was imported is frozen out of the cycle collector (tests/conftest.py, pytest_collection_finish): a child's
 # collections skip it, and its pages stay shared with the server's instead of being written by the collector
 import gc

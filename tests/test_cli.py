@@ -156,7 +156,7 @@ def test_full_disk_in_a_converter_is_one_line(capsys, tmp_path, monkeypatch, kin
     def app(**_kwargs):
         raise err
 
-    monkeypatch.setattr(_main, "app", app)  # the app that main() runs
+    monkeypatch.setattr(_main, "command", lambda: app)  # the click command that main() runs
     assert main(["export"]) == 1
     assert capsys.readouterr().err.strip() == (f"error: cannot write in {tmp_path}: no space left on device; free "
                                                "some space or choose another folder")
@@ -168,7 +168,7 @@ def test_other_os_errors_are_not_hidden(monkeypatch):
     def app(**_kwargs):
         raise ConnectionResetError("a bug, not the machine's state")
 
-    monkeypatch.setattr(_main, "app", app)
+    monkeypatch.setattr(_main, "command", lambda: app)
     with pytest.raises(ConnectionResetError):
         main(["models"])
 

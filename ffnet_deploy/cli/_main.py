@@ -7,8 +7,10 @@ errors exit 2 (the policy: :mod:`ffnet_deploy.errors`); anything else is a bug a
 from __future__ import annotations
 
 import errno
+import functools
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -34,6 +36,19 @@ def click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
     return tuple(usage), (typer.Abort, *abort)
 
 
+@functools.cache
+def command() -> Any:
+    """The app as a click command, built once a process.
+
+    Calling the Typer ``app`` builds it again from every command's signature (evaluating their annotations), about
+    40 ms each time: a process that calls :func:`main` many times (the tests, a fork server's children) paid that on
+    every call. The command holds no state between calls (click makes a new context for each), and the help texts
+    were already fixed when the commands were defined. With ``pretty_exceptions_enable=False`` typer's own call adds
+    nothing else: a bug's traceback is Python's either way.
+    """
+    return typer.main.get_command(app)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point. Returns the exit code (also used by tests).
 
@@ -46,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     try:
         with handle_signals():
-            rv = app(args=argv, standalone_mode=False, prog_name="ffnet-deploy")
+            rv = command()(args=argv, standalone_mode=False, prog_name="ffnet-deploy")
         return rv if isinstance(rv, int) else EXIT_OK
     except FFNetDeployError as err:
         error_line(str(err))
