@@ -37,6 +37,7 @@ from ffnet_deploy.exporters.base import (
     register_exporter,
 )
 from ffnet_deploy.exporters.onnx import STAGE_FILE, OnnxOptions, OnnxStage, export_onnx_stage
+from ffnet_deploy.interrupts import signal_stack_kept
 
 if TYPE_CHECKING:
     from torch import nn
@@ -208,9 +209,10 @@ def check_ir(xml: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], blo
     """
     import openvino as ov
 
-    core = ov.Core()
-    model = core.read_model(str(xml))
-    compiled = core.compile_model(model, "CPU")
+    with signal_stack_kept():  # OpenVINO's CPU plugin swaps this thread's signal stack until its Core is freed
+        core = ov.Core()
+        model = core.read_model(str(xml))
+        compiled = core.compile_model(model, "CPU")
 
     def describe(port) -> tuple[set[str], tuple[int | None, ...]]:
         shape = port.get_partial_shape()

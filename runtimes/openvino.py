@@ -20,6 +20,7 @@ import numpy as np
 from ffnet_deploy.artifact.manifest import Manifest, TensorSpec
 from ffnet_deploy.environment import has_bf16
 from ffnet_deploy.errors import ConfigError, RuntimeBackendError
+from ffnet_deploy.interrupts import signal_stack_kept
 from ffnet_deploy.runtimes.base import BaseRunner, SessionOptionsHook, register_runtime
 
 PRECISIONS = ("f32", "bf16", "f16")
@@ -90,6 +91,11 @@ class OpenVINORunner(BaseRunner):
         self._out_names: list[str] = []
 
     def _activate(self) -> None:
+        # OpenVINO's CPU plugin swaps the signal stack of the thread that loads it, until its Core is freed (see there)
+        with signal_stack_kept():
+            self._load()
+
+    def _load(self) -> None:
         ov = self._import_required("openvino")
         import openvino.properties as props
         import openvino.properties.hint as hints

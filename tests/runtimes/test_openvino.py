@@ -106,3 +106,50 @@ def test_threads_and_the_hook_reach_compile_model(every_cpu, openvino_dir, fused
     assert len(seen["seen"]) == 1 and seen["seen"][0]["is_dict"]
     assert seen["seen"][0]["threads"] == 2 and seen["seen"][0]["has_precision_hint"]
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), torch_logits(fused_model, images), rtol=1e-4, atol=1e-4)
+
+
+def test_runners_freed_in_the_order_they_were_made_leave_signals_working(openvino_dir, server, tmp_path):
+    """OpenVINO's CPU plugin gives the thread that loads it a signal stack of its own and puts back the one it found
+    when its Core is freed: two runners freed first-made-first left the thread on a freed stack, and the next SIGTERM
+    crashed the process (SIGSEGV, seen after ``validate`` of an fp32 and an fp16 IR) instead of raising Interrupted.
+    In a forked child (a crash there is the child's), with Python's faulthandler stack in place as pytest has it."""
+    setup = f"""
+import faulthandler, os, signal, time
+faulthandler.enable()
+from ffnet_deploy.errors import Interrupted
+from ffnet_deploy.interrupts import _signal_stack, handle_signals
+from ffnet_deploy.runtimes import create_runner
+before = _signal_stack()
+first = create_runner("openvino", {str(openvino_dir)!r}, threads=1).activate()
+second = create_runner("openvino", {str(openvino_dir)!r}, threads=1).activate()
+first.deactivate()
+second.deactivate()
+assert _signal_stack() == before, (before, _signal_stack())
+try:
+    with handle_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+except Interrupted:
+    raise SystemExit(7)
+"""
+    code, log = server.run(None, tmp_path, setup=setup)
+    assert code == 7, (code, log)
+
+
+def test_signal_stack_kept_puts_the_threads_stack_back():
+    import ctypes
+
+    from ffnet_deploy.interrupts import _set_signal_stack, _signal_stack, signal_stack_kept
+
+    before = _signal_stack()
+    if before is None:
+        pytest.skip("reads the signal stack on Linux only")
+    memory = ctypes.create_string_buffer(65536)
+    address = ctypes.addressof(memory)
+    try:
+        with signal_stack_kept():
+            _set_signal_stack((address, 0, 65536))
+            assert _signal_stack() == (address, 0, 65536)
+        assert _signal_stack() == before
+    finally:
+        _set_signal_stack(before)  # before ``memory`` can be freed
