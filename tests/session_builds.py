@@ -154,6 +154,12 @@ def demo_run_artifact(demo_run: tuple[Path, int, float], job: str) -> tuple[Path
     return folder, json.loads((folder / "manifest.json").read_text())
 
 
+def demo_run_int8(demo_run: tuple[Path, int, float], job: str) -> tuple[Path, dict, Path]:
+    """:func:`demo_run_artifact` of an INT8 job, and the calibration cache file its export wrote."""
+    folder, m = demo_run_artifact(demo_run, job)
+    return folder, m, Path(m["details"]["quantization"]["statistics_cache"]["path"])
+
+
 def _pipeline(name: str, args: list[str], expect: int) -> Callable[[Path, Path], dict]:
     def build(folder: Path, root: Path) -> dict:
         from ffnet_deploy.cli import main

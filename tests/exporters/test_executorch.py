@@ -18,7 +18,7 @@ from ffnet_deploy.hashing import sha256_file
 from ffnet_deploy.quantize.config import QuantizationConfig
 from tests.exporters.helpers import gate_checks, gate_max_rel, gate_of, manifest, run_export
 from tests.extras import needs
-from tests.session_builds import DEMO_RUN, demo_run_artifact
+from tests.session_builds import DEMO_RUN, demo_run_int8
 
 pytestmark = needs("executorch.exir")
 
@@ -122,9 +122,7 @@ def test_missing_extra_is_one_line(tmp_path, test_checkpoint):
 
 @pytest.fixture
 def int8_digits(demo_run):
-    """The demo run's executorch-int8 artifact folder, its manifest and its calibration cache file."""
-    folder, m = demo_run_artifact(demo_run, "executorch-int8")
-    return folder, m, Path(m["details"]["quantization"]["statistics_cache"]["path"])
+    return demo_run_int8(demo_run, "executorch-int8")
 
 
 @pytest.mark.xdist_group(DEMO_RUN)

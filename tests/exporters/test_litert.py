@@ -22,7 +22,7 @@ from ffnet_deploy.hashing import sha256_file
 from ffnet_deploy.quantize.config import QuantizationConfig
 from tests.exporters.helpers import gate_checks, gate_max_rel, gate_of, manifest, run_export
 from tests.extras import LITERT_EXTRA, needs
-from tests.session_builds import DEMO_RUN, demo_run_artifact
+from tests.session_builds import DEMO_RUN, demo_run_int8
 
 pytestmark = needs("litert_torch", "ai_edge_quantizer", "ai_edge_litert.interpreter", reason=LITERT_EXTRA)
 
@@ -146,9 +146,7 @@ def _int8(out: Path, checkpoint: Path, cache: Path, calib_size: int = 100):
 
 @pytest.fixture
 def int8_digits(demo_run):
-    """The demo run's litert-int8 artifact folder, its manifest and its calibration cache file."""
-    folder, m = demo_run_artifact(demo_run, "litert-int8")
-    return folder, m, Path(m["details"]["quantization"]["statistics_cache"]["path"])
+    return demo_run_int8(demo_run, "litert-int8")
 
 
 @pytest.mark.xdist_group(DEMO_RUN)
