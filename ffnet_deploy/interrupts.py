@@ -19,6 +19,7 @@ at a known point; it is read in one place, :func:`fault_point`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import threading
@@ -101,12 +102,12 @@ def handle_signals() -> Iterator[None]:
 def signal_stack_kept() -> Iterator[None]:
     """After the block, the calling thread has the alternate signal stack it had before it (Linux; elsewhere a no-op).
 
-    OpenVINO's CPU plugin gives the thread that compiles a model an alternate signal stack of its own, and puts back
-    the one it found when that compiled model is freed. Two compiled models freed in the order they were made leave
-    the thread on the first one's freed stack, and the next signal (Ctrl-C, a SIGTERM) then crashes the process with a
-    SIGSEGV in the kernel's signal delivery, instead of raising :class:`Interrupted`: seen after ``validate`` of an
-    fp32 and an fp16 OpenVINO artifact. Around every compile, each compiled model finds, and later puts back, the
-    thread's own stack, which stays valid.
+    OpenVINO's CPU plugin gives the thread that loads it into a ``Core`` (its first device query or compile) an
+    alternate signal stack of its own, and puts back the one it found when that ``Core`` is freed. Two freed in the
+    order they were made leave the thread on the first one's freed stack, and the next signal (Ctrl-C, a SIGTERM) then
+    crashes the process with a SIGSEGV in the kernel's signal delivery, instead of raising :class:`Interrupted`: seen
+    after ``validate`` of an fp32 and an fp16 OpenVINO artifact. With the block around each ``Core``'s loading, every
+    ``Core`` finds, and later puts back, the thread's own stack, which stays valid.
     """
     stack = _signal_stack()
     try:
@@ -116,6 +117,10 @@ def signal_stack_kept() -> Iterator[None]:
             _set_signal_stack(stack)
 
 
+_SS_DISABLE = 2  # stack_t.ss_flags: no alternate stack (Linux); SS_ONSTACK, the other flag, cannot be set
+
+
+@functools.cache
 def _sigaltstack():
     """libc's ``sigaltstack`` and Linux's ``stack_t``, or ``None`` elsewhere (another layout of ``stack_t``)."""
     import sys
@@ -150,9 +155,6 @@ def _set_signal_stack(stack: tuple[int, int, int]) -> None:
     call, stack_t, ref = api
     address, flags, size = stack
     call(ref(stack_t(address or None, flags & _SS_DISABLE, size)), None)
-
-
-_SS_DISABLE = 2  # stack_t.ss_flags: no alternate stack (Linux); SS_ONSTACK, the other flag, cannot be set
 
 
 @contextlib.contextmanager

@@ -39,13 +39,13 @@ def gate_of(folder: Path, checkpoint: Path) -> dict:
     from ffnet_deploy.quantize.config import QuantizationConfig
     from ffnet_deploy.validate.engine import gate_artifact
 
-    m = manifest(folder)
-    q = m["options"]["quantization"] or {}
-    config = ExportConfig(m["format"], folder, precision=m["precision"],
+    m = read_manifest(folder)
+    q = m.options["quantization"] or {}
+    config = ExportConfig(m.format, folder, precision=m.precision,
                           quantization=QuantizationConfig(calib=q.get("calib"), calib_size=q.get("calib_size"),
                                                           eval_data=q.get("eval_data")))
-    source, _ = gate_source(config, read_manifest(folder))
-    return gate_artifact(folder, load_ffnet(checkpoint), samples=m["options"]["parity_samples"],
+    source, _ = gate_source(config, m)
+    return gate_artifact(folder, load_ffnet(checkpoint), manifest=m, samples=m.options["parity_samples"],
                          source=source).to_dict()
 
 
